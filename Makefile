@@ -1,0 +1,38 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Both create .venv from the pinned requirements.lock once; later runs reuse it (the stamp file
+# is newer than requirements.lock and setup.py, so nothing is reinstalled).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast venv lock clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock setup.py
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run make PYTHON=python3 ..."; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/activeit-jax run --gin_file=configs/demo.gin --out=$(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+lock:
+	{ echo "# Pinned versions for reproducible installs (Python 3.11). Regenerate: make lock"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^activeit' | sed 's/+cpu$$//'; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) *.egg-info

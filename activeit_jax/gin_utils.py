@@ -1,0 +1,56 @@
+"""gin at the edges: `--gin_file=...` and `--gin.X=...` command-line bindings, as in t5x.
+
+absl does not know `--gin.NAME=VALUE` flags, so they are pulled out of argv before absl parses
+the rest, and turned into gin bindings `NAME = VALUE`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import gin
+
+_GIN_PREFIX = "--gin."
+
+
+def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--gin.X=V` arguments from the rest of argv.
+
+    Args:
+      argv: the full command line, program name first.
+
+    Returns:
+      (argv without the gin arguments, gin bindings as "X = V" strings).
+    """
+    rest, bindings = [], []
+    for arg in argv:
+        if arg.startswith(_GIN_PREFIX):
+            body = arg[len(_GIN_PREFIX):]
+            if "=" not in body:
+                raise ValueError(f"gin override {arg!r} must look like --gin.NAME=VALUE")
+            name, value = body.split("=", 1)
+            bindings.append(f"{name} = {value}")
+        else:
+            rest.append(arg)
+    return rest, bindings
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
+              search_paths: Sequence[str] = ()) -> None:
+    """Parses gin files then bindings; files are looked up in the repo's `configs/` too.
+
+    Args:
+      gin_files: paths of gin files, absolute, relative to the working directory or to
+        one of the search paths.
+      bindings: "NAME = VALUE" strings applied after the files.
+      search_paths: extra directories for gin `include` statements and file lookup.
+    """
+    repo_configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "configs")
+    for path in [*search_paths, repo_configs, os.getcwd()]:
+        gin.add_config_file_search_path(path)
+    for gin_file in gin_files:
+        if not os.path.exists(gin_file) and not any(
+                os.path.exists(os.path.join(p, gin_file)) for p in [*search_paths, repo_configs]):
+            raise FileNotFoundError(f"gin file not found: {gin_file}")
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)

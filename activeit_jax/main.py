@@ -1,0 +1,68 @@
+"""The `activeit-jax` console entry point: one subcommand per stage of the active loop.
+
+Each subcommand lives in `activeit_jax/commands/<name>.py`, defines its own absl flags and a
+`main(argv)`; only the chosen one is imported, so flag names never collide across commands.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# Subcommand -> one-line description (shown by `activeit-jax --help`).
+SUBCOMMANDS: dict[str, str] = {
+    "prepare": "Read an NIV2 directory or a Self-Instruct file, split it, print a summary, "
+               "write the resolved pool.",
+    "convert": "Convert checkpoints: Hugging Face (safetensors) <-> activeit-jax (orbax).",
+    "train": "Fine-tune a model on a task set on a device mesh; keep the best epoch.",
+    "score": "Score a task pool by prompt uncertainty, prediction probability and perplexity; "
+             "write the Task Map.",
+    "select": "Pick the next tasks from scored pool files with a selection strategy.",
+    "evaluate": "Evaluate a checkpoint on validation/test tasks (ROUGE-L, exact match).",
+    "run": "Run the whole active instruction tuning loop (train, score, select, repeat).",
+    "report": "Write tables, plots and a self-contained HTML report of a run directory.",
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = ["usage: activeit-jax <command> [--flags] [--gin_file=F --gin.NAME=VALUE ...]", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "`activeit-jax <command> --help` lists a command's flags."]
+    return "\n".join(lines)
+
+
+def run_main(argv: list[str] | None = None) -> None:
+    """Dispatches `activeit-jax <command> ...` to `activeit_jax.commands.<command>.main`."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    command = argv[1]
+    if command not in SUBCOMMANDS:
+        print(f"activeit-jax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    module = importlib.import_module(f"activeit_jax.commands.{command}")
+    from absl import app  # imported late: keeps `--help` fast.
+    app.run(module.main, argv=[f"activeit-jax {command}", *argv[2:]],
+            flags_parser=module.parse_flags if hasattr(module, "parse_flags") else
+            _default_flags_parser)
+
+
+def _default_flags_parser(argv: list[str]) -> list[str]:
+    """absl flag parsing that first strips `--gin.X=V` bindings into `GIN_BINDINGS`."""
+    from absl import flags
+    from activeit_jax import gin_utils
+    rest, bindings = gin_utils.split_gin_bindings(argv)
+    GIN_BINDINGS[:] = bindings
+    return flags.FLAGS(rest)
+
+
+# Filled by the flags parser with the `--gin.X=V` overrides of the current command.
+GIN_BINDINGS: list[str] = []
+
+
+if __name__ == "__main__":
+    run_main()

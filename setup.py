@@ -1,0 +1,38 @@
+"""activeit-jax: Active Instruction Tuning on JAX/Flax (TPU and GPU native)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="activeit-jax",
+    version="0.1.0",
+    description="Active Instruction Tuning (prompt uncertainty task selection) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["activeit_jax", "activeit_jax.*", "tasks"]),
+    package_data={"activeit_jax": ["py.typed"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "seqio>=0.0.20",
+        "tensorflow>=2.21",
+        "tensorflow-text>=2.21",
+        "tensorflow-datasets>=4.9.10",
+        "gin-config>=0.5",
+        "numpy",
+        "rouge-score",
+        "sentencepiece",
+        "matplotlib",
+        "tqdm",
+        "absl-py",
+    ],
+    extras_require={
+        # Reference-equivalence tests compare our Flax models with the PyTorch originals.
+        "test": ["pytest", "torch>=2.13", "transformers>=5,<6", "safetensors"],
+        "cuda12": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={"console_scripts": ["activeit-jax=activeit_jax.main:run_main"]},
+)

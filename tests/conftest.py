@@ -1,0 +1,34 @@
+"""Test session setup: 8 virtual CPU devices so sharded code runs on a (4x2 / 2x2x2) mesh.
+
+The flag must be set before JAX initialises its backend, hence at conftest import time.
+"""
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flag = "--xla_force_host_platform_device_count=8"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow (used by seqio) must not grab accelerators or spawn many threads in tests.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SAMPLE_DATA = REPO_ROOT / "data" / "sample"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """The real NIV2 / Self-Instruct subsets beside the repository (skips when absent)."""
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> pathlib.Path:
+    """The small sample bundled in the repository (always present)."""
+    return SAMPLE_DATA
