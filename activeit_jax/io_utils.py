@@ -1,0 +1,83 @@
+"""Atomic file output: every user-facing file is written to a temp file, then renamed."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator, TextIO
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w",
+                encoding: str | None = "utf-8") -> Iterator[TextIO]:
+    """Opens a temp file beside `path`; renames it onto `path` only if the block succeeds.
+
+    Args:
+      path: final destination.
+      mode: "w" (text) or "wb" (binary).
+      encoding: text encoding (ignored for binary mode).
+
+    Yields:
+      The open temp file. On an exception the temp file is removed and `path` is untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                    dir=directory)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` atomically."""
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Writes `obj` as JSON to `path` atomically (keys in insertion order, UTF-8)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def append_jsonl_line(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Appends one JSON line and fsyncs it, so a killed run loses at most a partial last line.
+
+    Readers use `read_jsonl(..., drop_partial_tail=True)` to ignore such a torn last line.
+    """
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | os.PathLike, drop_partial_tail: bool = True) -> list[dict[str, Any]]:
+    """Reads a JSONL file; a last line without its newline (a torn write) is dropped.
+
+    Args:
+      path: the file; a missing file reads as an empty list.
+      drop_partial_tail: ignore a final line that lacks "\n" (written by a killed process).
+
+    Returns:
+      The records, in file order.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    lines = text.split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    records = [json.loads(line) for line in lines if line.strip()]
+    if tail.strip() and not drop_partial_tail:
+        records.append(json.loads(tail))
+    return records
