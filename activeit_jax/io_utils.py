@@ -81,3 +81,14 @@ def read_jsonl(path: str | os.PathLike, drop_partial_tail: bool = True) -> list[
     if tail.strip() and not drop_partial_tail:
         records.append(json.loads(tail))
     return records
+
+
+def truncate_partial_tail(path: str | os.PathLike) -> None:
+    """Cuts a torn last line (no trailing newline) off a JSONL file before appending to it."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if not data or data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)
