@@ -12,6 +12,10 @@ import gin
 
 _GIN_PREFIX = "--gin."
 
+# Filled by the entry point's flag parser with the `--gin.X=V` overrides of the current
+# command (kept here, not in `main`, which may also run as `__main__`).
+COMMAND_LINE_BINDINGS: list[str] = []
+
 
 def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separates `--gin.X=V` arguments from the rest of argv.

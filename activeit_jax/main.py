@@ -56,12 +56,8 @@ def _default_flags_parser(argv: list[str]) -> list[str]:
     from absl import flags
     from activeit_jax import gin_utils
     rest, bindings = gin_utils.split_gin_bindings(argv)
-    GIN_BINDINGS[:] = bindings
+    gin_utils.COMMAND_LINE_BINDINGS[:] = bindings
     return flags.FLAGS(rest)
-
-
-# Filled by the flags parser with the `--gin.X=V` overrides of the current command.
-GIN_BINDINGS: list[str] = []
 
 
 if __name__ == "__main__":

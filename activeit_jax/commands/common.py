@@ -14,5 +14,5 @@ def define_gin_flags() -> None:
 
 def parse_gin_from_flags() -> None:
     """Parses `--gin_file` files and the `--gin.X=V` bindings captured from the command line."""
-    from activeit_jax.main import GIN_BINDINGS
-    gin_utils.parse_gin(flags.FLAGS.gin_file, GIN_BINDINGS, flags.FLAGS.gin_search_path)
+    gin_utils.parse_gin(flags.FLAGS.gin_file, gin_utils.COMMAND_LINE_BINDINGS,
+                        flags.FLAGS.gin_search_path)
