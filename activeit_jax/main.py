@@ -52,7 +52,8 @@ def run_main(argv: list[str] | None = None) -> None:
 
 
 def _default_flags_parser(argv: list[str]) -> list[str]:
-    """absl flag parsing that first strips `--gin.X=V` bindings into `GIN_BINDINGS`."""
+    """absl flag parsing that first strips `--gin.X=V` bindings into
+    `gin_utils.COMMAND_LINE_BINDINGS`."""
     from absl import flags
     from activeit_jax import gin_utils
     rest, bindings = gin_utils.split_gin_bindings(argv)

@@ -1,10 +1,28 @@
-"""`activeit-jax report`: not implemented yet (a later issue fills it in)."""
+"""`activeit-jax report`: tables, plots and a self-contained HTML report of a run directory.
+
+    activeit-jax report --run=RUN [--out=RUN/report]
+
+writes results.md, results.csv, curves.png, curves.svg, selected_uncertainty.png and
+report.html (each atomically). The run layout is documented in `activeit_jax/reports.py`.
+"""
 from __future__ import annotations
 
-import sys
+import json
+
+from absl import flags, logging
+
+from activeit_jax import reports
+
+_RUN = flags.DEFINE_string("run", None, "run directory (RUN/seed_{s}/...).")
+_OUT = flags.DEFINE_string("out", None, "output directory; default RUN/report.")
 
 
 def main(argv: list[str]) -> None:
-    del argv
-    print("activeit-jax report: not implemented yet", file=sys.stderr)
-    sys.exit(2)
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    if not _RUN.value:
+        raise ValueError("--run is required")
+    paths = reports.write_report(_RUN.value, _OUT.value)
+    for name, path in paths.items():
+        logging.info("wrote %s", path)
+    print(json.dumps(paths))

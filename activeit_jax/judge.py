@@ -1,0 +1,331 @@
+"""Pairwise evaluation by an LLM judge (Self-Instruct), over an OpenAI-compatible chat API.
+
+For every item (an instruction, its input, and the answers of model A and model B) the judge
+sees the two answers as "Output (a)" / "Output (b)" in a seeded random order and replies
+"Output (a)", "Output (b)" or "Equal". The order is undone and the verdict recorded from model
+A's perspective: win, lose or tie. A reply naming no verdict (or several, without leading with
+one) counts as a tie and is kept as `verdict: "unparsed"` for inspection.
+
+Transport: `POST {base_url}/chat/completions` with `urllib` (stdlib), JSON body
+`{"model", "messages", "temperature", "max_tokens"}`, header `Authorization: Bearer <key>`.
+HTTP 429 / 5xx, timeouts and connection errors are retried with exponential backoff; other
+errors raise `JudgeError` at once.
+
+The API key is read from the environment variable named by `JudgeConfig.api_key_env`. It is
+never logged, printed, written to the results file, shown in a repr, or put in an exception
+message (server replies quoted in errors are redacted, and exceptions are raised without the
+original urllib exception attached).
+
+Results file (JSONL, one line per item, appended and fsynced, so a killed run resumes where it
+stopped): `{"id", "order": "ab"|"ba", "verdict": "a"|"b"|"equal"|"unparsed",
+"winner": "A"|"B"|"tie", "reply"}`; "ab" means model A was shown as Output (a).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from activeit_jax import io_utils
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = ("You are a helpful, impartial assistant that compares the quality of two "
+                 "responses to the same instruction.")
+
+USER_TEMPLATE = """Compare two outputs written for the same instruction. Choose the output that \
+follows the instruction better: correct, helpful, relevant and complete.
+
+# Instruction
+{instruction}
+
+# Input
+{input}
+
+# Output (a)
+{output_a}
+
+# Output (b)
+{output_b}
+
+Which output is better? Reply with exactly one of: "Output (a)", "Output (b)" or "Equal" (if \
+they are equally good or equally bad). Do not explain."""
+
+_REDACTED = "<redacted>"
+
+
+class JudgeError(RuntimeError):
+    """A judge request failed (the message never contains the API key)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+    """Where and how to call the judge (bind it with gin at the edge).
+
+    Attributes:
+      base_url: API root; requests go to `{base_url}/chat/completions`.
+      model: judge model name.
+      api_key_env: name of the environment variable holding the API key.
+      temperature, max_tokens: sampling settings sent with each request.
+      timeout_s: per-request timeout.
+      max_retries: retries after the first try for 429 / 5xx / timeouts / connection errors.
+      backoff_s: first wait; doubles on each retry, capped at `max_backoff_s`.
+    """
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4"
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.0
+    max_tokens: int = 16
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_s: float = 2.0
+    max_backoff_s: float = 60.0
+
+
+class ChatCompleter(Protocol):
+    """Anything that turns chat messages into the assistant's reply text."""
+
+    def complete(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+
+
+class _Secret:
+    """Holds a string; its repr and str never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return _REDACTED
+
+    __str__ = __repr__
+
+
+_RETRYABLE_ERRORS = (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException)
+
+
+class ChatClient:
+    """Minimal OpenAI-compatible chat-completions client with retries.
+
+    Args:
+      config: the endpoint and retry settings.
+      api_key: the key; default `os.environ[config.api_key_env]`.
+      sleep: the wait function between retries (tests pass a no-op).
+    """
+
+    def __init__(self, config: JudgeConfig, api_key: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        key = os.environ.get(config.api_key_env) if api_key is None else api_key
+        if not key:
+            raise JudgeError(f"no API key: environment variable {config.api_key_env!r} is "
+                             f"unset or empty")
+        self._key = _Secret(key)
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return (f"ChatClient(base_url={self.config.base_url!r}, model={self.config.model!r}, "
+                f"api_key={_REDACTED})")
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key (and any bearer token) masked."""
+        text = text.replace(self._key.get(), _REDACTED)
+        return re.sub(r"(?i)(bearer\s+)\S+", r"\1" + _REDACTED, text)
+
+    @property
+    def url(self) -> str:
+        return self.config.base_url.rstrip("/") + "/chat/completions"
+
+    def complete(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """Sends one chat request; returns the first choice's message content.
+
+        Raises:
+          JudgeError: a non-retryable HTTP error, a malformed reply, or retries exhausted.
+        """
+        body = json.dumps({"model": self.config.model, "messages": list(messages),
+                           "temperature": self.config.temperature,
+                           "max_tokens": self.config.max_tokens}).encode("utf-8")
+        attempts = self.config.max_retries + 1
+        for attempt in range(attempts):
+            problem = self._try_once(body)
+            if isinstance(problem, str):
+                return problem
+            retryable, message = problem
+            if not retryable:
+                raise JudgeError(message)
+            if attempt + 1 == attempts:
+                raise JudgeError(f"{message}; gave up after {attempts} attempt(s)")
+            wait = min(self.config.backoff_s * 2 ** attempt, self.config.max_backoff_s)
+            log.warning("judge request failed (%s); retry %d/%d in %.1f s", message,
+                        attempt + 1, self.config.max_retries, wait)
+            self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _try_once(self, body: bytes) -> str | tuple[bool, str]:
+        """One request: the reply text, or (retryable, redacted error message)."""
+        request = urllib.request.Request(
+            self.url, data=body, method="POST",
+            headers={"Content-Type": "application/json",
+                     "Authorization": f"Bearer {self._key.get()}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as err:
+            try:
+                snippet = err.read(300).decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - the body is only decoration
+                snippet = ""
+            finally:
+                err.close()
+            message = self.redact(f"HTTP {err.code} from {self.url}: {snippet.strip()}")
+            return (err.code == 429 or err.code >= 500), message
+        except urllib.error.URLError as err:
+            return True, self.redact(f"cannot reach {self.url}: {err.reason}")
+        except _RETRYABLE_ERRORS as err:
+            return True, self.redact(f"{type(err).__name__} talking to {self.url}: {err}")
+        try:
+            data = json.loads(payload)
+            content = data["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return False, self.redact(f"malformed reply from {self.url}: "
+                                      f"{payload[:300].decode('utf-8', 'replace')}")
+        return "" if content is None else str(content)
+
+
+# ----------------------------------------------------------------------------- judging
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeItem:
+    """One comparison: model A's and model B's answers to one instruction."""
+    id: str
+    instruction: str
+    input: str
+    output_a: str
+    output_b: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeSummary:
+    """Totals from model A's perspective."""
+    win: int
+    tie: int
+    lose: int
+
+    @property
+    def n(self) -> int:
+        return self.win + self.tie + self.lose
+
+    @property
+    def win_rate(self) -> float:
+        """Fraction of items A wins (0 when there are none)."""
+        return self.win / self.n if self.n else 0.0
+
+
+_VERDICT_RE = re.compile(r"output\s*\(\s*([ab])\s*\)|\b(equal)(?:ly)?\b", re.IGNORECASE)
+
+
+def parse_verdict(reply: str) -> str:
+    """Reads a judge reply.
+
+    A reply that mentions exactly one verdict ("Output (a)", "Output (b)", "Equal"/"equally")
+    gives it; one that mentions several gives the verdict it starts with (after quotes and
+    markup); anything else is "unparsed" (counted as a tie).
+
+    Returns:
+      "a", "b", "equal" or "unparsed".
+    """
+    matches = [(m.start(), (m.group(1) or m.group(2)).lower()) for m in
+               _VERDICT_RE.finditer(reply)]
+    found = {verdict for _, verdict in matches}
+    if len(found) == 1:
+        return found.pop()
+    if matches:
+        lead = len(reply) - len(reply.lstrip(" \t\r\n\"'`*#:>-"))
+        if matches[0][0] == lead:
+            return matches[0][1]
+    return "unparsed"
+
+
+def presentation_order(seed: int, item_id: str) -> str:
+    """"ab" (A shown as Output (a)) or "ba"; a stable function of (seed, item id)."""
+    digest = hashlib.sha256(f"{seed}:{item_id}".encode("utf-8")).digest()
+    return "ab" if digest[0] & 1 == 0 else "ba"
+
+
+def winner_of(verdict: str, order: str) -> str:
+    """Maps a parsed verdict on the shown order back to "A", "B" or "tie"."""
+    if verdict not in ("a", "b"):
+        return "tie"
+    first = "A" if order == "ab" else "B"
+    second = "B" if order == "ab" else "A"
+    return first if verdict == "a" else second
+
+
+def build_messages(item: JudgeItem, order: str) -> list[dict[str, str]]:
+    """The chat messages for one item with its answers in `order`."""
+    first, second = ((item.output_a, item.output_b) if order == "ab"
+                     else (item.output_b, item.output_a))
+    user = USER_TEMPLATE.format(instruction=item.instruction, input=item.input or "(none)",
+                                output_a=first, output_b=second)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> JudgeSummary:
+    """Win / tie / lose counts of result records (the last record of a repeated id counts)."""
+    last = {str(r["id"]): r["winner"] for r in records}
+    winners = list(last.values())
+    return JudgeSummary(win=winners.count("A"), tie=winners.count("tie"),
+                        lose=winners.count("B"))
+
+
+def summarize_results(path: str | os.PathLike) -> JudgeSummary:
+    """`summarize` of a results file (a torn last line is ignored)."""
+    return summarize(io_utils.read_jsonl(path))
+
+
+def run_pairwise(items: Sequence[JudgeItem], client: ChatCompleter,
+                 results_path: str | os.PathLike, seed: int = 0) -> JudgeSummary:
+    """Judges every item not yet in `results_path`, appending one line per item.
+
+    Args:
+      items: the comparisons; ids must be unique.
+      client: e.g. a `ChatClient`.
+      results_path: the resumable JSONL results file.
+      seed: seeds the presentation order (`presentation_order`).
+
+    Returns:
+      The totals over `items` (from model A's perspective).
+    """
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
+    io_utils.truncate_partial_tail(results_path)
+    done = {str(r["id"]): r for r in io_utils.read_jsonl(results_path)}
+    todo = [item for item in items if item.id not in done]
+    if done:
+        log.info("judge: %d item(s) already in %s, %d to go", len(items) - len(todo),
+                 os.fspath(results_path), len(todo))
+    for item in todo:
+        order = presentation_order(seed, item.id)
+        reply = client.complete(build_messages(item, order))
+        verdict = parse_verdict(reply)
+        record = {"id": item.id, "order": order, "verdict": verdict,
+                  "winner": winner_of(verdict, order), "reply": reply}
+        io_utils.append_jsonl_line(results_path, record)
+        done[item.id] = record
+    return summarize([done[i] for i in ids])
