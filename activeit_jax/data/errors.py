@@ -1,0 +1,61 @@
+"""Errors raised for bad input data. Each names the file and the field at fault.
+
+The CLI catches `DataError` (the base class) and prints its message without a traceback, so the
+message alone must say what is wrong and where: `<file>: field '<field>': <what>`.
+"""
+from __future__ import annotations
+
+import os
+
+
+class DataError(Exception):
+    """Bad input data: a malformed file, a missing task, an impossible split.
+
+    Attributes:
+      message: what is wrong, in words.
+      path: the file (or directory) at fault, when there is one.
+      field: the field inside that file (e.g. "Instances[3].output"), when there is one.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None,
+                 field: str | None = None):
+        self.message = message
+        self.path = os.fspath(path) if path is not None else None
+        self.field = field
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        parts = []
+        if self.path is not None:
+            parts.append(self.path)
+        if self.field is not None:
+            parts.append(f"field '{self.field}'")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def __reduce__(self):  # keeps the keyword arguments through pickling (multiprocessing)
+        return (type(self), (self.message, self.path, self.field))
+
+
+class TaskFormatError(DataError):
+    """A task file (NIV2 JSON, Self-Instruct JSON/JSONL) is malformed."""
+
+
+class MissingTaskError(DataError):
+    """A task that is required (e.g. named with --tasks) has no file, or a split file is absent."""
+
+
+class SplitError(DataError):
+    """The requested experiment split cannot be made (too few tasks of a kind)."""
+
+
+class EmptyPoolError(SplitError):
+    """No task is left for the pool once the initial and validation tasks are taken."""
+
+
+class VocabularyError(DataError):
+    """A SentencePiece model file is missing or cannot be loaded."""
+
+
+class LabelOverrideError(DataError):
+    """A classification/generation override file is malformed."""

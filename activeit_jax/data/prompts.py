@@ -1,0 +1,226 @@
+"""Prompt encoding: Tk-Instruct (encoder-decoder) and Stanford Alpaca (decoder-only).
+
+Tk-Instruct format, as `DataCollatorForNI` in yizhongw/Tk-Instruct `src/ni_collator.py` builds
+it with add_task_definition=True, num_pos_examples=2, num_neg_examples=0,
+add_explanation=False, add_task_name=False (strings reproduced character for character;
+`+ "."` means a period is appended when the text so far does not end in
+`string.punctuation`):
+
+    "Definition: " + definition.strip()  (+ ".")  + "\\n\\n"
+    for k = 1, 2:
+      " Positive Example {k} -\\n"                        <- note the leading space
+      + "Input: " + example.input.strip()  (+ ".")  + "\\n"
+      + " Output: " + example.output.strip()  (+ ".")  + "\\n"   <- leading space again
+      + "\\n"
+    "Now complete the following example -\\n"
+    + "Input: " + instance.input.strip()  (+ ".")  + "\\n"
+    + "Output: "
+
+Positive examples are added one at a time, and only while the source still fits
+max_source_length tokens: the collator tests
+`definition + " ".join(accepted examples) + candidate example + task input`
+and stops at the first example that does not fit. `render_tk_instruct` reproduces that test
+string exactly (it equals the final source for the first two examples) and leaves the length
+check to a tokenizer-agnostic `fits` callable (`make_fits` builds one from a seqio vocabulary).
+A source that is too long even without examples is truncated later, at tokenisation, to
+max_source_length tokens (Tk-Instruct truncates the same way; SeqIO trims then appends EOS).
+
+The parts of a prompt (definition, example inputs, example outputs, instance input) stay
+separately addressable in `PromptParts`: the scorer perturbs the definition and the example
+inputs, then re-renders with the same function.
+"""
+from __future__ import annotations
+
+import dataclasses
+import string
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import seqio
+
+    from activeit_jax.data.niv2 import Instance, Task
+
+MAX_SOURCE_LENGTH = 1024  # Tk-Instruct max_source_length
+MAX_TARGET_LENGTH = 128   # Tk-Instruct max_target_length
+NUM_POS_EXAMPLES = 2
+
+TK_INSTRUCT = "tk_instruct"
+ALPACA = "alpaca"
+PROMPT_FORMATS = (TK_INSTRUCT, ALPACA)
+
+# Stanford Alpaca's PROMPT_DICT (tatsu-lab/stanford_alpaca train.py), verbatim. The no-input
+# variant is used when the input is exactly "" (Alpaca's `example.get("input", "") != ""`).
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+Fits = Callable[[str], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptParts:
+    """The pieces a prompt is rendered from; raw text (rendering strips and punctuates).
+
+    Attributes:
+      definition: the task definition (Self-Instruct: the instruction).
+      example_inputs: inputs of the positive examples, in order.
+      example_outputs: outputs of the positive examples (same length as example_inputs).
+      instance_input: the input of the instance to complete.
+    """
+    definition: str
+    example_inputs: tuple[str, ...]
+    example_outputs: tuple[str, ...]
+    instance_input: str
+
+    def __post_init__(self):
+        if len(self.example_inputs) != len(self.example_outputs):
+            raise ValueError(f"{len(self.example_inputs)} example inputs but "
+                             f"{len(self.example_outputs)} example outputs")
+
+    def replace(self, **changes) -> "PromptParts":
+        """A copy with some parts replaced (e.g. a perturbed definition)."""
+        return dataclasses.replace(self, **changes)
+
+
+def tk_instruct_parts(task: "Task", instance: "Instance",
+                      num_pos_examples: int = NUM_POS_EXAMPLES) -> PromptParts:
+    """The parts of the Tk-Instruct prompt of one instance.
+
+    Args:
+      task: the task (definition and positive examples).
+      instance: the instance to complete.
+      num_pos_examples: how many positive examples, from the first (Tk-Instruct: 2).
+
+    Returns:
+      PromptParts; negative examples and explanations are never used.
+    """
+    examples = task.positive_examples[:num_pos_examples]
+    return PromptParts(definition=task.definition,
+                       example_inputs=tuple(e.input for e in examples),
+                       example_outputs=tuple(e.output for e in examples),
+                       instance_input=instance.input)
+
+
+def _end_punctuated(text: str) -> str:
+    """Appends "." unless `text` ends in ASCII punctuation (the collator's rule)."""
+    return text if text and text[-1] in string.punctuation else text + "."
+
+
+def tk_definition_block(definition: str) -> str:
+    """"Definition: ...\\n\\n" exactly as the collator writes it."""
+    return _end_punctuated("Definition: " + definition.strip()) + "\n\n"
+
+
+def tk_example_block(index: int, example_input: str, example_output: str) -> str:
+    """One positive example block, 1-based `index`, exactly as the collator writes it."""
+    block = f" Positive Example {index} -\n"
+    block = _end_punctuated(block + f"Input: {example_input.strip()}") + "\n"
+    block = _end_punctuated(block + f" Output: {example_output.strip()}") + "\n"
+    return block + "\n"
+
+
+def tk_instance_block(instance_input: str) -> str:
+    """The "Now complete the following example" block, ending in "Output: "."""
+    block = "Now complete the following example -\n"
+    block = _end_punctuated(block + f"Input: {instance_input.strip()}") + "\n"
+    return block + "Output: "
+
+
+def render_tk_instruct(parts: PromptParts, fits: Fits | None = None,
+                       add_definition: bool = True) -> str:
+    """Renders the Tk-Instruct source string.
+
+    Args:
+      parts: the prompt parts (all of `parts.example_inputs` are candidates, in order).
+      fits: `fits(text) -> bool`, True when `text` encodes within max_source_length tokens;
+        None accepts every example (no length limit).
+      add_definition: False renders the examples-only variant (no "Definition:" block).
+
+    Returns:
+      The source text: definition block + accepted examples + instance block.
+    """
+    definition = tk_definition_block(parts.definition) if add_definition else ""
+    task_input = tk_instance_block(parts.instance_input)
+    accepted: list[str] = []
+    for k, (example_input, example_output) in enumerate(
+            zip(parts.example_inputs, parts.example_outputs), start=1):
+        block = tk_example_block(k, example_input, example_output)
+        # The collator's test string joins earlier examples with " " (and the final source
+        # with ""); they agree for the two examples Tk-Instruct uses. Keep its exact test.
+        if fits is None or fits(definition + " ".join(accepted) + block + task_input):
+            accepted.append(block)
+        else:
+            break
+    return definition + "".join(accepted) + task_input
+
+
+def alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 (Alpaca's name)
+    """The Stanford Alpaca prompt (with-input variant unless `input == ""`).
+
+    Args:
+      instruction: the instruction.
+      input: the optional input; "" selects the no-input template.
+
+    Returns:
+      The prompt, ending in "### Response:" (the response follows directly).
+    """
+    if input != "":
+        return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def render_alpaca(parts: PromptParts) -> str:
+    """Alpaca prompt of `parts` (definition = instruction; examples are not shown)."""
+    return alpaca_prompt(parts.definition, parts.instance_input)
+
+
+def render(parts: PromptParts, prompt_format: str = TK_INSTRUCT, fits: Fits | None = None) -> str:
+    """Renders `parts` in `prompt_format` ("tk_instruct" or "alpaca").
+
+    Args:
+      parts: the prompt parts.
+      prompt_format: "tk_instruct" (encoder-decoder) or "alpaca" (decoder-only).
+      fits: length test for the Tk-Instruct examples (ignored by alpaca).
+
+    Returns:
+      The prompt text.
+    """
+    if prompt_format == TK_INSTRUCT:
+        return render_tk_instruct(parts, fits)
+    if prompt_format == ALPACA:
+        return render_alpaca(parts)
+    raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+
+
+def make_fits(vocabulary: "seqio.Vocabulary", max_length: int = MAX_SOURCE_LENGTH,
+              add_eos: bool = True) -> Fits:
+    """A `fits` test from a seqio vocabulary: the encoded text (+ EOS) has <= max_length ids.
+
+    The Hugging Face T5 tokenizer that Tk-Instruct counts with appends EOS, so by default one
+    id is reserved for it.
+
+    Args:
+      vocabulary: any seqio Vocabulary (e.g. from `vocab.get_vocabulary`).
+      max_length: max_source_length in tokens.
+      add_eos: count one extra id for the EOS the model input will carry.
+
+    Returns:
+      fits(text) -> bool.
+    """
+    budget = max_length - (1 if add_eos else 0)
+
+    def fits(text: str) -> bool:
+        # Cheap shortcut: SentencePiece emits at most one piece per UTF-8 byte (byte fallback
+        # is the worst case) plus the dummy-prefix piece, so such a short text always fits.
+        if len(text.encode("utf-8")) + 1 <= budget:
+            return True
+        return len(vocabulary.encode(text)) <= budget
+
+    return fits

@@ -1,0 +1,140 @@
+"""SentencePiece vocabularies with T5 ids (pad 0, eos 1, unk 2, no bos).
+
+`get_vocabulary` loads a model as a `seqio.SentencePieceVocabulary` with sentinel ids
+(`<extra_id_N>`) appended, and fails early with the path in the message.
+`train_sentencepiece` trains a small deterministic model, e.g. the bundled
+`data/sample/vocab/sample_spm.model` (1000 pieces + 100 sentinels = 1100 ids; the tiny T5
+config rounds its embedding up to 1152).
+
+The bundled model keeps text verbatim (identity normalisation, no whitespace collapsing, byte
+fallback for unseen characters), so `decode(encode(prompt)) == prompt` holds for the
+Tk-Instruct prompts with their newlines and leading spaces; the original T5 vocabulary maps
+newlines to spaces.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Iterable
+
+from activeit_jax.data.errors import VocabularyError
+
+if TYPE_CHECKING:
+    import seqio
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+DEFAULT_EXTRA_IDS = 100
+SAMPLE_VOCAB_RELPATH = os.path.join("data", "sample", "vocab", "sample_spm.model")
+
+
+def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
+                   require_t5_ids: bool = True) -> "seqio.SentencePieceVocabulary":
+    """Loads a SentencePiece model as a seqio vocabulary, checking it now rather than later.
+
+    seqio loads the model lazily (at the first encode), which would turn a wrong path into an
+    obscure TensorFlow error deep inside a data pipeline; this loads it right away.
+
+    Args:
+      path: the `.model` file.
+      extra_ids: sentinel ids appended after the pieces (T5: 100).
+      require_t5_ids: check pad/eos/unk = 0/1/2 (T5 models). False admits e.g. a LLaMA
+        tokenizer model (unk 0, bos 1, eos 2) for decoder-only use.
+
+    Returns:
+      The vocabulary; `vocab_size` = pieces + extra_ids.
+
+    Raises:
+      VocabularyError: the file is missing, unreadable, not a SentencePiece model, or (with
+        require_t5_ids) its pad/eos/unk ids are not T5's 0/1/2. The message names the path.
+    """
+    import sentencepiece as spm
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        where = "a directory, not a file" if os.path.isdir(path) else "not found"
+        raise VocabularyError(f"SentencePiece model {where}", path)
+    processor = spm.SentencePieceProcessor()
+    try:
+        with open(path, "rb") as handle:
+            processor.LoadFromSerializedProto(handle.read())
+    except OSError as err:
+        raise VocabularyError(f"cannot read SentencePiece model ({err.strerror})", path) from None
+    except Exception as err:  # sentencepiece raises RuntimeError/OSError on a bad proto
+        raise VocabularyError(f"not a valid SentencePiece model ({err})", path) from None
+    ids = (processor.pad_id(), processor.eos_id(), processor.unk_id())
+    if require_t5_ids and ids != (PAD_ID, EOS_ID, UNK_ID):
+        raise VocabularyError(f"pad/eos/unk ids are {ids}; T5 models need (0, 1, 2)", path)
+    if extra_ids < 0:
+        raise ValueError(f"extra_ids must be >= 0, got {extra_ids}")
+    import seqio  # imported late: TensorFlow is slow to import; errors above need none of it.
+
+    vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    vocabulary.vocab_size  # noqa: B018 (forces seqio's own load, so it fails here if at all)
+    return vocabulary
+
+
+def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike,
+                        vocab_size: int = 1000, seed: int = 0) -> str:
+    """Trains a deterministic unigram SentencePiece model with T5 ids.
+
+    Settings: pad 0, eos 1, unk 2, no bos; identity normalisation, whitespace kept verbatim,
+    byte fallback, digits split, character coverage 1.0; one thread, input read in the given
+    order (no sampling/shuffling) and a fixed random seed, so the same texts give the same
+    model on every machine.
+
+    Args:
+      texts: training texts (multi-line texts are fine).
+      model_prefix: output prefix; writes `<prefix>.model` and `<prefix>.vocab`.
+      vocab_size: number of pieces (before seqio's extra ids).
+      seed: SentencePiece's random generator seed.
+
+    Returns:
+      The path of the `.model` file. Both files appear atomically (trained in a temporary
+      directory, then renamed).
+    """
+    import sentencepiece as spm
+
+    model_prefix = os.fspath(model_prefix)
+    out_dir = os.path.dirname(os.path.abspath(model_prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("train_sentencepiece needs at least one non-empty text")
+    spm.set_random_generator_seed(seed)
+    tmp_dir = tempfile.mkdtemp(prefix=".spm_train.", dir=out_dir)
+    try:
+        tmp_prefix = os.path.join(tmp_dir, "m")
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_prefix=tmp_prefix,
+            vocab_size=vocab_size,
+            model_type="unigram",
+            pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=True,
+            allow_whitespace_only_pieces=True,
+            byte_fallback=True,
+            split_digits=True,
+            character_coverage=1.0,
+            max_sentence_length=1 << 20,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            num_threads=1,
+            minloglevel=2,
+        )
+        # The proto records the (random) temporary prefix; store the final base name instead,
+        # so the same texts give byte-identical model files.
+        from sentencepiece import sentencepiece_model_pb2
+        proto = sentencepiece_model_pb2.ModelProto()
+        with open(tmp_prefix + ".model", "rb") as handle:
+            proto.ParseFromString(handle.read())
+        proto.trainer_spec.model_prefix = os.path.basename(model_prefix)
+        with open(tmp_prefix + ".model", "wb") as handle:
+            handle.write(proto.SerializeToString(deterministic=True))
+        for ext in (".vocab", ".model"):  # .model last: its presence means "done"
+            os.replace(tmp_prefix + ext, model_prefix + ext)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return model_prefix + ".model"
