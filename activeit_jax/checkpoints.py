@@ -1,0 +1,182 @@
+"""activeit-jax checkpoint directories: `config.json` (model kind + config) + orbax params.
+
+Layout of a checkpoint directory::
+
+    CKPT_DIR/
+      config.json   {"format": "activeit-jax", "format_version": 1,
+                     "model_kind": "t5" | "llama", "config": {...dataclass fields...}}
+      params/       orbax StandardCheckpointer tree (sharded arrays, restorable onto any mesh)
+
+The trainer's best checkpoint uses the same layout, so the scorer and the evaluator load
+whatever the trainer wrote. Hugging Face directories are converted by
+`activeit_jax.models.hf_convert` (see `import_hf_to_checkpoint`, `export_checkpoint_to_hf`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from activeit_jax import io_utils
+from activeit_jax.models import hf_convert
+from activeit_jax.models.wrappers import BaseModel, model_from_dict, model_to_dict
+
+CONFIG_NAME = "config.json"
+PARAMS_DIR = "params"
+FORMAT = "activeit-jax"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete or of an unknown format."""
+
+
+def _is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def save_model(directory: str | os.PathLike, model: BaseModel, params: Any) -> None:
+    """Saves a model wrapper's config and params atomically.
+
+    Everything is written to `<directory>.tmp` first and renamed onto `directory` only when
+    complete; an existing checkpoint at `directory` is replaced. With several processes every
+    process calls this (orbax writes each process's shards), process 0 does the renames.
+
+    Args:
+      directory: the checkpoint directory to create or replace.
+      model: the model wrapper (kind + config are recorded).
+      params: its params pytree (jax arrays, possibly sharded, or NumPy arrays).
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    tmp = directory + ".tmp"
+    if _is_primary():
+        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed save
+        os.makedirs(tmp)
+    _sync("activeit_save_model_start")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
+        checkpointer.wait_until_finished()
+    if _is_primary():
+        spec = {"format": FORMAT, "format_version": FORMAT_VERSION, **model_to_dict(model)}
+        io_utils.atomic_write_json(os.path.join(tmp, CONFIG_NAME), spec)
+        old = directory + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(directory):
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    _sync("activeit_save_model_done")
+
+
+def read_model(directory: str | os.PathLike, logical_axis_rules: Any = None) -> BaseModel:
+    """The model wrapper recorded in a checkpoint's `config.json` (no params loaded).
+
+    Args:
+      directory: a checkpoint directory written by `save_model`.
+      logical_axis_rules: rules for the wrapper (default rules when None).
+
+    Returns:
+      The model wrapper.
+    """
+    directory = os.fspath(directory)
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    if not os.path.exists(path):
+        raise CheckpointError(f"no {CONFIG_NAME} in {directory}: not an activeit-jax checkpoint")
+    with open(path, encoding="utf-8") as handle:
+        spec = json.load(handle)
+    if spec.get("format") != FORMAT:
+        hint = (" (this looks like a Hugging Face directory: convert it with "
+                "`activeit-jax convert --from_hf=DIR --to=CKPT_DIR`)"
+                if "model_type" in spec else "")
+        raise CheckpointError(f"{path} is not an activeit-jax checkpoint config{hint}")
+    if spec.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format_version {spec['format_version']}, newer than "
+                              f"this code ({FORMAT_VERSION})")
+    try:
+        return model_from_dict(spec, logical_axis_rules)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"bad model config in {path}: {err}") from err
+
+
+def restore_params(directory: str | os.PathLike, model: BaseModel,
+                   shardings: Any = None) -> Any:
+    """Restores the params of a checkpoint, placed with `shardings`.
+
+    Args:
+      directory: a checkpoint directory written by `save_model`.
+      model: its model wrapper (gives the expected structure, shapes and dtypes).
+      shardings: pytree of `jax.sharding.Sharding` with the params' structure (e.g.
+        `partitioning.params_shardings(model, mesh)`); None = all on the first device.
+
+    Returns:
+      The params pytree of jax arrays.
+    """
+    params_dir = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
+    if not os.path.isdir(params_dir):
+        raise CheckpointError(f"no {PARAMS_DIR}/ in {directory}: incomplete checkpoint")
+    abstract = model.abstract_params()
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: device, abstract)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    with ocp.StandardCheckpointer() as checkpointer:
+        try:
+            return checkpointer.restore(params_dir, target)
+        except ValueError as err:
+            raise CheckpointError(f"params in {params_dir} do not match the model config "
+                                  f"in {CONFIG_NAME}: {err}") from err
+
+
+def load_model(directory: str | os.PathLike, shardings: Any = None,
+               logical_axis_rules: Any = None) -> tuple[BaseModel, Any]:
+    """Loads a checkpoint directory written by `save_model`.
+
+    Args:
+      directory: the checkpoint directory.
+      shardings: pytree of shardings for the params, or None (first device). To compute
+        them you need the model first: `model = read_model(dir)`, then
+        `restore_params(dir, model, partitioning.params_shardings(model, mesh))`.
+      logical_axis_rules: rules for the wrapper (default rules when None).
+
+    Returns:
+      (model wrapper, params).
+    """
+    model = read_model(directory, logical_axis_rules)
+    return model, restore_params(directory, model, shardings)
+
+
+def import_hf_to_checkpoint(hf_dir: str | os.PathLike, ckpt_dir: str | os.PathLike
+                            ) -> BaseModel:
+    """Converts a Hugging Face T5/LLaMA directory into an activeit-jax checkpoint.
+
+    Returns:
+      The model wrapper that was saved.
+    """
+    model, params = hf_convert.import_hf(hf_dir)
+    save_model(ckpt_dir, model, params)
+    return model
+
+
+def export_checkpoint_to_hf(ckpt_dir: str | os.PathLike, hf_dir: str | os.PathLike,
+                            max_shard_size: int | str = hf_convert.DEFAULT_MAX_SHARD_SIZE
+                            ) -> list[str]:
+    """Converts an activeit-jax checkpoint into a Hugging Face directory.
+
+    Returns:
+      The names of the files written into `hf_dir`.
+    """
+    model, params = load_model(ckpt_dir)
+    return hf_convert.export_hf(model, jax.device_get(params), hf_dir, max_shard_size)

@@ -1,0 +1,343 @@
+"""Building blocks shared by the T5 and LLaMA models (Flax linen, logically partitioned).
+
+Why linen + `nn.with_logical_partitioning` / `nn.with_logical_constraint` (and not NNX or
+hand-written `PartitionSpec`s): every parameter is created with logical axis names
+(`("embed", "mlp")`, `("embed", "heads", "kv")` ...) and every main activation is constrained
+with logical names (`("batch", "length", "embed")`). One rules table
+(`activeit_jax.partitioning.DEFAULT_LOGICAL_AXIS_RULES`, bound in `configs/partitioning.gin`)
+maps these names to mesh axes, exactly as in t5x, so data / FSDP / tensor parallelism is a
+config change. Linen's functional `init`/`apply` returns plain pytrees of arrays, which is what
+jit with explicit in/out shardings and orbax save/restore want, and the t5x/MaxText
+pjit + orbax story around it is mature and well tested.
+
+Numerics: parameters are float32; matmuls run in the configured compute `dtype` (e.g.
+bfloat16); layer norms, attention softmax and output logits are computed in float32.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+DType = Any
+Initializer = Callable[..., Array]
+
+# Additive stand-in for -inf on masked attention logits: finite so that a fully masked row
+# (a padding query) gives a uniform distribution instead of NaN.
+_MASK_VALUE = -1e10
+
+
+def constrain(x: Array, axes: Sequence[str | None]) -> Array:
+    """`nn.with_logical_constraint` (a no-op unless a mesh and rules are set)."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+def param_with_axes(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+                    axes: Sequence[str | None]) -> Array:
+    """Creates a float32 parameter that carries its logical axis names."""
+    if len(axes) != len(shape):
+        raise ValueError(f"parameter {name}: {len(shape)} dims but logical axes {axes}")
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
+                        jnp.float32)
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    """Activation by Hugging Face name: relu, gelu (exact), gelu_new (tanh approx.), silu."""
+    table = {
+        "relu": jax.nn.relu,
+        "gelu": functools.partial(jax.nn.gelu, approximate=False),
+        "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+        "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+    }
+    if name not in table:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(table)}")
+    return table[name]
+
+
+class DenseGeneral(nn.Module):
+    """A bias-free linear map contracting the last `num_in_axes` input axes.
+
+    Attributes:
+      features: output feature shape, e.g. `(heads, kv)`.
+      kernel_axes: logical names of the kernel `[*in_shape, *features]`.
+      num_in_axes: how many trailing axes of the input are contracted.
+      dtype: compute dtype.
+      kernel_init: initializer of the float32 kernel (fan-in = contracted axes).
+      output_fp32: accumulate and return float32 (used for the output logits).
+    """
+    features: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    num_in_axes: int = 1
+    dtype: DType = jnp.float32
+    kernel_init: Initializer | None = None
+    output_fp32: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Args: x `[..., *in_shape]`. Returns `[..., *features]`."""
+        in_shape = x.shape[x.ndim - self.num_in_axes:]
+        kernel_shape = (*in_shape, *self.features)
+        in_axis = tuple(range(self.num_in_axes))
+        out_axis = tuple(range(self.num_in_axes, len(kernel_shape)))
+        init = self.kernel_init or nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
+        kernel = param_with_axes(self, "kernel", init, kernel_shape, self.kernel_axes)
+        x_axes = tuple(range(x.ndim - self.num_in_axes, x.ndim))
+        preferred = jnp.float32 if self.output_fp32 else None
+        y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((x_axes, in_axis), ((), ())), preferred_element_type=preferred)
+        return y if self.output_fp32 else y.astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding table `[vocab, embed]`, optionally reused as the output projection.
+
+    Attributes:
+      num_embeddings: vocabulary size.
+      features: embedding width.
+      dtype: compute dtype of the looked-up vectors.
+      embedding_init: initializer of the float32 table.
+    """
+    num_embeddings: int
+    features: int
+    dtype: DType = jnp.float32
+    embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+    def setup(self) -> None:
+        self.embedding = param_with_axes(self, "embedding", self.embedding_init,
+                                         (self.num_embeddings, self.features),
+                                         ("vocab", "embed"))
+
+    def __call__(self, ids: Array) -> Array:
+        """Args: ids int `[B, T]`. Returns `[B, T, embed]` in `dtype`."""
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        """Tied output projection: `[B, T, embed] -> float32 logits [B, T, vocab]`."""
+        return lax.dot_general(x.astype(self.dtype), self.embedding.astype(self.dtype),
+                               (((x.ndim - 1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm with a scale and no bias (T5 and LLaMA), computed in fp32.
+
+    Attributes:
+      epsilon: added to the mean square.
+      dtype: output dtype.
+    """
+    epsilon: float = 1e-6
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Args: x `[..., embed]`. Returns the normalised `x * scale` in `dtype`."""
+        scale = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+        x32 = x.astype(jnp.float32)
+        y = x32 * lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class MlpBlock(nn.Module):
+    """Feed-forward block: `wo(act(wi(x)))` or gated `wo(act(wi_0(x)) * wi_1(x))`.
+
+    The gated form is T5 v1.1's gated-GELU and LLaMA's SwiGLU (wi_0 = gate, wi_1 = up).
+
+    Attributes:
+      intermediate_dim: hidden width (logical axis `mlp`).
+      activation: activation name (see `activation_fn`).
+      gated: use the gated form.
+      dropout_rate: dropout on the hidden activations (T5 places it there).
+      dtype: compute dtype.
+    """
+    intermediate_dim: int
+    activation: str = "relu"
+    gated: bool = False
+    dropout_rate: float = 0.0
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        """Args: x `[B, T, embed]`. Returns `[B, T, embed]`."""
+        act = activation_fn(self.activation)
+        dense = functools.partial(DenseGeneral, features=(self.intermediate_dim,),
+                                  kernel_axes=("embed", "mlp"), dtype=self.dtype)
+        if self.gated:
+            h = act(dense(name="wi_0")(x)) * dense(name="wi_1")(x)
+        else:
+            h = act(dense(name="wi")(x))
+        h = constrain(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        out = DenseGeneral((x.shape[-1],), ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
+        return out
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None,
+                          bias: Array | None, scale: float, dropout_rate: float,
+                          deterministic: bool, dtype: DType,
+                          dropout_rng: Array | None = None) -> Array:
+    """Grouped-query attention with float32 logits and softmax.
+
+    Args:
+      query: `[B, T, H, D]`.
+      key, value: `[B, S, K, D]` with K kv heads; H must be a multiple of K (head h uses kv
+        head h // (H // K), the Hugging Face `repeat_kv` layout). K == H is plain multi-head.
+      mask: bool, broadcastable to `[B, H, T, S]`; False = not attended. None = all.
+      bias: float, broadcastable to `[B, H, T, S]` (T5 relative position bias) or None.
+      scale: multiplies the query-key dot products (1.0 for T5, D**-0.5 for LLaMA).
+      dropout_rate: dropout on the attention weights.
+      deterministic: disables dropout.
+      dtype: compute dtype of the two einsums' inputs.
+      dropout_rng: PRNG key for the attention dropout.
+
+    Returns:
+      `[B, T, H, D]` in `dtype`.
+    """
+    batch, q_len, num_heads, head_dim = query.shape
+    num_kv_heads = key.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"{num_heads} query heads is not a multiple of {num_kv_heads} kv heads")
+    groups = num_heads // num_kv_heads
+    # Group query heads by the kv head they share instead of repeating k/v in memory.
+    q = query.astype(dtype).reshape(batch, q_len, num_kv_heads, groups, head_dim)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, key.astype(dtype),
+                        preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(scale)
+    kv_len = logits.shape[-1]
+    if bias is not None:
+        bias = jnp.broadcast_to(bias.astype(jnp.float32), (bias.shape[0], num_heads, q_len, kv_len))
+        logits = logits + bias.reshape(bias.shape[0], num_kv_heads, groups, q_len, kv_len)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], q_len, kv_len))
+        if mask.shape[1] == num_heads:
+            mask = mask.reshape(mask.shape[0], num_kv_heads, groups, q_len, kv_len)
+        else:  # one mask for all heads
+            mask = mask[:, :, None]
+        logits = jnp.where(mask, logits, jnp.float32(_MASK_VALUE))
+    weights = jax.nn.softmax(logits, axis=-1)
+    if not deterministic and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(dtype), value.astype(dtype))
+    return out.reshape(batch, q_len, num_heads, head_dim)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotary position embedding, Hugging Face `rotate_half` layout, computed in float32.
+
+    Args:
+      x: `[B, T, H, D]`.
+      cos, sin: `[B, T, D]` (the frequencies repeated twice along D).
+
+    Returns:
+      Rotated `x`, same shape and dtype.
+    """
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head / grouped-query attention with an optional KV cache.
+
+    Parameters: `query [embed, heads, kv]`, `key`/`value [embed, kv_heads, kv]`,
+    `out [heads, kv, embed]` (kv_heads also uses the logical name `heads`).
+
+    Cache (collection "cache", only with `decode=True`):
+      self-attention: `cached_key`/`cached_value [B, max_length, kv_heads, kv]`, written at
+        `cache_index` each call; cross-attention (`cache_cross_kv`): the projected encoder
+        keys/values, computed on the first call and reused afterwards.
+
+    Attributes:
+      num_heads, num_kv_heads, head_dim: shapes.
+      scale: query-key scale (1.0 in T5, whose init folds it into the query kernel).
+      dropout_rate: attention-weight dropout.
+      dtype: compute dtype.
+      query_init_scale: variance multiplier of the query kernel init (T5: 1 / head_dim).
+    """
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scale: float = 1.0
+    dropout_rate: float = 0.0
+    dtype: DType = jnp.float32
+    query_init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None,
+                 bias: Array | None = None, *, deterministic: bool = True,
+                 rotary: tuple[Array, Array] | None = None, decode: bool = False,
+                 cache_index: Array | None = None, max_length: int | None = None,
+                 cache_cross_kv: bool = False) -> Array:
+        """Attends from `inputs_q` to `inputs_kv`.
+
+        Args:
+          inputs_q: `[B, T, embed]`.
+          inputs_kv: `[B, S, embed]` (same array for self-attention).
+          mask: bool, broadcastable to `[B, H, T, S']` where S' is S, or `max_length` when
+            decoding self-attention (the whole cache).
+          bias: float, broadcastable like `mask`, or None.
+          deterministic: disables dropout.
+          rotary: (cos, sin) `[B, T, D]` to rotate queries and keys (LLaMA), or None.
+          decode: use the KV cache.
+          cache_index: int32 scalar, cache slot of the first of the T new tokens.
+          max_length: cache length (first decode call only; shapes the cache).
+          cache_cross_kv: this is cross-attention; cache the projected `inputs_kv` once.
+
+        Returns:
+          `[B, T, embed]` in `dtype`.
+        """
+        embed_dim = inputs_q.shape[-1]
+        qkv_axes = ("batch", "length", "heads", "kv")
+        fan_in = ((0,), (1, 2))
+        query_proj = DenseGeneral(
+            (self.num_heads, self.head_dim), ("embed", "heads", "kv"), dtype=self.dtype,
+            kernel_init=nn.initializers.variance_scaling(
+                self.query_init_scale, "fan_in", "truncated_normal", *fan_in), name="query")
+        key_proj = DenseGeneral((self.num_kv_heads, self.head_dim), ("embed", "heads", "kv"),
+                                dtype=self.dtype, name="key")
+        value_proj = DenseGeneral((self.num_kv_heads, self.head_dim), ("embed", "heads", "kv"),
+                                  dtype=self.dtype, name="value")
+
+        query = constrain(query_proj(inputs_q), qkv_axes)
+        if decode and cache_cross_kv:
+            # Encoder keys/values never change while decoding: project them once.
+            cross_key = self.variable("cache", "cached_key", lambda: key_proj(inputs_kv))
+            cross_value = self.variable("cache", "cached_value", lambda: value_proj(inputs_kv))
+            key, value = cross_key.value, cross_value.value
+        else:
+            key = constrain(key_proj(inputs_kv), qkv_axes)
+            value = constrain(value_proj(inputs_kv), qkv_axes)
+            if rotary is not None:
+                query = apply_rotary(query, *rotary)
+                key = apply_rotary(key, *rotary)
+            if decode:
+                batch = inputs_q.shape[0]
+                cache_shape = (batch, max_length or 0, self.num_kv_heads, self.head_dim)
+                cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape,
+                                           key.dtype)
+                cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape,
+                                             value.dtype)
+                start = (0, cache_index, 0, 0)
+                key = lax.dynamic_update_slice(cached_key.value, key, start)
+                value = lax.dynamic_update_slice(cached_value.value, value, start)
+                cached_key.value, cached_value.value = key, value
+
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(query, key, value, mask, bias, self.scale,
+                                    self.dropout_rate, deterministic, self.dtype, dropout_rng)
+        out = constrain(out, qkv_axes)
+        out = DenseGeneral((embed_dim,), ("heads", "kv", "embed"), num_in_axes=2,
+                           dtype=self.dtype, name="out")(out)
+        return out

@@ -1,0 +1,209 @@
+"""LLaMA-style decoder-only transformer in Flax linen.
+
+Pre-norm RMSNorm, rotary position embeddings (Hugging Face `rotate_half` layout, so converted
+checkpoints need no permutation), SwiGLU feed-forward, grouped-query attention
+(`num_kv_heads <= num_heads`), untied output head by default.
+
+Parameter tree (logical axes in brackets):
+  token_embedder/embedding                       [vocab, embed]
+  layers_{i}/input_norm/scale                    [embed]
+  layers_{i}/attention/query/kernel              [embed, heads, kv]
+  layers_{i}/attention/{key,value}/kernel        [embed, heads, kv]  (kv_heads heads)
+  layers_{i}/attention/out/kernel                [heads, kv, embed]
+  layers_{i}/post_attention_norm/scale           [embed]
+  layers_{i}/mlp/{wi_0 (gate), wi_1 (up)}/kernel [embed, mlp]; mlp/wo (down) [mlp, embed]
+  final_norm/scale                               [embed]
+  logits_dense/kernel                            [embed, vocab]  (untied head only)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from activeit_jax.models import layers
+
+Array = jax.Array
+
+_HIDDEN = ("batch", "length", "embed")
+
+
+@gin.register
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Hyper-parameters of a LLaMA-style model (defaults: LLaMA-7B).
+
+    Attributes:
+      vocab_size: vocabulary size (32000 for LLaMA / LLaMA-2).
+      hidden_size: residual width (`embed`).
+      intermediate_size: SwiGLU hidden width (`mlp`).
+      num_layers: decoder layers.
+      num_heads: query heads (`heads`).
+      num_kv_heads: key/value heads (grouped-query attention when < num_heads).
+      head_dim: per-head width (`kv`); None = hidden_size // num_heads.
+      rope_theta: rotary base frequency.
+      rms_norm_eps: RMSNorm epsilon.
+      tie_word_embeddings: output head = token embedding transposed.
+      max_position_embeddings: context length the checkpoint was trained for; informational
+        (RoPE needs no table), kept so that an export writes it back.
+      dropout_rate: dropout on the embeddings, residual branches and attention weights
+        (applied only when the wrapper gets a dropout rng; 0 disables it).
+      dtype: compute dtype name, "float32" or "bfloat16" (parameters stay float32).
+      pad_id, bos_id, eos_id: token ids (0 is used as padding: LLaMA's <unk>, never produced
+        by the tokenizer for text).
+      remat: rematerialise each layer in the backward pass.
+    """
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                             f"num_kv_heads={self.num_kv_heads}")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads when head_dim is None")
+        if self.resolved_head_dim % 2:
+            raise ValueError("rotary embeddings need an even head_dim")
+        jnp.dtype(self.dtype)
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+
+def rotary_cos_sin(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """Rotary tables for absolute positions, float32, as Hugging Face's default RoPE.
+
+    Args:
+      positions: int `[B, T]` absolute positions.
+      head_dim: per-head width D (even).
+      theta: base frequency.
+
+    Returns:
+      (cos, sin), each float32 `[B, T, D]` (frequencies repeated twice along D).
+    """
+    # Host-side float32 constant, the reference's op order: 1 / theta**(2i / D).
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv_freq = jnp.asarray(np.float32(1.0) / (np.float32(theta) ** exponents))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class LlamaLayer(nn.Module):
+    """Pre-norm grouped-query self-attention + SwiGLU block."""
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, deterministic: bool,
+                 decode: bool = False, cache_index: Array | None = None,
+                 max_length: int | None = None) -> Array:
+        """Args:
+          x: `[B, T, embed]`.
+          mask: bool `[B, 1, T, K]` (K = T, or the cache length when decoding).
+          cos, sin: rotary tables `[B, T, head_dim]`.
+          deterministic: disables dropout.
+          decode, cache_index, max_length: KV-cache decoding (see `MultiHeadAttention`).
+        """
+        cfg = self.config
+        norm = functools.partial(layers.RMSNorm, cfg.rms_norm_eps, cfg.compute_dtype)
+        dropout = nn.Dropout(cfg.dropout_rate)
+        head_dim = cfg.resolved_head_dim
+        y = norm(name="input_norm")(x)
+        y = layers.MultiHeadAttention(
+            num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=head_dim,
+            scale=head_dim ** -0.5, dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype,
+            name="attention")(y, y, mask, None, deterministic=deterministic, rotary=(cos, sin),
+                              decode=decode, cache_index=cache_index, max_length=max_length)
+        x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
+        y = norm(name="post_attention_norm")(x)
+        y = layers.MlpBlock(intermediate_dim=cfg.intermediate_size, activation="silu",
+                            gated=True, dtype=cfg.compute_dtype, name="mlp")(
+            y, deterministic=deterministic)
+        return layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
+
+
+class LlamaTransformer(nn.Module):
+    """Embedding -> decoder layers -> RMSNorm -> float32 logits."""
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array, key_mask: Array,
+                 deterministic: bool = True, decode: bool = False,
+                 max_length: int | None = None) -> Array:
+        """Runs the decoder.
+
+        Args:
+          tokens: int `[B, T]` input tokens.
+          positions: int `[B, T]` absolute positions (skip left padding).
+          key_mask: bool `[B, K]`, which keys may be attended (False = padding); K = T, or
+            `max_length` when decoding (covers the whole cache).
+          deterministic: disables dropout.
+          decode: KV-cache mode; the first call (empty cache) creates `max_length` slots and
+            every call appends its T tokens at the cache's running index.
+          max_length: cache length (static), needed on every decode call.
+
+        Returns:
+          float32 logits `[B, T, vocab]`.
+        """
+        cfg = self.config
+        q_len = tokens.shape[1]
+        if decode:
+            if max_length is None:
+                raise ValueError("decode=True needs max_length (the cache length)")
+            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+            start = index.value
+            index.value = start + q_len
+            key_len = max_length
+        else:
+            start, key_len = 0, q_len
+        # Causality over cache slots (slot order = time order), AND the padding mask.
+        slots_q = start + jnp.arange(q_len)
+        causal = jnp.arange(key_len)[None, :] <= slots_q[:, None]
+        mask = causal[None, None] & key_mask[:, None, None, :]
+        cos, sin = rotary_cos_sin(positions, cfg.resolved_head_dim, cfg.rope_theta)
+
+        embedder = layers.Embed(cfg.vocab_size, cfg.hidden_size, cfg.compute_dtype,
+                                embedding_init=nn.initializers.normal(stddev=0.02),
+                                name="token_embedder")
+        x = layers.constrain(embedder(tokens), _HIDDEN)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        use_remat = cfg.remat and not decode
+        layer_cls = nn.remat(LlamaLayer, static_argnums=(5, 6, 8)) if use_remat else LlamaLayer
+        for i in range(cfg.num_layers):
+            x = layer_cls(cfg, name=f"layers_{i}")(
+                x, mask, cos, sin, deterministic, decode, start if decode else None,
+                key_len if decode else None)
+        x = layers.RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, name="final_norm")(x)
+        if cfg.tie_word_embeddings:
+            logits = embedder.attend(x)
+        else:
+            logits = layers.DenseGeneral((cfg.vocab_size,), ("embed", "vocab"),
+                                         dtype=cfg.compute_dtype, output_fp32=True,
+                                         name="logits_dense")(x)
+        return layers.constrain(logits, ("batch", "length", "vocab"))

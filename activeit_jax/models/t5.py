@@ -1,0 +1,371 @@
+"""T5 encoder-decoder in Flax linen: v1.1 / LM-adapted by default, original T5 as an option.
+
+T5 v1.1 (and the LM-adapted checkpoints such as t5-large-lm-adapt): RMS layer norm without
+bias, relative position buckets shared by all layers of a stack, gated-GELU feed-forward
+(Hugging Face "gated-gelu" = `gelu_new`, the tanh approximation), untied output head, no
+attention scaling (folded into the query init). The original T5 uses a ReLU feed-forward and
+ties the output head to the token embedding, scaling the decoder output by `d_model ** -0.5`
+first (`feed_forward_proj="relu", tie_word_embeddings=True`).
+
+Parameter tree (t5x names; logical axes in brackets):
+  token_embedder/embedding                          [vocab, embed]
+  encoder/relpos_bias/rel_embedding                 [relpos_buckets, heads]
+  encoder/layers_{i}/pre_attention_layer_norm/scale [embed]
+  encoder/layers_{i}/attention/{query,key,value}/kernel [embed, heads, kv]; out [heads, kv, embed]
+  encoder/layers_{i}/pre_mlp_layer_norm/scale, mlp/{wi_0,wi_1 | wi}/kernel [embed, mlp],
+    mlp/wo/kernel [mlp, embed]
+  encoder/encoder_norm/scale
+  decoder/relpos_bias/rel_embedding
+  decoder/layers_{i}/{pre_self_attention_layer_norm, self_attention,
+    pre_cross_attention_layer_norm, encoder_decoder_attention, pre_mlp_layer_norm, mlp}
+  decoder/decoder_norm/scale
+  decoder/logits_dense/kernel [embed, vocab]        (untied head only)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from activeit_jax.models import layers
+
+Array = jax.Array
+
+_FEED_FORWARD_PROJS = ("relu", "gelu", "gelu_new", "silu", "gated-relu", "gated-gelu",
+                       "gated-gelu_new", "gated-silu")
+
+
+@gin.register
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Hyper-parameters of a T5 model (defaults: T5 v1.1 small shapes, LM-adapted).
+
+    Attributes:
+      vocab_size: output vocabulary (32128 for the public checkpoints).
+      d_model: width of the residual stream (logical axis `embed`).
+      d_kv: width of one attention head (`kv`).
+      d_ff: feed-forward hidden width (`mlp`).
+      num_heads: attention heads (`heads`).
+      num_encoder_layers, num_decoder_layers: stack depths.
+      relative_attention_num_buckets: relative position buckets (`relpos_buckets`).
+      relative_attention_max_distance: distance beyond which buckets saturate.
+      feed_forward_proj: "gated-gelu" (v1.1), "relu" (original T5), or another
+        `[gated-]{relu,gelu,gelu_new,silu}`; as in Hugging Face, "gated-gelu" means gelu_new.
+      tie_word_embeddings: output head = token embedding transposed (original T5).
+      scale_decoder_outputs: multiply the decoder output by d_model**-0.5 before the head;
+        None = same as `tie_word_embeddings` (original T5 does both, v1.1 neither).
+      layer_norm_epsilon: RMS norm epsilon.
+      dropout_rate: dropout everywhere (0 for inference; 0.1 was the pre-training value).
+      dtype: compute dtype name, "float32" or "bfloat16" (parameters stay float32).
+      pad_id, eos_id, decoder_start_id: special token ids (T5: 0, 1, 0).
+      remat: rematerialise each layer in the backward pass (saves activation memory).
+    """
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 1024
+    num_heads: int = 6
+    num_encoder_layers: int = 8
+    num_decoder_layers: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    feed_forward_proj: str = "gated-gelu"
+    tie_word_embeddings: bool = False
+    scale_decoder_outputs: bool | None = None
+    layer_norm_epsilon: float = 1e-6
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+    pad_id: int = 0
+    eos_id: int = 1
+    decoder_start_id: int = 0
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        if self.feed_forward_proj not in _FEED_FORWARD_PROJS:
+            raise ValueError(f"unsupported feed_forward_proj {self.feed_forward_proj!r}; "
+                             f"supported: {_FEED_FORWARD_PROJS}")
+        jnp.dtype(self.dtype)  # fails early on a bad dtype name
+
+    @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def activation(self) -> str:
+        """Activation name for `layers.activation_fn` (Hugging Face semantics)."""
+        if self.feed_forward_proj == "gated-gelu":
+            return "gelu_new"
+        return self.feed_forward_proj.split("-")[-1]
+
+    @property
+    def scales_decoder_outputs(self) -> bool:
+        if self.scale_decoder_outputs is None:
+            return self.tie_word_embeddings
+        return self.scale_decoder_outputs
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> np.ndarray:
+    """T5's relative position -> bucket map (Mesh TensorFlow / Hugging Face formula).
+
+    Computed in NumPy float32 on the host, mirroring the reference's float32 op order, so the
+    buckets equal Hugging Face's exactly (a log rounding at a bucket edge would otherwise move
+    a distance into the neighbouring bucket).
+
+    Args:
+      relative_position: int array, memory position - query position.
+      bidirectional: encoder (True) or causal decoder (False).
+      num_buckets: number of buckets.
+      max_distance: distances at or beyond this share the last bucket.
+
+    Returns:
+      int32 array of buckets in [0, num_buckets), same shape.
+    """
+    rel = np.asarray(relative_position, dtype=np.int64)
+    buckets = np.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (rel > 0).astype(np.int64) * num_buckets
+        rel = np.abs(rel)
+    else:
+        rel = -np.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    is_small = rel < max_exact
+    # Clamp to 1 before the log: small distances take the exact branch anyway.
+    log_ratio = (np.log(np.maximum(rel, 1).astype(np.float32) / np.float32(max_exact))
+                 / np.float32(math.log(max_distance / max_exact))
+                 * np.float32(num_buckets - max_exact))
+    if_large = np.minimum(max_exact + log_ratio.astype(np.int64), num_buckets - 1)
+    return (buckets + np.where(is_small, rel, if_large)).astype(np.int32)
+
+
+class RelativePositionBiases(nn.Module):
+    """Per-head attention bias from bucketed relative positions, shared by a stack's layers.
+
+    Attributes:
+      num_buckets, max_distance, num_heads: shapes and the bucket formula's parameters.
+      bidirectional: True for the encoder, False for the causal decoder.
+    """
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+        """Args: query_positions int `[T]`, key_positions int `[S]` (absolute).
+
+        Returns:
+          float32 bias `[1, heads, T, S]`.
+        """
+        table = layers.param_with_axes(
+            self, "rel_embedding", nn.initializers.normal(stddev=1.0),
+            (self.num_buckets, self.num_heads), ("relpos_buckets", "heads"))
+        # Every |distance| >= max_distance lands in the saturated bucket, so a table over
+        # [-max_distance, max_distance] covers all positions; it is a host-side constant.
+        span = self.max_distance
+        bucket_of = jnp.asarray(relative_position_bucket(
+            np.arange(-span, span + 1), self.bidirectional, self.num_buckets, self.max_distance))
+        rel = key_positions[None, :] - query_positions[:, None]
+        buckets = bucket_of[jnp.clip(rel, -span, span) + span]
+        values = jnp.take(table.astype(jnp.float32), buckets, axis=0)  # [T, S, heads]
+        return jnp.transpose(values, (2, 0, 1))[None]
+
+
+def _attention(cfg: T5Config, name: str) -> layers.MultiHeadAttention:
+    return layers.MultiHeadAttention(
+        num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads, head_dim=cfg.d_kv, scale=1.0,
+        dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype,
+        query_init_scale=1.0 / cfg.d_kv, name=name)
+
+
+def _mlp(cfg: T5Config) -> layers.MlpBlock:
+    return layers.MlpBlock(intermediate_dim=cfg.d_ff, activation=cfg.activation,
+                           gated=cfg.is_gated, dropout_rate=cfg.dropout_rate,
+                           dtype=cfg.compute_dtype, name="mlp")
+
+
+_HIDDEN = ("batch", "length", "embed")
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention + feed-forward block of the encoder."""
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool) -> Array:
+        """Args: x `[B, S, embed]`, mask bool `[B, 1, 1, S]`, bias `[1, H, S, S]`."""
+        cfg = self.config
+        norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, cfg.compute_dtype)
+        dropout = nn.Dropout(cfg.dropout_rate)
+        y = norm(name="pre_attention_layer_norm")(x)
+        y = _attention(cfg, "attention")(y, y, mask, bias, deterministic=deterministic)
+        x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
+        y = norm(name="pre_mlp_layer_norm")(x)
+        y = _mlp(cfg)(y, deterministic=deterministic)
+        return layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention + cross-attention + feed-forward block."""
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: Array, encoded: Array, self_mask: Array, bias: Array,
+                 cross_mask: Array, deterministic: bool, decode: bool = False,
+                 cache_index: Array | None = None, max_length: int | None = None) -> Array:
+        """Args:
+          x: `[B, T, embed]` decoder stream.
+          encoded: `[B, S, embed]` encoder output.
+          self_mask: bool `[1, 1, T, K]` causal mask (K = T, or the cache length).
+          bias: `[1, H, T, K]` relative position bias.
+          cross_mask: bool `[B, 1, 1, S]` encoder padding mask.
+          deterministic: disables dropout.
+          decode, cache_index, max_length: KV-cache decoding (see `MultiHeadAttention`).
+        """
+        cfg = self.config
+        norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, cfg.compute_dtype)
+        dropout = nn.Dropout(cfg.dropout_rate)
+        y = norm(name="pre_self_attention_layer_norm")(x)
+        y = _attention(cfg, "self_attention")(
+            y, y, self_mask, bias, deterministic=deterministic, decode=decode,
+            cache_index=cache_index, max_length=max_length)
+        x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
+        y = norm(name="pre_cross_attention_layer_norm")(x)
+        y = _attention(cfg, "encoder_decoder_attention")(
+            y, encoded, cross_mask, None, deterministic=deterministic, decode=decode,
+            cache_cross_kv=True)
+        x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
+        y = norm(name="pre_mlp_layer_norm")(x)
+        y = _mlp(cfg)(y, deterministic=deterministic)
+        return layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
+
+
+class Encoder(nn.Module):
+    """Embedding -> encoder layers -> final RMS norm."""
+    config: T5Config
+    shared_embedding: layers.Embed
+
+    @nn.compact
+    def __call__(self, tokens: Array, deterministic: bool = True) -> Array:
+        """Args: tokens int `[B, S]` (0 = pad). Returns `[B, S, embed]` in the compute dtype."""
+        cfg = self.config
+        positions = jnp.arange(tokens.shape[1])
+        mask = (tokens != cfg.pad_id)[:, None, None, :]
+        bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
+                                      cfg.relative_attention_max_distance, cfg.num_heads,
+                                      bidirectional=True, name="relpos_bias")(positions, positions)
+        x = layers.constrain(self.shared_embedding(tokens), _HIDDEN)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        layer_cls = nn.remat(EncoderLayer, static_argnums=(4,)) if cfg.remat else EncoderLayer
+        for i in range(cfg.num_encoder_layers):
+            x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
+        x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+    """Embedding -> decoder layers -> final RMS norm -> float32 logits."""
+    config: T5Config
+    shared_embedding: layers.Embed
+
+    @nn.compact
+    def __call__(self, encoded: Array, encoder_tokens: Array, tokens: Array,
+                 deterministic: bool = True, decode: bool = False,
+                 max_length: int | None = None) -> Array:
+        """Runs the decoder.
+
+        Args:
+          encoded: `[B, S, embed]` encoder output.
+          encoder_tokens: int `[B, S]`, for the cross-attention padding mask.
+          tokens: int `[B, T]` decoder inputs (targets shifted right, start id 0).
+          deterministic: disables dropout.
+          decode: KV-cache mode; the first call (empty cache) creates a cache of
+            `max_length` slots, every call appends its T tokens.
+          max_length: cache length (static), needed on every decode call.
+
+        Returns:
+          float32 logits `[B, T, vocab]`.
+        """
+        cfg = self.config
+        q_len = tokens.shape[1]
+        if decode:
+            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+            start = index.value
+            index.value = start + q_len
+            if max_length is None:
+                raise ValueError("decode=True needs max_length (the cache length)")
+            key_len = max_length
+        else:
+            start, key_len = 0, q_len
+        query_positions = start + jnp.arange(q_len)
+        key_positions = jnp.arange(key_len)
+        self_mask = (key_positions[None, :] <= query_positions[:, None])[None, None]
+        bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
+                                      cfg.relative_attention_max_distance, cfg.num_heads,
+                                      bidirectional=False, name="relpos_bias")(
+            query_positions, key_positions)
+        cross_mask = (encoder_tokens != cfg.pad_id)[:, None, None, :]
+
+        x = layers.constrain(self.shared_embedding(tokens), _HIDDEN)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        use_remat = cfg.remat and not decode
+        layer_cls = (nn.remat(DecoderLayer, static_argnums=(6, 7, 9)) if use_remat
+                     else DecoderLayer)
+        for i in range(cfg.num_decoder_layers):
+            x = layer_cls(cfg, name=f"layers_{i}")(
+                x, encoded, self_mask, bias, cross_mask, deterministic, decode,
+                start if decode else None, key_len if decode else None)
+        x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(x)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if cfg.scales_decoder_outputs:
+            # Original T5: the tied head sees the output rescaled by d_model**-0.5.
+            x = x * jnp.asarray(cfg.d_model ** -0.5, x.dtype)
+        if cfg.tie_word_embeddings:
+            logits = self.shared_embedding.attend(x)
+        else:
+            logits = layers.DenseGeneral((cfg.vocab_size,), ("embed", "vocab"),
+                                         dtype=cfg.compute_dtype, output_fp32=True,
+                                         name="logits_dense")(x)
+        return layers.constrain(logits, ("batch", "length", "vocab"))
+
+
+class T5Transformer(nn.Module):
+    """The full encoder-decoder; `encode` and `decode` are exposed for KV-cached decoding."""
+    config: T5Config
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.token_embedder = layers.Embed(cfg.vocab_size, cfg.d_model, cfg.compute_dtype,
+                                           name="token_embedder")
+        self.encoder = Encoder(cfg, self.token_embedder, name="encoder")
+        self.decoder = Decoder(cfg, self.token_embedder, name="decoder")
+
+    def encode(self, encoder_input_tokens: Array, deterministic: bool = True) -> Array:
+        """`[B, S]` tokens -> `[B, S, embed]` encoder output."""
+        return self.encoder(encoder_input_tokens, deterministic=deterministic)
+
+    def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               deterministic: bool = True, decode: bool = False,
+               max_length: int | None = None) -> Array:
+        """Decoder pass over `encoded`; returns float32 logits `[B, T, vocab]`."""
+        return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
+                            deterministic=deterministic, decode=decode, max_length=max_length)
+
+    def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                 deterministic: bool = True) -> Array:
+        """Teacher-forced forward pass: float32 logits `[B, T, vocab]`."""
+        encoded = self.encode(encoder_input_tokens, deterministic=deterministic)
+        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                           deterministic=deterministic)
