@@ -51,10 +51,16 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
     """
     repo_configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "configs")
-    for path in [*search_paths, repo_configs, os.getcwd()]:
+    roots = [*search_paths, repo_configs]
+    for path in roots:
         gin.add_config_file_search_path(path)
+    resolved = []
     for gin_file in gin_files:
-        if not os.path.exists(gin_file) and not any(
-                os.path.exists(os.path.join(p, gin_file)) for p in [*search_paths, repo_configs]):
-            raise FileNotFoundError(f"gin file not found: {gin_file}")
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+        # Resolve here (gin's own probing logs an ERROR line for every miss).
+        candidates = [gin_file, *(os.path.join(root, gin_file) for root in roots)]
+        found = next((c for c in candidates if os.path.exists(c)), None)
+        if found is None:
+            raise FileNotFoundError(f"gin file not found: {gin_file} (looked in the working "
+                                    f"directory and {roots})")
+        resolved.append(found)
+    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)

@@ -1,10 +1,83 @@
-"""`activeit-jax evaluate`: not implemented yet (a later issue fills it in)."""
+"""`activeit-jax evaluate`: ROUGE-L and exact match of a checkpoint on a task set.
+
+    activeit-jax evaluate --checkpoint=CKPT --niv2_dir=DIR --tasks=FILE --out=DIR \\
+        [--vocab=SPM | --gin_file=runs/finetune_niv2.gin] [--max_instances_per_task=100] \\
+        [--batch_size=64] [--mesh=data=-1,fsdp=1,model=1]
+
+Greedy-decodes the first `--max_instances_per_task` instances of every task (Tk-Instruct
+prompts: definition + 2 positive examples, source 1024 / target 128 tokens by default) and
+scores them with Tk-Instruct's metric semantics (`activeit_jax.metrics`). Settings come from
+the `train_job` gin bindings of a run config (TrainConfig lengths, eval batch, mesh, vocabulary),
+then the flags. Writes, atomically:
+DIR/metrics.json (overall, cls, gen, per_task), DIR/per_task_metrics.jsonl and
+DIR/predictions.jsonl. `--tasks` accepts the formats of `activeit-jax train`.
+"""
 from __future__ import annotations
 
-import sys
+import dataclasses
+import json
+
+from absl import flags
+
+from activeit_jax.commands import common
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("checkpoint", None, "Checkpoint directory (config.json + params), e.g. a "
+                    "training run's best/.")
+flags.DEFINE_string("tasks", None, "Evaluation tasks: names file, JSON list or prepared .jsonl.")
+flags.DEFINE_string("niv2_dir", None, "NIV2 root (tasks/<name>.json) for task names.")
+flags.DEFINE_string("out", None, "Output directory.")
+flags.DEFINE_string("vocab", None, "SentencePiece model (default: the gin binding "
+                    "train_job.vocabulary, e.g. with --gin_file=runs/finetune_niv2.gin).")
+flags.DEFINE_integer("max_instances_per_task", None, "Instances per task (default 100, the "
+                     "first in file order, as Tk-Instruct).")
+flags.DEFINE_integer("batch_size", None, "Rows per decoding batch (default TrainConfig's "
+                     "eval_batch_size).")
+flags.DEFINE_integer("max_source_length", None, "Source tokens (default 1024).")
+flags.DEFINE_integer("max_target_length", None, "Target / decoding tokens (default 128).")
+flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. data=4,model=2 (-1 = the remaining "
+                    "devices); default the TrainConfig's.")
+common.define_gin_flags()
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """"data=4,model=2" -> {"data": 4, "model": 2}."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "=" not in item:
+            raise ValueError(f"--mesh item {item!r} must look like AXIS=SIZE")
+        axis, size = item.split("=", 1)
+        out[axis.strip()] = int(size)
+    return out
 
 
 def main(argv: list[str]) -> None:
-    del argv
-    print("activeit-jax evaluate: not implemented yet", file=sys.stderr)
-    sys.exit(2)
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    for name in ("checkpoint", "tasks", "out"):
+        if not getattr(FLAGS, name):
+            raise ValueError(f"--{name} is required")
+    common.parse_gin_from_flags()
+
+    from activeit_jax import train_data, trainer
+    from activeit_jax.data import vocab as vocab_lib
+
+    job = trainer.train_job()  # the run's gin file gives lengths, batch, mesh, vocabulary
+    config, vocabulary = job.resolved_config(), job.vocabulary
+    overrides = {"max_eval_instances_per_task": FLAGS.max_instances_per_task,
+                 "eval_batch_size": FLAGS.batch_size,
+                 "max_source_length": FLAGS.max_source_length,
+                 "max_target_length": FLAGS.max_target_length,
+                 "mesh_shape": parse_mesh(FLAGS.mesh) if FLAGS.mesh else None}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if FLAGS.vocab:
+        vocabulary = vocab_lib.get_vocabulary(FLAGS.vocab)
+    if vocabulary is None:
+        raise ValueError("no vocabulary: pass --vocab or a gin file binding "
+                         "train_job.vocabulary")
+    tasks = train_data.read_tasks(FLAGS.tasks, FLAGS.niv2_dir)
+    summary = trainer.evaluate_checkpoint(FLAGS.checkpoint, tasks, vocabulary, config,
+                                          FLAGS.out)
+    print(json.dumps({"out": FLAGS.out, "num_tasks": len(tasks),
+                      **{k: v for k, v in summary.items() if not isinstance(v, dict)}}))

@@ -1,10 +1,170 @@
-"""`activeit-jax score`: not implemented yet (a later issue fills it in)."""
+"""`activeit-jax score`: prompt uncertainty, prediction probability and perplexity of a pool.
+
+    activeit-jax score --checkpoint=CKPT --vocab=SPM --niv2_dir=DIR --tasks=FILE --out=OUT \\
+        [--num_instances=10 --num_perturbations=20 --drop_rate=0.2 --seed=0 --save_prompts \\
+         --perturbation=drop --batch_size=64 --mesh=data=-1,fsdp=1,model=1 ...]
+    activeit-jax score --checkpoint=CKPT --vocab=SPM --self_instruct=FILE --out=OUT
+
+The pool: `--tasks=FILE` lists NIV2 task names one per line (read from `--niv2_dir/tasks/`),
+or is a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as `activeit-jax prepare`
+writes); or `--self_instruct=FILE` (JSON/JSONL, one task per item). Tasks are loaded one at a
+time as the scorer reaches them.
+
+Writes OUT/scores.jsonl (one line per task), OUT/taskmap.csv, OUT/taskmap.png / .svg,
+OUT/summary.json (thresholds, skipped tasks, throughput, padding waste, compilations) and,
+with --save_prompts, OUT/prompts.jsonl. Rerunning with the same arguments resumes; different
+arguments are refused. See `activeit_jax.scoring` for the definitions.
+"""
 from __future__ import annotations
 
-import sys
+import json
+import os
+from typing import Any, Iterator
+
+from absl import flags
+
+from activeit_jax.commands import common
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (config.json + params).")
+flags.DEFINE_string("vocab", None, "SentencePiece model of the checkpoint.")
+flags.DEFINE_string("niv2_dir", None, "NIV2 root (tasks/<name>.json), with --tasks.")
+flags.DEFINE_string("tasks", None, "Pool: file of task names (one per line) or a .jsonl of "
+                    "prepared tasks.")
+flags.DEFINE_string("self_instruct", None, "Pool: Self-Instruct / Alpaca JSON or JSONL file.")
+flags.DEFINE_string("out", None, "Output directory (resumed when it holds the same run).")
+flags.DEFINE_integer("num_instances", 10, "n: instances per task (all when fewer).")
+flags.DEFINE_integer("num_perturbations", 20, "K: perturbed prompts per task.")
+flags.DEFINE_float("drop_rate", 0.2, "Rate of the word-level perturbations (drop, sentinel, "
+                   "repeat, insert).")
+flags.DEFINE_integer("seed", 0, "Seed of instance choice and perturbations.")
+flags.DEFINE_string("perturbation", "drop", "Perturbation: drop, sentinel, repeat, insert, "
+                    "paraphrase.")
+flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
+                          "perturbation, e.g. file=paraphrases.jsonl, words=a,b,c.")
+flags.DEFINE_boolean("save_prompts", False, "Also write prompts.jsonl (one line per task, "
+                     "instance and perturbation).")
+flags.DEFINE_boolean("entropy", False, "Also compute the mean token entropy baseline.")
+flags.DEFINE_integer("num_pos_examples", 2, "Positive examples in the prompt.")
+flags.DEFINE_boolean("fit_examples", True, "Add examples only while the source fits "
+                     "max_source_length (Tk-Instruct).")
+flags.DEFINE_integer("max_source_length", 1024, "Source tokens (cut with EOS kept).")
+flags.DEFINE_integer("max_target_length", 128, "Target tokens (cut with EOS kept).")
+flags.DEFINE_integer("max_decode_length", None, "Greedy decoding length "
+                     "(default max_target_length).")
+flags.DEFINE_integer("batch_size", 64, "Rows per jitted scoring call.")
+flags.DEFINE_integer("decode_batch_size", None, "Rows per decoding call (default batch_size).")
+flags.DEFINE_integer("tasks_per_chunk", 16, "Consecutive tasks processed together.")
+flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes, e.g. "
+                    "data=4,model=2 (-1 = the remaining devices).")
+flags.DEFINE_float("pu_quantile", 2 / 3, "Task Map: PU quantile above which a task is "
+                   "ambiguous.")
+flags.DEFINE_float("probability_quantile", 0.5, "Task Map: probability quantile (of the "
+                   "non-ambiguous tasks) splitting easy from difficult.")
+flags.DEFINE_float("pu_threshold", None, "Task Map: absolute PU threshold (overrides "
+                   "--pu_quantile).")
+flags.DEFINE_float("probability_threshold", None, "Task Map: absolute probability threshold "
+                   "(overrides --probability_quantile).")
+flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+common.define_gin_flags()
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """"data=4,model=2" -> {"data": 4, "model": 2}."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "=" not in item:
+            raise ValueError(f"--mesh item {item!r} must look like AXIS=SIZE")
+        axis, size = item.split("=", 1)
+        out[axis.strip()] = int(size)
+    return out
+
+
+def iter_pool(niv2_dir: str | None, tasks_file: str | None,
+              self_instruct: str | None) -> tuple[Iterator[Any], int, dict[str, Any]]:
+    """The pool as a lazy iterator, its size, and what identifies it (for the fingerprint)."""
+    from activeit_jax.data import niv2
+
+    if bool(tasks_file) == bool(self_instruct):
+        raise ValueError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
+    if self_instruct:
+        from activeit_jax.data import self_instruct as si
+        tasks = si.load_self_instruct(self_instruct)
+        return iter(tasks), len(tasks), {"self_instruct": os.path.abspath(self_instruct)}
+    if tasks_file.endswith(".jsonl"):
+        with open(tasks_file, encoding="utf-8") as handle:
+            total = sum(1 for line in handle if line.strip())
+
+        def prepared():
+            with open(tasks_file, encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        yield niv2.Task.from_dict(json.loads(line))
+        return prepared(), total, {"tasks": os.path.abspath(tasks_file)}
+    if not niv2_dir:
+        raise ValueError("--tasks with task names needs --niv2_dir")
+    with open(tasks_file, encoding="utf-8") as handle:
+        names = [ln.strip() for ln in handle if ln.strip() and not ln.startswith("#")]
+    missing = [n for n in names if not os.path.exists(niv2.task_file_path(niv2_dir, n))]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} task(s) of {tasks_file} have no file in "
+                                f"{niv2_dir}/tasks: {missing[:5]}")
+    loader = (niv2.load_niv2_task(niv2.task_file_path(niv2_dir, n)) for n in names)
+    return loader, len(names), {"tasks": os.path.abspath(tasks_file),
+                                "niv2_dir": os.path.abspath(niv2_dir)}
+
+
+def build_config() -> "Any":
+    """The `ScoreConfig` of the command line."""
+    from activeit_jax import perturbation as perturbation_lib
+    from activeit_jax import scoring, taskmap
+
+    options = perturbation_lib.parse_options(FLAGS.perturbation_option)
+    if FLAGS.perturbation in ("drop", "sentinel", "repeat", "insert"):
+        options.setdefault("rate", FLAGS.drop_rate)
+    return scoring.ScoreConfig(
+        num_instances=FLAGS.num_instances, num_perturbations=FLAGS.num_perturbations,
+        seed=FLAGS.seed, perturbation=FLAGS.perturbation,
+        perturbation_options=tuple(sorted(options.items())),
+        num_pos_examples=FLAGS.num_pos_examples, max_source_length=FLAGS.max_source_length,
+        max_target_length=FLAGS.max_target_length,
+        max_decode_length=FLAGS.max_decode_length or FLAGS.max_target_length,
+        fit_examples=FLAGS.fit_examples, compute_entropy=FLAGS.entropy,
+        save_prompts=FLAGS.save_prompts, batch_size=FLAGS.batch_size,
+        decode_batch_size=FLAGS.decode_batch_size or FLAGS.batch_size,
+        tasks_per_chunk=FLAGS.tasks_per_chunk,
+        thresholds=taskmap.TaskMapThresholds(
+            pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
+            pu_threshold=FLAGS.pu_threshold,
+            probability_threshold=FLAGS.probability_threshold))
 
 
 def main(argv: list[str]) -> None:
-    del argv
-    print("activeit-jax score: not implemented yet", file=sys.stderr)
-    sys.exit(2)
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    for name in ("checkpoint", "vocab", "out"):
+        if not getattr(FLAGS, name):
+            raise ValueError(f"--{name} is required")
+    common.parse_gin_from_flags()
+
+    from activeit_jax import checkpoints, partitioning, scoring
+    from activeit_jax.data import vocab as vocab_lib
+
+    config = build_config()
+    tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct)
+    vocab = vocab_lib.get_vocabulary(FLAGS.vocab)
+    mesh = partitioning.make_mesh(parse_mesh(FLAGS.mesh))
+    model = checkpoints.read_model(FLAGS.checkpoint)
+    params = checkpoints.restore_params(FLAGS.checkpoint, model,
+                                        partitioning.params_shardings(model, mesh))
+    run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
+                "vocab": os.path.abspath(FLAGS.vocab), **pool_args}
+    summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config, mesh=mesh,
+                                 run_args=run_args, total=total, progress=FLAGS.progress)
+    pad = summary["score_padding"]
+    print(f"scored {summary['num_tasks']} tasks ({len(summary['skipped'])} skipped) -> "
+          f"{FLAGS.out}; categories {summary['categories']}; "
+          f"{summary['rows_per_s']:.1f} rows/s; source padding waste "
+          f"{pad['source_padding_waste']:.1%}, target {pad['target_padding_waste']:.1%}; "
+          f"{summary['num_compilations']} compilations")
