@@ -5,6 +5,7 @@ the rest, and turned into gin bindings `NAME = VALUE`.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -63,4 +64,15 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
             raise FileNotFoundError(f"gin file not found: {gin_file} (looked in the working "
                                     f"directory and {roots})")
         resolved.append(found)
-    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+    # gin logs "Path not found" at ERROR level for each search-path probe of an `include`
+    # before it finds the file; those lines are noise, real misses still raise.
+    root_logger = logging.getLogger()
+    root_logger.addFilter(_drop_gin_probe_messages)
+    try:
+        gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+    finally:
+        root_logger.removeFilter(_drop_gin_probe_messages)
+
+
+def _drop_gin_probe_messages(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
