@@ -16,3 +16,26 @@ def parse_gin_from_flags() -> None:
     """Parses `--gin_file` files and the `--gin.X=V` bindings captured from the command line."""
     gin_utils.parse_gin(flags.FLAGS.gin_file, gin_utils.COMMAND_LINE_BINDINGS,
                         flags.FLAGS.gin_search_path)
+
+
+def define_distributed_flags() -> None:
+    """Flags of a multi-host run (see `activeit_jax.distributed`; environment and SLURM
+    variables fill whatever is not given)."""
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+    flags.DEFINE_integer("num_processes", None, "Number of JAX processes (hosts).")
+    flags.DEFINE_integer("process_id", None, "This process's rank.")
+    flags.DEFINE_integer("cpu_devices", None, "CPU only: virtual devices of this process.")
+    flags.DEFINE_string("cpu_collectives", None, "CPU only: cross-process collectives "
+                        "implementation (gloo) for multi-process CPU runs.")
+
+
+def initialize_distributed_from_flags() -> None:
+    """Starts `jax.distributed` from the flags of `define_distributed_flags` (no-op for one
+    process). Call before anything touches a JAX device."""
+    from activeit_jax import distributed
+    config = distributed.resolve_config(
+        coordinator_address=flags.FLAGS.coordinator_address,
+        num_processes=flags.FLAGS.num_processes, process_id=flags.FLAGS.process_id,
+        local_device_count=flags.FLAGS.cpu_devices,
+        cpu_collectives=flags.FLAGS.cpu_collectives)
+    distributed.initialize(config)
