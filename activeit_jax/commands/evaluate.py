@@ -39,6 +39,7 @@ flags.DEFINE_integer("max_target_length", None, "Target / decoding tokens (defau
 flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. data=4,model=2 (-1 = the remaining "
                     "devices); default the TrainConfig's.")
 common.define_gin_flags()
+common.define_distributed_flags()
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> None:
     for name in ("checkpoint", "tasks", "out"):
         if not getattr(FLAGS, name):
             raise ValueError(f"--{name} is required")
+    common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
     from activeit_jax import train_data, trainer

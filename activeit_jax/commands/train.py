@@ -45,6 +45,7 @@ flags.DEFINE_string("init_checkpoint", None, "Initial weights: an activeit-jax c
 flags.DEFINE_integer("stop_after_steps", None, "Stop after this many optimizer steps, as if "
                      "killed (for testing resumption).")
 common.define_gin_flags()
+common.define_distributed_flags()
 
 
 def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
@@ -75,6 +76,7 @@ def main(argv: list[str]) -> None:
         raise ValueError("--out is required")
     if bool(FLAGS.tasks) == bool(FLAGS.self_instruct):
         raise ValueError("give exactly one training set: --tasks or --self_instruct")
+    common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
     from activeit_jax import train_data, trainer

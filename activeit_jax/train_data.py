@@ -1,0 +1,400 @@
+"""Training and evaluation inputs built from a list of `Task`s: tokenised once, batched per epoch.
+
+The training set is small (a few hundred instances per task), so it is tokenised once into
+memory and each epoch is a seeded permutation of it: batch `(epoch, step)` is a pure function of
+the examples, the seed, `epoch` and `step`. A checkpoint that records the data position
+`(epoch, step_in_epoch)` therefore resumes on exactly the batch an uninterrupted run would see.
+
+Prompts are rendered by the data layer (`seqio_tasks.build_examples`): Tk-Instruct for
+encoder-decoder models (positive examples added only while the source still fits
+`max_source_length` tokens, `prompts.make_fits`), Alpaca for decoder-only models. Features follow
+SeqIO's feature converters (`EncDecFeatureConverter` names, `pack=False`): a final short batch is
+filled with all-padding rows, whose loss weights are 0, so every batch has a static shape and
+every example is seen once per epoch. Decoder-only models (LLaMA, Self-Instruct) use the models
+layer's builders (`models.make_decoder_only_batch`: bos + prompt + response + eos, loss on the
+response and eos only; `models.make_prompt_batch` for decoding). `pack=True` packs examples with
+`seqio.EncDecFeatureConverter(pack=True)` (segment ids and positions added) and needs a model
+that reads them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from activeit_jax.data import hashing
+
+PAD_ID = 0
+EOS_ID = 1  # T5; decoder-only models bring their own ids (`SpecialIds`).
+
+ENCODER_DECODER = "encoder_decoder"
+DECODER_ONLY = "decoder_only"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """Token ids the features need: T5 uses pad 0 / eos 1 (no bos); LLaMA pad 0, bos 1, eos 2."""
+    pad: int = PAD_ID
+    eos: int = EOS_ID
+    bos: int | None = None
+
+    @classmethod
+    def of(cls, model: Any) -> "SpecialIds":
+        """The ids of a model wrapper (its config's pad_id / eos_id / bos_id)."""
+        config = getattr(model, "config", None)
+        return cls(pad=int(getattr(config, "pad_id", PAD_ID)),
+                   eos=int(getattr(config, "eos_id", EOS_ID)),
+                   bos=getattr(config, "bos_id", None))
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedExample:
+    """One tokenised instance.
+
+    Attributes:
+      task_name: the task it comes from.
+      label: the task's label ("cls" / "gen").
+      instance_id: the instance id within the task.
+      inputs: source token ids. Encoder-decoder: truncated, ending with EOS (seqio). Decoder-only:
+        the prompt's ids without special tokens (the batch builder adds bos and truncates).
+      targets: token ids of each reference output (encoder-decoder: truncated, ending with EOS;
+        decoder-only: truncated, no EOS); training picks one per epoch, as Tk-Instruct picks a
+        random reference per example.
+      references: the reference strings (for evaluation).
+    """
+    task_name: str
+    label: str
+    instance_id: str
+    inputs: tuple[int, ...]
+    targets: tuple[tuple[int, ...], ...]
+    references: tuple[str, ...]
+
+
+def _encode(vocab: Any, text: str, max_length: int, eos_id: int | None = EOS_ID,
+            keep_end: bool = False) -> tuple[int, ...]:
+    """Token ids of `text`: with `eos_id`, the first `max_length - 1` ids then EOS (seqio);
+    without, `max_length` ids (the last ones when `keep_end`, for decoder-only prompts)."""
+    ids = [int(i) for i in vocab.encode(text)]
+    if eos_id is None:
+        return tuple(ids[-max_length:] if keep_end else ids[:max_length])
+    return tuple(ids[: max_length - 1] + [eos_id])
+
+
+def select_instances(task: Any, max_instances: int | None, seed: int | None) -> tuple[Any, ...]:
+    """The instances of `task` used: a seeded sample of `max_instances` (training, as
+    Tk-Instruct), or the first `max_instances` in file order when `seed` is None (evaluation:
+    NIV2 puts its label-balanced test instances first). See `data.niv2.select_instances`."""
+    from activeit_jax.data import niv2
+    return niv2.select_instances(task, max_instances, 0 if seed is None else seed,
+                                 shuffle=seed is not None).instances
+
+
+def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: int | None,
+                 num_pos_examples: int, max_source_length: int, max_target_length: int,
+                 seed: int | None, model_kind: str = ENCODER_DECODER,
+                 special_ids: SpecialIds | None = None) -> list[EncodedExample]:
+    """Renders (data layer: `seqio_tasks.build_examples`) and tokenises the instances of `tasks`.
+
+    Args:
+      tasks: `data.niv2.Task`s.
+      vocab: a seqio vocabulary (`encode(str) -> ids`).
+      max_instances_per_task: instances kept per task (None = all).
+      num_pos_examples: positive examples in a Tk-Instruct prompt (2).
+      max_source_length: source tokens, EOS included (1024); positive examples are added only
+        while the prompt fits (`prompts.make_fits`), then the source is truncated.
+      max_target_length: target tokens, EOS included (128).
+      seed: instance-sampling seed (None = the first instances, for evaluation).
+      model_kind: ENCODER_DECODER (Tk-Instruct prompts) or DECODER_ONLY (Alpaca prompts).
+      special_ids: the model's ids (encoder-decoder sources and targets end with its EOS).
+
+    Returns:
+      The encoded examples, in task order then instance order.
+    """
+    from activeit_jax.data import prompts, seqio_tasks
+    decoder_only = model_kind == DECODER_ONLY
+    prompt_format = prompts.ALPACA if decoder_only else prompts.TK_INSTRUCT
+    fits = prompts.make_fits(vocab, max_source_length)
+    eos = None if decoder_only else (special_ids or SpecialIds()).eos
+    examples = []
+    for task in tasks:
+        instances = select_instances(task, max_instances_per_task, seed)
+        task = dataclasses.replace(task, instances=instances)
+        for raw in seqio_tasks.build_examples([task], prompt_format, fits,
+                                              num_pos_examples=num_pos_examples):
+            references = tuple(raw["references"]) or ("",)
+            examples.append(EncodedExample(
+                task_name=task.name, label=getattr(task, "label", "gen"),
+                instance_id=str(raw["instance_id"]),
+                inputs=_encode(vocab, raw["inputs"], max_source_length, eos, keep_end=True),
+                targets=tuple(_encode(vocab, ref, max_target_length, eos)
+                              for ref in references),
+                references=references))
+    return examples
+
+
+def fingerprint(examples: Sequence[EncodedExample]) -> str:
+    """A hash of the token ids, so a resumed run can check that it reads the same data."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(np.asarray(ex.inputs, np.int32).tobytes())
+        for t in ex.targets:
+            h.update(np.asarray(t, np.int32).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Features.
+
+def shift_right(targets: np.ndarray, segment_ids: np.ndarray | None = None) -> np.ndarray:
+    """Decoder inputs: targets shifted right with 0 (BOS) first, per segment when packed."""
+    shifted = np.zeros_like(targets)
+    shifted[..., 1:] = targets[..., :-1]
+    if segment_ids is not None:
+        starts = np.zeros_like(segment_ids, dtype=bool)
+        starts[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
+        starts[..., 0] = True
+        shifted = np.where(starts, 0, shifted)
+    return shifted
+
+
+def encdec_features(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                    source_length: int, target_length: int) -> dict[str, np.ndarray]:
+    """Unpacked `EncDecFeatureConverter` features of a batch (rows padded with 0).
+
+    Returns:
+      encoder_input_tokens [B, S], decoder_input_tokens [B, T], decoder_target_tokens [B, T],
+      decoder_loss_weights [B, T] (int32; 1 on target tokens, 0 on padding).
+    """
+    batch = len(inputs)
+    enc = np.zeros((batch, source_length), np.int32)
+    dec = np.zeros((batch, target_length), np.int32)
+    for row, (src, tgt) in enumerate(zip(inputs, targets)):
+        src, tgt = list(src)[:source_length], list(tgt)[:target_length]
+        enc[row, :len(src)] = src
+        dec[row, :len(tgt)] = tgt
+    return {
+        "encoder_input_tokens": enc,
+        "decoder_input_tokens": shift_right(dec),
+        "decoder_target_tokens": dec,
+        "decoder_loss_weights": (dec != PAD_ID).astype(np.int32),
+    }
+
+
+def decoder_only_features(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                          length: int, ids: SpecialIds) -> dict[str, np.ndarray]:
+    """Decoder-only training features (`models.make_decoder_only_batch`): bos + prompt +
+    response + eos, loss on the response and eos only; empty rows are all padding."""
+    from activeit_jax.models import make_decoder_only_batch
+    feats = make_decoder_only_batch(prompts, responses, length, bos_id=ids.bos, eos_id=ids.eos,
+                                    pad_id=ids.pad)
+    empty = np.asarray([not p and not r for p, r in zip(prompts, responses)])
+    for key, value in feats.items():
+        value[empty] = 0
+    return feats
+
+
+def pack_encdec_with_seqio(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                           source_length: int, target_length: int) -> dict[str, np.ndarray]:
+    """Packs examples (in order) with `seqio.EncDecFeatureConverter(pack=True)`.
+
+    Returns:
+      All packed rows: the unpacked features plus encoder/decoder `segment_ids` and
+      `positions`, each [N, S] or [N, T].
+    """
+    import seqio
+    import tensorflow as tf
+
+    def gen():
+        for src, tgt in zip(inputs, targets):
+            yield {"inputs": np.asarray(src, np.int32), "targets": np.asarray(tgt, np.int32)}
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature={
+        "inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+    converter = seqio.EncDecFeatureConverter(pack=True)
+    ds = converter(ds, {"inputs": source_length, "targets": target_length})
+    rows = list(ds.as_numpy_iterator())
+    if not rows:
+        raise ValueError("no examples to pack")
+    return {k: np.stack([np.asarray(r[k], np.int32) for r in rows]) for k in rows[0]}
+
+
+class EpochBatcher:
+    """Deterministic batches of a fixed training set: batch(epoch, step) is a pure function.
+
+    Each epoch is a permutation of the examples drawn from `(seed, epoch)`; each example's
+    reference (when it has several) is drawn from `(seed, epoch, example)` too. Both use the
+    data layer's SHA-256 orderings (`data.hashing`), the same on every machine and version.
+    The last batch of an epoch is completed with all-padding rows (loss weight 0).
+    Decoder-only sequences are `source_length + target_length` tokens long.
+    """
+
+    def __init__(self, examples: Sequence[EncodedExample], batch_size: int, seed: int, *,
+                 source_length: int, target_length: int, model_kind: str = ENCODER_DECODER,
+                 pack: bool = False, special_ids: SpecialIds | None = None):
+        if not examples:
+            raise ValueError("the training set is empty")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if pack and model_kind != ENCODER_DECODER:
+            raise ValueError("packing is implemented for encoder-decoder models only")
+        self.examples = list(examples)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.source_length = source_length
+        self.target_length = target_length
+        self.model_kind = model_kind
+        self.pack = pack
+        self.special_ids = special_ids or SpecialIds()
+        self._packed_cache: dict[int, dict[str, np.ndarray]] = {}
+        self._order_cache: tuple[int | None, np.ndarray] = (None, np.zeros(0, np.int64))
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_cache[0] != epoch:
+            keys = [str(i) for i in range(len(self.examples))]
+            order = np.asarray([int(k) for k in hashing.stable_shuffle(
+                keys, self.seed, f"train_epoch:{epoch}")], np.int64)
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
+
+    def _rows(self, epoch: int, indices: Sequence[int]):
+        inputs, targets = [], []
+        for i in indices:
+            ex = self.examples[int(i)]
+            inputs.append(ex.inputs)
+            choice = 0 if len(ex.targets) == 1 else hashing.stable_choice_index(
+                len(ex.targets), self.seed, f"reference:{epoch}:{i}")
+            targets.append(ex.targets[choice])
+        return inputs, targets
+
+    def _packed(self, epoch: int) -> dict[str, np.ndarray]:
+        if epoch not in self._packed_cache:
+            inputs, targets = self._rows(epoch, self._epoch_order(epoch))
+            self._packed_cache = {epoch: pack_encdec_with_seqio(
+                inputs, targets, self.source_length, self.target_length)}
+        return self._packed_cache[epoch]
+
+    def steps_per_epoch(self, epoch: int = 0) -> int:
+        """Number of batches in `epoch` (the same for every epoch unless packing)."""
+        rows = (len(next(iter(self._packed(epoch).values()))) if self.pack
+                else len(self.examples))
+        return -(-rows // self.batch_size)
+
+    def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
+        """The features of batch `step` of `epoch` (numpy, leading dim `batch_size`)."""
+        if not 0 <= step < self.steps_per_epoch(epoch):
+            raise IndexError(f"step {step} outside epoch {epoch} "
+                             f"({self.steps_per_epoch(epoch)} steps)")
+        lo, hi = step * self.batch_size, (step + 1) * self.batch_size
+        if self.pack:
+            packed = self._packed(epoch)
+            return {k: pad_rows(v[lo:hi], self.batch_size) for k, v in packed.items()}
+        inputs, targets = self._rows(epoch, self._epoch_order(epoch)[lo:hi])
+        missing = self.batch_size - len(inputs)
+        inputs += [()] * missing
+        targets += [()] * missing
+        if self.model_kind == DECODER_ONLY:
+            return decoder_only_features(inputs, targets, self.source_length + self.target_length,
+                                         self.special_ids)
+        return encdec_features(inputs, targets, self.source_length, self.target_length)
+
+
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """Appends zero rows to reach `rows` rows."""
+    if len(array) >= rows:
+        return array
+    pad = np.zeros((rows - len(array),) + array.shape[1:], array.dtype)
+    return np.concatenate([array, pad])
+
+
+def eval_batches(examples: Sequence[EncodedExample], batch_size: int, source_length: int,
+                 target_length: int, model_kind: str = ENCODER_DECODER,
+                 special_ids: SpecialIds | None = None
+                 ) -> list[tuple[dict[str, np.ndarray], int]]:
+    """Decoding batches in example order, each (features, number of real rows).
+
+    Encoder-decoder: the `encdec_features` of the sources (and first references).
+    Decoder-only: `models.make_prompt_batch` (bos + prompt, left-padded to `source_length`).
+    """
+    ids = special_ids or SpecialIds()
+    batches = []
+    for lo in range(0, len(examples), batch_size):
+        chunk = examples[lo:lo + batch_size]
+        missing = batch_size - len(chunk)
+        inputs = [ex.inputs for ex in chunk]
+        if model_kind == DECODER_ONLY:
+            from activeit_jax.models import make_prompt_batch
+            feats = make_prompt_batch(inputs, source_length, bos_id=ids.bos, pad_id=ids.pad)
+            feats = {k: pad_rows(v, batch_size) for k, v in feats.items()}
+        else:
+            targets = [ex.targets[0] for ex in chunk] + [()] * missing
+            feats = encdec_features(inputs + [()] * missing, targets, source_length,
+                                    target_length)
+        batches.append((feats, len(chunk)))
+    return batches
+
+
+def token_counts(batch: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """(non-padding input tokens, target tokens with loss weight) of a numpy batch."""
+    targets = int(np.asarray(batch["decoder_loss_weights"]).sum())
+    if "encoder_input_tokens" in batch:
+        inputs = int((np.asarray(batch["encoder_input_tokens"]) != PAD_ID).sum())
+    else:
+        inputs = int((np.asarray(batch["decoder_input_tokens"]) != PAD_ID).sum()) - targets
+    return inputs, targets
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Task lists for the command line.
+
+def read_tasks(path: str, niv2_dir: str | None = None) -> list[Any]:
+    """Reads the tasks named by a file.
+
+    Accepted forms: a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as
+    `activeit-jax prepare` writes them) or of records with "name" / "task"; a JSON list of
+    names / records, or an object with a "tasks" list (e.g. `selected_tasks.json`); a text
+    file with one task name per line (`#` starts a comment). Names are loaded from
+    `niv2_dir/tasks/<name>.json`.
+
+    Args:
+      path: the file.
+      niv2_dir: the NIV2 root, needed when the file holds names.
+
+    Returns:
+      `data.niv2.Task`s in file order.
+
+    Raises:
+      ValueError: names without `niv2_dir`; FileNotFoundError: a named task has no file.
+    """
+    import json
+    import os
+
+    from activeit_jax.data import niv2
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if path.endswith(".jsonl"):
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    elif text.lstrip().startswith(("[", "{")):
+        data = json.loads(text)
+        records = list(data.get("tasks", []) if isinstance(data, dict) else data)
+    else:
+        records = [ln.strip() for ln in text.splitlines()
+                   if ln.strip() and not ln.lstrip().startswith("#")]
+    tasks: list[Any] = []
+    for record in records:
+        if isinstance(record, Mapping) and "instances" in record:
+            tasks.append(niv2.Task.from_dict(record))
+            continue
+        name = record if isinstance(record, str) else record.get("name", record.get("task"))
+        if not name:
+            raise ValueError(f"{path}: cannot read a task name from {record!r}")
+        if not niv2_dir:
+            raise ValueError(f"{path} names tasks; give the NIV2 directory (--niv2_dir)")
+        task_path = niv2.task_file_path(niv2_dir, str(name))
+        if not os.path.exists(task_path):
+            raise FileNotFoundError(f"task {name!r} of {path} has no file {task_path}")
+        tasks.append(niv2.load_niv2_task(task_path))
+    return tasks
