@@ -45,7 +45,14 @@ def run_main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     module = importlib.import_module(f"activeit_jax.commands.{command}")
-    from absl import app  # imported late: keeps `--help` fast.
+    from absl import app, flags  # imported late: keeps `--help` fast.
+    if any(arg in ("-h", "--help", "-help") for arg in argv[2:]):
+        # absl's own --help lists the flags of `sys.argv[0]`'s module, not the command's.
+        print((module.__doc__ or SUBCOMMANDS[command]).strip() + "\n")
+        print(flags.FLAGS.module_help(module))
+        if hasattr(module, "common"):
+            print(flags.FLAGS.module_help(module.common))
+        sys.exit(0)
     app.run(module.main, argv=[f"activeit-jax {command}", *argv[2:]],
             flags_parser=module.parse_flags if hasattr(module, "parse_flags") else
             _default_flags_parser)

@@ -136,7 +136,7 @@ class TrainJob:
     Attributes:
       model: a model wrapper (`%MODEL` of `configs/models/*.gin`); None = the checkpoint's.
       config: the run settings (`@TrainConfig()`).
-      vocabulary: the seqio vocabulary (`%VOCABULARY` of `configs/data/*.gin`).
+      vocabulary: the seqio vocabulary (`%VOCABULARY` of `configs/pools/*.gin`).
       niv2_dir: NIV2 root for task names.
       init_checkpoint: initial weights (a `checkpoints.save_model` directory).
       partitioning: a `partitioning.PartitioningConfig`; its mesh sizes and rules replace the

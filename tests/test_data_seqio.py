@@ -126,7 +126,7 @@ def test_gin_data_config_and_sample_registration(sample_data):
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings(
-            [os.path.join(tasks_module.REPO_ROOT, "configs", "data", "sample.gin")], [])
+            [os.path.join(tasks_module.REPO_ROOT, "configs", "pools", "sample.gin")], [])
         from activeit_jax.data import configurables
         assert configurables.get_vocabulary().vocab_size == 1100  # path bound by the file
         assert gin.query_parameter("%MAX_SOURCE_LENGTH") == 1024

@@ -1,4 +1,4 @@
-"""`activeit-jax select`: pick the next tasks of an iteration from a scored pool.
+r"""`activeit-jax select`: pick the next tasks of an iteration from a scored pool.
 
     activeit-jax select --scores=RUN/seed_0/iter_0/scores.jsonl --pool=pool.jsonl \
         --strategy=prompt_uncertainty --num_tasks=68 --quota=niv2 --seed=0 --iteration=1 \

@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
                          "(activeit-jax convert), or set train_job.allow_random_init = True")
     if job.vocabulary is None:
         raise ValueError("no vocabulary: bind train_job.vocabulary (e.g. %VOCABULARY of "
-                         "configs/data/*.gin)")
+                         "configs/pools/*.gin)")
     model = resolve_model(job.model, init_checkpoint, config.logical_axis_rules)
 
     if FLAGS.self_instruct:
