@@ -6,9 +6,12 @@
     activeit-jax score --checkpoint=CKPT --vocab=SPM --self_instruct=FILE --out=OUT
 
 The pool: `--tasks=FILE` lists NIV2 task names one per line (read from `--niv2_dir/tasks/`),
-or is a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as `activeit-jax prepare`
-writes); or `--self_instruct=FILE` (JSON/JSONL, one task per item). Tasks are loaded one at a
-time as the scorer reaches them.
+or is a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as `activeit-jax prepare` writes
+them; lines carrying a "role" are kept only for `--role`, default "pool"); or
+`--self_instruct=FILE` (JSON/JSONL, one task per item). NIV2 and prepared tasks are loaded one
+at a time as the scorer reaches them (the Self-Instruct reader loads its file at once). A task
+file without instances is skipped and listed in summary.json; other malformed files stop the
+run unless --on_bad_task=skip.
 
 Writes OUT/scores.jsonl (one line per task), OUT/taskmap.csv, OUT/taskmap.png / .svg,
 OUT/summary.json (thresholds, skipped tasks, throughput, padding waste, compilations) and,
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Iterator
 
 from absl import flags
@@ -32,6 +36,8 @@ flags.DEFINE_string("vocab", None, "SentencePiece model of the checkpoint.")
 flags.DEFINE_string("niv2_dir", None, "NIV2 root (tasks/<name>.json), with --tasks.")
 flags.DEFINE_string("tasks", None, "Pool: file of task names (one per line) or a .jsonl of "
                     "prepared tasks.")
+flags.DEFINE_string("role", "pool", "With a prepared tasks.jsonl whose lines carry a role: "
+                    "score only this role ('' = every line).")
 flags.DEFINE_string("self_instruct", None, "Pool: Self-Instruct / Alpaca JSON or JSONL file.")
 flags.DEFINE_string("out", None, "Output directory (resumed when it holds the same run).")
 flags.DEFINE_integer("num_instances", 10, "n: instances per task (all when fewer).")
@@ -42,7 +48,8 @@ flags.DEFINE_integer("seed", 0, "Seed of instance choice and perturbations.")
 flags.DEFINE_string("perturbation", "drop", "Perturbation: drop, sentinel, repeat, insert, "
                     "paraphrase.")
 flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
-                          "perturbation, e.g. file=paraphrases.jsonl, words=a,b,c.")
+                          "perturbation, e.g. file=paraphrases.jsonl, words=a,b,c "
+                          "(rate=R here overrides --drop_rate).")
 flags.DEFINE_boolean("save_prompts", False, "Also write prompts.jsonl (one line per task, "
                      "instance and perturbation).")
 flags.DEFINE_boolean("entropy", False, "Also compute the mean token entropy baseline.")
@@ -55,6 +62,10 @@ flags.DEFINE_integer("max_decode_length", None, "Greedy decoding length "
                      "(default max_target_length).")
 flags.DEFINE_integer("batch_size", 64, "Rows per jitted scoring call.")
 flags.DEFINE_integer("decode_batch_size", None, "Rows per decoding call (default batch_size).")
+flags.DEFINE_list("source_buckets", [], "Padded source lengths, e.g. 128,256,512,1024 "
+                  "(default: powers of two up to max_source_length).")
+flags.DEFINE_list("target_buckets", [], "Padded target lengths (default: powers of two from "
+                  "8 up to max_target_length).")
 flags.DEFINE_integer("tasks_per_chunk", 16, "Consecutive tasks processed together.")
 flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes, e.g. "
                     "data=4,model=2 (-1 = the remaining devices).")
@@ -66,6 +77,9 @@ flags.DEFINE_float("pu_threshold", None, "Task Map: absolute PU threshold (overr
                    "--pu_quantile).")
 flags.DEFINE_float("probability_threshold", None, "Task Map: absolute probability threshold "
                    "(overrides --probability_quantile).")
+flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 task file: "
+                  "stop, or skip it and list it in summary.json (a file without instances "
+                  "is always skipped and listed).")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 common.define_gin_flags()
 
@@ -81,8 +95,9 @@ def parse_mesh(text: str) -> dict[str, int]:
     return out
 
 
-def iter_pool(niv2_dir: str | None, tasks_file: str | None,
-              self_instruct: str | None) -> tuple[Iterator[Any], int, dict[str, Any]]:
+def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str | None,
+              on_bad_task: str = "error", role: str = "pool"
+              ) -> tuple[Iterator[Any], int, dict[str, Any]]:
     """The pool as a lazy iterator, its size, and what identifies it (for the fingerprint)."""
     from activeit_jax.data import niv2
 
@@ -93,15 +108,21 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None,
         tasks = si.load_self_instruct(self_instruct)
         return iter(tasks), len(tasks), {"self_instruct": os.path.abspath(self_instruct)}
     if tasks_file.endswith(".jsonl"):
+        def keep(record):
+            return "role" not in record or not role or record["role"] == role
+
         with open(tasks_file, encoding="utf-8") as handle:
-            total = sum(1 for line in handle if line.strip())
+            total = sum(1 for line in handle if line.strip() and keep(json.loads(line)))
 
         def prepared():
             with open(tasks_file, encoding="utf-8") as handle:
                 for line in handle:
                     if line.strip():
-                        yield niv2.Task.from_dict(json.loads(line))
-        return prepared(), total, {"tasks": os.path.abspath(tasks_file)}
+                        record = json.loads(line)
+                        if keep(record):
+                            record.pop("role", None)
+                            yield niv2.Task.from_dict(record)
+        return prepared(), total, {"tasks": os.path.abspath(tasks_file), "role": role}
     if not niv2_dir:
         raise ValueError("--tasks with task names needs --niv2_dir")
     with open(tasks_file, encoding="utf-8") as handle:
@@ -110,9 +131,27 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None,
     if missing:
         raise FileNotFoundError(f"{len(missing)} task(s) of {tasks_file} have no file in "
                                 f"{niv2_dir}/tasks: {missing[:5]}")
-    loader = (niv2.load_niv2_task(niv2.task_file_path(niv2_dir, n)) for n in names)
-    return loader, len(names), {"tasks": os.path.abspath(tasks_file),
-                                "niv2_dir": os.path.abspath(niv2_dir)}
+    return _load_lazily(niv2_dir, names, on_bad_task), len(names), {
+        "tasks": os.path.abspath(tasks_file), "niv2_dir": os.path.abspath(niv2_dir)}
+
+
+def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str) -> Iterator[Any]:
+    """Loads each task when the scorer reaches it; a file without instances (or, with
+    on_bad_task="skip", any malformed file) becomes a `SkippedTask` with the reason."""
+    from activeit_jax import scoring
+    from activeit_jax.data import errors, niv2
+
+    for name in names:
+        path = niv2.task_file_path(niv2_dir, name)
+        try:
+            yield niv2.load_niv2_task(path)
+        except errors.TaskFormatError as err:
+            if err.field == "Instances" and "empty" in err.message:
+                yield scoring.SkippedTask(name, "no instances")
+            elif on_bad_task == "skip":
+                yield scoring.SkippedTask(name, str(err))
+            else:
+                raise
 
 
 def build_config() -> "Any":
@@ -134,6 +173,8 @@ def build_config() -> "Any":
         save_prompts=FLAGS.save_prompts, batch_size=FLAGS.batch_size,
         decode_batch_size=FLAGS.decode_batch_size or FLAGS.batch_size,
         tasks_per_chunk=FLAGS.tasks_per_chunk,
+        source_buckets=tuple(int(b) for b in FLAGS.source_buckets) or None,
+        target_buckets=tuple(int(b) for b in FLAGS.target_buckets) or None,
         thresholds=taskmap.TaskMapThresholds(
             pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
             pu_threshold=FLAGS.pu_threshold,
@@ -150,18 +191,27 @@ def main(argv: list[str]) -> None:
 
     from activeit_jax import checkpoints, partitioning, scoring
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.data.errors import DataError
 
-    config = build_config()
-    tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct)
-    vocab = vocab_lib.get_vocabulary(FLAGS.vocab)
-    mesh = partitioning.make_mesh(parse_mesh(FLAGS.mesh))
-    model = checkpoints.read_model(FLAGS.checkpoint)
-    params = checkpoints.restore_params(FLAGS.checkpoint, model,
-                                        partitioning.params_shardings(model, mesh))
-    run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
-                "vocab": os.path.abspath(FLAGS.vocab), **pool_args}
-    summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config, mesh=mesh,
-                                 run_args=run_args, total=total, progress=FLAGS.progress)
+    try:
+        config = build_config()
+        tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
+                                            FLAGS.on_bad_task, FLAGS.role)
+        vocab = vocab_lib.get_vocabulary(FLAGS.vocab)
+        mesh = partitioning.make_mesh(parse_mesh(FLAGS.mesh))
+        model = checkpoints.read_model(FLAGS.checkpoint)
+        params = checkpoints.restore_params(FLAGS.checkpoint, model,
+                                            partitioning.params_shardings(model, mesh))
+        run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
+                    "vocab": os.path.abspath(FLAGS.vocab), "on_bad_task": FLAGS.on_bad_task,
+                    **pool_args}
+        summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
+                                     mesh=mesh, run_args=run_args, total=total,
+                                     progress=FLAGS.progress)
+    except (scoring.ResumeMismatchError, DataError, checkpoints.CheckpointError,
+            FileNotFoundError) as err:
+        print(f"activeit-jax score: {err}", file=sys.stderr)
+        sys.exit(1)
     pad = summary["score_padding"]
     print(f"scored {summary['num_tasks']} tasks ({len(summary['skipped'])} skipped) -> "
           f"{FLAGS.out}; categories {summary['categories']}; "
