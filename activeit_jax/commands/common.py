@@ -39,3 +39,12 @@ def initialize_distributed_from_flags() -> None:
         local_device_count=flags.FLAGS.cpu_devices,
         cpu_collectives=flags.FLAGS.cpu_collectives)
     distributed.initialize(config)
+
+
+def quiet_library_logs() -> None:
+    """Shows our INFO progress lines but only warnings from libraries (orbax logs every
+    checkpoint read and write at INFO through absl)."""
+    import logging
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("activeit_jax").setLevel(logging.INFO)

@@ -1,0 +1,266 @@
+"""The active instruction tuning loop: train, score, select, repeat; resumable at any point.
+
+For each seed:
+
+1. The experiment split (initial / validation / pool / test) is drawn with that seed and
+   written to `RUN/seed_{s}/data/` (the data layer's prepared-pool format).
+2. Iteration 0 trains a model from the base weights on the initial tasks, evaluates it on the
+   validation and test tasks and scores the whole pool. It is shared by all strategies.
+3. For each strategy and iteration i >= 1: the strategy picks `tasks_per_iteration` tasks from
+   the part of the pool not yet selected (using the previous iteration's scores), a new model
+   is trained *from the base weights* on the union of everything selected so far, evaluated,
+   and (when another iteration follows, or the Task Map is wanted) scores the remaining pool.
+
+Everything lives under one run directory, in the layout `activeit_jax.reports` documents:
+
+    RUN/seed_{s}/data/                prepared split (tasks.jsonl, splits.json)
+    RUN/seed_{s}/iter_0/              shared iteration 0
+    RUN/seed_{s}/{strategy}/iter_{i}/ later iterations
+      selected_tasks.json             tasks added at this iteration
+      train/                          trainer run dir (checkpoints, best/, metrics.jsonl)
+      eval_val/, eval_test/           evaluator outputs (predictions, metrics)
+      per_task_metrics.jsonl          per-task ROUGE-L / exact match of both splits
+      metrics_val.json, metrics_test.json
+      scoring/                        scorer run dir (scores, prompts, task map, summary)
+      scores.jsonl, task_map.png      the scorer's results, for the report
+      DONE                            written last: the iteration is complete
+
+Each stage is itself resumable (trainer and scorer resume from what they wrote; the small files
+are written atomically), and a stage whose output exists is skipped, so a loop killed at any
+moment and restarted with the same command continues where it was and ends with the same
+selections, scores and metrics as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from activeit_jax import io_utils, reports, selection
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "DONE"
+LOOP_CONFIG_FILE = "loop_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The shape of an active-learning experiment.
+
+    Attributes:
+      strategies: selection strategies to compare (`selection.list_strategies()`).
+      seeds: experiment seeds; each draws its own split and iteration-0 set.
+      num_iterations: iterations including iteration 0 (the paper: 1 + 5 at 68 tasks each).
+      tasks_per_iteration: tasks added per iteration; None = as many as the initial set.
+      quota: "niv2" (keep the cls/gen ratio), "self_instruct" (per length chunk) or "none".
+      label_ratio: {"cls": a, "gen": b} for the NIV2 quota; None = the paper's 24 / 44.
+      score_all_strategies: also score the pool after iterations of strategies that do not
+        need scores (random, fully_trained), for their Task Maps and the uncertainty figure.
+      evaluate_test: evaluate each iteration's model on the test split too.
+      keep_train_checkpoints: keep the trainer's intermediate checkpoints once an iteration is
+        complete (its best/ checkpoint is always kept).
+    """
+    strategies: Sequence[str] = ("prompt_uncertainty", "random")
+    seeds: Sequence[int] = (0,)
+    num_iterations: int = 6
+    tasks_per_iteration: int | None = None
+    quota: str = "niv2"
+    label_ratio: Mapping[str, int] | None = None
+    score_all_strategies: bool = True
+    evaluate_test: bool = True
+    keep_train_checkpoints: bool = False
+
+    def __post_init__(self):
+        unknown = [s for s in self.strategies if s not in selection.list_strategies()]
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; known: "
+                             f"{selection.list_strategies()}")
+        if self.num_iterations < 1:
+            raise ValueError("num_iterations must be >= 1")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+
+
+@dataclasses.dataclass
+class Stages:
+    """The heavy operations the loop calls; the entry point binds them to real components.
+
+    Keeping them injectable keeps the loop itself free of model, mesh and gin details, and
+    lets the tests count and interrupt the calls.
+
+    Attributes:
+      prepare: (seed, out_dir) -> PreparedData; writes/reads the seed's split in out_dir.
+      train: (train_tasks, val_tasks, out_dir) -> best checkpoint directory.
+      evaluate: (checkpoint_dir, tasks, out_dir) -> per-task records
+        [{"task", "label", "rouge_l", "exact_match", "n_instances"}].
+      score: (checkpoint_dir, tasks, out_dir) -> None; writes out_dir/scores.jsonl and
+        out_dir/taskmap.png (the scorer's layout).
+    """
+    prepare: Callable[[int, str], Any]
+    train: Callable[[Sequence[Any], Sequence[Any], str], str]
+    evaluate: Callable[[str, Sequence[Any], str], list[dict[str, Any]]]
+    score: Callable[[str, Sequence[Any], str], None]
+
+
+def iteration_dir(run_dir: str, seed: int, strategy: str | None, iteration: int) -> str:
+    """Directory of one iteration (iteration 0 is shared by the strategies of a seed)."""
+    if iteration == 0:
+        return os.path.join(run_dir, f"seed_{seed}", "iter_0")
+    return os.path.join(run_dir, f"seed_{seed}", strategy, f"iter_{iteration}")
+
+
+def check_run_config(run_dir: str, config: LoopConfig) -> None:
+    """Records the loop config in a new run dir; refuses to resume with a different one.
+
+    Seeds and strategies may grow (adding a seed or a strategy to a finished run is a natural
+    extension), but everything that changes existing results must stay the same.
+    """
+    path = os.path.join(run_dir, LOOP_CONFIG_FILE)
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            stored = json.load(handle)
+        fixed = ("num_iterations", "tasks_per_iteration", "quota", "label_ratio")
+        changed = [k for k in fixed if stored.get(k) != current.get(k)]
+        if changed:
+            raise ValueError(f"{run_dir} was started with different settings {changed}: "
+                             f"{ {k: stored.get(k) for k in changed} }; use a new --out")
+    io_utils.atomic_write_json(path, current)
+
+
+def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
+             on_stage: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Runs (or resumes) every seed x strategy x iteration of the experiment.
+
+    Args:
+      run_dir: the run directory.
+      config: the experiment.
+      stages: the train / evaluate / score / prepare operations.
+      on_stage: optional callback(stage, directory) after each finished stage (progress
+        display; tests use it to simulate a kill between stages).
+
+    Returns:
+      {"iterations": number of iterations completed, "run_dir": run_dir}.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    check_run_config(run_dir, config)
+    total = len(config.seeds) * (1 + len(config.strategies) * (config.num_iterations - 1))
+    done = 0
+    started = time.time()
+
+    def progress(label: str) -> None:
+        nonlocal done
+        done += 1
+        elapsed = time.time() - started
+        eta = elapsed / done * (total - done)
+        log.info("[%d/%d iterations] %s done (elapsed %.0fs, ETA %.0fs)", done, total, label,
+                 elapsed, eta)
+
+    for seed in config.seeds:
+        prepared = stages.prepare(seed, os.path.join(run_dir, f"seed_{seed}", "data"))
+        initial = list(prepared.split.initial)
+        pool_names = list(prepared.split.pool)
+        validation = prepared.role_tasks("validation")
+        test = prepared.role_tasks("test") if config.evaluate_test else []
+        per_iteration = config.tasks_per_iteration or len(initial)
+        # Iteration 0 is shared: the union is just the initial set.
+        iter0 = iteration_dir(run_dir, seed, None, 0)
+        _run_iteration(iter0, selected_now={"tasks": initial, "strategy": "initial"},
+                       union=initial, remaining=pool_names, prepared=prepared,
+                       validation=validation, test=test, stages=stages,
+                       score_needed=True, config=config, on_stage=on_stage)
+        progress(f"seed {seed} iteration 0")
+        for strategy_name in config.strategies:
+            strategy = selection.get_strategy(strategy_name)
+            union, remaining, prev_dir = list(initial), list(pool_names), iter0
+            iterations = 2 if strategy.selects_all else config.num_iterations
+            for iteration in range(1, iterations):
+                it_dir = iteration_dir(run_dir, seed, strategy_name, iteration)
+                chosen = _select(it_dir, prev_dir, strategy_name, remaining, prepared,
+                                 per_iteration, config, seed, iteration)
+                union = union + chosen["tasks"]
+                remaining = [name for name in remaining if name not in set(chosen["tasks"])]
+                last = iteration == iterations - 1
+                score_needed = bool(remaining) and (
+                    config.score_all_strategies or (strategy.needs_scores and not last))
+                _run_iteration(it_dir, chosen, union, remaining, prepared, validation, test,
+                               stages, score_needed, config, on_stage)
+                prev_dir = it_dir
+                progress(f"seed {seed} {strategy_name} iteration {iteration}")
+            done += config.num_iterations - iterations  # fully_trained has a single iteration
+    return {"iterations": done, "run_dir": run_dir}
+
+
+def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str], prepared: Any,
+            num_tasks: int, config: LoopConfig, seed: int, iteration: int) -> dict[str, Any]:
+    """Selects (or re-reads) the tasks added at `iteration`, from the previous scores."""
+    path = os.path.join(it_dir, reports.SELECTED_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    pool = [selection.TaskInfo(name=name, label=prepared.tasks[name].label,
+                               chunk=(prepared.split.chunks or {}).get(name))
+            for name in remaining]
+    scores = None
+    if selection.get_strategy(strategy).needs_scores:
+        remaining_set = set(remaining)
+        scores = [r for r in io_utils.read_jsonl(os.path.join(prev_dir, reports.SCORES_FILE))
+                  if r["task"] in remaining_set]
+    chosen = selection.select(strategy, scores, pool, num_tasks=num_tasks, quota=config.quota,
+                              seed=seed, iteration=iteration, label_ratio=config.label_ratio)
+    record = chosen.to_json()
+    io_utils.atomic_write_json(path, record)
+    return record
+
+
+def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence[str],
+                   remaining: Sequence[str], prepared: Any, validation: Sequence[Any],
+                   test: Sequence[Any], stages: Stages, score_needed: bool, config: LoopConfig,
+                   on_stage: Callable[[str, str], None] | None) -> None:
+    """Train, evaluate and score one iteration, skipping the stages already done."""
+    if os.path.exists(os.path.join(it_dir, DONE_FILE)):
+        return
+    os.makedirs(it_dir, exist_ok=True)
+    selected_path = os.path.join(it_dir, reports.SELECTED_FILE)
+    if not os.path.exists(selected_path):
+        io_utils.atomic_write_json(selected_path, dict(selected_now))
+    notify = on_stage or (lambda stage, directory: None)
+
+    train_dir = os.path.join(it_dir, "train")
+    best = stages.train([prepared.tasks[n] for n in union], validation, train_dir)
+    notify("train", it_dir)
+
+    per_task_path = os.path.join(it_dir, reports.PER_TASK_FILE)
+    if not os.path.exists(per_task_path):
+        records = []
+        for split, tasks in (("val", validation), ("test", test)):
+            if tasks:
+                for rec in stages.evaluate(best, tasks, os.path.join(it_dir, f"eval_{split}")):
+                    records.append({"split": split, **rec})
+        io_utils.atomic_write_text(per_task_path, "".join(
+            json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        reports.write_derived_metrics(it_dir)
+    notify("evaluate", it_dir)
+
+    if score_needed:
+        scoring_dir = os.path.join(it_dir, "scoring")
+        stages.score(best, [prepared.tasks[n] for n in remaining], scoring_dir)
+        # The report reads these two files at the iteration's top level.
+        for source, target in (("scores.jsonl", reports.SCORES_FILE),
+                               ("taskmap.png", reports.TASK_MAP_FILE)):
+            src = os.path.join(scoring_dir, source)
+            if os.path.exists(src):
+                with open(src, "rb") as handle:
+                    data = handle.read()
+                with io_utils.atomic_open(os.path.join(it_dir, target), "wb") as out:
+                    out.write(data)
+        notify("score", it_dir)
+
+    if not config.keep_train_checkpoints:
+        shutil.rmtree(os.path.join(train_dir, "checkpoints"), ignore_errors=True)
+    io_utils.atomic_write_text(os.path.join(it_dir, DONE_FILE), "")
