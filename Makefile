@@ -23,6 +23,7 @@ $(STAMP): requirements.lock setup.py
 
 demo: $(STAMP)
 	$(VENV)/bin/activeit-jax run --gin_file=configs/demo.gin --out=$(DEMO_OUT)
+	@echo "demo done: open $(DEMO_OUT)/report/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
