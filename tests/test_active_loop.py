@@ -226,3 +226,47 @@ def test_fully_trained_reference_trains_on_the_whole_pool_once(tmp_path, sample_
     chosen = _selected(run_dir, 0, "fully_trained", 1)["tasks"]
     assert sorted(chosen) == sorted(prepared.split.pool)
     assert not os.path.exists(active_loop.iteration_dir(run_dir, 0, "fully_trained", 2))
+
+
+@pytest.fixture
+def clean_gin():
+    import gin
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def _parse_experiment(gin_file: str, bindings: list[str]):
+    from activeit_jax import gin_utils
+    from activeit_jax.commands import run
+    run._register_configurables()
+    import activeit_jax.data.configurables  # noqa: F401
+    import activeit_jax.models  # noqa: F401
+    import activeit_jax.trainer  # noqa: F401
+    gin_utils.parse_gin([gin_file], bindings)
+    return run.experiment()
+
+
+def test_paper_experiment_config_is_the_paper_setting(clean_gin, sample_data):
+    exp = _parse_experiment("experiments/niv2_t5_large.gin", [
+        'NIV2_DIR = "/niv2"', f'get_vocabulary.path = "{sample_data}/vocab/sample_spm.model"',
+        'experiment.init_checkpoint = "/ckpt"'])
+    assert exp.model.config.d_model == 1024 and exp.model.config.num_encoder_layers == 24
+    assert exp.model.config.dtype == "bfloat16"
+    assert (exp.quotas.num_initial, exp.quotas.num_val_cls, exp.quotas.num_val_gen) == (
+        68, 34, 34)
+    assert (exp.loop.tasks_per_iteration, dict(exp.loop.label_ratio)) == (
+        68, {"cls": 24, "gen": 44})
+    assert (exp.score_config.num_instances, exp.score_config.num_perturbations,
+            exp.score_config.perturbation, dict(exp.score_config.perturbation_options)) == (
+        10, 20, "drop", {"rate": 0.2})
+    tc = exp.train_config
+    assert (tc.learning_rate, tc.warmup_steps, tc.batch_size, tc.num_epochs) == (
+        5e-5, 50, 128, 8)
+    assert (tc.max_source_length, tc.max_target_length) == (1024, 128)
+
+
+def test_demo_config_runs_three_iterations_of_two_strategies(clean_gin):
+    exp = _parse_experiment("demo.gin", [])
+    assert tuple(exp.loop.strategies) == ("prompt_uncertainty", "random")
+    assert exp.loop.num_iterations == 3 and exp.init_checkpoint is None
