@@ -149,7 +149,8 @@ def make_mesh(axis_sizes: Mapping[str, int] | None = None,
     Args:
       axis_sizes: mesh axis -> size; one may be -1 to take the remaining devices. Default
         `{"data": -1, "fsdp": 1, "model": 1}` (pure data parallelism).
-      devices: the devices to use (default `jax.devices()`), in mesh order.
+      devices: the devices to use (default `jax.devices()`); `device_grid` places them
+        (topology-aware, and across hosts with the data axis on the slow links).
 
     Returns:
       A `jax.sharding.Mesh` whose axes are all `AxisType.Auto`, so XLA propagates shardings
@@ -158,13 +159,81 @@ def make_mesh(axis_sizes: Mapping[str, int] | None = None,
     devices = list(jax.devices() if devices is None else devices)
     sizes = resolve_axis_sizes(axis_sizes or {"data": -1}, len(devices))
     shape = tuple(sizes[axis] for axis in MESH_AXES)
+    return Mesh(device_grid(shape, devices), MESH_AXES,
+                axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _granule_key(device: Any) -> int:
+    """The unit behind the slow links: the TPU slice (multi-slice, DCN), else the host."""
+    if getattr(device, "platform", None) == "tpu":
+        return int(getattr(device, "slice_index", 0) or 0)
+    return int(getattr(device, "process_index", 0))
+
+
+def _single_granule_grid(shape: tuple[int, ...], devices: Sequence[Any]) -> np.ndarray:
     try:
         # Topology-aware placement (TPU ICI rings, GPU NVLink islands) when JAX knows it.
         from jax.experimental import mesh_utils
-        device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+        return mesh_utils.create_device_mesh(shape, devices=list(devices))
     except (ValueError, NotImplementedError, AssertionError):
-        device_array = np.asarray(devices, dtype=object).reshape(shape)
-    return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+        return np.asarray(devices, dtype=object).reshape(shape)
+
+
+def device_grid(shape: Sequence[int], devices: Sequence[Any]) -> np.ndarray:
+    """Arranges `devices` as a (data, fsdp, model) array with the slow links on `data`.
+
+    The devices are grouped into *granules* joined by the slower network: hosts (processes)
+    on GPU / CPU, slices on multi-slice TPU (one TPU slice, even across several hosts, is one
+    ICI domain and one granule). With one granule the topology-aware
+    `mesh_utils.create_device_mesh` places the devices. With G > 1 granules of equal size and
+    `data % G == 0`, granule g holds data rows `g * data/G ... (g+1) * data/G - 1` and the
+    whole fsdp x model block of each of them (`create_hybrid_device_mesh` layout): only the
+    data-parallel gradient all-reduce crosses hosts, fsdp gathers and tensor-parallel
+    collectives stay on the fast links. Otherwise (e.g. a model axis larger than a host) the
+    devices are sorted by (granule, id) and reshaped, so the axes still follow the host order.
+
+    Args:
+      shape: (data, fsdp, model) sizes, product = len(devices).
+      devices: the devices.
+
+    Returns:
+      An object array of devices of that shape.
+    """
+    shape = tuple(int(s) for s in shape)
+    groups: dict[int, list[Any]] = {}
+    for device in devices:
+        groups.setdefault(_granule_key(device), []).append(device)
+    if len(groups) == 1:
+        return _single_granule_grid(shape, devices)
+    granules = [groups[key] for key in sorted(groups)]
+    count = len(granules)
+    if shape[0] % count == 0 and len({len(g) for g in granules}) == 1:
+        inner = (shape[0] // count,) + shape[1:]
+        return np.concatenate([_single_granule_grid(inner, g) for g in granules], axis=0)
+    ordered = sorted(devices, key=lambda d: (_granule_key(d), d.id))
+    return np.asarray(ordered, dtype=object).reshape(shape)
+
+
+def local_mesh(axis_sizes: Mapping[str, int] | None = None) -> Mesh:
+    """A mesh over this process's own devices (`jax.local_devices()`).
+
+    Embarrassingly parallel work (the scorer) runs one such mesh per host, with no cross-host
+    collectives; equals `make_mesh` in a single-process run.
+    """
+    return make_mesh(axis_sizes, devices=jax.local_devices())
+
+
+def spans_processes(mesh: Mesh) -> bool:
+    """True when `mesh` holds devices of other processes (not fully addressable here)."""
+    me = jax.process_index()
+    return any(d.process_index != me for d in mesh.devices.flat)
+
+
+def local_mesh_like(mesh: Mesh) -> Mesh:
+    """This process's share of a multi-host mesh: the same fsdp and model sizes, `data` filled
+    with the remaining local devices."""
+    sizes = {"data": -1, "fsdp": mesh.shape["fsdp"], "model": mesh.shape["model"]}
+    return local_mesh(sizes)
 
 
 def logical_to_mesh_specs(logical_axes: Any, rules: LogicalRules | None = None) -> Any:

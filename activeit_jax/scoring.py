@@ -43,6 +43,16 @@ run and the numbers are bit-identical. At the end, ``scores.jsonl`` is rewritten
 pool order with the Task Map categories, and ``taskmap.csv`` / ``.png`` / ``.svg`` and
 ``summary.json`` are written.
 
+Multi-host: each host (JAX process) scores the pool tasks ``i`` with ``i % num_hosts ==
+host`` on a mesh of its own devices, with no cross-host collective in the loop, journalling
+them in ``out_dir/shards/host{k}-of-{n}/`` (``scores.jsonl``, ``skipped.jsonl``,
+``prompts.jsonl``, ``run_args.json``, and ``done.json`` with its throughput once its shard is
+complete). After a barrier, process 0 merges the journals into ``out_dir`` in pool order and
+writes the Task Map and summary (``num_hosts`` and the per-host statistics in ``hosts``). A
+resumed run may use another number of hosts: every journal under ``shards/`` counts as done.
+Only the batch composition differs from a single-host run, which changes float rounding, not
+the numbers (compare with ``rel=1e-4``; predictions and categories are identical in practice).
+
 Output files (in ``out_dir``):
 
 - ``scores.jsonl``: one line per scored task, pool order: index (position in the pool), task,
@@ -89,6 +99,8 @@ PROMPTS_FILE = "prompts.jsonl"
 RUN_ARGS_FILE = "run_args.json"
 SUMMARY_FILE = "summary.json"
 SKIPPED_FILE = "skipped.jsonl"
+SHARDS_DIR = "shards"
+SHARD_DONE_FILE = "done.json"
 
 
 # =========================================================================== formulas
@@ -515,6 +527,47 @@ class SkippedTask:
     instances: tuple = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskStub:
+    """A pool entry that another host scores: only its name is needed here (the duplicate
+    check). A sharded pool reader yields it instead of loading the task."""
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """This host's share of the pool (SeqIO's `ShardInfo`): pool task i is scored by host
+    `i % num_shards`, so every host gets a similar mix of short and long tasks.
+
+    Attributes:
+      index: this shard, 0 .. num_shards - 1 (`jax.process_index()`).
+      num_shards: number of shards (`jax.process_count()`).
+    """
+    index: int = 0
+    num_shards: int = 1
+
+    def __post_init__(self):
+        if self.num_shards < 1 or not 0 <= self.index < self.num_shards:
+            raise ValueError(f"bad shard {self.index} of {self.num_shards}")
+
+    @classmethod
+    def of_process(cls) -> "ShardInfo":
+        """(jax.process_index(), jax.process_count())."""
+        import jax
+        return cls(jax.process_index(), jax.process_count())
+
+    def owns(self, pool_index: int) -> bool:
+        return pool_index % self.num_shards == self.index
+
+    def count(self, total: int) -> int:
+        """How many of `total` pool tasks this shard owns."""
+        return len(range(self.index, total, self.num_shards))
+
+    @property
+    def name(self) -> str:
+        return f"host{self.index}-of-{self.num_shards}"
+
+
 @dataclasses.dataclass
 class TaskPlan:
     """Everything a task needs on the host: chosen instances and (1+K) prompts each."""
@@ -609,8 +662,9 @@ class PromptBuilder:
 # =========================================================================== pool scoring
 
 
-def _chunks(tasks: Iterable[Any], size: int) -> Iterator[list[tuple[int, Any]]]:
-    iterator = enumerate(tasks)
+def _chunks(indexed_tasks: Iterable[tuple[int, Any]], size: int
+            ) -> Iterator[list[tuple[int, Any]]]:
+    iterator = iter(indexed_tasks)
     while True:
         chunk = list(itertools.islice(iterator, size))
         if not chunk:
@@ -641,6 +695,17 @@ def prepare_run_dir(out_dir: str, run_args: dict[str, Any]) -> None:
       ResumeMismatchError: `out_dir` holds a run with different arguments.
     """
     os.makedirs(out_dir, exist_ok=True)
+    check_run_args(out_dir, run_args)
+    for name in (SCORES_FILE, PROMPTS_FILE, SKIPPED_FILE):
+        io_utils.truncate_partial_tail(os.path.join(out_dir, name))
+
+
+def check_run_args(out_dir: str, run_args: dict[str, Any], write: bool = True) -> None:
+    """Checks `out_dir/run_args.json` against `run_args`; writes it when absent and `write`.
+
+    Raises:
+      ResumeMismatchError: `out_dir` holds a run with different arguments.
+    """
     path = os.path.join(out_dir, RUN_ARGS_FILE)
     fp = fingerprint(run_args)
     if os.path.exists(path):
@@ -659,9 +724,8 @@ def prepare_run_dir(out_dir: str, run_args: dict[str, Any]) -> None:
             raise ResumeMismatchError(
                 f"{out_dir} has {SCORES_FILE} but no {RUN_ARGS_FILE}; refusing to resume a run "
                 "whose arguments are unknown")
-        io_utils.atomic_write_json(path, {"fingerprint": fp, "args": run_args})
-    for name in (SCORES_FILE, PROMPTS_FILE, SKIPPED_FILE):
-        io_utils.truncate_partial_tail(os.path.join(out_dir, name))
+        if write:
+            io_utils.atomic_write_json(path, {"fingerprint": fp, "args": run_args})
 
 
 def _append_jsonl_lines(path: str, records: Sequence[dict[str, Any]]) -> None:
@@ -703,18 +767,34 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
                parts_fn: Callable[..., Any] | None = None,
                render_fn: Callable[..., str] | None = None,
                hooks: ScoreHooks = ScoreHooks(), progress: bool = True,
-               scorer: RowScorer | None = None) -> dict[str, Any]:
+               scorer: RowScorer | None = None,
+               shard: ShardInfo | None = None) -> dict[str, Any]:
     """Scores every task of a pool; resumable; writes scores, Task Map and summary to out_dir.
+
+    Multi-host (`jax.process_count() > 1`, or an explicit `shard`): every host calls this with
+    the same arguments. Host k scores the pool tasks i with i % n == k (`ShardInfo`) on its own
+    devices -- scoring is embarrassingly parallel, so the hot loop has no cross-host
+    collective -- and journals them in `out_dir/shards/host{k}-of-{n}/` (same files and
+    resume rules as a single-host `out_dir`). After a barrier, process 0 merges every journal
+    into `out_dir/scores.jsonl` / `skipped.jsonl` / `prompts.jsonl` in pool order and runs
+    `finalize` (Task Map, summary with per-host throughput); the other hosts then return the
+    same summary. `out_dir` must be on a filesystem that every host sees. A task's numbers do
+    not depend on its host (the batch composition changes only float rounding, see
+    `ScoreConfig`), so the files equal a single-host run's up to that rounding.
 
     Args:
       model: an `EncoderDecoderModel`.
       params: its parameters placed on `mesh`.
       vocab: the seqio vocabulary of the model.
       tasks: the pool, iterated once, lazily (data layer `Task`s, unique names; a
-        `SkippedTask` stands for an entry that could not be read).
+        `SkippedTask` stands for an entry that could not be read, a `TaskStub` for an entry
+        that another shard scores).
       out_dir: output directory (resumed when it holds a run with the same arguments).
       config: what to compute and how.
-      mesh: the device mesh (default: all devices on the data axis).
+      mesh: the device mesh (default: this host's devices on the data axis). A mesh that
+        spans several processes is replaced by this host's share of it
+        (`partitioning.local_mesh_like`) and `params` are gathered onto it; restore them on
+        `partitioning.local_mesh(...)` directly to skip that.
       run_args: extra arguments to fingerprint (checkpoint, pool files...); merged with the
         config's fingerprinted fields.
       total: number of tasks in the pool, for the progress bar's ETA (optional).
@@ -722,20 +802,41 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
       hooks: callbacks (tests simulate a kill with `after_task`).
       progress: show a tqdm bar.
       scorer: a ready `RowScorer` (reused across calls, e.g. by the benchmark).
+      shard: this host's share of the pool (default `ShardInfo.of_process()`).
 
     Returns:
-      The summary dict (also written to summary.json).
+      The summary dict (also written to summary.json). A shard that finishes in a
+      single-process run before the other shards did returns its own statistics only.
     """
-    if mesh is None:
-        from activeit_jax import partitioning
-        mesh = partitioning.make_mesh({"data": -1, "fsdp": 1, "model": 1})
+    import jax
+
+    from activeit_jax import partitioning
+    shard = ShardInfo.of_process() if shard is None else shard
+    sharded = shard.num_shards > 1
+    if jax.process_count() > 1 and not sharded:
+        raise ValueError(f"{jax.process_count()} processes would all score the whole pool into "
+                         f"{out_dir}: give each its ShardInfo (the default)")
+    primary = jax.process_index() == 0
+    if scorer is None:
+        if mesh is None:
+            mesh = partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
+        elif partitioning.spans_processes(mesh):
+            mesh, params = _localize(model, params, mesh)
     args = {**(run_args or {}), **config.fingerprint_args()}
-    prepare_run_dir(out_dir, args)
-    scores_path = os.path.join(out_dir, SCORES_FILE)
-    prompts_path = os.path.join(out_dir, PROMPTS_FILE)
-    skipped_path = os.path.join(out_dir, SKIPPED_FILE)
-    done = {r["task"] for r in io_utils.read_jsonl(scores_path)}
-    done |= {r["task"] for r in io_utils.read_jsonl(skipped_path)}
+    if sharded:
+        check_run_args(out_dir, args, write=primary)
+        journal_dir = shard_dir(out_dir, shard)
+        prepare_run_dir(journal_dir, args)
+        _remove(os.path.join(journal_dir, SHARD_DONE_FILE))
+    else:
+        prepare_run_dir(out_dir, args)
+        journal_dir = out_dir
+    _barrier("activeit_score_prepared")  # every journal's torn tail is repaired ...
+    done = finished_tasks(out_dir)
+    _barrier("activeit_score_started")  # ... and read before any host appends again.
+    scores_path = os.path.join(journal_dir, SCORES_FILE)
+    prompts_path = os.path.join(journal_dir, PROMPTS_FILE)
+    skipped_path = os.path.join(journal_dir, SKIPPED_FILE)
     if config.save_prompts:
         _drop_orphan_prompts(prompts_path, done)
 
@@ -755,24 +856,35 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=total, initial=len(done) if total else 0, unit="task",
-                   dynamic_ncols=True, desc="score")
+        if sharded:
+            bar = tqdm(total=shard.count(total) if total else None, unit="task",
+                       dynamic_ncols=True, desc=f"score {shard.name}")
+        else:
+            bar = tqdm(total=total, initial=len(done) if total else 0, unit="task",
+                       dynamic_ncols=True, desc="score")
     seen: set[str] = set()
     counters = {"rows": 0, "unique_rows": 0, "tasks_scored": 0,
                 "chunks_computed": 0, "seconds_wait_decode": 0.0,
                 "seconds_wait_score": 0.0, "seconds_host": 0.0}
     start = time.perf_counter()
 
-    def check_names(chunk):
-        for _, task in chunk:
+    def owned_tasks():
+        """(pool index, task) of this shard; every name is checked for duplicates."""
+        for index, task in enumerate(tasks):
             if task.name in seen:
                 raise ValueError(f"task {task.name!r} appears twice in the pool")
             seen.add(task.name)
+            if shard.owns(index):
+                if isinstance(task, TaskStub):
+                    raise ValueError(f"pool entry {index} ({task.name}) belongs to this shard "
+                                     f"({shard.name}) but the pool reader gave only a stub")
+                if sharded and bar is not None and task.name in done:
+                    bar.update(1)
+                yield index, task
 
     # Chunks with work, planned one ahead so host prep overlaps device compute.
     def planned_chunks():
-        for chunk in _chunks(tasks, config.tasks_per_chunk):
-            check_names(chunk)
+        for chunk in _chunks(owned_tasks(), config.tasks_per_chunk):
             if all(task.name in done for _, task in chunk):
                 continue
             t0 = time.perf_counter()
@@ -865,14 +977,196 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - start
-    return finalize(out_dir, config, extra={
+    stats = {
         "seconds": elapsed, **counters,
         "rows_per_s": counters["rows"] / elapsed if elapsed > 0 else 0.0,
         "num_compilations": scorer.num_compilations,
         "score_shapes": sorted(scorer.score_shapes),
         "decode_shapes": sorted(scorer.decode_shapes),
         "score_padding": scorer.score_padding.as_dict(),
-        "decode_padding": scorer.decode_padding.as_dict()})
+        "decode_padding": scorer.decode_padding.as_dict()}
+    if not sharded:
+        if _shard_dirs(out_dir):  # resuming a multi-host run on one host
+            merge_journals(out_dir)
+        return finalize(out_dir, config, extra=stats)
+    io_utils.atomic_write_json(os.path.join(journal_dir, SHARD_DONE_FILE), {
+        "shard": shard.index, "num_shards": shard.num_shards, "stats": stats,
+        "score_padding_raw": dataclasses.asdict(scorer.score_padding),
+        "decode_padding_raw": dataclasses.asdict(scorer.decode_padding)})
+    return _merge_shards(out_dir, config, shard, stats)
+
+
+# =========================================================================== multi-host
+
+
+def shard_dir(out_dir: str, shard: ShardInfo) -> str:
+    """`out_dir/shards/host{k}-of-{n}`: the journal of one host of a multi-host run."""
+    return os.path.join(out_dir, SHARDS_DIR, shard.name)
+
+
+def _shard_dirs(out_dir: str) -> list[str]:
+    root = os.path.join(out_dir, SHARDS_DIR)
+    if not os.path.isdir(root):
+        return []
+    return [os.path.join(root, name) for name in sorted(os.listdir(root))
+            if os.path.isdir(os.path.join(root, name))]
+
+
+def finished_tasks(out_dir: str) -> set[str]:
+    """Names of the tasks scored or skipped in `out_dir` or any of its shard journals (so a
+    resumed run may use another number of hosts)."""
+    done: set[str] = set()
+    for directory in _shard_dirs(out_dir) + [out_dir]:
+        for name in (SCORES_FILE, SKIPPED_FILE):
+            done |= {r["task"] for r in io_utils.read_jsonl(os.path.join(directory, name))}
+    return done
+
+
+def _barrier(name: str) -> None:
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def _localize(model, params, mesh):
+    """This host's share of a multi-host mesh, and `params` gathered and placed on it."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from activeit_jax import partitioning
+    local = partitioning.local_mesh_like(mesh)
+    host_params = multihost_utils.process_allgather(params, tiled=True)
+    return local, jax.device_put(host_params, partitioning.params_shardings(model, local))
+
+
+def _task_blocks(path: str) -> dict[str, tuple[int, int]]:
+    """Byte range of each task's rows in a prompts.jsonl (a task's rows are contiguous:
+    appended with one write)."""
+    blocks: dict[str, tuple[int, int]] = {}
+    if not os.path.exists(path):
+        return blocks
+    offset = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # a torn last line (killed run)
+            task = json.loads(line)["task"]
+            lo, _ = blocks.get(task, (offset, offset))
+            blocks[task] = (lo, offset + len(line))
+            offset += len(line)
+    return blocks
+
+
+def merge_journals(out_dir: str) -> None:
+    """Rewrites `out_dir`'s scores / skipped / prompts journals from every shard journal (and
+    its own), in pool order; each task once (the first journal holding it wins: shard
+    journals in name order, then `out_dir`'s own). Idempotent. `finalize` then adds the
+    Task Map categories."""
+    sources = _shard_dirs(out_dir) + [out_dir]
+    owner: dict[str, int] = {}
+    scores: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for k, directory in enumerate(sources):
+        for name, bucket in ((SCORES_FILE, scores), (SKIPPED_FILE, skipped)):
+            for rec in io_utils.read_jsonl(os.path.join(directory, name)):
+                if rec["task"] not in owner:
+                    owner[rec["task"]] = k
+                    bucket.append(rec)
+    scores.sort(key=lambda rec: rec["index"])
+    skipped.sort(key=lambda rec: rec["index"])
+    blocks = [_task_blocks(os.path.join(d, PROMPTS_FILE)) for d in sources]
+    # Read every block before rewriting out_dir/prompts.jsonl (one of the sources).
+    prompt_text = []
+    for rec in scores:
+        k = owner[rec["task"]]
+        if rec["task"] in blocks[k]:
+            lo, hi = blocks[k][rec["task"]]
+            with open(os.path.join(sources[k], PROMPTS_FILE), "rb") as handle:
+                handle.seek(lo)
+                prompt_text.append(handle.read(hi - lo))
+    for name, records in ((SCORES_FILE, scores), (SKIPPED_FILE, skipped)):
+        with io_utils.atomic_open(os.path.join(out_dir, name)) as handle:
+            for rec in records:
+                handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    if prompt_text or os.path.exists(os.path.join(out_dir, PROMPTS_FILE)):
+        with io_utils.atomic_open(os.path.join(out_dir, PROMPTS_FILE), "wb") as handle:
+            for text in prompt_text:
+                handle.write(text)
+
+
+def _combine_host_stats(done_files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run statistics of all hosts: sums, the slowest host's time, and the per-host list."""
+    hosts = [d["stats"] for d in done_files]
+    seconds = max(h["seconds"] for h in hosts)
+    out: dict[str, Any] = {"seconds": seconds}
+    for key in ("rows", "unique_rows", "tasks_scored", "chunks_computed"):
+        out[key] = sum(h[key] for h in hosts)
+    out["rows_per_s"] = out["rows"] / seconds if seconds > 0 else 0.0
+    out["num_compilations"] = max(h["num_compilations"] for h in hosts)
+    for kind in ("score", "decode"):
+        shapes = sorted({tuple(s) for h in hosts for s in h[f"{kind}_shapes"]})
+        out[f"{kind}_shapes"] = [list(s) for s in shapes]
+        raw = PaddingStats()
+        for d in done_files:
+            for field, value in d[f"{kind}_padding_raw"].items():
+                setattr(raw, field, getattr(raw, field) + value)
+        out[f"{kind}_padding"] = raw.as_dict()
+    out["num_hosts"] = len(hosts)
+    out["hosts"] = hosts
+    return out
+
+
+def _merge_shards(out_dir: str, config: ScoreConfig, shard: ShardInfo,
+                  stats: dict[str, Any]) -> dict[str, Any]:
+    """After every host scored its shard: process 0 merges and finalizes; all return the
+    summary. In a single process (shards run one after another) the merge happens once every
+    shard has finished."""
+    import jax
+    _barrier("activeit_score_scored")
+    multi_process = jax.process_count() > 1
+    paths = [os.path.join(shard_dir(out_dir, ShardInfo(k, shard.num_shards)), SHARD_DONE_FILE)
+             for k in range(shard.num_shards)]
+    summary, error = None, ""
+    if jax.process_index() == 0:
+        missing = [p for p in paths if not os.path.exists(p)]
+        if not missing:
+            try:
+                done_files = []
+                for path in paths:
+                    with open(path, encoding="utf-8") as handle:
+                        done_files.append(json.load(handle))
+                merge_journals(out_dir)
+                summary = finalize(out_dir, config, extra=_combine_host_stats(done_files))
+            except Exception as err:  # reported to every host below, then re-raised
+                if not multi_process:
+                    raise
+                error = f"{type(err).__name__}: {err}"
+                logging.exception("merging the shards of %s failed", out_dir)
+        elif multi_process:
+            error = (f"after the barrier, {len(missing)} shard(s) have no {SHARD_DONE_FILE} "
+                     f"(e.g. {missing[0]}): out_dir must be on a filesystem that every host "
+                     "sees")
+        else:
+            logging.info("shard %s done; %d shard(s) still to run before the merge",
+                         shard.name, len(missing))
+            return {**stats, "merged": False}
+    if multi_process:
+        from jax.experimental import multihost_utils
+        code = np.frombuffer(error.encode("utf-8")[:1024].ljust(1024, b"\0"), np.uint8)
+        code = multihost_utils.broadcast_one_to_all(code)  # also the final barrier
+        error = bytes(np.asarray(code, np.uint8)).rstrip(b"\0").decode("utf-8", "replace")
+        if error:
+            raise RuntimeError(f"multi-host scoring: process 0 could not merge: {error}")
+    if summary is None:
+        with open(os.path.join(out_dir, SUMMARY_FILE), encoding="utf-8") as handle:
+            summary = json.load(handle)
+    return {**summary, "merged": True}
 
 
 def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = None

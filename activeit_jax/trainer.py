@@ -20,6 +20,15 @@
 
 Metrics (loss, learning rate, tokens/s, step time, evaluation scores) go to
 `out_dir/metrics.jsonl` and TensorBoard event files in `out_dir/tensorboard`.
+
+Multi-host (one process per host, `jax.distributed` started by the entry point): every process
+runs this same function. The mesh spans all hosts with the data axis across them
+(`partitioning.device_grid`), so only the gradient all-reduce crosses the slower links. Each
+batch is a pure function of (seed, epoch, step), so every process derives the same global batch
+and `put_batch` hands each device only its own rows (no host sends another's data). Orbax
+writes the checkpoints (each process its shards, process 0 the metadata), `save_model` the
+best parameters the same way; metrics.jsonl, TensorBoard, eval/, best.json and
+train_summary.json are written by process 0 only. `out_dir` must be shared by the hosts.
 """
 from __future__ import annotations
 

@@ -17,6 +17,12 @@ Writes OUT/scores.jsonl (one line per task), OUT/taskmap.csv, OUT/taskmap.png / 
 OUT/summary.json (thresholds, skipped tasks, throughput, padding waste, compilations) and,
 with --save_prompts, OUT/prompts.jsonl. Rerunning with the same arguments resumes; different
 arguments are refused. See `activeit_jax.scoring` for the definitions.
+
+Multi-host (the flags of `activeit_jax.distributed`, ACTIVEIT_* or SLURM variables, or a Cloud
+TPU VM): every host runs the same command; host k loads and scores the pool tasks i with
+i % num_hosts == k on its own devices (`--mesh` describes this per-host mesh) and journals them
+in OUT/shards/host{k}-of-{n}/; process 0 then merges everything into the files above. OUT must
+be on a filesystem that every host sees.
 """
 from __future__ import annotations
 
@@ -67,8 +73,8 @@ flags.DEFINE_list("source_buckets", [], "Padded source lengths, e.g. 128,256,512
 flags.DEFINE_list("target_buckets", [], "Padded target lengths (default: powers of two from "
                   "8 up to max_target_length).")
 flags.DEFINE_integer("tasks_per_chunk", 16, "Consecutive tasks processed together.")
-flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes, e.g. "
-                    "data=4,model=2 (-1 = the remaining devices).")
+flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes of each host's "
+                    "devices, e.g. data=4,model=2 (-1 = the remaining devices).")
 flags.DEFINE_float("pu_quantile", 2 / 3, "Task Map: PU quantile above which a task is "
                    "ambiguous.")
 flags.DEFINE_float("probability_quantile", 0.5, "Task Map: probability quantile (of the "
@@ -82,6 +88,7 @@ flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 t
                   "is always skipped and listed).")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 common.define_gin_flags()
+common.define_distributed_flags()
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -96,10 +103,18 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str | None,
-              on_bad_task: str = "error", role: str = "pool"
+              on_bad_task: str = "error", role: str = "pool", shard: Any = None
               ) -> tuple[Iterator[Any], int, dict[str, Any]]:
-    """The pool as a lazy iterator, its size, and what identifies it (for the fingerprint)."""
+    """The pool as a lazy iterator, its size, and what identifies it (for the fingerprint).
+
+    With `shard` (a `scoring.ShardInfo`), NIV2 and prepared entries of other shards are not
+    loaded: a `scoring.TaskStub` (the name only) stands in their place.
+    """
+    from activeit_jax import scoring
     from activeit_jax.data import niv2
+
+    def mine(index: int) -> bool:
+        return shard is None or shard.owns(index)
 
     if bool(tasks_file) == bool(self_instruct):
         raise ValueError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
@@ -115,13 +130,16 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
             total = sum(1 for line in handle if line.strip() and keep(json.loads(line)))
 
         def prepared():
+            index = 0
             with open(tasks_file, encoding="utf-8") as handle:
                 for line in handle:
                     if line.strip():
                         record = json.loads(line)
                         if keep(record):
                             record.pop("role", None)
-                            yield niv2.Task.from_dict(record)
+                            yield (niv2.Task.from_dict(record) if mine(index)
+                                   else scoring.TaskStub(record["name"]))
+                            index += 1
         return prepared(), total, {"tasks": os.path.abspath(tasks_file), "role": role}
     if not niv2_dir:
         raise ValueError("--tasks with task names needs --niv2_dir")
@@ -131,17 +149,22 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
     if missing:
         raise FileNotFoundError(f"{len(missing)} task(s) of {tasks_file} have no file in "
                                 f"{niv2_dir}/tasks: {missing[:5]}")
-    return _load_lazily(niv2_dir, names, on_bad_task), len(names), {
+    return _load_lazily(niv2_dir, names, on_bad_task, mine), len(names), {
         "tasks": os.path.abspath(tasks_file), "niv2_dir": os.path.abspath(niv2_dir)}
 
 
-def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str) -> Iterator[Any]:
+def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
+                 mine: Any = None) -> Iterator[Any]:
     """Loads each task when the scorer reaches it; a file without instances (or, with
-    on_bad_task="skip", any malformed file) becomes a `SkippedTask` with the reason."""
+    on_bad_task="skip", any malformed file) becomes a `SkippedTask` with the reason; a task
+    for which `mine(index)` is False (another host's) a `TaskStub`."""
     from activeit_jax import scoring
     from activeit_jax.data import errors, niv2
 
-    for name in names:
+    for index, name in enumerate(names):
+        if mine is not None and not mine(index):
+            yield scoring.TaskStub(name)
+            continue
         path = niv2.task_file_path(niv2_dir, name)
         try:
             yield niv2.load_niv2_task(path)
@@ -187,18 +210,22 @@ def main(argv: list[str]) -> None:
     for name in ("checkpoint", "vocab", "out"):
         if not getattr(FLAGS, name):
             raise ValueError(f"--{name} is required")
+    common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
+
+    import jax
 
     from activeit_jax import checkpoints, partitioning, scoring
     from activeit_jax.data import vocab as vocab_lib
     from activeit_jax.data.errors import DataError
 
+    shard = scoring.ShardInfo.of_process()
     try:
         config = build_config()
         tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
-                                            FLAGS.on_bad_task, FLAGS.role)
+                                            FLAGS.on_bad_task, FLAGS.role, shard)
         vocab = vocab_lib.get_vocabulary(FLAGS.vocab)
-        mesh = partitioning.make_mesh(parse_mesh(FLAGS.mesh))
+        mesh = partitioning.local_mesh(parse_mesh(FLAGS.mesh))  # this host's devices
         model = checkpoints.read_model(FLAGS.checkpoint)
         params = checkpoints.restore_params(FLAGS.checkpoint, model,
                                             partitioning.params_shardings(model, mesh))
@@ -207,11 +234,14 @@ def main(argv: list[str]) -> None:
                     **pool_args}
         summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
                                      mesh=mesh, run_args=run_args, total=total,
-                                     progress=FLAGS.progress)
+                                     progress=FLAGS.progress and jax.process_index() == 0,
+                                     shard=shard)
     except (scoring.ResumeMismatchError, DataError, checkpoints.CheckpointError,
             FileNotFoundError) as err:
         print(f"activeit-jax score: {err}", file=sys.stderr)
         sys.exit(1)
+    if jax.process_index() != 0:
+        return
     pad = summary["score_padding"]
     print(f"scored {summary['num_tasks']} tasks ({len(summary['skipped'])} skipped) -> "
           f"{FLAGS.out}; categories {summary['categories']}; "
