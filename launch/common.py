@@ -35,10 +35,21 @@ class CommandRunner:
         return completed.returncode
 
 
-def remote_job_command(repo_dir: str, job: str, install: bool) -> str:
-    """The shell snippet run on each worker: enter the code, bootstrap once, run the job."""
+def remote_job_command(repo_dir: str, job: str, install: bool, extras: str | None = None
+                       ) -> str:
+    """The shell snippet run on each worker: enter the code, bootstrap once, run the job.
+
+    Args:
+      repo_dir: the code's directory on the worker.
+      job: the activeit-jax subcommand and its flags.
+      install: bootstrap the pinned environment (`make venv`) first.
+      extras: setup.py extra with the accelerator runtime to add ("tpu", "cuda12"), since the
+        pinned lock holds the CPU wheels.
+    """
     steps = [f"cd {shlex.quote(repo_dir)}"]
     if install:
         steps.append("make venv")
+        if extras:
+            steps.append(f".venv/bin/pip install --quiet -e '.[{extras}]'")
     steps.append(f".venv/bin/activeit-jax {job}")
     return " && ".join(steps)

@@ -74,7 +74,8 @@ def plan(args, run: CommandRunner) -> None:
          *scope, "--worker=all"])
     run([*ssh, f"--command=tar -xzf {archive} -C {REMOTE_DIR}"])
     if args.job:
-        job = remote_job_command(REMOTE_DIR, args.job, install=not args.skip_install)
+        job = remote_job_command(REMOTE_DIR, args.job, install=not args.skip_install,
+                                 extras="tpu")
         # Output of every worker streams back, prefixed by gcloud with the worker id.
         run([*ssh, f"--command={job}"])
     if args.delete:
