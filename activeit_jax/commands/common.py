@@ -18,6 +18,17 @@ def parse_gin_from_flags() -> None:
                         flags.FLAGS.gin_search_path)
 
 
+def parse_mesh(text: str) -> dict[str, int]:
+    """Parses a `--mesh` flag: "data=4,model=2" -> {"data": 4, "model": 2}."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "=" not in item:
+            raise ValueError(f"--mesh item {item!r} must look like AXIS=SIZE")
+        axis, size = item.split("=", 1)
+        out[axis.strip()] = int(size)
+    return out
+
+
 def define_distributed_flags() -> None:
     """Flags of a multi-host run (see `activeit_jax.distributed`; environment and SLURM
     variables fill whatever is not given)."""

@@ -42,17 +42,6 @@ common.define_gin_flags()
 common.define_distributed_flags()
 
 
-def parse_mesh(text: str) -> dict[str, int]:
-    """"data=4,model=2" -> {"data": 4, "model": 2}."""
-    out = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if "=" not in item:
-            raise ValueError(f"--mesh item {item!r} must look like AXIS=SIZE")
-        axis, size = item.split("=", 1)
-        out[axis.strip()] = int(size)
-    return out
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -71,7 +60,7 @@ def main(argv: list[str]) -> None:
                  "eval_batch_size": FLAGS.batch_size,
                  "max_source_length": FLAGS.max_source_length,
                  "max_target_length": FLAGS.max_target_length,
-                 "mesh_shape": parse_mesh(FLAGS.mesh) if FLAGS.mesh else None}
+                 "mesh_shape": common.parse_mesh(FLAGS.mesh) if FLAGS.mesh else None}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if FLAGS.vocab:
         vocabulary = vocab_lib.get_vocabulary(FLAGS.vocab)

@@ -91,17 +91,6 @@ common.define_gin_flags()
 common.define_distributed_flags()
 
 
-def parse_mesh(text: str) -> dict[str, int]:
-    """"data=4,model=2" -> {"data": 4, "model": 2}."""
-    out = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if "=" not in item:
-            raise ValueError(f"--mesh item {item!r} must look like AXIS=SIZE")
-        axis, size = item.split("=", 1)
-        out[axis.strip()] = int(size)
-    return out
-
-
 def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str | None,
               on_bad_task: str = "error", role: str = "pool", shard: Any = None
               ) -> tuple[Iterator[Any], int, dict[str, Any]]:
@@ -225,7 +214,7 @@ def main(argv: list[str]) -> None:
         tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
                                             FLAGS.on_bad_task, FLAGS.role, shard)
         vocab = vocab_lib.get_vocabulary(FLAGS.vocab)
-        mesh = partitioning.local_mesh(parse_mesh(FLAGS.mesh))  # this host's devices
+        mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
         model = checkpoints.read_model(FLAGS.checkpoint)
         params = checkpoints.restore_params(FLAGS.checkpoint, model,
                                             partitioning.params_shardings(model, mesh))
