@@ -24,11 +24,23 @@ Everything lives under one run directory, in the layout `activeit_jax.reports` d
       scoring/                        scorer run dir (scores, prompts, task map, summary)
       scores.jsonl, task_map.png      the scorer's results, for the report
       DONE                            written last: the iteration is complete
+      judge_vs_{reference}.jsonl      optional, after the loop (`run_judge`): pairwise LLM-judge
+                                      verdicts of this model against the reference strategy's
+                                      model of the same iteration, on the test tasks
 
 Each stage is itself resumable (trainer and scorer resume from what they wrote; the small files
 are written atomically), and a stage whose output exists is skipped, so a loop killed at any
 moment and restarted with the same command continues where it was and ends with the same
 selections, scores and metrics as an uninterrupted one.
+
+Self-Instruct pools carry output-length chunks (`split.chunks`); each pool task's chunk id
+(its position in that list) feeds the "self_instruct" quota of `selection.select`.
+
+After the loop, `run_judge` optionally compares every strategy's model with a reference
+strategy's model (default random) at the same iteration, through an LLM judge
+(`activeit_jax.judge`) on the test tasks (Self-Instruct: the 252 user-oriented instructions).
+The answers compared are the greedy predictions the evaluate stage stored in
+`eval_test/predictions.jsonl`; the judge's results file is resumable item by item.
 """
 from __future__ import annotations
 
@@ -41,6 +53,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from activeit_jax import io_utils, reports, selection
+from activeit_jax import judge as judge_lib
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +110,9 @@ class Stages:
       prepare: (seed, out_dir) -> PreparedData; writes/reads the seed's split in out_dir.
       train: (train_tasks, val_tasks, out_dir) -> best checkpoint directory.
       evaluate: (checkpoint_dir, tasks, out_dir) -> per-task records
-        [{"task", "label", "rouge_l", "exact_match", "n_instances"}].
+        [{"task", "label", "rouge_l", "exact_match", "n_instances"}]; also writes
+        out_dir/predictions.jsonl ({"task", "id", "prediction", ...} per instance), which the
+        judge stage reads.
       score: (checkpoint_dir, tasks, out_dir) -> None; writes out_dir/scores.jsonl and
         out_dir/taskmap.png (the scorer's layout).
     """
@@ -203,8 +218,11 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
+    # Self-Instruct: the output-length chunk of each pool task (split.chunks lists the pool's
+    # names per chunk, shortest outputs first); NIV2 splits have no chunks.
+    chunk_of = {name: c for c, names in enumerate(prepared.split.chunks or ()) for name in names}
     pool = [selection.TaskInfo(name=name, label=prepared.tasks[name].label,
-                               chunk=(prepared.split.chunks or {}).get(name))
+                               chunk=chunk_of.get(name))
             for name in remaining]
     scores = None
     if selection.get_strategy(strategy).needs_scores:
@@ -264,3 +282,123 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
     if not config.keep_train_checkpoints:
         shutil.rmtree(os.path.join(train_dir, "checkpoints"), ignore_errors=True)
     io_utils.atomic_write_text(os.path.join(it_dir, DONE_FILE), "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairwise judge (after the loop).
+
+PREDICTIONS_FILE = os.path.join("eval_test", "predictions.jsonl")
+
+
+def judge_path(it_dir: str, reference: str) -> str:
+    """`it_dir/judge_vs_{reference}.jsonl`, the file `reports` summarises."""
+    return os.path.join(it_dir, f"judge_vs_{reference}.jsonl")
+
+
+def _num_iterations(strategy: str, config: LoopConfig) -> int:
+    return 2 if selection.get_strategy(strategy).selects_all else config.num_iterations
+
+
+def _test_predictions(it_dir: str, test: Sequence[Any], stages: Stages,
+                      must_exist: bool) -> dict[str, str]:
+    """{instance id: prediction} of the test tasks for the model of `it_dir`; runs the evaluate
+    stage on `it_dir/train/best` into `it_dir/eval_test` first when the loop did not store them
+    (evaluate_test=False; the iteration's per_task_metrics.jsonl is left as it is)."""
+    path = os.path.join(it_dir, PREDICTIONS_FILE)
+    if not os.path.exists(path):
+        stages.evaluate(os.path.join(it_dir, "train", "best"), test, os.path.dirname(path))
+    if not os.path.exists(path):
+        if must_exist:
+            raise FileNotFoundError(f"{path}: the evaluate stage wrote no predictions, which "
+                                    "the judge compares")
+        return {}
+    return {str(r["id"]): str(r["prediction"]) for r in io_utils.read_jsonl(path)}
+
+
+def judge_items(test: Sequence[Any], ours: Mapping[str, str], theirs: Mapping[str, str]
+                ) -> list[judge_lib.JudgeItem]:
+    """One item per test instance that both models answered (test-task order, then instance
+    order): instruction = the task's definition, input = the instance input, A = `ours`,
+    B = `theirs`."""
+    items = []
+    for task in test:
+        for instance in task.instances:
+            if instance.id in ours and instance.id in theirs:
+                items.append(judge_lib.JudgeItem(
+                    id=instance.id, instruction=task.definition, input=instance.input,
+                    output_a=ours[instance.id], output_b=theirs[instance.id]))
+    return items
+
+
+def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
+              client: judge_lib.ChatCompleter | None, reference: str = "random",
+              seed: int = 0, on_stage: Callable[[str, str], None] | None = None
+              ) -> list[dict[str, Any]]:
+    """Compares each strategy's models with the reference strategy's, iteration by iteration.
+
+    For every seed, strategy s != `reference` and iteration i >= 1 that both s and the
+    reference finished (`DONE`; iteration 0 is shared, so never compared): the two models'
+    test predictions are paired by instance id (`judge_items`) and judged with
+    `judge.run_pairwise` into `seed_{k}/{s}/iter_{i}/judge_vs_{reference}.jsonl`, model A
+    being s. Rerunning skips the items already judged, so a killed judge stage resumes.
+
+    Args:
+      run_dir: the run directory of a finished (or partly finished) `run_loop`.
+      config: its loop config.
+      stages: its stages (`prepare` re-reads each seed's split; `evaluate` produces missing
+        predictions).
+      client: the judge, e.g. `judge.ChatClient`; None only makes sure that the predictions
+        exist (what the other processes of a multi-host run do while process 0 judges).
+      reference: the strategy every other one is compared with (one of `config.strategies`).
+      seed: seeds the judge's presentation order (`judge.presentation_order`).
+      on_stage: optional callback("judge", iteration dir) after each comparison.
+
+    Returns:
+      One record per comparison: {"seed", "strategy", "iteration", "reference", "path",
+      "n_items", "win", "tie", "lose", "win_rate"} (the counts are None without a client).
+
+    Raises:
+      ValueError: `reference` is not a strategy of the run, or a seed has no test tasks.
+    """
+    if reference not in config.strategies:
+        raise ValueError(f"judge reference {reference!r} is not one of the run's strategies "
+                         f"{list(config.strategies)}")
+    notify = on_stage or (lambda stage, directory: None)
+    results = []
+    for run_seed in config.seeds:
+        prepared = stages.prepare(run_seed, os.path.join(run_dir, f"seed_{run_seed}", "data"))
+        test = prepared.role_tasks("test")
+        if not test:
+            raise ValueError(f"seed {run_seed}: the judge compares answers on the test tasks, "
+                             "and this split has none")
+        for strategy in config.strategies:
+            if strategy == reference:
+                continue
+            last = min(_num_iterations(strategy, config), _num_iterations(reference, config))
+            for iteration in range(1, last):
+                it_dir = iteration_dir(run_dir, run_seed, strategy, iteration)
+                ref_dir = iteration_dir(run_dir, run_seed, reference, iteration)
+                if not all(os.path.exists(os.path.join(d, DONE_FILE)) for d in (it_dir, ref_dir)):
+                    log.warning("judge: %s or %s is not finished; skipped", it_dir, ref_dir)
+                    continue
+                ours = _test_predictions(it_dir, test, stages, client is not None)
+                theirs = _test_predictions(ref_dir, test, stages, client is not None)
+                path = judge_path(it_dir, reference)
+                record: dict[str, Any] = {
+                    "seed": run_seed, "strategy": strategy, "iteration": iteration,
+                    "reference": reference, "path": path, "n_items": None, "win": None,
+                    "tie": None, "lose": None, "win_rate": None}
+                if client is not None:
+                    items = judge_items(test, ours, theirs)
+                    if not items:
+                        raise ValueError(f"no test instance answered by both {it_dir} and "
+                                         f"{ref_dir}")
+                    summary = judge_lib.run_pairwise(items, client, path, seed=seed)
+                    record.update(n_items=len(items), win=summary.win, tie=summary.tie,
+                                  lose=summary.lose, win_rate=summary.win_rate)
+                    log.info("judge seed %d %s vs %s iteration %d: %d win / %d tie / %d lose",
+                             run_seed, strategy, reference, iteration, summary.win,
+                             summary.tie, summary.lose)
+                    notify("judge", it_dir)
+                results.append(record)
+    return results

@@ -20,6 +20,32 @@ Tokenisation follows SeqIO: ``ids = vocab.encode(text)``; a sequence longer than
 length is cut to ``ids[:max_len - 1] + [EOS]`` (EOS kept). The saved prompt text
 (``save_prompts``) is exactly the string that was tokenised.
 
+Decoder-only models (`DecoderOnlyModel`, LLaMA; `is_decoder_only`) use the same definitions
+and formulas with the Self-Instruct / Alpaca prompt and the model's own special ids:
+
+- The prompt is the Stanford Alpaca template (`prompts.render_alpaca`): instruction = the
+  task's definition, input = the instance input; no demonstrations (the parts are built with
+  0 examples), so the perturbation changes the definition -- the instruction words -- only.
+  ``prompts.jsonl`` holds the rendered Alpaca prompt.
+- Prompt ids are ``vocab.encode(prompt)`` without special tokens, cut to their *last*
+  ``max_source_length - 1`` ids, so that ``bos + prompt`` fits ``max_source_length`` (the cut
+  `models.make_prompt_batch` makes for the evaluator's decoding).
+- The original prediction is greedily decoded after ``bos + prompt``; it ends at the model's
+  EOS (or the first padding id, as the evaluator's `trainer.decode_tokens`), and its text is
+  ``vocab.decode`` of the ids before EOS.
+- The response is re-tokenised as ``vocab.encode(text)[:max_target_length - 1] + [EOS]``
+  (the model's EOS, always present), and ``p_k = exp(mean log p(response ids incl. EOS |
+  bos + prompt_k))``, teacher forced on ``bos + prompt_k + response`` with the loss weights on
+  the response (`models.make_decoder_only_batch`).
+- Scoring rows are bucketed on their total length ``len(prompt) + len(response)`` (the
+  number of input positions; ``ScoreConfig.sequence_buckets``, default powers of two up to
+  ``max_source_length + max_target_length``); decoding rows on ``1 + len(prompt)`` over the
+  source buckets. In ``summary.json``'s padding statistics, "source" then counts the input
+  positions of the whole sequence and "target" the scored (response) positions over the
+  same slots.
+- ``run_args.json`` additionally fingerprints ``prompt_format: "alpaca"`` and the model's
+  pad / bos / eos ids (an encoder-decoder run's fingerprint is unchanged).
+
 Edge cases:
 
 - A task with fewer than n instances uses all it has (``n_instances`` records how many); a task
@@ -180,11 +206,39 @@ def task_metrics(log_prob_sum: np.ndarray, num_tokens: np.ndarray,
 # =========================================================================== tokenisation
 
 
-def truncate_ids(ids: Sequence[int], max_length: int) -> list[int]:
-    """SeqIO's cut with EOS kept: `ids[:max_length - 1] + [EOS]` (ids without EOS)."""
+def truncate_ids(ids: Sequence[int], max_length: int, eos_id: int = EOS_ID) -> list[int]:
+    """SeqIO's cut with EOS kept: `ids[:max_length - 1] + [eos_id]` (ids without EOS)."""
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    return list(ids[:max_length - 1]) + [EOS_ID]
+    return list(ids[:max_length - 1]) + [eos_id]
+
+
+def keep_last_ids(ids: Sequence[int], max_length: int) -> list[int]:
+    """The last `max_length` ids (a decoder-only prompt keeps its end, which conditions the
+    response)."""
+    if max_length < 0:
+        raise ValueError(f"max_length must be >= 0, got {max_length}")
+    ids = list(ids)
+    return ids[max(len(ids) - max_length, 0):]
+
+
+def is_decoder_only(model) -> bool:
+    """True for decoder-only wrappers (`DecoderOnlyModel`, kind "llama")."""
+    return getattr(model, "kind", None) == "llama"
+
+
+def cut_generated(ids: Sequence[int], eos_id: int, pad_id: int = PAD_ID) -> list[int]:
+    """Decoder-only generated ids up to and including the first EOS; a padding id ends the
+    row too (excluded), as `trainer.decode_tokens` reads predictions."""
+    out = []
+    for token in ids:
+        token = int(token)
+        if token == pad_id:
+            break
+        out.append(token)
+        if token == eos_id:
+            break
+    return out
 
 
 def default_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
@@ -229,6 +283,8 @@ class ScoreConfig:
         data-parallel size); decode_batch_size None = batch_size.
       tasks_per_chunk: consecutive pool tasks processed together.
       source_buckets / target_buckets: padded lengths (default: powers of two).
+      sequence_buckets: decoder-only scoring: padded lengths of prompt + response (default:
+        powers of two up to max_source_length + max_target_length).
       thresholds: Task Map thresholds.
     """
     num_instances: int = 10
@@ -248,6 +304,7 @@ class ScoreConfig:
     tasks_per_chunk: int = 16
     source_buckets: tuple[int, ...] | None = None
     target_buckets: tuple[int, ...] | None = None
+    sequence_buckets: tuple[int, ...] | None = None
     thresholds: taskmap.TaskMapThresholds = taskmap.TaskMapThresholds()
 
     # Fields that change the results; the rest only change speed / float rounding.
@@ -276,6 +333,14 @@ class ScoreConfig:
         buckets = self.target_buckets or default_buckets(self.max_target_length, smallest=8)
         return tuple(sorted(set(min(b, self.max_target_length) for b in buckets)
                             | {self.max_target_length}))
+
+    @property
+    def seq_buckets(self) -> tuple[int, ...]:
+        """Decoder-only: buckets of the input positions of prompt + response (at most
+        (max_source_length - 1) + max_target_length; the last bucket is their sum)."""
+        top = self.max_source_length + self.max_target_length
+        buckets = self.sequence_buckets or default_buckets(top)
+        return tuple(sorted(set(min(b, top) for b in buckets) | {top}))
 
     def fingerprint_args(self) -> dict[str, Any]:
         out = {}
@@ -349,23 +414,38 @@ class RowScorer:
     """Runs rows through jitted, sharded scoring and greedy decoding, one shape per bucket.
 
     Args:
-      model: an `EncoderDecoderModel` (`token_log_probs`, `greedy_decode`).
+      model: an `EncoderDecoderModel` or a `DecoderOnlyModel` (`token_log_probs`,
+        `greedy_decode`; a decoder-only model's config gives its pad / bos / eos ids).
       params: its parameters, already placed on `mesh` (their shardings are reused).
       mesh: a `jax.sharding.Mesh`; the batch axis is sharded over its data axes.
       batch_size / decode_batch_size: rows per call, rounded up to the data-parallel size.
-      source_buckets / target_buckets: padded lengths.
+      source_buckets / target_buckets: padded lengths (decoder-only: source buckets pad
+        `bos + prompt` for decoding; target buckets are unused).
       max_decode_length: decoding length.
       compute_entropy: also return per-row summed next-token entropies (from
         `model.logits(params, batch) -> [B, T, V]`).
+      sequence_buckets: decoder-only scoring: padded lengths of prompt + response (the input
+        positions); required for a decoder-only model.
     """
 
     def __init__(self, model, params, mesh, *, batch_size: int, decode_batch_size: int,
                  source_buckets: Sequence[int], target_buckets: Sequence[int],
-                 max_decode_length: int, compute_entropy: bool = False):
+                 max_decode_length: int, compute_entropy: bool = False,
+                 sequence_buckets: Sequence[int] | None = None):
         import jax
         import jax.numpy as jnp
         from activeit_jax import partitioning
 
+        self.decoder_only = is_decoder_only(model)
+        if self.decoder_only:
+            if not sequence_buckets:
+                raise ValueError("a decoder-only model needs sequence_buckets")
+            self.pad_id = int(model.config.pad_id)
+            self.bos_id = int(model.config.bos_id)
+            self.eos_id = int(model.config.eos_id)
+        else:
+            self.pad_id, self.bos_id, self.eos_id = PAD_ID, None, EOS_ID
+        self.sequence_buckets = tuple(sequence_buckets or ())
         self.model, self.params, self.mesh = model, params, mesh
         self.rules = getattr(model, "logical_axis_rules", None)
         self._matrix_sharding = partitioning.data_sharding(mesh, 2, self.rules)
@@ -379,6 +459,11 @@ class RowScorer:
         param_shardings = jax.tree.map(lambda x: x.sharding, params)
         features = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
                     "decoder_loss_weights")
+        # What the decoding batch holds: the encoder input, or bos + prompt.
+        self._decode_feature = "encoder_input_tokens"
+        if self.decoder_only:
+            features = features[1:]
+            self._decode_feature = "decoder_input_tokens"
         batch_shardings = {k: self._matrix_sharding for k in features}
 
         def score_fn(params, batch):
@@ -401,7 +486,7 @@ class RowScorer:
         self._score = jax.jit(score_fn, in_shardings=(param_shardings, batch_shardings),
                               out_shardings=(self._row_sharding,) * n_out)
         self._decode = jax.jit(decode_fn, in_shardings=(
-            param_shardings, {"encoder_input_tokens": self._matrix_sharding}),
+            param_shardings, {self._decode_feature: self._matrix_sharding}),
             out_shardings=self._matrix_sharding)
         self.score_padding = PaddingStats()
         self.decode_padding = PaddingStats()
@@ -435,12 +520,17 @@ class RowScorer:
     def score_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Pending:
         """Dispatches scoring of (source ids, target ids) rows; ids already end with EOS.
 
+        Decoder-only: (prompt ids without bos, response ids ending with the model's EOS);
+        each row is scored as `bos + prompt + response`, on the response positions.
+
         Returns:
           A pending result; `.result()` -> (log_prob_sum [N], num_tokens [N],
           entropy_sum [N] or None), float64 numpy.
         """
         import jax
         from activeit_jax import partitioning
+        if self.decoder_only:
+            return self._score_decoder_only_async(rows)
         keys = [(bucket_for(len(s), self.source_buckets), bucket_for(len(t), self.target_buckets))
                 for s, t in rows]
         parts = []
@@ -467,14 +557,42 @@ class RowScorer:
             with partitioning.mesh_context(self.mesh, self.rules):
                 parts.append((idx, self._score(self.params, batch)))
 
-        def combine(num_rows, parts):
-            n_out = 3 if self.compute_entropy else 2
-            out = [np.zeros(num_rows, np.float64) for _ in range(n_out)]
-            for idx, arrays in parts:
-                for o, arr in zip(out, arrays):
-                    o[idx] = np.asarray(arr, np.float64)[:len(idx)]
-            return out[0], out[1], (out[2] if self.compute_entropy else None)
-        return _Pending(len(rows), parts, combine)
+        return _Pending(len(rows), parts, self._combine_scores)
+
+    def _combine_scores(self, num_rows: int, parts: list[tuple[list[int], Any]]):
+        n_out = 3 if self.compute_entropy else 2
+        out = [np.zeros(num_rows, np.float64) for _ in range(n_out)]
+        for idx, arrays in parts:
+            for o, arr in zip(out, arrays):
+                o[idx] = np.asarray(arr, np.float64)[:len(idx)]
+        return out[0], out[1], (out[2] if self.compute_entropy else None)
+
+    def _score_decoder_only_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]
+                                  ) -> _Pending:
+        """`score_async` for a decoder-only model: one bucket per prompt + response length."""
+        import jax
+        from activeit_jax import partitioning
+        from activeit_jax.models import make_decoder_only_batch
+        for prompt, response in rows:
+            if not response or response[-1] != self.eos_id:
+                raise ValueError("a decoder-only response must end with the model's EOS")
+        keys = [bucket_for(len(p) + len(r), self.sequence_buckets) for p, r in rows]
+        parts = []
+        for length, idx in self._group(keys, self.batch_size):
+            b = self.batch_size
+            chosen = [rows[i] for i in idx]
+            chosen += [chosen[0]] * (b - len(idx))  # filler rows: copies of the first, ignored
+            # The response's EOS is added back by the builder (after the response ids).
+            batch = make_decoder_only_batch([p for p, _ in chosen], [r[:-1] for _, r in chosen],
+                                            length, bos_id=self.bos_id, eos_id=self.eos_id,
+                                            pad_id=self.pad_id)
+            batch = jax.device_put(batch, self._matrix_sharding)
+            self.score_shapes[(b, length)] += 1
+            self.score_padding.add([len(rows[i][0]) + len(rows[i][1]) for i in idx],
+                                   [len(rows[i][1]) for i in idx], b, length, length)
+            with partitioning.mesh_context(self.mesh, self.rules):
+                parts.append((idx, self._score(self.params, batch)))
+        return _Pending(len(rows), parts, self._combine_scores)
 
     def decode_async(self, sources: Sequence[Sequence[int]]) -> _Pending:
         """Dispatches greedy decoding of source id lists.
@@ -485,6 +603,8 @@ class RowScorer:
         """
         import jax
         from activeit_jax import partitioning
+        if self.decoder_only:
+            return self._decode_decoder_only_async(sources)
         keys = [bucket_for(len(s), self.source_buckets) for s in sources]
         parts = []
         for s_len, idx in self._group(keys, self.decode_batch_size):
@@ -513,6 +633,34 @@ class RowScorer:
                     out[i] = ids
             return out
         return _Pending(len(sources), parts, combine)
+
+    def _decode_decoder_only_async(self, prompts: Sequence[Sequence[int]]) -> _Pending:
+        """`decode_async` for a decoder-only model: prompts (no bos) -> the continuation, cut
+        by `cut_generated` (EOS included when generated)."""
+        import jax
+        from activeit_jax import partitioning
+        from activeit_jax.models import make_prompt_batch
+        keys = [bucket_for(len(p) + 1, self.source_buckets) for p in prompts]
+        parts = []
+        for s_len, idx in self._group(keys, self.decode_batch_size):
+            b = self.decode_batch_size
+            chosen = [prompts[i] for i in idx]
+            chosen += [chosen[0]] * (b - len(idx))
+            batch = make_prompt_batch(chosen, s_len, bos_id=self.bos_id, pad_id=self.pad_id)
+            batch = jax.device_put(batch, self._matrix_sharding)
+            self.decode_shapes[(b, s_len)] += 1
+            self.decode_padding.add([len(prompts[i]) + 1 for i in idx], [], b, s_len, 0)
+            with partitioning.mesh_context(self.mesh, self.rules):
+                parts.append((idx, self._decode(self.params, batch)))
+
+        def combine(num_rows, parts):
+            out: list[list[int]] = [[] for _ in range(num_rows)]
+            for idx, arr in parts:
+                arr = np.asarray(arr)
+                for j, i in enumerate(idx):
+                    out[i] = cut_generated(arr[j].tolist(), self.eos_id, self.pad_id)
+            return out
+        return _Pending(len(prompts), parts, combine)
 
 
 # =========================================================================== planning
@@ -590,6 +738,13 @@ def choose_instances(task, num_instances: int, seed: int) -> list[Any]:
     return [instances[i] for i in chosen]
 
 
+def _render_alpaca(parts, fits=None) -> str:
+    """`prompts.render_alpaca` with the `(parts, fits)` signature of a scorer render_fn."""
+    del fits  # the Alpaca prompt has no demonstrations to fit
+    from activeit_jax.data import prompts
+    return prompts.render_alpaca(parts)
+
+
 class PromptBuilder:
     """Builds and tokenises the (1+K) sources of each chosen instance of a task.
 
@@ -597,31 +752,49 @@ class PromptBuilder:
       vocab: a seqio vocabulary (`encode`, `decode`).
       config: the scoring config.
       parts_fn: `(task, instance, num_pos_examples) -> PromptParts` (data layer).
-      render_fn: `(parts, fits) -> str` (data layer's `render_tk_instruct`).
+      render_fn: `(parts, fits) -> str` (data layer's `render_tk_instruct`; decoder-only:
+        the Alpaca template).
+      decoder_only: build decoder-only prompts (Alpaca template, no demonstrations, prompt ids
+        without special tokens keeping their last `max_source_length - 1`, responses ending
+        with `eos_id`); see the module docstring.
+      eos_id: the EOS appended to targets (T5: 1; decoder-only: the model's).
     """
 
     def __init__(self, vocab, config: ScoreConfig,
                  parts_fn: Callable[..., Any] | None = None,
-                 render_fn: Callable[..., str] | None = None):
+                 render_fn: Callable[..., str] | None = None, *,
+                 decoder_only: bool = False, eos_id: int = EOS_ID):
         if parts_fn is None or render_fn is None:
             from activeit_jax.data import prompts
             parts_fn = parts_fn or prompts.tk_instruct_parts
-            render_fn = render_fn or prompts.render_tk_instruct
+            render_fn = render_fn or (_render_alpaca if decoder_only
+                                      else prompts.render_tk_instruct)
         self.vocab, self.config = vocab, config
         self.parts_fn, self.render_fn = parts_fn, render_fn
+        self.decoder_only, self.eos_id = decoder_only, int(eos_id)
+        # Decoder-only prompts show no demonstrations: only the definition is perturbed.
+        self.num_pos_examples = 0 if decoder_only else config.num_pos_examples
         self.perturb = perturbation_lib.get_perturbation(
             config.perturbation, **dict(config.perturbation_options))
         self._fits = None
-        if config.fit_examples:
+        if config.fit_examples and not decoder_only:
             from activeit_jax.data import prompts
             self._fits = prompts.make_fits(vocab, config.max_source_length)
 
     def encode_source(self, text: str) -> list[int]:
         ids = self.vocab.encode(text)
+        if self.decoder_only:  # bos + prompt fits max_source_length
+            return keep_last_ids(ids, self.config.max_source_length - 1)
         return truncate_ids(ids, self.config.max_source_length)
 
     def encode_target(self, text: str) -> list[int]:
-        return truncate_ids(self.vocab.encode(text), self.config.max_target_length)
+        return truncate_ids(self.vocab.encode(text), self.config.max_target_length, self.eos_id)
+
+    def prediction_text(self, generated: Sequence[int]) -> str:
+        """The text of a generated id list (as `RowScorer.decode_async` returns it)."""
+        if self.decoder_only:
+            return self.vocab.decode([t for t in generated if t != self.eos_id])
+        return self.vocab.decode(generated)
 
     def perturbed_instructions(self, task, template) -> list[tuple[str, tuple[str, ...]]]:
         """The K perturbed (definition, example_inputs) of a task, drawn in order k=0..K-1."""
@@ -641,11 +814,11 @@ class PromptBuilder:
         plan = TaskPlan(index=index, task=task, instances=instances)
         if not instances:
             return plan
-        template = self.parts_fn(task, instances[0], cfg.num_pos_examples)
+        template = self.parts_fn(task, instances[0], self.num_pos_examples)
         variants = self.perturbed_instructions(task, template)
         cache: dict[str, list[int]] = {}
         for instance in instances:
-            base = self.parts_fn(task, instance, cfg.num_pos_examples)
+            base = self.parts_fn(task, instance, self.num_pos_examples)
             all_parts = [base] + [dataclasses.replace(base, definition=d, example_inputs=e)
                                   for d, e in variants]
             texts = [self.render_fn(parts, self._fits) for parts in all_parts]
@@ -783,7 +956,8 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
     `ScoreConfig`), so the files equal a single-host run's up to that rounding.
 
     Args:
-      model: an `EncoderDecoderModel`.
+      model: an `EncoderDecoderModel`, or a `DecoderOnlyModel` (Alpaca prompts, see the
+        module docstring).
       params: its parameters placed on `mesh`.
       vocab: the seqio vocabulary of the model.
       tasks: the pool, iterated once, lazily (data layer `Task`s, unique names; a
@@ -798,7 +972,8 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
       run_args: extra arguments to fingerprint (checkpoint, pool files...); merged with the
         config's fingerprinted fields.
       total: number of tasks in the pool, for the progress bar's ETA (optional).
-      parts_fn / render_fn: prompt construction (default: the data layer's Tk-Instruct).
+      parts_fn / render_fn: prompt construction (default: the data layer's Tk-Instruct;
+        decoder-only: the Alpaca template).
       hooks: callbacks (tests simulate a kill with `after_task`).
       progress: show a tqdm bar.
       scorer: a ready `RowScorer` (reused across calls, e.g. by the benchmark).
@@ -822,7 +997,12 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
             mesh = partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
         elif partitioning.spans_processes(mesh):
             mesh, params = _localize(model, params, mesh)
+    decoder_only = scorer.decoder_only if scorer is not None else is_decoder_only(model)
     args = {**(run_args or {}), **config.fingerprint_args()}
+    if decoder_only:
+        ids = model.config if scorer is None else scorer.model.config
+        args.update(prompt_format="alpaca", special_ids={
+            "pad": int(ids.pad_id), "bos": int(ids.bos_id), "eos": int(ids.eos_id)})
     if sharded:
         check_run_args(out_dir, args, write=primary)
         journal_dir = shard_dir(out_dir, shard)
@@ -846,12 +1026,14 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
                            source_buckets=config.src_buckets,
                            target_buckets=config.tgt_buckets,
                            max_decode_length=config.max_decode_length,
-                           compute_entropy=config.compute_entropy)
+                           compute_entropy=config.compute_entropy,
+                           sequence_buckets=config.seq_buckets if decoder_only else None)
     elif (scorer.compute_entropy != config.compute_entropy
           or scorer.max_decode_length != config.max_decode_length):
         raise ValueError("the given scorer was built for another compute_entropy / "
                          "max_decode_length than `config`")
-    builder = PromptBuilder(vocab, config, parts_fn, render_fn)
+    builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
+                            eos_id=scorer.eos_id)
 
     bar = None
     if progress:
@@ -914,7 +1096,7 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         k = 0
         for plan in plans:
             for _ in plan.instances:
-                text = vocab.decode(generated[pos[k]])
+                text = builder.prediction_text(generated[pos[k]])
                 plan.predictions.append(text)
                 plan.target_ids.append(builder.encode_target(text))
                 k += 1

@@ -3,12 +3,37 @@
     activeit-jax run --gin_file=configs/demo.gin --out=demo_output
     activeit-jax run --gin_file=configs/experiments/niv2_t5_large.gin --out=runs/niv2 \\
         --gin.LoopConfig.seeds="(0, 1, 2)"
+    activeit-jax run --gin_file=configs/demo_self_instruct.gin --out=demo_si
 
-The gin file binds the model (`%MODEL`), the vocabulary (`%VOCABULARY`), the NIV2 directory
-(`%NIV2_DIR`), the trainer settings (`TrainConfig.*`), the scorer settings (`ScoreConfig.*`),
-the loop (`LoopConfig.*`) and the experiment split (`experiment.*`). Rerunning the same
+The gin file binds the model (`%MODEL`), the vocabulary (`%VOCABULARY`), the task pool
+(`experiment.pool`: "niv2" with `experiment.niv2_dir`, or "self_instruct" with
+`experiment.self_instruct_file` and `experiment.self_instruct_test_file`), the trainer settings
+(`TrainConfig.*`), the scorer settings (`ScoreConfig.*`), the loop (`LoopConfig.*`) and the
+experiment split (`experiment.*`, `NIV2Quotas` / `SelfInstructQuotas`). Rerunning the same
 command continues an interrupted run; at the end `OUT/report/` holds the tables, the plots and
 `report.html`.
+
+Self-Instruct pool (`experiment.pool = "self_instruct"`, a decoder-only model):
+
+- prepare: `prepared.prepare_self_instruct` draws the initial tasks (`SelfInstructQuotas`:
+  500 in the paper; None scales 500 by file size / 52,002, so give it explicitly for small
+  files), the rest is the pool, cut into 13 output-length chunks (`split.chunks`); the loop's
+  selection uses `LoopConfig.quota = "self_instruct"` (required) with those chunk ids.
+  The test role is `self_instruct_test_file` (the 252 user-oriented instructions), used for
+  evaluation only. `self_instruct_num_validation` tasks may be held out of the pool (seeded)
+  as a validation role.
+- train: the Alpaca recipe -- fixed epochs, the last epoch is the model (`train/best`): the
+  trainer gets no validation tasks unless `select_epoch_on_validation` is True. (NIV2 keeps
+  the Tk-Instruct practice: best epoch by validation ROUGE-L.)
+- evaluate: ROUGE-L / exact match of greedy predictions (Alpaca prompt) on the held-out
+  validation tasks ("val", the loop's validation signal) and on the test file ("test"); the
+  predictions stay in `iter_i/eval_{val,test}/predictions.jsonl`.
+- score: prompt uncertainty with the Alpaca prompt (`scoring`, decoder-only path).
+- judge (optional, off by default): `experiment.judge = @JudgeConfig()` (base_url, model,
+  api_key_env naming the environment variable that holds the key) compares, after the loop,
+  every strategy's model with `judge_reference`'s (default "random") at the same iteration on
+  the test predictions (`active_loop.run_judge`), writing
+  `seed_{s}/{strategy}/iter_{i}/judge_vs_{reference}.jsonl`; the report summarises them.
 """
 from __future__ import annotations
 
@@ -31,12 +56,19 @@ common.define_gin_flags()
 common.define_distributed_flags()
 
 
+POOLS = ("niv2", "self_instruct")
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """Everything `run` needs, resolved from gin at the entry point."""
+    """Everything `run` needs, resolved from gin at the entry point.
+
+    `niv2_dir` is set for the "niv2" pool, `self_instruct_file` (+ the optional test file)
+    for the "self_instruct" pool; `judge` is None when the judge stage is off.
+    """
     model: Any
     vocabulary: Any
-    niv2_dir: str
+    niv2_dir: str | None
     train_config: Any
     score_config: Any
     loop: Any
@@ -45,15 +77,26 @@ class Experiment:
     max_instances_per_task: int | None
     on_bad_task: str
     partitioning: Any
+    pool: str = "niv2"
+    self_instruct_file: str | None = None
+    self_instruct_test_file: str | None = None
+    self_instruct_max_items: int | None = None
+    self_instruct_num_validation: int = 0
+    select_epoch_on_validation: bool = True
+    judge: Any = None
+    judge_reference: str = "random"
+    judge_seed: int = 0
 
 
 def _register_configurables() -> None:
     """Makes the library's plain dataclasses bindable from gin (edges only)."""
-    from activeit_jax import active_loop, scoring
+    from activeit_jax import active_loop, judge, scoring
     from activeit_jax.data import splits
     for cls, module in ((active_loop.LoopConfig, "activeit_jax.active_loop"),
                         (scoring.ScoreConfig, "activeit_jax.scoring"),
-                        (splits.NIV2Quotas, "activeit_jax.data.splits")):
+                        (splits.NIV2Quotas, "activeit_jax.data.splits"),
+                        (splits.SelfInstructQuotas, "activeit_jax.data.splits"),
+                        (judge.JudgeConfig, "activeit_jax.judge")):
         try:
             gin.external_configurable(cls, module=module)
         except ValueError:
@@ -62,19 +105,108 @@ def _register_configurables() -> None:
 
 @gin.configurable(module="activeit_jax.commands.run")
 def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
-               niv2_dir: str = gin.REQUIRED, train_config: Any = None,
+               niv2_dir: str | None = None, train_config: Any = None,
                score_config: Any = None, loop: Any = None,
                init_checkpoint: str | None = None, quotas: Any = None,
                max_instances_per_task: int | None = 100, on_bad_task: str = "error",
-               partitioning: Any = None) -> Experiment:
-    """gin face of the experiment; only the entry point calls it."""
+               partitioning: Any = None, pool: str = "niv2",
+               self_instruct_file: str | None = None,
+               self_instruct_test_file: str | None = None,
+               self_instruct_max_items: int | None = None,
+               self_instruct_num_validation: int = 0,
+               select_epoch_on_validation: bool | None = None, judge: Any = None,
+               judge_reference: str = "random", judge_seed: int = 0) -> Experiment:
+    """gin face of the experiment; only the entry point calls it.
+
+    Args (beyond the obvious):
+      pool: "niv2" (needs `niv2_dir`) or "self_instruct" (needs `self_instruct_file`).
+      quotas: `NIV2Quotas` or `SelfInstructQuotas` (matching the pool), None = the paper's,
+        scaled down on partial data.
+      self_instruct_test_file: evaluation-only test tasks (the 252 user-oriented ones).
+      self_instruct_max_items: read only the first N items of the Self-Instruct file.
+      self_instruct_num_validation: pool tasks held out (seeded) as validation tasks.
+      select_epoch_on_validation: the trainer picks its best epoch on the validation tasks;
+        None = True for NIV2 (Tk-Instruct), False for Self-Instruct (Alpaca: last epoch).
+      judge: a `judge.JudgeConfig` enabling the judge stage, or None (off).
+      judge_reference / judge_seed: the strategy compared against; the presentation seed.
+
+    Raises:
+      ValueError: a missing or contradictory setting (named in the message).
+    """
+    # gin hands a `%gin.REQUIRED` binding (or macro) over as its sentinel instead of failing.
+    missing = [name for name, value in locals().items() if value is gin.REQUIRED]
+    if missing:
+        raise ValueError(f"experiment.{missing[0]} is required: bind it (e.g. "
+                         f"--gin.experiment.{missing[0]}=...) or the macro the config names")
     from activeit_jax import active_loop, scoring, trainer
+    from activeit_jax.data import splits
+    loop = loop or active_loop.LoopConfig()
+    if pool not in POOLS:
+        raise ValueError(f"experiment.pool must be one of {POOLS}, got {pool!r}")
+    if pool == "niv2":
+        if not niv2_dir:
+            raise ValueError("experiment.niv2_dir is required for the 'niv2' pool")
+        if quotas is not None and not isinstance(quotas, splits.NIV2Quotas):
+            raise ValueError("the 'niv2' pool takes NIV2Quotas (experiment.quotas)")
+        if loop.quota == "self_instruct":
+            raise ValueError("LoopConfig.quota 'self_instruct' needs the 'self_instruct' pool "
+                             "(NIV2 tasks have no output-length chunks)")
+    else:
+        if not self_instruct_file:
+            raise ValueError("experiment.self_instruct_file is required for the "
+                             "'self_instruct' pool")
+        if quotas is not None and not isinstance(quotas, splits.SelfInstructQuotas):
+            raise ValueError("the 'self_instruct' pool takes SelfInstructQuotas "
+                             "(experiment.quotas)")
+        if loop.quota == "niv2":
+            raise ValueError("the 'self_instruct' pool selects by output-length chunk: set "
+                             "LoopConfig.quota = \"self_instruct\" (or \"none\")")
+        if self_instruct_num_validation < 0:
+            raise ValueError("experiment.self_instruct_num_validation must be >= 0")
+    if judge is not None:
+        if judge_reference not in loop.strategies:
+            raise ValueError(f"experiment.judge_reference {judge_reference!r} is not one of "
+                             f"LoopConfig.strategies {list(loop.strategies)}")
+        if pool == "self_instruct" and not self_instruct_test_file:
+            raise ValueError("the judge compares answers on experiment.self_instruct_test_file")
+    if select_epoch_on_validation is None:
+        select_epoch_on_validation = pool == "niv2"
     return Experiment(model=model, vocabulary=vocabulary, niv2_dir=niv2_dir,
                       train_config=train_config or trainer.TrainConfig(),
                       score_config=score_config or scoring.ScoreConfig(),
-                      loop=loop or active_loop.LoopConfig(), init_checkpoint=init_checkpoint,
+                      loop=loop, init_checkpoint=init_checkpoint,
                       quotas=quotas, max_instances_per_task=max_instances_per_task,
-                      on_bad_task=on_bad_task, partitioning=partitioning)
+                      on_bad_task=on_bad_task, partitioning=partitioning, pool=pool,
+                      self_instruct_file=self_instruct_file,
+                      self_instruct_test_file=self_instruct_test_file,
+                      self_instruct_max_items=self_instruct_max_items,
+                      self_instruct_num_validation=self_instruct_num_validation,
+                      select_epoch_on_validation=select_epoch_on_validation, judge=judge,
+                      judge_reference=judge_reference, judge_seed=judge_seed)
+
+
+def hold_out_validation(data: Any, num_validation: int, seed: int) -> Any:
+    """Moves `num_validation` seeded pool tasks of a Self-Instruct `PreparedData` to its
+    validation role (and out of the pool's output-length chunks).
+
+    Raises:
+      SplitError: the pool would be left empty.
+    """
+    from activeit_jax.data import hashing
+    from activeit_jax.data.errors import SplitError
+    split = data.split
+    if num_validation <= 0:
+        return data
+    if num_validation >= len(split.pool):
+        raise SplitError(f"{num_validation} validation tasks would leave no pool task "
+                         f"({len(split.pool)} in the pool)")
+    held = set(hashing.stable_shuffle(split.pool, seed, "validation")[:num_validation])
+    new_split = dataclasses.replace(
+        split, validation=tuple(sorted(held)),
+        pool=tuple(n for n in split.pool if n not in held),
+        chunks=tuple(tuple(n for n in chunk if n not in held) for chunk in split.chunks),
+        note=f"{split.note}; {num_validation} pool tasks held out for validation")
+    return dataclasses.replace(data, split=new_split)
 
 
 def build_stages(exp: Experiment):
@@ -92,9 +224,18 @@ def build_stages(exp: Experiment):
     def prepare(seed: int, out_dir: str):
         if os.path.exists(os.path.join(out_dir, "splits.json")):
             return prepared_lib.load_prepared(out_dir)
-        data = prepared_lib.prepare_niv2(exp.niv2_dir, seed=seed, on_bad_task=exp.on_bad_task,
-                                         quotas=exp.quotas,
-                                         max_instances_per_task=exp.max_instances_per_task)
+        if exp.pool == "self_instruct":
+            from activeit_jax.data.configurables import resolve_repo_path
+            test_file = exp.self_instruct_test_file
+            data = prepared_lib.prepare_self_instruct(
+                resolve_repo_path(exp.self_instruct_file),
+                test_path=resolve_repo_path(test_file) if test_file else None, seed=seed,
+                quotas=exp.quotas, max_items=exp.self_instruct_max_items)
+            data = hold_out_validation(data, exp.self_instruct_num_validation, seed)
+        else:
+            data = prepared_lib.prepare_niv2(exp.niv2_dir, seed=seed,
+                                             on_bad_task=exp.on_bad_task, quotas=exp.quotas,
+                                             max_instances_per_task=exp.max_instances_per_task)
         prepared_lib.write_prepared(data, out_dir)
         return prepared_lib.load_prepared(out_dir)
 
@@ -102,6 +243,8 @@ def build_stages(exp: Experiment):
         best = os.path.join(out_dir, "best")
         if os.path.exists(os.path.join(out_dir, trainer.SUMMARY_FILE)):
             return best  # finished before (its intermediate checkpoints may be gone)
+        if not exp.select_epoch_on_validation:
+            val_tasks = []  # fixed epochs, the last one is kept (the evaluate stage validates)
         result = trainer.train_and_evaluate(exp.model, train_tasks, val_tasks,
                                             exp.vocabulary, train_config, out_dir, init=init)
         return result.best_checkpoint_dir
@@ -143,8 +286,26 @@ def main(argv: list[str]) -> None:
     import activeit_jax.models  # noqa: F401
     common.parse_gin_from_flags()
     exp = experiment()
-    result = active_loop.run_loop(FLAGS.out, exp.loop, build_stages(exp))
+    client = None
+    if exp.judge is not None:
+        import jax
+
+        from activeit_jax import judge
+        if jax.process_index() == 0:
+            try:  # a missing API key fails now, not after hours of training
+                client = judge.ChatClient(exp.judge)
+            except judge.JudgeError as err:
+                sys.exit(f"activeit-jax run: judge: {err}")
+    stages = build_stages(exp)
+    result = active_loop.run_loop(FLAGS.out, exp.loop, stages)
     logging.info("loop finished: %s", result)
+    if exp.judge is not None:
+        comparisons = active_loop.run_judge(FLAGS.out, exp.loop, stages, client,
+                                            reference=exp.judge_reference, seed=exp.judge_seed)
+        for c in comparisons:
+            if c["win"] is not None:
+                print(f"judge seed {c['seed']} {c['strategy']} vs {c['reference']} iteration "
+                      f"{c['iteration']}: {c['win']} win / {c['tie']} tie / {c['lose']} lose")
     if FLAGS.report:
         written = reports.write_report(FLAGS.out)
         print(f"report: {written.get('report.html', os.path.join(FLAGS.out, 'report'))}")
