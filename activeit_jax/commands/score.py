@@ -213,9 +213,13 @@ def main(argv: list[str]) -> None:
         config = build_config()
         tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
                                             FLAGS.on_bad_task, FLAGS.role, shard)
-        vocab = vocab_lib.get_vocabulary(FLAGS.vocab)
-        mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
         model = checkpoints.read_model(FLAGS.checkpoint)
+        if model.kind == "llama":
+            # LLaMA tokenizers have their own special ids and no T5 sentinels.
+            vocab = vocab_lib.get_vocabulary(FLAGS.vocab, extra_ids=0, require_t5_ids=False)
+        else:
+            vocab = vocab_lib.get_vocabulary(FLAGS.vocab)
+        mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
         params = checkpoints.restore_params(FLAGS.checkpoint, model,
                                             partitioning.params_shardings(model, mesh))
         run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),

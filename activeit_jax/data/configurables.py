@@ -39,6 +39,9 @@ def get_vocabulary(path: str = gin.REQUIRED, extra_ids: int = vocab_lib.DEFAULT_
     Raises:
       VocabularyError: the path is missing or not a T5-id SentencePiece model.
     """
+    if path is gin.REQUIRED:  # a `%gin.REQUIRED` macro arrives here as gin's sentinel
+        raise ValueError("the vocabulary path is not set: bind get_vocabulary.path, e.g. "
+                         "--gin.get_vocabulary.path='\"/models/t5/spiece.model\"'")
     return vocab_lib.get_vocabulary(resolve_repo_path(path), extra_ids, require_t5_ids)
 
 
