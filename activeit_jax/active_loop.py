@@ -52,7 +52,7 @@ import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from activeit_jax import io_utils, reports, selection
+from activeit_jax import distributed, io_utils, reports, selection
 from activeit_jax import judge as judge_lib
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def check_run_config(run_dir: str, config: LoopConfig) -> None:
         if changed:
             raise ValueError(f"{run_dir} was started with different settings {changed}: "
                              f"{ {k: stored.get(k) for k in changed} }; use a new --out")
-    io_utils.atomic_write_json(path, current)
+    _on_primary("activeit_loop_config", lambda: io_utils.atomic_write_json(path, current))
 
 
 def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
@@ -232,7 +232,7 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
     chosen = selection.select(strategy, scores, pool, num_tasks=num_tasks, quota=config.quota,
                               seed=seed, iteration=iteration, label_ratio=config.label_ratio)
     record = chosen.to_json()
-    io_utils.atomic_write_json(path, record)
+    _on_primary("activeit_loop_select", lambda: io_utils.atomic_write_json(path, record))
     return record
 
 
@@ -245,8 +245,10 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
         return
     os.makedirs(it_dir, exist_ok=True)
     selected_path = os.path.join(it_dir, reports.SELECTED_FILE)
-    if not os.path.exists(selected_path):
-        io_utils.atomic_write_json(selected_path, dict(selected_now))
+    # Every host reaches the barrier; only the primary looks at and writes the file.
+    _on_primary("activeit_loop_selected",
+                lambda: os.path.exists(selected_path) or io_utils.atomic_write_json(
+                    selected_path, dict(selected_now)))
     notify = on_stage or (lambda stage, directory: None)
 
     train_dir = os.path.join(it_dir, "train")
@@ -260,28 +262,47 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
             if tasks:
                 for rec in stages.evaluate(best, tasks, os.path.join(it_dir, f"eval_{split}")):
                     records.append({"split": split, **rec})
-        io_utils.atomic_write_text(per_task_path, "".join(
-            json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        reports.write_derived_metrics(it_dir)
+        def write_metrics() -> None:
+            io_utils.atomic_write_text(per_task_path, "".join(
+                json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            reports.write_derived_metrics(it_dir)
+        _on_primary("activeit_loop_metrics", write_metrics)
     notify("evaluate", it_dir)
 
     if score_needed:
         scoring_dir = os.path.join(it_dir, "scoring")
         stages.score(best, [prepared.tasks[n] for n in remaining], scoring_dir)
-        # The report reads these two files at the iteration's top level.
-        for source, target in (("scores.jsonl", reports.SCORES_FILE),
-                               ("taskmap.png", reports.TASK_MAP_FILE)):
-            src = os.path.join(scoring_dir, source)
-            if os.path.exists(src):
-                with open(src, "rb") as handle:
-                    data = handle.read()
-                with io_utils.atomic_open(os.path.join(it_dir, target), "wb") as out:
-                    out.write(data)
+        def copy_for_report() -> None:
+            # The report reads these two files at the iteration's top level.
+            for source, target in (("scores.jsonl", reports.SCORES_FILE),
+                                   ("taskmap.png", reports.TASK_MAP_FILE)):
+                src = os.path.join(scoring_dir, source)
+                if os.path.exists(src):
+                    with open(src, "rb") as handle:
+                        data = handle.read()
+                    with io_utils.atomic_open(os.path.join(it_dir, target), "wb") as out:
+                        out.write(data)
+        _on_primary("activeit_loop_scores", copy_for_report)
         notify("score", it_dir)
 
-    if not config.keep_train_checkpoints:
-        shutil.rmtree(os.path.join(train_dir, "checkpoints"), ignore_errors=True)
-    io_utils.atomic_write_text(os.path.join(it_dir, DONE_FILE), "")
+    def finish() -> None:
+        if not config.keep_train_checkpoints:
+            shutil.rmtree(os.path.join(train_dir, "checkpoints"), ignore_errors=True)
+        io_utils.atomic_write_text(os.path.join(it_dir, DONE_FILE), "")
+    _on_primary("activeit_loop_done", finish)
+
+
+def _on_primary(barrier_name: str, write: Callable[[], None]) -> None:
+    """Runs `write` in process 0 only, then waits for every process.
+
+    Every host runs the loop (training and evaluation are collective on a global mesh) and
+    decides what to skip from the files of the run directory, so the files must be written once
+    and be visible to all hosts before any of them looks again. Every host must reach each
+    call: decisions taken from files (`os.path.exists`) are only made right after a barrier.
+    """
+    if distributed.is_primary():
+        write()
+    distributed.barrier(barrier_name)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,9 +20,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
-from activeit_jax import io_utils
+from activeit_jax import distributed, io_utils
 from activeit_jax.models import hf_convert
 from activeit_jax.models.wrappers import BaseModel, model_from_dict, model_to_dict
 
@@ -34,15 +33,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, incomplete or of an unknown format."""
-
-
-def _is_primary() -> bool:
-    return jax.process_index() == 0
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
 
 
 def save_model(directory: str | os.PathLike, model: BaseModel, params: Any) -> None:
@@ -59,14 +49,14 @@ def save_model(directory: str | os.PathLike, model: BaseModel, params: Any) -> N
     """
     directory = os.path.abspath(os.fspath(directory))
     tmp = directory + ".tmp"
-    if _is_primary():
+    if distributed.is_primary():
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed save
         os.makedirs(tmp)
-    _sync("activeit_save_model_start")
+    distributed.barrier("activeit_save_model_start")
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
         checkpointer.wait_until_finished()
-    if _is_primary():
+    if distributed.is_primary():
         spec = {"format": FORMAT, "format_version": FORMAT_VERSION, **model_to_dict(model)}
         io_utils.atomic_write_json(os.path.join(tmp, CONFIG_NAME), spec)
         old = directory + ".old"
@@ -75,7 +65,7 @@ def save_model(directory: str | os.PathLike, model: BaseModel, params: Any) -> N
             os.replace(directory, old)
         os.replace(tmp, directory)
         shutil.rmtree(old, ignore_errors=True)
-    _sync("activeit_save_model_done")
+    distributed.barrier("activeit_save_model_done")
 
 
 def read_model(directory: str | os.PathLike, logical_axis_rules: Any = None) -> BaseModel:

@@ -139,3 +139,15 @@ def _int_or_none(env: Mapping[str, str], name: str) -> int | None:
     except ValueError as error:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") \
             from error
+
+
+def is_primary() -> bool:
+    """True in process 0, the one process that writes files shared by all hosts."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (a no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

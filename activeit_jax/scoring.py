@@ -113,7 +113,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from activeit_jax import io_utils
+from activeit_jax import distributed, io_utils
 from activeit_jax import perturbation as perturbation_lib
 from activeit_jax import taskmap
 
@@ -1011,9 +1011,9 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
     else:
         prepare_run_dir(out_dir, args)
         journal_dir = out_dir
-    _barrier("activeit_score_prepared")  # every journal's torn tail is repaired ...
+    distributed.barrier("activeit_score_prepared")  # every journal's torn tail is repaired ...
     done = finished_tasks(out_dir)
-    _barrier("activeit_score_started")  # ... and read before any host appends again.
+    distributed.barrier("activeit_score_started")  # ... and read before any host appends again.
     scores_path = os.path.join(journal_dir, SCORES_FILE)
     prompts_path = os.path.join(journal_dir, PROMPTS_FILE)
     skipped_path = os.path.join(journal_dir, SKIPPED_FILE)
@@ -1204,13 +1204,6 @@ def finished_tasks(out_dir: str) -> set[str]:
     return done
 
 
-def _barrier(name: str) -> None:
-    import jax
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
-
-
 def _remove(path: str) -> None:
     if os.path.exists(path):
         os.remove(path)
@@ -1310,7 +1303,7 @@ def _merge_shards(out_dir: str, config: ScoreConfig, shard: ShardInfo,
     summary. In a single process (shards run one after another) the merge happens once every
     shard has finished."""
     import jax
-    _barrier("activeit_score_scored")
+    distributed.barrier("activeit_score_scored")
     multi_process = jax.process_count() > 1
     paths = [os.path.join(shard_dir(out_dir, ShardInfo(k, shard.num_shards)), SHARD_DONE_FILE)
              for k in range(shard.num_shards)]

@@ -211,7 +211,8 @@ def hold_out_validation(data: Any, num_validation: int, seed: int) -> Any:
 
 def build_stages(exp: Experiment):
     """Binds the loop's stages to the data layer, the trainer and the scorer."""
-    from activeit_jax import active_loop, checkpoints, partitioning, scoring, trainer
+    from activeit_jax import (active_loop, checkpoints, distributed, partitioning, scoring,
+                              trainer)
     from activeit_jax.data import prepared as prepared_lib
 
     train_config = exp.train_config
@@ -222,6 +223,7 @@ def build_stages(exp: Experiment):
     init = exp.init_checkpoint
 
     def prepare(seed: int, out_dir: str):
+        distributed.barrier("activeit_run_prepare")  # all hosts look at out_dir together
         if os.path.exists(os.path.join(out_dir, "splits.json")):
             return prepared_lib.load_prepared(out_dir)
         if exp.pool == "self_instruct":
@@ -236,7 +238,9 @@ def build_stages(exp: Experiment):
             data = prepared_lib.prepare_niv2(exp.niv2_dir, seed=seed,
                                              on_bad_task=exp.on_bad_task, quotas=exp.quotas,
                                              max_instances_per_task=exp.max_instances_per_task)
-        prepared_lib.write_prepared(data, out_dir)
+        if distributed.is_primary():  # every host drew the same split; one writes it
+            prepared_lib.write_prepared(data, out_dir)
+        distributed.barrier("activeit_run_prepared")
         return prepared_lib.load_prepared(out_dir)
 
     def train(train_tasks, val_tasks, out_dir: str) -> str:
