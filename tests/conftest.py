@@ -32,3 +32,24 @@ def shared_data() -> pathlib.Path:
 def sample_data() -> pathlib.Path:
     """The small sample bundled in the repository (always present)."""
     return SAMPLE_DATA
+
+
+@pytest.fixture
+def parse_experiment():
+    """Parses an experiment gin file (looked up in configs/) into `run.Experiment`, with a
+    clean gin state before and after."""
+    import gin
+
+    def parse(gin_file: str, bindings: list[str]):
+        from activeit_jax import gin_utils
+        from activeit_jax.commands import run
+        run._register_configurables()
+        import activeit_jax.data.configurables  # noqa: F401 (gin registrations)
+        import activeit_jax.models  # noqa: F401
+        import activeit_jax.trainer  # noqa: F401
+        gin_utils.parse_gin([gin_file], bindings)
+        return run.experiment()
+
+    gin.clear_config()
+    yield parse
+    gin.clear_config()

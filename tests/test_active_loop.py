@@ -228,27 +228,8 @@ def test_fully_trained_reference_trains_on_the_whole_pool_once(tmp_path, sample_
     assert not os.path.exists(active_loop.iteration_dir(run_dir, 0, "fully_trained", 2))
 
 
-@pytest.fixture
-def clean_gin():
-    import gin
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
-def _parse_experiment(gin_file: str, bindings: list[str]):
-    from activeit_jax import gin_utils
-    from activeit_jax.commands import run
-    run._register_configurables()
-    import activeit_jax.data.configurables  # noqa: F401
-    import activeit_jax.models  # noqa: F401
-    import activeit_jax.trainer  # noqa: F401
-    gin_utils.parse_gin([gin_file], bindings)
-    return run.experiment()
-
-
-def test_paper_experiment_config_is_the_paper_setting(clean_gin, sample_data):
-    exp = _parse_experiment("experiments/niv2_t5_large.gin", [
+def test_paper_experiment_config_is_the_paper_setting(parse_experiment, sample_data):
+    exp = parse_experiment("experiments/niv2_t5_large.gin", [
         'NIV2_DIR = "/niv2"', f'get_vocabulary.path = "{sample_data}/vocab/sample_spm.model"',
         'experiment.init_checkpoint = "/ckpt"'])
     assert exp.model.config.d_model == 1024 and exp.model.config.num_encoder_layers == 24
@@ -266,7 +247,7 @@ def test_paper_experiment_config_is_the_paper_setting(clean_gin, sample_data):
     assert (tc.max_source_length, tc.max_target_length) == (1024, 128)
 
 
-def test_demo_config_runs_three_iterations_of_two_strategies(clean_gin):
-    exp = _parse_experiment("demo.gin", [])
+def test_demo_config_runs_three_iterations_of_two_strategies(parse_experiment):
+    exp = parse_experiment("demo.gin", [])
     assert tuple(exp.loop.strategies) == ("prompt_uncertainty", "random")
     assert exp.loop.num_iterations == 3 and exp.init_checkpoint is None

@@ -14,8 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -24,6 +22,7 @@ from activeit_jax import judge as judge_lib
 from activeit_jax.data import prepared as prepared_lib
 from activeit_jax.data import splits
 from conftest import REPO_ROOT
+from fake_openai import FakeServer
 
 KEY = "sk-test-judge-key-0123456789"
 NUM_TEST = 10
@@ -107,52 +106,19 @@ CONFIG = active_loop.LoopConfig(
     num_iterations=3, tasks_per_iteration=PER_ITERATION, quota="self_instruct")
 
 
-class FakeJudge:
-    """OpenAI-compatible chat endpoint on 127.0.0.1 that prefers the larger answer string."""
+_ANSWERS = re.compile(r"# Output \(a\)\n(.*)\n\n# Output \(b\)\n(.*)\n\nWhich", re.S)
 
-    PATTERN = re.compile(r"# Output \(a\)\n(.*)\n\n# Output \(b\)\n(.*)\n\nWhich", re.S)
 
-    def __init__(self):
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests += 1
-                if self.headers.get("Authorization") != f"Bearer {KEY}":
-                    return self._send(401, {"error": "bad key"})
-                a, b = outer.PATTERN.search(body["messages"][-1]["content"]).groups()
-                text = "Output (a)" if a > b else "Output (b)" if b > a else "Equal"
-                self._send(200, {"choices": [{"message": {"role": "assistant",
-                                                          "content": text}}]})
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def _prefer_longer_string(prompt: str) -> str:
+    """The fake judge's rule: the larger answer string wins (deterministic, order-aware)."""
+    a, b = _ANSWERS.search(prompt).groups()
+    return "Output (a)" if a > b else "Output (b)" if b > a else "Equal"
 
 
 @pytest.fixture
 def fake_judge():
-    server = FakeJudge()
+    server = FakeServer(KEY)
+    server.default = _prefer_longer_string
     yield server
     server.close()
 
@@ -247,7 +213,7 @@ def test_judge_compares_each_strategy_with_random_and_resumes(full_run, fake_jud
         ("prompt_uncertainty", 1), ("prompt_uncertainty", 2), ("high_perplexity", 1),
         ("high_perplexity", 2)]
     assert len([c for c in fake.calls if c[0] == "evaluate"]) == evaluations  # stored ones
-    assert fake_judge.requests == 4 * NUM_TEST
+    assert len(fake_judge.requests) == 4 * NUM_TEST
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     test_ids = [i.id for t in prepared.role_tasks("test") for i in t.instances]
     for r in results:
@@ -272,7 +238,7 @@ def test_judge_compares_each_strategy_with_random_and_resumes(full_run, fake_jud
         os.path.join(run_dir, "seed_0", "iter_0")))
     # Resumed: nothing is asked again, the same totals come back.
     again = active_loop.run_judge(run_dir, CONFIG, fake.stages(), client)
-    assert again == results and fake_judge.requests == 4 * NUM_TEST
+    assert again == results and len(fake_judge.requests) == 4 * NUM_TEST
     # The report summarises the files.
     report = reports.write_report(run_dir)
     with open(report["report.html"], encoding="utf-8") as handle:
@@ -308,25 +274,6 @@ def test_judge_generates_missing_predictions_and_checks_its_reference(
 # ------------------------------------------------------------------------------- configs
 
 
-@pytest.fixture
-def clean_gin():
-    import gin
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
-def _parse_experiment(gin_file: str, bindings: list[str]):
-    from activeit_jax import gin_utils
-    from activeit_jax.commands import run
-    run._register_configurables()
-    import activeit_jax.data.configurables  # noqa: F401
-    import activeit_jax.models  # noqa: F401
-    import activeit_jax.trainer  # noqa: F401
-    gin_utils.parse_gin([gin_file], bindings)
-    return run.experiment()
-
-
 def _paper_bindings(sample_data):
     return ['SELF_INSTRUCT_FILE = "/data/alpaca_data.json"',
             'SELF_INSTRUCT_TEST_FILE = "/data/user_oriented_instructions.jsonl"',
@@ -334,8 +281,8 @@ def _paper_bindings(sample_data):
             'experiment.init_checkpoint = "/ckpt/llama_7b"']
 
 
-def test_alpaca_llama7b_config_is_the_paper_setting(clean_gin, sample_data):
-    exp = _parse_experiment("experiments/alpaca_llama7b.gin", _paper_bindings(sample_data))
+def test_alpaca_llama7b_config_is_the_paper_setting(parse_experiment, sample_data):
+    exp = parse_experiment("experiments/alpaca_llama7b.gin", _paper_bindings(sample_data))
     cfg = exp.model.config
     assert exp.model.kind == "llama"
     assert (cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads) == (
@@ -359,36 +306,36 @@ def test_alpaca_llama7b_config_is_the_paper_setting(clean_gin, sample_data):
     assert exp.vocabulary.vocab_size == 1000  # extra_ids 0, the T5-id check off
 
 
-def test_alpaca_llama7b_config_requires_its_paths(clean_gin, sample_data):
+def test_alpaca_llama7b_config_requires_its_paths(parse_experiment, sample_data):
     import gin
     bindings = [b for b in _paper_bindings(sample_data) if "init_checkpoint" not in b]
     with pytest.raises(ValueError, match="experiment.init_checkpoint is required"):
-        _parse_experiment("experiments/alpaca_llama7b.gin", bindings)
+        parse_experiment("experiments/alpaca_llama7b.gin", bindings)
     gin.clear_config()
     bindings = [b for b in _paper_bindings(sample_data) if "TEST_FILE" not in b]
     with pytest.raises(ValueError, match="experiment.self_instruct_test_file is required"):
-        _parse_experiment("experiments/alpaca_llama7b.gin", bindings)
+        parse_experiment("experiments/alpaca_llama7b.gin", bindings)
 
 
-def test_demo_config_and_inconsistent_settings(clean_gin):
+def test_demo_config_and_inconsistent_settings(parse_experiment):
     import gin
-    exp = _parse_experiment("demo_self_instruct.gin", [])
+    exp = parse_experiment("demo_self_instruct.gin", [])
     assert exp.pool == "self_instruct" and exp.loop.num_iterations == 2
     assert (exp.model.config.eos_id, exp.model.config.bos_id) == (1, 1151)
     assert exp.model.config.vocab_size >= exp.vocabulary.vocab_size
     gin.clear_config()
     with pytest.raises(ValueError, match="quota"):
-        _parse_experiment("demo_self_instruct.gin", ['LoopConfig.quota = "niv2"'])
+        parse_experiment("demo_self_instruct.gin", ['LoopConfig.quota = "niv2"'])
     gin.clear_config()
     with pytest.raises(ValueError, match="judge_reference"):
-        _parse_experiment("demo_self_instruct.gin", [
+        parse_experiment("demo_self_instruct.gin", [
             'experiment.judge = @JudgeConfig()', 'experiment.judge_reference = "low_perplexity"'])
 
 
 @pytest.mark.parametrize("bindings,expect_validation", [
     ([], False), (["experiment.select_epoch_on_validation = True"], True)])
 def test_self_instruct_train_stage_keeps_the_last_epoch_by_default(
-        clean_gin, tmp_path, monkeypatch, bindings, expect_validation):
+        parse_experiment, tmp_path, monkeypatch, bindings, expect_validation):
     """Alpaca's recipe: the run command's train stage hands the trainer no validation tasks
     (fixed epochs, last kept) unless asked; the evaluate stage still validates."""
     from activeit_jax import trainer
@@ -400,7 +347,7 @@ def test_self_instruct_train_stage_keeps_the_last_epoch_by_default(
         return trainer.TrainResult(os.path.join(out_dir, "best"), 0, {}, [], 1)
 
     monkeypatch.setattr(trainer, "train_and_evaluate", fake_train)
-    stages = run.build_stages(_parse_experiment("demo_self_instruct.gin", bindings))
+    stages = run.build_stages(parse_experiment("demo_self_instruct.gin", bindings))
     stages.train(["t1"], ["v1", "v2"], str(tmp_path / "train"))
     assert seen == [["v1", "v2"] if expect_validation else []]
 
@@ -447,7 +394,7 @@ def test_demo_self_instruct_runs_end_to_end_with_the_judge(tmp_path, test_file, 
         assert json.load(handle)["args"]["prompt_format"] == "alpaca"
     judged = io_utils.read_jsonl(os.path.join(out, "seed_0", "prompt_uncertainty", "iter_1",
                                               "judge_vs_random.jsonl"))
-    assert len(judged) == NUM_TEST and fake_judge.requests == NUM_TEST
+    assert len(judged) == NUM_TEST and len(fake_judge.requests) == NUM_TEST
     assert "judge seed 0 prompt_uncertainty vs random iteration 1" in proc.stdout
     with open(os.path.join(out, "report", "report.html"), encoding="utf-8") as handle:
         assert "Pairwise judge" in handle.read()
