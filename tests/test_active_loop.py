@@ -9,7 +9,6 @@ the real components through the `run` command.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 
@@ -20,25 +19,15 @@ from activeit_jax import active_loop, io_utils, reports
 from activeit_jax.data import prepared as prepared_lib
 from activeit_jax.data import splits
 
-
-def _unit(*parts: str) -> float:
-    """A deterministic number in [0, 1) from strings."""
-    digest = hashlib.sha256("|".join(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64
+import loop_testlib
 
 
-class FakeStages:
-    """Deterministic stand-ins: a 'checkpoint' is the sorted list of its training tasks."""
+class FakeStages(loop_testlib.FakeStagesBase):
+    """The stand-in stages on the bundled NIV2 sample (6 initial, 2 + 2 validation)."""
 
     def __init__(self, niv2_dir: str, kill_at: int | None = None):
+        super().__init__(kill_at)
         self.niv2_dir = niv2_dir
-        self.calls: list[tuple[str, str]] = []
-        self.kill_at = kill_at
-
-    def _tick(self, stage: str, directory: str) -> None:
-        self.calls.append((stage, directory))
-        if self.kill_at is not None and len(self.calls) == self.kill_at:
-            raise KeyboardInterrupt(f"simulated kill in {stage} at {directory}")
 
     def prepare(self, seed, out_dir):
         if os.path.exists(os.path.join(out_dir, "splits.json")):
@@ -48,38 +37,6 @@ class FakeStages:
                                          max_instances_per_task=10)
         prepared_lib.write_prepared(data, out_dir)
         return prepared_lib.load_prepared(out_dir)
-
-    def train(self, train_tasks, val_tasks, out_dir):
-        best = os.path.join(out_dir, "best")
-        self._tick("train", out_dir)
-        names = sorted(task.name for task in train_tasks)
-        assert len(names) == len(set(names)), "a task was selected twice"
-        io_utils.atomic_write_json(os.path.join(best, "tasks.json"), names)
-        return best
-
-    def evaluate(self, checkpoint_dir, tasks, out_dir):
-        self._tick("evaluate", out_dir)
-        with open(os.path.join(checkpoint_dir, "tasks.json"), encoding="utf-8") as handle:
-            key = ",".join(json.load(handle))
-        return [{"task": t.name, "label": t.label, "rouge_l": 100 * _unit(key, t.name, "r"),
-                 "exact_match": 100 * _unit(key, t.name, "e"), "n_instances": 4}
-                for t in tasks]
-
-    def score(self, checkpoint_dir, tasks, out_dir):
-        self._tick("score", out_dir)
-        with open(os.path.join(checkpoint_dir, "tasks.json"), encoding="utf-8") as handle:
-            key = ",".join(json.load(handle))
-        records = [{"task": t.name, "prompt_uncertainty": _unit(key, t.name, "pu"),
-                    "prediction_probability": _unit(key, t.name, "p"),
-                    "perplexity": 1 + 10 * _unit(key, t.name, "ppl"), "entropy": None,
-                    "category": "ambiguous", "label": t.label, "n_instances": 4,
-                    "n_perturbations": 3} for t in tasks]
-        io_utils.atomic_write_text(os.path.join(out_dir, "scores.jsonl"), "".join(
-            json.dumps(r) + "\n" for r in records))
-
-    def stages(self) -> active_loop.Stages:
-        return active_loop.Stages(prepare=self.prepare, train=self.train,
-                                  evaluate=self.evaluate, score=self.score)
 
 
 CONFIG = active_loop.LoopConfig(

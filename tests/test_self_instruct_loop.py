@@ -8,7 +8,6 @@ LLaMA, real trainer, evaluator and decoder-only scorer), judge stage included.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,17 +20,13 @@ from activeit_jax import active_loop, io_utils, reports, selection
 from activeit_jax import judge as judge_lib
 from activeit_jax.data import prepared as prepared_lib
 from activeit_jax.data import splits
+import loop_testlib
 from conftest import REPO_ROOT
 from fake_openai import FakeServer
 
 KEY = "sk-test-judge-key-0123456789"
 NUM_TEST = 10
 NUM_INITIAL, NUM_VALIDATION, PER_ITERATION = 26, 13, 26
-
-
-def _unit(*parts: str) -> float:
-    digest = hashlib.sha256("|".join(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +40,12 @@ def test_file(tmp_path_factory, sample_data):
     return str(path)
 
 
-class FakeStages:
-    """Deterministic stand-ins; a 'checkpoint' is the sorted list of its training tasks, and the
-    evaluate stage writes predictions.jsonl as the real one does."""
+class FakeStages(loop_testlib.FakeStagesBase):
+    """The stand-in stages on a Self-Instruct file (with held-out validation tasks)."""
 
     def __init__(self, si_file: str, test_file: str):
+        super().__init__()
         self.si_file, self.test_file = si_file, test_file
-        self.calls: list[tuple[str, str]] = []
-        self.val_sizes: list[int] = []
 
     def prepare(self, seed, out_dir):
         from activeit_jax.commands import run
@@ -64,41 +57,6 @@ class FakeStages:
         data = run.hold_out_validation(data, NUM_VALIDATION, seed)
         prepared_lib.write_prepared(data, out_dir)
         return prepared_lib.load_prepared(out_dir)
-
-    def train(self, train_tasks, val_tasks, out_dir):
-        self.calls.append(("train", out_dir))
-        self.val_sizes.append(len(val_tasks))
-        best = os.path.join(out_dir, "best")
-        io_utils.atomic_write_json(os.path.join(best, "tasks.json"),
-                                   sorted(t.name for t in train_tasks))
-        return best
-
-    def evaluate(self, checkpoint_dir, tasks, out_dir):
-        self.calls.append(("evaluate", out_dir))
-        with open(os.path.join(checkpoint_dir, "tasks.json"), encoding="utf-8") as handle:
-            key = ",".join(json.load(handle))
-        predictions = [{"task": t.name, "id": i.id, "prediction": f"answer {_unit(key, i.id):.6f}",
-                        "references": list(i.outputs)} for t in tasks for i in t.instances]
-        io_utils.atomic_write_text(os.path.join(out_dir, "predictions.jsonl"), "".join(
-            json.dumps(r) + "\n" for r in predictions))
-        return [{"task": t.name, "label": t.label, "rouge_l": 100 * _unit(key, t.name),
-                 "exact_match": 0.0, "n_instances": len(t.instances)} for t in tasks]
-
-    def score(self, checkpoint_dir, tasks, out_dir):
-        self.calls.append(("score", out_dir))
-        with open(os.path.join(checkpoint_dir, "tasks.json"), encoding="utf-8") as handle:
-            key = ",".join(json.load(handle))
-        records = [{"task": t.name, "prompt_uncertainty": _unit(key, t.name, "pu"),
-                    "prediction_probability": _unit(key, t.name, "p"),
-                    "perplexity": 1 + 10 * _unit(key, t.name, "ppl"), "entropy": None,
-                    "category": "ambiguous", "label": t.label, "n_instances": 1,
-                    "n_perturbations": 3} for t in tasks]
-        io_utils.atomic_write_text(os.path.join(out_dir, "scores.jsonl"), "".join(
-            json.dumps(r) + "\n" for r in records))
-
-    def stages(self) -> active_loop.Stages:
-        return active_loop.Stages(prepare=self.prepare, train=self.train,
-                                  evaluate=self.evaluate, score=self.score)
 
 
 CONFIG = active_loop.LoopConfig(
