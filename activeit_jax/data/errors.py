@@ -59,3 +59,23 @@ class VocabularyError(DataError):
 
 class LabelOverrideError(DataError):
     """A classification/generation override file is malformed."""
+
+
+def read_text(path: str, what: str) -> str:
+    """Reads a UTF-8 data file; an unreadable or non-UTF-8 file becomes a `TaskFormatError`.
+
+    Args:
+      path: the file.
+      what: what the file is, for the message (e.g. "task file", "Self-Instruct file").
+
+    Returns:
+      The file's text.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as err:
+        raise TaskFormatError(f"cannot read {what} ({err.strerror})", path) from None
+    except UnicodeDecodeError as err:
+        raise TaskFormatError(f"not UTF-8 text ({err.reason} at byte {err.start})",
+                              path) from None

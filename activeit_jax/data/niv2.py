@@ -26,7 +26,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from activeit_jax.data import labels as labels_lib
-from activeit_jax.data.errors import DataError, MissingTaskError, TaskFormatError
+from activeit_jax.data.errors import DataError, MissingTaskError, TaskFormatError, read_text
 from activeit_jax.data.hashing import stable_shuffle
 
 OnBadTask = str  # "error" | "skip"
@@ -261,14 +261,7 @@ def load_niv2_task(path: str | os.PathLike,
     path = os.fspath(path)
     name = os.path.basename(path)
     name = name[:-len(".json")] if name.endswith(".json") else name
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as err:
-        raise TaskFormatError(f"cannot read task file ({err.strerror})", path) from None
-    except UnicodeDecodeError as err:
-        raise TaskFormatError(f"not UTF-8 text ({err.reason} at byte {err.start})",
-                              path) from None
+    text = read_text(path, "task file")
     try:
         raw = json.loads(text)  # accepts the bare NaN of real files
     except json.JSONDecodeError as err:

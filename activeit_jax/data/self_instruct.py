@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from activeit_jax.data import labels as labels_lib
-from activeit_jax.data.errors import TaskFormatError
+from activeit_jax.data.errors import TaskFormatError, read_text
 from activeit_jax.data.niv2 import Instance, Task
 
 NUM_LENGTH_CHUNKS = 13
@@ -49,14 +49,7 @@ def _str_field(item: dict, key: str, path: str, where: str, default: str | None 
 
 def _read_items(path: str) -> list[tuple[str, Any]]:
     """Returns (location, decoded item) pairs from a JSON list or a JSONL file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as err:
-        raise TaskFormatError(f"cannot read Self-Instruct file ({err.strerror})", path) from None
-    except UnicodeDecodeError as err:
-        raise TaskFormatError(f"not UTF-8 text ({err.reason} at byte {err.start})",
-                              path) from None
+    text = read_text(path, "Self-Instruct file")
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

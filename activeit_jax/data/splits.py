@@ -125,6 +125,33 @@ def _unique_names(tasks: Sequence[Task], what: str) -> list[str]:
     return sorted(names)
 
 
+def _draw_initial(candidates: Sequence[str], num_initial: int, seed: int, too_few: str,
+                  no_pool: str) -> tuple[list[str], list[str]]:
+    """Draws the initial training set from `candidates`; the rest, in order, is the pool.
+
+    Args:
+      candidates: task names not taken by another role.
+      num_initial: size of the initial set.
+      seed: the split seed.
+      too_few / no_pool: the messages of the two ways this can fail.
+
+    Returns:
+      (initial names sorted, pool names in candidate order).
+
+    Raises:
+      SplitError: fewer candidates than `num_initial`.
+      EmptyPoolError: nothing left for the pool.
+    """
+    if num_initial > len(candidates):
+        raise SplitError(too_few)
+    initial = sorted(stable_shuffle(candidates, seed, "initial")[:num_initial])
+    chosen = set(initial)
+    pool = [n for n in candidates if n not in chosen]
+    if not pool:
+        raise EmptyPoolError(no_pool)
+    return initial, pool
+
+
 def split_niv2(train_tasks: Sequence[Task], test_tasks: Sequence[Task] = (), seed: int = 42,
                quotas: NIV2Quotas | None = None) -> ExperimentSplit:
     """Draws the NIV2 experiment split from the train-split tasks.
@@ -165,14 +192,12 @@ def split_niv2(train_tasks: Sequence[Task], test_tasks: Sequence[Task] = (), see
     val_gen = sorted(stable_shuffle(gen_names, seed, "validation:gen")[:quotas.num_val_gen])
     taken = set(val_cls) | set(val_gen)
     rest = [n for n in names if n not in taken]
-    if quotas.num_initial > len(rest):
-        raise SplitError(f"the initial set needs {quotas.num_initial} tasks but only "
-                         f"{len(rest)} are left after validation ({note})")
-    initial = sorted(stable_shuffle(rest, seed, "initial")[:quotas.num_initial])
-    pool = [n for n in rest if n not in set(initial)]
-    if not pool:
-        raise EmptyPoolError(f"no task left for the pool: {len(names)} train tasks, "
-                             f"{len(initial)} initial + {len(taken)} validation ({note})")
+    initial, pool = _draw_initial(
+        rest, quotas.num_initial, seed,
+        too_few=f"the initial set needs {quotas.num_initial} tasks but only {len(rest)} are "
+                f"left after validation ({note})",
+        no_pool=f"no task left for the pool: {len(names)} train tasks, {quotas.num_initial} "
+                f"initial + {len(taken)} validation ({note})")
     test = tuple(sorted(task.name for task in test_tasks))
     overlap = set(test) & set(names)
     if overlap:
@@ -207,14 +232,12 @@ def split_self_instruct(tasks: Sequence[Task], test_tasks: Sequence[Task] = (), 
                                      PAPER_SELF_INSTRUCT_TASKS)
     else:
         note = f"explicit quota {quotas.num_initial}"
-    if quotas.num_initial > len(names):
-        raise SplitError(f"the initial set needs {quotas.num_initial} tasks but the file has "
-                         f"{len(names)} ({note})")
-    initial = sorted(stable_shuffle(names, seed, "initial")[:quotas.num_initial])
-    pool = [n for n in names if n not in set(initial)]
-    if not pool:
-        raise EmptyPoolError(f"no task left for the pool: {len(names)} tasks, "
-                             f"{len(initial)} initial ({note})")
+    initial, pool = _draw_initial(
+        names, quotas.num_initial, seed,
+        too_few=f"the initial set needs {quotas.num_initial} tasks but the file has "
+                f"{len(names)} ({note})",
+        no_pool=f"no task left for the pool: {len(names)} tasks, {quotas.num_initial} initial "
+                f"({note})")
     pool_set = set(pool)
     pool_chunks = tuple(tuple(n for n in chunk if n in pool_set) for chunk in (chunks or ()))
     return ExperimentSplit(kind="self_instruct", seed=seed, initial=tuple(initial),
