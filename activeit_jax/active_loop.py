@@ -199,7 +199,8 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
                 chosen = _select(it_dir, prev_dir, strategy_name, remaining, prepared,
                                  per_iteration, config, seed, iteration)
                 union = union + chosen["tasks"]
-                remaining = [name for name in remaining if name not in set(chosen["tasks"])]
+                added = set(chosen["tasks"])
+                remaining = [name for name in remaining if name not in added]
                 last = iteration == iterations - 1
                 score_needed = bool(remaining) and (
                     config.score_all_strategies or (strategy.needs_scores and not last))
