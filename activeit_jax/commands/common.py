@@ -18,6 +18,23 @@ def parse_gin_from_flags() -> None:
                         flags.FLAGS.gin_search_path)
 
 
+def check_args(argv: list[str], required: tuple[str, ...] = ()) -> None:
+    """Rejects positional arguments and missing required flags (named in the message).
+
+    Args:
+      argv: what absl left after parsing flags (the program name first).
+      required: names of flags that must be set.
+
+    Raises:
+      ValueError: with "unexpected arguments: ..." or "--NAME is required".
+    """
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    for name in required:
+        if not getattr(flags.FLAGS, name):
+            raise ValueError(f"--{name} is required")
+
+
 def parse_mesh(text: str) -> dict[str, int]:
     """Parses a `--mesh` flag: "data=4,model=2" -> {"data": 4, "model": 2}."""
     out = {}

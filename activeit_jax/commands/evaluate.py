@@ -43,11 +43,7 @@ common.define_distributed_flags()
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
-    for name in ("checkpoint", "tasks", "out"):
-        if not getattr(FLAGS, name):
-            raise ValueError(f"--{name} is required")
+    common.check_args(argv, ("checkpoint", "tasks", "out"))
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 

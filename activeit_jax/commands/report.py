@@ -12,16 +12,14 @@ import json
 from absl import flags, logging
 
 from activeit_jax import reports
+from activeit_jax.commands import common
 
 _RUN = flags.DEFINE_string("run", None, "run directory (RUN/seed_{s}/...).")
 _OUT = flags.DEFINE_string("out", None, "output directory; default RUN/report.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
-    if not _RUN.value:
-        raise ValueError("--run is required")
+    common.check_args(argv, ("run",))
     paths = reports.write_report(_RUN.value, _OUT.value)
     for name, path in paths.items():
         logging.info("wrote %s", path)

@@ -194,11 +194,7 @@ def build_config() -> "Any":
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
-    for name in ("checkpoint", "vocab", "out"):
-        if not getattr(FLAGS, name):
-            raise ValueError(f"--{name} is required")
+    common.check_args(argv, ("checkpoint", "vocab", "out"))
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 

@@ -51,10 +51,7 @@ def selection_settings(strategy: str = "prompt_uncertainty", num_tasks: int = 68
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
-    if not _OUT.value:
-        raise ValueError("--out is required")
+    common.check_args(argv, ("out",))
     if not _SCORES.value and not _POOL.value:
         raise ValueError("give --scores and/or --pool")
     common.parse_gin_from_flags()

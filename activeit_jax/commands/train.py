@@ -70,10 +70,7 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.out:
-        raise ValueError("--out is required")
+    common.check_args(argv, ("out",))
     if bool(FLAGS.tasks) == bool(FLAGS.self_instruct):
         raise ValueError("give exactly one training set: --tasks or --self_instruct")
     common.initialize_distributed_from_flags()  # before anything touches a device
