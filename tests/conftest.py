@@ -34,6 +34,13 @@ def sample_data() -> pathlib.Path:
     return SAMPLE_DATA
 
 
+@pytest.fixture(scope="session")
+def vocab(sample_data):
+    """The bundled SentencePiece vocabulary (T5 ids, 1000 pieces + 100 sentinels)."""
+    from activeit_jax.data import vocab as vocab_lib
+    return vocab_lib.get_vocabulary(sample_data / "vocab" / "sample_spm.model")
+
+
 @pytest.fixture
 def parse_experiment():
     """Parses an experiment gin file (looked up in configs/) into `run.Experiment`, with a

@@ -21,7 +21,7 @@ import pytest
 
 from activeit_jax import io_utils, partitioning, scoring
 from activeit_jax import perturbation as perturbation_lib
-from activeit_jax.data import prompts, self_instruct, vocab as vocab_lib
+from activeit_jax.data import prompts, self_instruct
 from activeit_jax.data.niv2 import Instance, Task
 from activeit_jax.models import DecoderOnlyModel, LlamaConfig
 
@@ -54,11 +54,6 @@ def pool(sample_data):
         _si_task("si_long", " ".join(["Follow these detailed steps with great care."] * 30),
                  ["the input"]),
     ]
-
-
-@pytest.fixture(scope="module")
-def vocab(sample_data):
-    return vocab_lib.get_vocabulary(sample_data / "vocab" / "sample_spm.model")
 
 
 @pytest.fixture(scope="module")

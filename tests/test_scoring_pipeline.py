@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from activeit_jax import io_utils, partitioning, scoring
-from activeit_jax.data import prompts, vocab as vocab_lib
+from activeit_jax.data import prompts
 from activeit_jax.data.niv2 import Example, Instance, Task
 from activeit_jax.models import EncoderDecoderModel, T5Config
 
@@ -45,11 +45,6 @@ POOL = [
     _task("task005_nodef", "", 2, examples=0),
     _task("task006_long", " ".join(["Read the long instruction carefully."] * 40), 4),
 ]
-
-
-@pytest.fixture(scope="module")
-def vocab(sample_data):
-    return vocab_lib.get_vocabulary(sample_data / "vocab" / "sample_spm.model")
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,6 @@ VAL = ("task1332_check_leap_year", "task376_reverse_order_of_words")
 
 
 @pytest.fixture(scope="module")
-def vocab(sample_data):
-    return vocab_lib.get_vocabulary(sample_data / "vocab" / "sample_spm.model")
-
-
-@pytest.fixture(scope="module")
 def tasks(sample_data):
     def load(names):
         return [niv2.load_niv2_task(niv2.task_file_path(sample_data / "niv2", n)) for n in names]
