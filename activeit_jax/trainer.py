@@ -45,7 +45,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from activeit_jax import io_utils
+from activeit_jax import io_utils, partitioning
 from activeit_jax import metrics as metrics_lib
 from activeit_jax import train_data
 from activeit_jax import train_state as ts
@@ -210,32 +210,9 @@ class TrainResult:
 def resolve_rules(model: Any, rules: Sequence[tuple[str, Any]] | None
                   ) -> tuple[tuple[str, Any], ...]:
     """`rules`, else the model's own `logical_axis_rules`, else the default table."""
-    from activeit_jax import partitioning
     if rules is None:
         rules = getattr(model, "logical_axis_rules", None)
     return partitioning.normalize_rules(rules)
-
-
-def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
-    """A `("data", "fsdp", "model")` mesh; one axis size may be -1 (fill the rest)."""
-    from activeit_jax import partitioning
-    return partitioning.make_mesh(dict(mesh_shape), devices=devices)
-
-
-def mesh_context(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
-    """Mesh + logical-axis rules in scope, so the model's logical constraints resolve."""
-    from activeit_jax import partitioning
-    return partitioning.mesh_context(mesh, rules)
-
-
-def _is_spec(x: Any) -> bool:
-    return isinstance(x, PartitionSpec)
-
-
-def param_mesh_specs(model: Any, rules: Sequence[tuple[str, Any]]) -> PyTree:
-    """Mesh `PartitionSpec` per parameter from `model.params_logical_axes()` and `rules`."""
-    from activeit_jax import partitioning
-    return partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
 
 
 def batch_shardings(mesh: Mesh, batch: Mapping[str, Any]) -> dict[str, NamedSharding]:
@@ -405,7 +382,7 @@ def evaluate(model: Any, params: PyTree, examples: Sequence[train_data.EncodedEx
                                    batch_sharding=shardings,
                                    max_decode_length=max_decode_length)
     predictions: list[str] = []
-    with mesh_context(mesh, rules):
+    with partitioning.mesh_context(mesh, rules):
         for feats, real in batches:
             out = np.asarray(jax.device_get(decode_fn(params, put_batch(feats, shardings))))
             predictions += [decode_tokens(vocab, row, special) for row in out[:real]]
@@ -438,14 +415,13 @@ def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
       The `metrics.summarize` dict.
     """
     from activeit_jax import checkpoints
-    mesh = make_mesh(config.mesh_shape, devices=devices)
+    mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
     _validate_config(dataclasses.replace(config, num_microbatches=1,
                                          batch_size=config.eval_batch_size), mesh)
     if model is None:
         model = checkpoints.read_model(checkpoint_dir, config.logical_axis_rules)
     rules = resolve_rules(model, config.logical_axis_rules)
-    params_sh = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
-                             param_mesh_specs(model, rules), is_leaf=_is_spec)
+    params_sh = partitioning.params_shardings(model, mesh, rules)
     params = checkpoints.restore_params(checkpoint_dir, model, params_sh)
     examples = encode_eval_tasks(tasks, vocab, config, model)
     summary, records = evaluate(
@@ -623,7 +599,7 @@ def _check_packing(model: Any, config: TrainConfig) -> None:
 def _initial_params(model: Any, init: Any, rng: jax.Array, mesh: Mesh,
                     params_shardings: PyTree, rules: Sequence[tuple[str, Any]]) -> PyTree:
     if init is None:
-        with mesh_context(mesh, rules):
+        with partitioning.mesh_context(mesh, rules):
             return jax.jit(model.init_params, out_shardings=params_shardings)(rng)
     if isinstance(init, (str, os.PathLike)):
         from activeit_jax import checkpoints
@@ -673,10 +649,10 @@ def _train_programs(model: Any, config: TrainConfig, mesh: Mesh, rules: tuple, t
             config.optimizer, schedule, weight_decay=config.weight_decay, b1=config.adam_b1,
             b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm)
         params_shapes = jax.eval_shape(model.init_params, jax.random.PRNGKey(config.seed))
-        state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes,
-                                            param_mesh_specs(model, rules))
+        param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
+        state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes, param_specs)
         batch_sh = {k: ts.batch_sharding(mesh, len(shape)) for k, shape in batch_shapes}
-        with mesh_context(mesh, rules):
+        with partitioning.mesh_context(mesh, rules):
             train_step = make_train_step(
                 model, optimizer, schedule, mesh=mesh, state_shardings=state_sh,
                 batch_sharding=batch_sh, num_microbatches=config.num_microbatches,
@@ -694,8 +670,7 @@ def _decode_program(model: Any, mesh: Mesh, rules: tuple, max_decode_length: int
     key = ("decode", model, mesh, rules, max_decode_length, batch_shapes)
 
     def build() -> Callable:
-        params_sh = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
-                                 param_mesh_specs(model, rules), is_leaf=_is_spec)
+        params_sh = partitioning.params_shardings(model, mesh, rules)
         batch_sh = {k: ts.batch_sharding(mesh, len(shape)) for k, shape in batch_shapes}
         return make_decode_fn(model, mesh=mesh, params_shardings=params_sh,
                               batch_sharding=batch_sh, max_decode_length=max_decode_length)
@@ -736,7 +711,7 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
     os.makedirs(out_dir, exist_ok=True)
     _recover_best_dir(out_dir)
     rules = resolve_rules(model, config.logical_axis_rules)
-    mesh = make_mesh(config.mesh_shape, devices=devices)
+    mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
     _validate_config(config, mesh)
     max_decode = config.max_decode_length or config.max_target_length
     special = train_data.SpecialIds.of(model)
@@ -806,7 +781,7 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
                     break
                 batch = batcher.batch(epoch, int(position["step_in_epoch"]))
                 window.add_tokens(*train_data.token_counts(batch))
-                with mesh_context(mesh, rules):
+                with partitioning.mesh_context(mesh, rules):
                     state, step_metrics = train_step(state, put_batch(batch, batch_sh),
                                                      step_rng)
                 position["step_in_epoch"] += 1

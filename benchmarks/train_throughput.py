@@ -79,12 +79,12 @@ def bench_ours(model, batch, args):
     schedule = ts.make_schedule("constant", LEARNING_RATE, 0)
     optimizer = ts.make_optimizer("adamw", schedule, b1=B1, b2=B2, eps=EPS, max_grad_norm=None)
     params = model.init_params(jax.random.key(0))
-    state_sh = ts.train_state_shardings(mesh, optimizer, params,
-                                        trainer.param_mesh_specs(model, rules))
+    param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
+    state_sh = ts.train_state_shardings(mesh, optimizer, params, param_specs)
     state = jax.jit(lambda p: ts.create_train_state(p, optimizer),
                     out_shardings=state_sh)(params)
     batch_sh = trainer.batch_shardings(mesh, batch)
-    with trainer.mesh_context(mesh, rules):
+    with partitioning.mesh_context(mesh, rules):
         step = trainer.make_train_step(model, optimizer, schedule, mesh=mesh,
                                        state_shardings=state_sh, batch_sharding=batch_sh,
                                        num_microbatches=args.num_microbatches,

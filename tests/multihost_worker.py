@@ -70,7 +70,7 @@ def main(spec_path: str, process_id: int) -> None:
     result = trainer.train_and_evaluate(model, load(train["tasks"]), load(train["val_tasks"]),
                                         vocab, config, train["out"], init=spec["checkpoint"])
     assert result.completed and result.params is not None
-    mesh = trainer.make_mesh(config.mesh_shape)
+    mesh = partitioning.make_mesh(config.mesh_shape)
     layout = np.vectorize(lambda d: d.process_index)(mesh.devices)
     print("MESH_LAYOUT " + json.dumps({"process": process_id, "axes": list(mesh.axis_names),
                                        "layout": layout.tolist()}), flush=True)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax import checkpoints, io_utils, metrics, train_data, trainer
+from activeit_jax import checkpoints, io_utils, metrics, partitioning, train_data, trainer
 from activeit_jax.data import niv2
 from activeit_jax.data import vocab as vocab_lib
 from activeit_jax.models import EncoderDecoderModel, T5Config
@@ -132,9 +132,7 @@ def test_evaluate_decodes_and_scores_every_example_once(vocab, tasks):
     assert [ex.instance_id for ex in examples[:3]] == [i.id for i in val[0].instances[:3]]
     m = mesh((2, 2, 2))
     model = EchoModel()
-    params_sh = jax.tree.map(lambda s: jax.sharding.NamedSharding(m, s),
-                             trainer.param_mesh_specs(model, TEST_RULES),
-                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    params_sh = partitioning.params_shardings(model, m, TEST_RULES)
     params = jax.device_put(model.init_params(jax.random.PRNGKey(0)), params_sh)
     summary, records = trainer.evaluate(
         model, params, examples, vocab, mesh=m, rules=TEST_RULES, params_shardings=params_sh,

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from activeit_jax import train_data
 from activeit_jax import train_state as ts
-from activeit_jax import trainer
+from activeit_jax import partitioning, trainer
 from trainer_testlib import TEST_RULES, BagModel, mesh, random_batch
 
 
@@ -20,7 +20,7 @@ def _setup(mesh_shape, model, batch, *, optimizer="adamw", lr=1e-2, microbatches
     schedule = ts.make_schedule("constant", lr, warmup)
     opt = ts.make_optimizer(optimizer, schedule, max_grad_norm=None)
     params = model.init_params(jax.random.PRNGKey(0))
-    specs = trainer.param_mesh_specs(model, TEST_RULES)
+    specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), TEST_RULES)
     state_sh = ts.train_state_shardings(m, opt, params, specs)
     state = jax.jit(lambda p: ts.create_train_state(p, opt), out_shardings=state_sh)(params)
     batch_sh = trainer.batch_shardings(m, batch)
@@ -39,7 +39,7 @@ def _grads(mesh_shape, model, batch, microbatches=1):
         return loss_sum / tokens, jax.tree.map(lambda g: g / tokens, grads)
 
     fn = jax.jit(f, in_shardings=(state_sh.params, batch_sh))
-    with trainer.mesh_context(m, TEST_RULES):
+    with partitioning.mesh_context(m, TEST_RULES):
         loss, grads = fn(state.params, trainer.put_batch(batch, batch_sh))
     return float(loss), jax.device_get(grads)
 
@@ -69,7 +69,7 @@ def test_sharded_step_matches_unsharded():
     params = {}
     for shape in [(1, 1, 1), (2, 2, 2)]:
         m, state, _, batch_sh, step = _setup(shape, model, batch)
-        with trainer.mesh_context(m, TEST_RULES):
+        with partitioning.mesh_context(m, TEST_RULES):
             new_state, metrics = step(state, trainer.put_batch(batch, batch_sh),
                                       jax.random.PRNGKey(0))
         params[shape] = jax.device_get(new_state.params)
@@ -115,7 +115,7 @@ def test_tiny_model_overfits_small_batch():
     m, state, _, batch_sh, step = _setup((2, 2, 2), model, batch, lr=3e-2)
     placed = trainer.put_batch(batch, batch_sh)
     losses = []
-    with trainer.mesh_context(m, TEST_RULES):
+    with partitioning.mesh_context(m, TEST_RULES):
         for _ in range(150):
             state, metrics = step(state, placed, jax.random.PRNGKey(0))
             losses.append(float(metrics["loss"]))
@@ -129,7 +129,7 @@ def test_adafactor_step_sharded_and_decreases_loss():
     m, state, state_sh, batch_sh, step = _setup((2, 2, 2), model, batch, optimizer="adafactor",
                                                 lr=1e-2)
     placed = trainer.put_batch(batch, batch_sh)
-    with trainer.mesh_context(m, TEST_RULES):
+    with partitioning.mesh_context(m, TEST_RULES):
         first = None
         for _ in range(20):
             state, metrics = step(state, placed, jax.random.PRNGKey(0))
@@ -146,7 +146,7 @@ def test_learning_rate_metric_follows_warmup():
     m, state, _, batch_sh, step = _setup((1, 1, 1), model, batch, lr=1e-2, warmup=4)
     placed = trainer.put_batch(batch, batch_sh)
     rates = []
-    with trainer.mesh_context(m, TEST_RULES):
+    with partitioning.mesh_context(m, TEST_RULES):
         for _ in range(6):
             state, metrics = step(state, placed, jax.random.PRNGKey(0))
             rates.append(float(metrics["learning_rate"]))
@@ -240,7 +240,7 @@ def test_tiny_t5_overfits_small_batch():
     batch = random_batch(5, 8, vocab_size=128)
     m, state, _, batch_sh, step = _setup((2, 2, 2), model, batch, lr=1e-2)
     placed = trainer.put_batch(batch, batch_sh)
-    with trainer.mesh_context(m, TEST_RULES):
+    with partitioning.mesh_context(m, TEST_RULES):
         for i in range(120):
             state, metrics = step(state, placed, jax.random.PRNGKey(0))
             if i == 0:
