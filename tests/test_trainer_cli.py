@@ -107,7 +107,7 @@ from activeit_jax import gin_utils, trainer
 gin_utils.parse_gin([sys.argv[1]], sys.argv[2:])
 job = trainer.train_job()
 config = job.resolved_config()
-print(json.dumps({"config": trainer._config_dict(config), "model": type(job.model).__name__,
+print(json.dumps({"config": trainer.config_dict(config), "model": type(job.model).__name__,
                   "model_config": dataclasses.asdict(job.model.config),
                   "vocab_size": job.vocabulary.vocab_size, "niv2_dir": job.niv2_dir,
                   "allow_random_init": job.allow_random_init}))

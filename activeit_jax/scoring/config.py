@@ -1,0 +1,125 @@
+"""What the scorer computes (fingerprinted) and how it runs; T5 ids and length buckets."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Sequence
+
+from activeit_jax import taskmap
+
+# T5's ids; a decoder-only model's come from its config.
+PAD_ID = 0
+EOS_ID = 1
+
+
+def default_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
+    """Powers of two from `smallest` up to `max_length` (always included as the last one)."""
+    out, length = [], smallest
+    while length < max_length:
+        out.append(length)
+        length *= 2
+    out.append(max_length)
+    return tuple(out)
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length."""
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """What to compute (fingerprinted) and how to run it (not fingerprinted).
+
+    Attributes:
+      num_instances: n, instances scored per task.
+      num_perturbations: K, perturbed prompts per task.
+      seed: seeds instance choice and perturbations (per task, via a stable hash).
+      perturbation: registry name in `activeit_jax.perturbation`.
+      perturbation_options: options of that perturbation, as sorted (key, value) pairs.
+      num_pos_examples: positive examples in the Tk-Instruct prompt.
+      max_source_length / max_target_length: SeqIO lengths (cut with EOS kept).
+      max_decode_length: greedy decoding length of the originals.
+      fit_examples: add examples only while the tokenised source fits (Tk-Instruct); when
+        False, all `num_pos_examples` are added and the source is cut.
+      compute_entropy: also compute the mean token entropy baseline.
+      save_prompts: also write prompts.jsonl.
+      batch_size / decode_batch_size: rows per jitted call (rounded up to a multiple of the
+        data-parallel size); decode_batch_size None = batch_size.
+      tasks_per_chunk: consecutive pool tasks processed together.
+      source_buckets / target_buckets: padded lengths (default: powers of two).
+      sequence_buckets: decoder-only scoring: padded lengths of prompt + response (default:
+        powers of two up to max_source_length + max_target_length).
+      thresholds: Task Map thresholds.
+    """
+    num_instances: int = 10
+    num_perturbations: int = 20
+    seed: int = 0
+    perturbation: str = "drop"
+    perturbation_options: tuple[tuple[str, Any], ...] = (("rate", 0.2),)
+    num_pos_examples: int = 2
+    max_source_length: int = 1024
+    max_target_length: int = 128
+    max_decode_length: int = 128
+    fit_examples: bool = True
+    compute_entropy: bool = False
+    save_prompts: bool = False
+    batch_size: int = 64
+    decode_batch_size: int | None = None
+    tasks_per_chunk: int = 16
+    source_buckets: tuple[int, ...] | None = None
+    target_buckets: tuple[int, ...] | None = None
+    sequence_buckets: tuple[int, ...] | None = None
+    thresholds: taskmap.TaskMapThresholds = taskmap.TaskMapThresholds()
+
+    # Fields that change the results; the rest only change speed / float rounding.
+    FINGERPRINTED = ("num_instances", "num_perturbations", "seed", "perturbation",
+                     "perturbation_options", "num_pos_examples", "max_source_length",
+                     "max_target_length", "max_decode_length", "fit_examples",
+                     "compute_entropy", "save_prompts")
+
+    def __post_init__(self):
+        if self.num_instances < 1:
+            raise ValueError("num_instances must be >= 1")
+        if self.num_perturbations < 0:
+            raise ValueError("num_perturbations must be >= 0")
+        if (self.tasks_per_chunk < 1 or self.batch_size < 1
+                or (self.decode_batch_size is not None and self.decode_batch_size < 1)):
+            raise ValueError("tasks_per_chunk, batch_size and decode_batch_size must be >= 1")
+
+    @property
+    def src_buckets(self) -> tuple[int, ...]:
+        buckets = self.source_buckets or default_buckets(self.max_source_length)
+        return tuple(sorted(set(min(b, self.max_source_length) for b in buckets)
+                            | {self.max_source_length}))
+
+    @property
+    def tgt_buckets(self) -> tuple[int, ...]:
+        buckets = self.target_buckets or default_buckets(self.max_target_length, smallest=8)
+        return tuple(sorted(set(min(b, self.max_target_length) for b in buckets)
+                            | {self.max_target_length}))
+
+    @property
+    def seq_buckets(self) -> tuple[int, ...]:
+        """Decoder-only: buckets of the input positions of prompt + response (at most
+        (max_source_length - 1) + max_target_length; the last bucket is their sum)."""
+        top = self.max_source_length + self.max_target_length
+        buckets = self.sequence_buckets or default_buckets(top)
+        return tuple(sorted(set(min(b, top) for b in buckets) | {top}))
+
+    def fingerprint_args(self) -> dict[str, Any]:
+        out = {}
+        for name in self.FINGERPRINTED:
+            value = getattr(self, name)
+            out[name] = [list(v) for v in value] if name == "perturbation_options" else value
+        return out
+
+
+def fingerprint(args: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of `args`."""
+    text = json.dumps(args, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

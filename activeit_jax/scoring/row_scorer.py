@@ -1,0 +1,317 @@
+"""The device side: rows through jitted, sharded scoring and greedy decoding, bucketed."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from activeit_jax.scoring.config import EOS_ID, PAD_ID, bucket_for
+from activeit_jax.scoring.tokens import cut_generated, is_decoder_only
+
+
+def _data_parallel_size(sharding) -> int:
+    """Number of batch shards of a `[B, ...]` sharding (rows per call must divide by it)."""
+    spec = sharding.spec[0] if len(sharding.spec) else None
+    if spec is None:
+        return 1
+    axes = spec if isinstance(spec, tuple) else (spec,)
+    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
+
+
+@dataclasses.dataclass
+class PaddingStats:
+    """Real vs padded token slots over all jitted calls (filler rows count as padding)."""
+    calls: int = 0
+    rows: int = 0
+    row_slots: int = 0
+    source_tokens: int = 0
+    source_slots: int = 0
+    target_tokens: int = 0
+    target_slots: int = 0
+
+    def add(self, src_lens: Sequence[int], tgt_lens: Sequence[int], batch: int, s: int,
+            t: int) -> None:
+        self.calls += 1
+        self.rows += len(src_lens)
+        self.row_slots += batch
+        self.source_tokens += int(sum(src_lens))
+        self.source_slots += batch * s
+        self.target_tokens += int(sum(tgt_lens))
+        self.target_slots += batch * t
+
+    def as_dict(self) -> dict[str, float]:
+        def waste(real, slots):
+            return 0.0 if slots == 0 else 1.0 - real / slots
+        return {"calls": self.calls, "rows": self.rows,
+                "source_tokens": self.source_tokens, "target_tokens": self.target_tokens,
+                "source_padding_waste": waste(self.source_tokens, self.source_slots),
+                "target_padding_waste": waste(self.target_tokens, self.target_slots),
+                "filler_row_waste": waste(self.rows, self.row_slots)}
+
+
+class _Pending:
+    """Results of dispatched (asynchronous) jitted calls, gathered on `result()`."""
+
+    def __init__(self, num_rows: int, parts: list[tuple[list[int], Any]],
+                 combine: Callable[[int, list[tuple[list[int], Any]]], Any]):
+        self._num_rows, self._parts, self._combine = num_rows, parts, combine
+
+    def result(self):
+        return self._combine(self._num_rows, self._parts)
+
+
+class RowScorer:
+    """Runs rows through jitted, sharded scoring and greedy decoding, one shape per bucket.
+
+    Args:
+      model: an `EncoderDecoderModel` or a `DecoderOnlyModel` (`token_log_probs`,
+        `greedy_decode`; a decoder-only model's config gives its pad / bos / eos ids).
+      params: its parameters, already placed on `mesh` (their shardings are reused).
+      mesh: a `jax.sharding.Mesh`; the batch axis is sharded over its data axes.
+      batch_size / decode_batch_size: rows per call, rounded up to the data-parallel size.
+      source_buckets / target_buckets: padded lengths (decoder-only: source buckets pad
+        `bos + prompt` for decoding; target buckets are unused).
+      max_decode_length: decoding length.
+      compute_entropy: also return per-row summed next-token entropies (from
+        `model.logits(params, batch) -> [B, T, V]`).
+      sequence_buckets: decoder-only scoring: padded lengths of prompt + response (the input
+        positions); required for a decoder-only model.
+    """
+
+    def __init__(self, model, params, mesh, *, batch_size: int, decode_batch_size: int,
+                 source_buckets: Sequence[int], target_buckets: Sequence[int],
+                 max_decode_length: int, compute_entropy: bool = False,
+                 sequence_buckets: Sequence[int] | None = None):
+        import jax
+        import jax.numpy as jnp
+        from activeit_jax import partitioning
+
+        self.decoder_only = is_decoder_only(model)
+        if self.decoder_only:
+            if not sequence_buckets:
+                raise ValueError("a decoder-only model needs sequence_buckets")
+            self.pad_id = int(model.config.pad_id)
+            self.bos_id = int(model.config.bos_id)
+            self.eos_id = int(model.config.eos_id)
+        else:
+            self.pad_id, self.bos_id, self.eos_id = PAD_ID, None, EOS_ID
+        self.sequence_buckets = tuple(sequence_buckets or ())
+        self.model, self.params, self.mesh = model, params, mesh
+        self.rules = getattr(model, "logical_axis_rules", None)
+        self._matrix_sharding = partitioning.data_sharding(mesh, 2, self.rules)
+        self._row_sharding = partitioning.data_sharding(mesh, 1, self.rules)
+        dp = _data_parallel_size(self._row_sharding)
+        self.batch_size = int(math.ceil(batch_size / dp) * dp)
+        self.decode_batch_size = int(math.ceil(decode_batch_size / dp) * dp)
+        self.source_buckets, self.target_buckets = tuple(source_buckets), tuple(target_buckets)
+        self.max_decode_length = int(max_decode_length)
+        self.compute_entropy = compute_entropy
+        param_shardings = jax.tree.map(lambda x: x.sharding, params)
+        features = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                    "decoder_loss_weights")
+        # What the decoding batch holds: the encoder input, or bos + prompt.
+        self._decode_feature = "encoder_input_tokens"
+        if self.decoder_only:
+            features = features[1:]
+            self._decode_feature = "decoder_input_tokens"
+        batch_shardings = {k: self._matrix_sharding for k in features}
+
+        def score_fn(params, batch):
+            weights = batch["decoder_loss_weights"].astype(jnp.float32)
+            if not compute_entropy:
+                log_probs = model.token_log_probs(params, batch)
+                return (log_probs * weights).sum(-1), weights.sum(-1)
+            # One logits computation serves both the target log-probs and the entropies.
+            log_z = jax.nn.log_softmax(model.logits(params, batch).astype(jnp.float32), -1)
+            targets = batch["decoder_target_tokens"].astype(jnp.int32)
+            log_probs = jnp.take_along_axis(log_z, targets[..., None], axis=-1)[..., 0]
+            entropy = -(jnp.exp(log_z) * log_z).sum(-1)
+            return ((log_probs * weights).sum(-1), weights.sum(-1),
+                    (entropy * weights).sum(-1))
+
+        def decode_fn(params, batch):
+            return model.greedy_decode(params, batch, self.max_decode_length)
+
+        n_out = 3 if compute_entropy else 2
+        self._score = jax.jit(score_fn, in_shardings=(param_shardings, batch_shardings),
+                              out_shardings=(self._row_sharding,) * n_out)
+        self._decode = jax.jit(decode_fn, in_shardings=(
+            param_shardings, {self._decode_feature: self._matrix_sharding}),
+            out_shardings=self._matrix_sharding)
+        self.score_padding = PaddingStats()
+        self.decode_padding = PaddingStats()
+        # Calls per padded shape: (batch, source, target) / (batch, source).
+        self.score_shapes: collections.Counter = collections.Counter()
+        self.decode_shapes: collections.Counter = collections.Counter()
+
+    # ------------------------------------------------------------------ counters
+
+    @property
+    def num_compilations(self) -> int:
+        """Distinct shapes compiled so far (scoring + decoding), from jit's own cache."""
+        try:
+            return int(self._score._cache_size() + self._decode._cache_size())
+        except AttributeError:  # pragma: no cover - older jax
+            return len(self.score_shapes) + len(self.decode_shapes)
+
+    # ------------------------------------------------------------------ batching
+
+    @staticmethod
+    def _group(keys: Sequence[Any], batch_size: int) -> list[tuple[Any, list[int]]]:
+        """Row indices grouped by key (sorted keys, stable order within), cut into batches."""
+        order = sorted(range(len(keys)), key=lambda i: keys[i])
+        out = []
+        for key, group in itertools.groupby(order, key=lambda i: keys[i]):
+            group = list(group)
+            for start in range(0, len(group), batch_size):
+                out.append((key, group[start:start + batch_size]))
+        return out
+
+    def score_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Pending:
+        """Dispatches scoring of (source ids, target ids) rows; ids already end with EOS.
+
+        Decoder-only: (prompt ids without bos, response ids ending with the model's EOS);
+        each row is scored as `bos + prompt + response`, on the response positions.
+
+        Returns:
+          A pending result; `.result()` -> (log_prob_sum [N], num_tokens [N],
+          entropy_sum [N] or None), float64 numpy.
+        """
+        import jax
+        from activeit_jax import partitioning
+        if self.decoder_only:
+            return self._score_decoder_only_async(rows)
+        keys = [(bucket_for(len(s), self.source_buckets), bucket_for(len(t), self.target_buckets))
+                for s, t in rows]
+        parts = []
+        for (s_len, t_len), idx in self._group(keys, self.batch_size):
+            b = self.batch_size
+            enc = np.zeros((b, s_len), np.int32)
+            tgt = np.zeros((b, t_len), np.int32)
+            for j, i in enumerate(idx):
+                src, target = rows[i]
+                enc[j, :len(src)] = src
+                tgt[j, :len(target)] = target
+            if len(idx) < b:  # filler rows: copies of the first row, ignored
+                enc[len(idx):] = enc[0]
+                tgt[len(idx):] = tgt[0]
+            dec_in = np.zeros_like(tgt)
+            dec_in[:, 1:] = tgt[:, :-1]
+            weights = (tgt != PAD_ID).astype(np.int32)
+            batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+                     "decoder_target_tokens": tgt, "decoder_loss_weights": weights}
+            batch = jax.device_put(batch, self._matrix_sharding)
+            self.score_shapes[(b, s_len, t_len)] += 1
+            self.score_padding.add([len(rows[i][0]) for i in idx],
+                                   [len(rows[i][1]) for i in idx], b, s_len, t_len)
+            with partitioning.mesh_context(self.mesh, self.rules):
+                parts.append((idx, self._score(self.params, batch)))
+
+        return _Pending(len(rows), parts, self._combine_scores)
+
+    def _combine_scores(self, num_rows: int, parts: list[tuple[list[int], Any]]):
+        n_out = 3 if self.compute_entropy else 2
+        out = [np.zeros(num_rows, np.float64) for _ in range(n_out)]
+        for idx, arrays in parts:
+            for o, arr in zip(out, arrays):
+                o[idx] = np.asarray(arr, np.float64)[:len(idx)]
+        return out[0], out[1], (out[2] if self.compute_entropy else None)
+
+    def _score_decoder_only_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]
+                                  ) -> _Pending:
+        """`score_async` for a decoder-only model: one bucket per prompt + response length."""
+        import jax
+        from activeit_jax import partitioning
+        from activeit_jax.models import make_decoder_only_batch
+        for prompt, response in rows:
+            if not response or response[-1] != self.eos_id:
+                raise ValueError("a decoder-only response must end with the model's EOS")
+        keys = [bucket_for(len(p) + len(r), self.sequence_buckets) for p, r in rows]
+        parts = []
+        for length, idx in self._group(keys, self.batch_size):
+            b = self.batch_size
+            chosen = [rows[i] for i in idx]
+            chosen += [chosen[0]] * (b - len(idx))  # filler rows: copies of the first, ignored
+            # The response's EOS is added back by the builder (after the response ids).
+            batch = make_decoder_only_batch([p for p, _ in chosen], [r[:-1] for _, r in chosen],
+                                            length, bos_id=self.bos_id, eos_id=self.eos_id,
+                                            pad_id=self.pad_id)
+            batch = jax.device_put(batch, self._matrix_sharding)
+            self.score_shapes[(b, length)] += 1
+            self.score_padding.add([len(rows[i][0]) + len(rows[i][1]) for i in idx],
+                                   [len(rows[i][1]) for i in idx], b, length, length)
+            with partitioning.mesh_context(self.mesh, self.rules):
+                parts.append((idx, self._score(self.params, batch)))
+        return _Pending(len(rows), parts, self._combine_scores)
+
+    def decode_async(self, sources: Sequence[Sequence[int]]) -> _Pending:
+        """Dispatches greedy decoding of source id lists.
+
+        Returns:
+          A pending result; `.result()` -> list of generated id lists, cut after the first
+          EOS (EOS included when generated).
+        """
+        import jax
+        from activeit_jax import partitioning
+        if self.decoder_only:
+            return self._decode_decoder_only_async(sources)
+        keys = [bucket_for(len(s), self.source_buckets) for s in sources]
+        parts = []
+        for s_len, idx in self._group(keys, self.decode_batch_size):
+            b = self.decode_batch_size
+            enc = np.zeros((b, s_len), np.int32)
+            for j, i in enumerate(idx):
+                enc[j, :len(sources[i])] = sources[i]
+            if len(idx) < b:
+                enc[len(idx):] = enc[0]
+            batch = jax.device_put({"encoder_input_tokens": enc}, self._matrix_sharding)
+            self.decode_shapes[(b, s_len)] += 1
+            self.decode_padding.add([len(sources[i]) for i in idx], [], b, s_len, 0)
+            with partitioning.mesh_context(self.mesh, self.rules):
+                parts.append((idx, self._decode(self.params, batch)))
+
+        def combine(num_rows, parts):
+            out: list[list[int]] = [[] for _ in range(num_rows)]
+            for idx, arr in parts:
+                arr = np.asarray(arr)
+                for j, i in enumerate(idx):
+                    ids = arr[j].tolist()
+                    if EOS_ID in ids:
+                        ids = ids[:ids.index(EOS_ID) + 1]
+                    else:
+                        ids = [t for t in ids if t != PAD_ID]
+                    out[i] = ids
+            return out
+        return _Pending(len(sources), parts, combine)
+
+    def _decode_decoder_only_async(self, prompts: Sequence[Sequence[int]]) -> _Pending:
+        """`decode_async` for a decoder-only model: prompts (no bos) -> the continuation, cut
+        by `cut_generated` (EOS included when generated)."""
+        import jax
+        from activeit_jax import partitioning
+        from activeit_jax.models import make_prompt_batch
+        keys = [bucket_for(len(p) + 1, self.source_buckets) for p in prompts]
+        parts = []
+        for s_len, idx in self._group(keys, self.decode_batch_size):
+            b = self.decode_batch_size
+            chosen = [prompts[i] for i in idx]
+            chosen += [chosen[0]] * (b - len(idx))
+            batch = make_prompt_batch(chosen, s_len, bos_id=self.bos_id, pad_id=self.pad_id)
+            batch = jax.device_put(batch, self._matrix_sharding)
+            self.decode_shapes[(b, s_len)] += 1
+            self.decode_padding.add([len(prompts[i]) + 1 for i in idx], [], b, s_len, 0)
+            with partitioning.mesh_context(self.mesh, self.rules):
+                parts.append((idx, self._decode(self.params, batch)))
+
+        def combine(num_rows, parts):
+            out: list[list[int]] = [[] for _ in range(num_rows)]
+            for idx, arr in parts:
+                arr = np.asarray(arr)
+                for j, i in enumerate(idx):
+                    out[i] = cut_generated(arr[j].tolist(), self.eos_id, self.pad_id)
+            return out
+        return _Pending(len(prompts), parts, combine)

@@ -1,0 +1,161 @@
+"""The jitted, sharded train step: batch placement, microbatch accumulation, loss and grads."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from activeit_jax import partitioning, train_data
+from activeit_jax import train_state as ts
+
+PyTree = Any
+
+
+def resolve_rules(model: Any, rules: Sequence[tuple[str, Any]] | None
+                  ) -> tuple[tuple[str, Any], ...]:
+    """`rules`, else the model's own `logical_axis_rules`, else the default table."""
+    if rules is None:
+        rules = getattr(model, "logical_axis_rules", None)
+    return partitioning.normalize_rules(rules)
+
+
+def batch_shardings(mesh: Mesh, batch: Mapping[str, Any]) -> dict[str, NamedSharding]:
+    """Batch dimension over ("data", "fsdp"), other dimensions replicated, per feature."""
+    return {k: ts.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
+
+
+def put_batch(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]
+              ) -> dict[str, jax.Array]:
+    """Places a global numpy batch (identical on every process) with its shardings."""
+    return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
+            for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Train step.
+
+def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int,
+                       mesh: Mesh | None = None) -> dict[str, jax.Array]:
+    """[B, ...] -> [M, B/M, ...] with microbatch m = rows m, m + M, m + 2M, ...
+
+    The strided split keeps every microbatch spread over all batch shards (no data moves
+    between devices); the loss is a sum over rows, so which rows go together does not matter.
+    """
+    out = {}
+    for key, x in batch.items():
+        per = x.shape[0] // num_microbatches
+        x = jnp.swapaxes(x.reshape((per, num_microbatches) + x.shape[1:]), 0, 1)
+        if mesh is not None:
+            spec = PartitionSpec(None, ts.BATCH_MESH_AXES, *([None] * (x.ndim - 2)))
+            x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+        out[key] = x
+    return out
+
+
+def loss_and_grads(model: Any, params: PyTree, batch: Mapping[str, jax.Array],
+                   dropout_rng: jax.Array | None, num_microbatches: int = 1,
+                   mesh: Mesh | None = None, grad_shardings: PyTree | None = None
+                   ) -> tuple[jax.Array, jax.Array, PyTree]:
+    """Summed token loss, token count and the gradient of the summed loss over a batch.
+
+    Args:
+      model: has `loss_fn(params, batch, dropout_rng) -> (mean loss, aux)` with
+        `aux["loss_sum"]` and `aux["num_tokens"]`.
+      params: parameters.
+      batch: features, leading dimension B (divisible by `num_microbatches`).
+      dropout_rng: None for deterministic; microbatch m uses `fold_in(dropout_rng, m)`.
+      num_microbatches: M; gradients are accumulated over M microbatches with `lax.scan`.
+      mesh: places the microbatches (optional).
+      grad_shardings: shardings of the accumulator (the parameters'), optional.
+
+    Returns:
+      (loss_sum, num_tokens, grads of loss_sum); divide both by num_tokens for the
+      token-weighted mean loss and its gradient.
+    """
+    def one(mb, rng):
+        def f(p):
+            _, aux = model.loss_fn(p, mb, dropout_rng=rng)
+            return aux["loss_sum"].astype(jnp.float32), aux
+        (loss_sum, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        return loss_sum, jnp.asarray(aux["num_tokens"], jnp.float32), grads
+
+    if num_microbatches <= 1:
+        return one(batch, dropout_rng)
+    micro = split_microbatches(batch, num_microbatches, mesh)
+
+    def body(carry, xs):
+        index, mb = xs
+        rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+        loss_sum, num_tokens, grads = one(mb, rng)
+        acc_loss, acc_tokens, acc_grads = carry
+        acc_grads = jax.tree.map(jnp.add, acc_grads, grads)
+        if grad_shardings is not None:
+            acc_grads = jax.lax.with_sharding_constraint(acc_grads, grad_shardings)
+        return (acc_loss + loss_sum, acc_tokens + num_tokens, acc_grads), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if grad_shardings is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros)
+    (loss_sum, num_tokens, grads), _ = jax.lax.scan(
+        body, init, (jnp.arange(num_microbatches), micro))
+    return loss_sum, num_tokens, grads
+
+
+def make_train_step(model: Any, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, mesh: Mesh,
+                    state_shardings: ts.TrainState, batch_sharding: Mapping[str, NamedSharding],
+                    num_microbatches: int = 1, use_dropout: bool = True,
+                    donate: bool = True) -> Callable:
+    """The jitted `train_step(state, batch, rng) -> (state, metrics)` with explicit shardings.
+
+    The update uses the token-weighted mean gradient (grads of summed losses / total target
+    tokens over all microbatches). Metrics (replicated scalars): loss, num_tokens, grad_norm,
+    learning_rate (the rate this update used).
+    """
+    grad_shardings = state_shardings.params
+
+    def step_fn(state: ts.TrainState, batch, rng):
+        dropout_rng = jax.random.fold_in(rng, state.step) if use_dropout else None
+        loss_sum, num_tokens, grads = loss_and_grads(
+            model, state.params, batch, dropout_rng, num_microbatches, mesh, grad_shardings)
+        denom = jnp.maximum(num_tokens, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = ts.TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        metrics = {"loss": loss_sum / denom, "num_tokens": num_tokens,
+                   "grad_norm": optax.global_norm(grads),
+                   "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
+        return new_state, metrics
+
+    return jax.jit(step_fn,
+                   in_shardings=(state_shardings, dict(batch_sharding), ts.replicated(mesh)),
+                   out_shardings=(state_shardings, ts.replicated(mesh)),
+                   donate_argnums=(0,) if donate else ())
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def validate_config(config: Any, mesh: Mesh) -> None:
+    """Checks a `TrainConfig` against the mesh: batch sizes divide by the data-parallel size
+    (and microbatches), and the model kind is known."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    per = config.num_microbatches * shards
+    if config.num_microbatches < 1 or config.batch_size % per:
+        raise ValueError(
+            f"batch_size {config.batch_size} must be divisible by num_microbatches "
+            f"({config.num_microbatches}) x data*fsdp mesh size ({shards}) = {per}")
+    if config.eval_batch_size % shards:
+        raise ValueError(f"eval_batch_size {config.eval_batch_size} must be divisible by the "
+                         f"data*fsdp mesh size ({shards})")
+    if config.model_kind not in (None, train_data.ENCODER_DECODER, train_data.DECODER_ONLY):
+        raise ValueError(f"unknown model_kind {config.model_kind!r}")
