@@ -41,6 +41,11 @@ class ScoreConfig:
       seed: seeds instance choice and perturbations (per task, via a stable hash).
       perturbation: registry name in `activeit_jax.perturbation`.
       perturbation_options: options of that perturbation, as sorted (key, value) pairs.
+      prompt_format: "auto" (`prompts.default_prompt_format` per task: Tk-Instruct for T5;
+        decoder-only models: Tk-Instruct for NIV2 tasks, Alpaca for Self-Instruct items, each
+        as the user turn of the model's chat template when its vocabulary has one) or one of
+        `prompts.PROMPT_FORMATS` for every task. Fingerprinted as the formats it resolves to
+        (`planning.prompt_formats`), see `pool._fingerprinted_args`.
       num_pos_examples: positive examples in the Tk-Instruct prompt.
       max_source_length / max_target_length: SeqIO lengths (cut with EOS kept).
       max_decode_length: greedy decoding length of the originals.
@@ -61,6 +66,7 @@ class ScoreConfig:
     seed: int = 0
     perturbation: str = "drop"
     perturbation_options: tuple[tuple[str, Any], ...] = (("rate", 0.2),)
+    prompt_format: str = "auto"
     num_pos_examples: int = 2
     max_source_length: int = 1024
     max_target_length: int = 128
