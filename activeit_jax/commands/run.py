@@ -5,13 +5,21 @@
         --gin.LoopConfig.seeds="(0, 1, 2)"
     activeit-jax run --gin_file=configs/demo_self_instruct.gin --out=demo_si
 
-The gin file binds the model (`%MODEL`), the vocabulary (`%VOCABULARY`), the task pool
+The gin file binds the model (`%MODEL`) and the vocabulary (`%VOCABULARY`) -- or leaves them to
+the base checkpoint (`experiment.init_checkpoint`: its config.json and stored tokenizer, as
+`activeit-jax convert` writes them) --, the task pool
 (`experiment.pool`: "niv2" with `experiment.niv2_dir`, or "self_instruct" with
 `experiment.self_instruct_file` and `experiment.self_instruct_test_file`), the trainer settings
 (`TrainConfig.*`), the scorer settings (`ScoreConfig.*`), the loop (`LoopConfig.*`) and the
 experiment split (`experiment.*`, `NIV2Quotas` / `SelfInstructQuotas`). Rerunning the same
 command continues an interrupted run; at the end `OUT/report/` holds the tables, the plots and
 `report.html`.
+
+Zero-shot iteration 0 (`NIV2Quotas.num_initial = 0` / `SelfInstructQuotas.num_initial = 0`,
+with `LoopConfig.tasks_per_iteration` set): iteration 0 trains nothing; its model is the base
+checkpoint as installed, evaluated and scoring the pool as it is, and every later iteration
+fine-tunes from the base weights on the tasks selected so far (`configs/demo.gin`:
+SmolLM2-135M-Instruct).
 
 Self-Instruct pool (`experiment.pool = "self_instruct"`, a decoder-only model):
 
@@ -104,7 +112,7 @@ def _register_configurables() -> None:
 
 
 @gin.configurable(module="activeit_jax.commands.run")
-def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
+def experiment(model: Any = None, vocabulary: Any = None,
                niv2_dir: str | None = None, train_config: Any = None,
                score_config: Any = None, loop: Any = None,
                init_checkpoint: str | None = None, quotas: Any = None,
@@ -119,6 +127,8 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
     """gin face of the experiment; only the entry point calls it.
 
     Args (beyond the obvious):
+      model / vocabulary: the model wrapper and its vocabulary; None = the ones recorded in
+        `init_checkpoint` (its config.json; the tokenizer stored beside its weights).
       pool: "niv2" (needs `niv2_dir`) or "self_instruct" (needs `self_instruct_file`).
       quotas: `NIV2Quotas` or `SelfInstructQuotas` (matching the pool), None = the paper's,
         scaled down on partial data.
@@ -140,6 +150,7 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
                          f"--gin.experiment.{missing[0]}=...) or the macro the config names")
     from activeit_jax import active_loop, scoring, trainer
     from activeit_jax.data import splits
+    model, vocabulary = _model_and_vocabulary(model, vocabulary, init_checkpoint)
     loop = loop or active_loop.LoopConfig()
     if pool not in POOLS:
         raise ValueError(f"experiment.pool must be one of {POOLS}, got {pool!r}")
@@ -163,6 +174,9 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
                              "LoopConfig.quota = \"self_instruct\" (or \"none\")")
         if self_instruct_num_validation < 0:
             raise ValueError("experiment.self_instruct_num_validation must be >= 0")
+    if quotas is not None and quotas.num_initial == 0 and not loop.tasks_per_iteration:
+        raise ValueError("a zero-shot iteration 0 (num_initial = 0) needs "
+                         "LoopConfig.tasks_per_iteration")
     if judge is not None:
         if judge_reference not in loop.strategies:
             raise ValueError(f"experiment.judge_reference {judge_reference!r} is not one of "
@@ -183,6 +197,28 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
                       self_instruct_num_validation=self_instruct_num_validation,
                       select_epoch_on_validation=select_epoch_on_validation, judge=judge,
                       judge_reference=judge_reference, judge_seed=judge_seed)
+
+
+def _model_and_vocabulary(model: Any, vocabulary: Any, init_checkpoint: str | None
+                          ) -> tuple[Any, Any]:
+    """The bound model and vocabulary, each falling back to the base checkpoint's.
+
+    Raises:
+      ValueError: one is missing and there is no base checkpoint to take it from.
+    """
+    if model is not None and vocabulary is not None:
+        return model, vocabulary
+    if not init_checkpoint:
+        missing = "model" if model is None else "vocabulary"
+        raise ValueError(f"experiment.{missing} is required without experiment.init_checkpoint "
+                         f"(bind it, e.g. the macro %{missing.upper()} of the config files)")
+    from activeit_jax import checkpoints
+    from activeit_jax.data import vocab as vocab_lib
+    if model is None:
+        model = checkpoints.read_model(init_checkpoint)
+    vocabulary = vocab_lib.resolve_vocabulary(vocabulary, init_checkpoint,
+                                              what="experiment.vocabulary")
+    return model, vocabulary
 
 
 def hold_out_validation(data: Any, num_validation: int, seed: int) -> Any:
@@ -244,6 +280,11 @@ def build_stages(exp: Experiment):
         return prepared_lib.load_prepared(out_dir)
 
     def train(train_tasks, val_tasks, out_dir: str) -> str:
+        if not train_tasks:  # zero-shot iteration 0: the base model as installed
+            if not init:
+                raise ValueError("no training tasks and no experiment.init_checkpoint: "
+                                 "iteration 0 has no model to evaluate")
+            return init
         best = os.path.join(out_dir, "best")
         if os.path.exists(os.path.join(out_dir, trainer.SUMMARY_FILE)):
             return best  # finished before (its intermediate checkpoints may be gone)
