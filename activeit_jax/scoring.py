@@ -441,7 +441,8 @@ class RowScorer:
             if not sequence_buckets:
                 raise ValueError("a decoder-only model needs sequence_buckets")
             self.pad_id = int(model.config.pad_id)
-            self.bos_id = int(model.config.bos_id)
+            bos = model.config.bos_id  # None: the model takes no BOS (e.g. SmolLM2)
+            self.bos_id = None if bos is None else int(bos)
             self.eos_id = int(model.config.eos_id)
         else:
             self.pad_id, self.bos_id, self.eos_id = PAD_ID, None, EOS_ID
@@ -1002,7 +1003,8 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
     if decoder_only:
         ids = model.config if scorer is None else scorer.model.config
         args.update(prompt_format="alpaca", special_ids={
-            "pad": int(ids.pad_id), "bos": int(ids.bos_id), "eos": int(ids.eos_id)})
+            "pad": int(ids.pad_id), "bos": None if ids.bos_id is None else int(ids.bos_id),
+            "eos": int(ids.eos_id)})
     if sharded:
         check_run_args(out_dir, args, write=primary)
         journal_dir = shard_dir(out_dir, shard)

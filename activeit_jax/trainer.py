@@ -534,12 +534,14 @@ def _restore_checkpoint(manager: Any, step: int, abstract_state: ts.TrainState
     return restored["state"], dict(restored["data"])
 
 
-def _save_best(out_dir: str, model: Any, params: PyTree, info: Mapping[str, Any]) -> str:
-    """Writes `out_dir/best` with `checkpoints.save_model` (itself atomic: temp dir + rename)
-    and `out_dir/best.json` (epoch, step, scores)."""
+def _save_best(out_dir: str, model: Any, params: PyTree, info: Mapping[str, Any],
+               vocab: Any = None) -> str:
+    """Writes `out_dir/best` with `checkpoints.save_model` (itself atomic: temp dir + rename;
+    the vocabulary stored with it, so later commands need no --vocab) and `out_dir/best.json`
+    (epoch, step, scores)."""
     from activeit_jax import checkpoints
     best = os.path.join(out_dir, BEST_SUBDIR)
-    checkpoints.save_model(best, model, params)
+    checkpoints.save_model(best, model, params, vocab)
     if jax.process_index() == 0:
         io_utils.atomic_write_json(os.path.join(out_dir, BEST_INFO_FILE), dict(info))
     return best
@@ -837,10 +839,10 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
                     position["best_metrics"] = {k: v for k, v in summary.items()
                                                 if k != "per_task"}
                     _save_best(out_dir, model, state.params,
-                               {"epoch": epoch, "step": gstep, "metrics": flat})
+                               {"epoch": epoch, "step": gstep, "metrics": flat}, vocab)
             elif epoch == config.num_epochs - 1:
                 position["best_epoch"] = epoch
-                _save_best(out_dir, model, state.params, {"epoch": epoch, "step": gstep})
+                _save_best(out_dir, model, state.params, {"epoch": epoch, "step": gstep}, vocab)
             position["history"] = list(position["history"]) + [record]
             position["epoch"] = epoch + 1
             position["step_in_epoch"] = 0
