@@ -73,13 +73,14 @@ class LoopConfig:
     Attributes:
       strategies: selection strategies to compare (`selection.list_strategies()`).
       seeds: experiment seeds; each draws its own split and iteration-0 set.
-      num_iterations: iterations including iteration 0 (the paper: 1 + 5 at 68 tasks each).
+      num_iterations: iterations including iteration 0 (NIV2: 1 + 5 at 68 tasks each).
       tasks_per_iteration: tasks added per iteration; None = as many as the initial set.
       train_set_sizes: instead, the training-set size after each iteration 1 .. N-1 (the
         paper's Self-Instruct runs: 1,000 ... 16,000); see `activeit_jax.schedule`.
       growth_factor: instead, multiply the training set by this every iteration (2 doubles).
       quota: "niv2" (keep the cls/gen ratio), "self_instruct" (per length chunk) or "none".
-      label_ratio: {"cls": a, "gen": b} for the NIV2 quota; None = the paper's 24 / 44.
+      label_ratio: {"cls": a, "gen": b} for the NIV2 quota; None = 24 / 44, the reference
+        run script's 0.356 classification share of 68 (`selection.DEFAULT_LABEL_RATIO`).
       score_all_strategies: also score the pool after iterations of strategies that do not
         need scores (random, fully_trained), for their Task Maps and the uncertainty figure.
       evaluate_test: evaluate each iteration's model on the test split too.

@@ -89,6 +89,7 @@ CATEGORY_KEY = "category"
 TASK_MAP_CATEGORIES = ("ambiguous", "easy", "difficult")  # activeit_jax.taskmap.CATEGORIES
 
 QUOTAS = ("none", "niv2", "self_instruct")
+# 24 of 68: int(68 * 0.356) classification tasks, Active-IT's reproduce.sh --fix_cls_gen_ratio.
 DEFAULT_LABEL_RATIO: dict[str, int] = {"cls": 24, "gen": 44}
 NUM_CHUNKS = 13
 

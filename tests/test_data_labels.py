@@ -49,7 +49,7 @@ def test_ratio_on_shared_train_split(shared_data):
     train = niv2.read_niv2_split(shared_data / "niv2", "train")
     ratio = labels.classification_ratio(train)
     print(f"classification ratio, shared train split ({len(train)} tasks): {ratio:.3f} "
-          f"(paper {labels.PAPER_TRAIN_CLS_RATIO})")
+          f"(reference run script {labels.REFERENCE_CLS_RATIO})")
     # 11 of 79: the 57 MMMLU tasks (generation by the rule) dominate the shared subset.
     assert sum(t.label == "cls" for t in train) == 11 and len(train) == 79
 

@@ -22,7 +22,7 @@ def test_stable_shuffle_is_a_fixed_function_of_values():
 
 
 def test_paper_quotas_on_full_size_data():
-    train = _fake_tasks(756, 269)  # 269 / 756 = 0.356, the paper's ratio
+    train = _fake_tasks(756, 269)  # 269 / 756 = 0.356, the reference run script's cls share
     test = _fake_tasks(119, 40, prefix="test")
     split = splits.split_niv2(train, test, seed=0)
     assert (len(split.initial), len(split.validation), len(split.pool)) == (68, 68, 620)

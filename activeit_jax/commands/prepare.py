@@ -37,8 +37,9 @@ flags.DEFINE_list("tasks", None, "NIV2: use only these train-split tasks (comma-
 flags.DEFINE_integer("num_initial", None, "initial training tasks (paper: 68 NIV2, 500 "
                      "Self-Instruct). Unset counts take the paper value, scaled down "
                      "proportionally when fewer tasks are available; set counts are exact.")
-flags.DEFINE_integer("num_val_cls", None, "NIV2 validation classification tasks (paper: 34).")
-flags.DEFINE_integer("num_val_gen", None, "NIV2 validation generation tasks (paper: 34).")
+flags.DEFINE_integer("num_val_cls", None, "NIV2 validation classification tasks (default 34: "
+                     "Active-IT holds out 68 train tasks, the 34 + 34 mix is ours).")
+flags.DEFINE_integer("num_val_gen", None, "NIV2 validation generation tasks (default 34).")
 flags.DEFINE_integer("max_instances_per_task", 100, "NIV2 instances kept per task (test: the "
                      "first N; others: a seeded random N); -1 keeps all.")
 flags.DEFINE_integer("max_items", None, "Self-Instruct: read only the first N items.")

@@ -293,7 +293,8 @@ def format_summary(prepared: PreparedData) -> str:
     lines.append(f"classification ratio ({what}, {n} tasks): {prepared.train_label_ratio:.3f} "
                  f"({counts.get('cls', 0)} cls / {counts.get('gen', 0)} gen; labels from "
                  + ", ".join(f"{k}: {v}" for k, v in prepared.label_sources.items()) + ")"
-                 + (f"; paper: {labels_lib.PAPER_TRAIN_CLS_RATIO} on the full 756 train tasks"
+                 + (f"; Active-IT's run script keeps {labels_lib.REFERENCE_CLS_RATIO} "
+                    f"classification tasks in each selection (reproduce.sh)"
                     if prepared.split.kind == "niv2" else ""))
     return "\n".join(lines)
 
