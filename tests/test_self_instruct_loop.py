@@ -405,8 +405,9 @@ def test_demo_self_instruct_runs_end_to_end_with_the_judge(tmp_path, test_file, 
     with open(os.path.join(out, "seed_0", "iter_0", "scoring", "run_args.json")) as handle:
         assert json.load(handle)["args"]["prompt_format"] == "alpaca"
     judged = io_utils.read_jsonl(os.path.join(out, "seed_0", "prompt_uncertainty", "iter_1",
-                                              "judge_vs_random.jsonl"))
+                                              "judge_vs_random.fake-judge.jsonl"))
     assert len(judged) == NUM_TEST and len(fake_judge.requests) == NUM_TEST
-    assert "judge seed 0 prompt_uncertainty vs random iteration 1" in proc.stdout
+    assert "judge fake-judge seed 0 prompt_uncertainty vs random iteration 1" in proc.stdout
+    assert "seed 0: task labels (cls/gen) of" in proc.stdout
     with open(os.path.join(out, "report", "report.html"), encoding="utf-8") as handle:
         assert "Pairwise judge" in handle.read()
