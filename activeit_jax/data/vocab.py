@@ -1,4 +1,13 @@
-"""SentencePiece vocabularies with T5 ids (pad 0, eos 1, unk 2, no bos).
+"""Vocabularies: one interface (seqio's `Vocabulary`), two implementations.
+
+- SentencePiece (`get_vocabulary`): a `seqio.SentencePieceVocabulary` (T5 ids: pad 0, eos 1,
+  unk 2, no bos; or a LLaMA `.model` with `require_t5_ids=False`).
+- Hugging Face `tokenizers` (`hf_tokenizer.HFTokenizerVocabulary`): a `tokenizer.json` with
+  the model's own BOS/EOS/PAD, add-BOS convention and chat template.
+
+`load_vocabulary(path)` picks the implementation from what the path is; `save_vocabulary`
+stores a vocabulary beside a checkpoint's weights and `vocabulary_from_checkpoint` reads it
+back, so a checkpoint that carries its tokenizer needs no `--vocab`.
 
 `get_vocabulary` loads a model as a `seqio.SentencePieceVocabulary` with sentinel ids
 (`<extra_id_N>`) appended, and fails early with the path in the message.
@@ -13,10 +22,11 @@ newlines to spaces.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from activeit_jax.data.errors import VocabularyError
 
@@ -26,6 +36,12 @@ if TYPE_CHECKING:
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 DEFAULT_EXTRA_IDS = 100
 SAMPLE_VOCAB_RELPATH = os.path.join("data", "sample", "vocab", "sample_spm.model")
+# Beside a checkpoint's weights: tokenizer.json + tokenizer_meta.json (Hugging Face tokenizers),
+# or spiece.model + tokenizer_meta.json (SentencePiece). The metadata file, written last,
+# says which.
+META_FILE = "tokenizer_meta.json"
+SPM_FILE = "spiece.model"
+SPM_KIND = "sentencepiece"
 
 
 def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
@@ -138,3 +154,138 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike,
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return model_prefix + ".model"
+
+
+def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
+                    require_t5_ids: bool = True) -> Any:
+    """Loads a vocabulary, choosing the implementation from what `path` is.
+
+    Args:
+      path: a SentencePiece `.model` file; a Hugging Face `tokenizer.json` (its
+        `tokenizer_config.json` beside it gives the special tokens); or a directory holding
+        either `tokenizer_meta.json` (written by `save_vocabulary`, e.g. a checkpoint) or a
+        Hugging Face `tokenizer.json`.
+      extra_ids, require_t5_ids: for a SentencePiece model (see `get_vocabulary`).
+
+    Returns:
+      A seqio vocabulary (`SentencePieceVocabulary` or `HFTokenizerVocabulary`).
+
+    Raises:
+      VocabularyError: nothing loadable at `path` (the message names it).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, META_FILE)):
+            return _load_saved(path)
+        if os.path.exists(os.path.join(path, "tokenizer.json")):
+            return _hf_tokenizer().from_hf_tokenizer_files(os.path.join(path, "tokenizer.json"))
+        raise VocabularyError(f"directory holds no {META_FILE} or tokenizer.json", path)
+    if not os.path.exists(path):
+        raise VocabularyError("vocabulary not found", path)
+    if path.endswith(".json"):
+        return _hf_tokenizer().from_hf_tokenizer_files(path)
+    return get_vocabulary(path, extra_ids, require_t5_ids)
+
+
+def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> None:
+    """Stores a vocabulary in `directory` (e.g. beside a checkpoint's weights).
+
+    A Hugging Face vocabulary writes `tokenizer.json` + `tokenizer_meta.json`; a SentencePiece
+    vocabulary copies its model to `spiece.model` and records its extra ids in
+    `tokenizer_meta.json`. The metadata file is written last (atomically), so its presence
+    means a complete vocabulary.
+
+    Args:
+      vocabulary: an `HFTokenizerVocabulary` or a `seqio.SentencePieceVocabulary`.
+      directory: an existing directory.
+
+    Raises:
+      TypeError: another kind of vocabulary.
+    """
+    from activeit_jax import io_utils
+
+    directory = os.fspath(directory)
+    hf = _hf_tokenizer()
+    if isinstance(vocabulary, hf.HFTokenizerVocabulary):
+        vocabulary.save(directory)
+        return
+    model_file = getattr(vocabulary, "sentencepiece_model_file", None)
+    if model_file is None:
+        raise TypeError(f"cannot store a {type(vocabulary).__name__} with a checkpoint")
+    tmp = os.path.join(directory, f".{SPM_FILE}.tmp")
+    shutil.copyfile(model_file, tmp)
+    os.replace(tmp, os.path.join(directory, SPM_FILE))
+    io_utils.atomic_write_json(os.path.join(directory, META_FILE), {
+        "format": hf.META_FORMAT, "format_version": hf.META_VERSION, "kind": SPM_KIND,
+        "model_file": SPM_FILE, "extra_ids": int(vocabulary.extra_ids),
+        "source": os.path.abspath(model_file)})
+
+
+def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike) -> Any | None:
+    """The vocabulary stored beside a checkpoint's weights, or None when it has none.
+
+    Raises:
+      VocabularyError: the stored vocabulary is incomplete or malformed.
+    """
+    checkpoint_dir = os.fspath(checkpoint_dir)
+    if not os.path.exists(os.path.join(checkpoint_dir, META_FILE)):
+        return None
+    return _load_saved(checkpoint_dir)
+
+
+def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
+                       what: str = "--vocab") -> Any:
+    """The vocabulary to use: `explicit` (a vocabulary or a path for `load_vocabulary`) when
+    given, else the one stored with `checkpoint_dir`.
+
+    Args:
+      explicit: a vocabulary object, a path, or None.
+      checkpoint_dir: the checkpoint whose stored tokenizer is the fallback (None = none).
+      what: how the user gives a vocabulary, for the error message.
+
+    Raises:
+      VocabularyError: neither is available (one line naming both places).
+    """
+    if isinstance(explicit, (str, os.PathLike)):
+        return load_vocabulary(explicit, extra_ids=0 if _is_decoder_only(checkpoint_dir)
+                               else DEFAULT_EXTRA_IDS,
+                               require_t5_ids=not _is_decoder_only(checkpoint_dir))
+    if explicit is not None:
+        return explicit
+    stored = vocabulary_from_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if stored is None:
+        where = f"checkpoint {checkpoint_dir} stores none" if checkpoint_dir else "no checkpoint"
+        raise VocabularyError(f"no vocabulary: pass {what} ({where}; convert with "
+                              "`activeit-jax convert` to store the model's tokenizer)")
+    return stored
+
+
+def _is_decoder_only(checkpoint_dir: str | os.PathLike | None) -> bool:
+    """Whether the checkpoint's config.json names a decoder-only (LLaMA-style) model."""
+    if not checkpoint_dir:
+        return False
+    try:
+        with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("model_kind") == "llama"
+    except (OSError, ValueError):
+        return False
+
+
+def _load_saved(directory: str) -> Any:
+    """Reads a `save_vocabulary` directory, dispatching on its metadata's kind."""
+    hf = _hf_tokenizer()
+    meta_path = os.path.join(directory, META_FILE)
+    meta = hf._read_json(meta_path, "tokenizer metadata")
+    kind = meta.get("kind", hf.KIND)
+    if kind == hf.KIND:
+        return hf.HFTokenizerVocabulary.load(directory)
+    if kind == SPM_KIND:
+        return get_vocabulary(os.path.join(directory, meta.get("model_file", SPM_FILE)),
+                              extra_ids=int(meta.get("extra_ids", 0)), require_t5_ids=False)
+    raise VocabularyError(f"unknown vocabulary kind {kind!r}", meta_path)
+
+
+def _hf_tokenizer():
+    """The Hugging Face implementation, imported on first use (it imports TensorFlow)."""
+    from activeit_jax.data import hf_tokenizer
+    return hf_tokenizer
