@@ -6,6 +6,9 @@ Layout of a checkpoint directory::
       config.json   {"format": "activeit-jax", "format_version": 1,
                      "model_kind": "t5" | "llama", "config": {...dataclass fields...}}
       params/       orbax StandardCheckpointer tree (sharded arrays, restorable onto any mesh)
+      tokenizer_meta.json + tokenizer.json (or spiece.model)
+                    the model's vocabulary, when saved with one (`data.vocab.save_vocabulary`;
+                    read back with `data.vocab.vocabulary_from_checkpoint`)
 
 The trainer's best checkpoint uses the same layout, so the scorer and the evaluator load
 whatever the trainer wrote. Hugging Face directories are converted by
@@ -35,8 +38,9 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing, incomplete or of an unknown format."""
 
 
-def save_model(directory: str | os.PathLike, model: BaseModel, params: Any) -> None:
-    """Saves a model wrapper's config and params atomically.
+def save_model(directory: str | os.PathLike, model: BaseModel, params: Any,
+               vocabulary: Any = None) -> None:
+    """Saves a model wrapper's config and params (and its vocabulary) atomically.
 
     Everything is written to `<directory>.tmp` first and renamed onto `directory` only when
     complete; an existing checkpoint at `directory` is replaced. With several processes every
@@ -46,6 +50,8 @@ def save_model(directory: str | os.PathLike, model: BaseModel, params: Any) -> N
       directory: the checkpoint directory to create or replace.
       model: the model wrapper (kind + config are recorded).
       params: its params pytree (jax arrays, possibly sharded, or NumPy arrays).
+      vocabulary: the model's vocabulary to store beside the weights (an
+        `HFTokenizerVocabulary` or a SentencePiece vocabulary), or None.
     """
     directory = os.path.abspath(os.fspath(directory))
     tmp = directory + ".tmp"
@@ -59,6 +65,9 @@ def save_model(directory: str | os.PathLike, model: BaseModel, params: Any) -> N
     if distributed.is_primary():
         spec = {"format": FORMAT, "format_version": FORMAT_VERSION, **model_to_dict(model)}
         io_utils.atomic_write_json(os.path.join(tmp, CONFIG_NAME), spec)
+        if vocabulary is not None:
+            from activeit_jax.data import vocab as vocab_lib
+            vocab_lib.save_vocabulary(vocabulary, tmp)
         old = directory + ".old"
         shutil.rmtree(old, ignore_errors=True)
         if os.path.exists(directory):
@@ -150,14 +159,29 @@ def load_model(directory: str | os.PathLike, shardings: Any = None,
 
 def import_hf_to_checkpoint(hf_dir: str | os.PathLike, ckpt_dir: str | os.PathLike
                             ) -> BaseModel:
-    """Converts a Hugging Face T5/LLaMA directory into an activeit-jax checkpoint.
+    """Converts a Hugging Face T5/LLaMA/Qwen2 directory (with its `tokenizer.json`, when it
+    has one) into an activeit-jax checkpoint.
 
     Returns:
       The model wrapper that was saved.
     """
-    model, params = hf_convert.import_hf(hf_dir)
-    save_model(ckpt_dir, model, params)
-    return model
+    imported = hf_convert.import_hf_model(hf_dir)
+    save_model(ckpt_dir, imported.model, imported.params, imported.vocabulary)
+    return imported.model
+
+
+def import_gguf_to_checkpoint(gguf_path: str | os.PathLike, ckpt_dir: str | os.PathLike
+                              ) -> BaseModel:
+    """Converts a llama.cpp GGUF file (weights dequantized to float32, tokenizer from its
+    metadata) into an activeit-jax checkpoint; nothing is written when the file is refused.
+
+    Returns:
+      The model wrapper that was saved.
+    """
+    from activeit_jax.models import gguf_convert
+    imported = gguf_convert.import_gguf(gguf_path)
+    save_model(ckpt_dir, imported.model, imported.params, imported.vocabulary)
+    return imported.model
 
 
 def export_checkpoint_to_hf(ckpt_dir: str | os.PathLike, hf_dir: str | os.PathLike,

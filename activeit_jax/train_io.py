@@ -110,12 +110,14 @@ def restore_checkpoint(manager: Any, step: int, abstract_state: ts.TrainState
     return restored["state"], dict(restored["data"])
 
 
-def save_best(out_dir: str, model: Any, params: PyTree, info: Mapping[str, Any]) -> str:
-    """Writes `out_dir/best` with `checkpoints.save_model` (itself atomic: temp dir + rename)
-    and `out_dir/best.json` (epoch, step, scores)."""
+def save_best(out_dir: str, model: Any, params: PyTree, info: Mapping[str, Any],
+              vocab: Any = None) -> str:
+    """Writes `out_dir/best` with `checkpoints.save_model` (itself atomic: temp dir + rename;
+    the vocabulary stored with it, so later commands need no --vocab) and `out_dir/best.json`
+    (epoch, step, scores)."""
     from activeit_jax import checkpoints
     best = os.path.join(out_dir, BEST_SUBDIR)
-    checkpoints.save_model(best, model, params)
+    checkpoints.save_model(best, model, params, vocab)
     if jax.process_index() == 0:
         io_utils.atomic_write_json(os.path.join(out_dir, BEST_INFO_FILE), dict(info))
     return best

@@ -521,10 +521,11 @@ class _TrainRun:
                 position["best_metrics"] = {k: v for k, v in summary.items()
                                             if k != "per_task"}
                 save_best(self.out_dir, self.model, state.params,
-                          {"epoch": epoch, "step": gstep, "metrics": flat})
+                          {"epoch": epoch, "step": gstep, "metrics": flat}, self.vocab)
         elif epoch == self.config.num_epochs - 1:
             position["best_epoch"] = epoch
-            save_best(self.out_dir, self.model, state.params, {"epoch": epoch, "step": gstep})
+            save_best(self.out_dir, self.model, state.params, {"epoch": epoch, "step": gstep},
+                      self.vocab)
         position["history"] = list(position["history"]) + [record]
         position["epoch"] = epoch + 1
         position["step_in_epoch"] = 0

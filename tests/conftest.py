@@ -16,7 +16,10 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The real data beside the repository; ACTIVEIT_SHARED_DATA points elsewhere (e.g. from a git
+# worktree that does not sit beside ../shared).
+SHARED_DATA = pathlib.Path(os.environ.get("ACTIVEIT_SHARED_DATA",
+                                          REPO_ROOT.parent / "shared" / "data"))
 SAMPLE_DATA = REPO_ROOT / "data" / "sample"
 
 

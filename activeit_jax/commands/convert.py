@@ -1,21 +1,31 @@
-"""`activeit-jax convert`: Hugging Face (safetensors) <-> activeit-jax (orbax) checkpoints.
+"""`activeit-jax convert`: Hugging Face (safetensors) or GGUF -> activeit-jax (orbax), and back.
 
   activeit-jax convert --from_hf=HF_DIR --to=CKPT_DIR
       HF_DIR: config.json + model.safetensors (or a sharded model.safetensors.index.json) of a
-      T5ForConditionalGeneration (T5 v1.1 / LM-adapted / original T5) or LlamaForCausalLM.
+      T5ForConditionalGeneration (T5 v1.1 / LM-adapted / original T5), LlamaForCausalLM or
+      Qwen2ForCausalLM; its tokenizer.json + tokenizer_config.json, when present, are stored
+      in CKPT_DIR (later commands then need no --vocab).
+  activeit-jax convert --from_gguf=FILE.gguf --to=CKPT_DIR
+      A llama.cpp GGUF file of the "llama" architecture (SmolLM2, LLaMA, Mistral-style),
+      dequantized to float32; the tokenizer described in its metadata is stored in CKPT_DIR.
   activeit-jax convert --from=CKPT_DIR --to_hf=HF_DIR [--max_shard_size=5GB]
       Writes config.json + float32 safetensors, sharded with an index when large.
 
-Exit status 0 on success, 1 on a conversion error (message on stderr), 2 on bad flags.
+CKPT_DIR appears only when complete (written to a temporary directory, then renamed); a
+refused input writes nothing. Exit status 0 on success, 1 on a conversion error (one line on
+stderr naming the file), 2 on bad flags.
 """
 from __future__ import annotations
 
 import sys
+import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 flags.DEFINE_string("from_hf", None, "Hugging Face model directory to import.")
-flags.DEFINE_string("to", None, "activeit-jax checkpoint directory to write (with --from_hf).")
+flags.DEFINE_string("from_gguf", None, "llama.cpp GGUF file to import.")
+flags.DEFINE_string("to", None, "activeit-jax checkpoint directory to write (with --from_hf or "
+                    "--from_gguf).")
 flags.DEFINE_string("from", None, "activeit-jax checkpoint directory to export.")
 flags.DEFINE_string("to_hf", None, "Hugging Face directory to write (with --from).")
 flags.DEFINE_string("max_shard_size", "5GB",
@@ -28,16 +38,19 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from_hf, to, from_ckpt, to_hf = FLAGS.from_hf, FLAGS.to, FLAGS["from"].value, FLAGS.to_hf
-    importing = bool(from_hf or to)
+    from_gguf = FLAGS.from_gguf
+    importing = bool(from_hf or from_gguf or to)
     exporting = bool(from_ckpt or to_hf)
-    if importing == exporting or (importing and not (from_hf and to)) or (
-            exporting and not (from_ckpt and to_hf)):
-        raise app.UsageError("use either --from_hf=DIR --to=CKPT_DIR or "
-                             "--from=CKPT_DIR --to_hf=DIR")
+    if importing == exporting or (importing and (not to or bool(from_hf) == bool(from_gguf))) \
+            or (exporting and not (from_ckpt and to_hf)):
+        raise app.UsageError("use one of --from_hf=DIR --to=CKPT_DIR, "
+                             "--from_gguf=FILE --to=CKPT_DIR, --from=CKPT_DIR --to_hf=DIR")
 
     if not FLAGS["verbosity"].present:
-        # orbax logs every save/restore step at INFO; keep the console to our one-line result.
-        logging.set_verbosity(logging.WARNING)
+        # orbax logs every save/restore step at INFO; keep the console to our progress lines
+        # and the one-line result.
+        from activeit_jax.commands import common
+        common.quiet_library_logs()
 
     # Imported here so that `--help` and flag errors stay fast.
     from activeit_jax import checkpoints
@@ -45,9 +58,12 @@ def main(argv: list[str]) -> None:
 
     try:
         if importing:
-            model = checkpoints.import_hf_to_checkpoint(from_hf, to)
-            print(f"converted {from_hf} ({model.kind}, {model.num_params():,} parameters) "
-                  f"-> {to}")
+            source = from_hf or from_gguf
+            started = time.monotonic()
+            model = (checkpoints.import_hf_to_checkpoint(from_hf, to) if from_hf
+                     else checkpoints.import_gguf_to_checkpoint(from_gguf, to))
+            print(f"converted {source} ({model.kind}, {model.num_params():,} parameters) "
+                  f"-> {to} in {time.monotonic() - started:.1f} s")
         else:
             files = checkpoints.export_checkpoint_to_hf(from_ckpt, to_hf, FLAGS.max_shard_size)
             print(f"exported {from_ckpt} -> {to_hf}: {', '.join(files)}")

@@ -5,6 +5,9 @@
          --perturbation=drop --batch_size=64 --mesh=data=-1,fsdp=1,model=1 ...]
     activeit-jax score --checkpoint=CKPT --vocab=SPM --self_instruct=FILE --out=OUT
 
+`--vocab` (a SentencePiece `.model`, a `tokenizer.json` or a tokenizer directory) may be left
+out when the checkpoint stores its tokenizer (`activeit-jax convert` and the trainer store it).
+
 The pool: `--tasks=FILE` lists NIV2 task names one per line (read from `--niv2_dir/tasks/`),
 or is a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as `activeit-jax prepare` writes
 them; lines carrying a "role" are kept only for `--role`, default "pool"); or
@@ -38,7 +41,9 @@ from activeit_jax.commands import common
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (config.json + params).")
-flags.DEFINE_string("vocab", None, "SentencePiece model of the checkpoint.")
+flags.DEFINE_string("vocab", None, "Vocabulary of the checkpoint: SentencePiece .model, "
+                    "tokenizer.json or a tokenizer directory (default: the tokenizer stored "
+                    "in the checkpoint).")
 flags.DEFINE_string("niv2_dir", None, "NIV2 root (tasks/<name>.json), with --tasks.")
 flags.DEFINE_string("tasks", None, "Pool: file of task names (one per line) or a .jsonl of "
                     "prepared tasks.")
@@ -194,7 +199,7 @@ def build_config() -> "Any":
 
 
 def main(argv: list[str]) -> None:
-    common.check_args(argv, ("checkpoint", "vocab", "out"))
+    common.check_args(argv, ("checkpoint", "out"))
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
@@ -210,16 +215,16 @@ def main(argv: list[str]) -> None:
         tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
                                             FLAGS.on_bad_task, FLAGS.role, shard)
         model = checkpoints.read_model(FLAGS.checkpoint)
-        if model.kind == "llama":
-            # LLaMA tokenizers have their own special ids and no T5 sentinels.
-            vocab = vocab_lib.get_vocabulary(FLAGS.vocab, extra_ids=0, require_t5_ids=False)
-        else:
-            vocab = vocab_lib.get_vocabulary(FLAGS.vocab)
+        # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
+        # sentinels and keeps its own special ids).
+        vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint)
         mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
         params = checkpoints.restore_params(FLAGS.checkpoint, model,
                                             partitioning.params_shardings(model, mesh))
         run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
-                    "vocab": os.path.abspath(FLAGS.vocab), "on_bad_task": FLAGS.on_bad_task,
+                    "vocab": (os.path.abspath(FLAGS.vocab) if FLAGS.vocab
+                              else "stored with the checkpoint"),
+                    "on_bad_task": FLAGS.on_bad_task,
                     **pool_args}
         summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
                                      mesh=mesh, run_args=run_args, total=total,

@@ -187,7 +187,7 @@ def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
     return get_vocabulary(path, extra_ids, require_t5_ids)
 
 
-def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> None:
+def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
     """Stores a vocabulary in `directory` (e.g. beside a checkpoint's weights).
 
     A Hugging Face vocabulary writes `tokenizer.json` + `tokenizer_meta.json`; a SentencePiece
@@ -199,8 +199,9 @@ def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> None:
       vocabulary: an `HFTokenizerVocabulary` or a `seqio.SentencePieceVocabulary`.
       directory: an existing directory.
 
-    Raises:
-      TypeError: another kind of vocabulary.
+    Returns:
+      True when stored; False for other kinds of vocabulary (e.g. a test double), which
+      cannot be stored and are left out.
     """
     from activeit_jax import io_utils
 
@@ -208,10 +209,10 @@ def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> None:
     hf = _hf_tokenizer()
     if isinstance(vocabulary, hf.HFTokenizerVocabulary):
         vocabulary.save(directory)
-        return
+        return True
     model_file = getattr(vocabulary, "sentencepiece_model_file", None)
-    if model_file is None:
-        raise TypeError(f"cannot store a {type(vocabulary).__name__} with a checkpoint")
+    if not isinstance(model_file, str) or not os.path.isfile(model_file):
+        return False
     tmp = os.path.join(directory, f".{SPM_FILE}.tmp")
     shutil.copyfile(model_file, tmp)
     os.replace(tmp, os.path.join(directory, SPM_FILE))
@@ -219,6 +220,7 @@ def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> None:
         "format": hf.META_FORMAT, "format_version": hf.META_VERSION, "kind": SPM_KIND,
         "model_file": SPM_FILE, "extra_ids": int(vocabulary.extra_ids),
         "source": os.path.abspath(model_file)})
+    return True
 
 
 def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike) -> Any | None:

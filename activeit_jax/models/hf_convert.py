@@ -1,4 +1,4 @@
-"""Hugging Face <-> activeit-jax conversion for T5 and LLaMA checkpoints.
+"""Hugging Face <-> activeit-jax conversion for T5 and LLaMA-family (LLaMA, Qwen2) checkpoints.
 
 A Hugging Face directory holds `config.json` and either `model.safetensors` or a sharded
 `model.safetensors.index.json` + `model-0000k-of-0000n.safetensors`. Tensors are read with
@@ -24,18 +24,26 @@ from typing import Any, Callable, Iterator, Mapping
 import flax.traverse_util
 import numpy as np
 
+from activeit_jax.models.hf_configs import (  # noqa: F401 (re-exported: one import site)
+    CONFIG_NAME, ConversionError, hf_config_from_model, llama_config_from_hf,
+    model_from_hf_config, model_family, read_hf_config, t5_config_from_hf)
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.t5 import T5Config
 from activeit_jax.models.wrappers import BaseModel, DecoderOnlyModel, EncoderDecoderModel
 
-CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_JSON = "tokenizer.json"
 DEFAULT_MAX_SHARD_SIZE = 5_000_000_000  # bytes, Hugging Face's historical default (5GB)
 
 
-class ConversionError(ValueError):
-    """A checkpoint cannot be converted (missing file, unsupported model, bad tensor)."""
+@dataclasses.dataclass(frozen=True)
+class ImportedModel:
+    """A converted model: the wrapper, float32 NumPy params, and the tokenizer the checkpoint
+    carried (an `HFTokenizerVocabulary`, or None)."""
+    model: BaseModel
+    params: dict[str, Any]
+    vocabulary: Any = None
 
 
 # -- reading safetensors --------------------------------------------------------------------
@@ -126,7 +134,8 @@ class _Entry:
     """One tensor: Hugging Face name, our param path, and how the layouts relate.
 
     kind: "copy" (same layout), "linear" (`[out, in]` <-> `[in, out]`), "in_heads"
-    (`[H*D, E]` <-> `[E, H, D]`), "out_heads" (`[E, H*D]` <-> `[H, D, E]`).
+    (`[H*D, E]` <-> `[E, H, D]`), "out_heads" (`[E, H*D]` <-> `[H, D, E]`), "heads_bias"
+    (`[H*D]` <-> `[H, D]`).
     """
     hf_name: str
     path: tuple[str, ...]
@@ -134,7 +143,7 @@ class _Entry:
 
 
 def _to_ours(array: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
-    if kind == "copy":
+    if kind in ("copy", "heads_bias"):
         return array.reshape(shape)
     return np.ascontiguousarray(array.T).reshape(shape)
 
@@ -148,6 +157,8 @@ def _to_hf(array: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray(array.reshape(array.shape[0], -1).T)
     if kind == "out_heads":  # [H, D, E] -> [E, H*D]
         return np.ascontiguousarray(array.reshape(-1, array.shape[-1]).T)
+    if kind == "heads_bias":  # [H, D] -> [H*D]
+        return np.ascontiguousarray(array.reshape(-1))
     raise ValueError(kind)
 
 
@@ -160,6 +171,8 @@ def _hf_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
         return (int(np.prod(shape[1:])), shape[0])
     if kind == "out_heads":
         return (shape[-1], int(np.prod(shape[:-1])))
+    if kind == "heads_bias":
+        return (int(np.prod(shape)),)
     raise ValueError(kind)
 
 
@@ -225,6 +238,10 @@ def llama_entries(cfg: LlamaConfig) -> list[_Entry]:
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}", (f"layers_{i}",)
         entries += _attention_entries(f"{hf}.self_attn", (*ours, "attention"), attn)
+        if cfg.attention_bias:  # Qwen2: q/k/v biases, none on o_proj
+            entries += [_Entry(f"{hf}.self_attn.{attn[p]}.bias", (*ours, "attention", ours_p,
+                                                                 "bias"), "heads_bias")
+                        for p, ours_p in (("q", "query"), ("k", "key"), ("v", "value"))]
         entries += [
             _Entry(f"{hf}.mlp.gate_proj.weight", (*ours, "mlp", "wi_0", "kernel"), "linear"),
             _Entry(f"{hf}.mlp.up_proj.weight", (*ours, "mlp", "wi_1", "kernel"), "linear"),
@@ -255,198 +272,7 @@ _IGNORED_PATTERNS = (
 )
 
 
-# -- configs --------------------------------------------------------------------------------
-
-def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
-    """Loads `config.json` of a Hugging Face directory, with clear errors."""
-    hf_dir = os.fspath(hf_dir)
-    if not os.path.isdir(hf_dir):
-        raise ConversionError(f"Hugging Face directory {hf_dir} does not exist")
-    path = os.path.join(hf_dir, CONFIG_NAME)
-    if not os.path.exists(path):
-        raise ConversionError(f"no {CONFIG_NAME} in {hf_dir} (expected a Hugging Face model "
-                              "directory saved with save_pretrained)")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def _first_id(value: Any, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, (list, tuple)):
-        return int(value[0]) if value else default
-    return int(value)
-
-
-def _model_family(hf_config: Mapping[str, Any]) -> str:
-    model_type = hf_config.get("model_type")
-    architectures = hf_config.get("architectures") or []
-    if model_type in ("t5", "mt5") and (not architectures or
-                                         "T5ForConditionalGeneration" in architectures or
-                                         "MT5ForConditionalGeneration" in architectures):
-        return "t5"
-    if model_type == "llama" and (not architectures or "LlamaForCausalLM" in architectures):
-        return "llama"
-    raise ConversionError(
-        f"unsupported architecture: model_type={model_type!r}, architectures={architectures}; "
-        "supported: T5ForConditionalGeneration / MT5ForConditionalGeneration (model_type t5, "
-        "mt5) and LlamaForCausalLM (model_type llama)")
-
-
-def t5_config_from_hf(hf_config: Mapping[str, Any], has_lm_head: bool) -> T5Config:
-    """Our `T5Config` from a Hugging Face T5 config.
-
-    Args:
-      hf_config: parsed `config.json`.
-      has_lm_head: whether the checkpoint stores its own `lm_head.weight` (an untied head).
-
-    Returns:
-      The config. The tied head and the d_model**-0.5 output scale are separate switches:
-      transformers >= 5 writes `scale_decoder_outputs`; older files imply the scale by
-      `tie_word_embeddings` (True for the original T5, False for v1.1).
-    """
-    pad_id = _first_id(hf_config.get("pad_token_id"), 0)
-    num_layers = int(hf_config.get("num_layers", 6))
-    scale = hf_config.get("scale_decoder_outputs")
-    if scale is None:
-        scale = bool(hf_config.get("tie_word_embeddings", True))
-    try:
-        return T5Config(
-            vocab_size=int(hf_config["vocab_size"]),
-            d_model=int(hf_config["d_model"]),
-            d_kv=int(hf_config["d_kv"]),
-            d_ff=int(hf_config["d_ff"]),
-            num_heads=int(hf_config["num_heads"]),
-            num_encoder_layers=num_layers,
-            num_decoder_layers=int(hf_config.get("num_decoder_layers") or num_layers),
-            relative_attention_num_buckets=int(
-                hf_config.get("relative_attention_num_buckets", 32)),
-            relative_attention_max_distance=int(
-                hf_config.get("relative_attention_max_distance", 128)),
-            feed_forward_proj=str(hf_config.get("feed_forward_proj", "relu")),
-            tie_word_embeddings=not has_lm_head,
-            scale_decoder_outputs=bool(scale),
-            layer_norm_epsilon=float(hf_config.get("layer_norm_epsilon", 1e-6)),
-            dropout_rate=float(hf_config.get("dropout_rate", 0.0)),
-            pad_id=pad_id,
-            eos_id=_first_id(hf_config.get("eos_token_id"), 1),
-            decoder_start_id=_first_id(hf_config.get("decoder_start_token_id"), pad_id),
-        )
-    except KeyError as err:
-        raise ConversionError(f"T5 config.json lacks {err.args[0]!r}") from err
-    except ValueError as err:
-        raise ConversionError(f"unsupported T5 config: {err}") from err
-
-
-def llama_config_from_hf(hf_config: Mapping[str, Any], has_lm_head: bool) -> LlamaConfig:
-    """Our `LlamaConfig` from a Hugging Face LLaMA config (default RoPE, no biases)."""
-    if hf_config.get("hidden_act", "silu") != "silu":
-        raise ConversionError(f"unsupported LLaMA hidden_act {hf_config['hidden_act']!r} "
-                              "(only silu)")
-    for flag in ("attention_bias", "mlp_bias"):
-        if hf_config.get(flag):
-            raise ConversionError(f"unsupported LLaMA variant: {flag}=true")
-    rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ConversionError(f"unsupported LLaMA rope_type {rope_type!r} (only default RoPE)")
-    rope_theta = rope.get("rope_theta", hf_config.get("rope_theta", 10000.0))
-    num_heads = int(hf_config["num_attention_heads"])
-    tie = bool(hf_config.get("tie_word_embeddings", False))
-    if not tie and not has_lm_head:
-        raise ConversionError("tensor lm_head.weight is missing and tie_word_embeddings is false")
-    try:
-        return LlamaConfig(
-            vocab_size=int(hf_config["vocab_size"]),
-            hidden_size=int(hf_config["hidden_size"]),
-            intermediate_size=int(hf_config["intermediate_size"]),
-            num_layers=int(hf_config["num_hidden_layers"]),
-            num_heads=num_heads,
-            num_kv_heads=int(hf_config.get("num_key_value_heads") or num_heads),
-            head_dim=(int(hf_config["head_dim"]) if hf_config.get("head_dim") else None),
-            rope_theta=float(rope_theta),
-            rms_norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=tie and not has_lm_head,
-            max_position_embeddings=int(hf_config.get("max_position_embeddings", 2048)),
-            pad_id=_first_id(hf_config.get("pad_token_id"), 0),
-            bos_id=_first_id(hf_config.get("bos_token_id"), 1),
-            eos_id=_first_id(hf_config.get("eos_token_id"), 2),
-        )
-    except KeyError as err:
-        raise ConversionError(f"LLaMA config.json lacks {err.args[0]!r}") from err
-    except ValueError as err:
-        raise ConversionError(f"unsupported LLaMA config: {err}") from err
-
-
-def hf_config_from_model(model: BaseModel) -> dict[str, Any]:
-    """The Hugging Face `config.json` dict for a model wrapper (float32 weights)."""
-    cfg = model.config
-    if isinstance(model, EncoderDecoderModel):
-        return {
-            "architectures": ["T5ForConditionalGeneration"],
-            "model_type": "t5",
-            "vocab_size": cfg.vocab_size,
-            "d_model": cfg.d_model,
-            "d_kv": cfg.d_kv,
-            "d_ff": cfg.d_ff,
-            "num_layers": cfg.num_encoder_layers,
-            "num_decoder_layers": cfg.num_decoder_layers,
-            "num_heads": cfg.num_heads,
-            "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
-            "relative_attention_max_distance": cfg.relative_attention_max_distance,
-            "feed_forward_proj": cfg.feed_forward_proj,
-            # transformers < 5 reads the scale from tie_word_embeddings; >= 5 reads
-            # scale_decoder_outputs and detects an untied head from lm_head.weight.
-            "tie_word_embeddings": cfg.tie_word_embeddings,
-            "scale_decoder_outputs": cfg.scales_decoder_outputs,
-            "layer_norm_epsilon": cfg.layer_norm_epsilon,
-            "dropout_rate": cfg.dropout_rate,
-            "is_encoder_decoder": True,
-            "pad_token_id": cfg.pad_id,
-            "eos_token_id": cfg.eos_id,
-            "decoder_start_token_id": cfg.decoder_start_id,
-            "dtype": "float32",
-            "torch_dtype": "float32",
-        }
-    if isinstance(model, DecoderOnlyModel):
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.intermediate_size,
-            "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads,
-            "num_key_value_heads": cfg.num_kv_heads,
-            "head_dim": cfg.resolved_head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": cfg.rms_norm_eps,
-            "rope_theta": cfg.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-            "max_position_embeddings": cfg.max_position_embeddings,
-            "tie_word_embeddings": cfg.tie_word_embeddings,
-            "attention_bias": False,
-            "mlp_bias": False,
-            "pad_token_id": cfg.pad_id,
-            "bos_token_id": cfg.bos_id,
-            "eos_token_id": cfg.eos_id,
-            "dtype": "float32",
-            "torch_dtype": "float32",
-        }
-    raise ConversionError(f"no Hugging Face config for {type(model).__name__}")
-
-
 # -- import / export ------------------------------------------------------------------------
-
-def model_from_hf_config(hf_config: Mapping[str, Any], tensor_names: set[str],
-                         logical_axis_rules: Any = None) -> BaseModel:
-    """The model wrapper described by a Hugging Face config and its tensor names."""
-    family = _model_family(hf_config)
-    has_lm_head = "lm_head.weight" in tensor_names
-    if family == "t5":
-        return EncoderDecoderModel(t5_config_from_hf(hf_config, has_lm_head), logical_axis_rules)
-    return DecoderOnlyModel(llama_config_from_hf(hf_config, has_lm_head), logical_axis_rules)
-
 
 def params_from_hf(model: BaseModel, reader: SafetensorsReader | Mapping[str, np.ndarray],
                    source: str = "checkpoint") -> dict[str, Any]:
@@ -505,22 +331,67 @@ def params_from_hf(model: BaseModel, reader: SafetensorsReader | Mapping[str, np
     return flax.traverse_util.unflatten_dict(flat)
 
 
-def import_hf(hf_dir: str | os.PathLike,
-              logical_axis_rules: Any = None) -> tuple[BaseModel, dict[str, Any]]:
-    """Reads a Hugging Face T5 / LLaMA directory.
+def load_hf_tokenizer(hf_dir: str | os.PathLike) -> Any:
+    """The `tokenizer.json` (+ `tokenizer_config.json`) of a Hugging Face directory as an
+    `HFTokenizerVocabulary`, or None when the directory has no `tokenizer.json`.
+
+    Raises:
+      ConversionError: the tokenizer files are malformed (the file is named).
+    """
+    path = os.path.join(os.fspath(hf_dir), TOKENIZER_JSON)
+    if not os.path.exists(path):
+        return None
+    from activeit_jax.data import hf_tokenizer
+    from activeit_jax.data.errors import VocabularyError
+    try:
+        return hf_tokenizer.from_hf_tokenizer_files(path)
+    except VocabularyError as err:
+        raise ConversionError(str(err)) from None
+
+
+def check_vocabulary_fits(vocabulary: Any, model: BaseModel, source: str) -> None:
+    """Raises a ConversionError when the tokenizer has more ids than the model's embedding."""
+    from activeit_jax.data import hf_tokenizer
+    from activeit_jax.data.errors import VocabularyError
+    try:
+        hf_tokenizer.check_fits_embedding(vocabulary, model.config.vocab_size, source)
+    except VocabularyError as err:
+        raise ConversionError(str(err)) from None
+
+
+def import_hf_model(hf_dir: str | os.PathLike, logical_axis_rules: Any = None) -> ImportedModel:
+    """Reads a Hugging Face T5 / LLaMA / Qwen2 directory, with its tokenizer when it has one.
 
     Args:
-      hf_dir: directory with `config.json` and safetensors weights (single or sharded).
+      hf_dir: directory with `config.json` and safetensors weights (single or sharded), and
+        optionally `tokenizer.json` + `tokenizer_config.json` (a decoder's special ids then
+        come from the tokenizer: `hf_configs.model_ids_from_vocabulary`).
       logical_axis_rules: rules for the returned wrapper (default rules when None).
 
     Returns:
-      (model wrapper, float32 NumPy params). Shard them with `partitioning.shard_params`.
+      The `ImportedModel` (float32 NumPy params; shard them with `partitioning.shard_params`).
+
+    Raises:
+      ConversionError: unsupported model, missing/mismatched tensors, a malformed tokenizer,
+        or a tokenizer with more ids than the embedding has rows.
     """
+    source = os.fspath(hf_dir)
     hf_config = read_hf_config(hf_dir)
-    _model_family(hf_config)  # fail on an unsupported model before touching weights
+    family = model_family(hf_config)  # fail on an unsupported model before touching weights
+    vocabulary = load_hf_tokenizer(hf_dir)
     reader = SafetensorsReader(hf_dir)
-    model = model_from_hf_config(hf_config, set(reader.keys()), logical_axis_rules)
-    return model, params_from_hf(model, reader, source=os.fspath(hf_dir))
+    model = model_from_hf_config(hf_config, set(reader.keys()), logical_axis_rules,
+                                 vocabulary if family == "llama" else None)
+    if vocabulary is not None:
+        check_vocabulary_fits(vocabulary, model, os.path.join(source, TOKENIZER_JSON))
+    return ImportedModel(model, params_from_hf(model, reader, source=source), vocabulary)
+
+
+def import_hf(hf_dir: str | os.PathLike,
+              logical_axis_rules: Any = None) -> tuple[BaseModel, dict[str, Any]]:
+    """`import_hf_model` without the tokenizer: (model wrapper, float32 NumPy params)."""
+    imported = import_hf_model(hf_dir, logical_axis_rules)
+    return imported.model, imported.params
 
 
 def params_to_hf(model: BaseModel, params: Any) -> dict[str, np.ndarray]:

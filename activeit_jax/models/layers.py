@@ -71,6 +71,8 @@ class DenseGeneral(nn.Module):
       dtype: compute dtype.
       kernel_init: initializer of the float32 kernel (fan-in = contracted axes).
       output_fp32: accumulate and return float32 (used for the output logits).
+      use_bias: add a float32 bias `[*features]` (logical axes: the kernel's output axes),
+        zero-initialised (Qwen2's query/key/value projections).
     """
     features: tuple[int, ...]
     kernel_axes: tuple[str, ...]
@@ -78,6 +80,7 @@ class DenseGeneral(nn.Module):
     dtype: DType = jnp.float32
     kernel_init: Initializer | None = None
     output_fp32: bool = False
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -93,6 +96,10 @@ class DenseGeneral(nn.Module):
         preferred = jnp.float32 if self.output_fp32 else None
         y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                             ((x_axes, in_axis), ((), ())), preferred_element_type=preferred)
+        if self.use_bias:
+            bias = param_with_axes(self, "bias", nn.initializers.zeros, self.features,
+                                   self.kernel_axes[self.num_in_axes:])
+            y = y + bias.astype(y.dtype)
         return y if self.output_fp32 else y.astype(self.dtype)
 
 
@@ -263,6 +270,8 @@ class MultiHeadAttention(nn.Module):
       dropout_rate: attention-weight dropout.
       dtype: compute dtype.
       query_init_scale: variance multiplier of the query kernel init (T5: 1 / head_dim).
+      qkv_bias: query/key/value projections carry a bias `[heads, kv]` (Qwen2); the output
+        projection never does.
     """
     num_heads: int
     num_kv_heads: int
@@ -271,6 +280,7 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     dtype: DType = jnp.float32
     query_init_scale: float = 1.0
+    qkv_bias: bool = False
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None,
@@ -302,11 +312,12 @@ class MultiHeadAttention(nn.Module):
         query_proj = DenseGeneral(
             (self.num_heads, self.head_dim), ("embed", "heads", "kv"), dtype=self.dtype,
             kernel_init=nn.initializers.variance_scaling(
-                self.query_init_scale, "fan_in", "truncated_normal", *fan_in), name="query")
+                self.query_init_scale, "fan_in", "truncated_normal", *fan_in), name="query",
+            use_bias=self.qkv_bias)
         key_proj = DenseGeneral((self.num_kv_heads, self.head_dim), ("embed", "heads", "kv"),
-                                dtype=self.dtype, name="key")
+                                dtype=self.dtype, name="key", use_bias=self.qkv_bias)
         value_proj = DenseGeneral((self.num_kv_heads, self.head_dim), ("embed", "heads", "kv"),
-                                  dtype=self.dtype, name="value")
+                                  dtype=self.dtype, name="value", use_bias=self.qkv_bias)
 
         query = constrain(query_proj(inputs_q), qkv_axes)
         if decode and cache_cross_kv:

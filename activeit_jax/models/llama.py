@@ -1,14 +1,16 @@
 """LLaMA-style decoder-only transformer in Flax linen.
 
 Pre-norm RMSNorm, rotary position embeddings (Hugging Face `rotate_half` layout, so converted
-checkpoints need no permutation), SwiGLU feed-forward, grouped-query attention
-(`num_kv_heads <= num_heads`), untied output head by default.
+checkpoints need no permutation; default or Llama-3 frequency scaling), SwiGLU feed-forward,
+grouped-query attention (`num_kv_heads <= num_heads`), optional query/key/value biases (Qwen2),
+untied output head by default (tied for SmolLM2, small Qwen2 and Llama-3.2 models).
 
 Parameter tree (logical axes in brackets):
   token_embedder/embedding                       [vocab, embed]
   layers_{i}/input_norm/scale                    [embed]
   layers_{i}/attention/query/kernel              [embed, heads, kv]
   layers_{i}/attention/{key,value}/kernel        [embed, heads, kv]  (kv_heads heads)
+  layers_{i}/attention/{query,key,value}/bias    [heads, kv]         (attention_bias only)
   layers_{i}/attention/out/kernel                [heads, kv, embed]
   layers_{i}/post_attention_norm/scale           [embed]
   layers_{i}/mlp/{wi_0 (gate), wi_1 (up)}/kernel [embed, mlp]; mlp/wo (down) [mlp, embed]
@@ -48,6 +50,10 @@ class LlamaConfig:
       num_kv_heads: key/value heads (grouped-query attention when < num_heads).
       head_dim: per-head width (`kv`); None = hidden_size // num_heads.
       rope_theta: rotary base frequency.
+      rope_type: "default", or "llama3" (Llama-3.1's frequency scaling, with `rope_factor`,
+        `rope_low_freq_factor`, `rope_high_freq_factor` and
+        `rope_original_max_position_embeddings`; see `rotary_inv_freq`).
+      attention_bias: biases on the query/key/value projections (Qwen2).
       rms_norm_eps: RMSNorm epsilon.
       tie_word_embeddings: output head = token embedding transposed.
       max_position_embeddings: context length the checkpoint was trained for; informational
@@ -55,8 +61,10 @@ class LlamaConfig:
       dropout_rate: dropout on the embeddings, residual branches and attention weights
         (applied only when the wrapper gets a dropout rng; 0 disables it).
       dtype: compute dtype name, "float32" or "bfloat16" (parameters stay float32).
-      pad_id, bos_id, eos_id: token ids (0 is used as padding: LLaMA's <unk>, never produced
-        by the tokenizer for text).
+      pad_id, bos_id, eos_id: token ids. Every `pad_id` in the input is treated as padding,
+        so it must be an id that text never produces (LLaMA's <unk> 0; the converters pick one
+        with `hf_tokenizer.choose_pad_id`). `bos_id` None: the model takes no BOS (its
+        tokenizer's add_bos is off, e.g. SmolLM2) and the batch builders prepend nothing.
       remat: rematerialise each layer in the backward pass.
     """
     vocab_size: int = 32000
@@ -67,13 +75,19 @@ class LlamaConfig:
     num_kv_heads: int = 32
     head_dim: int | None = None
     rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
+    attention_bias: bool = False
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 2048
     dropout_rate: float = 0.0
     dtype: str = "float32"
     pad_id: int = 0
-    bos_id: int = 1
+    bos_id: int | None = 1
     eos_id: int = 2
     remat: bool = False
 
@@ -85,6 +99,13 @@ class LlamaConfig:
             raise ValueError("hidden_size must be a multiple of num_heads when head_dim is None")
         if self.resolved_head_dim % 2:
             raise ValueError("rotary embeddings need an even head_dim")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_type {self.rope_type!r} is not one of {ROPE_TYPES}")
+        if self.rope_type == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+            raise ValueError("llama3 RoPE needs rope_high_freq_factor > rope_low_freq_factor")
+        if self.pad_id in (self.bos_id, self.eos_id):
+            raise ValueError(f"pad_id {self.pad_id} doubles as BOS/EOS: every padding id is "
+                             "masked out, so it must be an id text never produces")
         jnp.dtype(self.dtype)
 
     @property
@@ -96,21 +117,53 @@ class LlamaConfig:
         return jnp.dtype(self.dtype)
 
 
-def rotary_cos_sin(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
-    """Rotary tables for absolute positions, float32, as Hugging Face's default RoPE.
+ROPE_TYPES = ("default", "llama3")
+
+
+def _default_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+    # float32 in the reference's op order: 1 / theta**(2i / D).
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    return np.float32(1.0) / (np.float32(theta) ** exponents)
+
+
+def rotary_inv_freq(config: LlamaConfig) -> np.ndarray:
+    """Inverse rotary frequencies, float32 `[head_dim // 2]` (a host-side constant).
+
+    Default RoPE: `1 / theta**(2i / D)`, in the reference's op order. Llama-3 ("llama3"):
+    wavelengths `2 pi / f` shorter than `original / high_freq_factor` keep their frequency,
+    those longer than `original / low_freq_factor` are divided by `factor`, and the band in
+    between blends the two linearly in `original / wavelength`.
+    """
+    inv_freq = _default_inv_freq(config.resolved_head_dim, config.rope_theta)
+    if config.rope_type == "default":
+        return inv_freq
+    factor = np.float32(config.rope_factor)
+    low, high = np.float32(config.rope_low_freq_factor), np.float32(config.rope_high_freq_factor)
+    original = np.float32(config.rope_original_max_position_embeddings)
+    wavelength = np.float32(2 * np.pi) / inv_freq
+    scaled = np.where(wavelength > original / low, inv_freq / factor, inv_freq)
+    blend = (original / wavelength - low) / (high - low)
+    blended = (1 - blend) * scaled / factor + blend * scaled
+    in_band = (wavelength >= original / high) & (wavelength <= original / low)
+    return np.where(in_band, blended, scaled).astype(np.float32)
+
+
+def rotary_cos_sin(positions: Array, head_dim: int, theta: float,
+                   inv_freq: np.ndarray | None = None) -> tuple[Array, Array]:
+    """Rotary tables for absolute positions, float32, as Hugging Face's RoPE.
 
     Args:
       positions: int `[B, T]` absolute positions.
       head_dim: per-head width D (even).
-      theta: base frequency.
+      theta: base frequency (default RoPE, when `inv_freq` is None).
+      inv_freq: float32 `[D // 2]` frequencies (`rotary_inv_freq`), overriding `theta`.
 
     Returns:
       (cos, sin), each float32 `[B, T, D]` (frequencies repeated twice along D).
     """
-    # Host-side float32 constant, the reference's op order: 1 / theta**(2i / D).
-    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    inv_freq = jnp.asarray(np.float32(1.0) / (np.float32(theta) ** exponents))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    if inv_freq is None:
+        inv_freq = _default_inv_freq(head_dim, theta)
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -138,8 +191,9 @@ class LlamaLayer(nn.Module):
         y = layers.MultiHeadAttention(
             num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=head_dim,
             scale=head_dim ** -0.5, dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype,
-            name="attention")(y, y, mask, None, deterministic=deterministic, rotary=(cos, sin),
-                              decode=decode, cache_index=cache_index, max_length=max_length)
+            qkv_bias=cfg.attention_bias, name="attention")(
+                y, y, mask, None, deterministic=deterministic, rotary=(cos, sin), decode=decode,
+                cache_index=cache_index, max_length=max_length)
         x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
         y = norm(name="post_attention_norm")(x)
         y = layers.MlpBlock(intermediate_dim=cfg.intermediate_size, activation="silu",
@@ -186,7 +240,8 @@ class LlamaTransformer(nn.Module):
         slots_q = start + jnp.arange(q_len)
         causal = jnp.arange(key_len)[None, :] <= slots_q[:, None]
         mask = causal[None, None] & key_mask[:, None, None, :]
-        cos, sin = rotary_cos_sin(positions, cfg.resolved_head_dim, cfg.rope_theta)
+        cos, sin = rotary_cos_sin(positions, cfg.resolved_head_dim, cfg.rope_theta,
+                                  rotary_inv_freq(cfg))
 
         embedder = layers.Embed(cfg.vocab_size, cfg.hidden_size, cfg.compute_dtype,
                                 embedding_init=nn.initializers.normal(stddev=0.02),

@@ -23,7 +23,8 @@ Encoder-decoder (seqio `EncDecFeatureConverter` names):
   decoder_loss_weights  [B, T]      1 on scored target tokens, 0 on padding
   greedy_decode needs only `encoder_input_tokens`.
 
-Decoder-only (LLaMA ids: bos 1, eos 2; 0 = padding):
+Decoder-only (LLaMA ids: bos 1, eos 2, padding 0; each model's config has its own, and
+`bos_id` None drops the BOS everywhere below):
   Scoring / training on `bos + prompt + response + eos` (see `make_decoder_only_batch`):
     decoder_input_tokens  int [B, T]  the sequence without its last token
     decoder_target_tokens int [B, T]  the sequence without its first token (next tokens)
@@ -416,19 +417,21 @@ def model_from_dict(spec: Mapping[str, Any],
 # -- host-side batch builders for the decoder-only interface --------------------------------
 
 def make_decoder_only_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                            length: int, bos_id: int = 1, eos_id: int = 2,
+                            length: int, bos_id: int | None = 1, eos_id: int = 2,
                             pad_id: int = 0) -> dict[str, np.ndarray]:
     """Right-padded scoring/training batch over `bos + prompt + response + eos`.
 
     The loss (and `token_log_probs`) covers the response tokens and the final EOS. A sequence
     longer than `length + 1` loses the start of its prompt first (the end of the prompt is
-    what conditions the response), then the end of its response.
+    what conditions the response), then the end of its response. Without a BOS
+    (`bos_id=None`) the sequence starts with the prompt; if the prompt is then empty, the
+    first response token has nothing to condition on and is not scored.
 
     Args:
       prompts: token ids per example (no bos).
       responses: token ids per example (no eos).
       length: T, the number of input/target positions.
-      bos_id, eos_id, pad_id: special ids (LLaMA: 1, 2, 0).
+      bos_id, eos_id, pad_id: special ids (LLaMA: 1, 2, 0); bos None = no BOS.
 
     Returns:
       int32 `decoder_input_tokens`, `decoder_target_tokens` and float32
@@ -440,28 +443,38 @@ def make_decoder_only_batch(prompts: Sequence[Sequence[int]], responses: Sequenc
     inputs = np.full((batch, length), pad_id, np.int32)
     targets = np.full((batch, length), pad_id, np.int32)
     weights = np.zeros((batch, length), np.float32)
+    head = [] if bos_id is None else [bos_id]
     for i, (prompt, response) in enumerate(zip(prompts, responses)):
         response = list(response) + [eos_id]
-        room_for_prompt = max(length - len(response), 0)  # length + 1 slots minus bos
+        room_for_prompt = max(length + 1 - len(head) - len(response), 0)  # slots left over
         prompt = list(prompt)[max(len(prompt) - room_for_prompt, 0):] if room_for_prompt else []
-        sequence = ([bos_id] + prompt + response)[:length + 1]
+        sequence = (head + prompt + response)[:length + 1]
         n = len(sequence) - 1
         inputs[i, :n] = sequence[:-1]
         targets[i, :n] = sequence[1:]
-        weights[i, len(prompt):n] = 1.0  # targets from the first response token on
+        # Target j is sequence[j + 1]: the first response token is target len(head + prompt) - 1.
+        weights[i, max(len(head) + len(prompt) - 1, 0):n] = 1.0
     return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
             "decoder_loss_weights": weights}
 
 
-def make_prompt_batch(prompts: Sequence[Sequence[int]], length: int, bos_id: int = 1,
+def make_prompt_batch(prompts: Sequence[Sequence[int]], length: int, bos_id: int | None = 1,
                       pad_id: int = 0, left_pad: bool = True) -> dict[str, np.ndarray]:
     """Greedy-decoding batch: `decoder_input_tokens [B, length]` = bos + prompt, padded.
 
-    Prompts longer than `length - 1` keep their last tokens.
+    Prompts longer than `length - 1` (`length` without a BOS) keep their last tokens.
+
+    Raises:
+      ValueError: a model without BOS (`bos_id=None`) gets an empty prompt (nothing to
+        continue).
     """
     tokens = np.full((len(prompts), length), pad_id, np.int32)
+    head = [] if bos_id is None else [bos_id]
     for i, prompt in enumerate(prompts):
-        row = [bos_id] + list(prompt)[max(len(prompt) - (length - 1), 0):]
+        row = head + list(prompt)[max(len(prompt) - (length - len(head)), 0):]
+        if not row:
+            raise ValueError(f"prompt {i} is empty and the model takes no BOS: nothing to "
+                             "continue")
         if left_pad:
             tokens[i, length - len(row):] = row
         else:

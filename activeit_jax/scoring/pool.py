@@ -152,7 +152,8 @@ def _fingerprinted_args(model, config: ScoreConfig, run_args: dict[str, Any] | N
     if decoder_only:
         ids = model.config
         args.update(prompt_format="alpaca", special_ids={
-            "pad": int(ids.pad_id), "bos": int(ids.bos_id), "eos": int(ids.eos_id)})
+            "pad": int(ids.pad_id), "bos": None if ids.bos_id is None else int(ids.bos_id),
+            "eos": int(ids.eos_id)})
     return args
 
 

@@ -95,7 +95,8 @@ class RowScorer:
             if not sequence_buckets:
                 raise ValueError("a decoder-only model needs sequence_buckets")
             self.pad_id = int(model.config.pad_id)
-            self.bos_id = int(model.config.bos_id)
+            bos = model.config.bos_id  # None: the model takes no BOS (e.g. SmolLM2)
+            self.bos_id = None if bos is None else int(bos)
             self.eos_id = int(model.config.eos_id)
         else:
             self.pad_id, self.bos_id, self.eos_id = PAD_ID, None, EOS_ID
