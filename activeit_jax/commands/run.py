@@ -5,7 +5,8 @@
         --gin.LoopConfig.seeds="(0, 1, 2)"
     activeit-jax run --gin_file=configs/demo_self_instruct.gin --out=demo_si
 
-The gin file binds the model (`%MODEL`), the vocabulary (`%VOCABULARY`), the task pool
+The gin file binds the model (`%MODEL`), the vocabulary (`%VOCABULARY`; left unset, the
+tokenizer stored with `experiment.init_checkpoint`), the task pool
 (`experiment.pool`: "niv2" with `experiment.niv2_dir`, or "self_instruct" with
 `experiment.self_instruct_file` and `experiment.self_instruct_test_file`), the trainer settings
 (`TrainConfig.*`), the scorer settings (`ScoreConfig.*`), the loop (`LoopConfig.*`) and the
@@ -197,6 +198,10 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
         from activeit_jax.data import labels
         from activeit_jax.data.configurables import resolve_repo_path
         overrides = labels.load_label_overrides(resolve_repo_path(label_overrides))
+    if vocabulary is None:  # get_vocabulary.path unset: the checkpoint's own tokenizer
+        from activeit_jax.data import vocab as vocab_lib
+        vocabulary = vocab_lib.resolve_vocabulary(
+            None, init_checkpoint, what="get_vocabulary.path (gin)")
     return Experiment(model=model, vocabulary=vocabulary, niv2_dir=niv2_dir,
                       train_config=train_config or trainer.TrainConfig(),
                       score_config=score_config,
