@@ -32,6 +32,16 @@ def shared_data() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def niv2_manifest(shared_data) -> dict[str, int]:
+    """Task files per split in the shared NIV2 folder, from its tasks_manifest.json (the
+    folder grows; tests read its counts here instead of pinning them)."""
+    import collections
+    import json
+    with open(shared_data / "niv2" / "tasks_manifest.json", encoding="utf-8") as handle:
+        return dict(collections.Counter(record["split"] for record in json.load(handle)))
+
+
+@pytest.fixture(scope="session")
 def sample_data() -> pathlib.Path:
     """The small sample bundled in the repository (always present)."""
     return SAMPLE_DATA
