@@ -127,11 +127,11 @@ def test_logits_match_transformers(ours, reference, shared_data):
 
 def _torch_greedy(hf_model, prompt: list[int], steps: int) -> list[int]:
     """`steps` argmax tokens after `prompt` with transformers' KV cache (EOS not special)."""
-    ids, past, out = torch.tensor([prompt]), None, []
+    ids, cache, out = torch.tensor([prompt]), None, []
     with torch.no_grad():
         for _ in range(steps):
-            result = hf_model(input_ids=ids, past_key_values=past, use_cache=True)
-            past = result.past_key_values
+            result = hf_model(input_ids=ids, cache=cache, use_cache=True)
+            cache = result.cache
             out.append(int(result.logits[0, -1].argmax()))
             ids = torch.tensor([[out[-1]]])
     return out

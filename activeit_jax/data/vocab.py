@@ -180,11 +180,11 @@ def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
         if os.path.exists(os.path.join(path, "tokenizer.json")):
             return _hf_tokenizer().from_hf_tokenizer_files(os.path.join(path, "tokenizer.json"))
         raise VocabularyError(f"directory holds no {META_FILE} or tokenizer.json", path)
-    if not os.path.exists(path):
-        raise VocabularyError("vocabulary not found", path)
     if path.endswith(".json"):
+        if not os.path.exists(path):
+            raise VocabularyError("vocabulary not found", path)
         return _hf_tokenizer().from_hf_tokenizer_files(path)
-    return get_vocabulary(path, extra_ids, require_t5_ids)
+    return get_vocabulary(path, extra_ids, require_t5_ids)  # its own "not found" message
 
 
 def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
