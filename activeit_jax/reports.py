@@ -17,7 +17,9 @@ Run directory layout (what the active loop writes and this module reads)::
                                         i, chosen from the previous iteration's scores.jsonl
                                         (iter_{i-1} of the same strategy, or seed_{s}/iter_0
                                         for i = 1)
-            judge_vs_{other}.jsonl      optional pairwise judge results (activeit_jax/judge.py)
+            judge_vs_{other}[.{judge}].jsonl
+                                        optional pairwise judge results, one file per judge
+                                        (activeit_jax/judge.py, judge_tables.py)
       report/                           written by `activeit-jax report` (never read back)
 
 - `selected_tasks.json`: `selection.Selection.to_json()` (an object with a "tasks" list); a
@@ -38,6 +40,8 @@ mean and sample std (ddof=1, empty for one seed)), curves.png / curves.svg (ROUG
 of training tasks, mean line and +-std band per strategy; `fully_trained` as a dashed horizontal
 line), selected_uncertainty.png (mean prompt uncertainty of each iteration's selected tasks,
 mean +- std over seeds), report.html (everything above with images as base64 data URIs).
+With judge files, results.md and report.html add one Win / Tie / Lose table per judge
+(`activeit_jax.judge_tables`).
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from activeit_jax import io_utils, judge, selection
+from activeit_jax import io_utils, judge_tables, selection
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,6 @@ REPORT_DIR = "report"
 METRIC_KEYS = ("rouge_l", "exact_match")
 _SEED_RE = re.compile(r"^seed_(\d+)$")
 _ITER_RE = re.compile(r"^iter_(\d+)$")
-_JUDGE_RE = re.compile(r"^judge_vs_(.+)\.jsonl$")
 
 
 # ----------------------------------------------------------------------------- metrics files
@@ -160,6 +163,15 @@ def _numbered(directory: str, pattern: re.Pattern[str]) -> list[tuple[int, str]]
         if match and os.path.isdir(os.path.join(directory, name)):
             found.append((int(match.group(1)), os.path.join(directory, name)))
     return sorted(found)
+
+
+def label_sources(run_dir: str | os.PathLike) -> dict[int, dict[str, int]]:
+    """{seed: {"rule": n, "override": m, ...}}: where each seed's task labels came from, read
+    from the prepared split's summary (`RUN/seed_{s}/data/splits.json`)."""
+    from activeit_jax.data import prepared
+    return {seed: prepared.stored_label_source_counts(os.path.join(path, "data"))
+            for seed, path in _numbered(os.fspath(run_dir), _SEED_RE)
+            if os.path.exists(os.path.join(path, "data", prepared.SPLITS_FILE))}
 
 
 def _read_selected(path: str) -> tuple[str, ...] | None:
@@ -579,18 +591,6 @@ def _score_cell(record: Mapping[str, Any] | None, key: str) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
-def _judge_rows(iterations: Sequence[IterationDir]) -> list[list[Any]]:
-    rows = []
-    for it in iterations:
-        for name in sorted(os.listdir(it.path)):
-            match = _JUDGE_RE.match(name)
-            if match:
-                s = judge.summarize_results(os.path.join(it.path, name))
-                rows.append([it.strategy, it.seed, it.iteration, match.group(1), s.win, s.tie,
-                             s.lose, f"{100 * s.win_rate:.1f}"])
-    return rows
-
-
 def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence[ResultRow],
                 curves_png: bytes, uncertainty_png: bytes, warnings: Sequence[str],
                 max_listed: int = 300) -> str:
@@ -614,6 +614,11 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
            f"<h1>{html.escape(title)}</h1>",
            f"<p>Seeds: {html.escape(', '.join(map(str, seeds)) or '–')}. Strategies: "
            f"{html.escape(', '.join(strategies) or '–')}.</p>"]
+    sources = label_sources(run_dir)
+    if sources:
+        out.append("<p>Task labels (classification / generative) by source: " + html.escape(
+            "; ".join(f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                      for seed, counts in sources.items())) + ".</p>")
     out.append("<h2>Results (ROUGE-L, mean over tasks)</h2>")
     for split, split_title in SPLITS:
         header, body = _table_cells(rows, split)
@@ -626,11 +631,9 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
     out.append(_img(curves_png, "ROUGE-L vs number of training tasks"))
     out.append("<h2>Prompt uncertainty of the selected tasks</h2>")
     out.append(_img(uncertainty_png, "mean prompt uncertainty of selected tasks per iteration"))
-    judge_rows = _judge_rows(iterations)
-    if judge_rows:
-        out.append("<h2>Pairwise judge (strategy vs. other)</h2>")
-        out.append(_html_table(["Strategy", "Seed", "Iteration", "Versus", "Win", "Tie", "Lose",
-                                "Win %"], judge_rows))
+    for label, judge_rows in judge_tables.judge_tables(iterations).items():
+        out.append(f"<h2>Pairwise judge: {html.escape(label)} (strategy vs. reference)</h2>")
+        out.append(_html_table(list(judge_tables.HEADER), judge_rows))
     out.append("<h2>Iterations</h2>")
     cache: dict[str, dict[str, dict[str, Any]]] = {}
     score_keys = (selection.PU_KEY, selection.PROB_KEY, selection.PPL_KEY, "entropy",
@@ -696,8 +699,10 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
                       if s != INITIAL])  # one color per strategy across figures
     curves_png, curves_svg = plot_learning_curves(rows, colors)
     uncertainty_png = plot_selected_uncertainty(selected_uncertainty(iterations), colors)
+    judge_markdown = judge_tables.tables_markdown(judge_tables.judge_tables(iterations))
+    judge_markdown = "\n" + judge_markdown if judge_markdown else ""
     contents: dict[str, str | bytes] = {
-        "results.md": "# Results\n\n" + results_markdown(rows),
+        "results.md": "# Results\n\n" + results_markdown(rows) + judge_markdown,
         "results.csv": results_csv(rows),
         "curves.png": curves_png,
         "curves.svg": curves_svg,

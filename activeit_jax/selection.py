@@ -12,12 +12,12 @@ Strategies (`get_strategy(name)`; all break ties by task name, ascending):
 | `prompt_uncertainty` | prompt_uncertainty, highest first                                |
 | `high_perplexity`    | perplexity, highest first                                        |
 | `low_perplexity`     | perplexity, lowest first                                         |
-| `ambiguous`          | category == "ambiguous" first, then the rest; each part ranked by |
-|                      | prompt_uncertainty, highest first                                |
-| `easy`               | category == "easy" first, then the rest; each part ranked by      |
-|                      | prediction_probability, highest first                            |
-| `difficult`          | category == "difficult" first, then the rest; each part ranked by |
-|                      | prediction_probability, lowest first                             |
+| `uncertainty`        | the paper's "Uncertainty" baseline: classification tasks by mean |
+|                      | token entropy, generative tasks by perplexity, highest first     |
+|                      | (needs the scorer's optional entropy; see below)                 |
+| `ambiguous`          | Task Map category training (paper, Figure 3): a seeded random    |
+| `easy`               | draw among the tasks of that category, then the nearest          |
+| `difficult`          | categories as a fill (see "Task Map categories" below)           |
 | `fully_trained`      | every pool task (ignores `num_tasks` and quotas)                 |
 
 A score that is NaN ranks after every finite score, whatever the direction.
@@ -34,6 +34,30 @@ Quotas (`quota=`):
   the chunks present in the pool in proportion to their sizes (largest-remainder rounding, so
   the total is exact), and the strategy chooses inside each chunk.
 
+Uncertainty baseline: with the "niv2" quota each label group holds one kind of task, so each
+is ranked on its own score. Where a candidate set mixes both labels (quota "none", or the fill
+step), each label is ranked on its own and the two rankings are merged by rank fraction
+((rank + 1/2) / size of that label's list, classification first on a tie), because entropy and
+perplexity are not on one scale.
+
+Task Map categories (`ambiguous`, `easy`, `difficult`): the category of a task is the one the
+scorer stored with the previous iteration's scores (`scores.jsonl` "category", computed by
+`activeit_jax.taskmap.categorize` over the remaining pool, i.e. that iteration's Task Map).
+Inside each quota group the tasks of the category are drawn uniformly at random (seeded); the
+other tasks follow in the order of the nearest categories:
+
+| category    | fill order when the category runs short                                 |
+|-------------|-------------------------------------------------------------------------|
+| `ambiguous` | easy and difficult tasks by prompt uncertainty, highest first (closest  |
+|             | to the Ambiguous threshold)                                             |
+| `easy`      | difficult tasks by prediction probability, highest first; then          |
+|             | ambiguous tasks by prompt uncertainty, lowest first                     |
+| `difficult` | easy tasks by prediction probability, lowest first; then ambiguous      |
+|             | tasks by prompt uncertainty, lowest first                               |
+
+Every task taken from outside the category is logged, listed in `Selection.category_fill` and
+counted in a note, so `selected_tasks.json` says how pure each draw was.
+
 Randomness is stable across machines and runs: group number `k` (0-based, in the group order
 above; the fill step uses `k = number of groups`) draws from
 `np.random.default_rng([seed, iteration, k])`, always over candidates sorted by name, so the pool
@@ -45,20 +69,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
+from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # Keys of a `scores.jsonl` record (one line per task, written by the scorer).
 TASK_KEY = "task"
 PU_KEY = "prompt_uncertainty"
 PROB_KEY = "prediction_probability"
 PPL_KEY = "perplexity"
+ENTROPY_KEY = "entropy"
 CATEGORY_KEY = "category"
+TASK_MAP_CATEGORIES = ("ambiguous", "easy", "difficult")  # activeit_jax.taskmap.CATEGORIES
 
 QUOTAS = ("none", "niv2", "self_instruct")
+# 24 of 68: int(68 * 0.356) classification tasks, Active-IT's reproduce.sh --fix_cls_gen_ratio.
 DEFAULT_LABEL_RATIO: dict[str, int] = {"cls": 24, "gen": 44}
 NUM_CHUNKS = 13
 
@@ -91,24 +122,32 @@ class Strategy:
       rank: the ranking function (see `RankFn`).
       needs_scores: whether `rank` reads `scores.jsonl` records.
       selects_all: whether the strategy takes the whole pool (fully trained baseline).
+      score_keys: the score fields `rank` reads (the loop turns on the scorer's optional
+        ones, e.g. entropy, when a configured strategy reads them).
+      category: the Task Map category the strategy draws from (None: not a category one).
     """
     name: str
     rank: RankFn
     needs_scores: bool = True
     selects_all: bool = False
+    score_keys: tuple[str, ...] = ()
+    category: str | None = None
 
 
 _REGISTRY: dict[str, Strategy] = {}
 
 
-def register_strategy(name: str, *, needs_scores: bool = True,
-                      selects_all: bool = False) -> Callable[[RankFn], RankFn]:
+def register_strategy(name: str, *, needs_scores: bool = True, selects_all: bool = False,
+                      score_keys: Sequence[str] = (), category: str | None = None
+                      ) -> Callable[[RankFn], RankFn]:
     """Decorator that registers a ranking function under `name`.
 
     Args:
       name: registry name; registering a name twice is an error.
       needs_scores: whether the function reads scores (then `select_tasks` requires them).
       selects_all: the strategy takes every pool task regardless of `num_tasks` and quotas.
+      score_keys: the score fields the function reads.
+      category: the Task Map category a category strategy draws from.
 
     Returns:
       The decorator; it returns the function unchanged.
@@ -116,7 +155,8 @@ def register_strategy(name: str, *, needs_scores: bool = True,
     def decorator(fn: RankFn) -> RankFn:
         if name in _REGISTRY:
             raise ValueError(f"selection strategy {name!r} is already registered")
-        _REGISTRY[name] = Strategy(name, fn, needs_scores, selects_all)
+        _REGISTRY[name] = Strategy(name, fn, needs_scores, selects_all, tuple(score_keys),
+                                   category)
         return fn
     return decorator
 
@@ -133,6 +173,11 @@ def get_strategy(name: str) -> Strategy:
 def list_strategies() -> list[str]:
     """Names of all registered strategies, sorted."""
     return sorted(_REGISTRY)
+
+
+def required_score_keys(strategies: Iterable[str]) -> set[str]:
+    """The score fields any of `strategies` reads (e.g. {"prompt_uncertainty", "entropy"})."""
+    return {key for name in strategies for key in get_strategy(name).score_keys}
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -164,44 +209,77 @@ def rank_random(candidates, scores, rng):
     return [names[i] for i in rng.permutation(len(names))]
 
 
-@register_strategy("prompt_uncertainty")
+@register_strategy("prompt_uncertainty", score_keys=(PU_KEY,))
 def rank_prompt_uncertainty(candidates, scores, rng):
     """Highest prompt uncertainty first."""
     del rng
     return _ranked_by((t.name for t in candidates), scores, PU_KEY, descending=True)
 
 
-@register_strategy("high_perplexity")
+@register_strategy("high_perplexity", score_keys=(PPL_KEY,))
 def rank_high_perplexity(candidates, scores, rng):
     """Highest perplexity first."""
     del rng
     return _ranked_by((t.name for t in candidates), scores, PPL_KEY, descending=True)
 
 
-@register_strategy("low_perplexity")
+@register_strategy("low_perplexity", score_keys=(PPL_KEY,))
 def rank_low_perplexity(candidates, scores, rng):
     """Lowest perplexity first."""
     del rng
     return _ranked_by((t.name for t in candidates), scores, PPL_KEY, descending=False)
 
 
-def _category_ranker(category: str, key: str, descending: bool) -> RankFn:
+@register_strategy("uncertainty", score_keys=(PPL_KEY, ENTROPY_KEY))
+def rank_uncertainty(candidates, scores, rng):
+    """Classification tasks by entropy, generative ones by perplexity, highest first; a mixed
+    set is merged by rank fraction (module docstring)."""
+    del rng
+    unlabeled = [t for t in candidates if t.label not in ("cls", "gen")]
+    if unlabeled:
+        raise ValueError(f"strategy 'uncertainty' needs each task's label (cls/gen); "
+                         f"{unlabeled[0].name!r} has {unlabeled[0].label!r}")
+    rankings = [_ranked_by([t.name for t in candidates if t.label == label], scores, key, True)
+                for label, key in (("cls", ENTROPY_KEY), ("gen", PPL_KEY))]
+    keyed = [(Fraction(2 * rank + 1, 2 * len(ranking)), order, name)
+             for order, ranking in enumerate(rankings) for rank, name in enumerate(ranking)]
+    return [name for _, _, name in sorted(keyed)]
+
+
+# category -> [(categories filled from, score key, descending)], nearest first.
+CATEGORY_FILL: dict[str, tuple[tuple[tuple[str, ...], str, bool], ...]] = {
+    "ambiguous": ((("easy", "difficult"), PU_KEY, True),),
+    "easy": ((("difficult",), PROB_KEY, True), (("ambiguous",), PU_KEY, False)),
+    "difficult": ((("easy",), PROB_KEY, False), (("ambiguous",), PU_KEY, False)),
+}
+
+
+def _category_of(scores: Mapping[str, Mapping[str, Any]], task: str) -> str:
+    value = scores.get(task, {}).get(CATEGORY_KEY)
+    if value not in TASK_MAP_CATEGORIES:
+        raise ValueError(f"task {task!r} has Task Map category {value!r}; expected one of "
+                         f"{TASK_MAP_CATEGORIES} (scores written by the scorer carry it)")
+    return value
+
+
+def _category_sampler(category: str) -> RankFn:
     def rank(candidates, scores, rng):
-        del rng
-        names = [t.name for t in candidates]
-        inside = [n for n in names if scores.get(n, {}).get(CATEGORY_KEY) == category]
-        inside_set = set(inside)
-        rest = [n for n in names if n not in inside_set]
-        return (_ranked_by(inside, scores, key, descending)
-                + _ranked_by(rest, scores, key, descending))
-    rank.__doc__ = (f"Tasks of category {category!r} first, then the rest; each part by "
-                    f"{key}, {'highest' if descending else 'lowest'} first.")
+        names = sorted(t.name for t in candidates)
+        of = {name: _category_of(scores, name) for name in names}
+        inside = [name for name in names if of[name] == category]
+        order = [inside[i] for i in rng.permutation(len(inside))]
+        for fill_from, key, descending in CATEGORY_FILL[category]:
+            order += _ranked_by([n for n in names if of[n] in fill_from], scores, key,
+                                descending)
+        return order
+    rank.__doc__ = (f"A seeded random draw among the {category!r} tasks, then the nearest "
+                    f"categories ({CATEGORY_FILL[category]}).")
     return rank
 
 
-register_strategy("ambiguous")(_category_ranker("ambiguous", PU_KEY, descending=True))
-register_strategy("easy")(_category_ranker("easy", PROB_KEY, descending=True))
-register_strategy("difficult")(_category_ranker("difficult", PROB_KEY, descending=False))
+for _category in TASK_MAP_CATEGORIES:
+    register_strategy(_category, score_keys=(CATEGORY_KEY, PU_KEY, PROB_KEY),
+                      category=_category)(_category_sampler(_category))
 
 
 @register_strategy("fully_trained", needs_scores=False, selects_all=True)
@@ -269,6 +347,8 @@ class Selection:
       groups: one record per quota group.
       filled: names taken to cover group shortfalls (a subset of `tasks`).
       notes: human-readable remarks (shortfalls, pool smaller than `num_tasks`, ...).
+      category_fill: category strategies only: chosen tasks outside the strategy's Task Map
+        category (taken from the nearest categories because the category ran short).
     """
     tasks: tuple[str, ...]
     strategy: str
@@ -279,6 +359,7 @@ class Selection:
     groups: tuple[GroupRecord, ...]
     filled: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    category_fill: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The `selected_tasks.json` object (see `activeit_jax/reports.py`)."""
@@ -288,6 +369,7 @@ class Selection:
             "tasks": list(self.tasks),
             "groups": [dataclasses.asdict(g) for g in self.groups],
             "filled": list(self.filled), "notes": list(self.notes),
+            "category_fill": list(self.category_fill),
         }
 
 
@@ -399,6 +481,7 @@ def select(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
         if shortfall:
             notes.append(f"group {group!r} had {len(members)} task(s) for a quota of {target}; "
                          f"{shortfall} filled from other groups")
+        notes += _category_notes(spec, group, taken, by_task)
     filled: list[str] = []
     missing_total = budget - len(chosen)
     if missing_total > 0:
@@ -406,8 +489,27 @@ def select(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
         rest = [t for t in candidates if t.name not in chosen_set]
         filled = spec.rank(rest, by_task, _rng(seed, iteration, len(groups)))[:missing_total]
         chosen += filled
+        notes += _category_notes(spec, "fill", filled, by_task)
+    outside = (tuple(n for n in chosen if by_task[n].get(CATEGORY_KEY) != spec.category)
+               if spec.category else ())
     return Selection(tuple(chosen), strategy, quota, seed, iteration, num_tasks,
-                     tuple(records), tuple(filled), tuple(notes))
+                     tuple(records), tuple(filled), tuple(notes), outside)
+
+
+def _category_notes(spec: Strategy, group: str, taken: Sequence[str],
+                    by_task: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A note (also logged) when a category strategy took tasks outside its category."""
+    if spec.category is None:
+        return []
+    outside = [n for n in taken if by_task[n].get(CATEGORY_KEY) != spec.category]
+    if not outside:
+        return []
+    sources = sorted({str(by_task[n].get(CATEGORY_KEY)) for n in outside})
+    note = (f"group {group!r}: category {spec.category!r} had {len(taken) - len(outside)} "
+            f"task(s) for {len(taken)} places; {len(outside)} filled from the nearest "
+            f"categories ({', '.join(sources)})")
+    log.warning("selection %s: %s", spec.name, note)
+    return [note]
 
 
 def select_tasks(strategy: str, scores: Sequence[Mapping[str, Any]] | None,

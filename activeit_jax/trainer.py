@@ -91,11 +91,15 @@ class TrainConfig:
       max_target_length: target tokens (EOS included).
       max_instances_per_task: training instances per task (seeded shuffle, then the first).
       num_pos_examples: positive examples in each prompt.
-      max_eval_instances_per_task: validation instances per task (the first in file order).
+      max_eval_instances_per_task: evaluation instances per task (the first in file order).
+      max_val_instances_per_task: instances per task of the per-epoch validation that picks
+        the best epoch; None = `max_eval_instances_per_task`. (Active-IT validates on 50 per
+        task and tests on 100: `TLAL_base_script_v4.sh`.)
       eval_batch_size: rows per decoding batch.
       max_decode_length: decoding steps (defaults to `max_target_length`).
       selection_metric: validation score that picks the best epoch ("rougeL", "exact_match",
-        or their `_cls` / `_gen` variants).
+        or their `_cls` / `_gen` variants; Active-IT's is ROUGE-L over the classification
+        validation tasks, "rougeL_cls").
       mesh_shape: mesh axis sizes {"data", "fsdp", "model"}; one may be -1 (fill).
       logical_axis_rules: (logical name, mesh axis or None) pairs; None = the model's own
         `logical_axis_rules`, else `partitioning.DEFAULT_LOGICAL_AXIS_RULES`.
@@ -134,6 +138,7 @@ class TrainConfig:
     max_instances_per_task: int | None = 200
     num_pos_examples: int = 2
     max_eval_instances_per_task: int | None = 100
+    max_val_instances_per_task: int | None = None
     eval_batch_size: int = 64
     max_decode_length: int | None = None
     selection_metric: str = "rougeL"
@@ -223,6 +228,23 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------------------------
 # The job.
+
+
+def validation_config(config: TrainConfig) -> TrainConfig:
+    """`config` with the per-epoch validation's instance count as the evaluation count.
+
+    Args:
+      config: the training config.
+
+    Returns:
+      `config` itself when `max_val_instances_per_task` is None, else a copy whose
+      `max_eval_instances_per_task` is it.
+    """
+    if config.max_val_instances_per_task is None:
+        return config
+    return dataclasses.replace(config,
+                               max_eval_instances_per_task=config.max_val_instances_per_task)
+
 
 def _check_packing(model: Any, config: TrainConfig) -> None:
     if config.pack and not getattr(model, "supports_packing", False):
@@ -391,7 +413,8 @@ def _encode_run_data(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence
         examples, config.batch_size, config.seed, source_length=config.max_source_length,
         target_length=config.max_target_length, model_kind=model_kind, pack=config.pack,
         special_ids=special)
-    data = _RunData(examples, encode_eval_tasks(val_tasks, vocab, config, model), batcher,
+    data = _RunData(examples, encode_eval_tasks(val_tasks, vocab, validation_config(config),
+                                                model), batcher,
                     [batcher.steps_per_epoch(e) for e in range(config.num_epochs)],
                     train_data.fingerprint(examples), model_kind, special)
     logging.info("training on %d examples from %d tasks: %d epochs x %s steps, batch %d",

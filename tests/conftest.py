@@ -32,6 +32,16 @@ def shared_data() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def niv2_manifest(shared_data) -> dict[str, int]:
+    """Task files per split in the shared NIV2 folder, from its tasks_manifest.json (the
+    folder grows; tests read its counts here instead of pinning them)."""
+    import collections
+    import json
+    with open(shared_data / "niv2" / "tasks_manifest.json", encoding="utf-8") as handle:
+        return dict(collections.Counter(record["split"] for record in json.load(handle)))
+
+
+@pytest.fixture(scope="session")
 def sample_data() -> pathlib.Path:
     """The small sample bundled in the repository (always present)."""
     return SAMPLE_DATA
@@ -115,3 +125,16 @@ def smollm2_vocab(smollm2_gguf):
     from activeit_jax.models import gguf_convert
     metadata = gguf_convert.read_metadata(gguf_convert.open_gguf(smollm2_gguf))
     return gguf_tokenizer.vocabulary_from_gguf_metadata(metadata, smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_gguf):
+    """transformers' `LlamaForCausalLM` read from the same GGUF with transformers' own
+    dequantization (float32, eval mode): the independent reference model."""
+    pytest.importorskip("accelerate")  # transformers needs it to read a GGUF file
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    directory, name = os.path.split(smollm2_gguf)
+    model = transformers.LlamaForCausalLM.from_pretrained(directory, gguf_file=name,
+                                                          dtype=torch.float32)
+    return model.eval()

@@ -9,12 +9,16 @@ from activeit_jax.data import niv2
 from activeit_jax.data.errors import DataError, MissingTaskError, TaskFormatError
 
 
-def test_reads_the_shared_subset_with_partial_checkout_counts(shared_data):
+def test_reads_the_shared_subset_with_partial_checkout_counts(shared_data, niv2_manifest):
     train = niv2.scan_niv2_split(shared_data / "niv2", "train")
     test = niv2.scan_niv2_split(shared_data / "niv2", "test")
-    # 756 / 119 names in the official split files; 79 / 41 files in the shared subset.
-    assert (len(train.names), len(train.tasks), len(train.missing)) == (756, 79, 677)
-    assert (len(test.names), len(test.tasks), len(test.missing)) == (119, 41, 78)
+    # 756 / 119 names in the official split files; the shared subset holds the files its
+    # manifest lists, every other name is missing.
+    n_train, n_test = niv2_manifest["train"], niv2_manifest["test"]
+    assert (len(train.names), len(train.tasks), len(train.missing)) == (756, n_train,
+                                                                        756 - n_train)
+    assert (len(test.names), len(test.tasks), len(test.missing)) == (119, n_test,
+                                                                     119 - n_test)
     assert train.skipped == () and test.skipped == ()
     # Split-file order is kept, and only named tasks are read.
     assert [t.name for t in train.tasks] == [n for n in train.names if n not in train.missing]

@@ -22,7 +22,7 @@ def test_stable_shuffle_is_a_fixed_function_of_values():
 
 
 def test_paper_quotas_on_full_size_data():
-    train = _fake_tasks(756, 269)  # 269 / 756 = 0.356, the paper's ratio
+    train = _fake_tasks(756, 269)  # 269 / 756 = 0.356, the reference run script's cls share
     test = _fake_tasks(119, 40, prefix="test")
     split = splits.split_niv2(train, test, seed=0)
     assert (len(split.initial), len(split.validation), len(split.pool)) == (68, 68, 620)
@@ -53,10 +53,17 @@ def test_scaling_rule_on_partial_data(sample_data):
     assert quotas == splits.NIV2Quotas(27, 13, 13) and "scaled by 300/756" in note
 
 
-def test_scaling_rule_on_the_shared_subset(shared_data):
-    shared_train = niv2.read_niv2_split(shared_data / "niv2", "train")  # 79 tasks
+def test_scaling_rule_on_the_shared_subset(shared_data, niv2_manifest):
+    shared_train = niv2.read_niv2_split(shared_data / "niv2", "train")
+    n = len(shared_train)
+    assert n == niv2_manifest["train"] < 756
     split = splits.split_niv2(shared_train, seed=0)
-    assert (len(split.initial), len(split.validation), len(split.pool)) == (7, 8, 64)
+    # The paper's 68 initial and 34 + 34 validation tasks of 756, scaled by n/756 and
+    # rounded (at least 1 each); the rest is the pool.
+    initial, per_label = max(1, round(68 * n / 756)), max(1, round(34 * n / 756))
+    assert (len(split.initial), len(split.validation)) == (initial, 2 * per_label)
+    assert len(split.pool) == n - initial - 2 * per_label
+    assert f"scaled by {n}/756" in split.note
 
 
 def test_explicit_quotas_are_exact_or_an_error(sample_data):

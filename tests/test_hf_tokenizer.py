@@ -146,8 +146,8 @@ def test_load_vocabulary_dispatch_and_checkpoint_fallback(tmp_path, sample_data,
     with pytest.raises(VocabularyError, match="vocabulary not found"):
         vocab.load_vocabulary(tmp_path / "missing.json")
     assert vocab.vocabulary_from_checkpoint(tmp_path) is None
-    with pytest.raises(VocabularyError, match=f"pass --vocab \\(checkpoint {tmp_path} "
-                                              "stores none"):
+    with pytest.raises(VocabularyError, match=f"no vocabulary: give --vocab, or start from .*"
+                                              f"; checkpoint {tmp_path} stores no tokenizer"):
         vocab.resolve_vocabulary(None, tmp_path)
     # A SentencePiece vocabulary stored with a checkpoint comes back with its extra ids.
     vocab.save_vocabulary(spm, tmp_path)

@@ -223,3 +223,51 @@ def test_messages_show_both_answers_in_order():
     assert re.search(r"# Output \(a\)\nhello\n\n# Output \(b\)\nhi", ab)
     assert re.search(r"# Output \(a\)\nhi\n\n# Output \(b\)\nhello", ba)
     assert "hola" in ab and "Translate." in ab
+
+
+def _content_judge(prompt):
+    """Prefers the answer that says GOOD, wherever it is shown; "Equal" when neither or both
+    do; an off-protocol reply when an answer says WEIRD."""
+    shown_a = prompt.split("# Output (a)")[1].split("# Output (b)")[0]
+    shown_b = prompt.split("# Output (b)")[1]
+    if "WEIRD" in shown_a + shown_b:
+        return "Hard to say, they differ in style."
+    if ("GOOD" in shown_a) == ("GOOD" in shown_b):
+        return "Equal"
+    return "Output (a)" if "GOOD" in shown_a else "Output (b)"
+
+
+def test_verdicts_follow_content_not_position(server, sleeps, tmp_path):
+    # The paper's protocol: neutral labels, seeded random order, "equal" allowed, off-protocol
+    # replies count as equal. Then swapping A and B (or the seed) must only flip the winner.
+    contents = [("GOOD one", "bad one"), ("bad two", "GOOD two"), ("same", "same too"),
+                ("GOOD x", "GOOD y"), ("WEIRD a", "fine b"), ("bad z", "GOOD z")] * 3
+    items = [JudgeItem(f"i{k}", f"Task {k}.", "", a, b) for k, (a, b) in enumerate(contents)]
+    swapped = [JudgeItem(it.id, it.instruction, it.input, it.output_b, it.output_a)
+               for it in items]
+    server.default = _content_judge
+    client = _client(server, sleeps)
+    winners = {}
+    for seed in (0, 5):
+        for name, batch in (("as_is", items), ("swapped", swapped)):
+            path = tmp_path / f"{name}_{seed}.jsonl"
+            judge.run_pairwise(batch, client, path, seed=seed)
+            winners[name, seed] = [r["winner"] for r in map(json.loads, open(path))]
+    by_content = ["A", "B", "tie", "tie", "tie", "B"] * 3  # hand-read from `contents`
+    flip = {"A": "B", "B": "A", "tie": "tie"}
+    for seed in (0, 5):
+        assert winners["as_is", seed] == by_content
+        assert winners["swapped", seed] == [flip[w] for w in by_content]
+    orders = [judge.presentation_order(0, it.id) for it in items]
+    assert {"ab", "ba"} == set(orders)  # both positions were used for the preferred answer
+    assert orders != [judge.presentation_order(5, it.id) for it in items]
+    verdicts = [r["verdict"] for r in map(json.loads, open(tmp_path / "as_is_0.jsonl"))]
+    assert verdicts[4] == "unparsed" and verdicts[2] == "equal"
+
+
+def test_judge_names_label_files_and_reject_odd_characters():
+    assert judge.judge_name(JudgeConfig(model="gpt-4")) == "gpt-4"
+    assert judge.judge_name(JudgeConfig(model="gpt-4", name="GPT4_main")) == "GPT4_main"
+    for bad in ("a/b", ".hidden", "gpt 4", ""):
+        with pytest.raises(ValueError, match="judge name"):
+            judge.check_judge_name(bad)

@@ -190,6 +190,38 @@ def test_make_decoder_only_batch_layout():
     np.testing.assert_array_equal(batch["decoder_loss_weights"][1], [0, 0, 0, 1, 1, 1])
 
 
+def test_batches_without_bos():
+    """A model whose tokenizer adds no BOS (SmolLM2): the sequence starts with the prompt."""
+    batch = make_decoder_only_batch([[5, 6, 7], [], [9] * 10], [[8], [4, 4], [3]], length=5,
+                                    bos_id=None)
+    np.testing.assert_array_equal(batch["decoder_input_tokens"][0], [5, 6, 7, 8, 0])
+    np.testing.assert_array_equal(batch["decoder_target_tokens"][0], [6, 7, 8, 2, 0])
+    np.testing.assert_array_equal(batch["decoder_loss_weights"][0], [0, 0, 1, 1, 0])
+    # An empty prompt: nothing conditions the first response token, which goes unscored.
+    np.testing.assert_array_equal(batch["decoder_input_tokens"][1], [4, 4, 0, 0, 0])
+    np.testing.assert_array_equal(batch["decoder_loss_weights"][1], [1, 1, 0, 0, 0])
+    # Too long: the prompt keeps its end, response and eos stay, all 6 slots used.
+    np.testing.assert_array_equal(batch["decoder_input_tokens"][2], [9, 9, 9, 9, 3])
+    np.testing.assert_array_equal(batch["decoder_target_tokens"][2], [9, 9, 9, 3, 2])
+    np.testing.assert_array_equal(batch["decoder_loss_weights"][2], [0, 0, 0, 1, 1])
+    prompts = make_prompt_batch([[5, 6, 7], [1, 2, 3, 4, 5, 6]], 4, bos_id=None)
+    np.testing.assert_array_equal(prompts["decoder_input_tokens"],
+                                  [[0, 5, 6, 7], [3, 4, 5, 6]])
+    with pytest.raises(ValueError, match="prompt 1 is empty and the model takes no BOS"):
+        make_prompt_batch([[5], []], 4, bos_id=None)
+
+
+def test_config_rejects_a_padding_id_that_is_a_real_token():
+    with pytest.raises(ValueError, match="pad_id 2 doubles as BOS/EOS"):
+        LlamaConfig(pad_id=2, eos_id=2)
+    with pytest.raises(ValueError, match="rope_type 'yarn'"):
+        LlamaConfig(rope_type="yarn")
+    assert hf_convert.llama_config_from_hf(
+        {"vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "pad_token_id": 2, "bos_token_id": 1, "eos_token_id": 2},
+        has_lm_head=True).pad_id == 0  # config.json's pad = eos gives way to 0
+
+
 def test_report_max_logit_diff():
     if not MAX_LOGIT_DIFF:
         pytest.skip("logit tests did not run")

@@ -40,26 +40,100 @@ HAND_POOL = [TaskInfo(r["task"], "gen") for r in HAND]
     ("prompt_uncertainty", ["t1", "t2", "t6", "t3", "t4", "t5", "t0"]),
     ("high_perplexity", ["t2", "t3", "t1", "t4", "t5", "t6", "t0"]),
     ("low_perplexity", ["t0", "t6", "t4", "t5", "t1", "t3", "t2"]),
-    # ambiguous by PU desc (tie t1/t2 by name), then the rest by PU desc.
-    ("ambiguous", ["t1", "t2", "t6", "t3", "t4", "t5", "t0"]),
-    # easy by probability desc, then the rest by probability desc.
-    ("easy", ["t0", "t4", "t6", "t1", "t2", "t3", "t5"]),
-    # difficult by probability asc, then the rest by probability asc.
-    ("difficult", ["t5", "t3", "t2", "t1", "t6", "t4", "t0"]),
 ])
 def test_strategy_orders_on_hand_made_scores(strategy, expected):
     assert selection.select_tasks(strategy, HAND, HAND_POOL, num_tasks=7) == expected
     assert selection.select_tasks(strategy, HAND, HAND_POOL, num_tasks=3) == expected[:3]
 
 
-def test_category_falls_back_to_the_rest_when_short():
-    # Only two "difficult" tasks: both first, then the lowest-probability others.
-    assert selection.select_tasks("difficult", HAND, HAND_POOL, 4) == ["t5", "t3", "t2", "t1"]
+@pytest.mark.parametrize("strategy,inside,fill", [
+    # the ambiguous tasks in random order, then the others by PU desc.
+    ("ambiguous", {"t1", "t2", "t6"}, ["t3", "t4", "t5", "t0"]),
+    # the easy ones, then difficult by probability desc, then ambiguous by PU asc (t1/t2 tie).
+    ("easy", {"t0", "t4"}, ["t3", "t5", "t6", "t1", "t2"]),
+    # the difficult ones, then easy by probability asc, then ambiguous by PU asc.
+    ("difficult", {"t3", "t5"}, ["t4", "t0", "t6", "t1", "t2"]),
+])
+def test_category_draws_inside_then_fills_from_the_nearest(strategy, inside, fill):
+    result = selection.select(strategy, HAND, HAND_POOL, num_tasks=7, seed=4, iteration=1)
+    assert set(result.tasks[:len(inside)]) == inside
+    assert list(result.tasks[len(inside):]) == fill
+    assert result.category_fill == tuple(fill)
+    assert result.to_json()["category_fill"] == fill
+    assert any(f"category {strategy!r} had {len(inside)} task(s)" in n for n in result.notes)
+    # a draw that fits the category records no fill
+    short = selection.select(strategy, HAND, HAND_POOL, num_tasks=2, seed=4, iteration=1)
+    assert set(short.tasks) <= inside and short.category_fill == () and not short.notes
+
+
+def _taskmap_pool(n_per_label=12, seed=0):
+    """A pool whose categories come from taskmap.categorize over its own PU / probability."""
+    from activeit_jax import taskmap
+    rng = np.random.default_rng(seed)
+    names = [f"{label}_{i:02d}" for label in ("cls", "gen") for i in range(n_per_label)]
+    pu, prob = rng.random(len(names)), rng.random(len(names))
+    categories, _ = taskmap.categorize(pu, prob)
+    scores = [_score(n, float(u), float(p), 1.0, c, n[:3])
+              for n, u, p, c in zip(names, pu, prob, categories)]
+    return [TaskInfo(n, n[:3]) for n in names], scores
+
+
+def test_ambiguous_draws_within_its_category_unlike_the_pu_ranking():
+    pool, scores = _taskmap_pool()
+    category = {s["task"]: s["category"] for s in scores}
+    labels = {t.name: t.label for t in pool}
+    ratio = {"cls": 1, "gen": 1}
+    pu_top = selection.select_tasks("prompt_uncertainty", scores, pool, 4, quota="niv2",
+                                    label_ratio=ratio)
+    draws = []
+    for seed in range(8):
+        result = selection.select("ambiguous", scores, pool, 4, quota="niv2", seed=seed,
+                                  iteration=1, label_ratio=ratio)
+        assert all(category[n] == "ambiguous" for n in result.tasks)
+        assert sorted(labels[n] for n in result.tasks) == ["cls", "cls", "gen", "gen"]
+        assert result.category_fill == ()
+        draws.append(frozenset(result.tasks))
+    # more ambiguous tasks than places per label: the draw is random, not the PU top.
+    assert sum(category[n] == "ambiguous" and labels[n] == "cls" for n in category) > 2
+    assert len(set(draws)) > 1 and any(d != frozenset(pu_top) for d in draws)
+    for name in ("easy", "difficult"):
+        chosen = selection.select_tasks(name, scores, pool, 4, quota="niv2", seed=0,
+                                        iteration=1, label_ratio=ratio)
+        assert all(category[n] == name for n in chosen)
+
+
+def test_category_needs_a_task_map_category():
+    broken = [dict(r, category=None) if r["task"] == "t0" else r for r in HAND]
+    with pytest.raises(ValueError, match="Task Map category"):
+        selection.select_tasks("easy", broken, HAND_POOL, 2)
+
+
+def test_uncertainty_ranks_cls_by_entropy_and_gen_by_perplexity():
+    # Hand computation: cls by entropy desc = c1 (2.0), c0 (1.5), c2 (0.1);
+    # gen by perplexity desc = g2 (30), g1 (20), g0 (10). Perplexity of cls tasks and entropy
+    # of gen tasks are decoys that would reorder them if they were read.
+    rows = [("c0", "cls", 1.5, 99.0), ("c1", "cls", 2.0, 1.0), ("c2", "cls", 0.1, 50.0),
+            ("g0", "gen", 9.0, 10.0), ("g1", "gen", 0.0, 20.0), ("g2", "gen", 5.0, 30.0)]
+    scores = [dict(_score(n, 0.5, 0.5, ppl, "easy", label), entropy=ent)
+              for n, label, ent, ppl in rows]
+    pool = [TaskInfo(n, label) for n, label, _, _ in rows]
+    chosen = selection.select("uncertainty", scores, pool, 3, quota="niv2",
+                              label_ratio={"cls": 1, "gen": 2})
+    assert list(chosen.tasks) == ["c1", "g2", "g1"]
+    # quota "none": the two rankings merge by rank fraction, classification first on a tie.
+    assert selection.select_tasks("uncertainty", scores, pool, 6) == [
+        "c1", "g2", "c0", "g1", "c2", "g0"]
+    assert selection.required_score_keys(["uncertainty", "random"]) == {"entropy",
+                                                                       "perplexity"}
+    assert "entropy" not in selection.required_score_keys(["prompt_uncertainty", "ambiguous"])
+    with pytest.raises(ValueError, match="needs each task's label"):
+        selection.select_tasks("uncertainty", scores, [TaskInfo("c0")], 1)
 
 
 def test_order_of_pool_and_scores_does_not_matter():
     rng = np.random.default_rng(3)
-    for strategy in ["prompt_uncertainty", "ambiguous", "random", "low_perplexity"]:
+    for strategy in ["prompt_uncertainty", "ambiguous", "random", "low_perplexity",
+                     "uncertainty"]:
         reference = selection.select_tasks(strategy, HAND, HAND_POOL, 4, seed=1, iteration=2)
         for _ in range(3):
             pool = [HAND_POOL[i] for i in rng.permutation(len(HAND_POOL))]
@@ -231,7 +305,7 @@ def test_bad_inputs_are_rejected():
 def test_registry(monkeypatch):
     monkeypatch.setattr(selection, "_REGISTRY", dict(selection._REGISTRY))
     assert {"random", "prompt_uncertainty", "high_perplexity", "low_perplexity", "ambiguous",
-            "easy", "difficult", "fully_trained"} <= set(selection.list_strategies())
+            "easy", "difficult", "fully_trained", "uncertainty"} <= set(selection.list_strategies())
     with pytest.raises(KeyError, match="unknown selection strategy 'nope'"):
         selection.get_strategy("nope")
 

@@ -204,6 +204,59 @@ def test_judge_compares_each_strategy_with_random_and_resumes(full_run, fake_jud
     assert "Pairwise judge" in html and html.count("<td>random</td>") >= 4
 
 
+def _prefer_shorter_string(prompt: str) -> str:
+    """A second judge with the opposite taste."""
+    a, b = _ANSWERS.search(prompt).groups()
+    return "Output (a)" if a < b else "Output (b)" if b < a else "Equal"
+
+
+def test_several_judges_each_get_their_own_files_and_table(full_run, tmp_path):
+    run_dir, fake = full_run
+    servers = {"gpt-4": FakeServer(KEY), "gpt-3.5-turbo": FakeServer(KEY)}
+    servers["gpt-4"].default = _prefer_longer_string
+    servers["gpt-3.5-turbo"].default = _prefer_shorter_string
+    try:
+        clients = {name: judge_lib.ChatClient(judge_lib.JudgeConfig(
+            base_url=server.base_url, model=name, max_retries=0), api_key=KEY)
+            for name, server in servers.items()}
+        results = active_loop.run_judge(run_dir, CONFIG, fake.stages(), clients)
+    finally:
+        for server in servers.values():
+            server.close()
+    assert [(r["judge"], r["strategy"], r["iteration"]) for r in results] == [
+        (j, s, i) for s in ("prompt_uncertainty", "high_perplexity") for i in (1, 2)
+        for j in ("gpt-4", "gpt-3.5-turbo")]
+    for first, second in zip(results[::2], results[1::2]):  # opposite tastes, same items
+        assert first["path"].endswith("judge_vs_random.gpt-4.jsonl")
+        assert second["path"].endswith("judge_vs_random.gpt-3.5-turbo.jsonl")
+        assert (first["win"], first["tie"], first["lose"]) == (
+            second["lose"], second["tie"], second["win"])
+        assert first["n_items"] == NUM_TEST
+    report = reports.write_report(run_dir, str(tmp_path / "report"))
+    with open(report["report.html"], encoding="utf-8") as handle:
+        html = handle.read()
+    with open(report["results.md"], encoding="utf-8") as handle:
+        markdown = handle.read()
+    for name in servers:
+        assert f"Pairwise judge: {name} (strategy vs. reference)" in html
+        assert f"## Pairwise judge: {name} (strategy vs. reference)" in markdown
+    first = results[0]
+    row = (f"| prompt_uncertainty | 0 | 1 | random | {first['win']} | {first['tie']} | "
+           f"{first['lose']} |")
+    assert row in markdown.split("## Pairwise judge: gpt-4")[1]
+
+
+def test_experiment_takes_a_list_of_judges(parse_experiment):
+    import gin
+    judges = ['experiment.judge = [@gpt4/JudgeConfig(), @chatgpt/JudgeConfig()]',
+              'gpt4/JudgeConfig.model = "gpt-4"', 'chatgpt/JudgeConfig.model = "gpt-3.5-turbo"']
+    exp = parse_experiment("demo_self_instruct.gin", judges)
+    assert [judge_lib.judge_name(c) for c in exp.judge] == ["gpt-4", "gpt-3.5-turbo"]
+    gin.clear_config()
+    with pytest.raises(ValueError, match="distinct names"):
+        parse_experiment("demo_self_instruct.gin", judges[:2])
+
+
 def test_judge_generates_missing_predictions_and_checks_its_reference(
         tmp_path, sample_data, test_file, fake_judge):
     config = active_loop.LoopConfig(strategies=("prompt_uncertainty", "random"), seeds=(0,),
@@ -251,7 +304,8 @@ def test_alpaca_llama7b_config_is_the_paper_setting(parse_experiment, sample_dat
     assert exp.self_instruct_test_file == "/data/user_oriented_instructions.jsonl"
     assert exp.init_checkpoint == "/ckpt/llama_7b"
     assert isinstance(exp.quotas, splits.SelfInstructQuotas) and exp.quotas.num_initial == 500
-    assert exp.loop.quota == "self_instruct" and exp.loop.tasks_per_iteration == 500
+    assert exp.loop.quota == "self_instruct"
+    assert tuple(exp.loop.train_set_sizes) == (1000, 2000, 4000, 8000, 16000)
     assert "prompt_uncertainty" in exp.loop.strategies and "random" in exp.loop.strategies
     tc = exp.train_config
     assert (tc.learning_rate, tc.batch_size, tc.num_epochs, tc.model_kind) == (
@@ -351,8 +405,9 @@ def test_demo_self_instruct_runs_end_to_end_with_the_judge(tmp_path, test_file, 
     with open(os.path.join(out, "seed_0", "iter_0", "scoring", "run_args.json")) as handle:
         assert json.load(handle)["args"]["prompt_formats"]["self_instruct"] == "alpaca"
     judged = io_utils.read_jsonl(os.path.join(out, "seed_0", "prompt_uncertainty", "iter_1",
-                                              "judge_vs_random.jsonl"))
+                                              "judge_vs_random.fake-judge.jsonl"))
     assert len(judged) == NUM_TEST and len(fake_judge.requests) == NUM_TEST
-    assert "judge seed 0 prompt_uncertainty vs random iteration 1" in proc.stdout
+    assert "judge fake-judge seed 0 prompt_uncertainty vs random iteration 1" in proc.stdout
+    assert "seed 0: task labels (cls/gen) of" in proc.stdout
     with open(os.path.join(out, "report", "report.html"), encoding="utf-8") as handle:
         assert "Pairwise judge" in handle.read()

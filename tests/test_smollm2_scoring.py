@@ -3,9 +3,9 @@ computation with transformers' PyTorch LLaMA and transformers' own tokenizer.
 
 The scorer runs on our Flax model (the session's GGUF conversion) with the default prompt
 format, the Tk-Instruct prompt as the user turn of SmolLM2's ChatML template. The reference
-reads nothing of ours but the saved texts of `prompts.jsonl` (source, prediction) and the
-weights (written as a Hugging Face directory for transformers to load): it tokenises the
-texts with transformers' tokenizer, greedy-decodes the original prompts with `generate`,
+reads nothing of ours but the saved texts of `prompts.jsonl` (source, prediction): transformers
+loads the same GGUF file with its own dequantization, tokenises the texts with its own
+tokenizer, greedy-decodes the original prompts with `generate`,
 computes each row's p = exp(mean log p(response + <|im_end|> | prompt)) teacher forced in
 PyTorch, and the task's prompt uncertainty and prediction probability from those with numpy.
 2 tasks x 2 instances x (1 + K=2) prompts, short lengths.
@@ -56,16 +56,6 @@ def scored(smollm2, tasks, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def torch_model(smollm2, tmp_path_factory):
-    """transformers' LlamaForCausalLM on the same weights (written as a Hugging Face dir)."""
-    from activeit_jax.models import hf_convert
-    directory = tmp_path_factory.mktemp("smollm2_hf")
-    hf_convert.export_hf(smollm2.model, smollm2.params, directory)
-    model = transformers.LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    return model.eval()
-
-
 def _reference_p(model, tokenizer, source: str, prediction: str) -> float:
     prompt = tokenizer(source, add_special_tokens=False)["input_ids"]
     response = tokenizer(prediction, add_special_tokens=False)["input_ids"][:MAX_TGT - 1] + [EOS]
@@ -90,8 +80,9 @@ def _reference_prediction(model, tokenizer, source: str) -> str:
 
 
 @pytest.mark.e2e
-def test_prompt_uncertainty_matches_transformers(scored, tasks, torch_model,
+def test_prompt_uncertainty_matches_transformers(scored, tasks, smollm2_torch,
                                                  smollm2_hf_tokenizer):
+    torch_model = smollm2_torch
     rows = io_utils.read_jsonl(os.path.join(scored, "prompts.jsonl"))
     scores = {r["task"]: r for r in io_utils.read_jsonl(os.path.join(scored, "scores.jsonl"))}
     assert list(scores) == [t.name for t in tasks]

@@ -123,6 +123,19 @@ class EchoModel(BagModel):
         return batch["encoder_input_tokens"][:, :max_decode_length]
 
 
+def test_validation_takes_its_own_instance_count(vocab, tasks):
+    # Active-IT validates on 50 instances per task and tests on 100: the per-epoch validation
+    # reads max_val_instances_per_task, the evaluator keeps max_eval_instances_per_task.
+    _, val = tasks
+    config = tiny_config(max_eval_instances_per_task=3, max_val_instances_per_task=2)
+    assert trainer.validation_config(tiny_config()) == tiny_config()
+    examples = trainer.encode_eval_tasks(val, vocab, trainer.validation_config(config),
+                                         EchoModel())
+    assert [ex.instance_id for ex in examples] == [
+        i.id for task in val for i in task.instances[:2]]
+    assert len(trainer.encode_eval_tasks(val, vocab, config, EchoModel())) == 6
+
+
 def test_evaluate_decodes_and_scores_every_example_once(vocab, tasks):
     from trainer_testlib import TEST_RULES, mesh
     _, val = tasks

@@ -4,6 +4,9 @@
         [--vocab=SPM | --gin_file=runs/finetune_niv2.gin] [--max_instances_per_task=100] \\
         [--batch_size=64] [--mesh=data=-1,fsdp=1,model=1]
 
+The vocabulary: `--vocab`, else the gin binding, else the tokenizer stored with the checkpoint
+(converted and trained checkpoints store theirs).
+
 Greedy-decodes the first `--max_instances_per_task` instances of every task (Tk-Instruct
 prompts: definition + 2 positive examples, source 1024 / target 128 tokens by default) and
 scores them with Tk-Instruct's metric semantics (`activeit_jax.metrics`). Settings come from
@@ -28,8 +31,9 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint directory (config.json + par
 flags.DEFINE_string("tasks", None, "Evaluation tasks: names file, JSON list or prepared .jsonl.")
 flags.DEFINE_string("niv2_dir", None, "NIV2 root (tasks/<name>.json) for task names.")
 flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_string("vocab", None, "SentencePiece model (default: the gin binding "
-                    "train_job.vocabulary, e.g. with --gin_file=runs/finetune_niv2.gin).")
+flags.DEFINE_string("vocab", None, "Vocabulary: SentencePiece .model, tokenizer.json or a "
+                    "tokenizer directory (default: the gin binding train_job.vocabulary, else "
+                    "the tokenizer stored with the checkpoint).")
 flags.DEFINE_integer("max_instances_per_task", None, "Instances per task (default 100, the "
                      "first in file order, as Tk-Instruct).")
 flags.DEFINE_integer("batch_size", None, "Rows per decoding batch (default TrainConfig's "
@@ -58,11 +62,9 @@ def main(argv: list[str]) -> None:
                  "max_target_length": FLAGS.max_target_length,
                  "mesh_shape": common.parse_mesh(FLAGS.mesh) if FLAGS.mesh else None}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if FLAGS.vocab:
-        vocabulary = vocab_lib.get_vocabulary(FLAGS.vocab)
-    if vocabulary is None:
-        raise ValueError("no vocabulary: pass --vocab or a gin file binding "
-                         "train_job.vocabulary")
+    vocabulary = vocab_lib.resolve_vocabulary(
+        FLAGS.vocab or vocabulary, FLAGS.checkpoint,
+        what="--vocab or a gin binding of train_job.vocabulary")
     tasks = train_data.read_tasks(FLAGS.tasks, FLAGS.niv2_dir)
     summary = trainer.evaluate_checkpoint(FLAGS.checkpoint, tasks, vocabulary, config,
                                           FLAGS.out)

@@ -37,12 +37,14 @@ flags.DEFINE_list("tasks", None, "NIV2: use only these train-split tasks (comma-
 flags.DEFINE_integer("num_initial", None, "initial training tasks (paper: 68 NIV2, 500 "
                      "Self-Instruct). Unset counts take the paper value, scaled down "
                      "proportionally when fewer tasks are available; set counts are exact.")
-flags.DEFINE_integer("num_val_cls", None, "NIV2 validation classification tasks (paper: 34).")
-flags.DEFINE_integer("num_val_gen", None, "NIV2 validation generation tasks (paper: 34).")
+flags.DEFINE_integer("num_val_cls", None, "NIV2 validation classification tasks (default 34: "
+                     "Active-IT holds out 68 train tasks, the 34 + 34 mix is ours).")
+flags.DEFINE_integer("num_val_gen", None, "NIV2 validation generation tasks (default 34).")
 flags.DEFINE_integer("max_instances_per_task", 100, "NIV2 instances kept per task (test: the "
                      "first N; others: a seeded random N); -1 keeps all.")
 flags.DEFINE_integer("max_items", None, "Self-Instruct: read only the first N items.")
-flags.DEFINE_string("vocab", None, "Self-Instruct: SentencePiece model to measure output "
+flags.DEFINE_string("vocab", None, "Self-Instruct: vocabulary (SentencePiece .model, "
+                    "tokenizer.json or a checkpoint directory) to measure output "
                     "length in tokens for the chunks (default: whitespace words).")
 flags.DEFINE_integer("num_chunks", 13, "Self-Instruct: output-length chunks of the pool.")
 
@@ -85,7 +87,10 @@ def main(argv: list[str]) -> None:
             length_fn = self_instruct.whitespace_length
             if FLAGS.vocab:
                 from activeit_jax.data import vocab as vocab_lib
-                vocabulary = vocab_lib.get_vocabulary(FLAGS.vocab)
+                # Any vocabulary kind (a .model, a tokenizer.json, a checkpoint directory);
+                # only lengths are measured, so no T5-id check and no sentinels.
+                vocabulary = vocab_lib.load_vocabulary(FLAGS.vocab, extra_ids=0,
+                                                       require_t5_ids=False)
                 length_fn = lambda text: len(vocabulary.encode(text))  # noqa: E731
             quotas = (None if FLAGS.num_initial is None
                       else splits.SelfInstructQuotas(FLAGS.num_initial))

@@ -37,11 +37,22 @@ Self-Instruct pool (`experiment.pool = "self_instruct"`, a decoder-only model):
   validation tasks ("val", the loop's validation signal) and on the test file ("test"); the
   predictions stay in `iter_i/eval_{val,test}/predictions.jsonl`.
 - score: prompt uncertainty with the Alpaca prompt (`scoring`, decoder-only path).
-- judge (optional, off by default): `experiment.judge = @JudgeConfig()` (base_url, model,
-  api_key_env naming the environment variable that holds the key) compares, after the loop,
-  every strategy's model with `judge_reference`'s (default "random") at the same iteration on
-  the test predictions (`active_loop.run_judge`), writing
-  `seed_{s}/{strategy}/iter_{i}/judge_vs_{reference}.jsonl`; the report summarises them.
+- judge (optional, off by default): `experiment.judge = @JudgeConfig()`, or a list of them
+  for several judges (`[@gpt4/JudgeConfig(), @chatgpt/JudgeConfig()]`, as the paper's GPT-4
+  and ChatGPT; base_url, model, name, api_key_env naming the environment variable that holds
+  the key) compares, after the loop, every strategy's model with `judge_reference`'s (default
+  "random") at the same iteration on the test predictions (`active_loop.run_judge`), writing
+  `seed_{s}/{strategy}/iter_{i}/judge_vs_{reference}.{judge name}.jsonl`; the report has one
+  Win / Tie / Lose table per judge.
+
+Both pools:
+
+- labels: a task is classification or generative by the rule of `activeit_jax/data/labels.py`;
+  `experiment.label_overrides` names a file (Active-IT `task_metadata.json` format, JSON or
+  CSV task -> cls|gen, as `prepare --label_overrides`) whose labels win. Each seed prints how
+  many labels came from the rule and from the file, and the report repeats it.
+- scoring: strategies that read the scorer's optional entropy (the "uncertainty" baseline)
+  turn `ScoreConfig.compute_entropy` on.
 """
 from __future__ import annotations
 
@@ -72,7 +83,9 @@ class Experiment:
     """Everything `run` needs, resolved from gin at the entry point.
 
     `niv2_dir` is set for the "niv2" pool, `self_instruct_file` (+ the optional test file)
-    for the "self_instruct" pool; `judge` is None when the judge stage is off.
+    for the "self_instruct" pool; `judge` is None when the judge stage is off, else the judges'
+    `JudgeConfig`s (names unique); `label_overrides` is the loaded override file's
+    {task: "cls" | "gen"}, or None.
     """
     model: Any
     vocabulary: Any
@@ -91,9 +104,10 @@ class Experiment:
     self_instruct_max_items: int | None = None
     self_instruct_num_validation: int = 0
     select_epoch_on_validation: bool = True
-    judge: Any = None
+    judge: tuple[Any, ...] | None = None
     judge_reference: str = "random"
     judge_seed: int = 0
+    label_overrides: dict[str, str] | None = None
 
 
 def _register_configurables() -> None:
@@ -123,7 +137,8 @@ def experiment(model: Any = None, vocabulary: Any = None,
                self_instruct_max_items: int | None = None,
                self_instruct_num_validation: int = 0,
                select_epoch_on_validation: bool | None = None, judge: Any = None,
-               judge_reference: str = "random", judge_seed: int = 0) -> Experiment:
+               judge_reference: str = "random", judge_seed: int = 0,
+               label_overrides: str | None = None) -> Experiment:
     """gin face of the experiment; only the entry point calls it.
 
     Args (beyond the obvious):
@@ -137,8 +152,9 @@ def experiment(model: Any = None, vocabulary: Any = None,
       self_instruct_num_validation: pool tasks held out (seeded) as validation tasks.
       select_epoch_on_validation: the trainer picks its best epoch on the validation tasks;
         None = True for NIV2 (Tk-Instruct), False for Self-Instruct (Alpaca: last epoch).
-      judge: a `judge.JudgeConfig` enabling the judge stage, or None (off).
+      judge: a `judge.JudgeConfig` or a list of them enabling the judge stage, or None (off).
       judge_reference / judge_seed: the strategy compared against; the presentation seed.
+      label_overrides: path of a task -> cls|gen file whose labels win over the rule.
 
     Raises:
       ValueError: a missing or contradictory setting (named in the message).
@@ -177,17 +193,27 @@ def experiment(model: Any = None, vocabulary: Any = None,
     if quotas is not None and quotas.num_initial == 0 and not loop.tasks_per_iteration:
         raise ValueError("a zero-shot iteration 0 (num_initial = 0) needs "
                          "LoopConfig.tasks_per_iteration")
-    if judge is not None:
+    if judge:
         if judge_reference not in loop.strategies:
             raise ValueError(f"experiment.judge_reference {judge_reference!r} is not one of "
                              f"LoopConfig.strategies {list(loop.strategies)}")
         if pool == "self_instruct" and not self_instruct_test_file:
             raise ValueError("the judge compares answers on experiment.self_instruct_test_file")
+    judges = _judge_configs(judge)
     if select_epoch_on_validation is None:
         select_epoch_on_validation = pool == "niv2"
+    score_config = score_config or scoring.ScoreConfig()
+    if "entropy" in loop.scores_needed() and not score_config.compute_entropy:
+        # Entropy is an optional extra of the scorer; a strategy that ranks by it needs it on.
+        score_config = dataclasses.replace(score_config, compute_entropy=True)
+    overrides = None
+    if label_overrides:
+        from activeit_jax.data import labels
+        from activeit_jax.data.configurables import resolve_repo_path
+        overrides = labels.load_label_overrides(resolve_repo_path(label_overrides))
     return Experiment(model=model, vocabulary=vocabulary, niv2_dir=niv2_dir,
                       train_config=train_config or trainer.TrainConfig(),
-                      score_config=score_config or scoring.ScoreConfig(),
+                      score_config=score_config,
                       loop=loop, init_checkpoint=init_checkpoint,
                       quotas=quotas, max_instances_per_task=max_instances_per_task,
                       on_bad_task=on_bad_task, partitioning=partitioning, pool=pool,
@@ -195,8 +221,25 @@ def experiment(model: Any = None, vocabulary: Any = None,
                       self_instruct_test_file=self_instruct_test_file,
                       self_instruct_max_items=self_instruct_max_items,
                       self_instruct_num_validation=self_instruct_num_validation,
-                      select_epoch_on_validation=select_epoch_on_validation, judge=judge,
-                      judge_reference=judge_reference, judge_seed=judge_seed)
+                      select_epoch_on_validation=select_epoch_on_validation, judge=judges,
+                      judge_reference=judge_reference, judge_seed=judge_seed,
+                      label_overrides=overrides)
+
+
+def _judge_configs(judge: Any) -> tuple[Any, ...] | None:
+    """None, one `JudgeConfig` or a list of them -> None or a tuple with unique names."""
+    from activeit_jax import judge as judge_lib
+    if judge is None:
+        return None
+    configs = tuple(judge) if isinstance(judge, (list, tuple)) else (judge,)
+    if not configs:
+        return None
+    names = [judge_lib.judge_name(c) for c in configs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"experiment.judge: judges need distinct names, {repeated[0]!r} "
+                         f"repeats (set JudgeConfig.name)")
+    return configs
 
 
 def _model_and_vocabulary(model: Any, vocabulary: Any, init_checkpoint: str | None
@@ -216,8 +259,9 @@ def _model_and_vocabulary(model: Any, vocabulary: Any, init_checkpoint: str | No
     from activeit_jax.data import vocab as vocab_lib
     if model is None:
         model = checkpoints.read_model(init_checkpoint)
-    vocabulary = vocab_lib.resolve_vocabulary(vocabulary, init_checkpoint,
-                                              what="experiment.vocabulary")
+    # get_vocabulary.path unset (gin) also leaves `vocabulary` None: the checkpoint's tokenizer.
+    vocabulary = vocab_lib.resolve_vocabulary(
+        vocabulary, init_checkpoint, what="experiment.vocabulary or get_vocabulary.path (gin)")
     return model, vocabulary
 
 
@@ -245,6 +289,28 @@ def hold_out_validation(data: Any, num_validation: int, seed: int) -> Any:
     return dataclasses.replace(data, split=new_split)
 
 
+LABEL_SOURCE_WORDS = {"rule": "rule", "override": "override file",
+                      "metadata": "Self-Instruct metadata"}
+
+
+def check_label_overrides(data: Any, overrides: dict[str, str] | None, out_dir: str) -> None:
+    """Refuses a prepared split whose labels disagree with the override file.
+
+    A run resumed with another (or no longer any) override file would otherwise keep the
+    labels it was prepared with, silently.
+
+    Raises:
+      ValueError: a task named in `overrides` has another label (or source) in `data`.
+    """
+    for name, task in data.tasks.items():
+        wanted = overrides.get(name) if overrides else None
+        if (wanted is not None and (task.label, task.label_source) != (wanted, "override")) or (
+                wanted is None and task.label_source == "override"):
+            raise ValueError(f"{out_dir} was prepared with other label overrides (task {name!r} "
+                             f"is {task.label!r} from the {task.label_source}); use the same "
+                             f"experiment.label_overrides or a new --out")
+
+
 def build_stages(exp: Experiment):
     """Binds the loop's stages to the data layer, the trainer and the scorer."""
     from activeit_jax import (active_loop, checkpoints, distributed, partitioning, scoring,
@@ -258,26 +324,42 @@ def build_stages(exp: Experiment):
             logical_axis_rules=tuple(exp.partitioning.logical_axis_rules))
     init = exp.init_checkpoint
 
+    reported: set[int] = set()
+
+    def prepared_with_labels(seed: int, out_dir: str):
+        data = prepared_lib.load_prepared(out_dir)
+        check_label_overrides(data, exp.label_overrides, out_dir)
+        if seed not in reported and distributed.is_primary():
+            reported.add(seed)
+            counts = prepared_lib.label_source_counts(data.summary())
+            print(f"seed {seed}: task labels (cls/gen) of {sum(counts.values())} tasks: "
+                  + ", ".join(f"{n} from the {LABEL_SOURCE_WORDS.get(k, k)}"
+                              for k, n in counts.items()))
+        return data
+
     def prepare(seed: int, out_dir: str):
         distributed.barrier("activeit_run_prepare")  # all hosts look at out_dir together
         if os.path.exists(os.path.join(out_dir, "splits.json")):
-            return prepared_lib.load_prepared(out_dir)
+            return prepared_with_labels(seed, out_dir)
         if exp.pool == "self_instruct":
             from activeit_jax.data.configurables import resolve_repo_path
             test_file = exp.self_instruct_test_file
             data = prepared_lib.prepare_self_instruct(
                 resolve_repo_path(exp.self_instruct_file),
                 test_path=resolve_repo_path(test_file) if test_file else None, seed=seed,
-                quotas=exp.quotas, max_items=exp.self_instruct_max_items)
+                label_overrides=exp.label_overrides, quotas=exp.quotas,
+                max_items=exp.self_instruct_max_items)
             data = hold_out_validation(data, exp.self_instruct_num_validation, seed)
         else:
             data = prepared_lib.prepare_niv2(exp.niv2_dir, seed=seed,
-                                             on_bad_task=exp.on_bad_task, quotas=exp.quotas,
+                                             on_bad_task=exp.on_bad_task,
+                                             label_overrides=exp.label_overrides,
+                                             quotas=exp.quotas,
                                              max_instances_per_task=exp.max_instances_per_task)
         if distributed.is_primary():  # every host drew the same split; one writes it
             prepared_lib.write_prepared(data, out_dir)
         distributed.barrier("activeit_run_prepared")
-        return prepared_lib.load_prepared(out_dir)
+        return prepared_with_labels(seed, out_dir)
 
     def train(train_tasks, val_tasks, out_dir: str) -> str:
         if not train_tasks:  # zero-shot iteration 0: the base model as installed
@@ -331,26 +413,27 @@ def main(argv: list[str]) -> None:
     import activeit_jax.models  # noqa: F401
     common.parse_gin_from_flags()
     exp = experiment()
-    client = None
+    clients = None
     if exp.judge is not None:
         import jax
 
         from activeit_jax import judge
         if jax.process_index() == 0:
             try:  # a missing API key fails now, not after hours of training
-                client = judge.ChatClient(exp.judge)
+                clients = {judge.judge_name(c): judge.ChatClient(c) for c in exp.judge}
             except judge.JudgeError as err:
                 sys.exit(f"activeit-jax run: judge: {err}")
     stages = build_stages(exp)
     result = active_loop.run_loop(FLAGS.out, exp.loop, stages)
     logging.info("loop finished: %s", result)
     if exp.judge is not None:
-        comparisons = active_loop.run_judge(FLAGS.out, exp.loop, stages, client,
+        comparisons = active_loop.run_judge(FLAGS.out, exp.loop, stages, clients,
                                             reference=exp.judge_reference, seed=exp.judge_seed)
         for c in comparisons:
             if c["win"] is not None:
-                print(f"judge seed {c['seed']} {c['strategy']} vs {c['reference']} iteration "
-                      f"{c['iteration']}: {c['win']} win / {c['tie']} tie / {c['lose']} lose")
+                print(f"judge {c['judge']} seed {c['seed']} {c['strategy']} vs "
+                      f"{c['reference']} iteration {c['iteration']}: {c['win']} win / "
+                      f"{c['tie']} tie / {c['lose']} lose")
     if FLAGS.report:
         written = reports.write_report(FLAGS.out)
         print(f"report: {written.get('report.html', os.path.join(FLAGS.out, 'report'))}")

@@ -88,9 +88,11 @@ def main(argv: list[str]) -> None:
     if init_checkpoint is None and not job.allow_random_init:
         raise ValueError("no --init_checkpoint: convert a pretrained model first "
                          "(activeit-jax convert), or set train_job.allow_random_init = True")
-    if job.vocabulary is None:
-        raise ValueError("no vocabulary: bind train_job.vocabulary (e.g. %VOCABULARY of "
-                         "configs/pools/*.gin)")
+    from activeit_jax.data import vocab as vocab_lib
+    # The gin vocabulary, else the tokenizer stored with the initial checkpoint.
+    vocabulary = vocab_lib.resolve_vocabulary(
+        job.vocabulary, init_checkpoint,
+        what="get_vocabulary.path or train_job.vocabulary (gin)")
     model = resolve_model(job.model, init_checkpoint, config.logical_axis_rules)
 
     if FLAGS.self_instruct:
@@ -102,7 +104,7 @@ def main(argv: list[str]) -> None:
     logging.info("model %r; %d training tasks, %d validation tasks", model, len(train_tasks),
                  len(val_tasks))
     result = trainer.train_and_evaluate(
-        model, train_tasks, val_tasks, job.vocabulary, config, FLAGS.out,
+        model, train_tasks, val_tasks, vocabulary, config, FLAGS.out,
         init=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
     if result.completed:
         io_utils.atomic_write_text(os.path.join(FLAGS.out, "config.gin"),

@@ -6,6 +6,11 @@ A gin file that needs a vocabulary writes
     get_vocabulary.path = "data/sample/vocab/sample_spm.model"
     VOCABULARY = @get_vocabulary()
 
+The path may be a SentencePiece `.model`, a Hugging Face `tokenizer.json` or a tokenizer
+directory (`vocab.load_vocabulary`). Left unset (`%gin.REQUIRED` or None), VOCABULARY is None
+and the commands use the tokenizer stored with the checkpoint they start from
+(`vocab.resolve_vocabulary`), failing with one clear line when it has none.
+
 Library functions never read gin; only this module registers them.
 """
 from __future__ import annotations
@@ -31,18 +36,20 @@ def resolve_repo_path(path: str) -> str:
 @gin.configurable("get_vocabulary", module="activeit_jax.data")
 def get_vocabulary(path: str = gin.REQUIRED, extra_ids: int = vocab_lib.DEFAULT_EXTRA_IDS,
                    require_t5_ids: bool = True):
-    """gin face of `vocab.get_vocabulary` (same arguments; repo-relative paths resolved).
+    """gin face of `vocab.load_vocabulary` (same arguments; repo-relative paths resolved).
 
     Returns:
-      seqio.SentencePieceVocabulary.
+      A seqio vocabulary (SentencePiece or Hugging Face tokenizers), or None when the path is
+      not set (a `%gin.REQUIRED` macro arrives here as gin's sentinel): the commands then fall
+      back to the checkpoint's stored tokenizer.
 
     Raises:
-      VocabularyError: the path is missing or not a T5-id SentencePiece model.
+      VocabularyError: nothing loadable at the path (or, for SentencePiece with
+        require_t5_ids, not T5's ids).
     """
-    if path is gin.REQUIRED:  # a `%gin.REQUIRED` macro arrives here as gin's sentinel
-        raise ValueError("the vocabulary path is not set: bind get_vocabulary.path, e.g. "
-                         "--gin.get_vocabulary.path='\"/models/t5/spiece.model\"'")
-    return vocab_lib.get_vocabulary(resolve_repo_path(path), extra_ids, require_t5_ids)
+    if path is gin.REQUIRED or path is None:
+        return None
+    return vocab_lib.load_vocabulary(resolve_repo_path(path), extra_ids, require_t5_ids)
 
 
 @gin.configurable("sample_vocabulary", module="activeit_jax.data")

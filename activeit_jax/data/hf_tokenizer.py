@@ -296,9 +296,13 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
 
     # -- seqio plumbing ----------------------------------------------------------------------
     def _fingerprint(self) -> str:
-        payload = json.dumps({k: v for k, v in self.metadata().items() if k != "source"},
-                             sort_keys=True) + self._tokenizer.to_str()
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+        # Computed once: serialising a 150k-token tokenizer on every hash would be slow, and
+        # the wrapped tokenizer is never changed after construction.
+        if getattr(self, "_digest", None) is None:
+            payload = json.dumps({k: v for k, v in self.metadata().items() if k != "source"},
+                                 sort_keys=True) + self._tokenizer.to_str()
+            self._digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()
+        return self._digest
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HFTokenizerVocabulary):

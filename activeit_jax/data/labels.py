@@ -29,6 +29,9 @@ The override file (`load_label_overrides`) may be:
   - Active-IT's `task_metadata.json` shape {"taskNNN.json": {"DefHasLabel": ..., ...}} or
     {task: {"CLS_GEN": "CLS" | "GEN"}},
   - CSV with two columns task,label (an optional header row `task,label`).
+`activeit-jax prepare --label_overrides=FILE` and `experiment.label_overrides` (the `run`
+command's gin setting) take it; both report how many labels came from the rule and from the
+file (`Task.label_source`).
 """
 from __future__ import annotations
 
@@ -48,9 +51,12 @@ CLS = "cls"
 GEN = "gen"
 LABELS = (CLS, GEN)
 
-# Ratio of classification tasks among the 756 NIV2 default-split train tasks in the Active-IT
-# paper; printed beside ours for comparison.
-PAPER_TRAIN_CLS_RATIO = 0.356
+# The classification share Active-IT keeps in every selection: `--fix_cls_gen_ratio 0.356` in
+# the reference code's run script (PlusLabNLP/Active-IT, ActiveIT/reproduce.sh and its README's
+# command), from which TLAL_pipeline.py takes int(68 * 0.356) = 24 classification tasks per
+# iteration. The paper's text does not state it. `prepare` prints it beside the share our rule
+# (or the override file) gives the train split, for comparison.
+REFERENCE_CLS_RATIO = 0.356
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 

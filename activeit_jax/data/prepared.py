@@ -67,7 +67,9 @@ class PreparedData:
         return [self.tasks[name] for name in getattr(self.split, role)]
 
     def role_stats(self) -> dict[str, dict[str, Any]]:
-        """{role: {tasks, cls, gen, instances_min, instances_mean, instances_max}}."""
+        """{role: {tasks, cls, gen, label_sources, instances_min, instances_mean,
+        instances_max}}; label_sources counts where each label came from ("rule", "override",
+        "metadata")."""
         stats = {}
         for role in splits_lib.ExperimentSplit.ROLES:
             tasks = self.role_tasks(role)
@@ -75,6 +77,7 @@ class PreparedData:
             stats[role] = {"tasks": len(tasks),
                            "cls": sum(t.label == labels_lib.CLS for t in tasks),
                            "gen": sum(t.label == labels_lib.GEN for t in tasks),
+                           "label_sources": _count_by([t.label_source for t in tasks]),
                            "instances_min": low, "instances_max": high,
                            "instances_mean": None if math.isnan(mean) else round(mean, 2)}
         return stats
@@ -91,6 +94,29 @@ class PreparedData:
             "roles": self.role_stats(),
             "num_chunks": len(self.split.chunks),
         }
+
+
+def label_source_counts(summary: Mapping[str, Any]) -> dict[str, int]:
+    """Where the labels of every task of an experiment (all roles) came from.
+
+    Args:
+      summary: `PreparedData.summary()`, or the "summary" of a stored splits.json.
+
+    Returns:
+      {"rule": n, "override": m, ...} summed over the roles (sorted by source; empty for a
+      summary written before the per-role counts existed).
+    """
+    counts: dict[str, int] = {}
+    for stats in summary.get("roles", {}).values():
+        for source, n in stats.get("label_sources", {}).items():
+            counts[source] = counts.get(source, 0) + int(n)
+    return dict(sorted(counts.items()))
+
+
+def stored_label_source_counts(out_dir: str | os.PathLike) -> dict[str, int]:
+    """`label_source_counts` of a prepared directory's splits.json (tasks.jsonl is not read)."""
+    with open(os.path.join(out_dir, SPLITS_FILE), encoding="utf-8") as handle:
+        return label_source_counts(json.load(handle).get("summary", {}))
 
 
 def _count_by(values: Sequence[str]) -> dict[str, int]:
@@ -267,7 +293,8 @@ def format_summary(prepared: PreparedData) -> str:
     lines.append(f"classification ratio ({what}, {n} tasks): {prepared.train_label_ratio:.3f} "
                  f"({counts.get('cls', 0)} cls / {counts.get('gen', 0)} gen; labels from "
                  + ", ".join(f"{k}: {v}" for k, v in prepared.label_sources.items()) + ")"
-                 + (f"; paper: {labels_lib.PAPER_TRAIN_CLS_RATIO} on the full 756 train tasks"
+                 + (f"; Active-IT's run script keeps {labels_lib.REFERENCE_CLS_RATIO} "
+                    f"classification tasks in each selection (reproduce.sh)"
                     if prepared.split.kind == "niv2" else ""))
     return "\n".join(lines)
 

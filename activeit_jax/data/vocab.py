@@ -180,11 +180,11 @@ def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
         if os.path.exists(os.path.join(path, "tokenizer.json")):
             return _hf_tokenizer().from_hf_tokenizer_files(os.path.join(path, "tokenizer.json"))
         raise VocabularyError(f"directory holds no {META_FILE} or tokenizer.json", path)
-    if not os.path.exists(path):
-        raise VocabularyError("vocabulary not found", path)
     if path.endswith(".json"):
+        if not os.path.exists(path):
+            raise VocabularyError("vocabulary not found", path)
         return _hf_tokenizer().from_hf_tokenizer_files(path)
-    return get_vocabulary(path, extra_ids, require_t5_ids)
+    return get_vocabulary(path, extra_ids, require_t5_ids)  # its own "not found" message
 
 
 def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
@@ -243,7 +243,7 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
     Args:
       explicit: a vocabulary object, a path, or None.
       checkpoint_dir: the checkpoint whose stored tokenizer is the fallback (None = none).
-      what: how the user gives a vocabulary, for the error message.
+      what: how the user gives a vocabulary (e.g. "--vocab"), for the error message.
 
     Raises:
       VocabularyError: neither is available (one line naming both places).
@@ -256,9 +256,11 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
         return explicit
     stored = vocabulary_from_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if stored is None:
-        where = f"checkpoint {checkpoint_dir} stores none" if checkpoint_dir else "no checkpoint"
-        raise VocabularyError(f"no vocabulary: pass {what} ({where}; convert with "
-                              "`activeit-jax convert` to store the model's tokenizer)")
+        where = (f"checkpoint {checkpoint_dir} stores no tokenizer" if checkpoint_dir
+                 else "no checkpoint to take a tokenizer from")
+        raise VocabularyError(f"no vocabulary: give {what}, or start from a checkpoint that "
+                              f"stores its tokenizer (`activeit-jax convert` stores it); "
+                              f"{where}")
     return stored
 
 

@@ -136,6 +136,20 @@ def model_ids_from_vocabulary(vocabulary: Any) -> dict[str, int | None]:
             "eos_id": int(vocabulary.eos_id)}
 
 
+def _ids_from_config(hf_config: Mapping[str, Any]) -> dict[str, int | None]:
+    """pad/bos/eos from config.json alone (no tokenizer.json): a declared pad that doubles as
+    BOS/EOS (SmolLM2 declares pad = eos) gives way to 0, LLaMA's <unk>."""
+    bos = _first_id(hf_config.get("bos_token_id"), 1)
+    eos = _first_id(hf_config.get("eos_token_id"), 2)
+    pad = _first_id(hf_config.get("pad_token_id"), 0)
+    if pad in (bos, eos):
+        pad = 0
+    if pad in (bos, eos):
+        raise ConversionError(f"no padding id: pad_token_id doubles as BOS/EOS ({bos}/{eos}); "
+                              "put the model's tokenizer.json beside config.json")
+    return {"pad_id": pad, "bos_id": bos, "eos_id": eos}
+
+
 def llama_config_from_hf(hf_config: Mapping[str, Any], has_lm_head: bool,
                          vocabulary: Any = None) -> LlamaConfig:
     """Our `LlamaConfig` from a Hugging Face LLaMA or Qwen2 config.
@@ -168,12 +182,8 @@ def llama_config_from_hf(hf_config: Mapping[str, Any], has_lm_head: bool,
     tie = bool(hf_config.get("tie_word_embeddings", False))
     if not tie and not has_lm_head:
         raise ConversionError("tensor lm_head.weight is missing and tie_word_embeddings is false")
-    if vocabulary is not None:
-        ids = model_ids_from_vocabulary(vocabulary)
-    else:
-        ids = {"pad_id": _first_id(hf_config.get("pad_token_id"), 0),
-               "bos_id": _first_id(hf_config.get("bos_token_id"), 1),
-               "eos_id": _first_id(hf_config.get("eos_token_id"), 2)}
+    ids = (model_ids_from_vocabulary(vocabulary) if vocabulary is not None
+           else _ids_from_config(hf_config))
     try:
         return LlamaConfig(
             vocab_size=int(hf_config["vocab_size"]),

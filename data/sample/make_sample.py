@@ -3,11 +3,12 @@
     .venv/bin/python data/sample/make_sample.py [--shared=../shared/data] [--out=data/sample]
 
 What it does (deterministic: same inputs, same files):
-  1. NIV2: copies 40 task files (every non-MMMLU train task of the shared subset, the 6
-     smallest MMMLU train tasks, and 12 test tasks with permissive instance licenses, mixing
-     classification and generation), each cut to its first 50 instances; every other field is
-     kept as is (including the `"URL": [NaN]` of some originals). The three official split
-     files are copied unchanged.
+  1. NIV2: copies 40 task files (the 22 non-MMMLU train tasks of the shared subset as it was
+     first assembled, listed in TRAIN_TASKS so that a grown shared folder gives the same
+     sample; the 6 smallest MMMLU train tasks; and 12 test tasks with permissive instance
+     licenses, mixing classification and generation), each cut to its first 50 instances;
+     every other field is kept as is (including the `"URL": [NaN]` of some originals). The
+     three official split files are copied unchanged.
   2. Self-Instruct / Alpaca: the first 300 items of alpaca_plus_validation_seen.json (with the
      Alpaca DATA_LICENSE, CC BY-NC 4.0) and the 252 user-oriented instructions (with the
      Self-Instruct LICENSE, Apache-2.0; evaluation only).
@@ -34,6 +35,21 @@ MAX_INSTANCES = 50
 NUM_ALPACA = 300
 VOCAB_SIZE = 1000
 
+# The non-MMMLU train tasks of the shared subset when the sample was first made (79 train
+# files then; the folder has grown since, and the sample stays as it was).
+TRAIN_TASKS = [
+    "task063_first_i_elements", "task073_commonsenseqa_answer_generation",
+    "task080_piqa_answer_generation", "task085_unnatural_addsub_arithmetic",
+    "task092_check_prime_classification", "task113_count_frequency_of_letter",
+    "task1146_country_capital", "task1289_trec_classification", "task1331_reverse_array",
+    "task1332_check_leap_year", "task1508_wordnet_antonyms",
+    "task1564_triviaqa_answer_generation", "task1582_bless_hypernym_generation",
+    "task177_para-nmt_paraphrasing", "task195_sentiment140_classification",
+    "task228_arc_answer_generation_easy", "task363_sst2_polarity_classification",
+    "task376_reverse_order_of_words", "task379_agnews_topic_classification",
+    "task400_paws_paraphrase_classification", "task616_cola_classification",
+    "task833_poem_sentiment_classification",
+]
 # The 6 smallest MMMLU train task files of the shared subset (all MIT instance license).
 MMMLU_TASKS = [
     "task664_mmmlu_answer_generation_abstract_algebra",
@@ -71,10 +87,10 @@ def _write_json(path: str, obj, indent: int | None = 1) -> None:
 def make_niv2(shared: str, out: str) -> list[str]:
     """Copies the chosen NIV2 task files (cut) and the split files; returns the task names."""
     src = os.path.join(shared, "niv2")
-    train_names = niv2.read_split_names(src, "train")
-    available = {f[:-5] for f in os.listdir(os.path.join(src, "tasks")) if f.endswith(".json")}
-    non_mmmlu = sorted(n for n in train_names if n in available and "mmmlu" not in n)
-    chosen = sorted(non_mmmlu + MMMLU_TASKS + TEST_TASKS)
+    chosen = sorted(TRAIN_TASKS + MMMLU_TASKS + TEST_TASKS)
+    missing = [n for n in chosen if not os.path.exists(niv2.task_file_path(src, n))]
+    if missing:
+        raise SystemExit(f"{src}/tasks lacks {len(missing)} sample task(s): {missing[:5]}")
     tasks_out = os.path.join(out, "niv2", "tasks")
     if os.path.isdir(tasks_out):
         shutil.rmtree(tasks_out)
