@@ -190,9 +190,10 @@ def experiment(model: Any = None, vocabulary: Any = None,
                              "LoopConfig.quota = \"self_instruct\" (or \"none\")")
         if self_instruct_num_validation < 0:
             raise ValueError("experiment.self_instruct_num_validation must be >= 0")
-    if quotas is not None and quotas.num_initial == 0 and not loop.tasks_per_iteration:
+    if (quotas is not None and quotas.num_initial == 0 and not loop.tasks_per_iteration
+            and not loop.train_set_sizes):
         raise ValueError("a zero-shot iteration 0 (num_initial = 0) needs "
-                         "LoopConfig.tasks_per_iteration")
+                         "LoopConfig.tasks_per_iteration or LoopConfig.train_set_sizes")
     if judge:
         if judge_reference not in loop.strategies:
             raise ValueError(f"experiment.judge_reference {judge_reference!r} is not one of "
