@@ -2,7 +2,8 @@
 
 The SmolLM2 section of `benchmarks/score_throughput.py` (`--smollm2`); runs alone too:
 
-    python benchmarks/smollm2_throughput.py --smollm2_tasks=4 --num_instances=2 --num_perturbations=4
+    python benchmarks/smollm2_throughput.py --smollm2_tasks=4 --num_instances=2 \
+        --num_perturbations=4
 
 Rows are the scorer's own: NIV2 sample tasks, Tk-Instruct prompts as the user turn of SmolLM2's
 ChatML template, each original prompt greedy-decoded by our model, (1 + K) prompts per

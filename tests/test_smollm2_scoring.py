@@ -114,3 +114,39 @@ def test_prompt_uncertainty_matches_transformers(scored, tasks, smollm2_torch,
                                                                             rel=1e-3)
     print(f"SmolLM2 PU vs transformers: worst relative row difference {worst:.2e}; "
           f"PU {[round(scores[t.name]['prompt_uncertainty'], 5) for t in tasks]}")
+
+
+@pytest.mark.e2e
+def test_score_cli_on_niv2_needs_no_vocab(smollm2_checkpoint, tasks, sample_data, tmp_path):
+    """`activeit-jax score` on the converted checkpoint, NIV2 pool, no --vocab: the stored
+    tokenizer and its chat template give ChatML Tk-Instruct prompts (saved verbatim)."""
+    import subprocess
+    import sys
+    (tmp_path / "pool.txt").write_text("".join(t.name + "\n" for t in tasks))
+    out = tmp_path / "out"
+    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device
+    run = subprocess.run(
+        [sys.executable, "-m", "activeit_jax.main", "score", "--noprogress",
+         f"--checkpoint={smollm2_checkpoint}", f"--niv2_dir={sample_data / 'niv2'}",
+         f"--tasks={tmp_path / 'pool.txt'}", f"--out={out}", "--num_instances=1",
+         "--num_perturbations=1", f"--max_source_length={MAX_SRC}", "--max_target_length=8",
+         "--batch_size=4", f"--source_buckets={MAX_SRC}", "--save_prompts"],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [r["task"] for r in io_utils.read_jsonl(out / "scores.jsonl")] == [t.name for t in tasks]
+    rows = io_utils.read_jsonl(out / "prompts.jsonl")
+    assert len(rows) == 2 * 2 and all(r["source"].startswith("<|im_start|>system\n")
+                                      for r in rows)
+    args = json.loads((out / "run_args.json").read_text())["args"]
+    assert args["vocab"] == "stored with the checkpoint"
+    assert args["prompt_formats"] == {"niv2": "tk_instruct_chat", "self_instruct": "alpaca_chat"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "activeit_jax.main", "score", f"--checkpoint={smollm2_checkpoint}",
+         f"--niv2_dir={sample_data / 'niv2'}", f"--tasks={tmp_path / 'pool.txt'}",
+         f"--out={tmp_path / 'other'}", "--prompt_format=tk_instruct_chat",
+         f"--vocab={sample_data / 'vocab' / 'sample_spm.model'}"],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "activeit-jax score: --prompt_format: prompt_format 'tk_instruct_chat' needs a "
+        "vocabulary with a chat template")
