@@ -79,9 +79,19 @@ def _reference_prediction(model, tokenizer, source: str) -> str:
     return tokenizer.decode(generated)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch's OpenMP threads crawl when the cores are shared (10x slower here under load);
+    one thread is fast and gives the same numbers."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.e2e
 def test_prompt_uncertainty_matches_transformers(scored, tasks, smollm2_torch,
-                                                 smollm2_hf_tokenizer):
+                                                 smollm2_hf_tokenizer, one_torch_thread):
     torch_model = smollm2_torch
     rows = io_utils.read_jsonl(os.path.join(scored, "prompts.jsonl"))
     scores = {r["task"]: r for r in io_utils.read_jsonl(os.path.join(scored, "scores.jsonl"))}
