@@ -33,10 +33,11 @@ Self-Instruct pool (`experiment.pool = "self_instruct"`, a decoder-only model):
 - train: the Alpaca recipe -- fixed epochs, the last epoch is the model (`train/best`): the
   trainer gets no validation tasks unless `select_epoch_on_validation` is True. (NIV2 keeps
   the Tk-Instruct practice: best epoch by validation ROUGE-L.)
-- evaluate: ROUGE-L / exact match of greedy predictions (Alpaca prompt) on the held-out
+- evaluate: ROUGE-L / exact match of greedy predictions (Alpaca prompt, as the user turn of
+  the model's chat template when it has one) on the held-out
   validation tasks ("val", the loop's validation signal) and on the test file ("test"); the
   predictions stay in `iter_i/eval_{val,test}/predictions.jsonl`.
-- score: prompt uncertainty with the Alpaca prompt (`scoring`, decoder-only path).
+- score: prompt uncertainty with the same prompt (`scoring`, decoder-only path).
 - judge (optional, off by default): `experiment.judge = @JudgeConfig()`, or a list of them
   for several judges (`[@gpt4/JudgeConfig(), @chatgpt/JudgeConfig()]`, as the paper's GPT-4
   and ChatGPT; base_url, model, name, api_key_env naming the environment variable that holds
