@@ -74,16 +74,27 @@ def read_jsonl(path: str | os.PathLike, drop_partial_tail: bool = True) -> list[
 
     Returns:
       The records, in file order.
+
+    Raises:
+      RecordError: the file is not UTF-8, or a line other than a torn tail is not JSON.
     """
+    from activeit_jax.data.errors import RecordError, read_text
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    lines = text.split("\n")
+    lines = read_text(os.fspath(path), "JSONL file").split("\n")
     tail = lines.pop()  # "" when the file ends with a newline
-    records = [json.loads(line) for line in lines if line.strip()]
     if tail.strip() and not drop_partial_tail:
-        records.append(json.loads(tail))
+        lines.append(tail)
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            # Only the last line can be torn by a kill; one in the middle is damage.
+            raise RecordError(f"invalid JSON ({getattr(err, 'msg', err)})", os.fspath(path),
+                              f"line {number}") from None
     return records
 
 

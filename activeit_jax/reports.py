@@ -50,7 +50,6 @@ import csv
 import dataclasses
 import html
 import io
-import json
 import logging
 import math
 import os
@@ -60,6 +59,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from activeit_jax import io_utils, judge_tables, selection
+from activeit_jax.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def discover_run(run_dir: str | os.PathLike) -> list[IterationDir]:
     """
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
+        raise DataError("run directory not found", run_dir)
     found: list[IterationDir] = []
     for seed, seed_dir in _numbered(run_dir, _SEED_RE):
         iter0 = os.path.join(seed_dir, "iter_0")
@@ -301,8 +301,8 @@ def _check_stored(path: str, split: str, derived: Mapping[str, Any]) -> list[str
     stored_path = os.path.join(path, f"metrics_{split}.json")
     if not os.path.exists(stored_path):
         return []
-    with open(stored_path, encoding="utf-8") as handle:
-        stored = json.load(handle)
+    from activeit_jax import records
+    stored = records.read_json(stored_path, "metrics file")
     problems = []
     for category, _ in CATEGORIES:
         a = (stored.get(category) or {}).get("rouge_l")
@@ -498,7 +498,9 @@ def _load_scores(path: str | None, cache: dict[str, dict[str, dict[str, Any]]]
     if path is None or not os.path.exists(path):
         return {}
     if path not in cache:
-        cache[path] = {str(r["task"]): r for r in io_utils.read_jsonl(path)}
+        from activeit_jax import records
+        cache[path] = {r["task"]: r for r in records.read_score_records(path,
+                                                                        allow_nonfinite=True)}
     return cache[path]
 
 
@@ -687,10 +689,16 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
     Returns:
       File name (`REPORT_FILES`) -> path written.
+
+    Raises:
+      DataError: `run_dir` is missing or holds no iteration of a run.
     """
     run_dir = os.fspath(run_dir)
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(run_dir, REPORT_DIR)
     iterations = discover_run(run_dir)
+    if not iterations:  # a typo'd path must not get an empty report that looks like a result
+        raise DataError("not a run directory: no seed_<s>/iter_<i>/ inside (the layout "
+                        "`activeit-jax run` writes)", run_dir)
     warnings: list[str] = []
     rows = collect_results(iterations, warnings)
     for line in warnings:

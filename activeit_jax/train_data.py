@@ -367,34 +367,32 @@ def read_tasks(path: str, niv2_dir: str | None = None) -> list[Any]:
       `data.niv2.Task`s in file order.
 
     Raises:
-      ValueError: names without `niv2_dir`; FileNotFoundError: a named task has no file.
+      UsageError: names without `niv2_dir`; MissingTaskError: a named task has no file;
+      TaskNameError: a name that is a path; RecordError / TaskFormatError: a malformed file.
     """
-    import json
     import os
 
+    from activeit_jax import records as records_lib
     from activeit_jax.data import niv2
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    if path.endswith(".jsonl"):
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif text.lstrip().startswith(("[", "{")):
-        data = json.loads(text)
-        records = list(data.get("tasks", []) if isinstance(data, dict) else data)
-    else:
-        records = [ln.strip() for ln in text.splitlines()
-                   if ln.strip() and not ln.lstrip().startswith("#")]
+    from activeit_jax.data.errors import MissingTaskError, RecordError, TaskFormatError
+    from activeit_jax.errors import UsageError
     tasks: list[Any] = []
-    for record in records:
+    for where, record in records_lib.read_records(path, "task list"):
         if isinstance(record, Mapping) and "instances" in record:
-            tasks.append(niv2.Task.from_dict(record))
+            try:
+                tasks.append(niv2.Task.from_dict(record))
+            except (KeyError, TypeError, ValueError) as err:
+                raise TaskFormatError(f"not a prepared task ({err!r})", path, where) from None
             continue
-        name = record if isinstance(record, str) else record.get("name", record.get("task"))
-        if not name:
-            raise ValueError(f"{path}: cannot read a task name from {record!r}")
+        name = record if isinstance(record, str) else (
+            record.get("name", record.get("task")) if isinstance(record, Mapping) else None)
+        if not isinstance(name, str) or not name:
+            raise RecordError(f"cannot read a task name from {record!r:.80}", path, where)
         if not niv2_dir:
-            raise ValueError(f"{path} names tasks; give the NIV2 directory (--niv2_dir)")
-        task_path = niv2.task_file_path(niv2_dir, str(name))
+            raise UsageError(f"{path} names tasks; give the NIV2 directory (--niv2_dir)")
+        niv2.check_task_name(name, path, where)
+        task_path = niv2.task_file_path(niv2_dir, name)
         if not os.path.exists(task_path):
-            raise FileNotFoundError(f"task {name!r} of {path} has no file {task_path}")
+            raise MissingTaskError(f"task {name!r} ({where} of {path}) has no file", task_path)
         tasks.append(niv2.load_niv2_task(task_path))
     return tasks

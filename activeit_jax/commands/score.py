@@ -29,14 +29,14 @@ be on a filesystem that every host sees.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Any, Iterator
 
 from absl import flags
 
 from activeit_jax.commands import common
+from activeit_jax.data.errors import TaskFormatError
+from activeit_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
 
@@ -104,14 +104,15 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
     With `shard` (a `scoring.ShardInfo`), NIV2 and prepared entries of other shards are not
     loaded: a `scoring.TaskStub` (the name only) stands in their place.
     """
-    from activeit_jax import scoring
+    from activeit_jax import records, scoring
     from activeit_jax.data import niv2
+    from activeit_jax.data.errors import MissingTaskError, RecordError
 
     def mine(index: int) -> bool:
         return shard is None or shard.owns(index)
 
     if bool(tasks_file) == bool(self_instruct):
-        raise ValueError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
+        raise UsageError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
     if self_instruct:
         from activeit_jax.data import self_instruct as si
         tasks = si.load_self_instruct(self_instruct)
@@ -120,31 +121,42 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         def keep(record):
             return "role" not in record or not role or record["role"] == role
 
-        with open(tasks_file, encoding="utf-8") as handle:
-            total = sum(1 for line in handle if line.strip() and keep(json.loads(line)))
+        # A first pass checks every line (and counts the pool) before anything is scored.
+        total = 0
+        for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
+            if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+                raise RecordError("expected a prepared task object with a 'name'", tasks_file,
+                                  f"line {number}")
+            total += keep(record)
 
         def prepared():
             index = 0
-            with open(tasks_file, encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        record = json.loads(line)
-                        if keep(record):
-                            record.pop("role", None)
-                            yield (niv2.Task.from_dict(record) if mine(index)
-                                   else scoring.TaskStub(record["name"]))
-                            index += 1
+            for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
+                if keep(record):
+                    record.pop("role", None)
+                    yield (_prepared_task(record, tasks_file, number) if mine(index)
+                           else scoring.TaskStub(record["name"]))
+                    index += 1
         return prepared(), total, {"tasks": os.path.abspath(tasks_file), "role": role}
     if not niv2_dir:
-        raise ValueError("--tasks with task names needs --niv2_dir")
-    with open(tasks_file, encoding="utf-8") as handle:
-        names = [ln.strip() for ln in handle if ln.strip() and not ln.startswith("#")]
+        raise UsageError("--tasks with task names needs --niv2_dir")
+    names = [niv2.check_task_name(name, tasks_file, where)
+             for where, name in records.read_records(tasks_file, "task list")]
     missing = [n for n in names if not os.path.exists(niv2.task_file_path(niv2_dir, n))]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} task(s) of {tasks_file} have no file in "
-                                f"{niv2_dir}/tasks: {missing[:5]}")
+        raise MissingTaskError(f"{len(missing)} task(s) of {tasks_file} have no file in "
+                               f"{niv2_dir}/tasks: {missing[:5]}", tasks_file)
     return _load_lazily(niv2_dir, names, on_bad_task, mine), len(names), {
         "tasks": os.path.abspath(tasks_file), "niv2_dir": os.path.abspath(niv2_dir)}
+
+
+def _prepared_task(record: dict[str, Any], path: str, number: int) -> Any:
+    """A `Task` from a prepared tasks.jsonl line; a malformed one names its line."""
+    from activeit_jax.data import niv2
+    try:
+        return niv2.Task.from_dict(record)
+    except (KeyError, TypeError, ValueError) as err:
+        raise TaskFormatError(f"not a prepared task ({err!r})", path, f"line {number}") from None
 
 
 def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
@@ -207,8 +219,6 @@ def main(argv: list[str]) -> None:
 
     from activeit_jax import checkpoints, partitioning, scoring
     from activeit_jax.data import vocab as vocab_lib
-    from activeit_jax.data.errors import DataError
-
     shard = scoring.ShardInfo.of_process()
     try:
         config = build_config()
@@ -230,10 +240,8 @@ def main(argv: list[str]) -> None:
                                      mesh=mesh, run_args=run_args, total=total,
                                      progress=FLAGS.progress and jax.process_index() == 0,
                                      shard=shard)
-    except (scoring.ResumeMismatchError, DataError, checkpoints.CheckpointError,
-            FileNotFoundError) as err:
-        print(f"activeit-jax score: {err}", file=sys.stderr)
-        sys.exit(1)
+    except scoring.ResumeMismatchError as err:  # the entry point reports ActiveITErrors
+        raise UsageError(str(err)) from None
     if jax.process_index() != 0:
         return
     pad = summary["score_padding"]

@@ -1,0 +1,155 @@
+"""Reliability: bad input to every command ends in one line naming the file / line / field,
+exit status 1 and no traceback (the error boundary of `activeit_jax.main`).
+
+Each command runs its bad command lines in one interpreter (`tests/cli_cases.py`), so a whole
+table of cases costs one start-up per command.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from activeit_jax import checkpoints
+from activeit_jax.models import EncoderDecoderModel, T5Config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TASK = "task063_first_i_elements"
+TINY = T5Config(vocab_size=1152, d_model=8, num_heads=2, d_kv=4, d_ff=16,
+                num_encoder_layers=1, num_decoder_layers=1)
+
+
+def run_cases(command: str, cases: list[tuple[list[str], list[str]]], tmp_path) -> None:
+    """Runs each (args, expected substrings) case; each must fail with one error line."""
+    spec = tmp_path / f"{command}_cases.json"
+    spec.write_text(json.dumps({"command": command, "cases": [args for args, _ in cases]}))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "cli_cases.py"), str(spec)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{\"")]
+    assert len(results) == len(cases), done.stderr[-3000:]
+    for (args, expected), result in zip(cases, results):
+        where = f"{command} {' '.join(args)}"
+        assert result["exception"] is None, f"{where}: traceback: {result['exception']}"
+        assert result["code"] == 1, f"{where}: exit {result['code']}"
+        errors = [line for line in result["stderr"].splitlines()
+                  if line.startswith(f"activeit-jax {command}: error: ")]
+        assert len(errors) == 1, f"{where}: {result['stderr'][-2000:]}"
+        assert "Traceback" not in result["stderr"], where
+        for text in expected:
+            assert text in errors[0], f"{where}: {text!r} not in {errors[0]!r}"
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, sample_data):
+    """A directory of broken inputs, shared by the commands' cases."""
+    root = tmp_path_factory.mktemp("bad")
+    niv2 = root / "niv2"
+    (niv2 / "tasks").mkdir(parents=True)
+    shutil.copy(sample_data / "niv2" / "tasks" / f"{TASK}.json", niv2 / "tasks")
+    (niv2 / "tasks" / "task_broken.json").write_text('{"Definition": ["x"],\n"Instances": [')
+    (root / "ok.txt").write_text(f"{TASK}\n")
+    (root / "absent.txt").write_text(f"{TASK}\ntask_absent\n")
+    (root / "broken.txt").write_text("task_broken\n")
+    (root / "path.txt").write_text(f"{TASK}\n../../etc/passwd\n")
+    (root / "latin1.txt").write_bytes(b"t\xe2che\n")
+    model = EncoderDecoderModel(TINY)
+    checkpoints.save_model(root / "ckpt", model, model.init_params(jax.random.key(0)))
+    shutil.copytree(root / "ckpt", root / "garbled")
+    (root / "garbled" / "config.json").write_text('{"format": "activeit-jax",\n"model_kind":')
+    (root / "scores_dup.jsonl").write_text('{"task": "a", "prompt_uncertainty": 0.1}\n'
+                                           '{"task": "a", "prompt_uncertainty": 0.2}\n')
+    (root / "scores_torn.jsonl").write_text('{"task": "a", "prompt_uncertainty": 0.1}\n'
+                                            '{"task": "b", "prompt_unc\n'
+                                            '{"task": "c", "prompt_uncertainty": 0.3}\n')
+    (root / "scores_type.jsonl").write_text('{"task": "a", "prompt_uncertainty": "high"}\n')
+    (root / "pool_torn.jsonl").write_text('{"name": "a"}\n{"name": "b\n{"name": "c"}\n')
+    (root / "latin1.jsonl").write_bytes(b'{"task": "t\xe2che"}\n')
+    (root / "notarun").mkdir()
+    (root / "notarun" / "notes.txt").write_text("not a run")
+    return root
+
+
+def test_train_errors_are_one_line(bad, tmp_path):
+    base = ["--gin_file=runs/finetune_tiny.gin", f"--niv2_dir={bad}/niv2",
+            f"--out={tmp_path}/out"]
+    run_cases("train", [
+        ([*base, f"--tasks={bad}/absent.txt"], ["task_absent", "line 2", "absent.txt"]),
+        ([*base, f"--tasks={bad}/broken.txt"], ["task_broken.json", "line 2"]),
+        ([*base, f"--tasks={bad}/path.txt"], ["path.txt", "line 2", "refused"]),
+        ([*base, f"--tasks={bad}/latin1.txt"], ["latin1.txt", "not UTF-8"]),
+        ([*base, f"--tasks={bad}/ok.txt", f"--init_checkpoint={bad}/nothere"], ["nothere"]),
+        ([*base, f"--tasks={bad}/ok.txt", f"--init_checkpoint={bad}/garbled"],
+         ["garbled/config.json", "line 2"]),
+        ([*base, f"--tasks={bad}/ok.txt", "--gin.TrainConfig.nonsense=3"],
+         ["gin", "nonsense"]),
+        ([*base, f"--tasks={bad}/ok.txt", "--gin.TrainConfig.num_epochs=(("], ["gin"]),
+        (["--gin_file=runs/nothere.gin", f"--tasks={bad}/ok.txt", f"--out={tmp_path}/o"],
+         ["runs/nothere.gin"]),
+        ([*base, f"--tasks={bad}/ok.txt", "stray"], ["unexpected arguments"]),
+    ], tmp_path)
+    assert not (tmp_path / "out").exists()  # nothing written by a refused command
+
+
+def test_evaluate_errors_are_one_line(bad, tmp_path, sample_data):
+    base = [f"--niv2_dir={bad}/niv2", f"--out={tmp_path}/out",
+            f"--vocab={sample_data}/vocab/sample_spm.model"]
+    run_cases("evaluate", [
+        ([*base, f"--checkpoint={bad}/ckpt", f"--tasks={bad}/absent.txt"], ["task_absent"]),
+        ([*base, f"--checkpoint={bad}/nothere", f"--tasks={bad}/ok.txt"], ["nothere"]),
+        ([*base, f"--checkpoint={bad}/garbled", f"--tasks={bad}/ok.txt"],
+         ["garbled/config.json", "line 2"]),
+        ([*base, f"--checkpoint={bad}/ckpt", f"--tasks={bad}/broken.txt"],
+         ["task_broken.json"]),
+        ([*base, f"--checkpoint={bad}/ckpt", f"--tasks={bad}/ok.txt", "--mesh=data=x"],
+         ["--mesh"]),
+    ], tmp_path)
+
+
+def test_select_errors_are_one_line(bad, tmp_path):
+    out = f"--out={tmp_path}/next.txt"
+    run_cases("select", [
+        ([f"--scores={bad}/scores_dup.jsonl", "--num_tasks=1", out],
+         ["scores_dup.jsonl", "line 2", "scored twice"]),
+        ([f"--scores={bad}/scores_torn.jsonl", "--num_tasks=1", out],
+         ["scores_torn.jsonl", "line 2", "invalid JSON"]),
+        ([f"--scores={bad}/scores_type.jsonl", "--num_tasks=1", out],
+         ["line 1", "prompt_uncertainty"]),
+        ([f"--pool={bad}/pool_torn.jsonl", "--strategy=random", "--num_tasks=1", out],
+         ["pool_torn.jsonl", "line 2"]),
+        ([f"--scores={bad}/latin1.jsonl", "--num_tasks=1", out], ["latin1.jsonl", "UTF-8"]),
+        ([f"--scores={bad}/absent.jsonl", "--num_tasks=1", out], ["absent.jsonl"]),
+        ([f"--scores={bad}/scores_dup.jsonl", "--num_tasks=-1", out], ["--num_tasks"]),
+        ([f"--scores={bad}/scores_dup.jsonl", "--strategy=nonsense", out], ["nonsense"]),
+    ], tmp_path)
+    assert not (tmp_path / "next.txt").exists()
+
+
+def test_report_errors_are_one_line(bad, tmp_path):
+    run_cases("report", [
+        ([f"--run={bad}/notarun"], ["notarun", "not a run directory"]),
+        ([f"--run={bad}/absent"], ["absent", "not found"]),
+    ], tmp_path)
+    assert not (bad / "notarun" / "report").exists()
+
+
+def test_score_and_run_errors_are_one_line(bad, tmp_path, sample_data):
+    base = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
+            f"--niv2_dir={bad}/niv2", f"--out={tmp_path}/out"]
+    run_cases("score", [
+        ([*base, f"--tasks={bad}/path.txt"], ["path.txt", "line 2", "refused"]),
+        ([*base, f"--tasks={bad}/absent.txt"], ["task_absent"]),
+        ([*base[1:], f"--checkpoint={bad}/garbled", f"--tasks={bad}/ok.txt"],
+         ["garbled/config.json"]),
+    ], tmp_path)
+    run_cases("run", [
+        (["--gin_file=demo.gin", f"--out={tmp_path}/run", "--gin.LoopConfig.nonsense=1"],
+         ["gin", "nonsense"]),
+        (["--gin_file=nothere.gin", f"--out={tmp_path}/run"], ["nothere.gin"]),
+    ], tmp_path)
