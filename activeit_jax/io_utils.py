@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterator, TextIO
 
@@ -40,6 +41,37 @@ def atomic_open(path: str | os.PathLike, mode: str = "w",
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
         raise
+
+
+# `atomic_open`'s temp names: "." + the final name + "." + mkstemp's 8 random characters + ".tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, recursive: bool = False
+                            ) -> list[str]:
+    """Removes the temp files a killed `atomic_open` left behind (`.<name>.<random>.tmp`).
+
+    Call it only while holding the directory's run lock (`run_lock.hold`): another live
+    writer's temp file looks the same.
+
+    Args:
+      directory: where to look (a missing directory has none).
+      recursive: also look in every subdirectory.
+
+    Returns:
+      The paths removed.
+    """
+    removed = []
+    for root, dirs, files in os.walk(os.fspath(directory)):
+        for name in files:
+            if _TEMP_NAME.match(name):
+                path = os.path.join(root, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                    removed.append(path)
+        if not recursive:
+            break
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

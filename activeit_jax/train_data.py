@@ -49,6 +49,29 @@ class SpecialIds:
                    bos=getattr(config, "bos_id", None))
 
 
+def check_vocabulary(model: Any, vocab: Any, where: str = "the model") -> None:
+    """Refuses a vocabulary with more ids than the model's embedding has rows.
+
+    An id past the embedding gathers outside it, which JAX fills with NaN: the loss is NaN
+    from the first step and every score NaN. Catch it when the two meet, before any work.
+
+    Args:
+      model: a model wrapper (its `config.vocab_size`, or its own `vocab_size`).
+      vocab: a seqio vocabulary (`vocab_size`, sentinels included).
+      where: what the model is, for the message (e.g. a checkpoint directory).
+
+    Raises:
+      UsageError: the vocabulary does not fit.
+    """
+    from activeit_jax.errors import UsageError
+    rows = getattr(getattr(model, "config", model), "vocab_size", None)
+    size = getattr(vocab, "vocab_size", None)
+    if rows is not None and size is not None and int(size) > int(rows):
+        raise UsageError(f"the vocabulary has {size} ids but {where} embeds only {rows}: ids "
+                         f">= {rows} would make the loss and every score NaN; use the model's "
+                         "own vocabulary (--vocab / train_job.vocabulary)")
+
+
 @dataclasses.dataclass(frozen=True)
 class EncodedExample:
     """One tokenised instance.
