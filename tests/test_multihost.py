@@ -167,7 +167,7 @@ def test_shard_journals_merge_resume_and_change_host_count(tmp_path, shard_score
     # Resumed with three hosts: every journal counts as done; nothing is recomputed.
     for k in range(3):
         again = _score_shard(shard_scorer, vocab, out, scoring.ShardInfo(k, 3))
-    assert again["merged"] is True and again["tasks_scored"] == 0
+    assert again["merged"] is True and again["last_session"]["tasks_scored"] == 0
     assert sum(h["chunks_computed"] for h in again["hosts"]) == 0
     assert _journal_bytes(out) == merged
 
@@ -188,7 +188,8 @@ def test_shard_journals_merge_resume_and_change_host_count(tmp_path, shard_score
     half = tmp_path / "half"
     _score_shard(shard_scorer, vocab, half, scoring.ShardInfo(1, 2))
     rest = _score_shard(shard_scorer, vocab, half)
-    assert rest["tasks_scored"] == 4  # pool indices 0, 2, 4, 6 (3, the empty one, was host 1's)
+    # This call scored pool indices 0, 2, 4, 6 (3, the empty one, was host 1's).
+    assert rest["last_session"]["tasks_scored"] == 4
     assert [r["task"] for r in io_utils.read_jsonl(half / "scores.jsonl")] == \
         [r["task"] for r in got]
 

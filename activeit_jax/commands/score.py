@@ -183,12 +183,29 @@ def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
                 raise
 
 
+def _buckets(name: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(b) for b in getattr(FLAGS, name)) or None
+    except ValueError:
+        raise UsageError(f"--{name} must be integers, got {getattr(FLAGS, name)}") from None
+
+
 def build_config() -> "Any":
-    """The `ScoreConfig` of the command line."""
+    """The `ScoreConfig` of the command line.
+
+    Raises:
+      UsageError: a value the scorer cannot use (checked before anything is written).
+    """
     from activeit_jax import perturbation as perturbation_lib
     from activeit_jax import scoring, taskmap
 
-    options = perturbation_lib.parse_options(FLAGS.perturbation_option)
+    try:
+        options = perturbation_lib.parse_options(FLAGS.perturbation_option)
+        thresholds = taskmap.TaskMapThresholds(
+            pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
+            pu_threshold=FLAGS.pu_threshold, probability_threshold=FLAGS.probability_threshold)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if FLAGS.perturbation in ("drop", "sentinel", "repeat", "insert"):
         options.setdefault("rate", FLAGS.drop_rate)
     return scoring.ScoreConfig(
@@ -202,12 +219,8 @@ def build_config() -> "Any":
         save_prompts=FLAGS.save_prompts, batch_size=FLAGS.batch_size,
         decode_batch_size=FLAGS.decode_batch_size or FLAGS.batch_size,
         tasks_per_chunk=FLAGS.tasks_per_chunk,
-        source_buckets=tuple(int(b) for b in FLAGS.source_buckets) or None,
-        target_buckets=tuple(int(b) for b in FLAGS.target_buckets) or None,
-        thresholds=taskmap.TaskMapThresholds(
-            pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
-            pu_threshold=FLAGS.pu_threshold,
-            probability_threshold=FLAGS.probability_threshold))
+        source_buckets=_buckets("source_buckets"), target_buckets=_buckets("target_buckets"),
+        thresholds=thresholds)
 
 
 def main(argv: list[str]) -> None:
@@ -217,31 +230,30 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from activeit_jax import checkpoints, partitioning, scoring
+    from activeit_jax import checkpoints, partitioning, scoring, train_data
     from activeit_jax.data import vocab as vocab_lib
     shard = scoring.ShardInfo.of_process()
-    try:
-        config = build_config()
-        tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
-                                            FLAGS.on_bad_task, FLAGS.role, shard)
-        model = checkpoints.read_model(FLAGS.checkpoint)
-        # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
-        # sentinels and keeps its own special ids).
-        vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint)
-        mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
-        params = checkpoints.restore_params(FLAGS.checkpoint, model,
-                                            partitioning.params_shardings(model, mesh))
-        run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
-                    "vocab": (os.path.abspath(FLAGS.vocab) if FLAGS.vocab
-                              else "stored with the checkpoint"),
-                    "on_bad_task": FLAGS.on_bad_task,
-                    **pool_args}
-        summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
-                                     mesh=mesh, run_args=run_args, total=total,
-                                     progress=FLAGS.progress and jax.process_index() == 0,
-                                     shard=shard)
-    except scoring.ResumeMismatchError as err:  # the entry point reports ActiveITErrors
-        raise UsageError(str(err)) from None
+    # Every argument is checked (and the pool listed) before the run directory is touched.
+    config = build_config()
+    tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
+                                        FLAGS.on_bad_task, FLAGS.role, shard)
+    model = checkpoints.read_model(FLAGS.checkpoint)
+    # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
+    # sentinels and keeps its own special ids).
+    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint)
+    train_data.check_vocabulary(model, vocab, FLAGS.checkpoint)
+    mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
+    params = checkpoints.restore_params(FLAGS.checkpoint, model,
+                                        partitioning.params_shardings(model, mesh))
+    run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
+                "vocab": (os.path.abspath(FLAGS.vocab) if FLAGS.vocab
+                          else "stored with the checkpoint"),
+                "on_bad_task": FLAGS.on_bad_task,
+                **pool_args}
+    summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
+                                 mesh=mesh, run_args=run_args, total=total,
+                                 progress=FLAGS.progress and jax.process_index() == 0,
+                                 shard=shard)
     if jax.process_index() != 0:
         return
     pad = summary["score_padding"]
