@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from activeit_jax import partitioning, train_data
 from activeit_jax import train_state as ts
+from activeit_jax.errors import ActiveITError, UsageError
 
 PyTree = Any
 
@@ -141,6 +142,32 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation,
                    donate_argnums=(0,) if donate else ())
 
 
+class TrainingDivergedError(ActiveITError):
+    """The loss or the gradient norm of a step is not finite."""
+
+
+def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+    """Stops a run at the first step whose loss or gradient norm is NaN or infinite, before
+    such parameters reach a checkpoint or `best/`.
+
+    Args:
+      step: the global step the metrics belong to (1-based).
+      metrics: the train step's metrics (device or host scalars).
+
+    Raises:
+      TrainingDivergedError: naming the step and the values.
+    """
+    values = {k: float(np.asarray(jax.device_get(metrics[k])))
+              for k in ("loss", "grad_norm") if k in metrics}
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k} {v}" for k, v in values.items())
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: {shown}; nothing of this step was saved "
+            "(causes: a vocabulary larger than the model's embedding, non-finite initial "
+            "weights, a learning rate too high)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation.
 
@@ -151,11 +178,11 @@ def validate_config(config: Any, mesh: Mesh) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     per = config.num_microbatches * shards
     if config.num_microbatches < 1 or config.batch_size % per:
-        raise ValueError(
+        raise UsageError(
             f"batch_size {config.batch_size} must be divisible by num_microbatches "
             f"({config.num_microbatches}) x data*fsdp mesh size ({shards}) = {per}")
     if config.eval_batch_size % shards:
-        raise ValueError(f"eval_batch_size {config.eval_batch_size} must be divisible by the "
+        raise UsageError(f"eval_batch_size {config.eval_batch_size} must be divisible by the "
                          f"data*fsdp mesh size ({shards})")
     if config.model_kind not in (None, train_data.ENCODER_DECODER, train_data.DECODER_ONLY):
-        raise ValueError(f"unknown model_kind {config.model_kind!r}")
+        raise UsageError(f"unknown model_kind {config.model_kind!r}")
