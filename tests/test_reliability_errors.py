@@ -16,7 +16,7 @@ import sys
 import jax
 import pytest
 
-from activeit_jax import checkpoints
+from activeit_jax import checkpoints, io_utils
 from activeit_jax.models import EncoderDecoderModel, T5Config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,8 +25,9 @@ TINY = T5Config(vocab_size=1152, d_model=8, num_heads=2, d_kv=4, d_ff=16,
                 num_encoder_layers=1, num_decoder_layers=1)
 
 
-def run_cases(command: str, cases: list[tuple[list[str], list[str]]], tmp_path) -> None:
-    """Runs each (args, expected substrings) case; each must fail with one error line."""
+def run_cases(command: str, cases: list[tuple[list[str], list[str] | None]], tmp_path) -> None:
+    """Runs each (args, expected substrings) case: each must fail with one error line holding
+    the substrings, or succeed when `expected` is None."""
     spec = tmp_path / f"{command}_cases.json"
     spec.write_text(json.dumps({"command": command, "cases": [args for args, _ in cases]}))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -34,9 +35,13 @@ def run_cases(command: str, cases: list[tuple[list[str], list[str]]], tmp_path) 
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{\"")]
     assert len(results) == len(cases), done.stderr[-3000:]
+    assert "Event loop is closed" not in done.stderr  # no teardown noise after the message
     for (args, expected), result in zip(cases, results):
         where = f"{command} {' '.join(args)}"
         assert result["exception"] is None, f"{where}: traceback: {result['exception']}"
+        if expected is None:
+            assert result["code"] == 0, f"{where}: {result['stderr'][-2000:]}"
+            continue
         assert result["code"] == 1, f"{where}: exit {result['code']}"
         errors = [line for line in result["stderr"].splitlines()
                   if line.startswith(f"activeit-jax {command}: error: ")]
@@ -63,6 +68,10 @@ def bad(tmp_path_factory, sample_data):
     checkpoints.save_model(root / "ckpt", model, model.init_params(jax.random.key(0)))
     shutil.copytree(root / "ckpt", root / "garbled")
     (root / "garbled" / "config.json").write_text('{"format": "activeit-jax",\n"model_kind":')
+    shutil.copytree(root / "ckpt", root / "othershape")
+    spec = json.loads((root / "othershape" / "config.json").read_text())
+    spec["config"]["d_ff"] = 32
+    (root / "othershape" / "config.json").write_text(json.dumps(spec))
     (root / "scores_dup.jsonl").write_text('{"task": "a", "prompt_uncertainty": 0.1}\n'
                                            '{"task": "a", "prompt_uncertainty": 0.2}\n')
     (root / "scores_torn.jsonl").write_text('{"task": "a", "prompt_uncertainty": 0.1}\n'
@@ -93,6 +102,11 @@ def test_train_errors_are_one_line(bad, tmp_path):
         (["--gin_file=runs/nothere.gin", f"--tasks={bad}/ok.txt", f"--out={tmp_path}/o"],
          ["runs/nothere.gin"]),
         ([*base, f"--tasks={bad}/ok.txt", "stray"], ["unexpected arguments"]),
+        ([*base, f"--tasks={bad}/ok.txt", "--gin.TrainConfig.batch_size=0"],
+         ["TrainConfig.batch_size", ">= 1"]),
+        ([*base, f"--tasks={bad}/ok.txt", "--gin.TrainConfig.num_epochs='x'"],
+         ["TrainConfig.num_epochs", "'x'"]),
+        ([*base, f"--tasks={bad}/ok.txt", "--gin.TrainConfig.schedule='wavy'"], ["wavy"]),
     ], tmp_path)
     assert not (tmp_path / "out").exists()  # nothing written by a refused command
 
@@ -109,7 +123,10 @@ def test_evaluate_errors_are_one_line(bad, tmp_path, sample_data):
          ["task_broken.json"]),
         ([*base, f"--checkpoint={bad}/ckpt", f"--tasks={bad}/ok.txt", "--mesh=data=x"],
          ["--mesh"]),
+        ([*base, f"--checkpoint={bad}/ckpt", f"--tasks={bad}/ok.txt", "--batch_size=0"],
+         ["eval_batch_size"]),
     ], tmp_path)
+    assert not (tmp_path / "out").exists()
 
 
 def test_select_errors_are_one_line(bad, tmp_path):
@@ -142,14 +159,49 @@ def test_report_errors_are_one_line(bad, tmp_path):
 def test_score_and_run_errors_are_one_line(bad, tmp_path, sample_data):
     base = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
             f"--niv2_dir={bad}/niv2", f"--out={tmp_path}/out"]
+    ok = f"--tasks={bad}/ok.txt"
     run_cases("score", [
         ([*base, f"--tasks={bad}/path.txt"], ["path.txt", "line 2", "refused"]),
         ([*base, f"--tasks={bad}/absent.txt"], ["task_absent"]),
-        ([*base[1:], f"--checkpoint={bad}/garbled", f"--tasks={bad}/ok.txt"],
-         ["garbled/config.json"]),
+        ([*base[1:], f"--checkpoint={bad}/garbled", ok], ["garbled/config.json"]),
+        ([*base[1:], f"--checkpoint={bad}/othershape", ok], ["stored with shape"]),
+        ([*base, ok, "--num_perturbations=0"], ["num_perturbations", ">= 1"]),
+        ([*base, ok, "--num_perturbations=-1"], ["num_perturbations"]),
+        ([*base, ok, "--batch_size=0"], ["batch_size"]),
+        ([*base, ok, "--source_buckets=a,b"], ["--source_buckets"]),
     ], tmp_path)
+    assert not (tmp_path / "out").exists()
     run_cases("run", [
         (["--gin_file=demo.gin", f"--out={tmp_path}/run", "--gin.LoopConfig.nonsense=1"],
          ["gin", "nonsense"]),
         (["--gin_file=nothere.gin", f"--out={tmp_path}/run"], ["nothere.gin"]),
+        (["--gin_file=demo.gin", f"--out={tmp_path}/run",
+          "--gin.ScoreConfig.num_perturbations=0"], ["num_perturbations"]),
+        (["--gin_file=demo.gin", f"--out={tmp_path}/run", "--gin.TrainConfig.batch_size=0"],
+         ["batch_size"]),
     ], tmp_path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_rejected_argument_leaves_the_directory_usable(bad, tmp_path, sample_data):
+    """`score --drop_rate=1.5` is refused before anything is written, so the corrected
+    command then runs (it used to be refused: the first had written run_args.json)."""
+    args = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
+            f"--niv2_dir={bad}/niv2", f"--tasks={bad}/ok.txt", f"--out={tmp_path}/out",
+            "--num_instances=1", "--num_perturbations=1", "--max_source_length=32",
+            "--max_target_length=4", "--batch_size=1", "--noprogress"]
+    run_cases("score", [([*args, "--drop_rate=1.5"], ["rate must be in [0, 1]"]),
+                        (args, None)], tmp_path)
+    assert len(io_utils.read_jsonl(tmp_path / "out" / "scores.jsonl")) == 1
+
+
+def test_second_run_on_one_directory_is_refused_in_one_line(tmp_path):
+    """`run` locks its directory (score and train lock theirs in the library: see
+    test_reliability_scoring / test_reliability_training)."""
+    from activeit_jax import run_lock
+    out = tmp_path / "run"
+    with run_lock.hold(out, "run"):
+        run_cases("run", [(["--gin_file=demo.gin", f"--out={out}", "--noreport"],
+                           [str(out), "in use by another process", f"pid {os.getpid()}"])],
+                  tmp_path)
+    assert sorted(os.listdir(out)) == [run_lock.LOCK_FILE]
