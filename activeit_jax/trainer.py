@@ -163,7 +163,7 @@ class TrainConfig:
                           ("log_every_steps", 0)):
             _check_int(name, getattr(self, name), low)
         for name in ("max_instances_per_task", "max_eval_instances_per_task",
-                     "max_decode_length"):
+                     "max_val_instances_per_task", "max_decode_length"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         for name in ("learning_rate", "weight_decay", "adam_b1", "adam_b2", "adam_eps"):
