@@ -5,12 +5,13 @@ Each subcommand lives in `activeit_jax/commands/<name>.py`, defines its own absl
 
 This is the one error boundary of the command line: the project's own errors
 (`activeit_jax.errors.ActiveITError`: bad input, a refused run, an unreachable judge) and
-operating-system errors on a named file (a full disk, a permission) end the command with one
+operating-system errors on a named file (a permission) or a full disk end the command with one
 line on stderr, `activeit-jax <command>: error: <message>`, and exit status 1. Anything else
 keeps its traceback: it is a bug.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -76,9 +77,13 @@ def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[s
         except ActiveITError as err:
             message = one_line(str(err))
         except OSError as err:
-            if err.filename is None:
-                raise  # not about a file the user named: a bug, keep the traceback
-            message = f"{err.filename}: {err.strerror or err}"
+            if err.filename is not None:
+                message = f"{err.filename}: {err.strerror or err}"
+            elif err.errno in (errno.ENOSPC, errno.EDQUOT):  # a write names no file
+                message = (f"{err.strerror}: free some space and rerun the same command; it "
+                           "resumes where it stopped")
+            else:
+                raise  # not about a file or the disk: a bug, keep the traceback
         print(f"activeit-jax {command}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
     return guarded

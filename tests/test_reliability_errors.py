@@ -205,3 +205,28 @@ def test_second_run_on_one_directory_is_refused_in_one_line(tmp_path):
                            [str(out), "in use by another process", f"pid {os.getpid()}"])],
                   tmp_path)
     assert sorted(os.listdir(out)) == [run_lock.LOCK_FILE]
+
+
+@pytest.mark.parametrize("error,expected", [
+    (OSError(28, "No space left on device"), "No space left on device: free some space"),
+    (PermissionError(13, "Permission denied", "/data/out/scores.jsonl"),
+     "/data/out/scores.jsonl: Permission denied")])
+def test_disk_full_and_permission_errors_are_one_line(error, expected, capsys):
+    from activeit_jax import main
+
+    def command(argv):
+        raise error
+    with pytest.raises(SystemExit) as info:
+        main._guarded("score", command)([])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.count("\n") == 1
+    assert err.startswith(f"activeit-jax score: error: {expected}")
+
+
+def test_bugs_keep_their_traceback():
+    from activeit_jax import main
+
+    def command(argv):
+        raise KeyError("a bug")
+    with pytest.raises(KeyError):
+        main._guarded("score", command)([])
