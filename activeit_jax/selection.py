@@ -68,7 +68,6 @@ gin is not read here; `activeit_jax/commands/select.py` binds the settings at th
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os

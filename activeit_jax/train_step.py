@@ -172,6 +172,45 @@ def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
 # Evaluation.
 
 
+def check_settings(config: Any) -> None:
+    """Checks each `TrainConfig` value on its own (types, ranges, names); called when the
+    config is built, so a bad gin value fails before any run directory is touched.
+
+    Raises:
+      UsageError: naming the field and the value.
+    """
+    for name, low in (("num_epochs", 1), ("batch_size", 1), ("num_microbatches", 1),
+                      ("warmup_steps", 0), ("seed", 0), ("max_source_length", 2),
+                      ("max_target_length", 2), ("num_pos_examples", 0),
+                      ("eval_batch_size", 1), ("save_every_steps", 0), ("max_to_keep", 1),
+                      ("log_every_steps", 0)):
+        _check_int(name, getattr(config, name), low)
+    for name in ("max_instances_per_task", "max_eval_instances_per_task",
+                 "max_val_instances_per_task", "max_decode_length"):
+        if getattr(config, name, None) is not None:
+            _check_int(name, getattr(config, name), 1)
+    for name in ("learning_rate", "weight_decay", "adam_b1", "adam_b2", "adam_eps"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                or (name == "learning_rate" and value == 0):
+            raise UsageError(f"TrainConfig.{name} must be a number "
+                             f"{'> 0' if name == 'learning_rate' else '>= 0'}, got {value!r}")
+    for name, known in (("schedule", ts.SCHEDULES), ("optimizer", ts.OPTIMIZERS),
+                        ("selection_metric", SELECTION_METRICS)):
+        if getattr(config, name) not in known:
+            raise UsageError(f"TrainConfig.{name} must be one of {list(known)}, got "
+                             f"{getattr(config, name)!r}")
+
+
+SELECTION_METRICS = tuple(f"{m}{s}" for m in ("rougeL", "exact_match")
+                          for s in ("", "_cls", "_gen"))
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+
+
 def validate_config(config: Any, mesh: Mesh) -> None:
     """Checks a `TrainConfig` against the mesh: batch sizes divide by the data-parallel size
     (and microbatches), and the model kind is known."""

@@ -64,7 +64,8 @@ from activeit_jax.train_io import (BEST_INFO_FILE, BEST_SUBDIR, CHECKPOINT_SUBDI
                                    restore_newest_intact, run_args, save_best,
                                    save_checkpoint, write_predictions)
 from activeit_jax.train_step import (TrainingDivergedError, batch_shardings,  # noqa: F401
-                                     check_finite, loss_and_grads, make_train_step,
+                                     check_finite, check_settings, loss_and_grads,
+                                     make_train_step,
                                      put_batch, resolve_rules, split_microbatches,
                                      validate_config)
 
@@ -156,37 +157,7 @@ class TrainConfig:
 
     def __post_init__(self):
         # Checked when the config is built (gin included), before a run directory is touched.
-        for name, low in (("num_epochs", 1), ("batch_size", 1), ("num_microbatches", 1),
-                          ("warmup_steps", 0), ("seed", 0), ("max_source_length", 2),
-                          ("max_target_length", 2), ("num_pos_examples", 0),
-                          ("eval_batch_size", 1), ("save_every_steps", 0), ("max_to_keep", 1),
-                          ("log_every_steps", 0)):
-            _check_int(name, getattr(self, name), low)
-        for name in ("max_instances_per_task", "max_eval_instances_per_task",
-                     "max_val_instances_per_task", "max_decode_length"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1)
-        for name in ("learning_rate", "weight_decay", "adam_b1", "adam_b2", "adam_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-                    or (name == "learning_rate" and value == 0):
-                raise UsageError(f"TrainConfig.{name} must be a number "
-                                 f"{'> 0' if name == 'learning_rate' else '>= 0'}, got {value!r}")
-        if self.schedule not in ts.SCHEDULES:
-            raise UsageError(f"TrainConfig.schedule must be one of {ts.SCHEDULES}, got "
-                             f"{self.schedule!r}")
-        if self.optimizer not in ts.OPTIMIZERS:
-            raise UsageError(f"TrainConfig.optimizer must be one of {ts.OPTIMIZERS}, got "
-                             f"{self.optimizer!r}")
-        metrics = [f"{m}{s}" for m in ("rougeL", "exact_match") for s in ("", "_cls", "_gen")]
-        if self.selection_metric not in metrics:
-            raise UsageError(f"TrainConfig.selection_metric must be one of {metrics}, got "
-                             f"{self.selection_metric!r}")
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+        check_settings(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,8 +93,8 @@ Output files (in ``out_dir``):
 - ``scores.jsonl``: one line per scored task, pool order: index (position in the pool), task,
   prompt_uncertainty, prediction_probability, perplexity, entropy (null unless computed),
   category (Task Map, see `activeit_jax.taskmap`), label ("cls"/"gen"), n_instances,
-  n_perturbations, truncated_instances. While a run is in progress (or after a kill) the lines are in completion
-  order and lack the category.
+  n_perturbations, truncated_instances. While a run is in progress (or after a kill) the
+  lines are in completion order and lack the category.
 - ``prompts.jsonl`` (``save_prompts``): one line per (task, instance, perturbation): task,
   instance (id), perturbation (0 = unperturbed, 1..K), source (the exact text tokenised),
   prediction (the original prediction's text), p.
