@@ -156,10 +156,17 @@ def test_report_errors_are_one_line(bad, tmp_path):
     assert not (bad / "notarun" / "report").exists()
 
 
-def test_score_and_run_errors_are_one_line(bad, tmp_path, sample_data):
+def test_score_errors_are_one_line_and_a_rejected_argument_leaves_no_trace(
+        bad, tmp_path, sample_data):
+    """The last two cases: `score --drop_rate=1.5` is refused before anything is written, so
+    the corrected command then runs (it used to be refused: the first had written
+    run_args.json)."""
     base = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
             f"--niv2_dir={bad}/niv2", f"--out={tmp_path}/out"]
     ok = f"--tasks={bad}/ok.txt"
+    usable = [*base[:3], ok, f"--out={tmp_path}/usable", "--num_instances=1",
+              "--num_perturbations=1", "--max_source_length=32", "--max_target_length=4",
+              "--batch_size=1", "--noprogress"]
     run_cases("score", [
         ([*base, f"--tasks={bad}/path.txt"], ["path.txt", "line 2", "refused"]),
         ([*base, f"--tasks={bad}/absent.txt"], ["task_absent"]),
@@ -169,42 +176,32 @@ def test_score_and_run_errors_are_one_line(bad, tmp_path, sample_data):
         ([*base, ok, "--num_perturbations=-1"], ["num_perturbations"]),
         ([*base, ok, "--batch_size=0"], ["batch_size"]),
         ([*base, ok, "--source_buckets=a,b"], ["--source_buckets"]),
+        ([*usable, "--drop_rate=1.5"], ["rate must be in [0, 1]"]),
+        (usable, None),
     ], tmp_path)
     assert not (tmp_path / "out").exists()
-    run_cases("run", [
-        (["--gin_file=demo.gin", f"--out={tmp_path}/run", "--gin.LoopConfig.nonsense=1"],
-         ["gin", "nonsense"]),
-        (["--gin_file=nothere.gin", f"--out={tmp_path}/run"], ["nothere.gin"]),
-        (["--gin_file=demo.gin", f"--out={tmp_path}/run",
-          "--gin.ScoreConfig.num_perturbations=0"], ["num_perturbations"]),
-        (["--gin_file=demo.gin", f"--out={tmp_path}/run", "--gin.TrainConfig.batch_size=0"],
-         ["batch_size"]),
-    ], tmp_path)
-    assert not (tmp_path / "run").exists()
+    assert len(io_utils.read_jsonl(tmp_path / "usable" / "scores.jsonl")) == 1
 
 
-def test_rejected_argument_leaves_the_directory_usable(bad, tmp_path, sample_data):
-    """`score --drop_rate=1.5` is refused before anything is written, so the corrected
-    command then runs (it used to be refused: the first had written run_args.json)."""
-    args = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
-            f"--niv2_dir={bad}/niv2", f"--tasks={bad}/ok.txt", f"--out={tmp_path}/out",
-            "--num_instances=1", "--num_perturbations=1", "--max_source_length=32",
-            "--max_target_length=4", "--batch_size=1", "--noprogress"]
-    run_cases("score", [([*args, "--drop_rate=1.5"], ["rate must be in [0, 1]"]),
-                        (args, None)], tmp_path)
-    assert len(io_utils.read_jsonl(tmp_path / "out" / "scores.jsonl")) == 1
-
-
-def test_second_run_on_one_directory_is_refused_in_one_line(tmp_path):
-    """`run` locks its directory (score and train lock theirs in the library: see
-    test_reliability_scoring / test_reliability_training)."""
+def test_run_errors_and_a_second_run_are_one_line(tmp_path):
+    """The last case: `run` locks its directory (score and train lock theirs in the library:
+    see test_reliability_scoring / test_reliability_training)."""
     from activeit_jax import run_lock
-    out = tmp_path / "run"
-    with run_lock.hold(out, "run"):
-        run_cases("run", [(["--gin_file=demo.gin", f"--out={out}", "--noreport"],
-                           [str(out), "in use by another process", f"pid {os.getpid()}"])],
-                  tmp_path)
-    assert sorted(os.listdir(out)) == [run_lock.LOCK_FILE]
+    out, locked = tmp_path / "run", tmp_path / "locked"
+    with run_lock.hold(locked, "run"):
+        run_cases("run", [
+            (["--gin_file=demo.gin", f"--out={out}", "--gin.LoopConfig.nonsense=1"],
+             ["gin", "nonsense"]),
+            (["--gin_file=nothere.gin", f"--out={out}"], ["nothere.gin"]),
+            (["--gin_file=demo.gin", f"--out={out}", "--gin.ScoreConfig.num_perturbations=0"],
+             ["num_perturbations"]),
+            (["--gin_file=demo.gin", f"--out={out}", "--gin.TrainConfig.batch_size=0"],
+             ["batch_size"]),
+            (["--gin_file=demo.gin", f"--out={locked}", "--noreport"],
+             [str(locked), "in use by another process", f"pid {os.getpid()}"]),
+        ], tmp_path)
+    assert not out.exists()
+    assert sorted(os.listdir(locked)) == [run_lock.LOCK_FILE]
 
 
 @pytest.mark.parametrize("error,expected", [
