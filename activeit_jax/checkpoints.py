@@ -19,12 +19,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import traceback
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 from activeit_jax import distributed, io_utils
+from activeit_jax.errors import ActiveITError, one_line
 from activeit_jax.models import hf_convert
 from activeit_jax.models.wrappers import BaseModel, model_from_dict, model_to_dict
 
@@ -34,8 +37,8 @@ FORMAT = "activeit-jax"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing, incomplete or of an unknown format."""
+class CheckpointError(ActiveITError, ValueError):
+    """A checkpoint directory is missing, incomplete, damaged or of an unknown format."""
 
 
 def save_model(directory: str | os.PathLike, model: BaseModel, params: Any,
@@ -93,8 +96,7 @@ def read_model(directory: str | os.PathLike, logical_axis_rules: Any = None) -> 
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     if not os.path.exists(path):
         raise CheckpointError(f"no {CONFIG_NAME} in {directory}: not an activeit-jax checkpoint")
-    with open(path, encoding="utf-8") as handle:
-        spec = json.load(handle)
+    spec = _read_config(path)
     if spec.get("format") != FORMAT:
         hint = (" (this looks like a Hugging Face directory: convert it with "
                 "`activeit-jax convert --from_hf=DIR --to=CKPT_DIR`)"
@@ -109,6 +111,21 @@ def read_model(directory: str | os.PathLike, logical_axis_rules: Any = None) -> 
         raise CheckpointError(f"bad model config in {path}: {err}") from err
 
 
+def _read_config(path: str) -> dict[str, Any]:
+    """The JSON object in a checkpoint's config.json; a damaged one names the file and line."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            spec = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: line {err.lineno} column {err.colno}: not valid JSON "
+                              f"({err.msg}); the checkpoint's config is damaged") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint config ({err})") from None
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(spec).__name__}")
+    return spec
+
+
 def restore_params(directory: str | os.PathLike, model: BaseModel,
                    shardings: Any = None) -> Any:
     """Restores the params of a checkpoint, placed with `shardings`.
@@ -121,6 +138,10 @@ def restore_params(directory: str | os.PathLike, model: BaseModel,
 
     Returns:
       The params pytree of jax arrays.
+
+    Raises:
+      CheckpointError: no params, params of other shapes, or a torn / truncated / missing
+        file (the directory named; never a raw tensorstore error).
     """
     params_dir = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
     if not os.path.isdir(params_dir):
@@ -132,11 +153,75 @@ def restore_params(directory: str | os.PathLike, model: BaseModel,
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
     with ocp.StandardCheckpointer() as checkpointer:
+        _check_stored_shapes(checkpointer, params_dir, abstract)
         try:
             return checkpointer.restore(params_dir, target)
-        except ValueError as err:
-            raise CheckpointError(f"params in {params_dir} do not match the model config "
-                                  f"in {CONFIG_NAME}: {err}") from err
+        except Exception as err:  # noqa: BLE001 - tensorstore raises bare Exceptions
+            quiet_abandoned_reads()
+            detail = one_line(err).split(" See full TensorStore details")[0]
+            raise CheckpointError(f"cannot read the params in {params_dir}: a file is "
+                                  f"truncated, missing or damaged ({detail[:200]})") from None
+
+
+def _dotted(path: Any) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _check_stored_shapes(checkpointer: Any, params_dir: str, abstract: Any) -> None:
+    """Compares the stored parameter names and shapes with the model's before any array is
+    read, so that a checkpoint of another model gets one precise line.
+
+    Raises:
+      CheckpointError: unreadable metadata, or a parameter missing, extra or of another shape.
+    """
+    try:
+        stored = checkpointer.metadata(params_dir)
+        stored = getattr(stored, "item_metadata", stored)
+        have = {_dotted(k): tuple(v.shape)
+                for k, v in jax.tree_util.tree_leaves_with_path(stored)}
+    except Exception as err:  # noqa: BLE001 - a torn _METADATA is a JSON or tensorstore error
+        raise CheckpointError(f"cannot read the params in {params_dir}: its metadata is "
+                              f"damaged ({one_line(err)[:200]})") from None
+    if not have:  # orbax only warns when _METADATA is torn and returns nothing
+        raise CheckpointError(f"cannot read the params in {params_dir}: its metadata is "
+                              "missing or damaged")
+    want = {_dotted(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
+    where = f"params in {params_dir} do not match the model config in {CONFIG_NAME}"
+    for name in sorted(want):
+        if name not in have:
+            raise CheckpointError(f"{where}: {name} is missing")
+        if have[name] != want[name]:
+            raise CheckpointError(f"{where}: {name} is stored with shape {have[name]}, the "
+                                  f"config implies {want[name]}")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise CheckpointError(f"{where}: {len(extra)} parameter(s) the model does not have, "
+                              f"e.g. {extra[0]}")
+
+
+def quiet_abandoned_reads() -> None:
+    """Silences the "Event loop is closed" reports of array reads a failed restore abandoned.
+
+    When one read of an orbax restore fails, the others are still in flight; they finish after
+    orbax closed its event loop and each posts its result to the closed loop, which Python
+    reports through `sys.unraisablehook` -- about a hundred tracebacks after the one useful
+    error line. Only those reports (and errors raised inside orbax by the same abandoned reads)
+    are dropped; every other one still goes to the hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        if frames and f"{os.sep}orbax{os.sep}" in frames[-1].filename:
+            return  # the same abandoned reads, failing in orbax after the loop was gone
+        previous(unraisable)
+    hook._drops_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def load_model(directory: str | os.PathLike, shardings: Any = None,

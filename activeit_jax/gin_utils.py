@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tokenize
 from typing import Sequence
 
 import gin
+
+from activeit_jax.errors import ConfigError, one_line
 
 _GIN_PREFIX = "--gin."
 
@@ -32,7 +35,7 @@ def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         if arg.startswith(_GIN_PREFIX):
             body = arg[len(_GIN_PREFIX):]
             if "=" not in body:
-                raise ValueError(f"gin override {arg!r} must look like --gin.NAME=VALUE")
+                raise ConfigError(f"gin override {arg!r} must look like --gin.NAME=VALUE")
             name, value = body.split("=", 1)
             bindings.append(f"{name} = {value}")
         else:
@@ -49,6 +52,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
         one of the search paths.
       bindings: "NAME = VALUE" strings applied after the files.
       search_paths: extra directories for gin `include` statements and file lookup.
+
+    Raises:
+      ConfigError: a file is missing, or a file or binding does not parse (gin's message).
     """
     repo_configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "configs")
@@ -61,8 +67,8 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
         candidates = [gin_file, *(os.path.join(root, gin_file) for root in roots)]
         found = next((c for c in candidates if os.path.exists(c)), None)
         if found is None:
-            raise FileNotFoundError(f"gin file not found: {gin_file} (looked in the working "
-                                    f"directory and {roots})")
+            raise ConfigError(f"gin file not found: {gin_file} (looked in the working "
+                              f"directory and {roots})")
         resolved.append(found)
     # gin logs "Path not found" at ERROR level for each search-path probe of an `include`
     # before it finds the file; those lines are noise, real misses still raise.
@@ -70,8 +76,17 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
     root_logger.addFilter(_drop_gin_probe_messages)
     try:
         gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+    except (ValueError, SyntaxError, tokenize.TokenError, IOError) as err:
+        # gin's messages name the binding or file line; one line is enough to fix it.
+        raise ConfigError(f"gin: {one_line(_describe(err))}") from None
     finally:
         root_logger.removeFilter(_drop_gin_probe_messages)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, tokenize.TokenError):
+        return f"unfinished value in a binding ({err.args[0]})"
+    return str(err)
 
 
 def _drop_gin_probe_messages(record: logging.LogRecord) -> bool:

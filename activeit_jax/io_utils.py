@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterator, TextIO
 
@@ -42,6 +43,37 @@ def atomic_open(path: str | os.PathLike, mode: str = "w",
         raise
 
 
+# `atomic_open`'s temp names: "." + the final name + "." + mkstemp's 8 random characters + ".tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, recursive: bool = False
+                            ) -> list[str]:
+    """Removes the temp files a killed `atomic_open` left behind (`.<name>.<random>.tmp`).
+
+    Call it only while holding the directory's run lock (`run_lock.hold`): another live
+    writer's temp file looks the same.
+
+    Args:
+      directory: where to look (a missing directory has none).
+      recursive: also look in every subdirectory.
+
+    Returns:
+      The paths removed.
+    """
+    removed = []
+    for root, dirs, files in os.walk(os.fspath(directory)):
+        for name in files:
+            if _TEMP_NAME.match(name):
+                path = os.path.join(root, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                    removed.append(path)
+        if not recursive:
+            break
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes `text` to `path` atomically."""
     with atomic_open(path, "w") as handle:
@@ -74,16 +106,27 @@ def read_jsonl(path: str | os.PathLike, drop_partial_tail: bool = True) -> list[
 
     Returns:
       The records, in file order.
+
+    Raises:
+      RecordError: the file is not UTF-8, or a line other than a torn tail is not JSON.
     """
+    from activeit_jax.data.errors import RecordError, read_text
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    lines = text.split("\n")
+    lines = read_text(os.fspath(path), "JSONL file").split("\n")
     tail = lines.pop()  # "" when the file ends with a newline
-    records = [json.loads(line) for line in lines if line.strip()]
     if tail.strip() and not drop_partial_tail:
-        records.append(json.loads(tail))
+        lines.append(tail)
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            # Only the last line can be torn by a kill; one in the middle is damage.
+            raise RecordError(f"invalid JSON ({getattr(err, 'msg', err)})", os.fspath(path),
+                              f"line {number}") from None
     return records
 
 

@@ -11,15 +11,19 @@ three (or names several without leading with one) counts as a tie ("equal") and 
 their position. A run may use several judges (the paper: GPT-4 and ChatGPT), each with its own
 results file and its own Win / Tie / Lose table in the report (`JudgeConfig.name`).
 
-Transport: `POST {base_url}/chat/completions` with `urllib` (stdlib), JSON body
+Transport: `POST {base_url}/chat/completions` with `http.client` (stdlib), JSON body
 `{"model", "messages", "temperature", "max_tokens"}`, header `Authorization: Bearer <key>`.
-HTTP 429 / 5xx, timeouts and connection errors are retried with exponential backoff; other
-errors raise `JudgeError` at once.
+HTTP 429 / 5xx, deadline overruns and connection errors are retried with exponential backoff;
+other errors raise `JudgeError` at once. Each attempt has a whole-request deadline
+(`timeout_s`: connect, send, headers and body together, so a server trickling its reply byte
+by byte cannot hold the run), and all attempts of one item with their waits are bounded by
+`total_timeout_s`. Redirects are never followed: the key goes to `base_url` and nowhere else
+(a 3xx is an error naming the new address). A reply larger than 1 MiB is refused.
 
 The API key is read from the environment variable named by `JudgeConfig.api_key_env`. It is
 never logged, printed, written to the results file, shown in a repr, or put in an exception
-message (server replies quoted in errors are redacted, and exceptions are raised without the
-original urllib exception attached).
+message: server replies (stored ones included) and quoted error bodies are redacted, and
+exceptions are raised without the original exception attached.
 
 Results file (JSONL, one line per item, appended and fsynced, so a killed run resumes where it
 stopped): `{"id", "order": "ab"|"ba", "verdict": "a"|"b"|"equal"|"unparsed",
@@ -35,12 +39,14 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from activeit_jax import io_utils
+from activeit_jax.errors import ActiveITError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +72,10 @@ Which output is better? Reply with exactly one of: "Output (a)", "Output (b)" or
 they are equally good or equally bad). Do not explain."""
 
 _REDACTED = "<redacted>"
+MAX_REPLY_BYTES = 1 << 20  # a chat reply of a few tokens is far below this
 
 
-class JudgeError(RuntimeError):
+class JudgeError(ActiveITError, RuntimeError):
     """A judge request failed (the message never contains the API key)."""
 
 
@@ -81,11 +88,15 @@ class JudgeConfig:
       model: judge model name.
       api_key_env: name of the environment variable holding the API key.
       temperature, max_tokens: sampling settings sent with each request.
-      timeout_s: per-request timeout.
-      max_retries: retries after the first try for 429 / 5xx / timeouts / connection errors.
+      timeout_s: whole-request deadline of one attempt (connect, send, headers and body).
+      max_retries: retries after the first try for 429 / 5xx / deadlines / connection errors.
       backoff_s: first wait; doubles on each retry, capped at `max_backoff_s`.
+      total_timeout_s: bound on all attempts of one request and the waits between them.
       name: the judge's label in result file names and the report (letters, digits, ".",
         "-", "_"); None = `model`.
+
+    Raises:
+      ConfigError: a base_url that is not http(s), or a non-positive time / negative count.
     """
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4"
@@ -97,6 +108,20 @@ class JudgeConfig:
     backoff_s: float = 2.0
     max_backoff_s: float = 60.0
     name: str | None = None
+    total_timeout_s: float = 600.0
+
+    def __post_init__(self):
+        if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https") or \
+                not urllib.parse.urlsplit(self.base_url).hostname:
+            raise ConfigError(f"JudgeConfig.base_url must be an http(s) URL, got "
+                              f"{self.base_url!r}")
+        for name, low in (("timeout_s", 0), ("total_timeout_s", 0), ("max_tokens", 0),
+                          ("max_retries", -1), ("backoff_s", -1), ("max_backoff_s", -1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= low \
+                    or (low < 0 and value < 0):
+                raise ConfigError(f"JudgeConfig.{name} must be a number "
+                                  f"{'> 0' if low == 0 else '>= 0'}, got {value!r}")
 
 
 class ChatCompleter(Protocol):
@@ -122,20 +147,19 @@ class _Secret:
     __str__ = __repr__
 
 
-_RETRYABLE_ERRORS = (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException)
-
-
 class ChatClient:
-    """Minimal OpenAI-compatible chat-completions client with retries.
+    """Minimal OpenAI-compatible chat-completions client with bounded retries.
 
     Args:
-      config: the endpoint and retry settings.
+      config: the endpoint, deadline and retry settings.
       api_key: the key; default `os.environ[config.api_key_env]`.
       sleep: the wait function between retries (tests pass a no-op).
+      clock: a monotonic clock in seconds (tests pass a fake one with `sleep`).
     """
 
     def __init__(self, config: JudgeConfig, api_key: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         self.config = config
         key = os.environ.get(config.api_key_env) if api_key is None else api_key
         if not key:
@@ -143,6 +167,7 @@ class ChatClient:
                              f"unset or empty")
         self._key = _Secret(key)
         self._sleep = sleep
+        self._clock = clock
 
     def __repr__(self) -> str:
         return (f"ChatClient(base_url={self.config.base_url!r}, model={self.config.model!r}, "
@@ -158,58 +183,120 @@ class ChatClient:
         return self.config.base_url.rstrip("/") + "/chat/completions"
 
     def complete(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """Sends one chat request; returns the first choice's message content.
+        """Sends one chat request; returns the first choice's message content, with the key
+        masked should the server have echoed it.
 
         Raises:
-          JudgeError: a non-retryable HTTP error, a malformed reply, or retries exhausted.
+          JudgeError: a non-retryable HTTP error (a redirect among them), a malformed reply,
+            or retries exhausted (`max_retries` or `total_timeout_s`, whichever comes first).
         """
         body = json.dumps({"model": self.config.model, "messages": list(messages),
                            "temperature": self.config.temperature,
                            "max_tokens": self.config.max_tokens}).encode("utf-8")
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            problem = self._try_once(body)
+        start = self._clock()
+        end = start + self.config.total_timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            budget = min(self.config.timeout_s, end - self._clock())
+            problem = self._try_once(body, budget)
             if isinstance(problem, str):
-                return problem
+                # Only the exact key: a "bearer ..." pattern could eat words of a verdict.
+                return problem.replace(self._key.get(), _REDACTED)
             retryable, message = problem
             if not retryable:
                 raise JudgeError(message)
-            if attempt + 1 == attempts:
-                raise JudgeError(f"{message}; gave up after {attempts} attempt(s)")
-            wait = min(self.config.backoff_s * 2 ** attempt, self.config.max_backoff_s)
+            wait = min(self.config.backoff_s * 2 ** (attempt - 1), self.config.max_backoff_s)
+            left = end - self._clock()
+            if attempt > self.config.max_retries or left <= wait:
+                raise JudgeError(f"{message}; gave up after {attempt} attempt(s) in "
+                                 f"{self._clock() - start:.1f} s")
             log.warning("judge request failed (%s); retry %d/%d in %.1f s", message,
-                        attempt + 1, self.config.max_retries, wait)
+                        attempt, self.config.max_retries, wait)
             self._sleep(wait)
-        raise AssertionError("unreachable")
 
-    def _try_once(self, body: bytes) -> str | tuple[bool, str]:
-        """One request: the reply text, or (retryable, redacted error message)."""
-        request = urllib.request.Request(
-            self.url, data=body, method="POST",
-            headers={"Content-Type": "application/json",
-                     "Authorization": f"Bearer {self._key.get()}"})
+    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+        """A connection to the API host (through the environment's proxy, if any) and the
+        request target to send."""
+        parts = urllib.parse.urlsplit(self.url)
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+            via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if not https:  # a plain-HTTP proxy takes the absolute URL
+                return http.client.HTTPConnection(via.hostname, via.port or 80,
+                                                  timeout=timeout), self.url
+            conn = http.client.HTTPSConnection(via.hostname, via.port or 80, timeout=timeout)
+            conn.set_tunnel(parts.hostname, port)  # TLS end to end through CONNECT
+            return conn, target
+        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        return cls(parts.hostname, port, timeout=timeout), target
+
+    def _try_once(self, body: bytes, budget: float) -> str | tuple[bool, str]:
+        """One request within `budget` seconds: the reply text, or (retryable, redacted
+        error message)."""
+        if budget <= 0:
+            return True, f"no time left for a request to {self.url}"
+        conn, target = self._connection(budget)
+        expired = threading.Event()
+        opened: list[socket.socket] = []  # the response keeps reading it after conn drops it
+
+        def abort() -> None:
+            # Per-socket timeouts restart with every byte; this bounds the whole request.
+            expired.set()
+            for sock in opened:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        timer = threading.Timer(budget, abort)
+        timer.daemon = True
+        timer.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as err:
-            try:
-                snippet = err.read(300).decode("utf-8", "replace")
-            except Exception:  # noqa: BLE001 - the body is only decoration
-                snippet = ""
-            finally:
-                err.close()
-            message = self.redact(f"HTTP {err.code} from {self.url}: {snippet.strip()}")
-            return (err.code == 429 or err.code >= 500), message
-        except urllib.error.URLError as err:
-            return True, self.redact(f"cannot reach {self.url}: {err.reason}")
-        except _RETRYABLE_ERRORS as err:
+            conn.connect()
+            opened.append(conn.sock)
+            if expired.is_set():  # the deadline passed while connecting
+                abort()
+            conn.request("POST", target, body=body, headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self._key.get()}"})
+            response = conn.getresponse()
+            payload = response.read(MAX_REPLY_BYTES + 1)
+            status, location = response.status, response.getheader("Location", "")
+        except (OSError, http.client.HTTPException) as err:
+            if expired.is_set():
+                return True, (f"no complete reply from {self.url} within the {budget:.1f} s "
+                              f"deadline")
             return True, self.redact(f"{type(err).__name__} talking to {self.url}: {err}")
+        finally:
+            timer.cancel()
+            conn.close()
+        if expired.is_set():
+            return True, f"no complete reply from {self.url} within the {budget:.1f} s deadline"
+        return self._interpret(status, location, payload)
+
+    def _interpret(self, status: int, location: str, payload: bytes
+                   ) -> str | tuple[bool, str]:
+        """The reply text of a finished response, or (retryable, redacted message)."""
+        snippet = payload[:300].decode("utf-8", "replace").strip()
+        if 300 <= status < 400:
+            return False, self.redact(
+                f"HTTP {status} from {self.url}: a redirect to {location or '(no Location)'}; "
+                f"redirects are not followed, so that the API key goes to base_url only "
+                f"(set JudgeConfig.base_url to the final address)")
+        if status == 429 or status >= 500:
+            return True, self.redact(f"HTTP {status} from {self.url}: {snippet}")
+        if not 200 <= status < 300:
+            return False, self.redact(f"HTTP {status} from {self.url}: {snippet}")
+        if len(payload) > MAX_REPLY_BYTES:
+            return False, f"reply from {self.url} is larger than {MAX_REPLY_BYTES} bytes"
         try:
             data = json.loads(payload)
             content = data["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            return False, self.redact(f"malformed reply from {self.url}: "
-                                      f"{payload[:300].decode('utf-8', 'replace')}")
+            return False, self.redact(f"malformed reply from {self.url}: {snippet}")
         return "" if content is None else str(content)
 
 

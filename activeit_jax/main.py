@@ -2,12 +2,20 @@
 
 Each subcommand lives in `activeit_jax/commands/<name>.py`, defines its own absl flags and a
 `main(argv)`; only the chosen one is imported, so flag names never collide across commands.
+
+This is the one error boundary of the command line: the project's own errors
+(`activeit_jax.errors.ActiveITError`: bad input, a refused run, an unreachable judge) and
+operating-system errors on a named file (a permission) or a full disk end the command with one
+line on stderr, `activeit-jax <command>: error: <message>`, and exit status 1. Anything else
+keeps its traceback: it is a bug.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
+from typing import Any, Callable
 
 # Subcommand -> one-line description (shown by `activeit-jax --help`).
 SUBCOMMANDS: dict[str, str] = {
@@ -54,9 +62,31 @@ def run_main(argv: list[str] | None = None) -> None:
         if hasattr(module, "common"):
             print(flags.FLAGS.module_help(module.common))
         sys.exit(0)
-    app.run(module.main, argv=[f"activeit-jax {command}", *argv[2:]],
+    app.run(_guarded(command, module.main), argv=[f"activeit-jax {command}", *argv[2:]],
             flags_parser=module.parse_flags if hasattr(module, "parse_flags") else
             _default_flags_parser)
+
+
+def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    """`main` with the project's errors turned into one line on stderr and exit status 1."""
+    from activeit_jax.errors import ActiveITError, one_line
+
+    def guarded(argv: list[str]) -> Any:
+        try:
+            return main(argv)
+        except ActiveITError as err:
+            message = one_line(str(err))
+        except OSError as err:
+            if err.filename is not None:
+                message = f"{err.filename}: {err.strerror or err}"
+            elif err.errno in (errno.ENOSPC, errno.EDQUOT):  # a write names no file
+                message = (f"{err.strerror}: free some space and rerun the same command; it "
+                           "resumes where it stopped")
+            else:
+                raise  # not about a file or the disk: a bug, keep the traceback
+        print(f"activeit-jax {command}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    return guarded
 
 
 def _default_flags_parser(argv: list[str]) -> list[str]:
@@ -64,7 +94,12 @@ def _default_flags_parser(argv: list[str]) -> list[str]:
     `gin_utils.COMMAND_LINE_BINDINGS`."""
     from absl import flags
     from activeit_jax import gin_utils
-    rest, bindings = gin_utils.split_gin_bindings(argv)
+    from activeit_jax.errors import UsageError
+    try:
+        rest, bindings = gin_utils.split_gin_bindings(argv)
+    except UsageError as err:  # runs before the guarded main: report it the same way
+        print(f"{argv[0]}: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
     gin_utils.COMMAND_LINE_BINDINGS[:] = bindings
     return flags.FLAGS(rest)
 

@@ -68,7 +68,6 @@ gin is not read here; `activeit_jax/commands/select.py` binds the settings at th
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -528,30 +527,27 @@ def select_tasks(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _task_info(record: Any) -> TaskInfo:
+def _task_info(record: Any, path: str | os.PathLike | None = None, where: str = ""
+               ) -> TaskInfo:
+    from activeit_jax.data.errors import RecordError
     if isinstance(record, str):
         return TaskInfo(record)
-    name = record.get("name", record.get(TASK_KEY))
-    if name is None:
-        raise ValueError(f"pool record without 'name' or 'task': {record!r}")
+    name = record.get("name", record.get(TASK_KEY)) if isinstance(record, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise RecordError(f"expected a task name or an object with a 'name' or 'task', got "
+                          f"{record!r:.80}", path, where or None)
     chunk = record.get("chunk")
-    return TaskInfo(str(name), record.get("label"), None if chunk is None else int(chunk))
+    try:
+        chunk = None if chunk is None else int(chunk)
+    except (TypeError, ValueError):
+        raise RecordError(f"expected an integer chunk id, got {chunk!r}", path,
+                          f"{where}: chunk" if where else "chunk") from None
+    return TaskInfo(name, record.get("label"), chunk)
 
 
-def _read_records(path: str | os.PathLike) -> list[Any]:
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    stripped = text.lstrip()
-    if os.fspath(path).endswith(".jsonl"):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if stripped.startswith(("[", "{")):
-        data = json.loads(text)
-        if isinstance(data, dict):
-            data = data.get("tasks", data.get("pool"))
-            if data is None:
-                raise ValueError(f"{path}: a JSON object needs a 'tasks' or 'pool' list")
-        return list(data)
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def _read_records(path: str | os.PathLike) -> list[tuple[str, Any]]:
+    from activeit_jax import records
+    return records.read_records(path, "pool file")
 
 
 def read_pool(path: str | os.PathLike) -> list[TaskInfo]:
@@ -564,13 +560,13 @@ def read_pool(path: str | os.PathLike) -> list[TaskInfo]:
     Returns:
       The tasks, in file order.
     """
-    return [_task_info(r) for r in _read_records(path)]
+    return [_task_info(r, path, where) for where, r in _read_records(path)]
 
 
 def read_task_list(path: str | os.PathLike) -> list[str]:
     """Reads task names from a `selected_tasks.json` ({"tasks": [...]}), a JSON list, a JSONL of
     records with "name"/"task", or a text file with one name per line."""
-    return [_task_info(r).name for r in _read_records(path)]
+    return [_task_info(r, path, where).name for where, r in _read_records(path)]
 
 
 def pool_from_scores(scores: Sequence[Mapping[str, Any]]) -> list[TaskInfo]:

@@ -62,6 +62,29 @@ class SpecialIds:
                    end_of_turn=None if eot is None else int(eot))
 
 
+def check_vocabulary(model: Any, vocab: Any, where: str = "the model") -> None:
+    """Refuses a vocabulary with more ids than the model's embedding has rows.
+
+    An id past the embedding gathers outside it, which JAX fills with NaN: the loss is NaN
+    from the first step and every score NaN. Catch it when the two meet, before any work.
+
+    Args:
+      model: a model wrapper (its `config.vocab_size`, or its own `vocab_size`).
+      vocab: a seqio vocabulary (`vocab_size`, sentinels included).
+      where: what the model is, for the message (e.g. a checkpoint directory).
+
+    Raises:
+      UsageError: the vocabulary does not fit.
+    """
+    from activeit_jax.errors import UsageError
+    rows = getattr(getattr(model, "config", model), "vocab_size", None)
+    size = getattr(vocab, "vocab_size", None)
+    if rows is not None and size is not None and int(size) > int(rows):
+        raise UsageError(f"the vocabulary has {size} ids but {where} embeds only {rows}: ids "
+                         f">= {rows} would make the loss and every score NaN; use the model's "
+                         "own vocabulary (--vocab / train_job.vocabulary)")
+
+
 @dataclasses.dataclass(frozen=True)
 class EncodedExample:
     """One tokenised instance.
@@ -395,34 +418,32 @@ def read_tasks(path: str, niv2_dir: str | None = None) -> list[Any]:
       `data.niv2.Task`s in file order.
 
     Raises:
-      ValueError: names without `niv2_dir`; FileNotFoundError: a named task has no file.
+      UsageError: names without `niv2_dir`; MissingTaskError: a named task has no file;
+      TaskNameError: a name that is a path; RecordError / TaskFormatError: a malformed file.
     """
-    import json
     import os
 
+    from activeit_jax import records as records_lib
     from activeit_jax.data import niv2
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    if path.endswith(".jsonl"):
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif text.lstrip().startswith(("[", "{")):
-        data = json.loads(text)
-        records = list(data.get("tasks", []) if isinstance(data, dict) else data)
-    else:
-        records = [ln.strip() for ln in text.splitlines()
-                   if ln.strip() and not ln.lstrip().startswith("#")]
+    from activeit_jax.data.errors import MissingTaskError, RecordError, TaskFormatError
+    from activeit_jax.errors import UsageError
     tasks: list[Any] = []
-    for record in records:
+    for where, record in records_lib.read_records(path, "task list"):
         if isinstance(record, Mapping) and "instances" in record:
-            tasks.append(niv2.Task.from_dict(record))
+            try:
+                tasks.append(niv2.Task.from_dict(record))
+            except (KeyError, TypeError, ValueError) as err:
+                raise TaskFormatError(f"not a prepared task ({err!r})", path, where) from None
             continue
-        name = record if isinstance(record, str) else record.get("name", record.get("task"))
-        if not name:
-            raise ValueError(f"{path}: cannot read a task name from {record!r}")
+        name = record if isinstance(record, str) else (
+            record.get("name", record.get("task")) if isinstance(record, Mapping) else None)
+        if not isinstance(name, str) or not name:
+            raise RecordError(f"cannot read a task name from {record!r:.80}", path, where)
         if not niv2_dir:
-            raise ValueError(f"{path} names tasks; give the NIV2 directory (--niv2_dir)")
-        task_path = niv2.task_file_path(niv2_dir, str(name))
+            raise UsageError(f"{path} names tasks; give the NIV2 directory (--niv2_dir)")
+        niv2.check_task_name(name, path, where)
+        task_path = niv2.task_file_path(niv2_dir, name)
         if not os.path.exists(task_path):
-            raise FileNotFoundError(f"task {name!r} of {path} has no file {task_path}")
+            raise MissingTaskError(f"task {name!r} ({where} of {path}) has no file", task_path)
         tasks.append(niv2.load_niv2_task(task_path))
     return tasks

@@ -1,15 +1,21 @@
-"""A training run directory: metrics.jsonl + TensorBoard, orbax checkpoints, best/, eval/."""
+"""A training run directory: its fingerprint (run_args.json), metrics.jsonl + TensorBoard,
+orbax checkpoints, best/, eval/."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import shutil
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 
 from activeit_jax import io_utils
 from activeit_jax import train_state as ts
+from activeit_jax.errors import ActiveITError
 
 PyTree = Any
 
@@ -18,6 +24,82 @@ BEST_SUBDIR = "best"
 BEST_INFO_FILE = "best.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "train_summary.json"
+RUN_ARGS_FILE = "run_args.json"
+DAMAGED_SUBDIR = "checkpoints_damaged"
+EVAL_SUBDIR = "eval"
+
+# TrainConfig fields that change how fast a run goes or what it shows, not its result.
+NOT_FINGERPRINTED = ("mesh_shape", "logical_axis_rules", "eval_batch_size", "save_every_steps",
+                     "max_to_keep", "async_checkpointing", "log_every_steps", "tensorboard",
+                     "progress_bar")
+
+
+class TrainRunMismatchError(ActiveITError):
+    """The run directory holds another training run (or one of unknown arguments)."""
+
+
+def run_args(model: Any, config: Any, init: Any, data_fingerprint: str,
+             val_fingerprint: str) -> dict[str, Any]:
+    """What identifies a training run: the model, the result-changing settings, the initial
+    weights and the tokenised training / validation data."""
+    settings = {k: v for k, v in config_dict(config).items() if k not in NOT_FINGERPRINTED}
+    if init is None:
+        start = "random"
+    elif isinstance(init, (str, os.PathLike)):
+        start = os.path.abspath(os.fspath(init))
+    else:
+        start = "given parameters"
+    return {"model": repr(model), "config": settings, "init": start,
+            "train_data": data_fingerprint, "val_data": val_fingerprint}
+
+
+def _fingerprint(args: Mapping[str, Any]) -> str:
+    text = json.dumps(args, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_run_args(out_dir: str, args: Mapping[str, Any], has_checkpoint: bool) -> None:
+    """Checks `out_dir/run_args.json` against `args`, writing it for a new run.
+
+    A directory that holds training outputs but no run_args.json is refused, unless it has a
+    checkpoint (a run of an older version; its checkpoint's own data check still applies).
+
+    Raises:
+      TrainRunMismatchError: another run's directory (the differing arguments named).
+    """
+    from activeit_jax import records
+    path = os.path.join(out_dir, RUN_ARGS_FILE)
+    if os.path.exists(path):
+        previous = records.read_json(path, "run fingerprint")
+        if not isinstance(previous, dict) or previous.get("fingerprint") != _fingerprint(args):
+            old = previous.get("args", {}) if isinstance(previous, dict) else {}
+            diff = sorted(_differing(old, dict(args)))
+            raise TrainRunMismatchError(
+                f"{out_dir} holds another training run (differing: {', '.join(diff) or '?'}); "
+                "its best/, metrics.jsonl and eval/ are kept: use another --out, or the "
+                "same arguments to resume it")
+        return
+    outputs = [name for name in (METRICS_FILE, BEST_SUBDIR, BEST_INFO_FILE, SUMMARY_FILE,
+                                 EVAL_SUBDIR) if os.path.exists(os.path.join(out_dir, name))]
+    if outputs and not has_checkpoint:
+        raise TrainRunMismatchError(
+            f"{out_dir} holds training outputs ({', '.join(outputs)}) but no {RUN_ARGS_FILE}: "
+            "refusing to write a run of unknown arguments over them; use another --out")
+    if jax.process_index() == 0:
+        io_utils.atomic_write_json(path, {"fingerprint": _fingerprint(args), "args": args})
+
+
+def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ (one level into nested mappings)."""
+    out = []
+    for key in set(old) | set(new):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping) and not prefix:
+            out += _differing(a, b, f"{key}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True,
+                                                                        default=str):
+            out.append(prefix + key)
+    return out
 
 
 class MetricsWriter:
@@ -108,6 +190,56 @@ def restore_checkpoint(manager: Any, step: int, abstract_state: ts.TrainState
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["data"])
+
+
+def restore_newest_intact(manager: Any, abstract_state: ts.TrainState, out_dir: str
+                          ) -> tuple[ts.TrainState, dict[str, Any]] | None:
+    """Restores the newest checkpoint that reads back whole; None when there is none.
+
+    A checkpoint that fails to restore (a truncated or missing file, torn metadata: a disk
+    that filled up or a copy cut short) is moved to `out_dir/checkpoints_damaged/<step>` with
+    a warning naming it, so that the run continues from the one before and can save that step
+    again.
+
+    Raises:
+      CheckpointError: every checkpoint is damaged (all moved aside, all named).
+    """
+    from activeit_jax import checkpoints
+    damaged = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state, position = restore_checkpoint(manager, step, abstract_state)
+        except Exception as err:  # noqa: BLE001 - orbax / tensorstore / JSON errors alike
+            checkpoints.quiet_abandoned_reads()
+            where = os.path.join(out_dir, CHECKPOINT_SUBDIR, str(step))
+            logging.warning("checkpoint %s is damaged (%s); falling back to an older one",
+                            where, str(err).splitlines()[0][:200] if str(err) else
+                            type(err).__name__)
+            damaged.append(_move_aside(manager, out_dir, step))
+            continue
+        if damaged:
+            logging.warning("resuming from step %d; damaged checkpoint(s) moved to %s", step,
+                            ", ".join(damaged))
+        return state, position
+    if damaged:
+        raise checkpoints.CheckpointError(
+            f"every checkpoint of {out_dir} is damaged (moved to {', '.join(damaged)}); "
+            "delete them to start the run over")
+    return None
+
+
+def _move_aside(manager: Any, out_dir: str, step: int) -> str:
+    """Moves checkpoint `step` out of the manager's directory; returns its new path."""
+    source = os.path.join(out_dir, CHECKPOINT_SUBDIR, str(step))
+    target = os.path.join(out_dir, DAMAGED_SUBDIR, str(step))
+    if jax.process_index() == 0 and os.path.exists(source):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(source, target)
+    from activeit_jax import distributed
+    distributed.barrier(f"activeit_move_damaged_{step}")
+    manager.reload()
+    return target
 
 
 def save_best(out_dir: str, model: Any, params: PyTree, info: Mapping[str, Any],

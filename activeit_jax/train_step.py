@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from activeit_jax import partitioning, train_data
 from activeit_jax import train_state as ts
+from activeit_jax.errors import ActiveITError, UsageError
 
 PyTree = Any
 
@@ -141,8 +142,73 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation,
                    donate_argnums=(0,) if donate else ())
 
 
+class TrainingDivergedError(ActiveITError):
+    """The loss or the gradient norm of a step is not finite."""
+
+
+def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+    """Stops a run at the first step whose loss or gradient norm is NaN or infinite, before
+    such parameters reach a checkpoint or `best/`.
+
+    Args:
+      step: the global step the metrics belong to (1-based).
+      metrics: the train step's metrics (device or host scalars).
+
+    Raises:
+      TrainingDivergedError: naming the step and the values.
+    """
+    values = {k: float(np.asarray(jax.device_get(metrics[k])))
+              for k in ("loss", "grad_norm") if k in metrics}
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k} {v}" for k, v in values.items())
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: {shown}; nothing of this step was saved "
+            "(causes: a vocabulary larger than the model's embedding, non-finite initial "
+            "weights, a learning rate too high)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation.
+
+
+def check_settings(config: Any) -> None:
+    """Checks each `TrainConfig` value on its own (types, ranges, names); called when the
+    config is built, so a bad gin value fails before any run directory is touched.
+
+    Raises:
+      UsageError: naming the field and the value.
+    """
+    for name, low in (("num_epochs", 1), ("batch_size", 1), ("num_microbatches", 1),
+                      ("warmup_steps", 0), ("seed", 0), ("max_source_length", 2),
+                      ("max_target_length", 2), ("num_pos_examples", 0),
+                      ("eval_batch_size", 1), ("save_every_steps", 0), ("max_to_keep", 1),
+                      ("log_every_steps", 0)):
+        _check_int(name, getattr(config, name), low)
+    for name in ("max_instances_per_task", "max_eval_instances_per_task",
+                 "max_val_instances_per_task", "max_decode_length"):
+        if getattr(config, name, None) is not None:
+            _check_int(name, getattr(config, name), 1)
+    for name in ("learning_rate", "weight_decay", "adam_b1", "adam_b2", "adam_eps"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                or (name == "learning_rate" and value == 0):
+            raise UsageError(f"TrainConfig.{name} must be a number "
+                             f"{'> 0' if name == 'learning_rate' else '>= 0'}, got {value!r}")
+    for name, known in (("schedule", ts.SCHEDULES), ("optimizer", ts.OPTIMIZERS),
+                        ("selection_metric", SELECTION_METRICS)):
+        if getattr(config, name) not in known:
+            raise UsageError(f"TrainConfig.{name} must be one of {list(known)}, got "
+                             f"{getattr(config, name)!r}")
+
+
+SELECTION_METRICS = tuple(f"{m}{s}" for m in ("rougeL", "exact_match")
+                          for s in ("", "_cls", "_gen"))
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
 
 
 def validate_config(config: Any, mesh: Mesh) -> None:
@@ -151,11 +217,11 @@ def validate_config(config: Any, mesh: Mesh) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     per = config.num_microbatches * shards
     if config.num_microbatches < 1 or config.batch_size % per:
-        raise ValueError(
+        raise UsageError(
             f"batch_size {config.batch_size} must be divisible by num_microbatches "
             f"({config.num_microbatches}) x data*fsdp mesh size ({shards}) = {per}")
     if config.eval_batch_size % shards:
-        raise ValueError(f"eval_batch_size {config.eval_batch_size} must be divisible by the "
+        raise UsageError(f"eval_batch_size {config.eval_batch_size} must be divisible by the "
                          f"data*fsdp mesh size ({shards})")
     if config.model_kind not in (None, train_data.ENCODER_DECODER, train_data.DECODER_ONLY):
-        raise ValueError(f"unknown model_kind {config.model_kind!r}")
+        raise UsageError(f"unknown model_kind {config.model_kind!r}")

@@ -48,7 +48,8 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from activeit_jax import io_utils, partitioning
+from activeit_jax import io_utils, partitioning, run_lock
+from activeit_jax.errors import UsageError
 from activeit_jax import metrics as metrics_lib
 from activeit_jax import train_data
 from activeit_jax import train_state as ts
@@ -57,12 +58,16 @@ from activeit_jax.evaluation import (decode_tokens, encode_eval_tasks, evaluate,
                                      evaluate_checkpoint, make_decode_fn, model_kind_of)
 from activeit_jax.train_io import (BEST_INFO_FILE, BEST_SUBDIR, CHECKPOINT_SUBDIR,  # noqa: F401
                                    METRICS_FILE, SUMMARY_FILE, MetricsWriter,
+                                   TrainRunMismatchError, check_run_args,
                                    checkpoint_manager, config_dict, json_line,
-                                   recover_best_dir, restore_checkpoint, save_best,
+                                   recover_best_dir, restore_checkpoint,
+                                   restore_newest_intact, run_args, save_best,
                                    save_checkpoint, write_predictions)
-from activeit_jax.train_step import (batch_shardings, loss_and_grads,  # noqa: F401
-                                     make_train_step, put_batch, resolve_rules,
-                                     split_microbatches, validate_config)
+from activeit_jax.train_step import (TrainingDivergedError, batch_shardings,  # noqa: F401
+                                     check_finite, check_settings, loss_and_grads,
+                                     make_train_step,
+                                     put_batch, resolve_rules, split_microbatches,
+                                     validate_config)
 
 PyTree = Any
 
@@ -154,6 +159,10 @@ class TrainConfig:
     prompt_format: str = "auto"
     tensorboard: bool = True
     progress_bar: bool = True
+
+    def __post_init__(self):
+        # Checked when the config is built (gin included), before a run directory is touched.
+        check_settings(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,23 +373,60 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
 
     Returns:
       A `TrainResult`; `params` holds the best parameters placed on the mesh.
+
+    Raises:
+      UsageError: a setting the mesh cannot run, or a vocabulary larger than the embedding
+        (checked before anything is written).
+      TrainRunMismatchError: `out_dir` holds another run (see `train_io.check_run_args`).
+      RunLockedError: another process is training into `out_dir`.
+      TrainingDivergedError: a non-finite loss or gradient norm (its step named).
     """
     _check_packing(model, config)
-    os.makedirs(out_dir, exist_ok=True)
-    recover_best_dir(out_dir)
+    train_data.check_vocabulary(model, vocab)
     rules = resolve_rules(model, config.logical_axis_rules)
-    mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
+    try:
+        mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
+    except ValueError as err:
+        raise UsageError(f"TrainConfig.mesh_shape: {err}") from None
     validate_config(config, mesh)
     data = _encode_run_data(model, train_tasks, val_tasks, vocab, config)
-    programs = _train_programs(model, config, mesh, rules, data.total_steps,
-                               tuple((k, v.shape) for k, v in
-                                     sorted(data.batcher.batch(0, 0).items())))
-    run = _TrainRun(model, vocab, config, out_dir, mesh, rules, data, programs)
-    try:
-        stopped = run.train(init, stop_after_steps)  # the train state is freed on return
-    finally:
-        run.close()
-    return run.result(stopped)
+    args = run_args(model, config, init, data.fingerprint,
+                    train_data.fingerprint(data.val_examples))
+    with run_lock.hold(out_dir, "train", jax.process_index()):
+        if jax.process_index() == 0:  # what a killed atomic write left behind
+            for directory in (out_dir, os.path.join(out_dir, "eval")):
+                io_utils.remove_stale_temp_files(directory)
+        recover_best_dir(out_dir)
+        has_checkpoint = bool(os.path.isdir(os.path.join(out_dir, CHECKPOINT_SUBDIR)) and
+                              any(n.isdigit() for n in
+                                  os.listdir(os.path.join(out_dir, CHECKPOINT_SUBDIR))))
+        check_run_args(out_dir, args, has_checkpoint)
+        if not has_checkpoint and os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
+            return _finished_result(model, out_dir, mesh, rules)
+        programs = _train_programs(model, config, mesh, rules, data.total_steps,
+                                   tuple((k, v.shape) for k, v in
+                                         sorted(data.batcher.batch(0, 0).items())))
+        run = _TrainRun(model, vocab, config, out_dir, mesh, rules, data, programs)
+        try:
+            stopped = run.train(init, stop_after_steps)  # the train state is freed on return
+        finally:
+            run.close()
+        return run.result(stopped)
+
+
+def _finished_result(model: Any, out_dir: str, mesh: Mesh, rules: tuple) -> TrainResult:
+    """The result of a finished run whose checkpoints are gone (the active loop deletes
+    them): read back from train_summary.json and best/, nothing trained or rewritten."""
+    from activeit_jax import checkpoints, records
+    summary = records.read_json(os.path.join(out_dir, SUMMARY_FILE), "training summary")
+    best_dir = os.path.join(out_dir, BEST_SUBDIR)
+    logging.info("%s holds this finished run; reloading %s", out_dir, best_dir)
+    return TrainResult(
+        best_checkpoint_dir=best_dir, best_epoch=summary.get("best_epoch"),
+        best_metrics=dict(summary.get("best_metrics") or {}),
+        history=list(summary.get("history") or []), final_step=int(summary["final_step"]),
+        params=checkpoints.restore_params(
+            best_dir, model, partitioning.params_shardings(model, mesh, rules)))
 
 
 @dataclasses.dataclass
@@ -455,14 +501,16 @@ class _TrainRun:
 
     def _restore_or_init(self, init: Any) -> tuple[ts.TrainState, bool]:
         """The latest checkpoint of this run (refusing another run's), else fresh params."""
-        programs, latest = self.programs, self.manager.latest_step()
-        if latest is not None:
-            abstract = ts.abstract_train_state(programs.optimizer, programs.params_shapes,
-                                               programs.state_sh)
-            state, self.position = restore_checkpoint(self.manager, latest, abstract)
+        programs = self.programs
+        abstract = ts.abstract_train_state(programs.optimizer, programs.params_shapes,
+                                           programs.state_sh)
+        restored = restore_newest_intact(self.manager, abstract, self.out_dir)
+        if restored is not None:
+            state, self.position = restored
+            latest = int(self.position["global_step"])
             if (self.position.get("data_fingerprint") != self.data.fingerprint
                     or self.position.get("batch_size") != self.config.batch_size):
-                raise ValueError(
+                raise TrainRunMismatchError(
                     f"{self.out_dir} holds a checkpoint of a different run (training data or "
                     f"batch size differ); use a new output directory or delete "
                     f"{CHECKPOINT_SUBDIR}/")
@@ -483,6 +531,7 @@ class _TrainRun:
         config, position, steps = self.config, self.position, self.data.steps_per_epoch[epoch]
         step_rng = jax.random.fold_in(self.base_rng, 2)
         window = _Window()
+        unchecked = None  # (step, metrics) checked once the next step is queued: no stall
         while position["step_in_epoch"] < steps:
             if stop_after_steps is not None and position["global_step"] >= stop_after_steps:
                 return state, True
@@ -491,13 +540,17 @@ class _TrainRun:
             with partitioning.mesh_context(self.mesh, self.rules):
                 state, step_metrics = self.programs.train_step(
                     state, put_batch(batch, self.programs.batch_sh), step_rng)
+            if unchecked is not None:
+                check_finite(*unchecked)
             position["step_in_epoch"] += 1
             position["global_step"] += 1
             gstep = int(position["global_step"])
+            unchecked = (gstep, step_metrics)
             end_of_epoch = position["step_in_epoch"] == steps
             window.steps += 1
             if gstep % max(config.log_every_steps, 1) == 0 or end_of_epoch:
                 scalars = window.flush(jax.device_get(step_metrics))
+                check_finite(gstep, scalars)  # synced here anyway
                 scalars["epoch"] = epoch + position["step_in_epoch"] / steps
                 self.writer.write(gstep, "train", scalars)
                 if self.progress is not None:
@@ -507,7 +560,10 @@ class _TrainRun:
                 self.progress.update(1)
             if config.save_every_steps and gstep % config.save_every_steps == 0 \
                     and not end_of_epoch:
+                check_finite(*unchecked)  # a checkpoint never holds a diverged state
                 save_checkpoint(self.manager, state, position)
+        if unchecked is not None:
+            check_finite(*unchecked)  # before validation, best/ and the epoch's checkpoint
         return state, False
 
     def _end_epoch(self, state: ts.TrainState, epoch: int) -> None:

@@ -36,7 +36,6 @@ sys.path.insert(0, REPO)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EXAMPLES_PER_CATEGORY = 3
-SCORING_RUN_FILE = "scoring_run.json"
 
 
 def ensure_checkpoint(out: str, checkpoint: str | None) -> str:
@@ -87,20 +86,11 @@ def score(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
         source_buckets=tuple(b for b in (128, 192, 256, 384, 512, 768, 1024)
                              if b < args.max_source_length),
         sequence_buckets=tuple(b for b in (160, 224, 288, 416, 544, 800) if b < top))
-    summary = scoring.score_pool(
+    return scoring.score_pool(
         model, params, vocab, _load_lazily(args.niv2_dir, names, "skip"),
         os.path.join(args.out, "scores"), config, mesh=mesh, total=len(names),
         run_args={"checkpoint": os.path.abspath(checkpoint), "niv2_dir":
                   os.path.abspath(args.niv2_dir), "tasks": names})
-    # summary.json describes the last call only (a resumed call that found everything done
-    # reports 0 rows); keep the throughput of the calls that computed something.
-    run_path = os.path.join(args.out, SCORING_RUN_FILE)
-    if summary["chunks_computed"] > 0:
-        from activeit_jax import io_utils
-        io_utils.atomic_write_json(run_path, {k: summary[k] for k in (
-            "seconds", "rows", "unique_rows", "rows_per_s", "seconds_wait_decode",
-            "seconds_wait_score", "num_compilations")})
-    return summary
 
 
 def zero_shot(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
@@ -135,17 +125,6 @@ def zero_shot(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     return summary
 
 
-def _scoring_line(out: str) -> str:
-    """How fast the Task Map was scored (OUT/scoring_run.json of the last computing call)."""
-    path = os.path.join(out, SCORING_RUN_FILE)
-    if not os.path.exists(path):
-        return "Scoring time: not recorded."
-    with open(path, encoding="utf-8") as handle:
-        run = json.load(handle)
-    return (f"Scoring: {run['rows']} rows ({run['unique_rows']} unique) in {run['seconds']:.0f}s "
-            f"= {run['rows_per_s']:.2f} rows/s ({os.cpu_count()} CPU cores visible).")
-
-
 def showcase(args: argparse.Namespace, summary: dict[str, Any], zero: dict[str, Any]) -> str:
     """Step 4: the markdown summary (also written to OUT/showcase.md)."""
     from activeit_jax import io_utils, taskmap
@@ -172,7 +151,9 @@ def showcase(args: argparse.Namespace, summary: dict[str, Any], zero: dict[str, 
               f"{args.eval_instances} instances each, {zero['overall']['num_examples']} in all):"
               f" ROUGE-L {zero['rougeL']:.1f} (classification {zero['rougeL_cls']:.1f}, "
               f"generation {zero['rougeL_gen']:.1f}), exact match {zero['exact_match']:.1f}.",
-              _scoring_line(args.out)]
+              f"Scoring (the whole run, every session): {summary['rows']} rows "
+              f"({summary['unique_rows']} unique) in {summary['seconds']:.0f}s = "
+              f"{summary['rows_per_s']:.2f} rows/s ({os.cpu_count()} CPU cores visible)."]
     text = "\n".join(lines) + "\n"
     io_utils.atomic_write_text(os.path.join(args.out, "showcase.md"), text)
     return text
@@ -198,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     checkpoint = ensure_checkpoint(args.out, args.checkpoint)
     summary = score(args, checkpoint)
-    print(f"task map: {summary['categories']} ({summary['rows_per_s']:.2f} rows/s)", flush=True)
+    print(f"task map: {summary['categories']} ({summary['rows_per_s']:.2f} rows/s over the "
+          f"run)", flush=True)
     if args.skip_zero_shot:
         return
     zero = zero_shot(args, checkpoint)

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax import checkpoints, io_utils, partitioning, scoring, trainer
+from activeit_jax import checkpoints, io_utils, partitioning, run_lock, scoring, trainer
 from activeit_jax.data import errors, niv2
 from activeit_jax.data import vocab as vocab_lib
 from activeit_jax.models import EncoderDecoderModel, T5Config
@@ -167,7 +167,7 @@ def test_shard_journals_merge_resume_and_change_host_count(tmp_path, shard_score
     # Resumed with three hosts: every journal counts as done; nothing is recomputed.
     for k in range(3):
         again = _score_shard(shard_scorer, vocab, out, scoring.ShardInfo(k, 3))
-    assert again["merged"] is True and again["tasks_scored"] == 0
+    assert again["merged"] is True and again["last_session"]["tasks_scored"] == 0
     assert sum(h["chunks_computed"] for h in again["hosts"]) == 0
     assert _journal_bytes(out) == merged
 
@@ -188,7 +188,8 @@ def test_shard_journals_merge_resume_and_change_host_count(tmp_path, shard_score
     half = tmp_path / "half"
     _score_shard(shard_scorer, vocab, half, scoring.ShardInfo(1, 2))
     rest = _score_shard(shard_scorer, vocab, half)
-    assert rest["tasks_scored"] == 4  # pool indices 0, 2, 4, 6 (3, the empty one, was host 1's)
+    # This call scored pool indices 0, 2, 4, 6 (3, the empty one, was host 1's).
+    assert rest["last_session"]["tasks_scored"] == 4
     assert [r["task"] for r in io_utils.read_jsonl(half / "scores.jsonl")] == \
         [r["task"] for r in got]
 
@@ -371,11 +372,13 @@ def test_multihost_training_equals_single_process(setup):
         assert io_utils.read_jsonl(multi / name) == io_utils.read_jsonl(single / name)
     best_got, best_ref = (json.loads((d / "best.json").read_text()) for d in (multi, single))
     assert best_got["epoch"] == best_ref["epoch"] and best_got["step"] == best_ref["step"]
-    # Written once (process 0) or by orbax: the same set of files as the single process.
+    # Written once (process 0) or by orbax: the same set of files as the single process
+    # (each process holds its own run lock file).
     def tree(run):
         return sorted(os.path.relpath(os.path.join(d, f), run)
                       for d, _, files in os.walk(run) for f in files
-                      if "checkpoints" not in d and os.sep + "params" not in d)
+                      if "checkpoints" not in d and os.sep + "params" not in d
+                      and not f.startswith(run_lock.LOCK_FILE))
     assert tree(multi) == tree(single)
     assert not [p for p in os.listdir(multi) if p.endswith((".tmp", ".old"))]
     summary = json.loads((multi / "train_summary.json").read_text())

@@ -61,7 +61,8 @@ def test_cli_niv2_pool_then_resume_and_refuse(tmp_path, checkpoint, sample_data)
     before = (out / "scores.jsonl").read_bytes()
     again = _score(*common)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((out / "summary.json").read_text())["chunks_computed"] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["last_session"]["chunks_computed"] == 0
     assert (out / "scores.jsonl").read_bytes() == before
     refused = _score(*common[:-1], "--num_perturbations=4")
     assert refused.returncode != 0 and "different arguments" in refused.stderr

@@ -253,7 +253,7 @@ def test_kill_and_resume_gives_identical_files(baseline, tmp_path, model, host_p
              hooks=scoring.ScoreHooks(after_task=hook))
     assert len(_read(tmp_path, "scores.jsonl")) == 4
     summary = _run(model, host_params, vocab, pool, tmp_path, scorer=scorer)
-    assert summary["tasks_scored"] == len(pool) - 4
+    assert summary["last_session"]["tasks_scored"] == len(pool) - 4
     assert _files(tmp_path) == _files(out)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from activeit_jax import checkpoints, io_utils, metrics, partitioning, train_data, trainer
 from activeit_jax.data import niv2
+from activeit_jax.data.errors import MissingTaskError
 from activeit_jax.data import vocab as vocab_lib
 from activeit_jax.models import EncoderDecoderModel, T5Config
 from trainer_testlib import BagModel
@@ -229,7 +230,7 @@ def test_read_tasks_formats(tmp_path, sample_data, tasks):
     with pytest.raises(ValueError, match="niv2_dir"):
         train_data.read_tasks(str(tmp_path / "names.txt"))
     (tmp_path / "bad.txt").write_text("no_such_task\n")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(MissingTaskError, match="no_such_task"):
         train_data.read_tasks(str(tmp_path / "bad.txt"), niv2_dir)
 
 

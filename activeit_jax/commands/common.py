@@ -4,6 +4,7 @@ from __future__ import annotations
 from absl import flags
 
 from activeit_jax import gin_utils
+from activeit_jax.errors import UsageError
 
 
 def define_gin_flags() -> None:
@@ -26,13 +27,13 @@ def check_args(argv: list[str], required: tuple[str, ...] = ()) -> None:
       required: names of flags that must be set.
 
     Raises:
-      ValueError: with "unexpected arguments: ..." or "--NAME is required".
+      UsageError: with "unexpected arguments: ..." or "--NAME is required".
     """
     if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
     for name in required:
         if not getattr(flags.FLAGS, name):
-            raise ValueError(f"--{name} is required")
+            raise UsageError(f"--{name} is required")
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -40,9 +41,12 @@ def parse_mesh(text: str) -> dict[str, int]:
     out = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         if "=" not in item:
-            raise ValueError(f"--mesh item {item!r} must look like AXIS=SIZE")
+            raise UsageError(f"--mesh item {item!r} must look like AXIS=SIZE")
         axis, size = item.split("=", 1)
-        out[axis.strip()] = int(size)
+        try:
+            out[axis.strip()] = int(size)
+        except ValueError:
+            raise UsageError(f"--mesh item {item!r}: SIZE must be an integer") from None
     return out
 
 

@@ -60,7 +60,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 from typing import Any
 
 import gin
@@ -404,9 +403,7 @@ def build_stages(exp: Experiment):
 
 
 def main(argv: list[str]) -> None:
-    del argv
-    if not FLAGS.out:
-        sys.exit("activeit-jax run: --out is required")
+    common.check_args(argv, ("out",))
     common.initialize_distributed_from_flags()
     common.quiet_library_logs()
     _register_configurables()
@@ -415,27 +412,28 @@ def main(argv: list[str]) -> None:
     import activeit_jax.models  # noqa: F401
     common.parse_gin_from_flags()
     exp = experiment()
-    clients = None
-    if exp.judge is not None:
-        import jax
+    import jax
 
-        from activeit_jax import judge
-        if jax.process_index() == 0:
-            try:  # a missing API key fails now, not after hours of training
-                clients = {judge.judge_name(c): judge.ChatClient(c) for c in exp.judge}
-            except judge.JudgeError as err:
-                sys.exit(f"activeit-jax run: judge: {err}")
+    from activeit_jax import io_utils, judge, run_lock
+    clients = None
+    if exp.judge is not None and jax.process_index() == 0:
+        # A missing API key fails now, not after hours of training.
+        clients = {judge.judge_name(c): judge.ChatClient(c) for c in exp.judge}
     stages = build_stages(exp)
-    result = active_loop.run_loop(FLAGS.out, exp.loop, stages)
-    logging.info("loop finished: %s", result)
-    if exp.judge is not None:
-        comparisons = active_loop.run_judge(FLAGS.out, exp.loop, stages, clients,
-                                            reference=exp.judge_reference, seed=exp.judge_seed)
-        for c in comparisons:
-            if c["win"] is not None:
-                print(f"judge {c['judge']} seed {c['seed']} {c['strategy']} vs "
-                      f"{c['reference']} iteration {c['iteration']}: {c['win']} win / "
-                      f"{c['tie']} tie / {c['lose']} lose")
-    if FLAGS.report:
-        written = reports.write_report(FLAGS.out)
-        print(f"report: {written.get('report.html', os.path.join(FLAGS.out, 'report'))}")
+    with run_lock.hold(FLAGS.out, "run", jax.process_index()):
+        if jax.process_index() == 0:  # what a killed atomic write left anywhere in the run
+            io_utils.remove_stale_temp_files(FLAGS.out, recursive=True)
+        result = active_loop.run_loop(FLAGS.out, exp.loop, stages)
+        logging.info("loop finished: %s", result)
+        if exp.judge is not None:
+            comparisons = active_loop.run_judge(FLAGS.out, exp.loop, stages, clients,
+                                                reference=exp.judge_reference,
+                                                seed=exp.judge_seed)
+            for c in comparisons:
+                if c["win"] is not None:
+                    print(f"judge {c['judge']} seed {c['seed']} {c['strategy']} vs "
+                          f"{c['reference']} iteration {c['iteration']}: {c['win']} win / "
+                          f"{c['tie']} tie / {c['lose']} lose")
+        if FLAGS.report:
+            written = reports.write_report(FLAGS.out)
+            print(f"report: {written.get('report.html', os.path.join(FLAGS.out, 'report'))}")

@@ -29,14 +29,14 @@ be on a filesystem that every host sees.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Any, Iterator
 
 from absl import flags
 
 from activeit_jax.commands import common
+from activeit_jax.data.errors import TaskFormatError
+from activeit_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
 
@@ -108,14 +108,15 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
     With `shard` (a `scoring.ShardInfo`), NIV2 and prepared entries of other shards are not
     loaded: a `scoring.TaskStub` (the name only) stands in their place.
     """
-    from activeit_jax import scoring
+    from activeit_jax import records, scoring
     from activeit_jax.data import niv2
+    from activeit_jax.data.errors import MissingTaskError, RecordError
 
     def mine(index: int) -> bool:
         return shard is None or shard.owns(index)
 
     if bool(tasks_file) == bool(self_instruct):
-        raise ValueError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
+        raise UsageError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
     if self_instruct:
         from activeit_jax.data import self_instruct as si
         tasks = si.load_self_instruct(self_instruct)
@@ -124,31 +125,42 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         def keep(record):
             return "role" not in record or not role or record["role"] == role
 
-        with open(tasks_file, encoding="utf-8") as handle:
-            total = sum(1 for line in handle if line.strip() and keep(json.loads(line)))
+        # A first pass checks every line (and counts the pool) before anything is scored.
+        total = 0
+        for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
+            if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+                raise RecordError("expected a prepared task object with a 'name'", tasks_file,
+                                  f"line {number}")
+            total += keep(record)
 
         def prepared():
             index = 0
-            with open(tasks_file, encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        record = json.loads(line)
-                        if keep(record):
-                            record.pop("role", None)
-                            yield (niv2.Task.from_dict(record) if mine(index)
-                                   else scoring.TaskStub(record["name"]))
-                            index += 1
+            for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
+                if keep(record):
+                    record.pop("role", None)
+                    yield (_prepared_task(record, tasks_file, number) if mine(index)
+                           else scoring.TaskStub(record["name"]))
+                    index += 1
         return prepared(), total, {"tasks": os.path.abspath(tasks_file), "role": role}
     if not niv2_dir:
-        raise ValueError("--tasks with task names needs --niv2_dir")
-    with open(tasks_file, encoding="utf-8") as handle:
-        names = [ln.strip() for ln in handle if ln.strip() and not ln.startswith("#")]
+        raise UsageError("--tasks with task names needs --niv2_dir")
+    names = [niv2.check_task_name(name, tasks_file, where)
+             for where, name in records.read_records(tasks_file, "task list")]
     missing = [n for n in names if not os.path.exists(niv2.task_file_path(niv2_dir, n))]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} task(s) of {tasks_file} have no file in "
-                                f"{niv2_dir}/tasks: {missing[:5]}")
+        raise MissingTaskError(f"{len(missing)} task(s) of {tasks_file} have no file in "
+                               f"{niv2_dir}/tasks: {missing[:5]}", tasks_file)
     return _load_lazily(niv2_dir, names, on_bad_task, mine), len(names), {
         "tasks": os.path.abspath(tasks_file), "niv2_dir": os.path.abspath(niv2_dir)}
+
+
+def _prepared_task(record: dict[str, Any], path: str, number: int) -> Any:
+    """A `Task` from a prepared tasks.jsonl line; a malformed one names its line."""
+    from activeit_jax.data import niv2
+    try:
+        return niv2.Task.from_dict(record)
+    except (KeyError, TypeError, ValueError) as err:
+        raise TaskFormatError(f"not a prepared task ({err!r})", path, f"line {number}") from None
 
 
 def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
@@ -175,12 +187,29 @@ def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
                 raise
 
 
+def _buckets(name: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(b) for b in getattr(FLAGS, name)) or None
+    except ValueError:
+        raise UsageError(f"--{name} must be integers, got {getattr(FLAGS, name)}") from None
+
+
 def build_config() -> "Any":
-    """The `ScoreConfig` of the command line."""
+    """The `ScoreConfig` of the command line.
+
+    Raises:
+      UsageError: a value the scorer cannot use (checked before anything is written).
+    """
     from activeit_jax import perturbation as perturbation_lib
     from activeit_jax import scoring, taskmap
 
-    options = perturbation_lib.parse_options(FLAGS.perturbation_option)
+    try:
+        options = perturbation_lib.parse_options(FLAGS.perturbation_option)
+        thresholds = taskmap.TaskMapThresholds(
+            pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
+            pu_threshold=FLAGS.pu_threshold, probability_threshold=FLAGS.probability_threshold)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if FLAGS.perturbation in ("drop", "sentinel", "repeat", "insert"):
         options.setdefault("rate", FLAGS.drop_rate)
     return scoring.ScoreConfig(
@@ -195,24 +224,20 @@ def build_config() -> "Any":
         save_prompts=FLAGS.save_prompts, batch_size=FLAGS.batch_size,
         decode_batch_size=FLAGS.decode_batch_size or FLAGS.batch_size,
         tasks_per_chunk=FLAGS.tasks_per_chunk,
-        source_buckets=tuple(int(b) for b in FLAGS.source_buckets) or None,
-        target_buckets=tuple(int(b) for b in FLAGS.target_buckets) or None,
-        thresholds=taskmap.TaskMapThresholds(
-            pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
-            pu_threshold=FLAGS.pu_threshold,
-            probability_threshold=FLAGS.probability_threshold))
+        source_buckets=_buckets("source_buckets"), target_buckets=_buckets("target_buckets"),
+        thresholds=thresholds)
 
 
 def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
     """A chat format needs a chat template: say so in one line before loading weights."""
     from activeit_jax import scoring
     from activeit_jax.data import chat as chat_lib
-    from activeit_jax.data.errors import DataError
+    from activeit_jax.errors import UsageError
     try:
         scoring.prompt_formats(config, scoring.is_decoder_only(model),
                                chat_lib.from_vocabulary(vocab) is not None)
     except ValueError as err:
-        raise DataError(f"--prompt_format: {err}") from None
+        raise UsageError(f"--prompt_format: {err}") from None
 
 
 def main(argv: list[str]) -> None:
@@ -222,36 +247,31 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from activeit_jax import checkpoints, partitioning, scoring
+    from activeit_jax import checkpoints, partitioning, scoring, train_data
     from activeit_jax.data import vocab as vocab_lib
-    from activeit_jax.data.errors import DataError
-
     shard = scoring.ShardInfo.of_process()
-    try:
-        config = build_config()
-        tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
-                                            FLAGS.on_bad_task, FLAGS.role, shard)
-        model = checkpoints.read_model(FLAGS.checkpoint)
-        # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
-        # sentinels and keeps its own special ids).
-        vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint)
-        _check_prompt_format(config, model, vocab)
-        mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
-        params = checkpoints.restore_params(FLAGS.checkpoint, model,
-                                            partitioning.params_shardings(model, mesh))
-        run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
-                    "vocab": (os.path.abspath(FLAGS.vocab) if FLAGS.vocab
-                              else "stored with the checkpoint"),
-                    "on_bad_task": FLAGS.on_bad_task,
-                    **pool_args}
-        summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
-                                     mesh=mesh, run_args=run_args, total=total,
-                                     progress=FLAGS.progress and jax.process_index() == 0,
-                                     shard=shard)
-    except (scoring.ResumeMismatchError, DataError, checkpoints.CheckpointError,
-            FileNotFoundError) as err:
-        print(f"activeit-jax score: {err}", file=sys.stderr)
-        sys.exit(1)
+    # Every argument is checked (and the pool listed) before the run directory is touched.
+    config = build_config()
+    tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
+                                        FLAGS.on_bad_task, FLAGS.role, shard)
+    model = checkpoints.read_model(FLAGS.checkpoint)
+    # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
+    # sentinels and keeps its own special ids).
+    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint)
+    train_data.check_vocabulary(model, vocab, FLAGS.checkpoint)
+    _check_prompt_format(config, model, vocab)
+    mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
+    params = checkpoints.restore_params(FLAGS.checkpoint, model,
+                                        partitioning.params_shardings(model, mesh))
+    run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
+                "vocab": (os.path.abspath(FLAGS.vocab) if FLAGS.vocab
+                          else "stored with the checkpoint"),
+                "on_bad_task": FLAGS.on_bad_task,
+                **pool_args}
+    summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
+                                 mesh=mesh, run_args=run_args, total=total,
+                                 progress=FLAGS.progress and jax.process_index() == 0,
+                                 shard=shard)
     if jax.process_index() != 0:
         return
     pad = summary["score_padding"]

@@ -18,8 +18,10 @@ from typing import Any, Mapping
 import gin
 from absl import flags, logging
 
-from activeit_jax import io_utils, selection
+from activeit_jax import io_utils, records, selection
 from activeit_jax.commands import common
+from activeit_jax.data.errors import RecordError
+from activeit_jax.errors import UsageError
 
 _SCORES = flags.DEFINE_string("scores", None, "scores.jsonl of the pool (from `score`).")
 _POOL = flags.DEFINE_string(
@@ -50,10 +52,31 @@ def selection_settings(strategy: str = "prompt_uncertainty", num_tasks: int = 68
                 iteration=iteration, label_ratio=label_ratio, on_missing_score=on_missing_score)
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuses settings `selection.select` cannot use, before any file is read or written.
+
+    Raises:
+      UsageError: naming the setting.
+    """
+    if settings["strategy"] not in selection.list_strategies():
+        raise UsageError(f"--strategy: unknown strategy {settings['strategy']!r}; known: "
+                         f"{', '.join(selection.list_strategies())}")
+    if settings["quota"] not in selection.QUOTAS:
+        raise UsageError(f"--quota must be one of {list(selection.QUOTAS)}, got "
+                         f"{settings['quota']!r}")
+    for key in ("num_tasks", "seed", "iteration"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UsageError(f"--{key} must be an integer >= 0, got {value!r}")
+    if settings["on_missing_score"] not in ("error", "drop"):
+        raise UsageError("selection_settings.on_missing_score must be 'error' or 'drop', got "
+                         f"{settings['on_missing_score']!r}")
+
+
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("out",))
     if not _SCORES.value and not _POOL.value:
-        raise ValueError("give --scores and/or --pool")
+        raise UsageError("give --scores and/or --pool")
     common.parse_gin_from_flags()
     settings = selection_settings()
     for key, flag in (("strategy", _STRATEGY), ("num_tasks", _NUM_TASKS), ("quota", _QUOTA),
@@ -61,9 +84,10 @@ def main(argv: list[str]) -> None:
         if flag.value is not None:
             settings[key] = flag.value
 
-    scores = io_utils.read_jsonl(_SCORES.value) if _SCORES.value else None
+    check_settings(settings)
+    scores = records.read_score_records(_SCORES.value) if _SCORES.value else None
     if _SCORES.value and not scores:
-        raise ValueError(f"{_SCORES.value}: no score records")
+        raise RecordError("no score records", _SCORES.value)
     pool = selection.read_pool(_POOL.value) if _POOL.value else \
         selection.pool_from_scores(scores or [])
     excluded: set[str] = set()
@@ -74,7 +98,10 @@ def main(argv: list[str]) -> None:
         pool = [task for task in pool if task.name not in excluded]
         logging.info("excluded %d already-trained task(s) from the pool", before - len(pool))
 
-    result = selection.select(scores=scores, pool=pool, **settings)
+    try:
+        result = selection.select(scores=scores, pool=pool, **settings)
+    except ValueError as err:  # select documents its ValueErrors as problems of the input
+        raise UsageError(f"cannot select from {_SCORES.value or _POOL.value}: {err}") from None
     for note in result.notes:
         logging.warning("%s", note)
     for group in result.groups:

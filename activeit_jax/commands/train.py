@@ -29,6 +29,7 @@ from absl import flags, logging
 
 from activeit_jax import io_utils
 from activeit_jax.commands import common
+from activeit_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
 
@@ -55,7 +56,7 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
     from activeit_jax import checkpoints
     if init_checkpoint is None:
         if model is None:
-            raise ValueError("no model: bind train_job.model (e.g. include a "
+            raise UsageError("no model: bind train_job.model (e.g. include a "
                              "configs/models/*.gin) or pass --init_checkpoint")
         return model
     saved = checkpoints.read_model(init_checkpoint, rules)
@@ -64,7 +65,7 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
     shapes = lambda m: jax.tree.map(lambda a: (a.shape, str(a.dtype)),  # noqa: E731
                                     m.abstract_params())
     if shapes(model) != shapes(saved):
-        raise ValueError(f"the gin model {model!r} does not have the parameter shapes of "
+        raise UsageError(f"the gin model {model!r} does not have the parameter shapes of "
                          f"{init_checkpoint} ({saved!r})")
     return model
 
@@ -72,7 +73,7 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("out",))
     if bool(FLAGS.tasks) == bool(FLAGS.self_instruct):
-        raise ValueError("give exactly one training set: --tasks or --self_instruct")
+        raise UsageError("give exactly one training set: --tasks or --self_instruct")
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> None:
         niv2_dir = resolve_repo_path(niv2_dir)  # gin's "data/sample/niv2" from anywhere
     init_checkpoint = FLAGS.init_checkpoint or job.init_checkpoint
     if init_checkpoint is None and not job.allow_random_init:
-        raise ValueError("no --init_checkpoint: convert a pretrained model first "
+        raise UsageError("no --init_checkpoint: convert a pretrained model first "
                          "(activeit-jax convert), or set train_job.allow_random_init = True")
     from activeit_jax.data import vocab as vocab_lib
     # The gin vocabulary, else the tokenizer stored with the initial checkpoint.

@@ -1,20 +1,25 @@
 """Errors raised for bad input data. Each names the file and the field at fault.
 
-The CLI catches `DataError` (the base class) and prints its message without a traceback, so the
-message alone must say what is wrong and where: `<file>: field '<field>': <what>`.
+The CLI catches `DataError` (an `activeit_jax.errors.ActiveITError`) and prints its message
+without a traceback, so the message alone must say what is wrong and where:
+`<file>: field '<field>': <what>` (in a line-oriented file the field starts with its line,
+e.g. "line 3: task").
 """
 from __future__ import annotations
 
 import os
 
+from activeit_jax.errors import ActiveITError
 
-class DataError(Exception):
+
+class DataError(ActiveITError):
     """Bad input data: a malformed file, a missing task, an impossible split.
 
     Attributes:
       message: what is wrong, in words.
       path: the file (or directory) at fault, when there is one.
-      field: the field inside that file (e.g. "Instances[3].output"), when there is one.
+      field: the field inside that file (e.g. "Instances[3].output", or "line 3: task" in a
+        JSONL file), when there is one.
     """
 
     def __init__(self, message: str, path: str | os.PathLike | None = None,
@@ -45,6 +50,10 @@ class MissingTaskError(DataError):
     """A task that is required (e.g. named with --tasks) has no file, or a split file is absent."""
 
 
+class TaskNameError(DataError):
+    """A task name that is not a plain file name (a path such as `../../x` or `/abs/x`)."""
+
+
 class SplitError(DataError):
     """The requested experiment split cannot be made (too few tasks of a kind)."""
 
@@ -55,6 +64,10 @@ class EmptyPoolError(SplitError):
 
 class VocabularyError(DataError):
     """A SentencePiece model file is missing or cannot be loaded."""
+
+
+class RecordError(DataError):
+    """A record file (scores.jsonl, a pool, a task list) has a malformed or repeated record."""
 
 
 class LabelOverrideError(DataError):

@@ -26,7 +26,8 @@ import os
 from typing import Any, Mapping, Sequence
 
 from activeit_jax.data import labels as labels_lib
-from activeit_jax.data.errors import DataError, MissingTaskError, TaskFormatError, read_text
+from activeit_jax.data.errors import (DataError, MissingTaskError, TaskFormatError, TaskNameError,
+                                      read_text)
 from activeit_jax.data.hashing import stable_shuffle
 
 OnBadTask = str  # "error" | "skip"
@@ -299,8 +300,34 @@ def split_file_path(niv2_dir: str | os.PathLike, split: str,
     return os.path.join(os.fspath(niv2_dir), "splits", split_dir, f"{split}_tasks.txt")
 
 
+def check_task_name(name: str, source: str | os.PathLike | None = None,
+                    where: str | None = None) -> str:
+    """`name` when it is a plain task name: a task name becomes a file name under
+    `<niv2_dir>/tasks/`, so one holding a path (`../../x`, `/abs/x`) would read outside it.
+
+    Args:
+      name: the task name as read.
+      source: the file that named it (for the message), if any.
+      where: its place in `source` (e.g. "line 3"), if known.
+
+    Returns:
+      `name`, unchanged.
+
+    Raises:
+      TaskNameError: `name` is empty, absolute, or holds a path separator, `..` or NUL.
+    """
+    bad = (not name or name != name.strip() or os.path.isabs(name) or ".." in name
+           or any(ch in name for ch in ("/", "\\", "\0", os.sep)))
+    if bad:
+        raise TaskNameError(f"task name {name!r} refused: a task name is a plain file name "
+                            "under <niv2_dir>/tasks (no '/', '\\', '..' or absolute path)",
+                            source, where)
+    return name
+
+
 def task_file_path(niv2_dir: str | os.PathLike, name: str) -> str:
-    """`<niv2_dir>/tasks/<name>.json`."""
+    """`<niv2_dir>/tasks/<name>.json`, for a plain task name only (`check_task_name`)."""
+    check_task_name(name)
     return os.path.join(os.fspath(niv2_dir), "tasks", f"{name}.json")
 
 
@@ -321,10 +348,11 @@ def read_split_names(niv2_dir: str | os.PathLike, split: str,
     except OSError as err:
         raise MissingTaskError(f"cannot read split file ({err.strerror})", path) from None
     names = []
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         name = line.strip()
         if name and not name.startswith("#"):
-            names.append(name[:-len(".json")] if name.endswith(".json") else name)
+            name = name[:-len(".json")] if name.endswith(".json") else name
+            names.append(check_task_name(name, path, f"line {number}"))
     return names
 
 

@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any, Mapping
 
+from activeit_jax.errors import ActiveITError
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.t5 import T5Config
 from activeit_jax.models.wrappers import BaseModel, DecoderOnlyModel, EncoderDecoderModel
@@ -19,7 +20,7 @@ from activeit_jax.models.wrappers import BaseModel, DecoderOnlyModel, EncoderDec
 CONFIG_NAME = "config.json"
 
 
-class ConversionError(ValueError):
+class ConversionError(ActiveITError, ValueError):
     """A checkpoint cannot be converted (missing file, unsupported model, bad tensor)."""
 
 
@@ -32,8 +33,17 @@ def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
     if not os.path.exists(path):
         raise ConversionError(f"no {CONFIG_NAME} in {hf_dir} (expected a Hugging Face model "
                               "directory saved with save_pretrained)")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{path}: line {err.lineno} column {err.colno}: the model config "
+                              f"is not valid JSON ({err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{path}: cannot read the model config ({err})") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
+    return config
 
 
 def _first_id(value: Any, default: int | None) -> int | None:

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 from typing import Any, Callable, Iterator, Mapping
 
@@ -28,6 +27,8 @@ from activeit_jax.models.hf_configs import (  # noqa: F401 (re-exported: one imp
     CONFIG_NAME, ConversionError, hf_config_from_model, llama_config_from_hf,
     model_from_hf_config, model_family, read_hf_config, t5_config_from_hf)
 from activeit_jax.models.llama import LlamaConfig
+from activeit_jax.models.safetensors_io import read_json as _read_json
+from activeit_jax.models.safetensors_io import read_safetensors_header as _safetensors_header
 from activeit_jax.models.t5 import T5Config
 from activeit_jax.models.wrappers import BaseModel, DecoderOnlyModel, EncoderDecoderModel
 
@@ -48,14 +49,6 @@ class ImportedModel:
 
 # -- reading safetensors --------------------------------------------------------------------
 
-def _safetensors_header(path: str) -> tuple[dict[str, Any], int]:
-    """(header dict, byte offset of the data section) of a safetensors file."""
-    with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_len))
-    return header, 8 + header_len
-
-
 class SafetensorsReader:
     """Lazy, read-one-tensor-at-a-time access to a Hugging Face safetensors directory.
 
@@ -70,8 +63,8 @@ class SafetensorsReader:
         index_path = os.path.join(self.hf_dir, SAFE_INDEX_NAME)
         single_path = os.path.join(self.hf_dir, SAFE_WEIGHTS_NAME)
         if os.path.exists(index_path):
-            with open(index_path, encoding="utf-8") as handle:
-                weight_map = json.load(handle).get("weight_map")
+            index = _read_json(index_path, "the shard index")
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ConversionError(f"{index_path} has no weight_map")
             files = sorted(set(weight_map.values()))
@@ -122,9 +115,12 @@ class SafetensorsReader:
                 handle.seek(meta["data_start"] + begin)
                 raw = handle.read(end - begin)
             return np.frombuffer(raw, dtype=ml_dtypes.bfloat16).reshape(meta["shape"])
-        from safetensors import safe_open
-        with safe_open(path, framework="np") as handle:
-            return handle.get_tensor(key)
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(path, framework="np") as handle:
+                return handle.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ConversionError(f"{path}: cannot read tensor {key!r} ({err})") from None
 
 
 # -- name/layout tables ---------------------------------------------------------------------

@@ -68,6 +68,11 @@ Edge cases:
   with none is skipped and listed in ``summary.json`` (``skipped``).
 - An empty definition with no example inputs leaves nothing to perturb: the K prompts equal the
   original, so PU is exactly 0 (``|p_k - p_0|`` over identical rows, scored once).
+- A prompt longer than ``max_source_length`` is cut (encoder-decoder: its end, the instance
+  input; decoder-only: its start): the task is still scored, a warning names it, and
+  ``truncated_instances`` in ``scores.jsonl`` counts its cut instances.
+- A NaN or infinite score stops the run (`NonFiniteScoreError`, nothing of that task written),
+  as does a vocabulary larger than the model's embedding (checked before anything runs).
 
 Execution: tasks stream through in fixed chunks of ``tasks_per_chunk`` consecutive pool tasks
 (the pool is iterated lazily). In a chunk, all (1+K) x n rows of all tasks are de-duplicated,
@@ -76,10 +81,14 @@ and run in batches of a fixed size through one jitted function whose batch axis 
 the mesh's data axes; each bucket shape compiles once for the whole run. Decoding the originals
 is batched the same way.
 
+One process per directory: `score_pool` holds ``out_dir``'s run lock (`activeit_jax.run_lock`;
+each host its shard journal's, process 0 also ``out_dir``'s) and refuses a second process.
+
 Resumability: every finished task appends one line to ``scores.jsonl`` (and, with
 ``save_prompts``, its rows to ``prompts.jsonl`` before that). A restarted run with the same
-arguments (``run_args.json`` holds a fingerprint; different arguments are refused) truncates a
-torn tail, drops prompt rows of unfinished tasks, and recomputes only chunks that still hold
+arguments (``run_args.json`` holds a fingerprint; different arguments are refused) removes the
+temp files of a killed atomic write, truncates a torn tail, drops prompt rows of unfinished
+tasks, and recomputes only chunks that still hold
 unfinished tasks -- the whole chunk, so every batch is composed exactly as in an uninterrupted
 run and the numbers are bit-identical. At the end, ``scores.jsonl`` is rewritten atomically in
 pool order with the Task Map categories, and ``taskmap.csv`` / ``.png`` / ``.svg`` and
@@ -100,16 +109,18 @@ Output files (in ``out_dir``):
 - ``scores.jsonl``: one line per scored task, pool order: index (position in the pool), task,
   prompt_uncertainty, prediction_probability, perplexity, entropy (null unless computed),
   category (Task Map, see `activeit_jax.taskmap`), label ("cls"/"gen"), n_instances,
-  n_perturbations. While a run is in progress (or after a kill) the lines are in completion
-  order and lack the category.
+  n_perturbations, truncated_instances. While a run is in progress (or after a kill) the
+  lines are in completion order and lack the category.
 - ``prompts.jsonl`` (``save_prompts``): one line per (task, instance, perturbation): task,
   instance (id), perturbation (0 = unperturbed, 1..K), source (the exact text tokenised),
   prediction (the original prediction's text), p.
 - ``skipped.jsonl``: tasks left out (index, task, reason), e.g. "no instances".
 - ``taskmap.csv`` / ``taskmap.png`` / ``taskmap.svg``: the Task Map.
-- ``summary.json``: categories and thresholds, skipped tasks, and this call's throughput,
-  padding waste and compilation counts (those describe the last call only, so they differ
-  between a resumed and an uninterrupted run; every other file is identical).
+- ``summary.json``: categories and thresholds, skipped tasks, and the whole run's throughput,
+  padding waste and compilation counts over every session (call) of every host
+  (``num_sessions``; each session journals its counts in ``sessions.jsonl`` after every task,
+  see `run_stats`), with the last call's alone under ``last_session``. Timing differs between a
+  resumed and an uninterrupted run; every other file is identical.
 - ``run_args.json``: the fingerprinted arguments (`ScoreConfig.FINGERPRINTED` + the pool,
   checkpoint and vocabulary paths). Batch sizes, chunking, buckets and the mesh are not
   fingerprinted: changing them on resume is allowed and only changes float rounding.
@@ -117,8 +128,8 @@ Output files (in ``out_dir``):
 Layout (one job per module): `formulas` (the numbers above, numpy), `config` (`ScoreConfig`,
 buckets), `tokens` (id cuts), `planning` (instances and the (1+K) prompts of a task),
 `row_scorer` (jitted, sharded batches on the device), `journal` (run directory, fingerprint,
-resume repair, final files), `multihost` (host shards and their merge), `pool` (the driver,
-`score_pool`).
+resume repair, final files), `multihost` (host shards and their merge), `run_stats`
+(throughput over sessions and hosts), `pool` (the driver, `score_pool`).
 """
 from activeit_jax.scoring.config import (EOS_ID, PAD_ID, ScoreConfig, bucket_for,
                                          default_buckets, fingerprint)
@@ -132,14 +143,15 @@ from activeit_jax.scoring.journal import (PROMPTS_FILE, RUN_ARGS_FILE, SCORES_FI
 from activeit_jax.scoring.multihost import ShardInfo, merge_journals, shard_dir
 from activeit_jax.scoring.planning import (PromptBuilder, SkippedTask, TaskPlan, TaskStub,
                                            choose_instances, prompt_formats)
-from activeit_jax.scoring.pool import ScoreHooks, score_pool
+from activeit_jax.scoring.pool import NonFiniteScoreError, ScoreHooks, score_pool
 from activeit_jax.scoring.row_scorer import PaddingStats, RowScorer
 from activeit_jax.scoring.tokens import (cut_generated, is_decoder_only, keep_last_ids,
                                          truncate_ids)
 
 __all__ = [
     "EOS_ID", "PAD_ID", "PROMPTS_FILE", "RUN_ARGS_FILE", "SCORES_FILE", "SHARDS_DIR",
-    "SHARD_DONE_FILE", "SKIPPED_FILE", "SUMMARY_FILE", "PaddingStats", "PromptBuilder",
+    "SHARD_DONE_FILE", "SKIPPED_FILE", "SUMMARY_FILE", "NonFiniteScoreError", "PaddingStats",
+    "PromptBuilder",
     "ResumeMismatchError", "RowScorer", "ScoreConfig", "ScoreHooks", "ShardInfo", "SkippedTask",
     "TaskPlan", "TaskStub", "bucket_for", "check_run_args", "choose_instances", "cut_generated",
     "default_buckets", "finalize", "finished_tasks", "fingerprint", "is_decoder_only",

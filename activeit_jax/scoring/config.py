@@ -7,6 +7,7 @@ import json
 from typing import Any, Sequence
 
 from activeit_jax import taskmap
+from activeit_jax.errors import UsageError
 
 # T5's ids; a decoder-only model's come from its config.
 PAD_ID = 0
@@ -89,13 +90,24 @@ class ScoreConfig:
                      "compute_entropy", "save_prompts")
 
     def __post_init__(self):
-        if self.num_instances < 1:
-            raise ValueError("num_instances must be >= 1")
-        if self.num_perturbations < 0:
-            raise ValueError("num_perturbations must be >= 0")
-        if (self.tasks_per_chunk < 1 or self.batch_size < 1
-                or (self.decode_batch_size is not None and self.decode_batch_size < 1)):
-            raise ValueError("tasks_per_chunk, batch_size and decode_batch_size must be >= 1")
+        # Everything is checked here, before a run directory is touched: a value refused
+        # later would leave a run_args.json that refuses the corrected command.
+        minimum = {"num_instances": 1, "num_perturbations": 1, "seed": 0,
+                   "num_pos_examples": 0, "max_source_length": 2, "max_target_length": 2,
+                   "max_decode_length": 1, "batch_size": 1, "tasks_per_chunk": 1}
+        for name, low in minimum.items():
+            _check_int(name, getattr(self, name), low)
+        if self.decode_batch_size is not None:
+            _check_int("decode_batch_size", self.decode_batch_size, 1)
+        for name in ("source_buckets", "target_buckets", "sequence_buckets"):
+            for bucket in getattr(self, name) or ():
+                _check_int(name, bucket, 1)
+        from activeit_jax import perturbation as perturbation_lib
+        try:  # builds it once: an unknown name, a rate outside [0, 1], a missing file
+            perturbation_lib.get_perturbation(self.perturbation,
+                                              **dict(self.perturbation_options))
+        except (ValueError, KeyError, OSError) as err:
+            raise UsageError(f"perturbation: {err}") from None
 
     @property
     def src_buckets(self) -> tuple[int, ...]:
@@ -123,6 +135,13 @@ class ScoreConfig:
             value = getattr(self, name)
             out[name] = [list(v) for v in value] if name == "perturbation_options" else value
         return out
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    """An integer >= `low` (num_perturbations 0 would make every task's PU 0)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"ScoreConfig.{name} (--{name}) must be an integer >= {low}, "
+                         f"got {value!r}")
 
 
 def fingerprint(args: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ import os
 from typing import Any, Sequence
 
 from activeit_jax import io_utils, taskmap
+from activeit_jax.errors import ActiveITError
 from activeit_jax.scoring.config import ScoreConfig, fingerprint
+from activeit_jax.scoring.run_stats import SESSIONS_FILE
 
 SCORES_FILE = "scores.jsonl"
 PROMPTS_FILE = "prompts.jsonl"
@@ -18,19 +20,21 @@ SHARDS_DIR = "shards"
 SHARD_DONE_FILE = "done.json"
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(ActiveITError, ValueError):
     """`out_dir` holds a scoring run made with other arguments (or of unknown arguments)."""
 
 
 def prepare_run_dir(out_dir: str, run_args: dict[str, Any]) -> None:
-    """Creates `out_dir`, checks / writes the run fingerprint, repairs torn journal tails.
+    """Creates `out_dir`, checks / writes the run fingerprint, removes the temp files of a
+    killed write and repairs torn journal tails (call it holding `out_dir`'s run lock).
 
     Raises:
       ResumeMismatchError: `out_dir` holds a run with different arguments.
     """
     os.makedirs(out_dir, exist_ok=True)
     check_run_args(out_dir, run_args)
-    for name in (SCORES_FILE, PROMPTS_FILE, SKIPPED_FILE):
+    io_utils.remove_stale_temp_files(out_dir)  # the caller holds the directory's lock
+    for name in (SCORES_FILE, PROMPTS_FILE, SKIPPED_FILE, SESSIONS_FILE):
         io_utils.truncate_partial_tail(os.path.join(out_dir, name))
 
 
@@ -126,7 +130,8 @@ def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = N
         [r["prompt_uncertainty"] for r in records],
         [r["prediction_probability"] for r in records], config.thresholds)
     fields = ("index", "task", "prompt_uncertainty", "prediction_probability", "perplexity",
-              "entropy", "category", "label", "n_instances", "n_perturbations")
+              "entropy", "category", "label", "n_instances", "n_perturbations",
+              "truncated_instances")
     final = []
     for rec, category in zip(records, categories):
         rec = {**rec, "category": category}

@@ -14,7 +14,7 @@ from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.journal import (PROMPTS_FILE, SCORES_FILE, SHARD_DONE_FILE,
                                           SHARDS_DIR, SKIPPED_FILE, SUMMARY_FILE, finalize,
                                           shard_dirs)
-from activeit_jax.scoring.row_scorer import PaddingStats
+from activeit_jax.scoring import run_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,25 +123,11 @@ def merge_journals(out_dir: str) -> None:
 
 
 def _combine_host_stats(done_files: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run statistics of all hosts: sums, the slowest host's time, and the per-host list."""
+    """Statistics of this session over all hosts: sums, the slowest host's time, and the
+    per-host list."""
     hosts = [d["stats"] for d in done_files]
-    seconds = max(h["seconds"] for h in hosts)
-    out: dict[str, Any] = {"seconds": seconds}
-    for key in ("rows", "unique_rows", "tasks_scored", "chunks_computed"):
-        out[key] = sum(h[key] for h in hosts)
-    out["rows_per_s"] = out["rows"] / seconds if seconds > 0 else 0.0
-    out["num_compilations"] = max(h["num_compilations"] for h in hosts)
-    for kind in ("score", "decode"):
-        shapes = sorted({tuple(s) for h in hosts for s in h[f"{kind}_shapes"]})
-        out[f"{kind}_shapes"] = [list(s) for s in shapes]
-        raw = PaddingStats()
-        for d in done_files:
-            for field, value in d[f"{kind}_padding_raw"].items():
-                setattr(raw, field, getattr(raw, field) + value)
-        out[f"{kind}_padding"] = raw.as_dict()
-    out["num_hosts"] = len(hosts)
-    out["hosts"] = hosts
-    return out
+    return {**run_stats.combine(done_files, parallel=True), "num_hosts": len(hosts),
+            "hosts": hosts}
 
 
 def merge_shards(out_dir: str, config: ScoreConfig, shard: ShardInfo,
@@ -164,7 +150,11 @@ def merge_shards(out_dir: str, config: ScoreConfig, shard: ShardInfo,
                     with open(path, encoding="utf-8") as handle:
                         done_files.append(json.load(handle))
                 merge_journals(out_dir)
-                summary = finalize(out_dir, config, extra=_combine_host_stats(done_files))
+                session = _combine_host_stats(done_files)
+                totals = run_stats.run_totals(out_dir, shard_dirs(out_dir))
+                summary = finalize(out_dir, config, extra={
+                    **totals, "num_hosts": session["num_hosts"], "hosts": session["hosts"],
+                    "last_session": session})
             except Exception as err:  # reported to every host below, then re-raised
                 if not multi_process:
                     raise

@@ -37,6 +37,7 @@ class TaskPlan:
     source_ids: list[list[list[int]]] = dataclasses.field(default_factory=list)
     predictions: list[str] = dataclasses.field(default_factory=list)          # [n]
     target_ids: list[list[int]] = dataclasses.field(default_factory=list)     # [n]
+    truncated: int = 0  # instances whose unperturbed source was cut to max_source_length
 
 
 def choose_instances(task, num_instances: int, seed: int) -> list[Any]:
@@ -125,10 +126,16 @@ class PromptBuilder:
         return prompts.render(parts, prompt_format, self._fits, self.chat)
 
     def encode_source(self, text: str) -> list[int]:
+        return self._encode_source(text)[0]
+
+    def _encode_source(self, text: str) -> tuple[list[int], bool]:
+        """The source ids of `text` and whether they had to be cut to fit."""
         ids = self.vocab.encode(text)
         if self.decoder_only:  # bos + prompt fits max_source_length
-            return keep_last_ids(ids, self.config.max_source_length - 1)
-        return truncate_ids(ids, self.config.max_source_length)
+            limit = self.config.max_source_length - 1
+            return keep_last_ids(ids, limit), len(ids) > limit
+        limit = self.config.max_source_length - 1  # + EOS
+        return truncate_ids(ids, self.config.max_source_length), len(ids) > limit
 
     def encode_target(self, text: str) -> list[int]:
         if self.end_of_turn is None:
@@ -172,7 +179,7 @@ class PromptBuilder:
         num_examples = self.num_pos_examples(prompt_format)
         template = self.parts_fn(task, instances[0], num_examples)
         variants = self.perturbed_instructions(task, template)
-        cache: dict[str, list[int]] = {}
+        cache: dict[str, tuple[list[int], bool]] = {}
         for instance in instances:
             base = self.parts_fn(task, instance, num_examples)
             all_parts = [base] + [dataclasses.replace(base, definition=d, example_inputs=e)
@@ -181,8 +188,9 @@ class PromptBuilder:
             ids = []
             for text in texts:
                 if text not in cache:
-                    cache[text] = self.encode_source(text)
-                ids.append(cache[text])
+                    cache[text] = self._encode_source(text)
+                ids.append(cache[text][0])
+            plan.truncated += cache[texts[0]][1]
             plan.sources.append(texts)
             plan.source_ids.append(ids)
         return plan

@@ -2,15 +2,20 @@
 journals each finished task (the contract is in the package docstring)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import logging
+import math
 import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from activeit_jax import distributed, io_utils
+from activeit_jax import distributed, io_utils, run_lock, train_data
+from activeit_jax.errors import ActiveITError
+from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.formulas import sequence_probability, task_metrics
 from activeit_jax.scoring.journal import (PROMPTS_FILE, SCORES_FILE, SHARD_DONE_FILE,
@@ -22,6 +27,10 @@ from activeit_jax.scoring.multihost import (ShardInfo, localize, merge_journals,
 from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub, prompt_formats
 from activeit_jax.scoring.row_scorer import RowScorer
 from activeit_jax.scoring.tokens import is_decoder_only
+
+
+class NonFiniteScoreError(ActiveITError):
+    """A task's scores came out NaN or infinite."""
 
 
 def _chunks(indexed_tasks: Iterable[tuple[int, Any]], size: int
@@ -100,6 +109,12 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
     Returns:
       The summary dict (also written to summary.json). A shard that finishes in a
       single-process run before the other shards did returns its own statistics only.
+
+    Raises:
+      RunLockedError: another process is scoring into `out_dir` (or this host's shard).
+      ResumeMismatchError: `out_dir` holds a run with other arguments.
+      UsageError: a vocabulary larger than the model's embedding.
+      NonFiniteScoreError: a task's scores are NaN or infinite (nothing of it is written).
     """
     import jax
 
@@ -114,33 +129,50 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         elif partitioning.spans_processes(mesh):
             mesh, params = localize(model, params, mesh)
     decoder_only = scorer.decoder_only if scorer is not None else is_decoder_only(model)
+    train_data.check_vocabulary(model if scorer is None else scorer.model, vocab)
     args = _fingerprinted_args(model if scorer is None else scorer.model, vocab, config,
                                run_args, decoder_only)
-    journal_dir = _open_journal(out_dir, args, shard)
-    distributed.barrier("activeit_score_prepared")  # every journal's torn tail is repaired ...
-    done = finished_tasks(out_dir)
-    distributed.barrier("activeit_score_started")  # ... and read before any host appends again.
-    if config.save_prompts:
-        drop_orphan_prompts(os.path.join(journal_dir, PROMPTS_FILE), done)
-    scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
-    if (scorer.compute_entropy != config.compute_entropy
-            or scorer.max_decode_length != config.max_decode_length):
-        raise ValueError("the given scorer was built for another compute_entropy / "
-                         "max_decode_length than `config`")
-    builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
-                            eos_id=scorer.eos_id)
-    run = _PoolRun(scorer, builder, config, journal_dir, done, shard, hooks,
-                   _progress_bar(progress, shard, total, len(done)))
-    stats = run.score(tasks)
-    if shard.num_shards == 1:
-        if shard_dirs(out_dir):  # resuming a multi-host run on one host
-            merge_journals(out_dir)
-        return finalize(out_dir, config, extra=stats)
-    io_utils.atomic_write_json(os.path.join(journal_dir, SHARD_DONE_FILE), {
-        "shard": shard.index, "num_shards": shard.num_shards, "stats": stats,
-        "score_padding_raw": dataclasses.asdict(scorer.score_padding),
-        "decode_padding_raw": dataclasses.asdict(scorer.decode_padding)})
-    return merge_shards(out_dir, config, shard, stats)
+    with _directory_locks(out_dir, shard):
+        journal_dir = _open_journal(out_dir, args, shard)
+        # Every journal's torn tail is repaired, and read, before any host appends again.
+        distributed.barrier("activeit_score_prepared")
+        done = finished_tasks(out_dir)
+        distributed.barrier("activeit_score_started")
+        if config.save_prompts:
+            drop_orphan_prompts(os.path.join(journal_dir, PROMPTS_FILE), done)
+        scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
+        if (scorer.compute_entropy != config.compute_entropy
+                or scorer.max_decode_length != config.max_decode_length):
+            raise ValueError("the given scorer was built for another compute_entropy / "
+                             "max_decode_length than `config`")
+        builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
+                                eos_id=scorer.eos_id)
+        run = _PoolRun(scorer, builder, config, journal_dir, done, shard, hooks,
+                       _progress_bar(progress, shard, total, len(done)))
+        stats = run.score(tasks)
+        session = run.record_session()
+        if shard.num_shards == 1:
+            if shard_dirs(out_dir):  # resuming a multi-host run on one host
+                merge_journals(out_dir)
+            # The whole run's work, every session's; this call's under "last_session".
+            totals = run_stats.run_totals(out_dir, shard_dirs(out_dir))
+            return finalize(out_dir, config, extra={**totals, "last_session": stats})
+        io_utils.atomic_write_json(os.path.join(journal_dir, SHARD_DONE_FILE), {
+            "shard": shard.index, "num_shards": shard.num_shards, **session})
+        return merge_shards(out_dir, config, shard, stats)
+
+
+@contextlib.contextmanager
+def _directory_locks(out_dir: str, shard: ShardInfo) -> Iterator[None]:
+    """One process per directory: a single-host run locks `out_dir`; in a sharded run each
+    host locks its own journal and process 0 also `out_dir` (where it merges), so a
+    single-host run started there meets it."""
+    with contextlib.ExitStack() as locks:
+        if shard.num_shards == 1 or distributed.is_primary():
+            locks.enter_context(run_lock.hold(out_dir, "score"))
+        if shard.num_shards > 1:
+            locks.enter_context(run_lock.hold(shard_dir(out_dir, shard), "score"))
+        yield
 
 
 def _fingerprinted_args(model, vocab, config: ScoreConfig, run_args: dict[str, Any] | None,
@@ -173,6 +205,8 @@ def _open_journal(out_dir: str, args: dict[str, Any], shard: ShardInfo) -> str:
         prepare_run_dir(out_dir, args)
         return out_dir
     check_run_args(out_dir, args, write=distributed.is_primary())
+    if distributed.is_primary():  # it holds out_dir's lock (`_directory_locks`)
+        io_utils.remove_stale_temp_files(out_dir)
     journal_dir = shard_dir(out_dir, shard)
     prepare_run_dir(journal_dir, args)
     remove_if_exists(os.path.join(journal_dir, SHARD_DONE_FILE))
@@ -209,6 +243,8 @@ class _PoolRun:
                  journal_dir: str, done: set[str], shard: ShardInfo, hooks: ScoreHooks, bar):
         self.scorer, self.builder, self.config = scorer, builder, config
         self.done, self.shard, self.hooks, self.bar = done, shard, hooks, bar
+        self.journal_dir = journal_dir
+        self.session = f"{os.getpid()}-{time.time_ns()}"
         self.scores_path = os.path.join(journal_dir, SCORES_FILE)
         self.prompts_path = os.path.join(journal_dir, PROMPTS_FILE)
         self.skipped_path = os.path.join(journal_dir, SKIPPED_FILE)
@@ -244,6 +280,15 @@ class _PoolRun:
         if self.bar is not None:
             self.bar.close()
         return self._stats()
+
+    def record_session(self) -> dict[str, Any]:
+        """Appends this session's statistics so far to the journal's sessions.jsonl (the
+        last line of a session counts); returns that entry."""
+        entry = {"session": self.session, "stats": self._stats(),
+                 "score_padding_raw": dataclasses.asdict(self.scorer.score_padding),
+                 "decode_padding_raw": dataclasses.asdict(self.scorer.decode_padding)}
+        run_stats.record_session(self.journal_dir, entry)
+        return entry
 
     def _owned_tasks(self, tasks: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         """(pool index, task) of this shard; every name is checked for duplicates."""
@@ -319,8 +364,19 @@ class _PoolRun:
 
     def _record_task(self, plan: TaskPlan, lp: np.ndarray, nt: np.ndarray,
                      es: np.ndarray | None) -> None:
-        """Appends a task's prompt rows (save_prompts) and then its scores line."""
+        """Appends a task's prompt rows (save_prompts) and then its scores line.
+
+        Raises:
+          NonFiniteScoreError: a score is NaN / infinite (checked before anything is written).
+        """
         name, width = plan.task.name, lp.shape[1]
+        numbers = task_metrics(lp, nt, es)
+        bad = sorted(k for k, v in numbers.items() if v is not None and not math.isfinite(v))
+        if bad:  # a NaN score would get a Task Map category and be selected like any other
+            raise NonFiniteScoreError(
+                f"task {name!r}: {', '.join(f'{k} {numbers[k]}' for k in bad)}: the model's "
+                "outputs are not finite (a diverged checkpoint, or a vocabulary larger than "
+                "its embedding); nothing of this task was written")
         if self.config.save_prompts:
             p = sequence_probability(lp, nt)
             append_jsonl_lines(self.prompts_path, [
@@ -328,12 +384,22 @@ class _PoolRun:
                  "source": plan.sources[i][kk], "prediction": plan.predictions[i],
                  "p": float(p[i, kk])}
                 for i, instance in enumerate(plan.instances) for kk in range(width)])
-        record = {"index": plan.index, "task": name, **task_metrics(lp, nt, es),
+        if plan.truncated:
+            cut = ("the start of its instruction" if self.builder.decoder_only
+                   else "its instance input (the end of the prompt)")
+            logging.warning("task %s: %d of %d instance(s) are longer than max_source_length="
+                            "%d, so %s is cut off; its scores describe the truncated prompt "
+                            "(marked truncated_instances in scores.jsonl)", name,
+                            plan.truncated, len(plan.instances),
+                            self.config.max_source_length, cut)
+        record = {"index": plan.index, "task": name, **numbers,
                   "label": getattr(plan.task, "label", "gen"),
                   "n_instances": len(plan.instances),
-                  "n_perturbations": self.config.num_perturbations}
+                  "n_perturbations": self.config.num_perturbations,
+                  "truncated_instances": plan.truncated}
         io_utils.append_jsonl_line(self.scores_path, record)
         self.counters["tasks_scored"] += 1
+        self.record_session()  # after every task, so that a killed session's work counts
         if self.bar is not None:
             elapsed = max(time.perf_counter() - self.start, 1e-9)
             self.bar.set_postfix(rows_per_s=f"{self.counters['rows'] / elapsed:.1f}",
