@@ -158,5 +158,5 @@ def test_score_cli_on_niv2_needs_no_vocab(smollm2_checkpoint, tasks, sample_data
         capture_output=True, text=True, timeout=900, env=env)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith(
-        "activeit-jax score: --prompt_format: prompt_format 'tk_instruct_chat' needs a "
+        "activeit-jax score: error: --prompt_format: prompt_format 'tk_instruct_chat' needs a "
         "vocabulary with a chat template")

@@ -102,6 +102,11 @@ class ScoreConfig:
         for name in ("source_buckets", "target_buckets", "sequence_buckets"):
             for bucket in getattr(self, name) or ():
                 _check_int(name, bucket, 1)
+        from activeit_jax.data import prompts
+        try:
+            prompts.check_prompt_format(self.prompt_format, allow_auto=True)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         from activeit_jax import perturbation as perturbation_lib
         try:  # builds it once: an unknown name, a rate outside [0, 1], a missing file
             perturbation_lib.get_perturbation(self.perturbation,
