@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from activeit_jax import distributed, io_utils, run_lock, train_data
+from activeit_jax import distributed, io_utils, profiling, run_lock, train_data
 from activeit_jax.errors import ActiveITError
 from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
@@ -206,12 +206,7 @@ def _open_journal(out_dir: str, args: dict[str, Any], shard: ShardInfo) -> str:
 
 def _make_scorer(model, params, mesh, config: ScoreConfig, decoder_only: bool) -> RowScorer:
     """A `RowScorer` with the config's batch sizes, buckets and decoding length."""
-    return RowScorer(model, params, mesh, batch_size=config.batch_size,
-                     decode_batch_size=config.decode_batch_size or config.batch_size,
-                     source_buckets=config.src_buckets, target_buckets=config.tgt_buckets,
-                     max_decode_length=config.max_decode_length,
-                     compute_entropy=config.compute_entropy,
-                     sequence_buckets=config.seq_buckets if decoder_only else None)
+    return RowScorer.from_config(model, params, mesh, config, decoder_only)
 
 
 def _progress_bar(progress: bool, shard: ShardInfo, total: int | None, num_done: int):
@@ -241,8 +236,11 @@ class _PoolRun:
         self.skipped_path = os.path.join(journal_dir, SKIPPED_FILE)
         self.counters = {"rows": 0, "unique_rows": 0, "tasks_scored": 0,
                          "chunks_computed": 0, "seconds_wait_decode": 0.0,
-                         "seconds_wait_score": 0.0, "seconds_host": 0.0}
+                         "seconds_wait_score": 0.0, "seconds_host": 0.0,
+                         "seconds_write": 0.0}
         self.start = time.perf_counter()
+        profiling.start_compile_clock()
+        self.compile_start = profiling.compile_seconds()
 
     def score(self, tasks: Iterable[Any]) -> dict[str, Any]:
         """Scores every unfinished task of `tasks`; returns this call's statistics."""
@@ -265,8 +263,10 @@ class _PoolRun:
             self.counters["seconds_wait_score"] += time.perf_counter() - t0
             self.counters["rows"] += len(row_keys)
             self.counters["unique_rows"] += len(unique)
+            t0 = time.perf_counter()
             self._record_chunk(plans, logp[pos], ntok[pos],
                                None if ent is None else ent[pos])
+            self.counters["seconds_write"] += time.perf_counter() - t0
             plans = next_plans
         if self.bar is not None:
             self.bar.close()
@@ -403,6 +403,7 @@ class _PoolRun:
         elapsed = time.perf_counter() - self.start
         scorer = self.scorer
         return {"seconds": elapsed, **self.counters,
+                "seconds_compile": profiling.compile_seconds() - self.compile_start,
                 "rows_per_s": self.counters["rows"] / elapsed if elapsed > 0 else 0.0,
                 "num_compilations": scorer.num_compilations,
                 "score_shapes": sorted(scorer.score_shapes),

@@ -1,0 +1,127 @@
+"""Batch shapes for the scorer: rows sorted by length, cut by a token budget.
+
+A jitted call costs about rows x padded length, whatever the rows hold, so every padded slot
+is wasted work. `plan_batches` keeps that waste small with few distinct shapes:
+
+- Lengths are rounded up to *buckets* (`fine_buckets`: `per_octave` steps between two powers
+  of two, e.g. 256, 320, 384, 448, 512 with 4 per octave), so a row wastes at most one step
+  (< 25 %, about 10 % on average) and the number of shapes stays a small constant,
+  independent of the pool size: (buckets of the first dimension) x (buckets of the second) x
+  (at most `TAIL_SPLITS + 1` row counts).
+- All rows of a call (a chunk of tasks) are sorted by (first-dimension bucket, second
+  length, first length) and walked in order; a batch takes as many consecutive rows as the
+  *token budget* allows at its padded length (`rows_for`: budget // length, a multiple of the
+  data-parallel size, at most `max_rows`). Sorted neighbours have nearly equal lengths, so a
+  batch pads little, and only the last batch of the walk can be short of rows.
+- That last batch is split into smaller power-of-two fractions of its row count (a 50-row
+  tail of a 32-row shape runs as 32 + 16 + 2-of-4 instead of 32 + 18-of-32), so filler rows
+  stay a few percent even for small calls such as decoding a chunk's originals.
+
+The first dimension is the one the budget is measured on: the source for an
+encoder-decoder model (the encoder dominates the cost), the whole sequence for a
+decoder-only model; the optional second one (T5 targets) is bucketed by the rows' real
+lengths.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from activeit_jax.scoring.config import bucket_for
+
+# The last batch of a walk may be split into row counts b / 2, b / 4, ..., b / 2**TAIL_SPLITS.
+TAIL_SPLITS = 3
+
+
+def fine_buckets(max_length: int, smallest: int = 16, per_octave: int = 4) -> tuple[int, ...]:
+    """Padded lengths from `smallest` to `max_length` with `per_octave` steps per doubling.
+
+    Args:
+      max_length: the largest length (always the last bucket).
+      smallest: the first bucket (a power of two is best; lengths below it use it).
+      per_octave: steps between 2**k and 2**(k+1) (1 = powers of two).
+
+    Returns:
+      Increasing bucket lengths, e.g. (16, 20, 24, 28, 32, 40, ...) for per_octave=4.
+    """
+    if per_octave < 1 or smallest < 1:
+        raise ValueError("per_octave and smallest must be >= 1")
+    out, low = [], smallest
+    while low < max_length:
+        step = max(low // per_octave, 1)
+        out.extend(b for b in range(low, 2 * low, step) if b < max_length)
+        low *= 2
+    out.append(max_length)
+    return tuple(sorted(set(out)))
+
+
+def rows_for(length: int, token_budget: int, max_rows: int, multiple: int) -> int:
+    """Rows of a batch padded to `length`: `token_budget // length`, rounded down to a
+    multiple of `multiple` (the data-parallel size), between `multiple` and `max_rows`."""
+    rows = min(token_budget // max(length, 1), max_rows)
+    return max(multiple, rows // multiple * multiple)
+
+
+def allowed_rows(length: int, token_budget: int, max_rows: int, multiple: int) -> list[int]:
+    """Row counts a batch padded to `length` may have: `rows_for(...)` and its halves down
+    to 1 / 2**TAIL_SPLITS of it (multiples of `multiple`), largest first."""
+    full = rows_for(length, token_budget, max_rows, multiple)
+    sizes = {full}
+    for k in range(1, TAIL_SPLITS + 1):
+        sizes.add(max(multiple, -(-(full >> k) // multiple) * multiple))
+    return sorted(sizes, reverse=True)
+
+
+def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]], *,
+                 token_budget: int, max_rows: int, multiple: int = 1,
+                 call_cost: float = 1 / 16) -> list[tuple[tuple[int, ...], list[int]]]:
+    """Groups rows into padded batches (see the module docstring).
+
+    The sorted rows are cut into consecutive batches by dynamic programming: a cut's cost is
+    its padded slots (rows x the sum of its padded lengths) plus `call_cost x token_budget`
+    per call, so it prefers few full batches but never pads a short row to a long length
+    just to fill a batch.
+
+    Args:
+      lengths: per row, its length in each dimension (1 or 2 dimensions), e.g.
+        `[(source_len, target_len), ...]`.
+      buckets: per dimension, the allowed padded lengths (increasing; the last must hold
+        every row).
+      token_budget: rows x padded first-dimension length of a full batch.
+      max_rows: the most rows of a batch.
+      multiple: row counts are multiples of this (the data-parallel size).
+      call_cost: the fixed cost of one call, as a fraction of a full batch's slots.
+
+    Returns:
+      `[(shape, row indices), ...]` with `shape = (batch rows, padded length per
+      dimension)`; `len(row indices) <= batch rows` (the rest are filler rows). Every row
+      appears once; batches follow the sorted order.
+    """
+    if not lengths:
+        return []
+    dims = len(buckets)
+    keyed = [tuple(bucket_for(row[d], buckets[d]) for d in range(dims)) for row in lengths]
+    order = sorted(range(len(lengths)),
+                   key=lambda i: (keyed[i][0],) + tuple(lengths[i][1:]) + (lengths[i][0],))
+    n, overhead = len(order), call_cost * token_budget
+    best = [0.0] + [float("inf")] * n   # best[j]: cost of the first j sorted rows
+    cut: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last batch, its rows)
+    for j in range(1, n + 1):
+        first = keyed[order[j - 1]][0]  # sorted by it: the batch's padded first length
+        sizes = allowed_rows(first, token_budget, max_rows, multiple)
+        rest = 0  # padded length of the other dimensions over rows i..j-1
+        for i in range(j - 1, max(j - sizes[0], 0) - 1, -1):
+            if dims > 1:
+                rest = max(rest, sum(keyed[order[i]][1:]))
+            count = j - i
+            size = min(s for s in sizes if s >= count)
+            cost = best[i] + size * (first + rest) + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, (i, size)
+    out, j = [], n
+    while j > 0:
+        i, size = cut[j]
+        rows = order[i:j]
+        shape = (size,) + tuple(max(keyed[r][d] for r in rows) for d in range(dims))
+        out.append((shape, rows))
+        j = i
+    return out[::-1]
