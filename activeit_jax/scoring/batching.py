@@ -24,7 +24,7 @@ lengths.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 from activeit_jax.scoring.config import bucket_for
 
@@ -73,13 +73,18 @@ def allowed_rows(length: int, token_budget: int, max_rows: int, multiple: int) -
 
 def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]], *,
                  token_budget: int, max_rows: int, multiple: int = 1,
-                 call_cost: float = 1 / 16) -> list[tuple[tuple[int, ...], list[int]]]:
+                 call_cost: float = 1 / 16, compile_cost: float = 1.0,
+                 compiled: Collection[tuple[int, ...]] = ()
+                 ) -> list[tuple[tuple[int, ...], list[int]]]:
     """Groups rows into padded batches (see the module docstring).
 
-    The sorted rows are cut into consecutive batches by dynamic programming: a cut's cost is
-    its padded slots (rows x the sum of its padded lengths) plus `call_cost x token_budget`
-    per call, so it prefers few full batches but never pads a short row to a long length
-    just to fill a batch.
+    The sorted rows are cut into consecutive batches by dynamic programming: a batch costs
+    its padded slots (rows x the sum of its padded lengths), plus `call_cost` full batches
+    per call, plus `compile_cost` full batches when its shape is not compiled yet. So it
+    prefers few full batches of known shapes, and pads a short row to a long length only
+    when a new shape or a near-empty batch would cost more. The new-shape cost is counted
+    per batch, so a second pass repeats the plan with the first pass's shapes counted as
+    compiled (a shape used by several batches is compiled once).
 
     Args:
       lengths: per row, its length in each dimension (1 or 2 dimensions), e.g.
@@ -89,7 +94,9 @@ def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[in
       token_budget: rows x padded first-dimension length of a full batch.
       max_rows: the most rows of a batch.
       multiple: row counts are multiples of this (the data-parallel size).
-      call_cost: the fixed cost of one call, as a fraction of a full batch's slots.
+      call_cost: the fixed cost of one call, in full batches (token_budget slots).
+      compile_cost: the cost of compiling a new shape, in full batches.
+      compiled: shapes `(rows, *lengths)` already compiled.
 
     Returns:
       `[(shape, row indices), ...]` with `shape = (batch rows, padded length per
@@ -102,26 +109,40 @@ def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[in
     keyed = [tuple(bucket_for(row[d], buckets[d]) for d in range(dims)) for row in lengths]
     order = sorted(range(len(lengths)),
                    key=lambda i: (keyed[i][0],) + tuple(lengths[i][1:]) + (lengths[i][0],))
-    n, overhead = len(order), call_cost * token_budget
+    costs = (call_cost * token_budget, compile_cost * token_budget)
+    known = set(compiled)
+    plan = _cut(order, keyed, dims, token_budget, max_rows, multiple, costs, known)
+    if compile_cost > 0:
+        plan = _cut(order, keyed, dims, token_budget, max_rows, multiple, costs,
+                    known | {shape for shape, _ in plan})
+    return plan
+
+
+def _cut(order: list[int], keyed: list[tuple[int, ...]], dims: int, token_budget: int,
+         max_rows: int, multiple: int, costs: tuple[float, float],
+         known: set[tuple[int, ...]]) -> list[tuple[tuple[int, ...], list[int]]]:
+    """The dynamic programme of `plan_batches` over the sorted rows `order`."""
+    n, (per_call, per_compile) = len(order), costs
     best = [0.0] + [float("inf")] * n   # best[j]: cost of the first j sorted rows
-    cut: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last batch, its rows)
+    cut: list[tuple[int, tuple[int, ...]]] = [(0, ())] * (n + 1)  # last batch: start, shape
     for j in range(1, n + 1):
         first = keyed[order[j - 1]][0]  # sorted by it: the batch's padded first length
         sizes = allowed_rows(first, token_budget, max_rows, multiple)
-        rest = 0  # padded length of the other dimensions over rows i..j-1
+        rest: tuple[int, ...] = ()  # padded lengths of the other dimensions, rows i..j-1
         for i in range(j - 1, max(j - sizes[0], 0) - 1, -1):
             if dims > 1:
-                rest = max(rest, sum(keyed[order[i]][1:]))
+                row = keyed[order[i]][1:]
+                rest = row if not rest else tuple(map(max, rest, row))
             count = j - i
-            size = min(s for s in sizes if s >= count)
-            cost = best[i] + size * (first + rest) + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, (i, size)
+            for size in (s for s in sizes if s >= count):
+                shape = (size, first) + rest
+                cost = (best[i] + size * (first + sum(rest)) + per_call
+                        + (0.0 if shape in known else per_compile))
+                if cost < best[j]:
+                    best[j], cut[j] = cost, (i, shape)
     out, j = [], n
     while j > 0:
-        i, size = cut[j]
-        rows = order[i:j]
-        shape = (size,) + tuple(max(keyed[r][d] for r in rows) for d in range(dims))
-        out.append((shape, rows))
+        i, shape = cut[j]
+        out.append((shape, order[i:j]))
         j = i
     return out[::-1]
