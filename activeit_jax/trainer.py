@@ -112,8 +112,9 @@ class TrainConfig:
       max_to_keep: checkpoints kept by the manager.
       async_checkpointing: write checkpoints in the background.
       log_every_steps: train metrics written every this many steps (and at epoch ends).
-      pack: pack examples with `seqio.EncDecFeatureConverter(pack=True)`; the model must read
-        segment ids (`model.supports_packing`).
+      pack: pack several examples per row (`train_data.EpochBatcher`, t5x-style segment ids
+        and positions); the model must read segment ids (`model.supports_packing`; T5 and
+        LLaMA do). Each epoch then has its own number of steps.
       model_kind: "encoder_decoder" (Tk-Instruct prompts) or "decoder_only" (Alpaca prompts,
         loss on response tokens only; sequences of max_source_length + max_target_length
         tokens); None = from the model (`model.kind == "llama"` is decoder-only).
