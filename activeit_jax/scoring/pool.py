@@ -118,17 +118,12 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
       NonFiniteScoreError: a task's scores are NaN or infinite (nothing of it is written).
     """
     import jax
-
-    from activeit_jax import partitioning
     shard = ShardInfo.of_process() if shard is None else shard
     if jax.process_count() > 1 and shard.num_shards == 1:
         raise ValueError(f"{jax.process_count()} processes would all score the whole pool into "
                          f"{out_dir}: give each its ShardInfo (the default)")
     if scorer is None:
-        if mesh is None:
-            mesh = partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
-        elif partitioning.spans_processes(mesh):
-            mesh, params = localize(model, params, mesh)
+        mesh, params = _local_mesh(model, params, mesh)
     decoder_only = scorer.decoder_only if scorer is not None else is_decoder_only(model)
     train_data.check_vocabulary(model if scorer is None else scorer.model, vocab)
     args = _fingerprinted_args(model if scorer is None else scorer.model, config, run_args,
@@ -142,10 +137,7 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         if config.save_prompts:
             drop_orphan_prompts(os.path.join(journal_dir, PROMPTS_FILE), done)
         scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
-        if (scorer.compute_entropy != config.compute_entropy
-                or scorer.max_decode_length != config.max_decode_length):
-            raise ValueError("the given scorer was built for another compute_entropy / "
-                             "max_decode_length than `config`")
+        _check_scorer(scorer, config)
         builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
                                 eos_id=scorer.eos_id)
         run = _PoolRun(scorer, builder, config, journal_dir, done, shard, hooks,
@@ -204,9 +196,27 @@ def _open_journal(out_dir: str, args: dict[str, Any], shard: ShardInfo) -> str:
     return journal_dir
 
 
+def _local_mesh(model, params, mesh):
+    """(mesh, params) on this host: the default mesh of its devices, or its share of a mesh
+    that spans processes (params gathered onto it)."""
+    from activeit_jax import partitioning
+    if mesh is None:
+        return partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1}), params
+    if partitioning.spans_processes(mesh):
+        return localize(model, params, mesh)
+    return mesh, params
+
+
 def _make_scorer(model, params, mesh, config: ScoreConfig, decoder_only: bool) -> RowScorer:
     """A `RowScorer` with the config's batch sizes, buckets and decoding length."""
     return RowScorer.from_config(model, params, mesh, config, decoder_only)
+
+
+def _check_scorer(scorer: RowScorer, config: ScoreConfig) -> None:
+    if (scorer.compute_entropy != config.compute_entropy
+            or scorer.max_decode_length != config.max_decode_length):
+        raise ValueError("the given scorer was built for another compute_entropy / "
+                         "max_decode_length than `config`")
 
 
 def _progress_bar(progress: bool, shard: ShardInfo, total: int | None, num_done: int):
