@@ -228,7 +228,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=64, help="the most rows per call")
     parser.add_argument("--batch_tokens", type=int, default=32768,
                         help="token budget per call (after)")
-    parser.add_argument("--buckets_per_octave", type=int, default=4, help="(after)")
+    parser.add_argument("--buckets_per_octave", type=int, default=8, help="(after)")
     parser.add_argument("--tasks_per_chunk", type=int, default=8)
     parser.add_argument("--naive_rows", type=int, default=16)
     parser.add_argument("--compile_pool_tasks", type=int, default=200)

@@ -27,7 +27,7 @@ def _rows(n, seed):
 @pytest.mark.parametrize("n,multiple", [(1, 1), (50, 1), (1050, 8), (3360, 1)])
 def test_plan_covers_rows_within_budget(n, multiple):
     lengths = _rows(n, seed=n)
-    buckets = (batching.fine_buckets(1024), batching.fine_buckets(128, 8))
+    buckets = (batching.fine_buckets(1024, 16, 8), batching.fine_buckets(128, 8, 8))
     plan = batching.plan_batches(lengths, buckets, token_budget=16384, max_rows=64,
                                  multiple=multiple)
     seen = sorted(i for _, rows in plan for i in rows)

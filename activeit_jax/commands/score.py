@@ -76,7 +76,7 @@ flags.DEFINE_integer("max_decode_length", None, "Greedy decoding length "
 flags.DEFINE_integer("batch_size", 64, "The most rows per jitted scoring call.")
 flags.DEFINE_integer("batch_tokens", 32768, "Token budget per call: rows x padded source "
                      "length (decoder-only: sequence length); 0 = always --batch_size rows.")
-flags.DEFINE_integer("buckets_per_octave", 4, "Default length buckets: steps between two "
+flags.DEFINE_integer("buckets_per_octave", 8, "Default length buckets: steps between two "
                      "powers of two (1 = powers of two).")
 flags.DEFINE_integer("decode_batch_size", None, "Rows per decoding call (default batch_size).")
 flags.DEFINE_list("source_buckets", [], "Padded source lengths, e.g. 128,256,512,1024 "

@@ -62,7 +62,7 @@ Execution: tasks stream through in fixed chunks of ``tasks_per_chunk`` consecuti
 (the pool is iterated lazily). In a chunk, all (1+K) x n rows of all tasks are de-duplicated,
 sorted by length and cut into batches by a token budget (``batch_tokens``: rows x padded
 source length about constant, at most ``batch_size`` rows; `scoring.batching`): lengths round
-up to fine buckets (4 per power of two by default), target lengths to the rows' real ones,
+up to fine buckets (8 per power of two by default), target lengths to the rows' real ones,
 and a dynamic programme over the sorted rows trades padded slots against calls and new
 shapes, so padding stays low with few compilations (bounded by the bucket grid, independent
 of the pool size). One jitted function, batch axis sharded over the mesh's data axes, runs

@@ -78,7 +78,7 @@ class ScoreConfig:
     batch_size: int = 64
     decode_batch_size: int | None = None
     batch_tokens: int | None = 32768
-    buckets_per_octave: int = 4
+    buckets_per_octave: int = 8
     tasks_per_chunk: int = 16
     source_buckets: tuple[int, ...] | None = None
     target_buckets: tuple[int, ...] | None = None
