@@ -22,6 +22,10 @@ Encoder-decoder (seqio `EncDecFeatureConverter` names):
   decoder_target_tokens int [B, T]
   decoder_loss_weights  [B, T]      1 on scored target tokens, 0 on padding
   greedy_decode needs only `encoder_input_tokens`.
+  Packed rows (training) add `encoder_segment_ids [B, S]`, `decoder_segment_ids [B, T]`
+  (1, 2, ... per example, 0 = padding; positions are read from slots, see `t5.Encoder`).
+
+Decoder-only packed rows add `decoder_segment_ids` and per-segment `decoder_positions`.
 
 Decoder-only (LLaMA ids: bos 1, eos 2, padding 0; each model's config has its own, and
 `bos_id` None drops the BOS everywhere below):
