@@ -87,3 +87,36 @@ def test_live_k0_equal_k_equals_score_pool(tmp_path, vocab):
         assert value == pytest.approx(exact[task]["prompt_uncertainty"], rel=1e-4, abs=1e-9)
         p0 = result.p[task][:, 0].mean()
         assert p0 == pytest.approx(exact[task]["prediction_probability"], rel=1e-5)
+
+
+def test_score_pool_adaptive_files(tmp_path, vocab):
+    """The file-writing driver: K0 = K gives every task K perturbations and score_pool's
+    numbers; K0 < K gives each task between K0 and K."""
+    from tests.test_scoring_pipeline import POOL, TINY, _config
+    from activeit_jax.models import EncoderDecoderModel
+    model = EncoderDecoderModel(TINY)
+    mesh = partitioning.make_mesh({"data": -1})
+    params = jax.jit(model.init_params, out_shardings=partitioning.params_shardings(
+        model, mesh))(jax.random.key(0))
+    config = _config(compute_entropy=False, save_prompts=False)
+    K = config.num_perturbations
+    scoring.score_pool(model, params, vocab, iter(POOL), str(tmp_path / "full"), config,
+                       mesh=mesh, progress=False)
+    exact = io_utils.read_jsonl(str(tmp_path / "full" / "scores.jsonl"))
+    for k0, out in ((K, "same"), (1, "less")):
+        summary = adaptive.score_pool_adaptive(
+            model, params, vocab, iter(POOL), str(tmp_path / out), config,
+            adaptive.AdaptiveConfig(initial_perturbations=k0, num_select=2), mesh=mesh)
+        got = io_utils.read_jsonl(str(tmp_path / out / "scores.jsonl"))
+        assert [r["task"] for r in got] == [r["task"] for r in exact]
+        assert summary["skipped"] == [{"task": "task004_empty", "reason": "no instances"}]
+        for a, b in zip(exact, got):
+            assert b["prediction_probability"] == pytest.approx(a["prediction_probability"],
+                                                                rel=1e-5)
+            if k0 == K:
+                assert b["n_perturbations"] == K
+                assert b["prompt_uncertainty"] == pytest.approx(a["prompt_uncertainty"],
+                                                                rel=1e-4, abs=1e-9)
+                assert b["category"] == a["category"]
+            else:
+                assert k0 <= b["n_perturbations"] <= K

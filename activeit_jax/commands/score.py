@@ -98,6 +98,11 @@ flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 t
                   "stop, or skip it and list it in summary.json (a file without instances "
                   "is always skipped and listed).")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_integer("adaptive_k0", 0, "Adaptive perturbation budget (off when 0): every task "
+                     "gets its first K0 perturbations, tasks near the top-m boundary more, up "
+                     "to --num_perturbations (scoring.adaptive; single host, not resumable).")
+flags.DEFINE_integer("adaptive_select", 68, "m, the selection size whose boundary matters.")
+flags.DEFINE_float("adaptive_z", 2.0, "Confidence bound width, in standard errors.")
 common.define_gin_flags()
 common.define_distributed_flags()
 
@@ -261,10 +266,18 @@ def main(argv: list[str]) -> None:
                           else "stored with the checkpoint"),
                 "on_bad_task": FLAGS.on_bad_task,
                 **pool_args}
-    summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
-                                 mesh=mesh, run_args=run_args, total=total,
-                                 progress=FLAGS.progress and jax.process_index() == 0,
-                                 shard=shard)
+    if FLAGS.adaptive_k0:
+        from activeit_jax.scoring import adaptive
+        policy = adaptive.AdaptiveConfig(initial_perturbations=FLAGS.adaptive_k0,
+                                         num_select=FLAGS.adaptive_select, z=FLAGS.adaptive_z)
+        summary = adaptive.score_pool_adaptive(model, params, vocab, tasks, FLAGS.out, config,
+                                               policy, mesh=mesh, run_args=run_args)
+        summary.setdefault("rows_per_s", 0.0)
+    else:
+        summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
+                                     mesh=mesh, run_args=run_args, total=total,
+                                     progress=FLAGS.progress and jax.process_index() == 0,
+                                     shard=shard)
     if jax.process_index() != 0:
         return
     # Phase times for benchmarks/score_vs_torch.py (since main() began).

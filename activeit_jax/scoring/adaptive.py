@@ -17,7 +17,8 @@ in the top m. Most tasks are far from that boundary after a few perturbations, s
 With K0 = K nothing is estimated: the result equals exact scoring. `run_policy` only sees
 p values through a callback, so the same code replays the policy on a saved
 ``prompts.jsonl`` (`replay_from_prompts`, identical to a live run given the deterministic
-perturbation order) and drives a live `RowScorer` (`score_adaptive`).
+perturbation order) and drives a live `RowScorer` (`score_adaptive`); `score_pool_adaptive`
+writes `score_pool`'s files from it (`activeit-jax score --adaptive_k0=K0`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import collections
 import dataclasses
 import json
 import math
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -236,3 +238,57 @@ def score_adaptive(scorer: Any, builder: Any, tasks: Sequence[Any],
 
     labels = {name: getattr(plan.task, "label", "gen") for name, plan in plans.items()}
     return run_policy(list(plans), builder.config.num_perturbations, fetch, config, labels)
+
+
+def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
+                        policy: AdaptiveConfig, *, mesh=None,
+                        run_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`score_pool` with the adaptive budget: the same output files (scores.jsonl with each
+    task's `n_perturbations` = the perturbations it got, skipped.jsonl, Task Map, summary
+    with the rows scored), single host, not resumable (a rerun recomputes everything).
+
+    Args:
+      model, params, vocab, tasks, out_dir, config, mesh, run_args: as `score_pool`
+        (`config.save_prompts` and `compute_entropy` are not supported here).
+      policy: the adaptive policy.
+
+    Returns:
+      The summary dict (also written to summary.json).
+    """
+    from activeit_jax import io_utils, partitioning
+    from activeit_jax.scoring import journal
+    from activeit_jax.scoring.planning import PromptBuilder, SkippedTask
+    from activeit_jax.scoring.row_scorer import RowScorer
+    if config.save_prompts or config.compute_entropy:
+        raise ValueError("the adaptive budget supports neither save_prompts nor entropy")
+    mesh = mesh or partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
+    args = {**(run_args or {}), **config.fingerprint_args(),
+            "adaptive": dataclasses.asdict(policy)}
+    journal.prepare_run_dir(out_dir, args)
+    scorer = RowScorer.from_config(model, params, mesh, config)
+    builder = PromptBuilder(vocab, config, eos_id=scorer.eos_id)
+    pool = list(enumerate(tasks))
+    usable = [(i, t) for i, t in pool if not isinstance(t, SkippedTask) and t.instances]
+    result = score_adaptive(scorer, builder, [t for _, t in usable], policy)
+    records = []
+    for index, task in usable:
+        p = result.p[task.name]
+        records.append({"index": index, "task": task.name,
+                        "prompt_uncertainty": result.prompt_uncertainty[task.name],
+                        "prediction_probability": float(p[:, 0].mean()),
+                        "perplexity": float(np.mean(1.0 / p[:, 0])), "entropy": None,
+                        "label": getattr(task, "label", "gen"), "n_instances": p.shape[0],
+                        "n_perturbations": p.shape[1] - 1})
+    scored = {i for i, _ in usable}
+    skipped = [{"index": i, "task": t.name, "reason": getattr(t, "reason", "no instances")}
+               for i, t in pool if i not in scored]
+    for name, rows in ((journal.SCORES_FILE, records), (journal.SKIPPED_FILE, skipped)):
+        with io_utils.atomic_open(os.path.join(out_dir, name)) as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return journal.finalize(out_dir, config, extra={
+        "adaptive": {**dataclasses.asdict(policy), "rows_scored": result.rows_scored,
+                     "rows_full": result.rows_full, "rounds": result.rounds,
+                     "selected": result.selected},
+        "score_padding": scorer.score_padding.as_dict(),
+        "decode_padding": scorer.decode_padding.as_dict(),
+        "num_compilations": scorer.num_compilations})
