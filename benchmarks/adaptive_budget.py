@@ -3,7 +3,7 @@
 Two parts, printed in one run:
 
 1. Offline replay on a saved ``prompts.jsonl`` (a `score --save_prompts` run; default
-   /work/smollm2_taskmap/prompts.jsonl when present): for each K0 and selection size m, the
+   /work/smollm2_taskmap/[scores/]prompts.jsonl when present): for each K0 and selection size m, the
    policy replayed on the saved p values (identical to running it: the perturbations are a
    deterministic sequence whose first K0 are the same at every K) -> overlap of its top-m
    with the full-K top-m, and the fraction of rows it scored (originals included).
@@ -32,7 +32,10 @@ sys.path.insert(0, REPO)
 
 from activeit_jax.scoring import adaptive  # noqa: E402
 
-DEFAULT_PROMPTS = "/work/smollm2_taskmap/prompts.jsonl"
+# Where the SmolLM2 Task Map run writes (its score output directory is scores/).
+DEFAULT_PROMPTS = next((p for p in ("/work/smollm2_taskmap/prompts.jsonl",
+                                    "/work/smollm2_taskmap/scores/prompts.jsonl")
+                        if os.path.exists(p)), "/work/smollm2_taskmap/prompts.jsonl")
 
 
 def read_labels(prompts_path: str) -> dict[str, str] | None:
@@ -120,10 +123,10 @@ def main(argv=None) -> None:
     parser.add_argument("--select", default="10,20,68")
     parser.add_argument("--z", type=float, default=2.0)
     parser.add_argument("--live_tasks", type=int, default=40)
-    parser.add_argument("--live_instances", type=int, default=4)
-    parser.add_argument("--live_k", type=int, default=12)
-    parser.add_argument("--live_k0", type=int, default=3)
-    parser.add_argument("--live_select", type=int, default=8)
+    parser.add_argument("--live_instances", type=int, default=10)
+    parser.add_argument("--live_k", type=int, default=20)
+    parser.add_argument("--live_k0", type=int, default=4)
+    parser.add_argument("--live_select", type=int, default=10)
     parser.add_argument("--no_live", action="store_true")
     args = parser.parse_args(argv)
     k0s = [int(x) for x in args.k0.split(",")]
