@@ -9,7 +9,9 @@ in the top m. Most tasks are far from that boundary after a few perturbations, s
    sequence full-K scoring uses: `PromptBuilder.perturbed_instructions` draws them in order);
 2. per task, ``m_k = mean_x |p_k(x) - p_0(x)|`` are i.i.d. draws over perturbations, so
    ``PU = mean_k m_k`` has a standard error ``sqrt((1 - k/K) s^2 / k)`` with respect to the
-   full-K value (finite-population correction: 0 once k = K);
+   full-K value (finite-population correction: 0 once k = K); while a task has fewer than 5
+   perturbations, ``s^2`` is the relative variance pooled over all tasks times its PU^2 (a
+   2-draw variance is too noisy to trust);
 3. the boundary is the midpoint between the m-th and (m+1)-th estimate (per label group with a
    quota); a task whose interval ``PU +- z SE`` contains it is *undecided* and gets
    ``growth`` times as many perturbations (at most K); repeat until none is undecided.
@@ -80,20 +82,47 @@ class AdaptiveResult:
         return self.rows_scored / max(self.rows_full, 1)
 
 
-def standard_error(p: np.ndarray, num_perturbations: int) -> float:
+# Below this many perturbations a task's own variance estimate is too noisy; the pooled one
+# (relative variance over all tasks) stands in.
+_OWN_VARIANCE_FROM = 5
+
+
+def _per_perturbation(p: np.ndarray) -> np.ndarray:
+    """m_k = mean_x |p_k(x) - p_0(x)|, k = 1..k: i.i.d. draws over perturbations."""
+    return np.mean(np.abs(p[:, 1:] - p[:, :1]), axis=0)
+
+
+def pooled_relative_variance(ps: Sequence[np.ndarray]) -> float | None:
+    """Mean over tasks (>= 2 perturbations, PU > 0) of var(m_k) / PU^2; None if none."""
+    values = []
+    for p in ps:
+        m = _per_perturbation(p)
+        if len(m) >= 2 and m.mean() > 0:
+            values.append(np.var(m, ddof=1) / m.mean() ** 2)
+    return float(np.mean(values)) if values else None
+
+
+def standard_error(p: np.ndarray, num_perturbations: int,
+                   pooled: float | None = None) -> float:
     """Standard error of a task's PU estimate w.r.t. its full-K value.
 
     Args:
       p: [n, 1 + k]; column 0 unperturbed.
       num_perturbations: K, the full budget.
+      pooled: relative variance pooled over tasks (`pooled_relative_variance`), used while
+        the task has fewer than 5 perturbations of its own; None = its own only.
     """
     k = p.shape[1] - 1
     if k >= num_perturbations:
         return 0.0
-    if k < 2:
+    m = _per_perturbation(p)
+    if k < _OWN_VARIANCE_FROM and pooled is not None:
+        variance = pooled * float(m.mean()) ** 2
+    elif k >= 2:
+        variance = float(np.var(m, ddof=1))
+    else:
         return math.inf
-    per_k = np.mean(np.abs(p[:, 1:] - p[:, :1]), axis=0)  # m_k, i.i.d. over perturbations
-    return float(math.sqrt((1.0 - k / num_perturbations) * np.var(per_k, ddof=1) / k))
+    return float(math.sqrt((1.0 - k / num_perturbations) * variance / k))
 
 
 def select_top(estimates: Mapping[str, float], num_select: int,
@@ -147,13 +176,15 @@ def run_policy(tasks: Sequence[str], num_perturbations: int, fetch: Fetch,
     while True:
         estimates = {t: prompt_uncertainty(p[t]) for t in tasks}
         bounds = _boundaries(estimates, labels, config)
+        pooled = pooled_relative_variance(list(p.values()))
         requests = {}
         for t in tasks:
             k = p[t].shape[1] - 1
             bound = bounds[(labels or {}).get(t, "gen") if config.quota else None]
             if k >= num_perturbations or math.isnan(bound):
                 continue
-            if abs(estimates[t] - bound) <= config.z * standard_error(p[t], num_perturbations):
+            if abs(estimates[t] - bound) <= config.z * standard_error(p[t], num_perturbations,
+                                                                     pooled):
                 requests[t] = (k + 1, min(num_perturbations, math.ceil(k * config.growth)) + 1)
         if not requests:
             break
