@@ -14,9 +14,11 @@ is wasted work. `plan_batches` keeps that waste small with few distinct shapes:
   at most `max_rows`), or a power-of-two fraction of that (`allowed_rows`, down to
   1 / 2**TAIL_SPLITS) so that a short group needs few filler rows.
 - Where to cut is a dynamic programme over the sorted rows minimising padded slots + a cost
-  per call + a cost per shape not compiled yet (`plan_batches`): sorted neighbours have
-  nearly equal lengths, so batches pad little, and a small call (e.g. decoding a chunk's 50
-  originals) reuses compiled shapes rather than compiling new ones for a few slots.
+  per call + a cost per distinct shape (a compilation, `plan_batches`): sorted neighbours
+  have nearly equal lengths, so batches pad little, and a small call (e.g. decoding a
+  chunk's 50 originals) uses a few shapes rather than one per length bucket. The scorer
+  plans each call from its rows alone, so a resumed run batches a chunk exactly as an
+  uninterrupted one did.
 
 The first dimension is the one the budget is measured on: the source for an
 encoder-decoder model (the encoder dominates the cost), the whole sequence for a

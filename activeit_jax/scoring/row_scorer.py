@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -185,14 +185,16 @@ class RowScorer:
                    token_budget=config.batch_tokens)
 
     def _plan(self, lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]],
-              max_rows: int, compiled: Collection[tuple[int, ...]]
-              ) -> list[tuple[tuple[int, ...], list[int]]]:
+              max_rows: int) -> list[tuple[tuple[int, ...], list[int]]]:
         """Batches of rows: `batching.plan_batches` with this scorer's budget (None: always
-        `max_rows` rows, i.e. a budget of max_rows x the largest first-dimension bucket),
-        preferring the shapes already `compiled`."""
+        `max_rows` rows, i.e. a budget of max_rows x the largest first-dimension bucket).
+
+        The plan is a function of the rows alone (not of the shapes compiled by earlier
+        calls), so a resumed run composes a chunk's batches exactly as an uninterrupted one.
+        """
         budget = self.token_budget or max_rows * buckets[0][-1]
         return plan_batches(lengths, buckets, token_budget=budget, max_rows=max_rows,
-                            multiple=self._dp, compiled=compiled)
+                            multiple=self._dp)
 
     def score_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Pending:
         """Dispatches scoring of (source ids, target ids) rows; ids already end with EOS.
@@ -209,8 +211,7 @@ class RowScorer:
         if self.decoder_only:
             return self._score_decoder_only_async(rows)
         plan = self._plan([(len(s), len(t)) for s, t in rows],
-                          (self.source_buckets, self.target_buckets), self.batch_size,
-                          self.score_shapes)
+                          (self.source_buckets, self.target_buckets), self.batch_size)
         parts = []
         for (b, s_len, t_len), idx in plan:
             enc = np.zeros((b, s_len), np.int32)
@@ -254,7 +255,7 @@ class RowScorer:
             if not response or response[-1] != self.eos_id:
                 raise ValueError("a decoder-only response must end with the model's EOS")
         plan = self._plan([(len(p) + len(r),) for p, r in rows], (self.sequence_buckets,),
-                          self.batch_size, self.score_shapes)
+                          self.batch_size)
         parts = []
         for (b, length), idx in plan:
             chosen = [rows[i] for i in idx]
@@ -283,7 +284,7 @@ class RowScorer:
         if self.decoder_only:
             return self._decode_decoder_only_async(sources)
         plan = self._plan([(len(s),) for s in sources], (self.decode_source_buckets,),
-                          self.decode_batch_size, self.decode_shapes)
+                          self.decode_batch_size)
         parts = []
         for (b, s_len), idx in plan:
             enc = np.zeros((b, s_len), np.int32)
@@ -318,7 +319,7 @@ class RowScorer:
         from activeit_jax import partitioning
         from activeit_jax.models import make_prompt_batch
         plan = self._plan([(len(p) + 1,) for p in prompts], (self.decode_source_buckets,),
-                          self.decode_batch_size, self.decode_shapes)
+                          self.decode_batch_size)
         parts = []
         for (b, s_len), idx in plan:
             chosen = [prompts[i] for i in idx]
