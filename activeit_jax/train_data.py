@@ -347,6 +347,40 @@ def pack_decoder_only(prompts: Sequence[Sequence[int]], responses: Sequence[Sequ
             "decoder_segment_ids": segments, "decoder_positions": positions}
 
 
+def _used_length(*arrays: np.ndarray) -> int:
+    """1 + the last column where any of the [B, L] arrays is non-zero (0 if none)."""
+    used = np.zeros(arrays[0].shape[1], bool)
+    for array in arrays:
+        used |= (np.asarray(array) != 0).any(0)
+    return int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0
+
+
+def trim_to_buckets(batch: Mapping[str, np.ndarray], per_octave: int
+                    ) -> dict[str, np.ndarray]:
+    """Cuts a batch's padding columns to the bucket of its longest row (`scoring.batching`'s
+    `fine_buckets`, `per_octave` steps per power of two): the same loss, fewer padded
+    positions, and only a few distinct shapes (each compiles the train step once).
+
+    Encoder features (`encoder_*`) are cut to the source bucket, decoder features to the
+    target (decoder-only: sequence) bucket; a batch without any token keeps one column.
+    """
+    from activeit_jax.scoring.batching import fine_buckets
+    from activeit_jax.scoring.config import bucket_for
+    out = dict(batch)
+    for prefix, keys in (("encoder_", ("encoder_input_tokens",)),
+                         ("decoder_", ("decoder_input_tokens", "decoder_target_tokens",
+                                       "decoder_loss_weights"))):
+        names = [k for k in batch if k.startswith(prefix)]
+        if not names:
+            continue
+        full = batch[names[0]].shape[1]
+        used = max(_used_length(*(batch[k] for k in keys if k in batch)), 1)
+        length = bucket_for(used, fine_buckets(full, min(16, full), per_octave))
+        for name in names:
+            out[name] = batch[name][:, :length]
+    return out
+
+
 class EpochBatcher:
     """Deterministic batches of a fixed training set: batch(epoch, step) is a pure function.
 
@@ -354,12 +388,14 @@ class EpochBatcher:
     reference (when it has several) is drawn from `(seed, epoch, example)` too. Both use the
     data layer's SHA-256 orderings (`data.hashing`), the same on every machine and version.
     The last batch of an epoch is completed with all-padding rows (loss weight 0).
-    Decoder-only sequences are `source_length + target_length` tokens long.
+    Decoder-only sequences are `source_length + target_length` tokens long; with
+    `length_buckets_per_octave` > 0 each batch is cut to the length bucket of its longest row.
     """
 
     def __init__(self, examples: Sequence[EncodedExample], batch_size: int, seed: int, *,
                  source_length: int, target_length: int, model_kind: str = ENCODER_DECODER,
-                 pack: bool = False, special_ids: SpecialIds | None = None):
+                 pack: bool = False, special_ids: SpecialIds | None = None,
+                 length_buckets_per_octave: int = 0):
         if not examples:
             raise ValueError("the training set is empty")
         if batch_size <= 0:
@@ -372,6 +408,7 @@ class EpochBatcher:
         self.model_kind = model_kind
         self.pack = pack
         self.special_ids = special_ids or SpecialIds()
+        self.length_buckets_per_octave = length_buckets_per_octave
         self._packed_cache: dict[int, dict[str, np.ndarray]] = {}
         self._order_cache: tuple[int | None, np.ndarray] = (None, np.zeros(0, np.int64))
 
@@ -413,7 +450,15 @@ class EpochBatcher:
         return -(-rows // self.batch_size)
 
     def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
-        """The features of batch `step` of `epoch` (numpy, leading dim `batch_size`)."""
+        """The features of batch `step` of `epoch` (numpy, leading dim `batch_size`); with
+        `length_buckets_per_octave`, cut to the bucket of its longest row
+        (`trim_to_buckets`)."""
+        features = self._batch(epoch, step)
+        if self.length_buckets_per_octave:
+            return trim_to_buckets(features, self.length_buckets_per_octave)
+        return features
+
+    def _batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
         if not 0 <= step < self.steps_per_epoch(epoch):
             raise IndexError(f"step {step} outside epoch {epoch} "
                              f"({self.steps_per_epoch(epoch)} steps)")

@@ -115,6 +115,10 @@ class TrainConfig:
       pack: pack several examples per row (`train_data.EpochBatcher`, t5x-style segment ids
         and positions); the model must read segment ids (`model.supports_packing`; T5 and
         LLaMA do). Each epoch then has its own number of steps.
+      length_buckets_per_octave: > 0 cuts each training batch to the length bucket of its
+        longest row (that many buckets per power of two; each bucket compiles the step once)
+        instead of the maximum lengths: the same loss, far fewer padded positions when
+        examples are shorter than the maximum. 0 = fixed maximum lengths.
       model_kind: "encoder_decoder" (Tk-Instruct prompts) or "decoder_only" (Alpaca prompts,
         loss on response tokens only; sequences of max_source_length + max_target_length
         tokens); None = from the model (`model.kind == "llama"` is decoder-only).
@@ -152,6 +156,7 @@ class TrainConfig:
     async_checkpointing: bool = True
     log_every_steps: int = 10
     pack: bool = False
+    length_buckets_per_octave: int = 0
     model_kind: str | None = None
     tensorboard: bool = True
     progress_bar: bool = True
@@ -450,6 +455,7 @@ def _encode_run_data(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence
     batcher = train_data.EpochBatcher(
         examples, config.batch_size, config.seed, source_length=config.max_source_length,
         target_length=config.max_target_length, model_kind=model_kind, pack=config.pack,
+        length_buckets_per_octave=config.length_buckets_per_octave,
         special_ids=special)
     data = _RunData(examples, encode_eval_tasks(val_tasks, vocab, validation_config(config),
                                                 model), batcher,

@@ -92,3 +92,23 @@ def test_epoch_batcher_packs_with_low_padding():
     assert (enc != 0).sum() == sum(len(s) for s in srcs)  # every example once
     full = enc[:-4]  # the last batch may hold padding rows
     assert 1 - (full != 0).mean() <= 0.10
+
+
+def test_length_buckets_cut_padding_and_keep_the_loss():
+    srcs, tgts = _examples(12, seed=4, max_src=30, max_tgt=6)
+    examples = [train_data.EncodedExample("t", "gen", str(i), tuple(s), (tuple(t),), ("",))
+                for i, (s, t) in enumerate(zip(srcs, tgts))]
+    kwargs = dict(seed=0, source_length=128, target_length=32)
+    full = train_data.EpochBatcher(examples, 4, **kwargs).batch(0, 0)
+    cut = train_data.EpochBatcher(examples, 4, length_buckets_per_octave=2, **kwargs).batch(0, 0)
+    longest = int((full["encoder_input_tokens"] != 0).sum(1).max())
+    assert longest <= cut["encoder_input_tokens"].shape[1] < 128
+    assert cut["decoder_target_tokens"].shape[1] < 32
+    for key, value in cut.items():  # only padding columns were cut
+        assert value.sum() == full[key].sum()
+    model = EncoderDecoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64,
+                                         num_heads=4, num_encoder_layers=1,
+                                         num_decoder_layers=1))
+    params = model.init_params(jax.random.key(0))
+    assert _loss_and_grad(model, params, cut)[0] == pytest.approx(
+        _loss_and_grad(model, params, full)[0], rel=1e-5)
