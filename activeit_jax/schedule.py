@@ -11,6 +11,9 @@ An experiment gives its schedule in one of three ways (`LoopConfig` fields of th
 - ``growth_factor = g``: the training set is multiplied by g at every iteration, sizes
   ``round(initial * g**i)`` (g = 2 doubles it: 500 initial -> 1,000 ... 16,000).
 
+An initial set of 0 tasks (a zero-shot iteration 0: the base model as it is) needs an explicit
+`tasks_per_iteration` or `train_set_sizes`.
+
 At most one of `train_set_sizes` and `growth_factor` may be set; either overrides
 `tasks_per_iteration`. Sizes are totals (initial tasks included), not increments, so the
 learning-curve x-axis is exactly the list. Every size must exceed the previous one. When the pool
@@ -56,7 +59,8 @@ def train_set_sizes(initial: int, num_iterations: int, tasks_per_iteration: int 
     """The training-set size after every iteration.
 
     Args:
-      initial: tasks in the initial (iteration 0) training set, >= 1.
+      initial: tasks in the initial (iteration 0) training set, >= 1; 0 (zero-shot iteration
+        0) with an explicit `tasks_per_iteration` or `sizes`.
       num_iterations: iterations including iteration 0, >= 1.
       tasks_per_iteration: fixed increment; None = `initial`.
       sizes: explicit sizes after iterations 1 .. num_iterations - 1.
@@ -69,8 +73,10 @@ def train_set_sizes(initial: int, num_iterations: int, tasks_per_iteration: int 
       ValueError: contradictory or impossible settings (the message names them).
     """
     check_schedule(num_iterations, tasks_per_iteration, sizes, growth_factor)
-    if initial < 1:
-        raise ValueError(f"the initial training set must hold >= 1 task, got {initial}")
+    zero_shot_ok = tasks_per_iteration is not None or sizes is not None
+    if initial < 0 or (initial == 0 and not zero_shot_ok):
+        raise ValueError(f"the initial training set must hold >= 1 task, got {initial} (a "
+                         "zero-shot iteration 0 needs tasks_per_iteration or train_set_sizes)")
     if sizes is not None:
         out = [initial, *(int(s) for s in sizes)]
     elif growth_factor is not None:

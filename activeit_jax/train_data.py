@@ -5,9 +5,14 @@ memory and each epoch is a seeded permutation of it: batch `(epoch, step)` is a 
 the examples, the seed, `epoch` and `step`. A checkpoint that records the data position
 `(epoch, step_in_epoch)` therefore resumes on exactly the batch an uninterrupted run would see.
 
-Prompts are rendered by the data layer (`seqio_tasks.build_examples`): Tk-Instruct for
-encoder-decoder models (positive examples added only while the source still fits
-`max_source_length` tokens, `prompts.make_fits`), Alpaca for decoder-only models. Features follow
+Prompts are rendered by the data layer (`seqio_tasks.build_examples`) in the prompt format of
+each task (`prompts.resolve_prompt_format`; "auto" = Tk-Instruct for encoder-decoder models;
+decoder-only models: Tk-Instruct for NIV2 tasks and Alpaca for Self-Instruct items, as the user
+turn of the model's chat template when the vocabulary has one). Positive examples are added
+only while the prompt still fits `max_source_length` tokens (`prompts.make_fits`). A chat
+answer is the assistant turn: its target is the answer followed by the end-of-turn token
+(`<|im_end|>`), which for SmolLM2 is the model's EOS; when the two differ, the end-of-turn
+token comes first and the EOS after it. Features follow
 SeqIO's feature converters (`EncDecFeatureConverter` names, `pack=False`): a final short batch is
 filled with all-padding rows, whose loss weights are 0, so every batch has a static shape and
 every example is seen once per epoch. Decoder-only models (LLaMA, Self-Instruct) use the models
@@ -37,18 +42,26 @@ DECODER_ONLY = "decoder_only"
 
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
-    """Token ids the features need: T5 uses pad 0 / eos 1 (no bos); LLaMA pad 0, bos 1, eos 2."""
+    """Token ids the features need: T5 uses pad 0 / eos 1 (no bos); LLaMA pad 0, bos 1, eos 2.
+
+    `bos` None: no BOS (SmolLM2). `end_of_turn`: the vocabulary's end-of-turn id (chat
+    models, e.g. `<|im_end|>`), where decoding stops too; None without one.
+    """
     pad: int = PAD_ID
     eos: int = EOS_ID
     bos: int | None = None
+    end_of_turn: int | None = None
 
     @classmethod
-    def of(cls, model: Any) -> "SpecialIds":
-        """The ids of a model wrapper (its config's pad_id / eos_id / bos_id)."""
+    def of(cls, model: Any, vocab: Any = None) -> "SpecialIds":
+        """The ids of a model wrapper (its config's pad_id / eos_id / bos_id) and of its
+        vocabulary (`end_of_turn_id`, when it has one)."""
         config = getattr(model, "config", None)
+        eot = getattr(vocab, "end_of_turn_id", None)
         return cls(pad=int(getattr(config, "pad_id", PAD_ID)),
                    eos=int(getattr(config, "eos_id", EOS_ID)),
-                   bos=getattr(config, "bos_id", None))
+                   bos=getattr(config, "bos_id", None),
+                   end_of_turn=None if eot is None else int(eot))
 
 
 def check_vocabulary(model: Any, vocab: Any, where: str = "the model") -> None:
@@ -119,42 +132,57 @@ def select_instances(task: Any, max_instances: int | None, seed: int | None) -> 
 def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: int | None,
                  num_pos_examples: int, max_source_length: int, max_target_length: int,
                  seed: int | None, model_kind: str = ENCODER_DECODER,
-                 special_ids: SpecialIds | None = None) -> list[EncodedExample]:
+                 special_ids: SpecialIds | None = None,
+                 prompt_format: str = "auto") -> list[EncodedExample]:
     """Renders (data layer: `seqio_tasks.build_examples`) and tokenises the instances of `tasks`.
 
     Args:
       tasks: `data.niv2.Task`s.
-      vocab: a seqio vocabulary (`encode(str) -> ids`).
+      vocab: a seqio vocabulary (`encode(str) -> ids`; chat formats use its chat template).
       max_instances_per_task: instances kept per task (None = all).
       num_pos_examples: positive examples in a Tk-Instruct prompt (2).
       max_source_length: source tokens, EOS included (1024); positive examples are added only
         while the prompt fits (`prompts.make_fits`), then the source is truncated.
       max_target_length: target tokens, EOS included (128).
       seed: instance-sampling seed (None = the first instances, for evaluation).
-      model_kind: ENCODER_DECODER (Tk-Instruct prompts) or DECODER_ONLY (Alpaca prompts).
-      special_ids: the model's ids (encoder-decoder sources and targets end with its EOS).
+      model_kind: ENCODER_DECODER or DECODER_ONLY.
+      special_ids: the model's ids (encoder-decoder sources and targets end with its EOS; a
+        decoder-only chat answer ends with `end_of_turn` when that is not the EOS).
+      prompt_format: "auto" (`prompts.default_prompt_format` per task) or one of
+        `prompts.PROMPT_FORMATS`.
 
     Returns:
       The encoded examples, in task order then instance order.
+
+    Raises:
+      ValueError: an unknown prompt format, or a chat format without a chat template.
     """
+    from activeit_jax.data import chat as chat_lib
     from activeit_jax.data import prompts, seqio_tasks
     decoder_only = model_kind == DECODER_ONLY
-    prompt_format = prompts.ALPACA if decoder_only else prompts.TK_INSTRUCT
+    ids = special_ids or SpecialIds()
+    chat = chat_lib.from_vocabulary(vocab)
     fits = prompts.make_fits(vocab, max_source_length)
-    eos = None if decoder_only else (special_ids or SpecialIds()).eos
+    eos = None if decoder_only else ids.eos
     examples = []
     for task in tasks:
         instances = select_instances(task, max_instances_per_task, seed)
         task = dataclasses.replace(task, instances=instances)
-        for raw in seqio_tasks.build_examples([task], prompt_format, fits,
-                                              num_pos_examples=num_pos_examples):
+        task_format = prompts.resolve_prompt_format(
+            prompt_format, getattr(task, "source", "niv2"), decoder_only, chat is not None)
+        # The answer closes the assistant turn; the batch builder appends the EOS after it.
+        closing = (ids.end_of_turn,) if (decoder_only and prompts.is_chat_format(task_format)
+                                         and ids.end_of_turn not in (None, ids.eos)) else ()
+        shots = 0 if task_format in (prompts.ALPACA, prompts.ALPACA_CHAT) else num_pos_examples
+        for raw in seqio_tasks.build_examples([task], task_format, fits,
+                                              num_pos_examples=shots, chat=chat):
             references = tuple(raw["references"]) or ("",)
             examples.append(EncodedExample(
                 task_name=task.name, label=getattr(task, "label", "gen"),
                 instance_id=str(raw["instance_id"]),
                 inputs=_encode(vocab, raw["inputs"], max_source_length, eos, keep_end=True),
-                targets=tuple(_encode(vocab, ref, max_target_length, eos)
-                              for ref in references),
+                targets=tuple(_encode(vocab, ref, max_target_length - len(closing), eos)
+                              + closing for ref in references),
                 references=references))
     return examples
 

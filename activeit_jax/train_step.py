@@ -200,6 +200,12 @@ def check_settings(config: Any) -> None:
         if getattr(config, name) not in known:
             raise UsageError(f"TrainConfig.{name} must be one of {list(known)}, got "
                              f"{getattr(config, name)!r}")
+    from activeit_jax.data import prompts
+    try:
+        prompts.check_prompt_format(getattr(config, "prompt_format", prompts.AUTO),
+                                    allow_auto=True)
+    except ValueError as err:
+        raise UsageError(f"TrainConfig.{err}") from None
 
 
 SELECTION_METRICS = tuple(f"{m}{s}" for m in ("rougeL", "exact_match")

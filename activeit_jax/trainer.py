@@ -119,9 +119,13 @@ class TrainConfig:
         longest row (that many buckets per power of two; each bucket compiles the step once)
         instead of the maximum lengths: the same loss, far fewer padded positions when
         examples are shorter than the maximum. 0 = fixed maximum lengths.
-      model_kind: "encoder_decoder" (Tk-Instruct prompts) or "decoder_only" (Alpaca prompts,
-        loss on response tokens only; sequences of max_source_length + max_target_length
-        tokens); None = from the model (`model.kind == "llama"` is decoder-only).
+      model_kind: "encoder_decoder" or "decoder_only" (loss on the response tokens only;
+        sequences of max_source_length + max_target_length tokens); None = from the model
+        (`model.kind == "llama"` is decoder-only).
+      prompt_format: "auto" (`prompts.default_prompt_format` per task: Tk-Instruct for T5;
+        decoder-only: Tk-Instruct for NIV2 and Alpaca for Self-Instruct, inside the model's
+        chat template when its vocabulary has one) or one of `prompts.PROMPT_FORMATS`; used
+        for training and evaluation alike.
       tensorboard: write TensorBoard event files.
       progress_bar: show a tqdm bar with tokens/s and ETA.
     """
@@ -158,6 +162,7 @@ class TrainConfig:
     pack: bool = False
     length_buckets_per_octave: int = 0
     model_kind: str | None = None
+    prompt_format: str = "auto"
     tensorboard: bool = True
     progress_bar: bool = True
 
@@ -445,13 +450,13 @@ class _RunData:
 def _encode_run_data(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
                      vocab: Any, config: TrainConfig) -> _RunData:
     """Tokenises the training and validation tasks and builds the epoch batcher."""
-    special = train_data.SpecialIds.of(model)
+    special = train_data.SpecialIds.of(model, vocab)
     model_kind = model_kind_of(model, config)
     examples = train_data.encode_tasks(
         train_tasks, vocab, max_instances_per_task=config.max_instances_per_task,
         num_pos_examples=config.num_pos_examples, max_source_length=config.max_source_length,
         max_target_length=config.max_target_length, seed=config.seed,
-        model_kind=model_kind, special_ids=special)
+        model_kind=model_kind, special_ids=special, prompt_format=config.prompt_format)
     batcher = train_data.EpochBatcher(
         examples, config.batch_size, config.seed, source_length=config.max_source_length,
         target_length=config.max_target_length, model_kind=model_kind, pack=config.pack,

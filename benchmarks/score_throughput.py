@@ -8,10 +8,12 @@ Prints, in one run, for each model config (tiny and small T5, random init):
   - the end-to-end pipeline (decode + score + bookkeeping) rows/s;
   - padding waste (source / target / filler rows);
 and, once, the number of compilations for a 200-task pool (tiny model; the count depends on
-the buckets, not on the model size).
+the buckets, not on the model size). `--smollm2` adds the real SmolLM2-135M-Instruct: our
+scorer's rows/s vs transformers (PyTorch) on the same rows (`benchmarks/smollm2_throughput.py`).
 
     python benchmarks/score_throughput.py                     # a few minutes on CPU
     python benchmarks/score_throughput.py --configs=tiny --num_tasks=8 --compile_pool_tasks=50
+    python benchmarks/score_throughput.py --configs= --compile_pool_tasks=0 --smollm2
 
 The pool is built from the bundled NIV2 sample (real definitions, examples and instance
 lengths), repeated under new names to reach the requested size.
@@ -37,6 +39,8 @@ import jax.numpy as jnp  # noqa: E402
 from activeit_jax import gin_utils, partitioning, scoring  # noqa: E402
 from activeit_jax.data import niv2, vocab as vocab_lib  # noqa: E402
 from activeit_jax.models import EncoderDecoderModel, T5Config  # noqa: E402
+
+import smollm2_throughput  # noqa: E402 (benchmarks/, beside this file)
 
 
 def matmul_peak(size: int, reps: int) -> float:
@@ -233,6 +237,9 @@ def main(argv=None):
     parser.add_argument("--naive_rows", type=int, default=16)
     parser.add_argument("--compile_pool_tasks", type=int, default=200)
     parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument("--smollm2", action="store_true",
+                        help="also compare SmolLM2 scoring with transformers")
+    smollm2_throughput.add_arguments(parser)
     args = parser.parse_args(argv)
 
     print(f"devices: {jax.devices()}")
@@ -241,7 +248,7 @@ def main(argv=None):
           f"({os.cpu_count()} CPU cores visible)")
     vocab = vocab_lib.get_vocabulary(os.path.join(REPO, vocab_lib.SAMPLE_VOCAB_RELPATH))
     tiny = None
-    for name in args.configs.split(","):
+    for name in filter(None, args.configs.split(",")):
         result = bench_config(name.strip(), args, vocab, peak)
         if name.strip() == "tiny":
             tiny = result
@@ -253,6 +260,8 @@ def main(argv=None):
                 model, mesh))(jax.random.key(0))
             tiny = (model, params, mesh)
         count_compilations(*tiny, vocab, args)
+    if args.smollm2:
+        smollm2_throughput.run(args)
 
 
 if __name__ == "__main__":

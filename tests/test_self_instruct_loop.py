@@ -403,7 +403,7 @@ def test_demo_self_instruct_runs_end_to_end_with_the_judge(tmp_path, test_file, 
     assert [r["task"] for r in scores] == list(prepared.split.pool)
     assert all(0.0 < r["prediction_probability"] <= 1.0 for r in scores)
     with open(os.path.join(out, "seed_0", "iter_0", "scoring", "run_args.json")) as handle:
-        assert json.load(handle)["args"]["prompt_format"] == "alpaca"
+        assert json.load(handle)["args"]["prompt_formats"]["self_instruct"] == "alpaca"
     judged = io_utils.read_jsonl(os.path.join(out, "seed_0", "prompt_uncertainty", "iter_1",
                                               "judge_vs_random.fake-judge.jsonl"))
     assert len(judged) == NUM_TEST and len(fake_judge.requests) == NUM_TEST

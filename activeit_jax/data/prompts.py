@@ -1,4 +1,17 @@
-"""Prompt encoding: Tk-Instruct (encoder-decoder) and Stanford Alpaca (decoder-only).
+"""Prompt encoding: Tk-Instruct and Stanford Alpaca, plain or as the user turn of a chat.
+
+Prompt formats (`PROMPT_FORMATS`; `default_prompt_format` picks one per model and task):
+
+    tk_instruct        the Tk-Instruct source below (T5; plain decoder-only models on NIV2)
+    alpaca             the Stanford Alpaca template (plain decoder-only models, Self-Instruct)
+    tk_instruct_chat   the Tk-Instruct source as the user turn of the model's chat template
+    alpaca_chat        the Alpaca instruction (+ "\\n\\n" + input) as the user turn
+
+A chat format renders the inner text, then the model's template around it
+(`chat.ChatTemplate.user_prompt`: the template's default system turn, the user turn, the
+opening of the assistant turn); the answer follows as the assistant turn, which the model
+closes with its end-of-turn token. The parts are perturbed before rendering, so a chat prompt
+perturbs exactly what the plain prompt perturbs.
 
 Tk-Instruct format, as `DataCollatorForNI` in yizhongw/Tk-Instruct `src/ni_collator.py` builds
 it with add_task_definition=True, num_pos_examples=2, num_neg_examples=0,
@@ -38,6 +51,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     import seqio
 
+    from activeit_jax.data.chat import ChatTemplate
     from activeit_jax.data.niv2 import Instance, Task
 
 MAX_SOURCE_LENGTH = 1024  # Tk-Instruct max_source_length
@@ -46,7 +60,11 @@ NUM_POS_EXAMPLES = 2
 
 TK_INSTRUCT = "tk_instruct"
 ALPACA = "alpaca"
-PROMPT_FORMATS = (TK_INSTRUCT, ALPACA)
+TK_INSTRUCT_CHAT = "tk_instruct_chat"
+ALPACA_CHAT = "alpaca_chat"
+PROMPT_FORMATS = (TK_INSTRUCT, ALPACA, TK_INSTRUCT_CHAT, ALPACA_CHAT)
+CHAT_FORMATS = (TK_INSTRUCT_CHAT, ALPACA_CHAT)
+AUTO = "auto"  # `default_prompt_format` per task
 
 # Stanford Alpaca's PROMPT_DICT (tatsu-lab/stanford_alpaca train.py), verbatim. The no-input
 # variant is used when the input is exactly "" (Alpaca's `example.get("input", "") != ""`).
@@ -181,22 +199,93 @@ def render_alpaca(parts: PromptParts) -> str:
     return alpaca_prompt(parts.definition, parts.instance_input)
 
 
-def render(parts: PromptParts, prompt_format: str = TK_INSTRUCT, fits: Fits | None = None) -> str:
-    """Renders `parts` in `prompt_format` ("tk_instruct" or "alpaca").
+def alpaca_user_message(parts: PromptParts) -> str:
+    """The user turn of `alpaca_chat`: the instruction, then a blank line and the input when
+    there is one (a chat model needs no "### Response:" scaffolding)."""
+    if parts.instance_input != "":
+        return f"{parts.definition}\n\n{parts.instance_input}"
+    return parts.definition
+
+
+def is_chat_format(prompt_format: str) -> bool:
+    """True for the formats rendered inside a chat template."""
+    return prompt_format in CHAT_FORMATS
+
+
+def check_prompt_format(prompt_format: str, allow_auto: bool = False) -> str:
+    """Returns `prompt_format` when it is known (`AUTO` too when `allow_auto`).
+
+    Raises:
+      ValueError: an unknown name (the known ones are listed).
+    """
+    known = PROMPT_FORMATS + ((AUTO,) if allow_auto else ())
+    if prompt_format not in known:
+        raise ValueError(f"prompt_format must be one of {known}, got {prompt_format!r}")
+    return prompt_format
+
+
+def default_prompt_format(task_source: str, decoder_only: bool, has_chat: bool) -> str:
+    """The prompt format used when none is chosen.
+
+    Args:
+      task_source: the task's `source` ("niv2" or "self_instruct").
+      decoder_only: the model is decoder-only (LLaMA-style).
+      has_chat: its vocabulary carries a chat template.
+
+    Returns:
+      Encoder-decoder: tk_instruct. Decoder-only: NIV2 tasks tk_instruct, Self-Instruct items
+      alpaca; the `_chat` variant when the vocabulary has a chat template.
+    """
+    if not decoder_only:
+        return TK_INSTRUCT
+    base = ALPACA if task_source == "self_instruct" else TK_INSTRUCT
+    return base + "_chat" if has_chat else base
+
+
+def resolve_prompt_format(prompt_format: str, task_source: str, decoder_only: bool,
+                          has_chat: bool) -> str:
+    """`prompt_format`, or `default_prompt_format(...)` when it is `AUTO`.
+
+    Raises:
+      ValueError: an unknown format, or a chat format without a chat template.
+    """
+    check_prompt_format(prompt_format, allow_auto=True)
+    if prompt_format == AUTO:
+        return default_prompt_format(task_source, decoder_only, has_chat)
+    if is_chat_format(prompt_format) and not has_chat:
+        raise ValueError(f"prompt_format {prompt_format!r} needs a vocabulary with a chat "
+                         "template (a Hugging Face tokenizer that has one)")
+    return prompt_format
+
+
+def render(parts: PromptParts, prompt_format: str = TK_INSTRUCT, fits: Fits | None = None,
+           chat: "ChatTemplate | None" = None) -> str:
+    """Renders `parts` in `prompt_format`.
 
     Args:
       parts: the prompt parts.
-      prompt_format: "tk_instruct" (encoder-decoder) or "alpaca" (decoder-only).
-      fits: length test for the Tk-Instruct examples (ignored by alpaca).
+      prompt_format: one of `PROMPT_FORMATS`.
+      fits: length test of the whole rendered prompt, for the Tk-Instruct examples (ignored
+        by the Alpaca formats); in a chat format it is applied to the chat-wrapped text.
+      chat: the model's chat template (required by the chat formats).
 
     Returns:
-      The prompt text.
+      The prompt text (chat formats: with the template's markup).
+
+    Raises:
+      ValueError: an unknown format, or a chat format without `chat`.
     """
+    check_prompt_format(prompt_format)
+    if is_chat_format(prompt_format):
+        if chat is None:
+            raise ValueError(f"prompt_format {prompt_format!r} needs the model's chat template")
+        if prompt_format == ALPACA_CHAT:
+            return chat.user_prompt(alpaca_user_message(parts))
+        inner_fits = None if fits is None else (lambda text: fits(chat.user_prompt(text)))
+        return chat.user_prompt(render_tk_instruct(parts, inner_fits))
     if prompt_format == TK_INSTRUCT:
         return render_tk_instruct(parts, fits)
-    if prompt_format == ALPACA:
-        return render_alpaca(parts)
-    raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+    return render_alpaca(parts)
 
 
 def make_fits(vocabulary: "seqio.Vocabulary", max_length: int = MAX_SOURCE_LENGTH,

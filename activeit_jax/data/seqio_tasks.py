@@ -76,16 +76,18 @@ def output_features(vocabulary: seqio.Vocabulary,
 def build_examples(tasks: Sequence[Task], prompt_format: str = prompts_lib.TK_INSTRUCT,
                    fits: prompts_lib.Fits | None = None,
                    max_instances_per_task: int | None = None,
-                   num_pos_examples: int = prompts_lib.NUM_POS_EXAMPLES) -> list[dict[str, Any]]:
+                   num_pos_examples: int = prompts_lib.NUM_POS_EXAMPLES,
+                   chat: Any = None) -> list[dict[str, Any]]:
     """Renders every instance of every task into a raw example dict (plain Python).
 
     Args:
       tasks: the tasks, in order.
-      prompt_format: "tk_instruct" or "alpaca".
+      prompt_format: one of `prompts.PROMPT_FORMATS`.
       fits: the max_source_length test for Tk-Instruct examples (None: no limit).
       max_instances_per_task: the first N instances of each task (None: all). Sampling
         happens earlier, in `niv2.select_instances` / `activeit-jax prepare`.
       num_pos_examples: positive examples per Tk-Instruct prompt.
+      chat: the model's `chat.ChatTemplate` (needed by the chat formats).
 
     Returns:
       Dicts with inputs, targets, task_name, instance_id, references (list of str).
@@ -98,7 +100,7 @@ def build_examples(tasks: Sequence[Task], prompt_format: str = prompts_lib.TK_IN
         for instance in instances:
             parts = prompts_lib.tk_instruct_parts(task, instance, num_pos_examples)
             examples.append({
-                "inputs": prompts_lib.render(parts, prompt_format, fits),
+                "inputs": prompts_lib.render(parts, prompt_format, fits, chat),
                 "targets": instance.outputs[0],
                 "task_name": task.name,
                 "instance_id": instance.id,
@@ -151,7 +153,8 @@ def register_prompt_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Voc
       name: the seqio task name.
       tasks: tasks whose instances become examples.
       vocabulary: vocabulary of inputs and targets.
-      prompt_format: "tk_instruct" (encoder-decoder) or "alpaca" (decoder-only).
+      prompt_format: one of `prompts.PROMPT_FORMATS` (a chat format uses the vocabulary's
+        chat template).
       max_instances_per_task: first N instances per task (None: all).
       max_source_length: token budget the Tk-Instruct examples must fit in.
       num_pos_examples: positive examples per Tk-Instruct prompt.
@@ -161,19 +164,19 @@ def register_prompt_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Voc
     Returns:
       The registered seqio.Task.
     """
-    if prompt_format not in prompts_lib.PROMPT_FORMATS:
-        raise ValueError(f"prompt_format must be one of {prompts_lib.PROMPT_FORMATS}, "
-                         f"got {prompt_format!r}")
+    prompts_lib.check_prompt_format(prompt_format)
     if add_eos_to_inputs is None:
         add_eos_to_inputs = prompt_format == prompts_lib.TK_INSTRUCT
     tasks = list(tasks)
     num_examples = _count_examples(tasks, max_instances_per_task)
 
     def render() -> list[dict[str, Any]]:
+        from activeit_jax.data import chat as chat_lib
         fits = (prompts_lib.make_fits(vocabulary, max_source_length, add_eos=add_eos_to_inputs)
-                if prompt_format == prompts_lib.TK_INSTRUCT else None)
+                if prompt_format in (prompts_lib.TK_INSTRUCT, prompts_lib.TK_INSTRUCT_CHAT)
+                else None)
         return build_examples(tasks, prompt_format, fits, max_instances_per_task,
-                              num_pos_examples)
+                              num_pos_examples, chat_lib.from_vocabulary(vocabulary))
 
     source = _InMemorySource(render)
     seqio.TaskRegistry.remove(name)

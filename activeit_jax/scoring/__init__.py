@@ -20,19 +20,32 @@ Tokenisation follows SeqIO: ``ids = vocab.encode(text)``; a sequence longer than
 length is cut to ``ids[:max_len - 1] + [EOS]`` (EOS kept). The saved prompt text
 (``save_prompts``) is exactly the string that was tokenised.
 
-Decoder-only models (`DecoderOnlyModel`, LLaMA; `is_decoder_only`) use the same definitions
-and formulas with the Self-Instruct / Alpaca prompt and the model's own special ids:
+Prompt formats (``ScoreConfig.prompt_format``, default "auto"; `data.prompts`): T5 uses the
+Tk-Instruct source above. Decoder-only models (`DecoderOnlyModel`, LLaMA; `is_decoder_only`)
+use the same definitions and formulas with the model's own special ids and, by default,
 
-- The prompt is the Stanford Alpaca template (`prompts.render_alpaca`): instruction = the
-  task's definition, input = the instance input; no demonstrations (the parts are built with
-  0 examples), so the perturbation changes the definition -- the instruction words -- only.
-  ``prompts.jsonl`` holds the rendered Alpaca prompt.
-- Prompt ids are ``vocab.encode(prompt)`` without special tokens, cut to their *last*
+- NIV2 tasks: the Tk-Instruct source (definition + positive examples that fit + instance);
+  Self-Instruct items: the Stanford Alpaca prompt (instruction = the definition, input = the
+  instance input, no demonstrations, so only the instruction is perturbed);
+- when the vocabulary carries a chat template (`HFTokenizerVocabulary.chat_template`, e.g.
+  SmolLM2's ChatML), that text becomes the user turn of the template, rendered as
+  transformers' ``apply_chat_template(messages, add_generation_prompt=True)`` renders it
+  (`data.chat`; SmolLM2's template adds its default system turn): formats
+  ``tk_instruct_chat`` / ``alpaca_chat``. The perturbation changes the same parts as for T5
+  (definition and example inputs) before the template is applied, and ``prompts.jsonl``'s
+  ``source`` is the whole rendered text, chat markup included -- exactly what was tokenised.
+  The prediction is the assistant turn: generation ends at EOS or the end-of-turn token
+  (``<|im_end|>``, SmolLM2's EOS too); when the two differ, the end-of-turn token is scored
+  before the EOS.
+- The BOS follows the model's config (``bos_id`` None: no BOS, as SmolLM2's tokenizer adds
+  none, ``add_bos`` False); below, ``bos + `` is empty then.
+- Prompt ids are ``vocab.encode(prompt)`` without special tokens (special-token markup in the
+  text, e.g. ``<|im_start|>``, encodes to its single id), cut to their *last*
   ``max_source_length - 1`` ids, so that ``bos + prompt`` fits ``max_source_length`` (the cut
   `models.make_prompt_batch` makes for the evaluator's decoding).
 - The original prediction is greedily decoded after ``bos + prompt``; it ends at the model's
-  EOS (or the first padding id, as the evaluator's `trainer.decode_tokens`), and its text is
-  ``vocab.decode`` of the ids before EOS.
+  EOS or the end-of-turn token (or the first padding id, as the evaluator's
+  `evaluation.decode_tokens`), and its text is ``vocab.decode`` of the ids before it.
 - The response is re-tokenised as ``vocab.encode(text)[:max_target_length - 1] + [EOS]``
   (the model's EOS, always present), and ``p_k = exp(mean log p(response ids incl. EOS |
   bos + prompt_k))``, teacher forced on ``bos + prompt_k + response`` with the loss weights on
@@ -43,8 +56,11 @@ and formulas with the Self-Instruct / Alpaca prompt and the model's own special 
   source buckets. In ``summary.json``'s padding statistics, "source" then counts the input
   positions of the whole sequence and "target" the scored (response) positions over the
   same slots.
-- ``run_args.json`` additionally fingerprints ``prompt_format: "alpaca"`` and the model's
-  pad / bos / eos ids (an encoder-decoder run's fingerprint is unchanged).
+- ``run_args.json`` additionally fingerprints ``prompt_format`` (as configured),
+  ``prompt_formats`` (what it resolves to for NIV2 tasks and Self-Instruct items), the chat
+  template's hash when a chat format is used, and the model's pad / bos / eos ids (bos None:
+  the model takes no BOS, as its tokenizer's ``add_bos``). An encoder-decoder run with the
+  default format keeps the fingerprint it always had.
 
 Edge cases:
 
@@ -133,7 +149,7 @@ from activeit_jax.scoring.journal import (PROMPTS_FILE, RUN_ARGS_FILE, SCORES_FI
                                           finalize, finished_tasks, prepare_run_dir)
 from activeit_jax.scoring.multihost import ShardInfo, merge_journals, shard_dir
 from activeit_jax.scoring.planning import (PromptBuilder, SkippedTask, TaskPlan, TaskStub,
-                                           choose_instances)
+                                           choose_instances, prompt_formats)
 from activeit_jax.scoring.pool import NonFiniteScoreError, ScoreHooks, score_pool
 from activeit_jax.scoring.row_scorer import PaddingStats, RowScorer
 from activeit_jax.scoring.tokens import (cut_generated, is_decoder_only, keep_last_ids,
@@ -147,6 +163,7 @@ __all__ = [
     "TaskPlan", "TaskStub", "bucket_for", "check_run_args", "choose_instances", "cut_generated",
     "default_buckets", "finalize", "finished_tasks", "fingerprint", "is_decoder_only",
     "keep_last_ids", "mean_perplexity", "merge_journals", "prediction_probability",
-    "prepare_run_dir", "prompt_uncertainty", "score_pool", "sequence_probability", "shard_dir",
+    "prepare_run_dir", "prompt_formats", "prompt_uncertainty", "score_pool",
+    "sequence_probability", "shard_dir",
     "task_metrics", "truncate_ids",
 ]

@@ -42,6 +42,11 @@ class ScoreConfig:
       seed: seeds instance choice and perturbations (per task, via a stable hash).
       perturbation: registry name in `activeit_jax.perturbation`.
       perturbation_options: options of that perturbation, as sorted (key, value) pairs.
+      prompt_format: "auto" (`prompts.default_prompt_format` per task: Tk-Instruct for T5;
+        decoder-only models: Tk-Instruct for NIV2 tasks, Alpaca for Self-Instruct items, each
+        as the user turn of the model's chat template when its vocabulary has one) or one of
+        `prompts.PROMPT_FORMATS` for every task. Fingerprinted as the formats it resolves to
+        (`planning.prompt_formats`), see `pool._fingerprinted_args`.
       num_pos_examples: positive examples in the Tk-Instruct prompt.
       max_source_length / max_target_length: SeqIO lengths (cut with EOS kept).
       max_decode_length: greedy decoding length of the originals.
@@ -68,6 +73,7 @@ class ScoreConfig:
     seed: int = 0
     perturbation: str = "drop"
     perturbation_options: tuple[tuple[str, Any], ...] = (("rate", 0.2),)
+    prompt_format: str = "auto"
     num_pos_examples: int = 2
     max_source_length: int = 1024
     max_target_length: int = 128
@@ -104,6 +110,11 @@ class ScoreConfig:
         for name in ("source_buckets", "target_buckets", "sequence_buckets"):
             for bucket in getattr(self, name) or ():
                 _check_int(name, bucket, 1)
+        from activeit_jax.data import prompts
+        try:
+            prompts.check_prompt_format(self.prompt_format, allow_auto=True)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         from activeit_jax import perturbation as perturbation_lib
         try:  # builds it once: an unknown name, a rate outside [0, 1], a missing file
             perturbation_lib.get_perturbation(self.perturbation,

@@ -50,25 +50,35 @@ def choose_instances(task, num_instances: int, seed: int) -> list[Any]:
     return [instances[i] for i in chosen]
 
 
-def _render_alpaca(parts, fits=None) -> str:
-    """`prompts.render_alpaca` with the `(parts, fits)` signature of a scorer render_fn."""
-    del fits  # the Alpaca prompt has no demonstrations to fit
+POOL_SOURCES = ("niv2", "self_instruct")
+
+
+def prompt_formats(config: ScoreConfig, decoder_only: bool, has_chat: bool) -> dict[str, str]:
+    """{task source: prompt format} of a scoring run (`prompts.resolve_prompt_format` of
+    `config.prompt_format` for NIV2 tasks and Self-Instruct items).
+
+    Raises:
+      ValueError: an unknown format, or a chat format without a chat template.
+    """
     from activeit_jax.data import prompts
-    return prompts.render_alpaca(parts)
+    return {source: prompts.resolve_prompt_format(config.prompt_format, source, decoder_only,
+                                                  has_chat)
+            for source in POOL_SOURCES}
 
 
 class PromptBuilder:
     """Builds and tokenises the (1+K) sources of each chosen instance of a task.
 
     Args:
-      vocab: a seqio vocabulary (`encode`, `decode`).
-      config: the scoring config.
-      parts_fn: `(task, instance, num_pos_examples) -> PromptParts` (data layer).
-      render_fn: `(parts, fits) -> str` (data layer's `render_tk_instruct`; decoder-only:
-        the Alpaca template).
-      decoder_only: build decoder-only prompts (Alpaca template, no demonstrations, prompt ids
-        without special tokens keeping their last `max_source_length - 1`, responses ending
-        with `eos_id`); see the module docstring.
+      vocab: a seqio vocabulary (`encode`, `decode`; a Hugging Face vocabulary may carry a
+        chat template and an end-of-turn id).
+      config: the scoring config (`prompt_format` chooses the format, see `prompt_formats`).
+      parts_fn: `(task, instance, num_pos_examples) -> PromptParts` (default: the data
+        layer's `tk_instruct_parts`).
+      render_fn: `(parts, fits) -> str` replacing the format's renderer (tests, experiments).
+      decoder_only: build decoder-only prompts (prompt ids without special tokens keeping
+        their last `max_source_length - 1`, responses ending with `eos_id`); see the package
+        docstring.
       eos_id: the EOS appended to targets (T5: 1; decoder-only: the model's).
     """
 
@@ -76,22 +86,44 @@ class PromptBuilder:
                  parts_fn: Callable[..., Any] | None = None,
                  render_fn: Callable[..., str] | None = None, *,
                  decoder_only: bool = False, eos_id: int = EOS_ID):
-        if parts_fn is None or render_fn is None:
-            from activeit_jax.data import prompts
-            parts_fn = parts_fn or prompts.tk_instruct_parts
-            render_fn = render_fn or (_render_alpaca if decoder_only
-                                      else prompts.render_tk_instruct)
+        from activeit_jax.data import chat as chat_lib
+        from activeit_jax.data import prompts
         self.vocab, self.config = vocab, config
-        self.parts_fn, self.render_fn = parts_fn, render_fn
+        self.parts_fn = parts_fn or prompts.tk_instruct_parts
+        self.render_fn = render_fn
         self.decoder_only, self.eos_id = decoder_only, int(eos_id)
-        # Decoder-only prompts show no demonstrations: only the definition is perturbed.
-        self.num_pos_examples = 0 if decoder_only else config.num_pos_examples
+        self.chat = chat_lib.from_vocabulary(vocab)
+        self.formats = prompt_formats(config, decoder_only, self.chat is not None)
+        # A chat answer ends with the end-of-turn token; when the model's EOS is another
+        # token, the end-of-turn token is scored before it.
+        eot = getattr(vocab, "end_of_turn_id", None)
+        uses_chat = any(prompts.is_chat_format(f) for f in self.formats.values())
+        self.end_of_turn = (int(eot) if uses_chat and eot is not None and int(eot) != self.eos_id
+                            else None)
         self.perturb = perturbation_lib.get_perturbation(
             config.perturbation, **dict(config.perturbation_options))
         self._fits = None
-        if config.fit_examples and not decoder_only:
-            from activeit_jax.data import prompts
+        if config.fit_examples:
             self._fits = prompts.make_fits(vocab, config.max_source_length)
+
+    def prompt_format(self, task) -> str:
+        """The format of `task`'s prompts (by its `source`; NIV2 when it has none)."""
+        return self.formats.get(getattr(task, "source", "niv2"), self.formats["niv2"])
+
+    def num_pos_examples(self, prompt_format: str) -> int:
+        """Demonstrations shown: the config's for the Tk-Instruct formats, none for Alpaca's
+        (the Alpaca prompt has no place for them, so only the instruction is perturbed)."""
+        from activeit_jax.data import prompts
+        if prompt_format in (prompts.ALPACA, prompts.ALPACA_CHAT):
+            return 0
+        return self.config.num_pos_examples
+
+    def render(self, parts, prompt_format: str) -> str:
+        """The prompt text of `parts` (what is tokenised and saved in prompts.jsonl)."""
+        from activeit_jax.data import prompts
+        if self.render_fn is not None:
+            return self.render_fn(parts, self._fits)
+        return prompts.render(parts, prompt_format, self._fits, self.chat)
 
     def encode_source(self, text: str) -> list[int]:
         return self._encode_source(text)[0]
@@ -106,12 +138,23 @@ class PromptBuilder:
         return truncate_ids(ids, self.config.max_source_length), len(ids) > limit
 
     def encode_target(self, text: str) -> list[int]:
-        return truncate_ids(self.vocab.encode(text), self.config.max_target_length, self.eos_id)
+        if self.end_of_turn is None:
+            return truncate_ids(self.vocab.encode(text), self.config.max_target_length,
+                                self.eos_id)
+        ids = self.vocab.encode(text)[:max(self.config.max_target_length - 2, 0)]
+        return ids + [self.end_of_turn, self.eos_id]
 
     def prediction_text(self, generated: Sequence[int]) -> str:
-        """The text of a generated id list (as `RowScorer.decode_async` returns it)."""
+        """The text of a generated id list (as `RowScorer.decode_async` returns it): the ids
+        before the first EOS (or end-of-turn)."""
         if self.decoder_only:
-            return self.vocab.decode([t for t in generated if t != self.eos_id])
+            stops = {self.eos_id, self.end_of_turn}
+            kept = []
+            for token in generated:
+                if int(token) in stops:
+                    break
+                kept.append(int(token))
+            return self.vocab.decode(kept)
         return self.vocab.decode(generated)
 
     def perturbed_instructions(self, task, template) -> list[tuple[str, tuple[str, ...]]]:
@@ -132,14 +175,16 @@ class PromptBuilder:
         plan = TaskPlan(index=index, task=task, instances=instances)
         if not instances:
             return plan
-        template = self.parts_fn(task, instances[0], self.num_pos_examples)
+        prompt_format = self.prompt_format(task)
+        num_examples = self.num_pos_examples(prompt_format)
+        template = self.parts_fn(task, instances[0], num_examples)
         variants = self.perturbed_instructions(task, template)
         cache: dict[str, tuple[list[int], bool]] = {}
         for instance in instances:
-            base = self.parts_fn(task, instance, self.num_pos_examples)
+            base = self.parts_fn(task, instance, num_examples)
             all_parts = [base] + [dataclasses.replace(base, definition=d, example_inputs=e)
                                   for d, e in variants]
-            texts = [self.render_fn(parts, self._fits) for parts in all_parts]
+            texts = [self.render(parts, prompt_format) for parts in all_parts]
             ids = []
             for text in texts:
                 if text not in cache:

@@ -24,7 +24,7 @@ from activeit_jax.scoring.journal import (PROMPTS_FILE, SCORES_FILE, SHARD_DONE_
                                           prepare_run_dir, remove_if_exists, shard_dirs)
 from activeit_jax.scoring.multihost import (ShardInfo, localize, merge_journals, merge_shards,
                                             shard_dir)
-from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub
+from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub, prompt_formats
 from activeit_jax.scoring.row_scorer import RowScorer
 from activeit_jax.scoring.tokens import is_decoder_only
 
@@ -84,8 +84,7 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
     `ScoreConfig`), so the files equal a single-host run's up to that rounding.
 
     Args:
-      model: an `EncoderDecoderModel`, or a `DecoderOnlyModel` (Alpaca prompts, see the
-        module docstring).
+      model: an `EncoderDecoderModel`, or a `DecoderOnlyModel` (see the package docstring).
       params: its parameters placed on `mesh`.
       vocab: the seqio vocabulary of the model.
       tasks: the pool, iterated once, lazily (data layer `Task`s, unique names; a
@@ -100,8 +99,8 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
       run_args: extra arguments to fingerprint (checkpoint, pool files...); merged with the
         config's fingerprinted fields.
       total: number of tasks in the pool, for the progress bar's ETA (optional).
-      parts_fn / render_fn: prompt construction (default: the data layer's Tk-Instruct;
-        decoder-only: the Alpaca template).
+      parts_fn / render_fn: prompt construction overrides (default: the data layer's parts
+        rendered in `config.prompt_format`, see `PromptBuilder`).
       hooks: callbacks (tests simulate a kill with `after_task`).
       progress: show a tqdm bar.
       scorer: a ready `RowScorer` (reused across calls, e.g. by the benchmark).
@@ -126,8 +125,8 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         mesh, params = _local_mesh(model, params, mesh)
     decoder_only = scorer.decoder_only if scorer is not None else is_decoder_only(model)
     train_data.check_vocabulary(model if scorer is None else scorer.model, vocab)
-    args = _fingerprinted_args(model if scorer is None else scorer.model, config, run_args,
-                               decoder_only)
+    args = _fingerprinted_args(model if scorer is None else scorer.model, vocab, config,
+                               run_args, decoder_only)
     with _directory_locks(out_dir, shard):
         journal_dir = _open_journal(out_dir, args, shard)
         # Every journal's torn tail is repaired, and read, before any host appends again.
@@ -168,16 +167,26 @@ def _directory_locks(out_dir: str, shard: ShardInfo) -> Iterator[None]:
         yield
 
 
-def _fingerprinted_args(model, config: ScoreConfig, run_args: dict[str, Any] | None,
+def _fingerprinted_args(model, vocab, config: ScoreConfig, run_args: dict[str, Any] | None,
                         decoder_only: bool) -> dict[str, Any]:
     """The arguments `run_args.json` fingerprints: the caller's, the config's fingerprinted
-    fields, and (decoder-only) the prompt format and the model's special ids."""
+    fields, the prompt formats (decoder-only, or a format chosen explicitly: an
+    encoder-decoder run with the default format keeps its earlier fingerprint) with the hash
+    of the chat template they use, and (decoder-only) the model's special ids."""
+    from activeit_jax.data import chat as chat_lib
+    from activeit_jax.data import prompts
     args = {**(run_args or {}), **config.fingerprint_args()}
+    chat = chat_lib.from_vocabulary(vocab)
+    formats = prompt_formats(config, decoder_only, chat is not None)
+    if decoder_only or config.prompt_format != prompts.AUTO:
+        args.update(prompt_format=config.prompt_format, prompt_formats=formats)
+        if any(prompts.is_chat_format(f) for f in formats.values()):
+            args["chat_template_sha256"] = chat.sha256
     if decoder_only:
         ids = model.config
-        args.update(prompt_format="alpaca", special_ids={
-            "pad": int(ids.pad_id), "bos": None if ids.bos_id is None else int(ids.bos_id),
-            "eos": int(ids.eos_id)})
+        args["special_ids"] = {"pad": int(ids.pad_id),
+                               "bos": None if ids.bos_id is None else int(ids.bos_id),
+                               "eos": int(ids.eos_id)}
     return args
 
 

