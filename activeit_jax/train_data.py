@@ -173,7 +173,7 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
         # The answer closes the assistant turn; the batch builder appends the EOS after it.
         closing = (ids.end_of_turn,) if (decoder_only and prompts.is_chat_format(task_format)
                                          and ids.end_of_turn not in (None, ids.eos)) else ()
-        shots = 0 if task_format in (prompts.ALPACA, prompts.ALPACA_CHAT) else num_pos_examples
+        shots = prompts.examples_shown(task_format, num_pos_examples)
         for raw in seqio_tasks.build_examples([task], task_format, fits,
                                               num_pos_examples=shots, chat=chat):
             references = tuple(raw["references"]) or ("",)

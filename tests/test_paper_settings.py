@@ -73,8 +73,8 @@ def test_alpaca_config_is_the_paper_setting(parse_experiment, sample_data):
 
 
 def test_entropy_is_computed_exactly_when_a_strategy_reads_it(parse_experiment):
-    assert not parse_experiment("demo.gin", []).score_config.compute_entropy
-    exp = parse_experiment("demo.gin", ['LoopConfig.strategies = ("uncertainty", "random")'])
+    assert not parse_experiment("demo_tiny.gin", []).score_config.compute_entropy
+    exp = parse_experiment("demo_tiny.gin", ['LoopConfig.strategies = ("uncertainty", "random")'])
     assert exp.score_config.compute_entropy
     assert exp.loop.scores_needed() == {"entropy", "perplexity"}
 
@@ -200,7 +200,7 @@ def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_
 def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tmp_path,
                                                             capsys):
     from activeit_jax.commands import run
-    plain = run.build_stages(parse_experiment("demo.gin", []))
+    plain = run.build_stages(parse_experiment("demo_tiny.gin", []))
     data = plain.prepare(0, str(tmp_path / "plain" / "seed_0" / "data"))
     assert set(prepared_lib.label_source_counts(data.summary())) == {"rule"}
     names = sorted(data.tasks)[:4]
@@ -214,7 +214,7 @@ def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tm
     for path, subset in ((meta, names[:2]), (tmp_path / "labels.csv", names[2:])):
         out = tmp_path / path.stem
         capsys.readouterr()
-        exp = parse_experiment("demo.gin", [f'experiment.label_overrides = "{path}"'])
+        exp = parse_experiment("demo_tiny.gin", [f'experiment.label_overrides = "{path}"'])
         got = run.build_stages(exp).prepare(0, str(out / "seed_0" / "data"))
         for n in data.tasks:
             want = flipped[n] if n in subset else data.tasks[n].label

@@ -190,14 +190,14 @@ def test_run_errors_and_a_second_run_are_one_line(tmp_path):
     out, locked = tmp_path / "run", tmp_path / "locked"
     with run_lock.hold(locked, "run"):
         run_cases("run", [
-            (["--gin_file=demo.gin", f"--out={out}", "--gin.LoopConfig.nonsense=1"],
+            (["--gin_file=demo_tiny.gin", f"--out={out}", "--gin.LoopConfig.nonsense=1"],
              ["gin", "nonsense"]),
             (["--gin_file=nothere.gin", f"--out={out}"], ["nothere.gin"]),
-            (["--gin_file=demo.gin", f"--out={out}", "--gin.ScoreConfig.num_perturbations=0"],
+            (["--gin_file=demo_tiny.gin", f"--out={out}", "--gin.ScoreConfig.num_perturbations=0"],
              ["num_perturbations"]),
-            (["--gin_file=demo.gin", f"--out={out}", "--gin.TrainConfig.batch_size=0"],
+            (["--gin_file=demo_tiny.gin", f"--out={out}", "--gin.TrainConfig.batch_size=0"],
              ["batch_size"]),
-            (["--gin_file=demo.gin", f"--out={locked}", "--noreport"],
+            (["--gin_file=demo_tiny.gin", f"--out={locked}", "--noreport"],
              [str(locked), "in use by another process", f"pid {os.getpid()}"]),
         ], tmp_path)
     assert not out.exists()

@@ -47,18 +47,18 @@ def test_run_experiment_takes_the_checkpoint_tokenizer(parse_experiment, tiny_ch
     import gin
     bindings = ['get_vocabulary.path = None',
                 f'experiment.init_checkpoint = "{tiny_checkpoint}"']
-    exp = parse_experiment("demo.gin", bindings)
+    exp = parse_experiment("demo_tiny.gin", bindings)
     assert exp.vocabulary.vocab_size == 1100 and exp.init_checkpoint == str(tiny_checkpoint)
     gin.clear_config()
     bare = tmp_path / "bare"
     bare.mkdir()
     with pytest.raises(VocabularyError, match="no vocabulary: give get_vocabulary.path "
                                               f"\\(gin\\).*checkpoint {bare} stores no"):
-        parse_experiment("demo.gin", ['get_vocabulary.path = None',
+        parse_experiment("demo_tiny.gin", ['get_vocabulary.path = None',
                                       f'experiment.init_checkpoint = "{bare}"'])
     gin.clear_config()
     with pytest.raises(VocabularyError, match="no checkpoint to take a tokenizer from"):
-        parse_experiment("demo.gin", ['get_vocabulary.path = None'])
+        parse_experiment("demo_tiny.gin", ['get_vocabulary.path = None'])
 
 
 def _cli(*args: str) -> list[str]:

@@ -245,24 +245,24 @@ def _judge_configs(judge: Any) -> tuple[Any, ...] | None:
 
 def _model_and_vocabulary(model: Any, vocabulary: Any, init_checkpoint: str | None
                           ) -> tuple[Any, Any]:
-    """The bound model and vocabulary, each falling back to the base checkpoint's.
+    """The bound model and vocabulary, each falling back to the base checkpoint's (its
+    config.json; the tokenizer stored beside its weights).
 
     Raises:
-      ValueError: one is missing and there is no base checkpoint to take it from.
+      UsageError: no model bound and no base checkpoint to read one from.
+      VocabularyError: no vocabulary bound and none stored with the base checkpoint.
     """
-    if model is not None and vocabulary is not None:
-        return model, vocabulary
-    if not init_checkpoint:
-        missing = "model" if model is None else "vocabulary"
-        raise ValueError(f"experiment.{missing} is required without experiment.init_checkpoint "
-                         f"(bind it, e.g. the macro %{missing.upper()} of the config files)")
     from activeit_jax import checkpoints
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.errors import UsageError
     if model is None:
+        if not init_checkpoint:
+            raise UsageError("experiment.model is required without experiment.init_checkpoint "
+                             "(bind it, e.g. the macro %MODEL of configs/models/*.gin)")
         model = checkpoints.read_model(init_checkpoint)
-    # get_vocabulary.path unset (gin) also leaves `vocabulary` None: the checkpoint's tokenizer.
-    vocabulary = vocab_lib.resolve_vocabulary(
-        vocabulary, init_checkpoint, what="experiment.vocabulary or get_vocabulary.path (gin)")
+    if vocabulary is None:  # get_vocabulary.path unset (gin): the checkpoint's own tokenizer
+        vocabulary = vocab_lib.resolve_vocabulary(None, init_checkpoint,
+                                                  what="get_vocabulary.path (gin)")
     return model, vocabulary
 
 

@@ -207,6 +207,13 @@ def alpaca_user_message(parts: PromptParts) -> str:
     return parts.definition
 
 
+def examples_shown(prompt_format: str, num_pos_examples: int) -> int:
+    """Positive examples a prompt shows: `num_pos_examples` in the Tk-Instruct formats, none in
+    the Alpaca ones (they have no place for demonstrations, so only the instruction is
+    perturbed)."""
+    return 0 if prompt_format in (ALPACA, ALPACA_CHAT) else num_pos_examples
+
+
 def is_chat_format(prompt_format: str) -> bool:
     """True for the formats rendered inside a chat template."""
     return prompt_format in CHAT_FORMATS

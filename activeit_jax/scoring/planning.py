@@ -110,14 +110,6 @@ class PromptBuilder:
         """The format of `task`'s prompts (by its `source`; NIV2 when it has none)."""
         return self.formats.get(getattr(task, "source", "niv2"), self.formats["niv2"])
 
-    def num_pos_examples(self, prompt_format: str) -> int:
-        """Demonstrations shown: the config's for the Tk-Instruct formats, none for Alpaca's
-        (the Alpaca prompt has no place for them, so only the instruction is perturbed)."""
-        from activeit_jax.data import prompts
-        if prompt_format in (prompts.ALPACA, prompts.ALPACA_CHAT):
-            return 0
-        return self.config.num_pos_examples
-
     def render(self, parts, prompt_format: str) -> str:
         """The prompt text of `parts` (what is tokenised and saved in prompts.jsonl)."""
         from activeit_jax.data import prompts
@@ -175,8 +167,9 @@ class PromptBuilder:
         plan = TaskPlan(index=index, task=task, instances=instances)
         if not instances:
             return plan
+        from activeit_jax.data import prompts
         prompt_format = self.prompt_format(task)
-        num_examples = self.num_pos_examples(prompt_format)
+        num_examples = prompts.examples_shown(prompt_format, self.config.num_pos_examples)
         template = self.parts_fn(task, instances[0], num_examples)
         variants = self.perturbed_instructions(task, template)
         cache: dict[str, tuple[list[int], bool]] = {}
