@@ -36,27 +36,11 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from activeit_jax import gin_utils, partitioning, scoring  # noqa: E402
+from activeit_jax import gin_utils, partitioning, profiling, scoring  # noqa: E402
 from activeit_jax.data import niv2, vocab as vocab_lib  # noqa: E402
 from activeit_jax.models import EncoderDecoderModel, T5Config  # noqa: E402
 
 import smollm2_throughput  # noqa: E402 (benchmarks/, beside this file)
-
-
-def matmul_peak(size: int, reps: int) -> float:
-    """Measured f32 FLOP/s of a jitted [n, n] @ [n, n] on the default device (best of `reps`
-    runs at n = size / 2 and size: the peak on a shared machine is the least-disturbed run)."""
-    f = jax.jit(lambda x, y: x @ y)
-    best = 0.0
-    for n in (size // 2, size):
-        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-        f(a, b).block_until_ready()
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            f(a, b).block_until_ready()
-            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0))
-    return best
 
 
 def model_config(name: str, dtype: str) -> T5Config:
@@ -243,7 +227,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     print(f"devices: {jax.devices()}")
-    peak = matmul_peak(args.matmul_size, reps=10)
+    peak = profiling.matmul_peak(args.matmul_size, reps=10)
     print(f"measured f32 matmul peak (n <= {args.matmul_size}): {peak / 1e9:.1f} GFLOP/s "
           f"({os.cpu_count()} CPU cores visible)")
     vocab = vocab_lib.get_vocabulary(os.path.join(REPO, vocab_lib.SAMPLE_VOCAB_RELPATH))
