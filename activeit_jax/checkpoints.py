@@ -16,7 +16,6 @@ whatever the trainer wrote. Hugging Face directories are converted by
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -113,17 +112,7 @@ def read_model(directory: str | os.PathLike, logical_axis_rules: Any = None) -> 
 
 def _read_config(path: str) -> dict[str, Any]:
     """The JSON object in a checkpoint's config.json; a damaged one names the file and line."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            spec = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: line {err.lineno} column {err.colno}: not valid JSON "
-                              f"({err.msg}); the checkpoint's config is damaged") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the checkpoint config ({err})") from None
-    if not isinstance(spec, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(spec).__name__}")
-    return spec
+    return io_utils.read_json_object(path, CheckpointError, "the checkpoint's config")
 
 
 def restore_params(directory: str | os.PathLike, model: BaseModel,

@@ -97,6 +97,29 @@ def append_jsonl_line(path: str | os.PathLike, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def read_json_object(path: str | os.PathLike, error: type[Exception], what: str
+                     ) -> dict[str, Any]:
+    """The JSON object in `path`; a damaged, unreadable or non-object file raises `error` with
+    one line naming the file (and the line and column of a syntax error).
+
+    Args:
+      path: the JSON file.
+      error: the exception class to raise (the caller's own error type).
+      what: what the file is, for the message ("the model config").
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            obj = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: line {err.lineno} column {err.colno}: {what} is not valid JSON "
+                    f"({err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read {what} ({err})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: {what}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_jsonl(path: str | os.PathLike, drop_partial_tail: bool = True) -> list[dict[str, Any]]:
     """Reads a JSONL file; a last line without its newline (a torn write) is dropped.
 

@@ -17,9 +17,11 @@ SeqIO's feature converters (`EncDecFeatureConverter` names, `pack=False`): a fin
 filled with all-padding rows, whose loss weights are 0, so every batch has a static shape and
 every example is seen once per epoch. Decoder-only models (LLaMA, Self-Instruct) use the models
 layer's builders (`models.make_decoder_only_batch`: bos + prompt + response + eos, loss on the
-response and eos only; `models.make_prompt_batch` for decoding). `pack=True` packs examples with
-`seqio.EncDecFeatureConverter(pack=True)` (segment ids and positions added) and needs a model
-that reads them.
+response and eos only; `models.make_prompt_batch` for decoding). `pack=True` packs each epoch's
+examples, in epoch order, several per row (`first_fit_bins`; t5x / seqio pack=True features:
+segment ids and per-segment positions, decoder inputs shifted right per segment), for models
+that read segment ids (`supports_packing`): the loss of a packed batch equals the unpacked
+one's, with far fewer padded positions.
 """
 from __future__ import annotations
 
@@ -272,6 +274,141 @@ def pack_encdec_with_seqio(inputs: Sequence[Sequence[int]], targets: Sequence[Se
     return {k: np.stack([np.asarray(r[k], np.int32) for r in rows]) for k in rows[0]}
 
 
+def first_fit_bins(lengths: Sequence[Sequence[int]], capacity: Sequence[int],
+                   max_open: int = 64) -> list[list[int]]:
+    """Packs items into bins in order, first fit: each item goes to the oldest open bin
+    that still holds it in every dimension, else to a new bin (the oldest open bin is
+    closed once `max_open` are open, which bounds the work to O(items x max_open)).
+
+    Args:
+      lengths: per item, its length in each dimension (each <= the capacity).
+      capacity: per dimension, the room of a bin.
+      max_open: bins still accepting items.
+
+    Returns:
+      Bins as lists of item indices (items in order within a bin), bins in opening order.
+    """
+    bins: list[list[int]] = []
+    room: dict[int, list[int]] = {}  # open bin -> room left per dimension
+    for item, size in enumerate(lengths):
+        size = [min(int(x), c) for x, c in zip(size, capacity)]
+        target = next((b for b, left in room.items()
+                       if all(x <= r for x, r in zip(size, left))), None)
+        if target is None:
+            if len(room) >= max_open:
+                room.pop(next(iter(room)))
+            target = len(bins)
+            bins.append([])
+            room[target] = list(capacity)
+        bins[target].append(item)
+        room[target] = [r - x for r, x in zip(room[target], size)]
+    return bins
+
+
+def _packed_field(pieces: Sequence[Sequence[np.ndarray]], length: int, dtype=np.int32
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of concatenated pieces padded to `length`: (values, segment ids 1.., positions).
+
+    Args:
+      pieces: per row, its items' 1-D arrays.
+      length: the row length.
+      dtype: of the values (segment ids and positions are int32).
+    """
+    values = np.zeros((len(pieces), length), dtype)
+    segments = np.zeros((len(pieces), length), np.int32)
+    positions = np.zeros_like(segments)
+    for row, items in enumerate(pieces):
+        offset = 0
+        for segment, item in enumerate(items, start=1):
+            n = min(len(item), length - offset)
+            values[row, offset:offset + n] = item[:n]
+            segments[row, offset:offset + n] = segment
+            positions[row, offset:offset + n] = np.arange(n)
+            offset += n
+    return values, segments, positions
+
+
+def pack_encdec(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                source_length: int, target_length: int) -> dict[str, np.ndarray]:
+    """Packs encoder-decoder examples (`first_fit_bins`), t5x / seqio pack=True features.
+
+    Returns:
+      `encoder_input_tokens`, `encoder_segment_ids`, `encoder_positions` [N, S];
+      `decoder_target_tokens`, `decoder_input_tokens` (shifted right per segment),
+      `decoder_segment_ids`, `decoder_positions`, `decoder_loss_weights` [N, T].
+    """
+    srcs = [np.asarray(list(x)[:source_length], np.int32) for x in inputs]
+    tgts = [np.asarray(list(y)[:target_length], np.int32) for y in targets]
+    bins = first_fit_bins([(len(x), len(y)) for x, y in zip(srcs, tgts)],
+                          (source_length, target_length))
+    enc, enc_seg, enc_pos = _packed_field([[srcs[i] for i in b] for b in bins], source_length)
+    dec, dec_seg, dec_pos = _packed_field([[tgts[i] for i in b] for b in bins], target_length)
+    return {"encoder_input_tokens": enc, "encoder_segment_ids": enc_seg,
+            "encoder_positions": enc_pos, "decoder_target_tokens": dec,
+            "decoder_input_tokens": shift_right(dec, dec_seg), "decoder_segment_ids": dec_seg,
+            "decoder_positions": dec_pos,
+            "decoder_loss_weights": (dec != PAD_ID).astype(np.int32)}
+
+
+def pack_decoder_only(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                      length: int, ids: SpecialIds) -> dict[str, np.ndarray]:
+    """Packs decoder-only examples: each is its `decoder_only_features` row cut to its real
+    positions (bos + prompt + response + eos), several per row (`first_fit_bins`).
+
+    Returns:
+      `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
+      `decoder_segment_ids`, `decoder_positions` [N, length] (positions restart at 0 in each
+      segment, as in an unpacked row).
+    """
+    feats = decoder_only_features(prompts, responses, length, ids)
+    sizes = (feats["decoder_input_tokens"] != ids.pad).sum(1)
+    bins = first_fit_bins([(int(n),) for n in sizes], (length,))
+
+    def field(name):
+        return _packed_field([[feats[name][i, :sizes[i]] for i in b] for b in bins], length,
+                             feats[name].dtype)
+
+    inputs, segments, positions = field("decoder_input_tokens")
+    return {"decoder_input_tokens": inputs,
+            "decoder_target_tokens": field("decoder_target_tokens")[0],
+            "decoder_loss_weights": field("decoder_loss_weights")[0],
+            "decoder_segment_ids": segments, "decoder_positions": positions}
+
+
+def _used_length(*arrays: np.ndarray) -> int:
+    """1 + the last column where any of the [B, L] arrays is non-zero (0 if none)."""
+    used = np.zeros(arrays[0].shape[1], bool)
+    for array in arrays:
+        used |= (np.asarray(array) != 0).any(0)
+    return int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0
+
+
+def trim_to_buckets(batch: Mapping[str, np.ndarray], per_octave: int
+                    ) -> dict[str, np.ndarray]:
+    """Cuts a batch's padding columns to the bucket of its longest row (`scoring.batching`'s
+    `fine_buckets`, `per_octave` steps per power of two): the same loss, fewer padded
+    positions, and only a few distinct shapes (each compiles the train step once).
+
+    Encoder features (`encoder_*`) are cut to the source bucket, decoder features to the
+    target (decoder-only: sequence) bucket; a batch without any token keeps one column.
+    """
+    from activeit_jax.scoring.batching import fine_buckets
+    from activeit_jax.scoring.config import bucket_for
+    out = dict(batch)
+    for prefix, keys in (("encoder_", ("encoder_input_tokens",)),
+                         ("decoder_", ("decoder_input_tokens", "decoder_target_tokens",
+                                       "decoder_loss_weights"))):
+        names = [k for k in batch if k.startswith(prefix)]
+        if not names:
+            continue
+        full = batch[names[0]].shape[1]
+        used = max(_used_length(*(batch[k] for k in keys if k in batch)), 1)
+        length = bucket_for(used, fine_buckets(full, min(16, full), per_octave))
+        for name in names:
+            out[name] = batch[name][:, :length]
+    return out
+
+
 class EpochBatcher:
     """Deterministic batches of a fixed training set: batch(epoch, step) is a pure function.
 
@@ -279,18 +416,18 @@ class EpochBatcher:
     reference (when it has several) is drawn from `(seed, epoch, example)` too. Both use the
     data layer's SHA-256 orderings (`data.hashing`), the same on every machine and version.
     The last batch of an epoch is completed with all-padding rows (loss weight 0).
-    Decoder-only sequences are `source_length + target_length` tokens long.
+    Decoder-only sequences are `source_length + target_length` tokens long; with
+    `length_buckets_per_octave` > 0 each batch is cut to the length bucket of its longest row.
     """
 
     def __init__(self, examples: Sequence[EncodedExample], batch_size: int, seed: int, *,
                  source_length: int, target_length: int, model_kind: str = ENCODER_DECODER,
-                 pack: bool = False, special_ids: SpecialIds | None = None):
+                 pack: bool = False, special_ids: SpecialIds | None = None,
+                 length_buckets_per_octave: int = 0):
         if not examples:
             raise ValueError("the training set is empty")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if pack and model_kind != ENCODER_DECODER:
-            raise ValueError("packing is implemented for encoder-decoder models only")
         self.examples = list(examples)
         self.batch_size = batch_size
         self.seed = seed
@@ -299,6 +436,7 @@ class EpochBatcher:
         self.model_kind = model_kind
         self.pack = pack
         self.special_ids = special_ids or SpecialIds()
+        self.length_buckets_per_octave = length_buckets_per_octave
         self._packed_cache: dict[int, dict[str, np.ndarray]] = {}
         self._order_cache: tuple[int | None, np.ndarray] = (None, np.zeros(0, np.int64))
 
@@ -321,10 +459,16 @@ class EpochBatcher:
         return inputs, targets
 
     def _packed(self, epoch: int) -> dict[str, np.ndarray]:
+        """The epoch's examples, in epoch order, packed into rows (cached per epoch)."""
         if epoch not in self._packed_cache:
             inputs, targets = self._rows(epoch, self._epoch_order(epoch))
-            self._packed_cache = {epoch: pack_encdec_with_seqio(
-                inputs, targets, self.source_length, self.target_length)}
+            if self.model_kind == DECODER_ONLY:
+                packed = pack_decoder_only(inputs, targets,
+                                           self.source_length + self.target_length,
+                                           self.special_ids)
+            else:
+                packed = pack_encdec(inputs, targets, self.source_length, self.target_length)
+            self._packed_cache = {epoch: packed}
         return self._packed_cache[epoch]
 
     def steps_per_epoch(self, epoch: int = 0) -> int:
@@ -334,7 +478,15 @@ class EpochBatcher:
         return -(-rows // self.batch_size)
 
     def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
-        """The features of batch `step` of `epoch` (numpy, leading dim `batch_size`)."""
+        """The features of batch `step` of `epoch` (numpy, leading dim `batch_size`); with
+        `length_buckets_per_octave`, cut to the bucket of its longest row
+        (`trim_to_buckets`)."""
+        features = self._batch(epoch, step)
+        if self.length_buckets_per_octave:
+            return trim_to_buckets(features, self.length_buckets_per_octave)
+        return features
+
+    def _batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
         if not 0 <= step < self.steps_per_epoch(epoch):
             raise IndexError(f"step {step} outside epoch {epoch} "
                              f"({self.steps_per_epoch(epoch)} steps)")

@@ -112,8 +112,13 @@ class TrainConfig:
       max_to_keep: checkpoints kept by the manager.
       async_checkpointing: write checkpoints in the background.
       log_every_steps: train metrics written every this many steps (and at epoch ends).
-      pack: pack examples with `seqio.EncDecFeatureConverter(pack=True)`; the model must read
-        segment ids (`model.supports_packing`).
+      pack: pack several examples per row (`train_data.EpochBatcher`, t5x-style segment ids
+        and positions); the model must read segment ids (`model.supports_packing`; T5 and
+        LLaMA do). Each epoch then has its own number of steps.
+      length_buckets_per_octave: > 0 cuts each training batch to the length bucket of its
+        longest row (that many buckets per power of two; each bucket compiles the step once)
+        instead of the maximum lengths: the same loss, far fewer padded positions when
+        examples are shorter than the maximum. 0 = fixed maximum lengths.
       model_kind: "encoder_decoder" or "decoder_only" (loss on the response tokens only;
         sequences of max_source_length + max_target_length tokens); None = from the model
         (`model.kind == "llama"` is decoder-only).
@@ -155,6 +160,7 @@ class TrainConfig:
     async_checkpointing: bool = True
     log_every_steps: int = 10
     pack: bool = False
+    length_buckets_per_octave: int = 0
     model_kind: str | None = None
     prompt_format: str = "auto"
     tensorboard: bool = True
@@ -229,10 +235,6 @@ class TrainResult:
     final_step: int
     params: PyTree | None = None
     completed: bool = True
-
-
-# ----------------------------------------------------------------------------------------------
-# Mesh and rules.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,6 +460,7 @@ def _encode_run_data(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence
     batcher = train_data.EpochBatcher(
         examples, config.batch_size, config.seed, source_length=config.max_source_length,
         target_length=config.max_target_length, model_kind=model_kind, pack=config.pack,
+        length_buckets_per_octave=config.length_buckets_per_octave,
         special_ids=special)
     data = _RunData(examples, encode_eval_tasks(val_tasks, vocab, validation_config(config),
                                                 model), batcher,

@@ -36,27 +36,11 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from activeit_jax import gin_utils, partitioning, scoring  # noqa: E402
+from activeit_jax import gin_utils, partitioning, profiling, scoring  # noqa: E402
 from activeit_jax.data import niv2, vocab as vocab_lib  # noqa: E402
 from activeit_jax.models import EncoderDecoderModel, T5Config  # noqa: E402
 
 import smollm2_throughput  # noqa: E402 (benchmarks/, beside this file)
-
-
-def matmul_peak(size: int, reps: int) -> float:
-    """Measured f32 FLOP/s of a jitted [n, n] @ [n, n] on the default device (best of `reps`
-    runs at n = size / 2 and size: the peak on a shared machine is the least-disturbed run)."""
-    f = jax.jit(lambda x, y: x @ y)
-    best = 0.0
-    for n in (size // 2, size):
-        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-        f(a, b).block_until_ready()
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            f(a, b).block_until_ready()
-            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0))
-    return best
 
 
 def model_config(name: str, dtype: str) -> T5Config:
@@ -92,29 +76,22 @@ def shape_structs(params, sharding, b, s, t):
     return params, batch
 
 
-def bench_config(name, args, vocab, peak):
-    cfg = model_config(name, args.dtype)
-    model = EncoderDecoderModel(cfg)
-    mesh = partitioning.make_mesh({"data": -1})
-    params = jax.jit(model.init_params,
-                     out_shardings=partitioning.params_shardings(model, mesh))(jax.random.key(0))
-    config = scoring.ScoreConfig(
+def score_config(args, before: bool) -> "scoring.ScoreConfig":
+    """The scoring config: `before` = the old batching (fixed rows, powers-of-two buckets)."""
+    return scoring.ScoreConfig(
         num_instances=args.num_instances, num_perturbations=args.num_perturbations,
         max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         max_decode_length=args.max_target_length, batch_size=args.batch_size,
-        tasks_per_chunk=args.tasks_per_chunk)
-    scorer = scoring.RowScorer(model, params, mesh, batch_size=config.batch_size,
-                               decode_batch_size=config.batch_size,
-                               source_buckets=config.src_buckets,
-                               target_buckets=config.tgt_buckets,
-                               max_decode_length=config.max_decode_length)
-    num_tasks = args.num_tasks_small if name != "tiny" else args.num_tasks
-    pool = make_pool(num_tasks)
-    print(f"\n== {name}: {model.num_params() / 1e6:.1f}M params, {cfg.dtype}, "
-          f"{num_tasks} tasks x n={args.num_instances} x (1+K={args.num_perturbations})",
-          flush=True)
+        tasks_per_chunk=args.tasks_per_chunk,
+        batch_tokens=None if before else args.batch_tokens,
+        buckets_per_octave=1 if before else args.buckets_per_octave)
 
-    # End-to-end pipeline: a cold run (compiles), then a warm run on the same scorer.
+
+def bench_variant(label, model, params, mesh, vocab, pool, args, peak):
+    """Pipeline (cold + warm) and scoring-only figures of one batching variant; returns the
+    scorer and the rows."""
+    config = score_config(args, before=label == "before")
+    scorer = scoring.RowScorer.from_config(model, params, mesh, config)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         scoring.score_pool(model, params, vocab, pool, os.path.join(tmp, "cold"), config,
@@ -124,11 +101,11 @@ def bench_config(name, args, vocab, peak):
         scorer.decode_padding = scoring.PaddingStats()
         warm = scoring.score_pool(model, params, vocab, pool, os.path.join(tmp, "warm"),
                                   config, mesh=mesh, progress=False, scorer=scorer)
-    print(f"pipeline (decode + score): cold {cold:.1f}s, warm {warm['seconds']:.1f}s = "
-          f"{warm['rows'] / warm['seconds']:.1f} rows/s, {num_tasks / warm['seconds']:.2f} "
-          f"tasks/s ({warm['unique_rows']} unique of {warm['rows']} rows)")
-
-    # Scoring only, on the rows the pipeline built (targets = real greedy predictions).
+    dpad = warm["decode_padding"]
+    print(f"[{label}] pipeline (decode + score): cold {cold:.1f}s ({warm['num_compilations']} "
+          f"compilations), warm {warm['seconds']:.1f}s = {warm['rows'] / warm['seconds']:.1f} "
+          f"rows/s; decode padding waste source {dpad['source_padding_waste']:.1%}, filler "
+          f"rows {dpad['filler_row_waste']:.1%}", flush=True)
     builder = scoring.PromptBuilder(vocab, config)
     sources = [src for i, task in enumerate(pool) for src in builder.plan(i, task).source_ids]
     generated = scorer.decode_async([src[0] for src in sources]).result()
@@ -150,11 +127,33 @@ def bench_config(name, args, vocab, peak):
     flops = sum(flops_of(scorer._score, *shape_structs(params, scorer._matrix_sharding, *shape))
                 * calls for shape, calls in shapes.items())
     target_tokens = sum(len(t) for _, t in rows)
-    print(f"batched scoring: {len(rows) / batched:.1f} rows/s, {target_tokens / batched:.0f} "
-          f"target tok/s, {flops / batched / 1e9:.2f} GFLOP/s = {flops / batched / peak:.1%} "
-          f"of matmul peak; {len(shapes)} shapes {sorted(shapes)}")
-    print(f"padding waste: source {pad['source_padding_waste']:.1%}, target "
-          f"{pad['target_padding_waste']:.1%}, filler rows {pad['filler_row_waste']:.1%}")
+    source_tokens = sum(len(s) for s, _ in rows)
+    print(f"[{label}] batched scoring: {len(rows) / batched:.1f} rows/s, "
+          f"{(source_tokens + target_tokens) / batched:.0f} real tok/s, "
+          f"{flops / batched / 1e9:.2f} GFLOP/s executed = {flops / batched / peak:.1%} of "
+          f"matmul peak; {len(shapes)} shapes; padding waste source "
+          f"{pad['source_padding_waste']:.1%}, target {pad['target_padding_waste']:.1%}, "
+          f"filler rows {pad['filler_row_waste']:.1%}", flush=True)
+    return scorer, rows, len(rows) / batched
+
+
+def bench_config(name, args, vocab, peak):
+    cfg = model_config(name, args.dtype)
+    model = EncoderDecoderModel(cfg)
+    mesh = partitioning.make_mesh({"data": -1})
+    params = jax.jit(model.init_params,
+                     out_shardings=partitioning.params_shardings(model, mesh))(jax.random.key(0))
+    num_tasks = args.num_tasks_small if name != "tiny" else args.num_tasks
+    pool = make_pool(num_tasks)
+    print(f"\n== {name}: {model.num_params() / 1e6:.1f}M params, {cfg.dtype}, "
+          f"{num_tasks} tasks x n={args.num_instances} x (1+K={args.num_perturbations}); load "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    rates = {}
+    for label in ("before", "after"):
+        scorer, rows, rates[label] = bench_variant(label, model, params, mesh, vocab, pool,
+                                                   args, peak)
+    print(f"after / before scoring rows/s: {rates['after'] / rates['before']:.2f}x")
+    config = score_config(args, before=False)
 
     # Naive loop: one prompt per call, padded to the maximum lengths (one compilation).
     s_max, t_max = config.max_source_length, config.max_target_length
@@ -184,17 +183,13 @@ def bench_config(name, args, vocab, peak):
     print(f"naive loop ({len(sample)} rows, 1 per call): {len(sample) / naive_s:.1f} rows/s, "
           f"{naive_tokens / naive_s:.0f} target tok/s, {naive_flops / naive_s / 1e9:.2f} "
           f"GFLOP/s = {naive_flops / naive_s / peak:.1%} of peak")
-    print(f"speed-up batched / naive: {(len(rows) / batched) / (len(sample) / naive_s):.1f}x "
+    print(f"speed-up batched (after) / naive: {rates['after'] / (len(sample) / naive_s):.1f}x "
           "(rows/s)")
     return model, params, mesh
 
 
 def count_compilations(model, params, mesh, vocab, args):
-    config = scoring.ScoreConfig(
-        num_instances=args.num_instances, num_perturbations=args.num_perturbations,
-        max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-        max_decode_length=args.max_target_length, batch_size=args.batch_size,
-        tasks_per_chunk=args.tasks_per_chunk)
+    config = score_config(args, before=False)
     pool = make_pool(args.compile_pool_tasks)
     with tempfile.TemporaryDirectory() as tmp:
         summary = scoring.score_pool(model, params, vocab, pool, tmp, config, mesh=mesh,
@@ -218,8 +213,10 @@ def main(argv=None):
     parser.add_argument("--num_perturbations", type=int, default=4)
     parser.add_argument("--max_source_length", type=int, default=512)
     parser.add_argument("--max_target_length", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=8,
-                        help="rows per call (CPU likes small batches; use 64+ on GPU/TPU)")
+    parser.add_argument("--batch_size", type=int, default=64, help="the most rows per call")
+    parser.add_argument("--batch_tokens", type=int, default=32768,
+                        help="token budget per call (after)")
+    parser.add_argument("--buckets_per_octave", type=int, default=8, help="(after)")
     parser.add_argument("--tasks_per_chunk", type=int, default=8)
     parser.add_argument("--naive_rows", type=int, default=16)
     parser.add_argument("--compile_pool_tasks", type=int, default=200)
@@ -230,7 +227,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     print(f"devices: {jax.devices()}")
-    peak = matmul_peak(args.matmul_size, reps=10)
+    peak = profiling.matmul_peak(args.matmul_size, reps=10)
     print(f"measured f32 matmul peak (n <= {args.matmul_size}): {peak / 1e9:.1f} GFLOP/s "
           f"({os.cpu_count()} CPU cores visible)")
     vocab = vocab_lib.get_vocabulary(os.path.join(REPO, vocab_lib.SAMPLE_VOCAB_RELPATH))

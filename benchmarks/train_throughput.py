@@ -1,28 +1,36 @@
-"""Training-step throughput: our jitted sharded train step vs PyTorch, in the same run.
+"""Training throughput on real NIV2 examples: ours (unpacked and packed) vs PyTorch, one run.
 
 For each model config (tiny and small T5 of configs/models/, random init, float32 on CPU by
-default) this prints:
-  - ours: tokens/s (padded encoder + decoder positions per second), target tokens/s, step time,
-    and achieved FLOP/s (XLA's cost analysis of the compiled step / measured step time) with
-    its ratio to this machine's f32 matmul peak, measured at the start of the same run;
-  - PyTorch: `transformers.T5ForConditionalGeneration` built from the same config
-    (`hf_convert.hf_config_from_model`), loaded with the same initial weights, the same batch,
-    AdamW with the same hyper-parameters; tokens/s and the ratio ours / PyTorch;
-  - the first-step losses of both (they must agree: same weights, same batch).
+default), on the same tokenised NIV2 training examples (the first `--num_tasks` train tasks of
+`--niv2_dir`, sample vocabulary), this prints:
+  - padding waste of the batches: ours unpacked (every row padded to the maximum lengths, as
+    `train_data.EpochBatcher` builds them by default), packed (`pack=True`: several examples
+    per row, t5x segment ids), bucketed (`length_buckets_per_octave=2`: each batch cut to the
+    length bucket of its longest row), packed+bucketed, and the reference's dynamic padding
+    (each batch padded to its longest row, HF `DataCollatorForSeq2Seq` style);
+  - useful tokens/s (real source + target tokens, no padding), examples/s and achieved
+    FLOP/s (XLA's cost analysis of the compiled step x steps / time) against this machine's
+    measured f32 matmul peak, for one epoch over the examples. Our loop is the trainer's:
+    host batch building + `put_batch` + the jitted step (state donated), no per-step
+    device sync (metrics are read once at the end, as the trainer reads them every
+    `log_every_steps`);
+  - PyTorch: `transformers.T5ForConditionalGeneration` with the same initial weights, AdamW
+    with the same hyper-parameters, the same examples in the same batches of
+    `--batch_size` examples, dynamic padding; and the ratio ours (packed) / PyTorch in
+    useful tokens/s;
+  - the first-step losses of ours unpacked and PyTorch (same weights, same batch: equal).
 
-Both sides use every CPU core by default (`--torch_threads`); timings are the median of
-`--steps` steps after `--warmup` untimed ones. On a shared machine PyTorch's OpenMP threads
-suffer badly from contention; compare with `--torch_threads=1` there.
+Both sides use every CPU core by default (`--torch_threads`). On a shared machine PyTorch's
+OpenMP threads suffer badly from contention; compare with `--torch_threads=1` there.
 
-    python benchmarks/train_throughput.py                  # a few minutes on a laptop CPU
-    python benchmarks/train_throughput.py --configs=tiny --steps=10 --batch_size=32
+    python benchmarks/train_throughput.py                     # a few minutes on a laptop CPU
+    python benchmarks/train_throughput.py --configs=tiny --num_examples=32
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
-import statistics
 import sys
 import time
 
@@ -32,7 +40,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from activeit_jax import gin_utils, partitioning, train_data, trainer  # noqa: E402
 from activeit_jax import train_state as ts  # noqa: E402
@@ -41,18 +48,12 @@ from activeit_jax.models import EncoderDecoderModel, T5Config, hf_convert  # noq
 LEARNING_RATE, B1, B2, EPS = 1e-4, 0.9, 0.999, 1e-8
 
 
-def matmul_peak(size: int, reps: int) -> float:
-    """Measured f32 FLOP/s of a jitted [size, size] @ [size, size] on the default device."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best
+def default_niv2_dir() -> str:
+    for up in ("..", os.path.join("..", "..")):
+        path = os.path.normpath(os.path.join(REPO, up, "shared", "data", "niv2"))
+        if os.path.isdir(path):
+            return path
+    return os.path.join(REPO, "data", "sample", "niv2")
 
 
 def model_config(name: str, dtype: str) -> T5Config:
@@ -65,15 +66,48 @@ def model_config(name: str, dtype: str) -> T5Config:
     return dataclasses.replace(config, dtype=dtype, dropout_rate=0.0)
 
 
-def make_batch(vocab_size: int, batch: int, source: int, target: int, seed: int = 0):
-    """Random full-length rows (no padding: every position counts as a processed token)."""
-    rng = np.random.default_rng(seed)
-    inputs = [list(rng.integers(2, vocab_size, source - 1)) + [1] for _ in range(batch)]
-    targets = [list(rng.integers(2, vocab_size, target - 1)) + [1] for _ in range(batch)]
-    return train_data.encdec_features(inputs, targets, source, target)
+def load_examples(args) -> list:
+    """Tokenised NIV2 training examples (Tk-Instruct prompts, sample vocabulary)."""
+    from activeit_jax.data import niv2, vocab as vocab_lib
+    vocab = vocab_lib.get_vocabulary(os.path.join(REPO, vocab_lib.SAMPLE_VOCAB_RELPATH))
+    split = os.path.join(args.niv2_dir, "splits", "default", "train_tasks.txt")
+    names = [n.strip() for n in open(split) if n.strip()] if os.path.exists(split) else []
+    paths = [niv2.task_file_path(args.niv2_dir, n) for n in names]
+    paths = [p for p in paths if os.path.exists(p)][:args.num_tasks]
+    tasks = [niv2.load_niv2_task(p) for p in paths]
+    examples = train_data.encode_tasks(
+        tasks, vocab, max_instances_per_task=args.num_examples // max(len(tasks), 1) + 1,
+        num_pos_examples=2, max_source_length=args.max_source_length,
+        max_target_length=args.max_target_length, seed=0)
+    return examples[:args.num_examples]
 
 
-def bench_ours(model, batch, args):
+def make_batcher(examples, args, pack: bool, buckets: int = 0):
+    return train_data.EpochBatcher(examples, args.batch_size, seed=0,
+                                   source_length=args.max_source_length,
+                                   target_length=args.max_target_length, pack=pack,
+                                   length_buckets_per_octave=buckets)
+
+
+def epoch_batches(examples, args, pack: bool, buckets: int = 0) -> list[dict]:
+    batcher = make_batcher(examples, args, pack, buckets)
+    return [batcher.batch(0, s) for s in range(batcher.steps_per_epoch(0))]
+
+
+def padding_waste(batches) -> tuple[float, float]:
+    """(source, target) padded-slot fractions of numpy batches."""
+    src = sum(int((b["encoder_input_tokens"] != 0).sum()) for b in batches)
+    tgt = sum(int(b["decoder_loss_weights"].sum()) for b in batches)
+    src_slots = sum(b["encoder_input_tokens"].size for b in batches)
+    tgt_slots = sum(b["decoder_target_tokens"].size for b in batches)
+    return 1 - src / src_slots, 1 - tgt / tgt_slots
+
+
+def bench_ours(model, examples, args, pack: bool, buckets: int = 0):
+    """One epoch in the trainer's loop; returns (seconds, XLA FLOPs of the epoch, first
+    loss, host params, steps). The epoch's batches are built inside the timed loop, as the
+    trainer builds them; every batch shape is compiled before (the trainer compiles each
+    once per run, and its persistent cache keeps them across runs)."""
     mesh = partitioning.make_mesh({"data": -1})
     rules = partitioning.normalize_rules(None)
     schedule = ts.make_schedule("constant", LEARNING_RATE, 0)
@@ -83,34 +117,36 @@ def bench_ours(model, batch, args):
     state_sh = ts.train_state_shardings(mesh, optimizer, params, param_specs)
     state = jax.jit(lambda p: ts.create_train_state(p, optimizer),
                     out_shardings=state_sh)(params)
-    batch_sh = trainer.batch_shardings(mesh, batch)
+    batcher = make_batcher(examples, args, pack, buckets)
+    first = batcher.batch(0, 0)
+    batch_sh = trainer.batch_shardings(mesh, first)
+    rng = jax.random.key(0)
     with partitioning.mesh_context(mesh, rules):
         step = trainer.make_train_step(model, optimizer, schedule, mesh=mesh,
                                        state_shardings=state_sh, batch_sharding=batch_sh,
-                                       num_microbatches=args.num_microbatches,
-                                       use_dropout=False)
-        placed = trainer.put_batch(batch, batch_sh)
-        rng = jax.random.key(0)
-        compiled = step.lower(state, placed, rng).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops = float(cost.get("flops", 0.0))
-        first_loss, times = None, []
-        for i in range(args.warmup + args.steps):
-            start = time.perf_counter()
-            state, metrics = step(state, placed, rng)
-            loss = float(metrics["loss"])  # blocks
-            if i == 0:
-                first_loss = loss
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times), flops, first_loss, jax.device_get(params)
+                                       num_microbatches=1, use_dropout=False)
+        steps, flops, first_loss, seen = batcher.steps_per_epoch(0), 0.0, None, set()
+        for i in range(steps):  # compile every shape; the FLOPs of the epoch
+            placed = trainer.put_batch(batcher.batch(0, i), batch_sh)
+            cost = step.lower(state, placed, rng).compile().cost_analysis()
+            flops += float((cost[0] if isinstance(cost, (list, tuple)) else cost)
+                           .get("flops", 0.0))
+            shape = tuple(sorted((k, v.shape) for k, v in placed.items()))
+            if shape not in seen:  # jit's own cache: one warm-up call per shape
+                seen.add(shape)
+                _, metrics = step(jax.jit(lambda s: s)(state), placed, rng)
+                first_loss = float(metrics["loss"]) if i == 0 else first_loss
+        start = time.perf_counter()
+        for i in range(steps):
+            state, metrics = step(state, trainer.put_batch(batcher.batch(0, i), batch_sh), rng)
+        jax.block_until_ready(metrics)
+        seconds = time.perf_counter() - start
+    return seconds, flops, first_loss, jax.device_get(params), steps
 
 
-def bench_torch(model, params, batch, args):
-    import torch
+def torch_model_from(model, params, torch):
+    """transformers' T5 with our weights (lm_head untied for v1.1 configs)."""
     import transformers
-    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     hf_config = transformers.T5Config(**hf_convert.hf_config_from_model(model))
     torch_model = transformers.T5ForConditionalGeneration(hf_config)
     if not model.config.tie_word_embeddings:
@@ -122,73 +158,93 @@ def bench_torch(model, params, batch, args):
     for alias in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
         state.setdefault(alias, state["shared.weight"])
     torch_model.load_state_dict(state, strict=True)
+    return torch_model
+
+
+def bench_torch(model, params, examples, args):
+    """One epoch, the reference's way: batches of `batch_size` examples in the same order as
+    our unpacked batches, each padded to its longest row; returns (seconds, first loss,
+    padding waste (source, target))."""
+    import torch
+    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+    torch_model = torch_model_from(model, params, torch)
     torch_model.train()
     optimizer = torch.optim.AdamW(torch_model.parameters(), lr=LEARNING_RATE, betas=(B1, B2),
                                   eps=EPS, weight_decay=0.0)
-    enc = torch.from_numpy(batch["encoder_input_tokens"]).long()
-    dec_in = torch.from_numpy(batch["decoder_input_tokens"]).long()
-    labels = torch.from_numpy(batch["decoder_target_tokens"]).long()
-    labels = labels.masked_fill(torch.from_numpy(batch["decoder_loss_weights"]) == 0, -100)
-    first_loss, times = None, []
-    for i in range(args.warmup + args.steps):
-        start = time.perf_counter()
+    batches = []
+    for b in epoch_batches(examples, args, pack=False):  # same rows, then cut to the longest
+        real = b["decoder_loss_weights"].sum(1) > 0
+        src_len = int((b["encoder_input_tokens"] != 0).sum(1).max())
+        tgt_len = int(b["decoder_loss_weights"].sum(1).max())
+        batches.append({k: v[real][:, :src_len if k == "encoder_input_tokens" else tgt_len]
+                        for k, v in b.items()})
+    waste = padding_waste(batches)
+    first_loss, start = None, time.perf_counter()
+    for i, batch in enumerate(batches):
+        enc = torch.from_numpy(batch["encoder_input_tokens"]).long()
+        labels = torch.from_numpy(batch["decoder_target_tokens"]).long()
+        labels = labels.masked_fill(torch.from_numpy(batch["decoder_loss_weights"]) == 0, -100)
         optimizer.zero_grad(set_to_none=True)
         out = torch_model(input_ids=enc, attention_mask=(enc != 0).long(),
-                          decoder_input_ids=dec_in, labels=labels)
+                          decoder_input_ids=torch.from_numpy(batch["decoder_input_tokens"]).long(),
+                          labels=labels)
         out.loss.backward()
         optimizer.step()
-        loss = float(out.loss.detach())
         if i == 0:
-            first_loss = loss
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), first_loss
+            first_loss = float(out.loss.detach())
+    return time.perf_counter() - start, first_loss, waste
 
 
-def bench_config(name: str, args, peak: float) -> None:
+def bench_config(name: str, args, peak: float, examples) -> None:
     model = EncoderDecoderModel(model_config(name, args.dtype))
-    batch = make_batch(model.config.vocab_size, args.batch_size, args.max_source_length,
-                       args.max_target_length)
-    tokens = args.batch_size * (args.max_source_length + args.max_target_length)
-    target_tokens = args.batch_size * args.max_target_length
-    ours_s, flops, ours_loss, params = bench_ours(model, batch, args)
-    print(f"[{name}] {model.num_params() / 1e6:.1f}M params, batch {args.batch_size} x "
-          f"({args.max_source_length} + {args.max_target_length}) tokens, "
-          f"{args.num_microbatches} microbatch(es), {args.dtype}")
-    print(f"  ours    : {ours_s * 1e3:8.1f} ms/step  {tokens / ours_s:10.0f} tokens/s  "
-          f"{target_tokens / ours_s:8.0f} target tok/s  {flops / ours_s / 1e9:7.2f} GFLOP/s "
-          f"= {flops / ours_s / peak:6.1%} of matmul peak  (XLA: {flops / 1e9:.2f} GFLOP/step)")
+    useful = sum(len(e.inputs) + len(e.targets[0]) for e in examples)
+    print(f"[{name}] {model.num_params() / 1e6:.1f}M params, {len(examples)} NIV2 examples "
+          f"({useful} real tokens), batch {args.batch_size}, lengths "
+          f"{args.max_source_length} + {args.max_target_length}, {args.dtype}", flush=True)
+    results = {}
+    variants = (("unpacked", False, 0), ("packed", True, 0), ("bucketed", False, 2),
+                ("packed+bucketed", True, 2))
+    for label, pack, buckets in variants:
+        waste = padding_waste(epoch_batches(examples, args, pack, buckets))
+        seconds, flops, loss, params, steps = bench_ours(model, examples, args, pack, buckets)
+        results[label] = seconds
+        print(f"  ours {label:<15}: padding waste source {waste[0]:5.1%} target "
+              f"{waste[1]:5.1%}; {steps} steps in {seconds:6.1f}s = {useful / seconds:7.0f} "
+              f"useful tok/s, {len(examples) / seconds:5.2f} examples/s; "
+              f"{flops / seconds / 1e9:6.2f} GFLOP/s = {flops / seconds / peak:5.1%} of matmul "
+              f"peak; first loss {loss:.5f}", flush=True)
     if args.no_torch:
         return
-    torch_s, torch_loss = bench_torch(model, params, batch, args)
-    print(f"  pytorch : {torch_s * 1e3:8.1f} ms/step  {tokens / torch_s:10.0f} tokens/s  "
-          f"{target_tokens / torch_s:8.0f} target tok/s  (same FLOPs: "
-          f"{flops / torch_s / 1e9:.2f} GFLOP/s = {flops / torch_s / peak:.1%} of peak)")
-    print(f"  ratio ours / pytorch tokens/s: {torch_s / ours_s:.2f}x;  first-step loss ours "
-          f"{ours_loss:.5f} vs pytorch {torch_loss:.5f}")
+    seconds, loss, waste = bench_torch(model, params, examples, args)
+    print(f"  pytorch      : padding waste source {waste[0]:5.1%} target {waste[1]:5.1%} "
+          f"(dynamic padding); {seconds:6.1f}s = {useful / seconds:8.0f} useful tok/s; first "
+          f"loss {loss:.5f}")
+    ratios = ", ".join(f"{label} {seconds / value:.2f}x" for label, value in results.items())
+    print(f"  ratio useful tok/s ours / pytorch: {ratios}  (load {os.getloadavg()[0]:.2f})")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="tiny,small")
     parser.add_argument("--dtype", default="float32", help="our compute dtype (CPU: float32)")
+    parser.add_argument("--niv2_dir", default=default_niv2_dir())
+    parser.add_argument("--num_tasks", type=int, default=16)
+    parser.add_argument("--num_examples", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--num_microbatches", type=int, default=1)
-    parser.add_argument("--max_source_length", type=int, default=128)
-    parser.add_argument("--max_target_length", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument("--max_source_length", type=int, default=1024)
+    parser.add_argument("--max_target_length", type=int, default=128)
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--torch_threads", type=int, default=0,
                         help="torch.set_num_threads (0 = all cores)")
     args = parser.parse_args(argv)
 
-    print(f"devices: {jax.devices()}  (cpu cores: {os.cpu_count()})")
-    peak = matmul_peak(args.matmul_size, reps=5)
-    print(f"measured f32 matmul peak ({args.matmul_size}^3): {peak / 1e9:.1f} GFLOP/s")
+    from activeit_jax import profiling
+    print(f"devices: {jax.devices()}  (cpu cores: {os.cpu_count()}, load {os.getloadavg()})")
+    peak = profiling.matmul_peak()
+    print(f"measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s; niv2 {args.niv2_dir}")
+    examples = load_examples(args)
     for name in args.configs.split(","):
-        bench_config(name.strip(), args, peak)
+        bench_config(name.strip(), args, peak, examples)
 
 
 if __name__ == "__main__":

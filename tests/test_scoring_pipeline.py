@@ -83,10 +83,7 @@ def scorer(model, host_params):
     """One RowScorer on the 8-device data mesh, reused (its jit cache too) across runs."""
     mesh = partitioning.make_mesh({"data": -1})
     cfg = _config()
-    return scoring.RowScorer(model, _place(model, host_params, mesh), mesh,
-                             batch_size=cfg.batch_size, decode_batch_size=cfg.batch_size,
-                             source_buckets=cfg.src_buckets, target_buckets=cfg.tgt_buckets,
-                             max_decode_length=cfg.max_decode_length, compute_entropy=True)
+    return scoring.RowScorer.from_config(model, _place(model, host_params, mesh), mesh, cfg)
 
 
 @pytest.fixture(scope="module")

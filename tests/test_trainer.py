@@ -187,7 +187,7 @@ def test_prompts_follow_tk_instruct_and_truncate(vocab, tasks):
 def test_packing_without_segment_ids_is_refused(tmp_path, vocab, tasks):
     train, val = tasks
     with pytest.raises(NotImplementedError, match="segment ids"):
-        trainer.train_and_evaluate(tiny_t5(), train, val, vocab, tiny_config(pack=True),
+        trainer.train_and_evaluate(BagModel(), train, val, vocab, tiny_config(pack=True),
                                    str(tmp_path))
 
 

@@ -29,7 +29,9 @@ be on a filesystem that every host sees.
 """
 from __future__ import annotations
 
+import json
 import os
+import time
 from typing import Any, Iterator
 
 from absl import flags
@@ -75,12 +77,16 @@ flags.DEFINE_integer("max_source_length", 1024, "Source tokens (cut with EOS kep
 flags.DEFINE_integer("max_target_length", 128, "Target tokens (cut with EOS kept).")
 flags.DEFINE_integer("max_decode_length", None, "Greedy decoding length "
                      "(default max_target_length).")
-flags.DEFINE_integer("batch_size", 64, "Rows per jitted scoring call.")
+flags.DEFINE_integer("batch_size", 64, "The most rows per jitted scoring call.")
+flags.DEFINE_integer("batch_tokens", 32768, "Token budget per call: rows x padded source "
+                     "length (decoder-only: sequence length); 0 = always --batch_size rows.")
+flags.DEFINE_integer("buckets_per_octave", 8, "Default length buckets: steps between two "
+                     "powers of two (1 = powers of two).")
 flags.DEFINE_integer("decode_batch_size", None, "Rows per decoding call (default batch_size).")
 flags.DEFINE_list("source_buckets", [], "Padded source lengths, e.g. 128,256,512,1024 "
-                  "(default: powers of two up to max_source_length).")
-flags.DEFINE_list("target_buckets", [], "Padded target lengths (default: powers of two from "
-                  "8 up to max_target_length).")
+                  "(default: --buckets_per_octave steps per power of two).")
+flags.DEFINE_list("target_buckets", [], "Padded target lengths (default: "
+                  "--buckets_per_octave steps per power of two from 8).")
 flags.DEFINE_integer("tasks_per_chunk", 16, "Consecutive tasks processed together.")
 flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes of each host's "
                     "devices, e.g. data=4,model=2 (-1 = the remaining devices).")
@@ -96,6 +102,11 @@ flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 t
                   "stop, or skip it and list it in summary.json (a file without instances "
                   "is always skipped and listed).")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_integer("adaptive_k0", 0, "Adaptive perturbation budget (off when 0): every task "
+                     "gets its first K0 perturbations, tasks near the top-m boundary more, up "
+                     "to --num_perturbations (scoring.adaptive; single host, not resumable).")
+flags.DEFINE_integer("adaptive_select", 68, "m, the selection size whose boundary matters.")
+flags.DEFINE_float("adaptive_z", 2.0, "Confidence bound width, in standard errors.")
 common.define_gin_flags()
 common.define_distributed_flags()
 
@@ -223,6 +234,7 @@ def build_config() -> "Any":
         fit_examples=FLAGS.fit_examples, compute_entropy=FLAGS.entropy,
         save_prompts=FLAGS.save_prompts, batch_size=FLAGS.batch_size,
         decode_batch_size=FLAGS.decode_batch_size or FLAGS.batch_size,
+        batch_tokens=FLAGS.batch_tokens or None, buckets_per_octave=FLAGS.buckets_per_octave,
         tasks_per_chunk=FLAGS.tasks_per_chunk,
         source_buckets=_buckets("source_buckets"), target_buckets=_buckets("target_buckets"),
         thresholds=thresholds)
@@ -241,6 +253,7 @@ def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
 
 
 def main(argv: list[str]) -> None:
+    start = time.perf_counter()
     common.check_args(argv, ("checkpoint", "out"))
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
@@ -256,24 +269,39 @@ def main(argv: list[str]) -> None:
                                         FLAGS.on_bad_task, FLAGS.role, shard)
     model = checkpoints.read_model(FLAGS.checkpoint)
     # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
-    # sentinels and keeps its own special ids).
-    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint)
+    # sentinels and keeps its own special ids). The scorer only encodes and decodes: a
+    # SentencePiece model loads without TensorFlow (`light`), sparing seconds of start-up.
+    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint, light=True)
     train_data.check_vocabulary(model, vocab, FLAGS.checkpoint)
     _check_prompt_format(config, model, vocab)
     mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
+    setup = time.perf_counter()
     params = checkpoints.restore_params(FLAGS.checkpoint, model,
                                         partitioning.params_shardings(model, mesh))
+    loaded = time.perf_counter()
     run_args = {"checkpoint": os.path.abspath(FLAGS.checkpoint),
                 "vocab": (os.path.abspath(FLAGS.vocab) if FLAGS.vocab
                           else "stored with the checkpoint"),
                 "on_bad_task": FLAGS.on_bad_task,
                 **pool_args}
-    summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
-                                 mesh=mesh, run_args=run_args, total=total,
-                                 progress=FLAGS.progress and jax.process_index() == 0,
-                                 shard=shard)
+    if FLAGS.adaptive_k0:
+        from activeit_jax.scoring import adaptive
+        policy = adaptive.AdaptiveConfig(initial_perturbations=FLAGS.adaptive_k0,
+                                         num_select=FLAGS.adaptive_select, z=FLAGS.adaptive_z)
+        summary = adaptive.score_pool_adaptive(model, params, vocab, tasks, FLAGS.out, config,
+                                               policy, mesh=mesh, run_args=run_args)
+        summary.setdefault("rows_per_s", 0.0)
+    else:
+        summary = scoring.score_pool(model, params, vocab, tasks, FLAGS.out, config,
+                                     mesh=mesh, run_args=run_args, total=total,
+                                     progress=FLAGS.progress and jax.process_index() == 0,
+                                     shard=shard)
     if jax.process_index() != 0:
         return
+    # Phase times for benchmarks/score_vs_torch.py (since main() began).
+    print("timing: " + json.dumps({"setup_seconds": setup - start,
+                                   "load_seconds": loaded - setup,
+                                   "main_seconds": time.perf_counter() - start}))
     pad = summary["score_padding"]
     print(f"scored {summary['num_tasks']} tasks ({len(summary['skipped'])} skipped) -> "
           f"{FLAGS.out}; categories {summary['categories']}; "

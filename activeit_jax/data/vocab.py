@@ -45,7 +45,8 @@ SPM_KIND = "sentencepiece"
 
 
 def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
-                   require_t5_ids: bool = True) -> "seqio.SentencePieceVocabulary":
+                   require_t5_ids: bool = True, light: bool = False
+                   ) -> "seqio.SentencePieceVocabulary | SentencePieceVocabulary":
     """Loads a SentencePiece model as a seqio vocabulary, checking it now rather than later.
 
     seqio loads the model lazily (at the first encode), which would turn a wrong path into an
@@ -56,6 +57,8 @@ def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
       extra_ids: sentinel ids appended after the pieces (T5: 100).
       require_t5_ids: check pad/eos/unk = 0/1/2 (T5 models). False admits e.g. a LLaMA
         tokenizer model (unk 0, bos 1, eos 2) for decoder-only use.
+      light: return the TensorFlow-free `SentencePieceVocabulary` (encode / decode only, for
+        the scorer), not seqio's.
 
     Returns:
       The vocabulary; `vocab_size` = pieces + extra_ids.
@@ -83,11 +86,67 @@ def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
         raise VocabularyError(f"pad/eos/unk ids are {ids}; T5 models need (0, 1, 2)", path)
     if extra_ids < 0:
         raise ValueError(f"extra_ids must be >= 0, got {extra_ids}")
+    if light:
+        return SentencePieceVocabulary(path, extra_ids)
     import seqio  # imported late: TensorFlow is slow to import; errors above need none of it.
 
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     vocabulary.vocab_size  # noqa: B018 (forces seqio's own load, so it fails here if at all)
     return vocabulary
+
+
+class SentencePieceVocabulary:
+    """`seqio.SentencePieceVocabulary`'s `encode` / `decode` / sizes on SentencePiece alone.
+
+    The scorer and the evaluator only encode and decode text; seqio brings TensorFlow, whose
+    import costs seconds of every command's start-up. Same ids and text as seqio's: `encode`
+    is `EncodeAsIds` (no EOS); sentinels are pieces `<extra_id_N>` as in seqio; `decode` maps
+    ids past the vocabulary to unk, stops after the first EOS and decodes.
+
+    Args:
+      path: the `.model` file.
+      extra_ids: sentinel ids after the pieces (counted in `vocab_size`).
+    """
+
+    def __init__(self, path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS):
+        import sentencepiece as spm
+        from sentencepiece import sentencepiece_model_pb2
+        self.sentencepiece_model_file = os.fspath(path)
+        self.extra_ids = extra_ids
+        with open(self.sentencepiece_model_file, "rb") as handle:
+            proto = sentencepiece_model_pb2.ModelProto.FromString(handle.read())
+        # seqio's sentinels: user-defined pieces "<extra_id_N>", N descending after the pieces.
+        for i in reversed(range(extra_ids)):
+            proto.pieces.add(piece=f"\u2581<extra_id_{i}>", score=0.0,
+                             type=sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+        self.tokenizer = spm.SentencePieceProcessor()
+        self.tokenizer.LoadFromSerializedProto(proto.SerializeToString())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.GetPieceSize()
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id()
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id()
+
+    @property
+    def unk_id(self) -> int:
+        return self.tokenizer.unk_id()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.EncodeAsIds(text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        pieces, unk = self.tokenizer.GetPieceSize(), self.unk_id
+        ids = [unk if int(i) >= pieces else int(i) for i in ids]
+        if self.eos_id in ids:
+            ids = ids[:ids.index(self.eos_id) + 1]
+        return self.tokenizer.DecodeIds(ids)
 
 
 def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike,
@@ -157,7 +216,7 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike,
 
 
 def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
-                    require_t5_ids: bool = True) -> Any:
+                    require_t5_ids: bool = True, light: bool = False) -> Any:
     """Loads a vocabulary, choosing the implementation from what `path` is.
 
     Args:
@@ -165,7 +224,7 @@ def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
         `tokenizer_config.json` beside it gives the special tokens); or a directory holding
         either `tokenizer_meta.json` (written by `save_vocabulary`, e.g. a checkpoint) or a
         Hugging Face `tokenizer.json`.
-      extra_ids, require_t5_ids: for a SentencePiece model (see `get_vocabulary`).
+      extra_ids, require_t5_ids, light: for a SentencePiece model (see `get_vocabulary`).
 
     Returns:
       A seqio vocabulary (`SentencePieceVocabulary` or `HFTokenizerVocabulary`).
@@ -176,7 +235,7 @@ def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
     path = os.fspath(path)
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, META_FILE)):
-            return _load_saved(path)
+            return _load_saved(path, light)
         if os.path.exists(os.path.join(path, "tokenizer.json")):
             return _hf_tokenizer().from_hf_tokenizer_files(os.path.join(path, "tokenizer.json"))
         raise VocabularyError(f"directory holds no {META_FILE} or tokenizer.json", path)
@@ -184,7 +243,7 @@ def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
         if not os.path.exists(path):
             raise VocabularyError("vocabulary not found", path)
         return _hf_tokenizer().from_hf_tokenizer_files(path)
-    return get_vocabulary(path, extra_ids, require_t5_ids)  # its own "not found" message
+    return get_vocabulary(path, extra_ids, require_t5_ids, light)  # its own "not found"
 
 
 def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
@@ -223,7 +282,8 @@ def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
     return True
 
 
-def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike) -> Any | None:
+def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike, light: bool = False
+                               ) -> Any | None:
     """The vocabulary stored beside a checkpoint's weights, or None when it has none.
 
     Raises:
@@ -232,11 +292,11 @@ def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike) -> Any | None:
     checkpoint_dir = os.fspath(checkpoint_dir)
     if not os.path.exists(os.path.join(checkpoint_dir, META_FILE)):
         return None
-    return _load_saved(checkpoint_dir)
+    return _load_saved(checkpoint_dir, light)
 
 
 def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
-                       what: str = "--vocab") -> Any:
+                       what: str = "--vocab", light: bool = False) -> Any:
     """The vocabulary to use: `explicit` (a vocabulary or a path for `load_vocabulary`) when
     given, else the one stored with `checkpoint_dir`.
 
@@ -244,6 +304,8 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
       explicit: a vocabulary object, a path, or None.
       checkpoint_dir: the checkpoint whose stored tokenizer is the fallback (None = none).
       what: how the user gives a vocabulary (e.g. "--vocab"), for the error message.
+      light: a SentencePiece model loads as the TensorFlow-free `SentencePieceVocabulary`
+        (encode / decode only; the scorer's needs).
 
     Raises:
       VocabularyError: neither is available (one line naming both places).
@@ -251,10 +313,11 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
     if isinstance(explicit, (str, os.PathLike)):
         return load_vocabulary(explicit, extra_ids=0 if _is_decoder_only(checkpoint_dir)
                                else DEFAULT_EXTRA_IDS,
-                               require_t5_ids=not _is_decoder_only(checkpoint_dir))
+                               require_t5_ids=not _is_decoder_only(checkpoint_dir),
+                               light=light)
     if explicit is not None:
         return explicit
-    stored = vocabulary_from_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    stored = vocabulary_from_checkpoint(checkpoint_dir, light) if checkpoint_dir else None
     if stored is None:
         where = (f"checkpoint {checkpoint_dir} stores no tokenizer" if checkpoint_dir
                  else "no checkpoint to take a tokenizer from")
@@ -275,7 +338,7 @@ def _is_decoder_only(checkpoint_dir: str | os.PathLike | None) -> bool:
         return False
 
 
-def _load_saved(directory: str) -> Any:
+def _load_saved(directory: str, light: bool = False) -> Any:
     """Reads a `save_vocabulary` directory, dispatching on its metadata's kind."""
     hf = _hf_tokenizer()
     meta_path = os.path.join(directory, META_FILE)
@@ -285,7 +348,8 @@ def _load_saved(directory: str) -> Any:
         return hf.HFTokenizerVocabulary.load(directory)
     if kind == SPM_KIND:
         return get_vocabulary(os.path.join(directory, meta.get("model_file", SPM_FILE)),
-                              extra_ids=int(meta.get("extra_ids", 0)), require_t5_ids=False)
+                              extra_ids=int(meta.get("extra_ids", 0)), require_t5_ids=False,
+                              light=light)
     raise VocabularyError(f"unknown vocabulary kind {kind!r}", meta_path)
 
 

@@ -8,10 +8,10 @@ BOS only when the tokenizer adds one.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
+from activeit_jax import io_utils
 from activeit_jax.errors import ActiveITError
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.t5 import T5Config
@@ -33,17 +33,7 @@ def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
     if not os.path.exists(path):
         raise ConversionError(f"no {CONFIG_NAME} in {hf_dir} (expected a Hugging Face model "
                               "directory saved with save_pretrained)")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{path}: line {err.lineno} column {err.colno}: the model config "
-                              f"is not valid JSON ({err.msg})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConversionError(f"{path}: cannot read the model config ({err})") from None
-    if not isinstance(config, dict):
-        raise ConversionError(f"{path}: expected a JSON object")
-    return config
+    return io_utils.read_json_object(path, ConversionError, "the model config")
 
 
 def _first_id(value: Any, default: int | None) -> int | None:

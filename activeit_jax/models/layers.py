@@ -189,7 +189,8 @@ class MlpBlock(nn.Module):
 def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None,
                           bias: Array | None, scale: float, dropout_rate: float,
                           deterministic: bool, dtype: DType,
-                          dropout_rng: Array | None = None) -> Array:
+                          dropout_rng: Array | None = None,
+                          heads_major_kv: bool = False) -> Array:
     """Grouped-query attention with float32 logits and softmax.
 
     Args:
@@ -203,18 +204,20 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | 
       deterministic: disables dropout.
       dtype: compute dtype of the two einsums' inputs.
       dropout_rng: PRNG key for the attention dropout.
+      heads_major_kv: key and value are `[B, K, S, D]` (the KV-cache layout) instead.
 
     Returns:
       `[B, T, H, D]` in `dtype`.
     """
     batch, q_len, num_heads, head_dim = query.shape
-    num_kv_heads = key.shape[2]
+    num_kv_heads = key.shape[1] if heads_major_kv else key.shape[2]
     if num_heads % num_kv_heads:
         raise ValueError(f"{num_heads} query heads is not a multiple of {num_kv_heads} kv heads")
     groups = num_heads // num_kv_heads
     # Group query heads by the kv head they share instead of repeating k/v in memory.
     q = query.astype(dtype).reshape(batch, q_len, num_kv_heads, groups, head_dim)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, key.astype(dtype),
+    kv_spec = "bksd" if heads_major_kv else "bskd"
+    logits = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q, key.astype(dtype),
                         preferred_element_type=jnp.float32)
     logits = logits * jnp.float32(scale)
     kv_len = logits.shape[-1]
@@ -232,8 +235,13 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | 
     if not deterministic and dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(dtype), value.astype(dtype))
+    out = jnp.einsum(f"bkgts,{kv_spec}->btkgd", weights.astype(dtype), value.astype(dtype))
     return out.reshape(batch, q_len, num_heads, head_dim)
+
+
+def _heads_major(x: Array) -> Array:
+    """`[B, S, K, D] -> [B, K, S, D]` (the KV-cache layout)."""
+    return jnp.swapaxes(x, 1, 2)
 
 
 def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
@@ -259,10 +267,12 @@ class MultiHeadAttention(nn.Module):
     Parameters: `query [embed, heads, kv]`, `key`/`value [embed, kv_heads, kv]`,
     `out [heads, kv, embed]` (kv_heads also uses the logical name `heads`).
 
-    Cache (collection "cache", only with `decode=True`):
-      self-attention: `cached_key`/`cached_value [B, max_length, kv_heads, kv]`, written at
+    Cache (collection "cache", only with `decode=True`), heads-major so that a decoding step
+    reads it in the layout the attention dots want (a `[B, L, K, D]` cache made XLA transpose
+    the whole cache at every step, O(L) work per generated token):
+      self-attention: `cached_key`/`cached_value [B, kv_heads, max_length, kv]`, written at
         `cache_index` each call; cross-attention (`cache_cross_kv`): the projected encoder
-        keys/values, computed on the first call and reused afterwards.
+        keys/values `[B, kv_heads, S, kv]`, computed on the first call and reused afterwards.
 
     Attributes:
       num_heads, num_kv_heads, head_dim: shapes.
@@ -320,11 +330,14 @@ class MultiHeadAttention(nn.Module):
                                   dtype=self.dtype, name="value", use_bias=self.qkv_bias)
 
         query = constrain(query_proj(inputs_q), qkv_axes)
+        heads_major = False
         if decode and cache_cross_kv:
             # Encoder keys/values never change while decoding: project them once.
-            cross_key = self.variable("cache", "cached_key", lambda: key_proj(inputs_kv))
-            cross_value = self.variable("cache", "cached_value", lambda: value_proj(inputs_kv))
-            key, value = cross_key.value, cross_value.value
+            cross_key = self.variable("cache", "cached_key",
+                                      lambda: _heads_major(key_proj(inputs_kv)))
+            cross_value = self.variable("cache", "cached_value",
+                                        lambda: _heads_major(value_proj(inputs_kv)))
+            key, value, heads_major = cross_key.value, cross_value.value, True
         else:
             key = constrain(key_proj(inputs_kv), qkv_axes)
             value = constrain(value_proj(inputs_kv), qkv_axes)
@@ -333,21 +346,23 @@ class MultiHeadAttention(nn.Module):
                 key = apply_rotary(key, *rotary)
             if decode:
                 batch = inputs_q.shape[0]
-                cache_shape = (batch, max_length or 0, self.num_kv_heads, self.head_dim)
+                cache_shape = (batch, self.num_kv_heads, max_length or 0, self.head_dim)
                 cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape,
                                            key.dtype)
                 cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape,
                                              value.dtype)
-                start = (0, cache_index, 0, 0)
-                key = lax.dynamic_update_slice(cached_key.value, key, start)
-                value = lax.dynamic_update_slice(cached_value.value, value, start)
+                start = (0, 0, cache_index, 0)
+                key = lax.dynamic_update_slice(cached_key.value, _heads_major(key), start)
+                value = lax.dynamic_update_slice(cached_value.value, _heads_major(value), start)
                 cached_key.value, cached_value.value = key, value
+                heads_major = True
 
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
         out = dot_product_attention(query, key, value, mask, bias, self.scale,
-                                    self.dropout_rate, deterministic, self.dtype, dropout_rng)
+                                    self.dropout_rate, deterministic, self.dtype, dropout_rng,
+                                    heads_major_kv=heads_major)
         out = constrain(out, qkv_axes)
         out = DenseGeneral((embed_dim,), ("heads", "kv", "embed"), num_in_axes=2,
                            dtype=self.dtype, name="out")(out)

@@ -209,7 +209,7 @@ class LlamaTransformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: Array, positions: Array, key_mask: Array,
                  deterministic: bool = True, decode: bool = False,
-                 max_length: int | None = None) -> Array:
+                 max_length: int | None = None, segment_ids: Array | None = None) -> Array:
         """Runs the decoder.
 
         Args:
@@ -221,6 +221,8 @@ class LlamaTransformer(nn.Module):
           decode: KV-cache mode; the first call (empty cache) creates `max_length` slots and
             every call appends its T tokens at the cache's running index.
           max_length: cache length (static), needed on every decode call.
+          segment_ids: int `[B, T]` of a packed row (not with `decode`): a token attends only
+            to earlier tokens of its own segment.
 
         Returns:
           float32 logits `[B, T, vocab]`.
@@ -240,6 +242,8 @@ class LlamaTransformer(nn.Module):
         slots_q = start + jnp.arange(q_len)
         causal = jnp.arange(key_len)[None, :] <= slots_q[:, None]
         mask = causal[None, None] & key_mask[:, None, None, :]
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
         cos, sin = rotary_cos_sin(positions, cfg.resolved_head_dim, cfg.rope_theta,
                                   rotary_inv_freq(cfg))
 

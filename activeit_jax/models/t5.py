@@ -258,11 +258,20 @@ class Encoder(nn.Module):
     shared_embedding: layers.Embed
 
     @nn.compact
-    def __call__(self, tokens: Array, deterministic: bool = True) -> Array:
-        """Args: tokens int `[B, S]` (0 = pad). Returns `[B, S, embed]` in the compute dtype."""
+    def __call__(self, tokens: Array, deterministic: bool = True,
+                 segment_ids: Array | None = None) -> Array:
+        """Args: tokens int `[B, S]` (0 = pad); segment_ids int `[B, S]` of packed rows (a
+        token attends only within its segment), or None.
+
+        Returns `[B, S, embed]` in the compute dtype.
+        """
         cfg = self.config
+        # Packed segments are contiguous, so slot differences are the within-segment relative
+        # positions wherever attention is allowed: the bias needs no per-segment positions.
         positions = jnp.arange(tokens.shape[1])
         mask = (tokens != cfg.pad_id)[:, None, None, :]
+        if segment_ids is not None:
+            mask = mask & _same_segment(segment_ids, segment_ids)
         bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                       cfg.relative_attention_max_distance, cfg.num_heads,
                                       bidirectional=True, name="relpos_bias")(positions, positions)
@@ -283,7 +292,8 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, encoded: Array, encoder_tokens: Array, tokens: Array,
                  deterministic: bool = True, decode: bool = False,
-                 max_length: int | None = None) -> Array:
+                 max_length: int | None = None, segment_ids: Array | None = None,
+                 encoder_segment_ids: Array | None = None) -> Array:
         """Runs the decoder.
 
         Args:
@@ -294,6 +304,9 @@ class Decoder(nn.Module):
           decode: KV-cache mode; the first call (empty cache) creates a cache of
             `max_length` slots, every call appends its T tokens.
           max_length: cache length (static), needed on every decode call.
+          segment_ids, encoder_segment_ids: int `[B, T]` / `[B, S]` of packed rows (not with
+            `decode`): a position attends to earlier positions and to encoder tokens of its
+            own segment only.
 
         Returns:
           float32 logits `[B, T, vocab]`.
@@ -317,6 +330,9 @@ class Decoder(nn.Module):
                                       bidirectional=False, name="relpos_bias")(
             query_positions, key_positions)
         cross_mask = (encoder_tokens != cfg.pad_id)[:, None, None, :]
+        if segment_ids is not None:
+            self_mask = self_mask & _same_segment(segment_ids, segment_ids)
+            cross_mask = cross_mask & _same_segment(segment_ids, encoder_segment_ids)
 
         x = layers.constrain(self.shared_embedding(tokens), _HIDDEN)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -341,6 +357,11 @@ class Decoder(nn.Module):
         return layers.constrain(logits, ("batch", "length", "vocab"))
 
 
+def _same_segment(query_segments: Array, key_segments: Array) -> Array:
+    """bool `[B, 1, T, S]`: query and key belong to the same packed segment."""
+    return (query_segments[:, None, :, None] == key_segments[:, None, None, :])
+
+
 class T5Transformer(nn.Module):
     """The full encoder-decoder; `encode` and `decode` are exposed for KV-cached decoding."""
     config: T5Config
@@ -352,20 +373,28 @@ class T5Transformer(nn.Module):
         self.encoder = Encoder(cfg, self.token_embedder, name="encoder")
         self.decoder = Decoder(cfg, self.token_embedder, name="decoder")
 
-    def encode(self, encoder_input_tokens: Array, deterministic: bool = True) -> Array:
+    def encode(self, encoder_input_tokens: Array, deterministic: bool = True,
+               segment_ids: Array | None = None) -> Array:
         """`[B, S]` tokens -> `[B, S, embed]` encoder output."""
-        return self.encoder(encoder_input_tokens, deterministic=deterministic)
+        return self.encoder(encoder_input_tokens, deterministic=deterministic,
+                            segment_ids=segment_ids)
 
     def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
                deterministic: bool = True, decode: bool = False,
-               max_length: int | None = None) -> Array:
+               max_length: int | None = None, segment_ids: Array | None = None,
+               encoder_segment_ids: Array | None = None) -> Array:
         """Decoder pass over `encoded`; returns float32 logits `[B, T, vocab]`."""
         return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
-                            deterministic=deterministic, decode=decode, max_length=max_length)
+                            deterministic=deterministic, decode=decode, max_length=max_length,
+                            segment_ids=segment_ids, encoder_segment_ids=encoder_segment_ids)
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-                 deterministic: bool = True) -> Array:
-        """Teacher-forced forward pass: float32 logits `[B, T, vocab]`."""
-        encoded = self.encode(encoder_input_tokens, deterministic=deterministic)
+                 deterministic: bool = True, encoder_segment_ids: Array | None = None,
+                 decoder_segment_ids: Array | None = None) -> Array:
+        """Teacher-forced forward pass: float32 logits `[B, T, vocab]`; with segment ids
+        (both or neither), packed rows whose segments never see each other."""
+        encoded = self.encode(encoder_input_tokens, deterministic=deterministic,
+                              segment_ids=encoder_segment_ids)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                           deterministic=deterministic)
+                           deterministic=deterministic, segment_ids=decoder_segment_ids,
+                           encoder_segment_ids=encoder_segment_ids)

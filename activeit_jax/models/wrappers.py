@@ -22,6 +22,10 @@ Encoder-decoder (seqio `EncDecFeatureConverter` names):
   decoder_target_tokens int [B, T]
   decoder_loss_weights  [B, T]      1 on scored target tokens, 0 on padding
   greedy_decode needs only `encoder_input_tokens`.
+  Packed rows (training) add `encoder_segment_ids [B, S]`, `decoder_segment_ids [B, T]`
+  (1, 2, ... per example, 0 = padding; positions are read from slots, see `t5.Encoder`).
+
+Decoder-only packed rows add `decoder_segment_ids` and per-segment `decoder_positions`.
 
 Decoder-only (LLaMA ids: bos 1, eos 2, padding 0; each model's config has its own, and
 `bos_id` None drops the BOS everywhere below):
@@ -60,8 +64,8 @@ class BaseModel:
 
     kind: ClassVar[str]
     config_cls: ClassVar[type]
-    # Packed batches (segment ids / positions from seqio's pack=True) are not supported yet.
-    supports_packing: ClassVar[bool] = False
+    # Reads packed batches (segment ids and positions, t5x / seqio pack=True features).
+    supports_packing: ClassVar[bool] = True
 
     def __init__(self, config: Any,
                  logical_axis_rules: partitioning.LogicalRules | None = None) -> None:
@@ -257,11 +261,13 @@ class EncoderDecoderModel(BaseModel):
                            method=T5Transformer.encode)
 
     def logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None) -> Array:
-        """Teacher-forced float32 logits `[B, T, vocab]`."""
+        """Teacher-forced float32 logits `[B, T, vocab]`; a packed batch
+        (`encoder_segment_ids` / `decoder_segment_ids`) keeps its segments apart."""
         rngs, deterministic = self._rngs(dropout_rng)
         return self._apply({"params": params}, batch["encoder_input_tokens"],
                            batch["decoder_input_tokens"], deterministic=deterministic,
-                           rngs=rngs)
+                           encoder_segment_ids=batch.get("encoder_segment_ids"),
+                           decoder_segment_ids=batch.get("decoder_segment_ids"), rngs=rngs)
 
     def greedy_decode(self, params: Params, batch: Batch, max_decode_length: int) -> Array:
         """Greedy decoding; the encoder runs once, the decoder uses a KV cache.
@@ -325,12 +331,16 @@ class DecoderOnlyModel(BaseModel):
                 jnp.ones((1, 1), bool))
 
     def logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None) -> Array:
-        """Teacher-forced float32 logits `[B, T, vocab]` for `decoder_input_tokens`."""
+        """Teacher-forced float32 logits `[B, T, vocab]` for `decoder_input_tokens`; a packed
+        batch brings `decoder_segment_ids` and per-segment `decoder_positions`."""
         tokens = batch["decoder_input_tokens"]
         positions, valid = _decoder_only_positions(tokens, self.pad_id)
+        segment_ids = batch.get("decoder_segment_ids")
+        if segment_ids is not None:
+            positions = batch["decoder_positions"].astype(jnp.int32)
         rngs, deterministic = self._rngs(dropout_rng)
         return self._apply({"params": params}, tokens, positions, valid,
-                           deterministic=deterministic, rngs=rngs)
+                           deterministic=deterministic, segment_ids=segment_ids, rngs=rngs)
 
     def greedy_decode(self, params: Params, batch: Batch, max_decode_length: int) -> Array:
         """Greedy continuation of prompts with a KV cache.

@@ -76,10 +76,16 @@ Edge cases:
 
 Execution: tasks stream through in fixed chunks of ``tasks_per_chunk`` consecutive pool tasks
 (the pool is iterated lazily). In a chunk, all (1+K) x n rows of all tasks are de-duplicated,
-grouped by (source bucket, target bucket) -- a few fixed lengths, powers of two by default --
-and run in batches of a fixed size through one jitted function whose batch axis is sharded over
-the mesh's data axes; each bucket shape compiles once for the whole run. Decoding the originals
-is batched the same way.
+sorted by length and cut into batches by a token budget (``batch_tokens``: rows x padded
+source length about constant, at most ``batch_size`` rows; `scoring.batching`): lengths round
+up to fine buckets (8 per power of two by default), target lengths to the rows' real ones,
+and a dynamic programme over the sorted rows trades padded slots against calls and new
+shapes, so padding stays low with few compilations (bounded by the bucket grid, independent
+of the pool size). One jitted function, batch axis sharded over the mesh's data axes, runs
+every batch; each shape compiles once for the whole run. Decoding the originals is batched
+the same way (greedy, KV cache in the heads-major layout, stopping when every row has ended).
+``adaptive`` holds the optional adaptive perturbation budget (K0 perturbations for every task,
+more only near the selection boundary).
 
 One process per directory: `score_pool` holds ``out_dir``'s run lock (`activeit_jax.run_lock`;
 each host its shard journal's, process 0 also ``out_dir``'s) and refuses a second process.
@@ -126,7 +132,8 @@ Output files (in ``out_dir``):
   fingerprinted: changing them on resume is allowed and only changes float rounding.
 
 Layout (one job per module): `formulas` (the numbers above, numpy), `config` (`ScoreConfig`,
-buckets), `tokens` (id cuts), `planning` (instances and the (1+K) prompts of a task),
+buckets), `batching` (batch shapes), `adaptive` (adaptive perturbation budget), `tokens` (id
+cuts), `planning` (instances and the (1+K) prompts of a task),
 `row_scorer` (jitted, sharded batches on the device), `journal` (run directory, fingerprint,
 resume repair, final files), `multihost` (host shards and their merge), `run_stats`
 (throughput over sessions and hosts), `pool` (the driver, `score_pool`).

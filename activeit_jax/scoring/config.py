@@ -54,12 +54,18 @@ class ScoreConfig:
         False, all `num_pos_examples` are added and the source is cut.
       compute_entropy: also compute the mean token entropy baseline.
       save_prompts: also write prompts.jsonl.
-      batch_size / decode_batch_size: rows per jitted call (rounded up to a multiple of the
-        data-parallel size); decode_batch_size None = batch_size.
+      batch_size / decode_batch_size: the most rows per jitted call (rounded up to a
+        multiple of the data-parallel size); decode_batch_size None = batch_size.
+      batch_tokens: token budget of a call: rows x padded length (source; decoder-only: the
+        whole sequence) is about this, so short rows run in big batches and long rows in
+        small ones (`scoring.batching`); None = always `batch_size` rows.
+      buckets_per_octave: default bucket spacing (`batching.fine_buckets`): steps between
+        two powers of two (1 = powers of two).
       tasks_per_chunk: consecutive pool tasks processed together.
-      source_buckets / target_buckets: padded lengths (default: powers of two).
+      source_buckets / target_buckets: padded lengths (default: `buckets_per_octave` steps
+        per power of two); explicit source buckets serve decoding too.
       sequence_buckets: decoder-only scoring: padded lengths of prompt + response (default:
-        powers of two up to max_source_length + max_target_length).
+        the same spacing up to max_source_length + max_target_length).
       thresholds: Task Map thresholds.
     """
     num_instances: int = 10
@@ -77,6 +83,8 @@ class ScoreConfig:
     save_prompts: bool = False
     batch_size: int = 64
     decode_batch_size: int | None = None
+    batch_tokens: int | None = 32768
+    buckets_per_octave: int = 8
     tasks_per_chunk: int = 16
     source_buckets: tuple[int, ...] | None = None
     target_buckets: tuple[int, ...] | None = None
@@ -113,26 +121,32 @@ class ScoreConfig:
                                               **dict(self.perturbation_options))
         except (ValueError, KeyError, OSError) as err:
             raise UsageError(f"perturbation: {err}") from None
+        if self.batch_tokens is not None:
+            _check_int("batch_tokens", self.batch_tokens, 1)
+        _check_int("buckets_per_octave", self.buckets_per_octave, 1)
+
+    def _buckets(self, explicit, top: int, smallest: int, per_octave: int) -> tuple[int, ...]:
+        from activeit_jax.scoring.batching import fine_buckets
+        buckets = explicit or fine_buckets(top, smallest, per_octave)
+        return tuple(sorted(set(min(b, top) for b in buckets) | {top}))
 
     @property
     def src_buckets(self) -> tuple[int, ...]:
-        buckets = self.source_buckets or default_buckets(self.max_source_length)
-        return tuple(sorted(set(min(b, self.max_source_length) for b in buckets)
-                            | {self.max_source_length}))
+        return self._buckets(self.source_buckets, self.max_source_length, 16,
+                             self.buckets_per_octave)
 
     @property
     def tgt_buckets(self) -> tuple[int, ...]:
-        buckets = self.target_buckets or default_buckets(self.max_target_length, smallest=8)
-        return tuple(sorted(set(min(b, self.max_target_length) for b in buckets)
-                            | {self.max_target_length}))
+        return self._buckets(self.target_buckets, self.max_target_length, 8,
+                             self.buckets_per_octave)
 
     @property
     def seq_buckets(self) -> tuple[int, ...]:
         """Decoder-only: buckets of the input positions of prompt + response (at most
         (max_source_length - 1) + max_target_length; the last bucket is their sum)."""
-        top = self.max_source_length + self.max_target_length
-        buckets = self.sequence_buckets or default_buckets(top)
-        return tuple(sorted(set(min(b, top) for b in buckets) | {top}))
+        return self._buckets(self.sequence_buckets,
+                             self.max_source_length + self.max_target_length, 16,
+                             self.buckets_per_octave)
 
     def fingerprint_args(self) -> dict[str, Any]:
         out = {}

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from activeit_jax import distributed, io_utils, run_lock, train_data
+from activeit_jax import distributed, io_utils, profiling, run_lock, train_data
 from activeit_jax.errors import ActiveITError
 from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
@@ -117,17 +117,12 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
       NonFiniteScoreError: a task's scores are NaN or infinite (nothing of it is written).
     """
     import jax
-
-    from activeit_jax import partitioning
     shard = ShardInfo.of_process() if shard is None else shard
     if jax.process_count() > 1 and shard.num_shards == 1:
         raise ValueError(f"{jax.process_count()} processes would all score the whole pool into "
                          f"{out_dir}: give each its ShardInfo (the default)")
     if scorer is None:
-        if mesh is None:
-            mesh = partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
-        elif partitioning.spans_processes(mesh):
-            mesh, params = localize(model, params, mesh)
+        mesh, params = _local_mesh(model, params, mesh)
     decoder_only = scorer.decoder_only if scorer is not None else is_decoder_only(model)
     train_data.check_vocabulary(model if scorer is None else scorer.model, vocab)
     args = _fingerprinted_args(model if scorer is None else scorer.model, vocab, config,
@@ -141,10 +136,7 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         if config.save_prompts:
             drop_orphan_prompts(os.path.join(journal_dir, PROMPTS_FILE), done)
         scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
-        if (scorer.compute_entropy != config.compute_entropy
-                or scorer.max_decode_length != config.max_decode_length):
-            raise ValueError("the given scorer was built for another compute_entropy / "
-                             "max_decode_length than `config`")
+        _check_scorer(scorer, config)
         builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
                                 eos_id=scorer.eos_id)
         run = _PoolRun(scorer, builder, config, journal_dir, done, shard, hooks,
@@ -213,14 +205,27 @@ def _open_journal(out_dir: str, args: dict[str, Any], shard: ShardInfo) -> str:
     return journal_dir
 
 
+def _local_mesh(model, params, mesh):
+    """(mesh, params) on this host: the default mesh of its devices, or its share of a mesh
+    that spans processes (params gathered onto it)."""
+    from activeit_jax import partitioning
+    if mesh is None:
+        return partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1}), params
+    if partitioning.spans_processes(mesh):
+        return localize(model, params, mesh)
+    return mesh, params
+
+
 def _make_scorer(model, params, mesh, config: ScoreConfig, decoder_only: bool) -> RowScorer:
     """A `RowScorer` with the config's batch sizes, buckets and decoding length."""
-    return RowScorer(model, params, mesh, batch_size=config.batch_size,
-                     decode_batch_size=config.decode_batch_size or config.batch_size,
-                     source_buckets=config.src_buckets, target_buckets=config.tgt_buckets,
-                     max_decode_length=config.max_decode_length,
-                     compute_entropy=config.compute_entropy,
-                     sequence_buckets=config.seq_buckets if decoder_only else None)
+    return RowScorer.from_config(model, params, mesh, config, decoder_only)
+
+
+def _check_scorer(scorer: RowScorer, config: ScoreConfig) -> None:
+    if (scorer.compute_entropy != config.compute_entropy
+            or scorer.max_decode_length != config.max_decode_length):
+        raise ValueError("the given scorer was built for another compute_entropy / "
+                         "max_decode_length than `config`")
 
 
 def _progress_bar(progress: bool, shard: ShardInfo, total: int | None, num_done: int):
@@ -250,8 +255,11 @@ class _PoolRun:
         self.skipped_path = os.path.join(journal_dir, SKIPPED_FILE)
         self.counters = {"rows": 0, "unique_rows": 0, "tasks_scored": 0,
                          "chunks_computed": 0, "seconds_wait_decode": 0.0,
-                         "seconds_wait_score": 0.0, "seconds_host": 0.0}
+                         "seconds_wait_score": 0.0, "seconds_host": 0.0,
+                         "seconds_write": 0.0}
         self.start = time.perf_counter()
+        profiling.start_compile_clock()
+        self.compile_start = profiling.compile_seconds()
 
     def score(self, tasks: Iterable[Any]) -> dict[str, Any]:
         """Scores every unfinished task of `tasks`; returns this call's statistics."""
@@ -274,8 +282,10 @@ class _PoolRun:
             self.counters["seconds_wait_score"] += time.perf_counter() - t0
             self.counters["rows"] += len(row_keys)
             self.counters["unique_rows"] += len(unique)
+            t0 = time.perf_counter()
             self._record_chunk(plans, logp[pos], ntok[pos],
                                None if ent is None else ent[pos])
+            self.counters["seconds_write"] += time.perf_counter() - t0
             plans = next_plans
         if self.bar is not None:
             self.bar.close()
@@ -412,6 +422,7 @@ class _PoolRun:
         elapsed = time.perf_counter() - self.start
         scorer = self.scorer
         return {"seconds": elapsed, **self.counters,
+                "seconds_compile": profiling.compile_seconds() - self.compile_start,
                 "rows_per_s": self.counters["rows"] / elapsed if elapsed > 0 else 0.0,
                 "num_compilations": scorer.num_compilations,
                 "score_shapes": sorted(scorer.score_shapes),

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from activeit_jax.scoring.config import EOS_ID, PAD_ID, bucket_for
+from activeit_jax.scoring.batching import plan_batches
+from activeit_jax.scoring.config import EOS_ID, PAD_ID
 from activeit_jax.scoring.tokens import cut_generated, is_decoder_only
 
 
@@ -72,9 +72,13 @@ class RowScorer:
         `greedy_decode`; a decoder-only model's config gives its pad / bos / eos ids).
       params: its parameters, already placed on `mesh` (their shardings are reused).
       mesh: a `jax.sharding.Mesh`; the batch axis is sharded over its data axes.
-      batch_size / decode_batch_size: rows per call, rounded up to the data-parallel size.
+      batch_size / decode_batch_size: the most rows per call, rounded up to the
+        data-parallel size.
       source_buckets / target_buckets: padded lengths (decoder-only: source buckets pad
         `bos + prompt` for decoding; target buckets are unused).
+      token_budget: rows x padded source (decoder-only: sequence) length per call, see
+        `scoring.batching`; None = always `batch_size` / `decode_batch_size` rows.
+      decode_source_buckets: padded source lengths of decoding (default `source_buckets`).
       max_decode_length: decoding length.
       compute_entropy: also return per-row summed next-token entropies (from
         `model.logits(params, batch) -> [B, T, V]`).
@@ -85,7 +89,9 @@ class RowScorer:
     def __init__(self, model, params, mesh, *, batch_size: int, decode_batch_size: int,
                  source_buckets: Sequence[int], target_buckets: Sequence[int],
                  max_decode_length: int, compute_entropy: bool = False,
-                 sequence_buckets: Sequence[int] | None = None):
+                 sequence_buckets: Sequence[int] | None = None,
+                 token_budget: int | None = None,
+                 decode_source_buckets: Sequence[int] | None = None):
         import jax
         import jax.numpy as jnp
         from activeit_jax import partitioning
@@ -105,10 +111,12 @@ class RowScorer:
         self.rules = getattr(model, "logical_axis_rules", None)
         self._matrix_sharding = partitioning.data_sharding(mesh, 2, self.rules)
         self._row_sharding = partitioning.data_sharding(mesh, 1, self.rules)
-        dp = _data_parallel_size(self._row_sharding)
+        dp = self._dp = _data_parallel_size(self._row_sharding)
         self.batch_size = int(math.ceil(batch_size / dp) * dp)
         self.decode_batch_size = int(math.ceil(decode_batch_size / dp) * dp)
+        self.token_budget = token_budget
         self.source_buckets, self.target_buckets = tuple(source_buckets), tuple(target_buckets)
+        self.decode_source_buckets = tuple(decode_source_buckets or source_buckets)
         self.max_decode_length = int(max_decode_length)
         self.compute_entropy = compute_entropy
         param_shardings = jax.tree.map(lambda x: x.sharding, params)
@@ -161,16 +169,32 @@ class RowScorer:
 
     # ------------------------------------------------------------------ batching
 
-    @staticmethod
-    def _group(keys: Sequence[Any], batch_size: int) -> list[tuple[Any, list[int]]]:
-        """Row indices grouped by key (sorted keys, stable order within), cut into batches."""
-        order = sorted(range(len(keys)), key=lambda i: keys[i])
-        out = []
-        for key, group in itertools.groupby(order, key=lambda i: keys[i]):
-            group = list(group)
-            for start in range(0, len(group), batch_size):
-                out.append((key, group[start:start + batch_size]))
-        return out
+    @classmethod
+    def from_config(cls, model, params, mesh, config, decoder_only: bool | None = None
+                    ) -> "RowScorer":
+        """A scorer with a `ScoreConfig`'s batch sizes, token budget, buckets and decoding
+        length."""
+        if decoder_only is None:
+            decoder_only = is_decoder_only(model)
+        return cls(model, params, mesh, batch_size=config.batch_size,
+                   decode_batch_size=config.decode_batch_size or config.batch_size,
+                   source_buckets=config.src_buckets, target_buckets=config.tgt_buckets,
+                   max_decode_length=config.max_decode_length,
+                   compute_entropy=config.compute_entropy,
+                   sequence_buckets=config.seq_buckets if decoder_only else None,
+                   token_budget=config.batch_tokens)
+
+    def _plan(self, lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]],
+              max_rows: int) -> list[tuple[tuple[int, ...], list[int]]]:
+        """Batches of rows: `batching.plan_batches` with this scorer's budget (None: always
+        `max_rows` rows, i.e. a budget of max_rows x the largest first-dimension bucket).
+
+        The plan is a function of the rows alone (not of the shapes compiled by earlier
+        calls), so a resumed run composes a chunk's batches exactly as an uninterrupted one.
+        """
+        budget = self.token_budget or max_rows * buckets[0][-1]
+        return plan_batches(lengths, buckets, token_budget=budget, max_rows=max_rows,
+                            multiple=self._dp)
 
     def score_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Pending:
         """Dispatches scoring of (source ids, target ids) rows; ids already end with EOS.
@@ -186,11 +210,10 @@ class RowScorer:
         from activeit_jax import partitioning
         if self.decoder_only:
             return self._score_decoder_only_async(rows)
-        keys = [(bucket_for(len(s), self.source_buckets), bucket_for(len(t), self.target_buckets))
-                for s, t in rows]
+        plan = self._plan([(len(s), len(t)) for s, t in rows],
+                          (self.source_buckets, self.target_buckets), self.batch_size)
         parts = []
-        for (s_len, t_len), idx in self._group(keys, self.batch_size):
-            b = self.batch_size
+        for (b, s_len, t_len), idx in plan:
             enc = np.zeros((b, s_len), np.int32)
             tgt = np.zeros((b, t_len), np.int32)
             for j, i in enumerate(idx):
@@ -231,10 +254,10 @@ class RowScorer:
         for prompt, response in rows:
             if not response or response[-1] != self.eos_id:
                 raise ValueError("a decoder-only response must end with the model's EOS")
-        keys = [bucket_for(len(p) + len(r), self.sequence_buckets) for p, r in rows]
+        plan = self._plan([(len(p) + len(r),) for p, r in rows], (self.sequence_buckets,),
+                          self.batch_size)
         parts = []
-        for length, idx in self._group(keys, self.batch_size):
-            b = self.batch_size
+        for (b, length), idx in plan:
             chosen = [rows[i] for i in idx]
             chosen += [chosen[0]] * (b - len(idx))  # filler rows: copies of the first, ignored
             # The response's EOS is added back by the builder (after the response ids).
@@ -260,10 +283,10 @@ class RowScorer:
         from activeit_jax import partitioning
         if self.decoder_only:
             return self._decode_decoder_only_async(sources)
-        keys = [bucket_for(len(s), self.source_buckets) for s in sources]
+        plan = self._plan([(len(s),) for s in sources], (self.decode_source_buckets,),
+                          self.decode_batch_size)
         parts = []
-        for s_len, idx in self._group(keys, self.decode_batch_size):
-            b = self.decode_batch_size
+        for (b, s_len), idx in plan:
             enc = np.zeros((b, s_len), np.int32)
             for j, i in enumerate(idx):
                 enc[j, :len(sources[i])] = sources[i]
@@ -295,10 +318,10 @@ class RowScorer:
         import jax
         from activeit_jax import partitioning
         from activeit_jax.models import make_prompt_batch
-        keys = [bucket_for(len(p) + 1, self.source_buckets) for p in prompts]
+        plan = self._plan([(len(p) + 1,) for p in prompts], (self.decode_source_buckets,),
+                          self.decode_batch_size)
         parts = []
-        for s_len, idx in self._group(keys, self.decode_batch_size):
-            b = self.decode_batch_size
+        for (b, s_len), idx in plan:
             chosen = [prompts[i] for i in idx]
             chosen += [chosen[0]] * (b - len(idx))
             batch = make_prompt_batch(chosen, s_len, bos_id=self.bos_id, pad_id=self.pad_id)

@@ -15,7 +15,7 @@ from activeit_jax import io_utils
 
 SESSIONS_FILE = "sessions.jsonl"
 SUMMED = ("rows", "unique_rows", "tasks_scored", "chunks_computed", "seconds_wait_decode",
-          "seconds_wait_score", "seconds_host")
+          "seconds_wait_score", "seconds_host", "seconds_write", "seconds_compile")
 
 
 def record_session(journal_dir: str, entry: Mapping[str, Any]) -> None:
