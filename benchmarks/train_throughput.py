@@ -229,7 +229,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", help="our compute dtype (CPU: float32)")
     parser.add_argument("--niv2_dir", default=default_niv2_dir())
     parser.add_argument("--num_tasks", type=int, default=16)
-    parser.add_argument("--num_examples", type=int, default=64)
+    parser.add_argument("--num_examples", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_source_length", type=int, default=1024)
     parser.add_argument("--max_target_length", type=int, default=128)

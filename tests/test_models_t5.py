@@ -255,8 +255,10 @@ def test_relative_position_biases_match_hf_compute_bias_at_long_range(bidirectio
     table = hf_attention.relative_attention_bias.weight.detach().numpy()
     module = RelativePositionBiases(32, 128, 4, bidirectional)
     q_len, k_len, offset = 3, 400, 350
-    ours = module.apply({"params": {"rel_embedding": table}}, offset + jnp.arange(q_len),
-                        jnp.arange(k_len))
+    params = {"params": {"rel_embedding": table}}
+    ours = module.apply(params, q_len, k_len, offset)
+    traced = jax.jit(lambda p, o: module.apply(p, q_len, k_len, o))(params, jnp.int32(offset))
+    np.testing.assert_array_equal(np.asarray(traced), np.asarray(ours))  # decoding's path
     with torch.no_grad():
         ref = hf_attention.compute_bias(q_len, k_len, past_seen_tokens=offset).numpy()
     np.testing.assert_array_equal(np.asarray(ours), ref)
