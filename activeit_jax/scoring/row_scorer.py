@@ -22,6 +22,15 @@ def _data_parallel_size(sharding) -> int:
     return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
+# Decoding plans (`batching.plan_batches` costs, in full batches): a chunk decodes only its
+# originals (about 150 rows for 16 tasks x 10 instances), so counting a compilation per new
+# shape *within the chunk* kept it to two or three shapes and padded sources by 25% on the
+# shared NIV2 pool. Across the pool those shapes repeat (the bucket grid bounds them), so
+# decoding plans count no compile cost, and a cheaper call: 9% source padding, 2% filler rows,
+# 58 shapes instead of 22 (`python benchmarks/padding_plan.py`).
+DECODE_PLAN_COSTS = {"call_cost": 1 / 64, "compile_cost": 0.0}
+
+
 @dataclasses.dataclass
 class PaddingStats:
     """Real vs padded token slots over all jitted calls (filler rows count as padding)."""
@@ -185,16 +194,19 @@ class RowScorer:
                    token_budget=config.batch_tokens)
 
     def _plan(self, lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]],
-              max_rows: int) -> list[tuple[tuple[int, ...], list[int]]]:
+              max_rows: int, decoding: bool = False
+              ) -> list[tuple[tuple[int, ...], list[int]]]:
         """Batches of rows: `batching.plan_batches` with this scorer's budget (None: always
         `max_rows` rows, i.e. a budget of max_rows x the largest first-dimension bucket).
 
         The plan is a function of the rows alone (not of the shapes compiled by earlier
         calls), so a resumed run composes a chunk's batches exactly as an uninterrupted one.
+        Decoding plans use `DECODE_PLAN_COSTS`.
         """
         budget = self.token_budget or max_rows * buckets[0][-1]
+        costs = DECODE_PLAN_COSTS if decoding else {}
         return plan_batches(lengths, buckets, token_budget=budget, max_rows=max_rows,
-                            multiple=self._dp)
+                            multiple=self._dp, **costs)
 
     def score_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Pending:
         """Dispatches scoring of (source ids, target ids) rows; ids already end with EOS.
@@ -284,7 +296,7 @@ class RowScorer:
         if self.decoder_only:
             return self._decode_decoder_only_async(sources)
         plan = self._plan([(len(s),) for s in sources], (self.decode_source_buckets,),
-                          self.decode_batch_size)
+                          self.decode_batch_size, decoding=True)
         parts = []
         for (b, s_len), idx in plan:
             enc = np.zeros((b, s_len), np.int32)
@@ -319,7 +331,7 @@ class RowScorer:
         from activeit_jax import partitioning
         from activeit_jax.models import make_prompt_batch
         plan = self._plan([(len(p) + 1,) for p in prompts], (self.decode_source_buckets,),
-                          self.decode_batch_size)
+                          self.decode_batch_size, decoding=True)
         parts = []
         for (b, s_len), idx in plan:
             chosen = [prompts[i] for i in idx]
