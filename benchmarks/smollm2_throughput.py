@@ -17,7 +17,11 @@ instance teacher forced on that answer + <|im_end|>. Printed, in one run:
   directory) on the same rows in batches of the same size, sorted by length and padded to the
   longest row of each batch (attention mask), `torch.no_grad`; rows/s;
 - the ratio ours / transformers and the largest relative difference of the rows' p between the
-  two (a check that both computed the same thing).
+  two (a check that both computed the same thing);
+- end to end with the model loaded (start-up and weight loading excluded on both sides): our
+  cold `score_pool` (compilation included) vs the reference's loop in transformers (`generate`
+  for the originals, length-sorted batches; then every prompt teacher forced on that answer),
+  and how many greedy predictions the two share.
 """
 from __future__ import annotations
 
@@ -80,6 +84,47 @@ def torch_scores(model, rows, batch_size: int, pad_id: int) -> tuple[np.ndarray,
     return sums, time.perf_counter() - t0
 
 
+def torch_generate(model, prompts, batch_size: int, bos_id, pad_id: int, eos_id: int,
+                   max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of prompt id lists (bos prepended as our scorer does) with HF
+    `generate`, length-sorted batches left-padded to their longest prompt."""
+    import torch
+    from activeit_jax.scoring.tokens import cut_generated
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            seqs = [([bos_id] if bos_id is not None else []) + list(prompts[i]) for i in idx]
+            width = max(map(len, seqs))
+            tokens = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, seq in enumerate(seqs):
+                tokens[j, width - len(seq):] = torch.tensor(seq)
+                mask[j, width - len(seq):] = 1
+            generated = model.generate(input_ids=tokens, attention_mask=mask, do_sample=False,
+                                       max_new_tokens=max_new_tokens, eos_token_id=eos_id,
+                                       pad_token_id=pad_id)
+            for j, i in enumerate(idx):
+                out[i] = cut_generated(generated[j, width:].tolist(), eos_id, pad_id)
+    return out
+
+
+def torch_end_to_end(hf_model, builder, plans, args, scorer) -> tuple[float, list[str]]:
+    """The reference's loop on the same prompts: `generate` for the originals, then every
+    (1 + K) prompt teacher forced on that answer; (seconds, predictions)."""
+    t0 = time.perf_counter()
+    sources = [ids for plan in plans for ids in plan.source_ids]
+    generated = torch_generate(hf_model, [ids[0] for ids in sources], args.batch_size,
+                               scorer.bos_id, scorer.pad_id, scorer.eos_id,
+                               args.max_target_length)
+    predictions = [builder.prediction_text(g) for g in generated]
+    rows = [(s, builder.encode_target(text)) for ids, text in zip(sources, predictions)
+            for s in ids]
+    torch_scores(hf_model, rows, args.batch_size, scorer.pad_id)
+    return time.perf_counter() - t0, predictions
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Runs the comparison; prints and returns the numbers."""
     import jax
@@ -111,10 +156,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                sequence_buckets=config.seq_buckets)
     print(f"\n== SmolLM2-135M-Instruct: {len(pool)} sample tasks x n={args.num_instances} x "
           f"(1+K={args.num_perturbations}), ChatML Tk-Instruct prompts", flush=True)
+    seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("cold", "warm"):
+            t0 = time.perf_counter()  # cold: compilation included
             summary = scoring.score_pool(model, None, vocab, pool, os.path.join(tmp, name),
                                          config, mesh=mesh, progress=False, scorer=scorer)
+            seconds[name] = time.perf_counter() - t0
     pipeline = summary["rows"] / summary["seconds"]
 
     builder = scoring.PromptBuilder(vocab, config, decoder_only=True, eos_id=scorer.eos_id)
@@ -135,6 +183,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         hf_model = transformers.LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
     torch_scores(hf_model, rows[:args.batch_size], args.batch_size, vocab.pad_id)  # warm-up
     theirs_sum, theirs_s = torch_scores(hf_model, rows, args.batch_size, vocab.pad_id)
+    torch_e2e, torch_predictions = torch_end_to_end(hf_model, builder, plans, args, scorer)
+    ours_predictions = [builder.prediction_text(g) for g in generated]
+    same = sum(a == b for a, b in zip(ours_predictions, torch_predictions))
     p_ours = np.exp(ours_sum / ours_n)
     p_theirs = np.exp(theirs_sum / ours_n)
     worst = float(np.max(np.abs(p_ours - p_theirs) / p_theirs))
@@ -142,7 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     out = {"rows": len(rows), "pipeline_rows_per_s": pipeline,
            "ours_rows_per_s": len(rows) / ours_s, "torch_rows_per_s": len(rows) / theirs_s,
            "ours_tokens_per_s": tokens / ours_s, "torch_tokens_per_s": tokens / theirs_s,
-           "max_rel_p_diff": worst}
+           "max_rel_p_diff": worst, "ours_end_to_end_s": seconds["cold"],
+           "torch_end_to_end_s": torch_e2e}
     print(f"ours, pipeline (decode + score, warm): {pipeline:.2f} rows/s")
     print(f"ours, scoring only: {out['ours_rows_per_s']:.2f} rows/s "
           f"({out['ours_tokens_per_s']:.0f} input tok/s, {len(rows)} rows)")
@@ -151,6 +203,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
           f"tok/s)")
     print(f"ours / transformers: {out['ours_rows_per_s'] / out['torch_rows_per_s']:.2f}x; "
           f"largest relative difference of p: {worst:.1e}")
+    print(f"end to end, model loaded (decode the originals + score every prompt): ours "
+          f"{seconds['cold']:.1f}s with compilation ({seconds['warm']:.1f}s warm), transformers "
+          f"generate + teacher-forced batches {torch_e2e:.1f}s: "
+          f"{torch_e2e / seconds['cold']:.2f}x ({torch_e2e / seconds['warm']:.2f}x warm); "
+          f"identical greedy predictions {same}/{len(ours_predictions)}")
     return out
 
 

@@ -25,6 +25,7 @@ OpenMP threads suffer badly from contention; compare with `--torch_threads=1` th
 
     python benchmarks/train_throughput.py                     # a few minutes on a laptop CPU
     python benchmarks/train_throughput.py --configs=tiny --num_examples=32
+    python benchmarks/train_throughput.py --configs=small --num_examples=32 --variants=packed
 """
 from __future__ import annotations
 
@@ -205,6 +206,8 @@ def bench_config(name: str, args, peak: float, examples) -> None:
     variants = (("unpacked", False, 0), ("packed", True, 0), ("bucketed", False, 2),
                 ("packed+bucketed", True, 2))
     for label, pack, buckets in variants:
+        if label not in args.variants.split(","):
+            continue
         waste = padding_waste(epoch_batches(examples, args, pack, buckets))
         seconds, flops, loss, params, steps = bench_ours(model, examples, args, pack, buckets)
         results[label] = seconds
@@ -234,6 +237,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max_source_length", type=int, default=1024)
     parser.add_argument("--max_target_length", type=int, default=128)
     parser.add_argument("--no_torch", action="store_true")
+    parser.add_argument("--variants", default="unpacked,packed,bucketed,packed+bucketed",
+                        help="our batch layouts to time")
     parser.add_argument("--torch_threads", type=int, default=0,
                         help="torch.set_num_threads (0 = all cores)")
     args = parser.parse_args(argv)
