@@ -3,7 +3,8 @@
 Builds every task's prompts exactly as `activeit-jax score` does (`scoring.PromptBuilder`,
 the pool in chunks of `tasks_per_chunk`), then plans each chunk's decoding batches (the
 unique originals) and scoring batches (1 + K prompts per instance, each with a target) with
-`RowScorer`'s planner and prints, per setting, the padding waste of source positions, target
+`RowScorer`'s planner and prints, for the defaults before and after this was tuned, the
+padding waste of source positions, target
 positions and filler rows (`summary.json`'s definitions) and the number of distinct shapes
 (= compilations). Decoding waste is exact; scoring targets are the instances' reference
 outputs standing in for the model's greedy predictions (a run's `summary.json` has the real
@@ -60,7 +61,7 @@ def measure(chunks, config: scoring.ScoreConfig, decode_costs: dict) -> dict:
     budget = config.batch_tokens
     for originals, rows in chunks:
         plan = batching.plan_batches(
-            [(len(s),) for s in originals], (config.src_buckets,), token_budget=budget,
+            [(len(s),) for s in originals], (config.decode_src_buckets,), token_budget=budget,
             max_rows=config.decode_batch_size or config.batch_size,
             **decode_costs)
         for (b, s_len), idx in plan:
@@ -86,25 +87,29 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks_per_chunk", type=int, default=16)
     args = parser.parse_args(argv)
     vocab = vocab_lib.get_vocabulary(os.path.join(REPO, vocab_lib.SAMPLE_VOCAB_RELPATH))
-    config = scoring.ScoreConfig(num_instances=args.num_instances,
-                                 num_perturbations=args.num_perturbations,
-                                 tasks_per_chunk=args.tasks_per_chunk)
+    job = dict(num_instances=args.num_instances, num_perturbations=args.num_perturbations,
+               tasks_per_chunk=args.tasks_per_chunk)
+    config = scoring.ScoreConfig(**job)
     start = time.perf_counter()
     chunks = pool_chunks(args, config, vocab)
     print(f"{args.niv2_dir}: {sum(len(r) for _, r in chunks)} scoring rows, "
           f"{sum(len(o) for o, _ in chunks)} originals in {len(chunks)} chunks "
           f"(prompts built in {time.perf_counter() - start:.0f}s); n = {args.num_instances}, "
-          f"K = {args.num_perturbations}, {config.batch_tokens} tokens per call, "
-          f"{config.buckets_per_octave} buckets per octave")
-    print(f"{'decoding plan costs':>44} | {'decode waste: source':>21} {'filler':>7} "
-          f"{'shapes':>7} | {'score waste: source':>20} {'target':>7} {'filler':>7} {'shapes':>7}")
-    settings = (("scoring's (before)", {"call_cost": 1 / 16, "compile_cost": 1.0}),
-                ("DECODE_PLAN_COSTS (now)", row_scorer.DECODE_PLAN_COSTS))
-    for label, costs in settings:
-        m = measure(chunks, config, costs)
+          f"K = {args.num_perturbations}, {config.batch_tokens} tokens per call")
+    print(f"{'buckets per octave (source/target/decode), decoding plan':>58} | "
+          f"{'decode waste: source':>21} {'filler':>7} {'shapes':>7} | "
+          f"{'score waste: source':>20} {'target':>7} {'filler':>7} {'shapes':>7}")
+    before = scoring.ScoreConfig(**job, buckets_per_octave=8, target_buckets_per_octave=8,
+                                 decode_buckets_per_octave=8)
+    settings = ((before, {"call_cost": 1 / 16, "compile_cost": 1.0}, "before"),
+                (config, row_scorer.DECODE_PLAN_COSTS, "now (defaults)"))
+    for setting, costs, label in settings:
+        m = measure(chunks, setting, costs)
         d, s = m["decode"], m["score"]
-        name = f"{label} call {costs['call_cost']:.3g} compile {costs['compile_cost']:g}"
-        print(f"{name:>44} | {d['source_padding_waste']:>21.1%} {d['filler_row_waste']:>7.1%} "
+        name = (f"{label}: {setting.buckets_per_octave}/{setting.target_buckets_per_octave}/"
+                f"{setting.decode_buckets_per_octave}, call {costs['call_cost']:.3g} "
+                f"compile {costs['compile_cost']:g}")
+        print(f"{name:>58} | {d['source_padding_waste']:>21.1%} {d['filler_row_waste']:>7.1%} "
               f"{m['decode_shapes']:>7} | {s['source_padding_waste']:>20.1%} "
               f"{s['target_padding_waste']:>7.1%} {s['filler_row_waste']:>7.1%} "
               f"{m['score_shapes']:>7}", flush=True)

@@ -80,13 +80,16 @@ flags.DEFINE_integer("max_decode_length", None, "Greedy decoding length "
 flags.DEFINE_integer("batch_size", 64, "The most rows per jitted scoring call.")
 flags.DEFINE_integer("batch_tokens", 32768, "Token budget per call: rows x padded source "
                      "length (decoder-only: sequence length); 0 = always --batch_size rows.")
-flags.DEFINE_integer("buckets_per_octave", 8, "Default length buckets: steps between two "
-                     "powers of two (1 = powers of two).")
+flags.DEFINE_integer("buckets_per_octave", 5, "Default scoring source (decoder-only: "
+                     "sequence) buckets: steps between two powers of two (1 = powers of two).")
+flags.DEFINE_integer("target_buckets_per_octave", 1, "The same for scoring targets.")
+flags.DEFINE_integer("decode_buckets_per_octave", 8, "The same for decoding sources.")
 flags.DEFINE_integer("decode_batch_size", None, "Rows per decoding call (default batch_size).")
 flags.DEFINE_list("source_buckets", [], "Padded source lengths, e.g. 128,256,512,1024 "
-                  "(default: --buckets_per_octave steps per power of two).")
+                  "(default: --buckets_per_octave / --decode_buckets_per_octave steps per "
+                  "power of two); serves decoding too.")
 flags.DEFINE_list("target_buckets", [], "Padded target lengths (default: "
-                  "--buckets_per_octave steps per power of two from 8).")
+                  "--target_buckets_per_octave steps per power of two from 8).")
 flags.DEFINE_integer("tasks_per_chunk", 16, "Consecutive tasks processed together.")
 flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes of each host's "
                     "devices, e.g. data=4,model=2 (-1 = the remaining devices).")
@@ -235,6 +238,8 @@ def build_config() -> "Any":
         save_prompts=FLAGS.save_prompts, batch_size=FLAGS.batch_size,
         decode_batch_size=FLAGS.decode_batch_size or FLAGS.batch_size,
         batch_tokens=FLAGS.batch_tokens or None, buckets_per_octave=FLAGS.buckets_per_octave,
+        target_buckets_per_octave=FLAGS.target_buckets_per_octave,
+        decode_buckets_per_octave=FLAGS.decode_buckets_per_octave,
         tasks_per_chunk=FLAGS.tasks_per_chunk,
         source_buckets=_buckets("source_buckets"), target_buckets=_buckets("target_buckets"),
         thresholds=thresholds)

@@ -36,6 +36,10 @@ from activeit_jax.scoring.config import bucket_for
 # Shape keys (rows, rest) -> rows * _KEY + rest for vectorised membership tests.
 _KEY = 1 << 32
 
+# `_share_shapes` drops a shape when padding its batches to a larger one costs less than this
+# fraction of `compile_cost`: a chunk's new shape is usually met again in later chunks.
+SHARE_FRACTION = 0.1
+
 # Besides a full batch of b rows, a batch may hold b / 2, b / 4, ..., b / 2**TAIL_SPLITS rows.
 TAIL_SPLITS = 3
 
@@ -123,7 +127,88 @@ def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[in
     if compile_cost > 0:
         plan = _cut(order, keyed, dims, token_budget, max_rows, multiple, costs,
                     known | {shape for shape, _ in plan})
+        plan = _share_shapes(plan, order, keyed, dims,
+                             (costs[0], SHARE_FRACTION * costs[1]), known)
     return plan
+
+
+def _plan_cost(plan: list[tuple[tuple[int, ...], list[int]]], costs: tuple[float, float],
+               known: set[tuple[int, ...]]) -> float:
+    per_call, per_compile = costs
+    slots = sum(shape[0] * sum(shape[1:]) + per_call for shape, _ in plan)
+    return slots + per_compile * len({shape for shape, _ in plan} - known)
+
+
+def _share_shapes(plan: list[tuple[tuple[int, ...], list[int]]], order: list[int],
+                  keyed: list[tuple[int, ...]], dims: int, costs: tuple[float, float],
+                  known: set[tuple[int, ...]]) -> list[tuple[tuple[int, ...], list[int]]]:
+    """Fewer distinct shapes: `_cut` pads each batch to its own length bucket, so every
+    bucket the rows touch is a shape (a compilation), even a bucket of one small batch. Here
+    each new shape, least used first, is dropped when padding its batches to a larger shape
+    of the plan costs less than compiling it; the rows are then cut again using only the
+    remaining shapes (`_cut_within`), and the cheaper of the two plans is kept."""
+    per_call, per_compile = costs
+    shapes = {shape for shape, _ in plan}
+    batches: dict[tuple[int, ...], list[list[int]]] = {}
+    for shape, rows in plan:
+        batches.setdefault(shape, []).append(rows)
+
+    def batch_cost(shape: tuple[int, ...], count: int) -> float:
+        return -(-count // shape[0]) * (shape[0] * sum(shape[1:]) + per_call)
+
+    for shape in sorted(shapes - known, key=lambda s: (len(batches[s]), s[1:], s[0])):
+        extra = 0.0
+        for rows in batches[shape]:
+            need = tuple(max(keyed[r][d] for r in rows) for d in range(dims))
+            holders = [other for other in shapes if other != shape
+                       and all(o >= x for o, x in zip(other[1:], need))]
+            if not holders:
+                extra = np.inf
+                break
+            extra += (min(batch_cost(o, len(rows)) for o in holders)
+                      - batch_cost(shape, len(rows)))
+        if extra < per_compile:
+            shapes.discard(shape)
+    if len(shapes) == len(batches):
+        return plan
+    shared = _cut_within(order, keyed, dims, sorted(shapes), per_call)
+    if shared is None or _plan_cost(shared, costs, known) >= _plan_cost(plan, costs, known):
+        return plan
+    return shared
+
+
+def _cut_within(order: list[int], keyed: list[tuple[int, ...]], dims: int,
+                shapes: list[tuple[int, ...]], per_call: float
+                ) -> list[tuple[tuple[int, ...], list[int]]] | None:
+    """The cheapest cut of the sorted rows into consecutive batches of the given shapes
+    only (a batch may use any shape that holds its rows); None when some rows fit none.
+    Vectorised over (shape, start of the last batch)."""
+    n = len(order)
+    first = np.asarray([keyed[i][0] for i in order], np.int64)
+    rest = np.asarray([sum(keyed[i][1:]) for i in order], np.int64)
+    rows_of = np.asarray([s[0] for s in shapes], np.int64)[:, None]
+    length_of = np.asarray([s[1] for s in shapes], np.int64)[:, None]
+    rest_of = np.asarray([sum(s[2:]) for s in shapes], np.int64)[:, None]
+    slot_cost = rows_of * (length_of + rest_of) + per_call
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut: list[tuple[int, int]] = [(0, 0)] * (n + 1)
+    for j in range(1, n + 1):
+        starts = np.arange(j - 1, max(j - int(rows_of.max()), 0) - 1, -1)
+        tails = np.maximum.accumulate(rest[starts])[None, :]
+        fits = ((length_of >= first[j - 1]) & (j - starts[None, :] <= rows_of)
+                & (tails <= rest_of))
+        cost = np.where(fits, best[starts][None, :] + slot_cost, np.inf)
+        s, k = np.unravel_index(int(np.argmin(cost)), cost.shape)
+        best[j], cut[j] = cost[s, k], (int(starts[k]), int(s))
+    if not np.isfinite(best[n]):
+        return None
+    out, j = [], n
+    while j > 0:
+        i, s = cut[j]
+        out.append((tuple(shapes[s]), order[i:j]))
+        j = i
+    return out[::-1]
 
 
 def _cut(order: list[int], keyed: list[tuple[int, ...]], dims: int, token_budget: int,

@@ -59,11 +59,19 @@ class ScoreConfig:
       batch_tokens: token budget of a call: rows x padded length (source; decoder-only: the
         whole sequence) is about this, so short rows run in big batches and long rows in
         small ones (`scoring.batching`); None = always `batch_size` rows.
-      buckets_per_octave: default bucket spacing (`batching.fine_buckets`): steps between
-        two powers of two (1 = powers of two).
+      buckets_per_octave: default spacing of the scoring source buckets (decoder-only: the
+        sequence buckets) (`batching.fine_buckets`): steps between two powers of two (1 =
+        powers of two).
+      target_buckets_per_octave: the same for T5 scoring targets.
+      decode_buckets_per_octave: the same for the source buckets of decoding.
+        The defaults (5, 1, 8) hold padding under 10% of source positions in scoring and
+        decoding on the shared NIV2 pool with 98 scoring + 58 decoding shapes; 8, 8, 8 padded
+        a little less (5.7% instead of 7.9% of scoring sources) with 305 scoring shapes, each a
+        compilation (`python benchmarks/padding_plan.py`). Targets are short next to sources:
+        their coarse buckets cost little and cut the shape count by three.
       tasks_per_chunk: consecutive pool tasks processed together.
-      source_buckets / target_buckets: padded lengths (default: `buckets_per_octave` steps
-        per power of two); explicit source buckets serve decoding too.
+      source_buckets / target_buckets: padded lengths (default: the spacings above);
+        explicit source buckets serve decoding too.
       sequence_buckets: decoder-only scoring: padded lengths of prompt + response (default:
         the same spacing up to max_source_length + max_target_length).
       thresholds: Task Map thresholds.
@@ -84,7 +92,9 @@ class ScoreConfig:
     batch_size: int = 64
     decode_batch_size: int | None = None
     batch_tokens: int | None = 32768
-    buckets_per_octave: int = 8
+    buckets_per_octave: int = 5
+    target_buckets_per_octave: int = 1
+    decode_buckets_per_octave: int = 8
     tasks_per_chunk: int = 16
     source_buckets: tuple[int, ...] | None = None
     target_buckets: tuple[int, ...] | None = None
@@ -123,7 +133,9 @@ class ScoreConfig:
             raise UsageError(f"perturbation: {err}") from None
         if self.batch_tokens is not None:
             _check_int("batch_tokens", self.batch_tokens, 1)
-        _check_int("buckets_per_octave", self.buckets_per_octave, 1)
+        for name in ("buckets_per_octave", "target_buckets_per_octave",
+                     "decode_buckets_per_octave"):
+            _check_int(name, getattr(self, name), 1)
 
     def _buckets(self, explicit, top: int, smallest: int, per_octave: int) -> tuple[int, ...]:
         from activeit_jax.scoring.batching import fine_buckets
@@ -136,9 +148,15 @@ class ScoreConfig:
                              self.buckets_per_octave)
 
     @property
+    def decode_src_buckets(self) -> tuple[int, ...]:
+        """Source buckets of decoding (explicit `source_buckets` serve both)."""
+        return self._buckets(self.source_buckets, self.max_source_length, 16,
+                             self.decode_buckets_per_octave)
+
+    @property
     def tgt_buckets(self) -> tuple[int, ...]:
         return self._buckets(self.target_buckets, self.max_target_length, 8,
-                             self.buckets_per_octave)
+                             self.target_buckets_per_octave)
 
     @property
     def seq_buckets(self) -> tuple[int, ...]:

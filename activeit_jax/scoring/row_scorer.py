@@ -188,6 +188,7 @@ class RowScorer:
         return cls(model, params, mesh, batch_size=config.batch_size,
                    decode_batch_size=config.decode_batch_size or config.batch_size,
                    source_buckets=config.src_buckets, target_buckets=config.tgt_buckets,
+                   decode_source_buckets=config.decode_src_buckets,
                    max_decode_length=config.max_decode_length,
                    compute_entropy=config.compute_entropy,
                    sequence_buckets=config.seq_buckets if decoder_only else None,
