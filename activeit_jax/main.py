@@ -42,6 +42,15 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def default_compilation_cache_dir() -> str:
+    """Where compiled XLA programs persist across runs unless JAX_COMPILATION_CACHE_DIR says
+    otherwise (empty: off): every scoring and training shape compiles once per machine, not
+    once per process, so the active loop's later iterations and a resumed run start at once
+    (a T5-large shape takes tens of seconds to compile on an accelerator)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "activeit_jax", "xla")
+
+
 def run_main(argv: list[str] | None = None) -> None:
     """Dispatches `activeit-jax <command> ...` to `activeit_jax.commands.<command>.main`."""
     argv = list(sys.argv if argv is None else argv)
@@ -53,6 +62,7 @@ def run_main(argv: list[str] | None = None) -> None:
         print(f"activeit-jax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_compilation_cache_dir())
     module = importlib.import_module(f"activeit_jax.commands.{command}")
     from absl import app, flags  # imported late: keeps `--help` fast.
     if any(arg in ("-h", "--help", "-help") for arg in argv[2:]):

@@ -3,7 +3,8 @@
 Builds every task's prompts exactly as `activeit-jax score` does (`scoring.PromptBuilder`,
 the pool in chunks of `tasks_per_chunk`), then plans each chunk's decoding batches (the
 unique originals) and scoring batches (1 + K prompts per instance, each with a target) with
-`RowScorer`'s planner and prints, for the defaults before and after this was tuned, the
+`RowScorer`'s planner and prints, for the old bucket grid and decoding costs and for the
+defaults now, the
 padding waste of source positions, target
 positions and filler rows (`summary.json`'s definitions) and the number of distinct shapes
 (= compilations). Decoding waste is exact; scoring targets are the instances' reference
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
           f"{'score waste: source':>20} {'target':>7} {'filler':>7} {'shapes':>7}")
     before = scoring.ScoreConfig(**job, buckets_per_octave=8, target_buckets_per_octave=8,
                                  decode_buckets_per_octave=8)
-    settings = ((before, {"call_cost": 1 / 16, "compile_cost": 1.0}, "before"),
+    settings = ((before, {"call_cost": 1 / 16, "compile_cost": 1.0}, "old grid and costs"),
                 (config, row_scorer.DECODE_PLAN_COSTS, "now (defaults)"))
     for setting, costs, label in settings:
         m = measure(chunks, setting, costs)

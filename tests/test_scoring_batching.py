@@ -11,6 +11,9 @@ def test_fine_buckets():
                                                  112, 128)
     assert batching.fine_buckets(100, 32, 1) == (32, 64, 100)
     assert batching.fine_buckets(8, 8, 4) == (8,)
+    # Steps that do not divide evenly are rounded up to multiples of 8 from 64 on.
+    assert batching.fine_buckets(1024, 256, 5) == (256, 312, 360, 416, 464, 512, 616, 720, 824,
+                                                   928, 1024)
 
 
 def _rows(n, seed):

@@ -53,14 +53,20 @@ def fine_buckets(max_length: int, smallest: int = 16, per_octave: int = 4) -> tu
       per_octave: steps between 2**k and 2**(k+1) (1 = powers of two).
 
     Returns:
-      Increasing bucket lengths, e.g. (16, 20, 24, 28, 32, 40, ...) for per_octave=4.
+      Increasing bucket lengths, e.g. (16, 20, 24, 28, 32, 40, ...) for per_octave=4,
+      (..., 512, 616, 720, 824, 928, 1024) for per_octave=5.
     """
     if per_octave < 1 or smallest < 1:
         raise ValueError("per_octave and smallest must be >= 1")
     out, low = [], smallest
     while low < max_length:
-        step = max(low // per_octave, 1)
-        out.extend(b for b in range(low, 2 * low, step) if b < max_length)
+        # Steps of low / per_octave; from 64 up, rounded up to a multiple of 8 (accelerators
+        # tile by 8 or more; 5 per octave would otherwise give 614, 716, ... and 1022).
+        align = 8 if low >= 64 else 1
+        for k in range(per_octave):
+            bucket = -(-(low + k * low // per_octave) // align) * align
+            if bucket < min(2 * low, max_length):
+                out.append(bucket)
         low *= 2
     out.append(max_length)
     return tuple(sorted(set(out)))
