@@ -4,10 +4,8 @@ Builds every task's prompts exactly as `activeit-jax score` does (`scoring.Promp
 the pool in chunks of `tasks_per_chunk`), then plans each chunk's decoding batches (the
 unique originals) and scoring batches (1 + K prompts per instance, each with a target) with
 `RowScorer`'s planner and prints, for the old bucket grid and decoding costs and for the
-defaults now, the
-padding waste of source positions, target
-positions and filler rows (`summary.json`'s definitions) and the number of distinct shapes
-(= compilations). Decoding waste is exact; scoring targets are the instances' reference
+defaults now, the padding waste of source positions, target positions and filler rows
+(`summary.json`'s definitions) and the number of distinct shapes (= compilations). Decoding waste is exact; scoring targets are the instances' reference
 outputs standing in for the model's greedy predictions (a run's `summary.json` has the real
 figure). Seconds, not the hour a tiny-model run of the shared pool takes.
 
