@@ -63,6 +63,8 @@ def run_main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_compilation_cache_dir())
+    from activeit_jax import xla_defaults
+    xla_defaults.apply()
     module = importlib.import_module(f"activeit_jax.commands.{command}")
     from absl import app, flags  # imported late: keeps `--help` fast.
     if any(arg in ("-h", "--help", "-help") for arg in argv[2:]):

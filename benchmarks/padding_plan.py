@@ -53,7 +53,7 @@ def pool_chunks(args, config: scoring.ScoreConfig, vocab) -> list[tuple[list, li
     return chunks
 
 
-def measure(chunks, config: scoring.ScoreConfig, decode_costs: dict) -> dict:
+def measure(chunks, config: scoring.ScoreConfig, decode_costs: dict, score_costs: dict) -> dict:
     """Waste and shapes of every chunk's decode and score plans."""
     decode, score = row_scorer.PaddingStats(), row_scorer.PaddingStats()
     decode_shapes, score_shapes = set(), set()
@@ -68,7 +68,7 @@ def measure(chunks, config: scoring.ScoreConfig, decode_costs: dict) -> dict:
             decode_shapes.add((b, s_len))
         plan = batching.plan_batches(
             [(len(s), len(t)) for s, t in rows], (config.src_buckets, config.tgt_buckets),
-            token_budget=budget, max_rows=config.batch_size)
+            token_budget=budget, max_rows=config.batch_size, **score_costs)
         for (b, s_len, t_len), idx in plan:
             score.add([len(rows[i][0]) for i in idx], [len(rows[i][1]) for i in idx], b,
                       s_len, t_len)
@@ -100,14 +100,16 @@ def main(argv=None) -> None:
           f"{'score waste: source':>20} {'target':>7} {'filler':>7} {'shapes':>7}")
     before = scoring.ScoreConfig(**job, buckets_per_octave=8, target_buckets_per_octave=8,
                                  decode_buckets_per_octave=8)
-    settings = ((before, {"call_cost": 1 / 16, "compile_cost": 1.0}, "old grid and costs"),
-                (config, row_scorer.DECODE_PLAN_COSTS, "now (defaults)"))
-    for setting, costs, label in settings:
-        m = measure(chunks, setting, costs)
+    old_decode = {"call_cost": 1 / 16, "compile_cost": 1.0}
+    settings = ((before, old_decode, {}, "old grid and costs"),
+                (config, row_scorer.plan_costs(True, len(chunks)),
+                 row_scorer.plan_costs(False, len(chunks)), "now (defaults)"))
+    for setting, decode_costs, score_costs, label in settings:
+        m = measure(chunks, setting, decode_costs, score_costs)
         d, s = m["decode"], m["score"]
         name = (f"{label}: {setting.buckets_per_octave}/{setting.target_buckets_per_octave}/"
-                f"{setting.decode_buckets_per_octave}, call {costs['call_cost']:.3g} "
-                f"compile {costs['compile_cost']:g}")
+                f"{setting.decode_buckets_per_octave}, decode compile "
+                f"{decode_costs.get('share_cost', decode_costs['compile_cost']):.2g}")
         print(f"{name:>58} | {d['source_padding_waste']:>21.1%} {d['filler_row_waste']:>7.1%} "
               f"{m['decode_shapes']:>7} | {s['source_padding_waste']:>20.1%} "
               f"{s['target_padding_waste']:>7.1%} {s['filler_row_waste']:>7.1%} "

@@ -36,9 +36,6 @@ from activeit_jax.scoring.config import bucket_for
 # Shape keys (rows, rest) -> rows * _KEY + rest for vectorised membership tests.
 _KEY = 1 << 32
 
-# `_share_shapes` drops a shape when padding its batches to a larger one costs less than this
-# fraction of `compile_cost`: a chunk's new shape is usually met again in later chunks.
-SHARE_FRACTION = 0.1
 
 # Besides a full batch of b rows, a batch may hold b / 2, b / 4, ..., b / 2**TAIL_SPLITS rows.
 TAIL_SPLITS = 3
@@ -92,7 +89,7 @@ def allowed_rows(length: int, token_budget: int, max_rows: int, multiple: int) -
 def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]], *,
                  token_budget: int, max_rows: int, multiple: int = 1,
                  call_cost: float = 1 / 16, compile_cost: float = 1.0,
-                 compiled: Collection[tuple[int, ...]] = ()
+                 share_cost: float = 0.0, compiled: Collection[tuple[int, ...]] = ()
                  ) -> list[tuple[tuple[int, ...], list[int]]]:
     """Groups rows into padded batches (see the module docstring).
 
@@ -114,6 +111,9 @@ def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[in
       multiple: row counts are multiples of this (the data-parallel size).
       call_cost: the fixed cost of one call, in full batches (token_budget slots).
       compile_cost: the cost of compiling a new shape, in full batches.
+      share_cost: what a shape's compilation is worth when deciding to drop it for a larger
+        shape of the plan (`_share_shapes`), in full batches; 0 = never drop. A shape a chunk
+        compiles serves every later chunk, so the pool driver passes compile_cost / chunks.
       compiled: shapes `(rows, *lengths)` already compiled.
 
     Returns:
@@ -133,8 +133,9 @@ def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[in
     if compile_cost > 0:
         plan = _cut(order, keyed, dims, token_budget, max_rows, multiple, costs,
                     known | {shape for shape, _ in plan})
+    if share_cost > 0:
         plan = _share_shapes(plan, order, keyed, dims,
-                             (costs[0], SHARE_FRACTION * costs[1]), known)
+                             (costs[0], share_cost * token_budget), known)
     return plan
 
 

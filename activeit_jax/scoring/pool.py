@@ -98,7 +98,9 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         `partitioning.local_mesh(...)` directly to skip that.
       run_args: extra arguments to fingerprint (checkpoint, pool files...); merged with the
         config's fingerprinted fields.
-      total: number of tasks in the pool, for the progress bar's ETA (optional).
+      total: number of tasks in the pool (optional): the progress bar's ETA, and how many
+        chunks share each compiled shape (`row_scorer.plan_costs`; pass the same value when
+        resuming for batches composed exactly as before).
       parts_fn / render_fn: prompt construction overrides (default: the data layer's parts
         rendered in `config.prompt_format`, see `PromptBuilder`).
       hooks: callbacks (tests simulate a kill with `after_task`).
@@ -137,6 +139,8 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
             drop_orphan_prompts(os.path.join(journal_dir, PROMPTS_FILE), done)
         scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
         _check_scorer(scorer, config)
+        if total:  # this host's chunks (only the plans' shape sharing depends on it)
+            scorer.pool_chunks = -(-total // (shard.num_shards * config.tasks_per_chunk))
         builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
                                 eos_id=scorer.eos_id)
         run = _PoolRun(scorer, builder, config, journal_dir, done, shard, hooks,

@@ -22,13 +22,27 @@ def _data_parallel_size(sharding) -> int:
     return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
-# Decoding plans (`batching.plan_batches` costs, in full batches): a chunk decodes only its
-# originals (about 150 rows for 16 tasks x 10 instances), so counting a compilation per new
-# shape *within the chunk* kept it to two or three shapes and padded sources by 25% on the
-# shared NIV2 pool. Across the pool those shapes repeat (the bucket grid bounds them), so
-# decoding plans count no compile cost, and a cheaper call: 9% source padding, 2% filler rows,
-# 58 shapes instead of 22 (`python benchmarks/padding_plan.py`).
-DECODE_PLAN_COSTS = {"call_cost": 1 / 64, "compile_cost": 0.0}
+# When the pool's size is unknown, plans assume a shape compiled for one chunk serves this many.
+DEFAULT_POOL_CHUNKS = 10
+
+
+def plan_costs(decoding: bool, pool_chunks: int = DEFAULT_POOL_CHUNKS) -> dict[str, float]:
+    """`batching.plan_batches` costs (in full batches) of a chunk's scoring or decoding plan.
+
+    A compilation is paid once per run and its shape serves every chunk that meets it, so a
+    chunk counts 1 / `pool_chunks` of it when deciding to share shapes: a one-chunk job pads
+    more and compiles fewer shapes (5 tasks x 10 x 21 rows: 5 scoring + 2 decoding shapes
+    instead of 10 + 6), a pool of many chunks pads little. Decoding plans see only a chunk's
+    originals (about 150 rows for 16 tasks x 10 instances), each row a whole greedy decode:
+    their per-batch compile cost is 0 (counted per batch it kept a chunk to two or three
+    shapes and padded the shared NIV2 pool's decoding sources by 25%), their call is cheaper
+    and their sharing counts a quarter of the amortised compilation (a decoding slot costs
+    several scoring slots): 9.5% on that pool (`python benchmarks/padding_plan.py`).
+    """
+    amortized = 1.0 / max(int(pool_chunks), 1)
+    if decoding:
+        return {"call_cost": 1 / 64, "compile_cost": 0.0, "share_cost": amortized / 4}
+    return {"share_cost": amortized}
 
 
 @dataclasses.dataclass
@@ -124,6 +138,9 @@ class RowScorer:
         self.batch_size = int(math.ceil(batch_size / dp) * dp)
         self.decode_batch_size = int(math.ceil(decode_batch_size / dp) * dp)
         self.token_budget = token_budget
+        # Chunks a compiled shape is expected to serve (`plan_costs`); `score_pool` sets it
+        # from the pool's size.
+        self.pool_chunks = DEFAULT_POOL_CHUNKS
         self.source_buckets, self.target_buckets = tuple(source_buckets), tuple(target_buckets)
         self.decode_source_buckets = tuple(decode_source_buckets or source_buckets)
         self.max_decode_length = int(max_decode_length)
@@ -202,10 +219,10 @@ class RowScorer:
 
         The plan is a function of the rows alone (not of the shapes compiled by earlier
         calls), so a resumed run composes a chunk's batches exactly as an uninterrupted one.
-        Decoding plans use `DECODE_PLAN_COSTS`.
+        Costs: `plan_costs` for this scorer's `pool_chunks` (set by the pool driver).
         """
         budget = self.token_budget or max_rows * buckets[0][-1]
-        costs = DECODE_PLAN_COSTS if decoding else {}
+        costs = plan_costs(decoding, self.pool_chunks)
         return plan_batches(lengths, buckets, token_budget=budget, max_rows=max_rows,
                             multiple=self._dp, **costs)
 
