@@ -160,20 +160,20 @@ def _share_shapes(plan: list[tuple[tuple[int, ...], list[int]]], order: list[int
     for shape, rows in plan:
         batches.setdefault(shape, []).append(rows)
 
-    def batch_cost(shape: tuple[int, ...], count: int) -> float:
-        return -(-count // shape[0]) * (shape[0] * sum(shape[1:]) + per_call)
+    def batch_cost(shape: tuple[int, ...]) -> float:
+        return shape[0] * sum(shape[1:]) + per_call
 
     for shape in sorted(shapes - known, key=lambda s: (len(batches[s]), s[1:], s[0])):
         extra = 0.0
         for rows in batches[shape]:
             need = tuple(max(keyed[r][d] for r in rows) for d in range(dims))
-            holders = [other for other in shapes if other != shape
+            # A larger shape that takes the batch in one call (never many small calls).
+            holders = [other for other in shapes if other != shape and other[0] >= len(rows)
                        and all(o >= x for o, x in zip(other[1:], need))]
             if not holders:
                 extra = np.inf
                 break
-            extra += (min(batch_cost(o, len(rows)) for o in holders)
-                      - batch_cost(shape, len(rows)))
+            extra += min(batch_cost(o) for o in holders) - batch_cost(shape)
         if extra < per_compile:
             shapes.discard(shape)
     if len(shapes) == len(batches):
