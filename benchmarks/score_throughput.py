@@ -33,6 +33,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from activeit_jax import xla_defaults  # noqa: E402
+
+xla_defaults.apply()  # what `activeit-jax` applies, before jax starts
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 

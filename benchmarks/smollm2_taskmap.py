@@ -34,6 +34,10 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from activeit_jax import xla_defaults  # noqa: E402
+
+xla_defaults.apply()  # what `activeit-jax` applies, before jax starts
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EXAMPLES_PER_CATEGORY = 3
 
