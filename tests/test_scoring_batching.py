@@ -64,3 +64,20 @@ def test_no_budget_means_max_rows_and_its_fractions():
     plan = batching.plan_batches(lengths, ((16, 32, 64),), token_budget=4 * 64, max_rows=4)
     assert {shape[0] for shape, _ in plan} <= set(batching.allowed_rows(64, 256, 4, 1))
     assert sorted(i for _, rows in plan for i in rows) == list(range(6))
+
+
+def test_shape_sharing_compiles_fewer_shapes_and_keeps_every_row():
+    """A one-chunk job (share cost = a whole compilation) uses fewer shapes than a chunk of a
+    long pool (a small share); every row is still planned once into a shape that holds it."""
+    lengths = _rows(1050, seed=7)
+    buckets = (batching.fine_buckets(1024, 16, 5), batching.fine_buckets(128, 8, 1))
+    plans = {share: batching.plan_batches(lengths, buckets, token_budget=32768, max_rows=64,
+                                          share_cost=share)
+             for share in (0.0, 0.05, 1.0)}
+    counts = {share: len({shape for shape, _ in plan}) for share, plan in plans.items()}
+    assert counts[1.0] < counts[0.0] and counts[0.05] <= counts[0.0]
+    for plan in plans.values():
+        assert sorted(i for _, rows in plan for i in rows) == list(range(1050))
+        for (b, s, t), rows in plan:
+            assert len(rows) <= b and all(lengths[i][0] <= s and lengths[i][1] <= t
+                                          for i in rows)
