@@ -31,8 +31,8 @@ def plan_costs(decoding: bool, pool_chunks: int = DEFAULT_POOL_CHUNKS) -> dict[s
 
     A compilation is paid once per run and its shape serves every chunk that meets it, so a
     chunk counts 1 / `pool_chunks` of it when deciding to share shapes: a one-chunk job pads
-    more and compiles fewer shapes (5 tasks x 10 x 21 rows: 5 scoring + 2 decoding shapes
-    instead of 10 + 6), a pool of many chunks pads little. Decoding plans see only a chunk's
+    more and compiles fewer shapes (`benchmarks/score_vs_torch.py`'s 5 tasks x 10 x 21 rows:
+    6 scoring + 4 decoding shapes instead of 10 + 6), a pool of many chunks pads little. Decoding plans see only a chunk's
     originals (about 150 rows for 16 tasks x 10 instances), each row a whole greedy decode:
     their per-batch compile cost is 0 (counted per batch it kept a chunk to two or three
     shapes and padded the shared NIV2 pool's decoding sources by 25%), their call is cheaper
