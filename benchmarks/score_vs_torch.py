@@ -37,13 +37,7 @@ sys.path.insert(0, REPO)
 PYTHON = sys.executable
 SAMPLE_VOCAB = os.path.join(REPO, "data", "sample", "vocab", "sample_spm.model")
 
-
-def default_niv2_dir() -> str:
-    for up in ("..", os.path.join("..", "..")):
-        path = os.path.normpath(os.path.join(REPO, up, "shared", "data", "niv2"))
-        if os.path.isdir(path):
-            return path
-    return os.path.join(REPO, "data", "sample", "niv2")
+from bench_data import default_niv2_dir  # noqa: E402  (benchmarks/ is sys.path[0])
 
 
 def t5_config(args):

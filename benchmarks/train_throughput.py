@@ -49,16 +49,9 @@ import jax  # noqa: E402
 from activeit_jax import gin_utils, partitioning, train_data, trainer  # noqa: E402
 from activeit_jax import train_state as ts  # noqa: E402
 from activeit_jax.models import EncoderDecoderModel, T5Config, hf_convert  # noqa: E402
+from bench_data import default_niv2_dir  # noqa: E402  (benchmarks/ is sys.path[0])
 
 LEARNING_RATE, B1, B2, EPS = 1e-4, 0.9, 0.999, 1e-8
-
-
-def default_niv2_dir() -> str:
-    for up in ("..", os.path.join("..", "..")):
-        path = os.path.normpath(os.path.join(REPO, up, "shared", "data", "niv2"))
-        if os.path.isdir(path):
-            return path
-    return os.path.join(REPO, "data", "sample", "niv2")
 
 
 def model_config(name: str, dtype: str) -> T5Config:
@@ -75,8 +68,8 @@ def load_examples(args) -> list:
     """Tokenised NIV2 training examples (Tk-Instruct prompts, sample vocabulary)."""
     from activeit_jax.data import niv2, vocab as vocab_lib
     vocab = vocab_lib.get_vocabulary(os.path.join(REPO, vocab_lib.SAMPLE_VOCAB_RELPATH))
-    split = os.path.join(args.niv2_dir, "splits", "default", "train_tasks.txt")
-    names = [n.strip() for n in open(split) if n.strip()] if os.path.exists(split) else []
+    has_split = os.path.exists(niv2.split_file_path(args.niv2_dir, "train"))
+    names = niv2.read_split_names(args.niv2_dir, "train") if has_split else []
     paths = [niv2.task_file_path(args.niv2_dir, n) for n in names]
     paths = [p for p in paths if os.path.exists(p)][:args.num_tasks]
     tasks = [niv2.load_niv2_task(p) for p in paths]

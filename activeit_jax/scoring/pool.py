@@ -25,7 +25,7 @@ from activeit_jax.scoring.journal import (PROMPTS_FILE, SCORES_FILE, SHARD_DONE_
 from activeit_jax.scoring.multihost import (ShardInfo, localize, merge_journals, merge_shards,
                                             shard_dir)
 from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub, prompt_formats
-from activeit_jax.scoring.row_scorer import RowScorer
+from activeit_jax.scoring.row_scorer import DEFAULT_POOL_CHUNKS, RowScorer
 from activeit_jax.scoring.tokens import is_decoder_only
 
 
@@ -139,8 +139,10 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
             drop_orphan_prompts(os.path.join(journal_dir, PROMPTS_FILE), done)
         scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
         _check_scorer(scorer, config)
-        if total:  # this host's chunks (only the plans' shape sharing depends on it)
-            scorer.pool_chunks = -(-total // (shard.num_shards * config.tasks_per_chunk))
+        # This host's chunks (only the plans' shape sharing depends on it), set on every call:
+        # a reused scorer must not plan with an earlier pool's count.
+        scorer.pool_chunks = (-(-total // (shard.num_shards * config.tasks_per_chunk)) if total
+                              else DEFAULT_POOL_CHUNKS)
         builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
                                 eos_id=scorer.eos_id)
         run = _PoolRun(scorer, builder, config, journal_dir, done, shard, hooks,
