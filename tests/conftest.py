@@ -9,6 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# The XLA settings `activeit-jax` runs with (CPU fusion and reduction choices), so in-process
+# tests check the numerics users get.
+from activeit_jax import xla_defaults  # noqa: E402  (imports no jax)
+xla_defaults.apply()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow (used by seqio) must not grab accelerators or spawn many threads in tests.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

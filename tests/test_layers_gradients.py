@@ -37,6 +37,9 @@ def test_toeplitz_bias_equals_a_gather_and_so_does_its_gradient():
     gathered = lambda d: d[:, index]  # noqa: E731 - the plain [H, T, S] gather
     np.testing.assert_array_equal(t5._toeplitz(per_diagonal, q_len, k_len),
                                   gathered(per_diagonal))
+    # The skew whose transpose is the backward builds the same matrix.
+    np.testing.assert_array_equal(t5._skewed_toeplitz(per_diagonal, q_len, k_len),
+                                  gathered(per_diagonal))
     g = _random((heads, q_len, k_len), 6)
     ours = jax.vjp(lambda d: t5._toeplitz(d, q_len, k_len), per_diagonal)[1](g)[0]
     ref = jax.vjp(gathered, per_diagonal)[1](g)[0]

@@ -31,17 +31,22 @@ def plan_costs(decoding: bool, pool_chunks: int = DEFAULT_POOL_CHUNKS) -> dict[s
 
     A compilation is paid once per run and its shape serves every chunk that meets it, so a
     chunk counts 1 / `pool_chunks` of it when deciding to share shapes: a one-chunk job pads
-    more and compiles fewer shapes (`benchmarks/score_vs_torch.py`'s 5 tasks x 10 x 21 rows:
-    6 scoring + 4 decoding shapes instead of 10 + 6), a pool of many chunks pads little. Decoding plans see only a chunk's
-    originals (about 150 rows for 16 tasks x 10 instances), each row a whole greedy decode:
-    their per-batch compile cost is 0 (counted per batch it kept a chunk to two or three
-    shapes and padded the shared NIV2 pool's decoding sources by 25%), their call is cheaper
-    and their sharing counts a quarter of the amortised compilation (a decoding slot costs
-    several scoring slots): 9.5% on that pool (`python benchmarks/padding_plan.py`).
+    more and compiles fewer shapes, a pool of many chunks pads little.
+
+    Decoding plans see only a chunk's originals (about 150 rows for 16 tasks x 10 instances),
+    each row a whole greedy decode: their call is cheaper and their sharing counts a quarter
+    of the amortised compilation (a decoding slot costs several scoring slots). A new shape
+    also costs half a full batch in the cut itself (compiling a decoder takes 1.4 s for a
+    width-256 T5 on the 2-core CI machine, a 32 x 1024 batch 3.2 s), halved for every further
+    chunk: in a pool of many chunks the shapes one chunk opens are the ones the others need
+    too, so the cut's cost would only pad (counted in full per batch it padded the shared NIV2
+    pool's decoding sources by 25%; now 9.5%, `python benchmarks/padding_plan.py`), while a
+    one-chunk job (`benchmarks/score_vs_torch.py`: 50 originals) decodes in 2 shapes, not 5.
     """
     amortized = 1.0 / max(int(pool_chunks), 1)
     if decoding:
-        return {"call_cost": 1 / 64, "compile_cost": 0.0, "share_cost": amortized / 4}
+        opened = 0.5 * 2.0 ** -(max(int(pool_chunks), 1) - 1)
+        return {"call_cost": 1 / 64, "compile_cost": opened, "share_cost": amortized / 4}
     return {"share_cost": amortized}
 
 
