@@ -3,6 +3,8 @@
 `compile_seconds()` is the process-wide total of JAX's own compile-event durations (tracing,
 lowering to MLIR and the backend compile), counted from the first call of this module's
 `start_compile_clock()`; take differences around a phase to attribute compilation to it.
+Compilations on several threads (the scorer compiles a plan's shapes side by side) are summed,
+so the total is CPU time and can exceed the wall time it overlapped.
 """
 from __future__ import annotations
 

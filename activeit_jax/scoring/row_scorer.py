@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import concurrent.futures
 import math
 from typing import Any, Callable, Sequence
 
@@ -92,6 +93,49 @@ class _Pending:
         return self._combine(self._num_rows, self._parts)
 
 
+class _Executables:
+    """A jitted function's executables, one per input shape, compiled ahead of their calls.
+
+    `prepare` hands every new shape of a plan to a small thread pool as soon as the plan is
+    known, in order of first use; each call waits only for its own shape. XLA releases the
+    GIL while it compiles, so a plan's first shapes compile side by side while the device
+    would otherwise wait (on the 2-core CI machine, two decoding shapes in the time of one),
+    and later ones while earlier batches run. Calls stay in plan order on the calling thread,
+    so every host of a multi-host run issues the same programs in the same order.
+    """
+
+    def __init__(self, jitted, mesh, rules, workers: int = 2):
+        self._jitted, self._mesh, self._rules = jitted, mesh, rules
+        self._ready: dict[tuple, concurrent.futures.Future] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="activeit-compile")
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    @staticmethod
+    def _key(batch: dict) -> tuple:
+        return tuple((name, batch[name].shape, str(batch[name].dtype)) for name in sorted(batch))
+
+    def _compile(self, params, batch):
+        from activeit_jax import partitioning
+        # The mesh and logical-axis rules are thread-local contexts: entered on this thread.
+        with partitioning.mesh_context(self._mesh, self._rules):
+            return self._jitted.lower(params, batch).compile()
+
+    def prepare(self, params, batches: Sequence[dict]) -> None:
+        """Starts compiling the shapes of `batches` not seen before."""
+        for batch in batches:
+            key = self._key(batch)
+            if key not in self._ready:
+                self._ready[key] = self._pool.submit(self._compile, params, batch)
+
+    def __call__(self, params, batch: dict):
+        """Dispatches one call (asynchronously); compiles its shape first if not prepared."""
+        self.prepare(params, [batch])
+        return self._ready[self._key(batch)].result()(params, batch)
+
+
 class RowScorer:
     """Runs rows through jitted, sharded scoring and greedy decoding, one shape per bucket.
 
@@ -177,11 +221,12 @@ class RowScorer:
             return model.greedy_decode(params, batch, self.max_decode_length)
 
         n_out = 3 if compute_entropy else 2
-        self._score = jax.jit(score_fn, in_shardings=(param_shardings, batch_shardings),
-                              out_shardings=(self._row_sharding,) * n_out)
-        self._decode = jax.jit(decode_fn, in_shardings=(
+        self._score = _Executables(jax.jit(
+            score_fn, in_shardings=(param_shardings, batch_shardings),
+            out_shardings=(self._row_sharding,) * n_out), mesh, self.rules)
+        self._decode = _Executables(jax.jit(decode_fn, in_shardings=(
             param_shardings, {self._decode_feature: self._matrix_sharding}),
-            out_shardings=self._matrix_sharding)
+            out_shardings=self._matrix_sharding), mesh, self.rules)
         self.score_padding = PaddingStats()
         self.decode_padding = PaddingStats()
         # Calls per padded shape: (batch, source, target) / (batch, source).
@@ -192,11 +237,8 @@ class RowScorer:
 
     @property
     def num_compilations(self) -> int:
-        """Distinct shapes compiled so far (scoring + decoding), from jit's own cache."""
-        try:
-            return int(self._score._cache_size() + self._decode._cache_size())
-        except AttributeError:  # pragma: no cover - older jax
-            return len(self.score_shapes) + len(self.decode_shapes)
+        """Distinct shapes compiled so far (scoring + decoding)."""
+        return len(self._score) + len(self._decode)
 
     # ------------------------------------------------------------------ batching
 
@@ -231,6 +273,15 @@ class RowScorer:
         return plan_batches(lengths, buckets, token_budget=budget, max_rows=max_rows,
                             multiple=self._dp, **costs)
 
+    def _dispatch(self, executables: _Executables, batches: list[tuple[list[int], dict]]
+                  ) -> list[tuple[list[int], Any]]:
+        """Dispatches `(row indices, device batch)` pairs in order: every new shape starts
+        compiling first, then each call waits only for its own shape."""
+        from activeit_jax import partitioning
+        executables.prepare(self.params, [batch for _, batch in batches])
+        with partitioning.mesh_context(self.mesh, self.rules):
+            return [(idx, executables(self.params, batch)) for idx, batch in batches]
+
     def score_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Pending:
         """Dispatches scoring of (source ids, target ids) rows; ids already end with EOS.
 
@@ -242,12 +293,11 @@ class RowScorer:
           entropy_sum [N] or None), float64 numpy.
         """
         import jax
-        from activeit_jax import partitioning
         if self.decoder_only:
             return self._score_decoder_only_async(rows)
         plan = self._plan([(len(s), len(t)) for s, t in rows],
                           (self.source_buckets, self.target_buckets), self.batch_size)
-        parts = []
+        batches = []
         for (b, s_len, t_len), idx in plan:
             enc = np.zeros((b, s_len), np.int32)
             tgt = np.zeros((b, t_len), np.int32)
@@ -267,9 +317,8 @@ class RowScorer:
             self.score_shapes[(b, s_len, t_len)] += 1
             self.score_padding.add([len(rows[i][0]) for i in idx],
                                    [len(rows[i][1]) for i in idx], b, s_len, t_len)
-            with partitioning.mesh_context(self.mesh, self.rules):
-                parts.append((idx, self._score(self.params, batch)))
-
+            batches.append((idx, batch))
+        parts = self._dispatch(self._score, batches)
         return _Pending(len(rows), parts, self._combine_scores)
 
     def _combine_scores(self, num_rows: int, parts: list[tuple[list[int], Any]]):
@@ -284,14 +333,13 @@ class RowScorer:
                                   ) -> _Pending:
         """`score_async` for a decoder-only model: one bucket per prompt + response length."""
         import jax
-        from activeit_jax import partitioning
         from activeit_jax.models import make_decoder_only_batch
         for prompt, response in rows:
             if not response or response[-1] != self.eos_id:
                 raise ValueError("a decoder-only response must end with the model's EOS")
         plan = self._plan([(len(p) + len(r),) for p, r in rows], (self.sequence_buckets,),
                           self.batch_size)
-        parts = []
+        batches = []
         for (b, length), idx in plan:
             chosen = [rows[i] for i in idx]
             chosen += [chosen[0]] * (b - len(idx))  # filler rows: copies of the first, ignored
@@ -303,8 +351,8 @@ class RowScorer:
             self.score_shapes[(b, length)] += 1
             self.score_padding.add([len(rows[i][0]) + len(rows[i][1]) for i in idx],
                                    [len(rows[i][1]) for i in idx], b, length, length)
-            with partitioning.mesh_context(self.mesh, self.rules):
-                parts.append((idx, self._score(self.params, batch)))
+            batches.append((idx, batch))
+        parts = self._dispatch(self._score, batches)
         return _Pending(len(rows), parts, self._combine_scores)
 
     def decode_async(self, sources: Sequence[Sequence[int]]) -> _Pending:
@@ -315,12 +363,11 @@ class RowScorer:
           EOS (EOS included when generated).
         """
         import jax
-        from activeit_jax import partitioning
         if self.decoder_only:
             return self._decode_decoder_only_async(sources)
         plan = self._plan([(len(s),) for s in sources], (self.decode_source_buckets,),
                           self.decode_batch_size, decoding=True)
-        parts = []
+        batches = []
         for (b, s_len), idx in plan:
             enc = np.zeros((b, s_len), np.int32)
             for j, i in enumerate(idx):
@@ -330,9 +377,8 @@ class RowScorer:
             batch = jax.device_put({"encoder_input_tokens": enc}, self._matrix_sharding)
             self.decode_shapes[(b, s_len)] += 1
             self.decode_padding.add([len(sources[i]) for i in idx], [], b, s_len, 0)
-            with partitioning.mesh_context(self.mesh, self.rules):
-                parts.append((idx, self._decode(self.params, batch)))
-
+            batches.append((idx, batch))
+        parts = self._dispatch(self._decode, batches)
         def combine(num_rows, parts):
             out: list[list[int]] = [[] for _ in range(num_rows)]
             for idx, arr in parts:
@@ -351,11 +397,10 @@ class RowScorer:
         """`decode_async` for a decoder-only model: prompts (no bos) -> the continuation, cut
         by `cut_generated` (EOS included when generated)."""
         import jax
-        from activeit_jax import partitioning
         from activeit_jax.models import make_prompt_batch
         plan = self._plan([(len(p) + 1,) for p in prompts], (self.decode_source_buckets,),
                           self.decode_batch_size, decoding=True)
-        parts = []
+        batches = []
         for (b, s_len), idx in plan:
             chosen = [prompts[i] for i in idx]
             chosen += [chosen[0]] * (b - len(idx))
@@ -363,9 +408,8 @@ class RowScorer:
             batch = jax.device_put(batch, self._matrix_sharding)
             self.decode_shapes[(b, s_len)] += 1
             self.decode_padding.add([len(prompts[i]) + 1 for i in idx], [], b, s_len, 0)
-            with partitioning.mesh_context(self.mesh, self.rules):
-                parts.append((idx, self._decode(self.params, batch)))
-
+            batches.append((idx, batch))
+        parts = self._dispatch(self._decode, batches)
         def combine(num_rows, parts):
             out: list[list[int]] = [[] for _ in range(num_rows)]
             for idx, arr in parts:
