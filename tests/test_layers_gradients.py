@@ -3,6 +3,7 @@ compute what the plain expressions compute, values and gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from activeit_jax.models import layers, t5
 
@@ -57,3 +58,30 @@ def test_grouped_attention_equals_repeated_kv_heads():
     weights = jax.nn.softmax(jnp.where(mask, logits, -1e10), axis=-1)
     ref = jnp.einsum("bhts,bshd->bthd", weights, v_rep)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch,rows", [(6, 2), (7, 2), (9, 3)])
+def test_attention_in_row_chunks_equals_one_call_and_so_do_gradients(batch, rows):
+    """CPU attention in chunks of rows (`layers._attend`, 7 = 3 x 2 + a last row alone) gives
+    one call's values, and its gradient is the one call's."""
+    q, k, v = (_random((batch, 2, 2 * 5, 4), 11), _random((batch, 2, 6, 4), 12),
+               _random((batch, 2, 6, 4), 13))
+    bias = _random((1, 4, 5, 6), 14)
+    mask = jnp.asarray(np.random.default_rng(1).random((batch, 1, 1, 6)) > 0.3)
+    whole = layers._attention_core(q, k, v, bias, mask, 0.5, 4)
+    chunked = layers._attend(q, k, v, bias, mask, 0.5, 4, rows)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
+    g = _random(whole.shape, 15)
+    ours = jax.vjp(lambda *a: layers._attend(*a, mask, 0.5, 4, rows), q, k, v, bias)[1](g)
+    ref = jax.vjp(lambda *a: layers._attention_core(*a, mask, 0.5, 4), q, k, v, bias)[1](g)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_attention_chunks_hold_at_least_two_rows():
+    big = 8 << 20  # bytes per row: every batch is over the threshold
+    assert layers._rows_per_chunk(64, big) == 2
+    assert layers._rows_per_chunk(39, big) == 3
+    assert layers._rows_per_chunk(53, big) == 2  # prime: 26 chunks of 2, then the last row
+    assert layers._rows_per_chunk(3, big) == 3  # too few rows to chunk
+    assert layers._rows_per_chunk(64, 1024) == 64  # a decoding step's small tensor
