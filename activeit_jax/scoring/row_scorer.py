@@ -41,7 +41,7 @@ def plan_costs(decoding: bool, pool_chunks: int = DEFAULT_POOL_CHUNKS) -> dict[s
     width-256 T5 on the 2-core CI machine, a 32 x 1024 batch 3.2 s), halved for every further
     chunk: in a pool of many chunks the shapes one chunk opens are the ones the others need
     too, so the cut's cost would only pad (counted in full per batch it padded the shared NIV2
-    pool's decoding sources by 25%; now 9.5%, `python benchmarks/padding_plan.py`), while a
+    pool's decoding sources by 25%; now 9.8%, `python benchmarks/padding_plan.py`), while a
     one-chunk job (`benchmarks/score_vs_torch.py`: 50 originals) decodes in 2 shapes, not 5.
     """
     amortized = 1.0 / max(int(pool_chunks), 1)
