@@ -62,7 +62,8 @@ def ensure_checkpoint(out: str, checkpoint: str | None) -> str:
 def task_names(niv2_dir: str, split: str, limit: int | None) -> list[str]:
     """Names of the split's tasks that have a file, in split-file order."""
     from activeit_jax.data import niv2
-    names = [n for n in niv2.read_split_names(niv2_dir, split) if os.path.exists(niv2.task_file_path(niv2_dir, n))]
+    names = [n for n in niv2.read_split_names(niv2_dir, split)
+             if os.path.exists(niv2.task_file_path(niv2_dir, n))]
     return names[:limit] if limit else names
 
 

@@ -139,10 +139,15 @@ def plan_batches(lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[in
     return plan
 
 
+def _batch_cost(shape: tuple[int, ...], per_call: float) -> float:
+    """Padded slots of one call of `shape` (rows, lengths...) plus the per-call cost."""
+    return shape[0] * sum(shape[1:]) + per_call
+
+
 def _plan_cost(plan: list[tuple[tuple[int, ...], list[int]]], costs: tuple[float, float],
                known: set[tuple[int, ...]]) -> float:
     per_call, per_compile = costs
-    slots = sum(shape[0] * sum(shape[1:]) + per_call for shape, _ in plan)
+    slots = sum(_batch_cost(shape, per_call) for shape, _ in plan)
     return slots + per_compile * len({shape for shape, _ in plan} - known)
 
 
@@ -160,9 +165,6 @@ def _share_shapes(plan: list[tuple[tuple[int, ...], list[int]]], order: list[int
     for shape, rows in plan:
         batches.setdefault(shape, []).append(rows)
 
-    def batch_cost(shape: tuple[int, ...]) -> float:
-        return shape[0] * sum(shape[1:]) + per_call
-
     for shape in sorted(shapes - known, key=lambda s: (len(batches[s]), s[1:], s[0])):
         extra = 0.0
         for rows in batches[shape]:
@@ -173,7 +175,8 @@ def _share_shapes(plan: list[tuple[tuple[int, ...], list[int]]], order: list[int
             if not holders:
                 extra = np.inf
                 break
-            extra += min(batch_cost(o) for o in holders) - batch_cost(shape)
+            extra += (min(_batch_cost(o, per_call) for o in holders)
+                      - _batch_cost(shape, per_call))
         if extra < per_compile:
             shapes.discard(shape)
     if len(shapes) == len(batches):

@@ -65,8 +65,8 @@ class ScoreConfig:
       target_buckets_per_octave: the same for T5 scoring targets.
       decode_buckets_per_octave: the same for the source buckets of decoding.
         The defaults (5, 1, 8) hold padding under 10% of source positions in scoring and
-        decoding on the shared NIV2 pool with 98 scoring + 58 decoding shapes; 8, 8, 8 padded
-        a little less (5.7% instead of 7.9% of scoring sources) with 305 scoring shapes, each a
+        decoding on the shared NIV2 pool with 84 scoring + 58 decoding shapes; 8, 8, 8 padded
+        a little less (5.7% instead of 8.2% of scoring sources) with 305 scoring shapes, each a
         compilation (`python benchmarks/padding_plan.py`). Targets are short next to sources:
         their coarse buckets cost little and cut the shape count by three.
       tasks_per_chunk: consecutive pool tasks processed together.

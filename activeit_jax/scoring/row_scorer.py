@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import concurrent.futures
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -276,11 +276,11 @@ class RowScorer:
     def _dispatch(self, executables: _Executables, batches: list[tuple[list[int], dict]]
                   ) -> list[tuple[list[int], Any]]:
         """Dispatches `(row indices, device batch)` pairs in order: every new shape starts
-        compiling first, then each call waits only for its own shape."""
-        from activeit_jax import partitioning
+        compiling first, then each call waits only for its own shape. (The mesh context is
+        entered where programs are lowered, on the compile threads; a compiled program's call
+        needs none.)"""
         executables.prepare(self.params, [batch for _, batch in batches])
-        with partitioning.mesh_context(self.mesh, self.rules):
-            return [(idx, executables(self.params, batch)) for idx, batch in batches]
+        return [(idx, executables(self.params, batch)) for idx, batch in batches]
 
     def score_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Pending:
         """Dispatches scoring of (source ids, target ids) rows; ids already end with EOS.
@@ -379,6 +379,7 @@ class RowScorer:
             self.decode_padding.add([len(sources[i]) for i in idx], [], b, s_len, 0)
             batches.append((idx, batch))
         parts = self._dispatch(self._decode, batches)
+
         def combine(num_rows, parts):
             out: list[list[int]] = [[] for _ in range(num_rows)]
             for idx, arr in parts:
@@ -410,6 +411,7 @@ class RowScorer:
             self.decode_padding.add([len(prompts[i]) + 1 for i in idx], [], b, s_len, 0)
             batches.append((idx, batch))
         parts = self._dispatch(self._decode, batches)
+
         def combine(num_rows, parts):
             out: list[list[int]] = [[] for _ in range(num_rows)]
             for idx, arr in parts:
