@@ -4,7 +4,7 @@ Each subcommand lives in `activeit_jax/commands/<name>.py`, defines its own absl
 `main(argv)`; only the chosen one is imported, so flag names never collide across commands.
 
 This is the one error boundary of the command line: the project's own errors
-(`activeit_jax.errors.ActiveITError`: bad input, a refused run, an unreachable judge) and
+(`activeit_jax.core.errors.ActiveITError`: bad input, a refused run, an unreachable judge) and
 operating-system errors on a named file (a permission) or a full disk end the command with one
 line on stderr, `activeit-jax <command>: error: <message>`, and exit status 1. Anything else
 keeps its traceback: it is a bug.
@@ -63,7 +63,7 @@ def run_main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_compilation_cache_dir())
-    from activeit_jax import xla_defaults
+    from activeit_jax.core import xla_defaults
     xla_defaults.apply()
     module = importlib.import_module(f"activeit_jax.commands.{command}")
     from absl import app, flags  # imported late: keeps `--help` fast.
@@ -81,7 +81,7 @@ def run_main(argv: list[str] | None = None) -> None:
 
 def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """`main` with the project's errors turned into one line on stderr and exit status 1."""
-    from activeit_jax.errors import ActiveITError, one_line
+    from activeit_jax.core.errors import ActiveITError, one_line
 
     def guarded(argv: list[str]) -> Any:
         try:
@@ -105,8 +105,8 @@ def _default_flags_parser(argv: list[str]) -> list[str]:
     """absl flag parsing that first strips `--gin.X=V` bindings into
     `gin_utils.COMMAND_LINE_BINDINGS`."""
     from absl import flags
-    from activeit_jax import gin_utils
-    from activeit_jax.errors import UsageError
+    from activeit_jax.core import gin_utils
+    from activeit_jax.core.errors import UsageError
     try:
         rest, bindings = gin_utils.split_gin_bindings(argv)
     except UsageError as err:  # runs before the guarded main: report it the same way

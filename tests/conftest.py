@@ -11,7 +11,7 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 # The XLA settings `activeit-jax` runs with (CPU fusion and reduction choices), so in-process
 # tests check the numerics users get.
-from activeit_jax import xla_defaults  # noqa: E402  (imports no jax)
+from activeit_jax.core import xla_defaults  # noqa: E402  (imports no jax)
 xla_defaults.apply()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow (used by seqio) must not grab accelerators or spawn many threads in tests.
@@ -65,12 +65,12 @@ def parse_experiment():
     import gin
 
     def parse(gin_file: str, bindings: list[str]):
-        from activeit_jax import gin_utils
+        from activeit_jax.core import gin_utils
         from activeit_jax.commands import run
         run._register_configurables()
         import activeit_jax.data.configurables  # noqa: F401 (gin registrations)
         import activeit_jax.models  # noqa: F401
-        import activeit_jax.trainer  # noqa: F401
+        import activeit_jax.training.config  # noqa: F401
         gin_utils.parse_gin([gin_file], bindings)
         return run.experiment()
 
@@ -107,7 +107,7 @@ def smollm2(smollm2_gguf):
 @pytest.fixture(scope="session")
 def smollm2_checkpoint(smollm2, tmp_path_factory) -> pathlib.Path:
     """The session's SmolLM2 as a checkpoint directory (weights + stored tokenizer)."""
-    from activeit_jax import checkpoints
+    from activeit_jax.models import checkpoints
     directory = tmp_path_factory.mktemp("smollm2") / "checkpoint"
     checkpoints.save_model(directory, smollm2.model, smollm2.params, smollm2.vocabulary)
     return directory

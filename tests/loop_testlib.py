@@ -10,7 +10,8 @@ import hashlib
 import json
 import os
 
-from activeit_jax import active_loop, io_utils
+from activeit_jax.loop import active_loop
+from activeit_jax.core import io_utils
 
 
 def unit(*parts: str) -> float:

@@ -42,7 +42,8 @@ def main(spec_path: str, process_id: int) -> None:
     import jax
     import numpy as np
 
-    from activeit_jax import checkpoints, trainer
+    from activeit_jax.models import checkpoints
+    from activeit_jax.training import trainer
     from activeit_jax.data import niv2
     from activeit_jax.data import vocab as vocab_lib
 

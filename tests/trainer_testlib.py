@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from activeit_jax import train_data
+from activeit_jax.training import inputs as train_data
 
 # Logical rules for the 2x2x2 test mesh: every parameter dimension is split somewhere.
 TEST_RULES = (("batch", ("data", "fsdp")), ("vocab", "model"), ("embed", "fsdp"),

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from activeit_jax import gin_utils
-from activeit_jax.errors import UsageError
+from activeit_jax.core import gin_utils
+from activeit_jax.core.errors import UsageError
 
 
 def define_gin_flags() -> None:
@@ -51,7 +51,7 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def define_distributed_flags() -> None:
-    """Flags of a multi-host run (see `activeit_jax.distributed`; environment and SLURM
+    """Flags of a multi-host run (see `activeit_jax.core.distributed`; environment and SLURM
     variables fill whatever is not given)."""
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
     flags.DEFINE_integer("num_processes", None, "Number of JAX processes (hosts).")
@@ -64,7 +64,7 @@ def define_distributed_flags() -> None:
 def initialize_distributed_from_flags() -> None:
     """Starts `jax.distributed` from the flags of `define_distributed_flags` (no-op for one
     process). Call before anything touches a JAX device."""
-    from activeit_jax import distributed
+    from activeit_jax.core import distributed
     config = distributed.resolve_config(
         coordinator_address=flags.FLAGS.coordinator_address,
         num_processes=flags.FLAGS.num_processes, process_id=flags.FLAGS.process_id,

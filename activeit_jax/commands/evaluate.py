@@ -9,7 +9,7 @@ The vocabulary: `--vocab`, else the gin binding, else the tokenizer stored with 
 
 Greedy-decodes the first `--max_instances_per_task` instances of every task (Tk-Instruct
 prompts: definition + 2 positive examples, source 1024 / target 128 tokens by default) and
-scores them with Tk-Instruct's metric semantics (`activeit_jax.metrics`). Settings come from
+scores them with Tk-Instruct's metric semantics (`activeit_jax.training.metrics`). Settings come from
 the `train_job` gin bindings of a run config (TrainConfig lengths, eval batch, mesh, vocabulary),
 then the flags. Writes, atomically:
 DIR/metrics.json (overall, cls, gen, per_task), DIR/per_task_metrics.jsonl and
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
-    from activeit_jax import train_data, trainer
+    from activeit_jax.training import inputs as train_data, trainer
     from activeit_jax.data import vocab as vocab_lib
 
     job = trainer.train_job()  # the run's gin file gives lengths, batch, mesh, vocabulary

@@ -11,7 +11,7 @@ import json
 
 from absl import flags, logging
 
-from activeit_jax import reports
+from activeit_jax.reporting import render as reports
 from activeit_jax.commands import common
 
 _RUN = flags.DEFINE_string("run", None, "run directory (RUN/seed_{s}/...).")

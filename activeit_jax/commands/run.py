@@ -112,13 +112,14 @@ class Experiment:
 
 def _register_configurables() -> None:
     """Makes the library's plain dataclasses bindable from gin (edges only)."""
-    from activeit_jax import active_loop, judge, scoring
+    from activeit_jax.loop import active_loop, judge
+    from activeit_jax import scoring
     from activeit_jax.data import splits
-    for cls, module in ((active_loop.LoopConfig, "activeit_jax.active_loop"),
+    for cls, module in ((active_loop.LoopConfig, "activeit_jax.loop.active_loop"),
                         (scoring.ScoreConfig, "activeit_jax.scoring"),
                         (splits.NIV2Quotas, "activeit_jax.data.splits"),
                         (splits.SelfInstructQuotas, "activeit_jax.data.splits"),
-                        (judge.JudgeConfig, "activeit_jax.judge")):
+                        (judge.JudgeConfig, "activeit_jax.loop.judge")):
         try:
             gin.external_configurable(cls, module=module)
         except ValueError:
@@ -164,7 +165,9 @@ def experiment(model: Any = None, vocabulary: Any = None,
     if missing:
         raise ValueError(f"experiment.{missing[0]} is required: bind it (e.g. "
                          f"--gin.experiment.{missing[0]}=...) or the macro the config names")
-    from activeit_jax import active_loop, scoring, trainer
+    from activeit_jax.loop import active_loop
+    from activeit_jax import scoring
+    from activeit_jax.training import trainer
     from activeit_jax.data import splits
     model, vocabulary = _model_and_vocabulary(model, vocabulary, init_checkpoint)
     loop = loop or active_loop.LoopConfig()
@@ -229,7 +232,7 @@ def experiment(model: Any = None, vocabulary: Any = None,
 
 def _judge_configs(judge: Any) -> tuple[Any, ...] | None:
     """None, one `JudgeConfig` or a list of them -> None or a tuple with unique names."""
-    from activeit_jax import judge as judge_lib
+    from activeit_jax.loop import judge as judge_lib
     if judge is None:
         return None
     configs = tuple(judge) if isinstance(judge, (list, tuple)) else (judge,)
@@ -252,9 +255,9 @@ def _model_and_vocabulary(model: Any, vocabulary: Any, init_checkpoint: str | No
       UsageError: no model bound and no base checkpoint to read one from.
       VocabularyError: no vocabulary bound and none stored with the base checkpoint.
     """
-    from activeit_jax import checkpoints
+    from activeit_jax.models import checkpoints
     from activeit_jax.data import vocab as vocab_lib
-    from activeit_jax.errors import UsageError
+    from activeit_jax.core.errors import UsageError
     if model is None:
         if not init_checkpoint:
             raise UsageError("experiment.model is required without experiment.init_checkpoint "
@@ -314,8 +317,11 @@ def check_label_overrides(data: Any, overrides: dict[str, str] | None, out_dir: 
 
 def build_stages(exp: Experiment):
     """Binds the loop's stages to the data layer, the trainer and the scorer."""
-    from activeit_jax import (active_loop, checkpoints, distributed, partitioning, scoring,
-                              trainer)
+    from activeit_jax.loop import active_loop
+    from activeit_jax.models import checkpoints
+    from activeit_jax.core import distributed
+    from activeit_jax import partitioning, scoring
+    from activeit_jax.training import trainer
     from activeit_jax.data import prepared as prepared_lib
 
     train_config = exp.train_config
@@ -407,14 +413,17 @@ def main(argv: list[str]) -> None:
     common.initialize_distributed_from_flags()
     common.quiet_library_logs()
     _register_configurables()
-    from activeit_jax import active_loop, reports, trainer  # noqa: F401 (gin registrations)
+    from activeit_jax.loop import active_loop  # noqa: F401 (gin registrations)
+    from activeit_jax.reporting import render as reports
+    from activeit_jax.training import trainer
     import activeit_jax.data.configurables  # noqa: F401
     import activeit_jax.models  # noqa: F401
     common.parse_gin_from_flags()
     exp = experiment()
     import jax
 
-    from activeit_jax import io_utils, judge, run_lock
+    from activeit_jax.core import io_utils, run_lock
+    from activeit_jax.loop import judge
     clients = None
     if exp.judge is not None and jax.process_index() == 0:
         # A missing API key fails now, not after hours of training.

@@ -21,7 +21,7 @@ OUT/summary.json (thresholds, skipped tasks, throughput, padding waste, compilat
 with --save_prompts, OUT/prompts.jsonl. Rerunning with the same arguments resumes; different
 arguments are refused. See `activeit_jax.scoring` for the definitions.
 
-Multi-host (the flags of `activeit_jax.distributed`, ACTIVEIT_* or SLURM variables, or a Cloud
+Multi-host (the flags of `activeit_jax.core.distributed`, ACTIVEIT_* or SLURM variables, or a Cloud
 TPU VM): every host runs the same command; host k loads and scores the pool tasks i with
 i % num_hosts == k on its own devices (`--mesh` describes this per-host mesh) and journals them
 in OUT/shards/host{k}-of-{n}/; process 0 then merges everything into the files above. OUT must
@@ -38,7 +38,7 @@ from absl import flags
 
 from activeit_jax.commands import common
 from activeit_jax.data.errors import TaskFormatError
-from activeit_jax.errors import UsageError
+from activeit_jax.core.errors import UsageError
 
 FLAGS = flags.FLAGS
 
@@ -122,7 +122,8 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
     With `shard` (a `scoring.ShardInfo`), NIV2 and prepared entries of other shards are not
     loaded: a `scoring.TaskStub` (the name only) stands in their place.
     """
-    from activeit_jax import records, scoring
+    from activeit_jax.core import records
+    from activeit_jax import scoring
     from activeit_jax.data import niv2
     from activeit_jax.data.errors import MissingTaskError, RecordError
 
@@ -214,8 +215,9 @@ def build_config() -> "Any":
     Raises:
       UsageError: a value the scorer cannot use (checked before anything is written).
     """
-    from activeit_jax import perturbation as perturbation_lib
-    from activeit_jax import scoring, taskmap
+    from activeit_jax.scoring import perturbation as perturbation_lib
+    from activeit_jax import scoring
+    from activeit_jax.scoring import taskmap
 
     try:
         options = perturbation_lib.parse_options(FLAGS.perturbation_option)
@@ -249,7 +251,7 @@ def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
     """A chat format needs a chat template: say so in one line before loading weights."""
     from activeit_jax import scoring
     from activeit_jax.data import chat as chat_lib
-    from activeit_jax.errors import UsageError
+    from activeit_jax.core.errors import UsageError
     try:
         scoring.prompt_formats(config, scoring.is_decoder_only(model),
                                chat_lib.from_vocabulary(vocab) is not None)
@@ -265,7 +267,9 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from activeit_jax import checkpoints, partitioning, scoring, train_data
+    from activeit_jax.models import checkpoints
+    from activeit_jax import partitioning, scoring
+    from activeit_jax.training import inputs as train_data
     from activeit_jax.data import vocab as vocab_lib
     shard = scoring.ShardInfo.of_process()
     # Every argument is checked (and the pool listed) before the run directory is touched.

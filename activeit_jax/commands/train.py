@@ -7,7 +7,7 @@
 
 `--tasks` / `--val_tasks`: a text file of NIV2 task names (one per line, read from
 `--niv2_dir/tasks/`), a JSON list / `{"tasks": [...]}`, or a `.jsonl` of prepared tasks.
-gin binds `train_job` (`activeit_jax.trainer.TrainJob`). The model comes from
+gin binds `train_job` (`activeit_jax.training.trainer.TrainJob`). The model comes from
 `train_job.model` (e.g. `MODEL` of `configs/models/*.gin`) and/or `--init_checkpoint`: with a
 checkpoint and no gin model, the checkpoint's own config is used; with both, the gin model (its
 dtype, dropout) must have the checkpoint's parameter shapes. Without a checkpoint, training
@@ -27,9 +27,9 @@ from typing import Any
 import gin
 from absl import flags, logging
 
-from activeit_jax import io_utils
+from activeit_jax.core import io_utils
 from activeit_jax.commands import common
-from activeit_jax.errors import UsageError
+from activeit_jax.core.errors import UsageError
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +53,7 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
     """The gin model, the checkpoint's, or the gin model checked against the checkpoint."""
     import jax
 
-    from activeit_jax import checkpoints
+    from activeit_jax.models import checkpoints
     if init_checkpoint is None:
         if model is None:
             raise UsageError("no model: bind train_job.model (e.g. include a "
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
-    from activeit_jax import train_data, trainer
+    from activeit_jax.training import inputs as train_data, trainer
 
     job = trainer.train_job()
     config = job.resolved_config()

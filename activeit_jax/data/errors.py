@@ -1,6 +1,6 @@
 """Errors raised for bad input data. Each names the file and the field at fault.
 
-The CLI catches `DataError` (an `activeit_jax.errors.ActiveITError`) and prints its message
+The CLI catches `DataError` (an `activeit_jax.core.errors.ActiveITError`) and prints its message
 without a traceback, so the message alone must say what is wrong and where:
 `<file>: field '<field>': <what>` (in a line-oriented file the field starts with its line,
 e.g. "line 3: task").
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from activeit_jax.errors import ActiveITError
+from activeit_jax.core.errors import ActiveITError
 
 
 class DataError(ActiveITError):

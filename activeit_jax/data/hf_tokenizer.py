@@ -32,7 +32,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from activeit_jax import io_utils
+from activeit_jax.core import io_utils
 from activeit_jax.data.errors import VocabularyError
 
 TOKENIZER_FILE = "tokenizer.json"

@@ -17,7 +17,7 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from activeit_jax import io_utils
+from activeit_jax.core import io_utils
 from activeit_jax.data import labels as labels_lib
 from activeit_jax.data import niv2 as niv2_lib
 from activeit_jax.data import self_instruct as si_lib

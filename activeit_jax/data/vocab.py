@@ -262,7 +262,7 @@ def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
       True when stored; False for other kinds of vocabulary (e.g. a test double), which
       cannot be stored and are left out.
     """
-    from activeit_jax import io_utils
+    from activeit_jax.core import io_utils
 
     directory = os.fspath(directory)
     hf = _hf_tokenizer()

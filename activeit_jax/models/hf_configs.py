@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from activeit_jax import io_utils
-from activeit_jax.errors import ActiveITError
+from activeit_jax.core import io_utils
+from activeit_jax.core.errors import ActiveITError
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.t5 import T5Config
 from activeit_jax.models.wrappers import BaseModel, DecoderOnlyModel, EncoderDecoderModel

@@ -87,7 +87,7 @@ the same way (greedy, KV cache in the heads-major layout, stopping when every ro
 ``adaptive`` holds the optional adaptive perturbation budget (K0 perturbations for every task,
 more only near the selection boundary).
 
-One process per directory: `score_pool` holds ``out_dir``'s run lock (`activeit_jax.run_lock`;
+One process per directory: `score_pool` holds ``out_dir``'s run lock (`activeit_jax.core.run_lock`;
 each host its shard journal's, process 0 also ``out_dir``'s) and refuses a second process.
 
 Resumability: every finished task appends one line to ``scores.jsonl`` (and, with
@@ -114,7 +114,7 @@ Output files (in ``out_dir``):
 
 - ``scores.jsonl``: one line per scored task, pool order: index (position in the pool), task,
   prompt_uncertainty, prediction_probability, perplexity, entropy (null unless computed),
-  category (Task Map, see `activeit_jax.taskmap`), label ("cls"/"gen"), n_instances,
+  category (Task Map, see `activeit_jax.scoring.taskmap`), label ("cls"/"gen"), n_instances,
   n_perturbations, truncated_instances. While a run is in progress (or after a kill) the
   lines are in completion order and lack the category.
 - ``prompts.jsonl`` (``save_prompts``): one line per (task, instance, perturbation): task,

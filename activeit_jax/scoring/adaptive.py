@@ -286,7 +286,8 @@ def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
     Returns:
       The summary dict (also written to summary.json).
     """
-    from activeit_jax import io_utils, partitioning
+    from activeit_jax.core import io_utils
+    from activeit_jax import partitioning
     from activeit_jax.scoring import journal
     from activeit_jax.scoring.planning import PromptBuilder, SkippedTask
     from activeit_jax.scoring.row_scorer import RowScorer

@@ -6,8 +6,8 @@ import hashlib
 import json
 from typing import Any, Sequence
 
-from activeit_jax import taskmap
-from activeit_jax.errors import UsageError
+from activeit_jax.scoring import taskmap
+from activeit_jax.core.errors import UsageError
 
 # T5's ids; a decoder-only model's come from its config.
 PAD_ID = 0
@@ -40,7 +40,7 @@ class ScoreConfig:
       num_instances: n, instances scored per task.
       num_perturbations: K, perturbed prompts per task.
       seed: seeds instance choice and perturbations (per task, via a stable hash).
-      perturbation: registry name in `activeit_jax.perturbation`.
+      perturbation: registry name in `activeit_jax.scoring.perturbation`.
       perturbation_options: options of that perturbation, as sorted (key, value) pairs.
       prompt_format: "auto" (`prompts.default_prompt_format` per task: Tk-Instruct for T5;
         decoder-only models: Tk-Instruct for NIV2 tasks, Alpaca for Self-Instruct items, each
@@ -125,7 +125,7 @@ class ScoreConfig:
             prompts.check_prompt_format(self.prompt_format, allow_auto=True)
         except ValueError as err:
             raise UsageError(str(err)) from None
-        from activeit_jax import perturbation as perturbation_lib
+        from activeit_jax.scoring import perturbation as perturbation_lib
         try:  # builds it once: an unknown name, a rate outside [0, 1], a missing file
             perturbation_lib.get_perturbation(self.perturbation,
                                               **dict(self.perturbation_options))

@@ -6,8 +6,9 @@ import logging
 import os
 from typing import Any, Sequence
 
-from activeit_jax import io_utils, taskmap
-from activeit_jax.errors import ActiveITError
+from activeit_jax.core import io_utils
+from activeit_jax.scoring import taskmap
+from activeit_jax.core.errors import ActiveITError
 from activeit_jax.scoring.config import ScoreConfig, fingerprint
 from activeit_jax.scoring.run_stats import SESSIONS_FILE
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from activeit_jax import distributed, io_utils
+from activeit_jax.core import distributed, io_utils
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.journal import (PROMPTS_FILE, SCORES_FILE, SHARD_DONE_FILE,
                                           SHARDS_DIR, SKIPPED_FILE, SUMMARY_FILE, finalize,

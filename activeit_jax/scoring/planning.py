@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from activeit_jax import perturbation as perturbation_lib
+from activeit_jax.scoring import perturbation as perturbation_lib
 from activeit_jax.scoring.config import EOS_ID, ScoreConfig
 from activeit_jax.scoring.tokens import keep_last_ids, truncate_ids
 

@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from activeit_jax import distributed, io_utils, profiling, run_lock, train_data
-from activeit_jax.errors import ActiveITError
+from activeit_jax.core import distributed, io_utils, profiling, run_lock
+from activeit_jax.training import inputs as train_data
+from activeit_jax.core.errors import ActiveITError
 from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.formulas import sequence_probability, task_metrics

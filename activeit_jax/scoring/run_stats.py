@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-from activeit_jax import io_utils
+from activeit_jax.core import io_utils
 
 SESSIONS_FILE = "sessions.jsonl"
 SUMMED = ("rows", "unique_rows", "tasks_scored", "chunks_computed", "seconds_wait_decode",

@@ -1,0 +1,473 @@
+"""The active instruction tuning loop: train, score, select, repeat; resumable at any point.
+
+For each seed:
+
+1. The experiment split (initial / validation / pool / test) is drawn with that seed and
+   written to `RUN/seed_{s}/data/` (the data layer's prepared-pool format).
+2. Iteration 0 trains a model from the base weights on the initial tasks, evaluates it on the
+   validation and test tasks and scores the whole pool. It is shared by all strategies.
+3. For each strategy and iteration i >= 1: the strategy picks the schedule's number of tasks
+   (`activeit_jax.loop.schedule`: a fixed increment, a list of training-set sizes or a growth
+   factor) from the part of the pool not yet selected (using the previous iteration's
+   scores), a new model
+   is trained *from the base weights* on the union of everything selected so far, evaluated,
+   and (when another iteration follows, or the Task Map is wanted) scores the remaining pool.
+
+Everything lives under one run directory, in the layout `activeit_jax.reporting.render` documents:
+
+    RUN/seed_{s}/data/                prepared split (tasks.jsonl, splits.json)
+    RUN/seed_{s}/iter_0/              shared iteration 0
+    RUN/seed_{s}/{strategy}/iter_{i}/ later iterations
+      selected_tasks.json             tasks added at this iteration
+      train/                          trainer run dir (checkpoints, best/, metrics.jsonl)
+      eval_val/, eval_test/           evaluator outputs (predictions, metrics)
+      per_task_metrics.jsonl          per-task ROUGE-L / exact match of both splits
+      metrics_val.json, metrics_test.json
+      scoring/                        scorer run dir (scores, prompts, task map, summary)
+      scores.jsonl, task_map.png      the scorer's results, for the report
+      DONE                            written last: the iteration is complete
+      judge_vs_{reference}[.{judge}].jsonl
+                                      optional, after the loop (`run_judge`): pairwise LLM-judge
+                                      verdicts of this model against the reference strategy's
+                                      model of the same iteration, on the test tasks, one file
+                                      per judge (the name after the dot; none for a single
+                                      unnamed judge)
+
+Each stage is itself resumable (trainer and scorer resume from what they wrote; the small files
+are written atomically), and a stage whose output exists is skipped, so a loop killed at any
+moment and restarted with the same command continues where it was and ends with the same
+selections, scores and metrics as an uninterrupted one.
+
+Self-Instruct pools carry output-length chunks (`split.chunks`); each pool task's chunk id
+(its position in that list) feeds the "self_instruct" quota of `selection.select`.
+
+After the loop, `run_judge` optionally compares every strategy's model with a reference
+strategy's model (default random) at the same iteration, through one or several LLM judges
+(`activeit_jax.loop.judge`; the paper uses GPT-4 and ChatGPT) on the test tasks (Self-Instruct: the 252 user-oriented instructions).
+The answers compared are the greedy predictions the evaluate stage stored in
+`eval_test/predictions.jsonl`; the judge's results file is resumable item by item.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from activeit_jax.core import distributed, io_utils
+from activeit_jax.reporting import render as reports
+from activeit_jax.loop import schedule, selection
+from activeit_jax.loop import judge as judge_lib
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "DONE"
+LOOP_CONFIG_FILE = "loop_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The shape of an active-learning experiment.
+
+    Attributes:
+      strategies: selection strategies to compare (`selection.list_strategies()`).
+      seeds: experiment seeds; each draws its own split and iteration-0 set.
+      num_iterations: iterations including iteration 0 (NIV2: 1 + 5 at 68 tasks each).
+      tasks_per_iteration: tasks added per iteration; None = as many as the initial set.
+      train_set_sizes: instead, the training-set size after each iteration 1 .. N-1 (the
+        paper's Self-Instruct runs: 1,000 ... 16,000); see `activeit_jax.loop.schedule`.
+      growth_factor: instead, multiply the training set by this every iteration (2 doubles).
+      quota: "niv2" (keep the cls/gen ratio), "self_instruct" (per length chunk) or "none".
+      label_ratio: {"cls": a, "gen": b} for the NIV2 quota; None = 24 / 44, the reference
+        run script's 0.356 classification share of 68 (`selection.DEFAULT_LABEL_RATIO`).
+      score_all_strategies: also score the pool after iterations of strategies that do not
+        need scores (random, fully_trained), for their Task Maps and the uncertainty figure.
+      evaluate_test: evaluate each iteration's model on the test split too.
+      keep_train_checkpoints: keep the trainer's intermediate checkpoints once an iteration is
+        complete (its best/ checkpoint is always kept).
+    """
+    strategies: Sequence[str] = ("prompt_uncertainty", "random")
+    seeds: Sequence[int] = (0,)
+    num_iterations: int = 6
+    tasks_per_iteration: int | None = None
+    train_set_sizes: Sequence[int] | None = None
+    growth_factor: float | None = None
+    quota: str = "niv2"
+    label_ratio: Mapping[str, int] | None = None
+    score_all_strategies: bool = True
+    evaluate_test: bool = True
+    keep_train_checkpoints: bool = False
+
+    def __post_init__(self):
+        unknown = [s for s in self.strategies if s not in selection.list_strategies()]
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; known: "
+                             f"{selection.list_strategies()}")
+        if self.num_iterations < 1:
+            raise ValueError("num_iterations must be >= 1")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        # The initial-set size is known only once the split is drawn; check the rest now.
+        schedule.check_schedule(self.num_iterations, self.tasks_per_iteration,
+                                self.train_set_sizes, self.growth_factor)
+
+    def scores_needed(self) -> set[str]:
+        """The score fields the configured strategies read (`selection.required_score_keys`);
+        the entry point turns on the scorer's optional entropy when "entropy" is among them."""
+        return selection.required_score_keys(self.strategies)
+
+
+@dataclasses.dataclass
+class Stages:
+    """The heavy operations the loop calls; the entry point binds them to real components.
+
+    Keeping them injectable keeps the loop itself free of model, mesh and gin details, and
+    lets the tests count and interrupt the calls.
+
+    Attributes:
+      prepare: (seed, out_dir) -> PreparedData; writes/reads the seed's split in out_dir.
+      train: (train_tasks, val_tasks, out_dir) -> best checkpoint directory.
+      evaluate: (checkpoint_dir, tasks, out_dir) -> per-task records
+        [{"task", "label", "rouge_l", "exact_match", "n_instances"}]; also writes
+        out_dir/predictions.jsonl ({"task", "id", "prediction", ...} per instance), which the
+        judge stage reads.
+      score: (checkpoint_dir, tasks, out_dir) -> None; writes out_dir/scores.jsonl and
+        out_dir/taskmap.png (the scorer's layout).
+    """
+    prepare: Callable[[int, str], Any]
+    train: Callable[[Sequence[Any], Sequence[Any], str], str]
+    evaluate: Callable[[str, Sequence[Any], str], list[dict[str, Any]]]
+    score: Callable[[str, Sequence[Any], str], None]
+
+
+def iteration_dir(run_dir: str, seed: int, strategy: str | None, iteration: int) -> str:
+    """Directory of one iteration (iteration 0 is shared by the strategies of a seed)."""
+    if iteration == 0:
+        return os.path.join(run_dir, f"seed_{seed}", "iter_0")
+    return os.path.join(run_dir, f"seed_{seed}", strategy, f"iter_{iteration}")
+
+
+def check_run_config(run_dir: str, config: LoopConfig) -> None:
+    """Records the loop config in a new run dir; refuses to resume with a different one.
+
+    Seeds and strategies may grow (adding a seed or a strategy to a finished run is a natural
+    extension), but everything that changes existing results must stay the same.
+    """
+    path = os.path.join(run_dir, LOOP_CONFIG_FILE)
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            stored = json.load(handle)
+        fixed = ("num_iterations", "tasks_per_iteration", "train_set_sizes", "growth_factor",
+                 "quota", "label_ratio")
+        changed = [k for k in fixed if stored.get(k) != current.get(k)]
+        if changed:
+            raise ValueError(f"{run_dir} was started with different settings {changed}: "
+                             f"{ {k: stored.get(k) for k in changed} }; use a new --out")
+    _on_primary("activeit_loop_config", lambda: io_utils.atomic_write_json(path, current))
+
+
+def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
+             on_stage: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Runs (or resumes) every seed x strategy x iteration of the experiment.
+
+    Args:
+      run_dir: the run directory.
+      config: the experiment.
+      stages: the train / evaluate / score / prepare operations.
+      on_stage: optional callback(stage, directory) after each finished stage (progress
+        display; tests use it to simulate a kill between stages).
+
+    Returns:
+      {"iterations": number of iterations completed, "run_dir": run_dir}.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    check_run_config(run_dir, config)
+    total = len(config.seeds) * (1 + len(config.strategies) * (config.num_iterations - 1))
+    done = 0
+    started = time.time()
+
+    def progress(label: str) -> None:
+        nonlocal done
+        done += 1
+        elapsed = time.time() - started
+        eta = elapsed / done * (total - done)
+        log.info("[%d/%d iterations] %s done (elapsed %.0fs, ETA %.0fs)", done, total, label,
+                 elapsed, eta)
+
+    for seed in config.seeds:
+        prepared = stages.prepare(seed, os.path.join(run_dir, f"seed_{seed}", "data"))
+        initial = list(prepared.split.initial)
+        pool_names = list(prepared.split.pool)
+        validation = prepared.role_tasks("validation")
+        test = prepared.role_tasks("test") if config.evaluate_test else []
+        budgets = schedule.tasks_to_add(len(initial), config.num_iterations,
+                                        config.tasks_per_iteration, config.train_set_sizes,
+                                        config.growth_factor)
+        # Iteration 0 is shared: the union is just the initial set.
+        iter0 = iteration_dir(run_dir, seed, None, 0)
+        _run_iteration(iter0, selected_now={"tasks": initial, "strategy": "initial"},
+                       union=initial, remaining=pool_names, prepared=prepared,
+                       validation=validation, test=test, stages=stages,
+                       score_needed=True, config=config, on_stage=on_stage)
+        progress(f"seed {seed} iteration 0")
+        for strategy_name in config.strategies:
+            strategy = selection.get_strategy(strategy_name)
+            union, remaining, prev_dir = list(initial), list(pool_names), iter0
+            iterations = 2 if strategy.selects_all else config.num_iterations
+            for iteration in range(1, iterations):
+                it_dir = iteration_dir(run_dir, seed, strategy_name, iteration)
+                chosen = _select(it_dir, prev_dir, strategy_name, remaining, prepared,
+                                 budgets[iteration], config, seed, iteration)
+                union = union + chosen["tasks"]
+                added = set(chosen["tasks"])
+                remaining = [name for name in remaining if name not in added]
+                last = iteration == iterations - 1
+                score_needed = bool(remaining) and (
+                    config.score_all_strategies or (strategy.needs_scores and not last))
+                _run_iteration(it_dir, chosen, union, remaining, prepared, validation, test,
+                               stages, score_needed, config, on_stage)
+                prev_dir = it_dir
+                progress(f"seed {seed} {strategy_name} iteration {iteration}")
+            done += config.num_iterations - iterations  # fully_trained has a single iteration
+    return {"iterations": done, "run_dir": run_dir}
+
+
+def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str], prepared: Any,
+            num_tasks: int, config: LoopConfig, seed: int, iteration: int) -> dict[str, Any]:
+    """Selects (or re-reads) the tasks added at `iteration`, from the previous scores."""
+    path = os.path.join(it_dir, reports.SELECTED_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    # Self-Instruct: the output-length chunk of each pool task (split.chunks lists the pool's
+    # names per chunk, shortest outputs first); NIV2 splits have no chunks.
+    chunk_of = {name: c for c, names in enumerate(prepared.split.chunks or ()) for name in names}
+    pool = [selection.TaskInfo(name=name, label=prepared.tasks[name].label,
+                               chunk=chunk_of.get(name))
+            for name in remaining]
+    scores = None
+    spec = selection.get_strategy(strategy)
+    if spec.needs_scores:
+        remaining_set = set(remaining)
+        scores_path = os.path.join(prev_dir, reports.SCORES_FILE)
+        scores = [r for r in io_utils.read_jsonl(scores_path) if r["task"] in remaining_set]
+        absent = [k for k in spec.score_keys if any(r.get(k) is None for r in scores)]
+        if absent:
+            raise ValueError(f"{scores_path} lacks {absent[0]!r}, which strategy {strategy!r} "
+                             f"reads (scored before the strategy joined the run?): remove "
+                             f"{os.path.dirname(scores_path)}/scoring and its scores.jsonl to "
+                             f"rescore, or use a new --out")
+    chosen = selection.select(strategy, scores, pool, num_tasks=num_tasks, quota=config.quota,
+                              seed=seed, iteration=iteration, label_ratio=config.label_ratio)
+    record = chosen.to_json()
+    _on_primary("activeit_loop_select", lambda: io_utils.atomic_write_json(path, record))
+    return record
+
+
+def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence[str],
+                   remaining: Sequence[str], prepared: Any, validation: Sequence[Any],
+                   test: Sequence[Any], stages: Stages, score_needed: bool, config: LoopConfig,
+                   on_stage: Callable[[str, str], None] | None) -> None:
+    """Train, evaluate and score one iteration, skipping the stages already done."""
+    if os.path.exists(os.path.join(it_dir, DONE_FILE)):
+        return
+    os.makedirs(it_dir, exist_ok=True)
+    selected_path = os.path.join(it_dir, reports.SELECTED_FILE)
+    # Every host reaches the barrier; only the primary looks at and writes the file.
+    _on_primary("activeit_loop_selected",
+                lambda: os.path.exists(selected_path) or io_utils.atomic_write_json(
+                    selected_path, dict(selected_now)))
+    notify = on_stage or (lambda stage, directory: None)
+
+    train_dir = os.path.join(it_dir, "train")
+    best = stages.train([prepared.tasks[n] for n in union], validation, train_dir)
+    notify("train", it_dir)
+
+    per_task_path = os.path.join(it_dir, reports.PER_TASK_FILE)
+    if not os.path.exists(per_task_path):
+        records = []
+        for split, tasks in (("val", validation), ("test", test)):
+            if tasks:
+                for rec in stages.evaluate(best, tasks, os.path.join(it_dir, f"eval_{split}")):
+                    records.append({"split": split, **rec})
+        def write_metrics() -> None:
+            io_utils.atomic_write_text(per_task_path, "".join(
+                json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            reports.write_derived_metrics(it_dir)
+        _on_primary("activeit_loop_metrics", write_metrics)
+    notify("evaluate", it_dir)
+
+    if score_needed:
+        scoring_dir = os.path.join(it_dir, "scoring")
+        stages.score(best, [prepared.tasks[n] for n in remaining], scoring_dir)
+        def copy_for_report() -> None:
+            # The report reads these two files at the iteration's top level.
+            for source, target in (("scores.jsonl", reports.SCORES_FILE),
+                                   ("taskmap.png", reports.TASK_MAP_FILE)):
+                src = os.path.join(scoring_dir, source)
+                if os.path.exists(src):
+                    with open(src, "rb") as handle:
+                        data = handle.read()
+                    with io_utils.atomic_open(os.path.join(it_dir, target), "wb") as out:
+                        out.write(data)
+        _on_primary("activeit_loop_scores", copy_for_report)
+        notify("score", it_dir)
+
+    def finish() -> None:
+        if not config.keep_train_checkpoints:
+            shutil.rmtree(os.path.join(train_dir, "checkpoints"), ignore_errors=True)
+        io_utils.atomic_write_text(os.path.join(it_dir, DONE_FILE), "")
+    _on_primary("activeit_loop_done", finish)
+
+
+def _on_primary(barrier_name: str, write: Callable[[], None]) -> None:
+    """Runs `write` in process 0 only, then waits for every process.
+
+    Every host runs the loop (training and evaluation are collective on a global mesh) and
+    decides what to skip from the files of the run directory, so the files must be written once
+    and be visible to all hosts before any of them looks again. Every host must reach each
+    call: decisions taken from files (`os.path.exists`) are only made right after a barrier.
+    """
+    if distributed.is_primary():
+        write()
+    distributed.barrier(barrier_name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairwise judge (after the loop).
+
+PREDICTIONS_FILE = os.path.join("eval_test", "predictions.jsonl")
+
+
+def judge_path(it_dir: str, reference: str, judge_name: str | None = None) -> str:
+    """`it_dir/judge_vs_{reference}.{judge_name}.jsonl` (no `.{judge_name}` for None), the
+    file `reports` summarises."""
+    suffix = "" if judge_name is None else f".{judge_lib.check_judge_name(judge_name)}"
+    return os.path.join(it_dir, f"judge_vs_{reference}{suffix}.jsonl")
+
+
+def _num_iterations(strategy: str, config: LoopConfig) -> int:
+    return 2 if selection.get_strategy(strategy).selects_all else config.num_iterations
+
+
+def _test_predictions(it_dir: str, test: Sequence[Any], stages: Stages,
+                      must_exist: bool) -> dict[str, str]:
+    """{instance id: prediction} of the test tasks for the model of `it_dir`; runs the evaluate
+    stage on `it_dir/train/best` into `it_dir/eval_test` first when the loop did not store them
+    (evaluate_test=False; the iteration's per_task_metrics.jsonl is left as it is)."""
+    path = os.path.join(it_dir, PREDICTIONS_FILE)
+    if not os.path.exists(path):
+        stages.evaluate(os.path.join(it_dir, "train", "best"), test, os.path.dirname(path))
+    if not os.path.exists(path):
+        if must_exist:
+            raise FileNotFoundError(f"{path}: the evaluate stage wrote no predictions, which "
+                                    "the judge compares")
+        return {}
+    return {str(r["id"]): str(r["prediction"]) for r in io_utils.read_jsonl(path)}
+
+
+def judge_items(test: Sequence[Any], ours: Mapping[str, str], theirs: Mapping[str, str]
+                ) -> list[judge_lib.JudgeItem]:
+    """One item per test instance that both models answered (test-task order, then instance
+    order): instruction = the task's definition, input = the instance input, A = `ours`,
+    B = `theirs`."""
+    items = []
+    for task in test:
+        for instance in task.instances:
+            if instance.id in ours and instance.id in theirs:
+                items.append(judge_lib.JudgeItem(
+                    id=instance.id, instruction=task.definition, input=instance.input,
+                    output_a=ours[instance.id], output_b=theirs[instance.id]))
+    return items
+
+
+def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
+              client: judge_lib.ChatCompleter | Mapping[str, judge_lib.ChatCompleter] | None,
+              reference: str = "random", seed: int = 0,
+              on_stage: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+    """Compares each strategy's models with the reference strategy's, iteration by iteration.
+
+    For every seed, strategy s != `reference` and iteration i >= 1 that both s and the
+    reference finished (`DONE`; iteration 0 is shared, so never compared): the two models'
+    test predictions are paired by instance id (`judge_items`) and judged with
+    `judge.run_pairwise` by every judge into
+    `seed_{k}/{s}/iter_{i}/judge_vs_{reference}[.{judge}].jsonl`, model A being s. Rerunning
+    skips the items already judged, so a killed judge stage resumes.
+
+    Args:
+      run_dir: the run directory of a finished (or partly finished) `run_loop`.
+      config: its loop config.
+      stages: its stages (`prepare` re-reads each seed's split; `evaluate` produces missing
+        predictions).
+      client: the judges: {name: client} (each gets its own file and totals), one client
+        (an unnamed judge: `judge_vs_{reference}.jsonl`), or None, which only makes sure that
+        the predictions exist (what the other processes of a multi-host run do while process 0
+        judges).
+      reference: the strategy every other one is compared with (one of `config.strategies`).
+      seed: seeds the judge's presentation order (`judge.presentation_order`); every judge
+        sees an item in the same order.
+      on_stage: optional callback("judge", iteration dir) after each comparison.
+
+    Returns:
+      One record per comparison and judge: {"seed", "strategy", "iteration", "reference",
+      "judge" (None for an unnamed one), "path", "n_items", "win", "tie", "lose", "win_rate"}
+      (without a client: one record per comparison, the counts None).
+
+    Raises:
+      ValueError: `reference` is not a strategy of the run, or a seed has no test tasks.
+    """
+    if reference not in config.strategies:
+        raise ValueError(f"judge reference {reference!r} is not one of the run's strategies "
+                         f"{list(config.strategies)}")
+    judges: dict[str | None, Any]
+    if client is None:
+        judges = {None: None}
+    elif isinstance(client, Mapping):
+        judges = dict(client)
+    else:
+        judges = {None: client}
+    notify = on_stage or (lambda stage, directory: None)
+    results = []
+    for run_seed in config.seeds:
+        prepared = stages.prepare(run_seed, os.path.join(run_dir, f"seed_{run_seed}", "data"))
+        test = prepared.role_tasks("test")
+        if not test:
+            raise ValueError(f"seed {run_seed}: the judge compares answers on the test tasks, "
+                             "and this split has none")
+        for strategy in config.strategies:
+            if strategy == reference:
+                continue
+            last = min(_num_iterations(strategy, config), _num_iterations(reference, config))
+            for iteration in range(1, last):
+                it_dir = iteration_dir(run_dir, run_seed, strategy, iteration)
+                ref_dir = iteration_dir(run_dir, run_seed, reference, iteration)
+                if not all(os.path.exists(os.path.join(d, DONE_FILE)) for d in (it_dir, ref_dir)):
+                    log.warning("judge: %s or %s is not finished; skipped", it_dir, ref_dir)
+                    continue
+                ours = _test_predictions(it_dir, test, stages, client is not None)
+                theirs = _test_predictions(ref_dir, test, stages, client is not None)
+                items = judge_items(test, ours, theirs) if client is not None else []
+                if client is not None and not items:
+                    raise ValueError(f"no test instance answered by both {it_dir} and "
+                                     f"{ref_dir}")
+                for name, judge_client in judges.items():
+                    path = judge_path(it_dir, reference, name)
+                    record: dict[str, Any] = {
+                        "seed": run_seed, "strategy": strategy, "iteration": iteration,
+                        "reference": reference, "judge": name, "path": path,
+                        "n_items": None, "win": None, "tie": None, "lose": None,
+                        "win_rate": None}
+                    if judge_client is not None:
+                        summary = judge_lib.run_pairwise(items, judge_client, path, seed=seed)
+                        record.update(n_items=len(items), win=summary.win, tie=summary.tie,
+                                      lose=summary.lose, win_rate=summary.win_rate)
+                        log.info("judge %s seed %d %s vs %s iteration %d: %d win / %d tie / "
+                                 "%d lose", name or "", run_seed, strategy, reference,
+                                 iteration, summary.win, summary.tie, summary.lose)
+                        notify("judge", it_dir)
+                    results.append(record)
+    return results

@@ -1,0 +1,147 @@
+"""Greedy decoding and Tk-Instruct scoring of validation / test examples on the mesh."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from activeit_jax.training import metrics as metrics_lib
+from activeit_jax.core import io_utils
+from activeit_jax import partitioning
+from activeit_jax.training import inputs as train_data
+from activeit_jax.training import state as ts
+
+PyTree = Any
+from activeit_jax.training.run_dir import json_line
+from activeit_jax.training.step import (batch_shardings, put_batch, resolve_rules,
+                                     validate_config)
+
+
+def make_decode_fn(model: Any, *, mesh: Mesh, params_shardings: PyTree,
+                   batch_sharding: Mapping[str, NamedSharding], max_decode_length: int
+                   ) -> Callable:
+    """Jitted `decode(params, batch) -> int32 [B, max_decode_length]` (greedy, replicated)."""
+    def decode(params, batch):
+        return model.greedy_decode(params, batch, max_decode_length)
+    return jax.jit(decode, in_shardings=(params_shardings, dict(batch_sharding)),
+                   out_shardings=ts.replicated(mesh))
+
+
+def decode_tokens(vocab: Any, ids: Sequence[int],
+                  special_ids: train_data.SpecialIds | None = None) -> str:
+    """Text of generated ids up to the first EOS, end-of-turn token or padding."""
+    special = special_ids or train_data.SpecialIds()
+    stops = {special.eos, special.pad, special.end_of_turn}
+    out = []
+    for i in ids:
+        i = int(i)
+        if i in stops:
+            break
+        out.append(i)
+    return vocab.decode(out)
+
+
+def evaluate(model: Any, params: PyTree, examples: Sequence[train_data.EncodedExample],
+             vocab: Any, *, mesh: Mesh, rules: Sequence[tuple[str, Any]],
+             params_shardings: PyTree, batch_size: int, source_length: int,
+             target_length: int, max_decode_length: int,
+             model_kind: str = train_data.ENCODER_DECODER,
+             decode_fn: Callable | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Greedy-decodes `examples` and scores them (Tk-Instruct ROUGE-L / exact match).
+
+    Returns:
+      (summary from `metrics.summarize`, one prediction record per example:
+      {"task", "id", "prediction", "references"}).
+    """
+    if not examples:
+        return {}, []
+    special = train_data.SpecialIds.of(model, vocab)
+    batches = train_data.eval_batches(examples, batch_size, source_length, target_length,
+                                      model_kind, special)
+    shardings = batch_shardings(mesh, batches[0][0])
+    if decode_fn is None:
+        decode_fn = make_decode_fn(model, mesh=mesh, params_shardings=params_shardings,
+                                   batch_sharding=shardings,
+                                   max_decode_length=max_decode_length)
+    predictions: list[str] = []
+    with partitioning.mesh_context(mesh, rules):
+        for feats, real in batches:
+            out = np.asarray(jax.device_get(decode_fn(params, put_batch(feats, shardings))))
+            predictions += [decode_tokens(vocab, row, special) for row in out[:real]]
+    summary = metrics_lib.summarize(
+        predictions, [ex.references for ex in examples], [ex.task_name for ex in examples],
+        [ex.label for ex in examples])
+    records = [{"task": ex.task_name, "id": ex.instance_id, "prediction": pred,
+                "references": list(ex.references)}
+               for ex, pred in zip(examples, predictions)]
+    return summary, records
+
+
+def model_kind_of(model: Any, config: Any) -> str:
+    """`config.model_kind`, else decoder-only for LLaMA wrappers and encoder-decoder otherwise."""
+    if config.model_kind is not None:
+        return config.model_kind
+    return (train_data.DECODER_ONLY if getattr(model, "kind", None) == "llama"
+            else train_data.ENCODER_DECODER)
+
+
+def encode_eval_tasks(tasks: Sequence[Any], vocab: Any, config: Any, model: Any
+                      ) -> list[train_data.EncodedExample]:
+    """Validation / test examples: the first `max_eval_instances_per_task` of each task."""
+    return train_data.encode_tasks(
+        tasks, vocab, max_instances_per_task=config.max_eval_instances_per_task,
+        num_pos_examples=config.num_pos_examples, max_source_length=config.max_source_length,
+        max_target_length=config.max_target_length, seed=None,
+        model_kind=model_kind_of(model, config),
+        special_ids=train_data.SpecialIds.of(model, vocab), prompt_format=config.prompt_format)
+
+
+def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
+                        config: Any, out_dir: str | None = None, *,
+                        model: Any = None, devices: Sequence[Any] | None = None
+                        ) -> dict[str, Any]:
+    """Loads a `save_model` checkpoint and evaluates it on `tasks` (Tk-Instruct metrics).
+
+    Args:
+      checkpoint_dir: a checkpoint directory (e.g. a training run's `best/`).
+      tasks: the evaluation tasks; each contributes its first `max_eval_instances_per_task`.
+      vocab: the model's seqio vocabulary.
+      config: lengths, `eval_batch_size`, `max_eval_instances_per_task`, mesh and rules.
+      out_dir: when given, writes `metrics.json` (overall / cls / gen / per_task),
+        `per_task_metrics.jsonl` (one line per task) and `predictions.jsonl`, atomically.
+      model: the wrapper to use (default: the checkpoint's config).
+      devices: devices of the mesh (default: all).
+
+    Returns:
+      The `metrics.summarize` dict.
+    """
+    from activeit_jax.models import checkpoints
+    mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
+    validate_config(dataclasses.replace(config, num_microbatches=1,
+                                         batch_size=config.eval_batch_size), mesh)
+    if model is None:
+        model = checkpoints.read_model(checkpoint_dir, config.logical_axis_rules)
+    train_data.check_vocabulary(model, vocab, checkpoint_dir)
+    rules = resolve_rules(model, config.logical_axis_rules)
+    params_sh = partitioning.params_shardings(model, mesh, rules)
+    params = checkpoints.restore_params(checkpoint_dir, model, params_sh)
+    examples = encode_eval_tasks(tasks, vocab, config, model)
+    summary, records = evaluate(
+        model, params, examples, vocab, mesh=mesh, rules=rules, params_shardings=params_sh,
+        batch_size=config.eval_batch_size, source_length=config.max_source_length,
+        target_length=config.max_target_length,
+        max_decode_length=config.max_decode_length or config.max_target_length,
+        model_kind=model_kind_of(model, config))
+    if out_dir is not None and jax.process_index() == 0:
+        labels = {ex.task_name: ex.label for ex in examples}
+        io_utils.atomic_write_json(os.path.join(out_dir, "metrics.json"), dict(summary))
+        io_utils.atomic_write_text(os.path.join(out_dir, "per_task_metrics.jsonl"), "".join(
+            json_line({"task": task, "label": labels[task], **scores})
+            for task, scores in summary.get("per_task", {}).items()))
+        io_utils.atomic_write_text(os.path.join(out_dir, "predictions.jsonl"),
+                                   "".join(json_line(r) for r in records))
+    return summary
