@@ -105,6 +105,7 @@ def _default_flags_parser(argv: list[str]) -> list[str]:
     """absl flag parsing that first strips `--gin.X=V` bindings into
     `gin_utils.COMMAND_LINE_BINDINGS`."""
     from absl import flags
+
     from activeit_jax.core import gin_utils
     from activeit_jax.core.errors import UsageError
     try:

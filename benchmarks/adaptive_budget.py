@@ -75,6 +75,7 @@ def live(args) -> dict:
     """Full-K vs adaptive on a tiny random T5 over the sample pool (see module docstring);
     returns the full run's p values (task -> [n, 1 + K])."""
     import jax
+
     from activeit_jax import partitioning, scoring
     from activeit_jax.data import niv2, vocab as vocab_lib
     from activeit_jax.models import EncoderDecoderModel, T5Config

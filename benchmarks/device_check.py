@@ -33,8 +33,7 @@ NOMINAL_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A
 
 def model_pairs(dry_run: bool):
     """(name, our model) for the T5-large and LLaMA shapes (tiny ones with `dry_run`)."""
-    from activeit_jax.models import (DecoderOnlyModel, EncoderDecoderModel, LlamaConfig,
-                                     T5Config)
+    from activeit_jax.models import DecoderOnlyModel, EncoderDecoderModel, LlamaConfig, T5Config
     dtype = "float32" if dry_run else "bfloat16"
     if dry_run:
         t5 = T5Config(vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_heads=4,
@@ -131,8 +130,9 @@ def train_batch(model, rows, batch_size):
 def ours_train(model, batch, args) -> tuple[float, float]:
     """(seconds per step, XLA FLOPs per step) of our jitted AdamW train step."""
     import jax
+
     from activeit_jax import partitioning
-    from activeit_jax.training import state as ts, trainer
+    from activeit_jax.training import state as ts, step as train_step
     mesh = partitioning.make_mesh({"data": -1})
     rules = partitioning.normalize_rules(None)
     schedule = ts.make_schedule("constant", 1e-4, 0)
@@ -142,13 +142,13 @@ def ours_train(model, batch, args) -> tuple[float, float]:
     state_sh = ts.train_state_shardings(mesh, optimizer, params, specs)
     state = jax.jit(lambda p: ts.create_train_state(p, optimizer), out_shardings=state_sh)(params)
     del params
-    batch_sh = trainer.batch_shardings(mesh, batch)
+    batch_sh = train_step.batch_shardings(mesh, batch)
     rng = jax.random.key(0)
     with partitioning.mesh_context(mesh, rules):
-        step = trainer.make_train_step(model, optimizer, schedule, mesh=mesh,
+        step = train_step.make_train_step(model, optimizer, schedule, mesh=mesh,
                                        state_shardings=state_sh, batch_sharding=batch_sh,
                                        use_dropout=False)
-        placed = trainer.put_batch(batch, batch_sh)
+        placed = train_step.put_batch(batch, batch_sh)
         cost = step.lower(state, placed, rng).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         state, metrics = step(state, placed, rng)
@@ -165,6 +165,7 @@ def torch_model(model, params, dry_run: bool):
     import numpy as np
     import torch
     import transformers
+
     from activeit_jax.models import hf_convert
     config = hf_convert.hf_config_from_model(model)
     if model.kind == "llama":

@@ -25,6 +25,7 @@ sys.path.insert(0, REPO)
 from activeit_jax import scoring  # noqa: E402
 from activeit_jax.data import niv2, vocab as vocab_lib  # noqa: E402
 from activeit_jax.scoring import batching, row_scorer  # noqa: E402
+
 from bench_data import default_niv2_dir  # noqa: E402  (benchmarks/ is sys.path[0])
 
 

@@ -39,13 +39,12 @@ xla_defaults.apply()  # what `activeit-jax` applies, before jax starts
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import smollm2_throughput  # noqa: E402 (benchmarks/, beside this file)
 
-from activeit_jax.core import gin_utils, profiling  # noqa: E402
 from activeit_jax import partitioning, scoring
+from activeit_jax.core import gin_utils, profiling  # noqa: E402
 from activeit_jax.data import niv2, vocab as vocab_lib  # noqa: E402
 from activeit_jax.models import EncoderDecoderModel, T5Config  # noqa: E402
-
-import smollm2_throughput  # noqa: E402 (benchmarks/, beside this file)
 
 
 def model_config(name: str, dtype: str) -> T5Config:

@@ -61,8 +61,8 @@ def row_flops(cfg, source: int, target: int) -> float:
 def setup(args, tmp: str) -> dict:
     """Random weights saved as our checkpoint and as a Hugging Face directory; the task list."""
     import jax
-    from activeit_jax.models import checkpoints
-    from activeit_jax.models import EncoderDecoderModel, hf_convert
+
+    from activeit_jax.models import EncoderDecoderModel, checkpoints, hf_convert
     model = EncoderDecoderModel(t5_config(args))
     params = jax.device_get(model.init_params(jax.random.key(0)))
     checkpoints.save_model(os.path.join(tmp, "ckpt"), model, params)

@@ -71,10 +71,10 @@ def score(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     """Step 2: the Task Map of the train tasks (resumable through the scorer's journal)."""
     import jax
 
-    from activeit_jax.models import checkpoints
     from activeit_jax import partitioning, scoring
     from activeit_jax.commands.score import _load_lazily
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
     names = task_names(args.niv2_dir, "train", args.limit)
     model = checkpoints.read_model(checkpoint)
     vocab = vocab_lib.resolve_vocabulary(None, checkpoint)
@@ -101,9 +101,8 @@ def zero_shot(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     """Step 3: zero-shot metrics on the test tasks (skipped when already written)."""
     import jax
 
-    from activeit_jax.training import trainer
-    from activeit_jax.data import niv2
-    from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.data import niv2, vocab as vocab_lib
+    from activeit_jax.training import config as train_config, evaluation
     out = os.path.join(args.out, "zero_shot")
     metrics_path = os.path.join(out, "metrics.json")
     if os.path.exists(metrics_path):
@@ -114,14 +113,14 @@ def zero_shot(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
              for n in task_names(args.niv2_dir, "test", args.limit)]
     # Every decoding row is padded to max_source_length: a shorter one keeps this step cheap
     # (positive examples are dropped first when a prompt would not fit).
-    config = trainer.TrainConfig(
+    config = train_config.TrainConfig(
         max_source_length=args.eval_max_source_length,
         max_target_length=args.max_target_length,
         max_decode_length=args.max_target_length, num_pos_examples=2,
         max_eval_instances_per_task=args.eval_instances, eval_batch_size=args.batch_size,
         mesh_shape={"data": 1, "fsdp": 1, "model": 1})
     t0 = time.perf_counter()
-    summary = trainer.evaluate_checkpoint(checkpoint, tasks,
+    summary = evaluation.evaluate_checkpoint(checkpoint, tasks,
                                           vocab_lib.resolve_vocabulary(None, checkpoint),
                                           config, out, devices=jax.devices()[:1])
     print(f"zero-shot on {len(tasks)} test tasks x {args.eval_instances}: ROUGE-L "

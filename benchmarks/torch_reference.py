@@ -63,6 +63,7 @@ def run_worker(args) -> None:
     import torch
     import transformers
     from score_vs_torch import SAMPLE_VOCAB, row_flops
+
     from activeit_jax import scoring
     from activeit_jax.data import niv2
     from activeit_jax.data.vocab import SentencePieceVocabulary

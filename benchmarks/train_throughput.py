@@ -46,11 +46,15 @@ xla_defaults.apply()  # what `activeit-jax` applies, before jax starts
 
 import jax  # noqa: E402
 
-from activeit_jax.core import gin_utils  # noqa: E402
 from activeit_jax import partitioning
-from activeit_jax.training import inputs as train_data, trainer
-from activeit_jax.training import state as ts  # noqa: E402
+from activeit_jax.core import gin_utils  # noqa: E402
 from activeit_jax.models import EncoderDecoderModel, T5Config, hf_convert  # noqa: E402
+from activeit_jax.training import (
+    inputs as train_data,
+    state as ts,  # noqa: E402
+    step as train_step,
+)
+
 from bench_data import default_niv2_dir  # noqa: E402  (benchmarks/ is sys.path[0])
 
 LEARNING_RATE, B1, B2, EPS = 1e-4, 0.9, 0.999, 1e-8
@@ -119,15 +123,15 @@ def bench_ours(model, examples, args, pack: bool, buckets: int = 0):
                     out_shardings=state_sh)(params)
     batcher = make_batcher(examples, args, pack, buckets)
     first = batcher.batch(0, 0)
-    batch_sh = trainer.batch_shardings(mesh, first)
+    batch_sh = train_step.batch_shardings(mesh, first)
     rng = jax.random.key(0)
     with partitioning.mesh_context(mesh, rules):
-        step = trainer.make_train_step(model, optimizer, schedule, mesh=mesh,
+        step = train_step.make_train_step(model, optimizer, schedule, mesh=mesh,
                                        state_shardings=state_sh, batch_sharding=batch_sh,
                                        num_microbatches=1, use_dropout=False)
         steps, flops, first_loss, seen = batcher.steps_per_epoch(0), 0.0, None, set()
         for i in range(steps):  # compile every shape; the FLOPs of the epoch
-            placed = trainer.put_batch(batcher.batch(0, i), batch_sh)
+            placed = train_step.put_batch(batcher.batch(0, i), batch_sh)
             cost = step.lower(state, placed, rng).compile().cost_analysis()
             flops += float((cost[0] if isinstance(cost, (list, tuple)) else cost)
                            .get("flops", 0.0))
@@ -138,7 +142,7 @@ def bench_ours(model, examples, args, pack: bool, buckets: int = 0):
                 first_loss = float(metrics["loss"]) if i == 0 else first_loss
         start = time.perf_counter()
         for i in range(steps):
-            state, metrics = step(state, trainer.put_batch(batcher.batch(0, i), batch_sh), rng)
+            state, metrics = step(state, train_step.put_batch(batcher.batch(0, i), batch_sh), rng)
         jax.block_until_ready(metrics)
         seconds = time.perf_counter() - start
     return seconds, flops, first_loss, jax.device_get(params), steps

@@ -17,8 +17,7 @@ from typing import Sequence
 
 import seqio
 
-from activeit_jax.data import niv2, prepared, self_instruct, seqio_tasks
-from activeit_jax.data import vocab as vocab_lib
+from activeit_jax.data import niv2, prepared, self_instruct, seqio_tasks, vocab as vocab_lib
 from activeit_jax.data.errors import DataError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,6 +12,7 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 # The XLA settings `activeit-jax` runs with (CPU fusion and reduction choices), so in-process
 # tests check the numerics users get.
 from activeit_jax.core import xla_defaults  # noqa: E402  (imports no jax)
+
 xla_defaults.apply()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow (used by seqio) must not grab accelerators or spawn many threads in tests.
@@ -65,8 +66,8 @@ def parse_experiment():
     import gin
 
     def parse(gin_file: str, bindings: list[str]):
-        from activeit_jax.core import gin_utils
         from activeit_jax.commands import run
+        from activeit_jax.core import gin_utils
         run._register_configurables()
         import activeit_jax.data.configurables  # noqa: F401 (gin registrations)
         import activeit_jax.models  # noqa: F401

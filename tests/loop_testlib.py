@@ -10,8 +10,8 @@ import hashlib
 import json
 import os
 
-from activeit_jax.loop import active_loop
 from activeit_jax.core import io_utils
+from activeit_jax.loop import active_loop
 
 
 def unit(*parts: str) -> float:

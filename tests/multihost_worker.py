@@ -42,10 +42,9 @@ def main(spec_path: str, process_id: int) -> None:
     import jax
     import numpy as np
 
+    from activeit_jax.data import niv2, vocab as vocab_lib
     from activeit_jax.models import checkpoints
-    from activeit_jax.training import trainer
-    from activeit_jax.data import niv2
-    from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.training import config as train_config, trainer
 
     assert jax.process_count() == spec["num_processes"] and len(jax.devices()) == 8
 
@@ -63,7 +62,7 @@ def main(spec_path: str, process_id: int) -> None:
                        spec["score_global_mesh_out"], score.build_config(), mesh=mesh,
                        total=total, progress=False)
     train = spec["train"]
-    config = trainer.TrainConfig(**train["config"])
+    config = train_config.TrainConfig(**train["config"])
     model = checkpoints.read_model(spec["checkpoint"])
     vocab = vocab_lib.get_vocabulary(spec["vocab"])
     load = lambda names: [niv2.load_niv2_task(  # noqa: E731

@@ -77,6 +77,7 @@ def quiet_library_logs() -> None:
     """Shows our INFO progress lines but only warnings from libraries (orbax logs every
     checkpoint read and write at INFO through absl)."""
     import logging
+
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("activeit_jax").setLevel(logging.INFO)

@@ -53,8 +53,7 @@ def main(argv: list[str]) -> None:
         common.quiet_library_logs()
 
     # Imported here so that `--help` and flag errors stay fast.
-    from activeit_jax.models import checkpoints
-    from activeit_jax.models import hf_convert
+    from activeit_jax.models import checkpoints, hf_convert
 
     try:
         if importing:

@@ -51,10 +51,14 @@ def main(argv: list[str]) -> None:
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
-    from activeit_jax.training import inputs as train_data, trainer
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.training import (
+        config as train_config,
+        evaluation,
+        inputs as train_data,
+    )
 
-    job = trainer.train_job()  # the run's gin file gives lengths, batch, mesh, vocabulary
+    job = train_config.train_job()  # the run's gin file gives lengths, batch, mesh, vocabulary
     config, vocabulary = job.resolved_config(), job.vocabulary
     overrides = {"max_eval_instances_per_task": FLAGS.max_instances_per_task,
                  "eval_batch_size": FLAGS.batch_size,
@@ -66,7 +70,7 @@ def main(argv: list[str]) -> None:
         FLAGS.vocab or vocabulary, FLAGS.checkpoint,
         what="--vocab or a gin binding of train_job.vocabulary")
     tasks = train_data.read_tasks(FLAGS.tasks, FLAGS.niv2_dir)
-    summary = trainer.evaluate_checkpoint(FLAGS.checkpoint, tasks, vocabulary, config,
+    summary = evaluation.evaluate_checkpoint(FLAGS.checkpoint, tasks, vocabulary, config,
                                           FLAGS.out)
     print(json.dumps({"out": FLAGS.out, "num_tasks": len(tasks),
                       **{k: v for k, v in summary.items() if not isinstance(v, dict)}}))

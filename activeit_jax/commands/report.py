@@ -11,8 +11,8 @@ import json
 
 from absl import flags, logging
 
-from activeit_jax.reporting import render as reports
 from activeit_jax.commands import common
+from activeit_jax.reporting import render as reports
 
 _RUN = flags.DEFINE_string("run", None, "run directory (RUN/seed_{s}/...).")
 _OUT = flags.DEFINE_string("out", None, "output directory; default RUN/report.")

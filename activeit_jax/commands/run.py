@@ -112,9 +112,9 @@ class Experiment:
 
 def _register_configurables() -> None:
     """Makes the library's plain dataclasses bindable from gin (edges only)."""
-    from activeit_jax.loop import active_loop, judge
     from activeit_jax import scoring
     from activeit_jax.data import splits
+    from activeit_jax.loop import active_loop, judge
     for cls, module in ((active_loop.LoopConfig, "activeit_jax.loop.active_loop"),
                         (scoring.ScoreConfig, "activeit_jax.scoring"),
                         (splits.NIV2Quotas, "activeit_jax.data.splits"),
@@ -165,10 +165,10 @@ def experiment(model: Any = None, vocabulary: Any = None,
     if missing:
         raise ValueError(f"experiment.{missing[0]} is required: bind it (e.g. "
                          f"--gin.experiment.{missing[0]}=...) or the macro the config names")
-    from activeit_jax.loop import active_loop
     from activeit_jax import scoring
-    from activeit_jax.training import trainer
     from activeit_jax.data import splits
+    from activeit_jax.loop import active_loop
+    from activeit_jax.training.config import TrainConfig
     model, vocabulary = _model_and_vocabulary(model, vocabulary, init_checkpoint)
     loop = loop or active_loop.LoopConfig()
     if pool not in POOLS:
@@ -216,7 +216,7 @@ def experiment(model: Any = None, vocabulary: Any = None,
         from activeit_jax.data.configurables import resolve_repo_path
         overrides = labels.load_label_overrides(resolve_repo_path(label_overrides))
     return Experiment(model=model, vocabulary=vocabulary, niv2_dir=niv2_dir,
-                      train_config=train_config or trainer.TrainConfig(),
+                      train_config=train_config or TrainConfig(),
                       score_config=score_config,
                       loop=loop, init_checkpoint=init_checkpoint,
                       quotas=quotas, max_instances_per_task=max_instances_per_task,
@@ -255,9 +255,9 @@ def _model_and_vocabulary(model: Any, vocabulary: Any, init_checkpoint: str | No
       UsageError: no model bound and no base checkpoint to read one from.
       VocabularyError: no vocabulary bound and none stored with the base checkpoint.
     """
-    from activeit_jax.models import checkpoints
-    from activeit_jax.data import vocab as vocab_lib
     from activeit_jax.core.errors import UsageError
+    from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
     if model is None:
         if not init_checkpoint:
             raise UsageError("experiment.model is required without experiment.init_checkpoint "
@@ -317,12 +317,12 @@ def check_label_overrides(data: Any, overrides: dict[str, str] | None, out_dir: 
 
 def build_stages(exp: Experiment):
     """Binds the loop's stages to the data layer, the trainer and the scorer."""
+    from activeit_jax import partitioning, scoring
+    from activeit_jax.core import distributed
+    from activeit_jax.data import prepared as prepared_lib
     from activeit_jax.loop import active_loop
     from activeit_jax.models import checkpoints
-    from activeit_jax.core import distributed
-    from activeit_jax import partitioning, scoring
-    from activeit_jax.training import trainer
-    from activeit_jax.data import prepared as prepared_lib
+    from activeit_jax.training import evaluation, run_dir, trainer
 
     train_config = exp.train_config
     if exp.partitioning is not None:
@@ -375,7 +375,7 @@ def build_stages(exp: Experiment):
                                  "iteration 0 has no model to evaluate")
             return init
         best = os.path.join(out_dir, "best")
-        if os.path.exists(os.path.join(out_dir, trainer.SUMMARY_FILE)):
+        if os.path.exists(os.path.join(out_dir, run_dir.SUMMARY_FILE)):
             return best  # finished before (its intermediate checkpoints may be gone)
         if not exp.select_epoch_on_validation:
             val_tasks = []  # fixed epochs, the last one is kept (the evaluate stage validates)
@@ -384,7 +384,7 @@ def build_stages(exp: Experiment):
         return result.best_checkpoint_dir
 
     def evaluate(checkpoint_dir: str, tasks, out_dir: str):
-        summary = trainer.evaluate_checkpoint(checkpoint_dir, tasks, exp.vocabulary,
+        summary = evaluation.evaluate_checkpoint(checkpoint_dir, tasks, exp.vocabulary,
                                               train_config, out_dir, model=exp.model)
         labels = {task.name: task.label for task in tasks}
         counts = {task.name: min(len(task.instances),
@@ -413,11 +413,11 @@ def main(argv: list[str]) -> None:
     common.initialize_distributed_from_flags()
     common.quiet_library_logs()
     _register_configurables()
-    from activeit_jax.loop import active_loop  # noqa: F401 (gin registrations)
-    from activeit_jax.reporting import render as reports
-    from activeit_jax.training import trainer
     import activeit_jax.data.configurables  # noqa: F401
     import activeit_jax.models  # noqa: F401
+    from activeit_jax.loop import active_loop  # noqa: F401 (gin registrations)
+    from activeit_jax.reporting import render as reports
+    from activeit_jax.training import config as _train_config  # noqa: F401 (gin registrations)
     common.parse_gin_from_flags()
     exp = experiment()
     import jax

@@ -37,8 +37,8 @@ from typing import Any, Iterator
 from absl import flags
 
 from activeit_jax.commands import common
-from activeit_jax.data.errors import TaskFormatError
 from activeit_jax.core.errors import UsageError
+from activeit_jax.data.errors import TaskFormatError
 
 FLAGS = flags.FLAGS
 
@@ -122,8 +122,8 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
     With `shard` (a `scoring.ShardInfo`), NIV2 and prepared entries of other shards are not
     loaded: a `scoring.TaskStub` (the name only) stands in their place.
     """
-    from activeit_jax.core import records
     from activeit_jax import scoring
+    from activeit_jax.core import records
     from activeit_jax.data import niv2
     from activeit_jax.data.errors import MissingTaskError, RecordError
 
@@ -215,9 +215,8 @@ def build_config() -> "Any":
     Raises:
       UsageError: a value the scorer cannot use (checked before anything is written).
     """
-    from activeit_jax.scoring import perturbation as perturbation_lib
     from activeit_jax import scoring
-    from activeit_jax.scoring import taskmap
+    from activeit_jax.scoring import perturbation as perturbation_lib, taskmap
 
     try:
         options = perturbation_lib.parse_options(FLAGS.perturbation_option)
@@ -250,8 +249,8 @@ def build_config() -> "Any":
 def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
     """A chat format needs a chat template: say so in one line before loading weights."""
     from activeit_jax import scoring
-    from activeit_jax.data import chat as chat_lib
     from activeit_jax.core.errors import UsageError
+    from activeit_jax.data import chat as chat_lib
     try:
         scoring.prompt_formats(config, scoring.is_decoder_only(model),
                                chat_lib.from_vocabulary(vocab) is not None)
@@ -267,10 +266,10 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from activeit_jax.models import checkpoints
     from activeit_jax import partitioning, scoring
-    from activeit_jax.training import inputs as train_data
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
+    from activeit_jax.training import inputs as train_data
     shard = scoring.ShardInfo.of_process()
     # Every argument is checked (and the pool listed) before the run directory is touched.
     config = build_config()

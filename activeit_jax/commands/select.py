@@ -18,11 +18,11 @@ from typing import Any, Mapping
 import gin
 from absl import flags, logging
 
-from activeit_jax.core import io_utils, records
-from activeit_jax.loop import selection
 from activeit_jax.commands import common
-from activeit_jax.data.errors import RecordError
+from activeit_jax.core import io_utils, records
 from activeit_jax.core.errors import UsageError
+from activeit_jax.data.errors import RecordError
+from activeit_jax.loop import selection
 
 _SCORES = flags.DEFINE_string("scores", None, "scores.jsonl of the pool (from `score`).")
 _POOL = flags.DEFINE_string(

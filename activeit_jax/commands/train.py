@@ -27,8 +27,8 @@ from typing import Any
 import gin
 from absl import flags, logging
 
-from activeit_jax.core import io_utils
 from activeit_jax.commands import common
+from activeit_jax.core import io_utils
 from activeit_jax.core.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -77,9 +77,9 @@ def main(argv: list[str]) -> None:
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
-    from activeit_jax.training import inputs as train_data, trainer
+    from activeit_jax.training import config as train_config, inputs as train_data, trainer
 
-    job = trainer.train_job()
+    job = train_config.train_job()
     config = job.resolved_config()
     niv2_dir = FLAGS.niv2_dir or job.niv2_dir
     if niv2_dir and not FLAGS.niv2_dir:

@@ -8,6 +8,8 @@ import re
 import tempfile
 from typing import Any, Iterator, TextIO
 
+from activeit_jax.data.errors import RecordError, read_text
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w",
@@ -133,7 +135,6 @@ def read_jsonl(path: str | os.PathLike, drop_partial_tail: bool = True) -> list[
     Raises:
       RecordError: the file is not UTF-8, or a line other than a torn tail is not JSON.
     """
-    from activeit_jax.data.errors import RecordError, read_text
     if not os.path.exists(path):
         return []
     lines = read_text(os.fspath(path), "JSONL file").split("\n")

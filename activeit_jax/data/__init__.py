@@ -5,14 +5,30 @@ import them explicitly: `from activeit_jax.data import seqio_tasks, vocab`.
 """
 from __future__ import annotations
 
-from activeit_jax.data.errors import (DataError, EmptyPoolError, LabelOverrideError,
-                                      MissingTaskError, SplitError, TaskFormatError,
-                                      VocabularyError)
+from activeit_jax.data.errors import (
+                                      DataError,
+                                      EmptyPoolError,
+                                      LabelOverrideError,
+                                      MissingTaskError,
+                                      SplitError,
+                                      TaskFormatError,
+                                      VocabularyError,
+)
 from activeit_jax.data.labels import CLS, GEN
-from activeit_jax.data.niv2 import (Example, Instance, Task, load_niv2_task, read_niv2_split,
-                                    scan_niv2_split)
-from activeit_jax.data.prompts import (PromptParts, alpaca_prompt, render_tk_instruct,
-                                       tk_instruct_parts)
+from activeit_jax.data.niv2 import (
+                                      Example,
+                                      Instance,
+                                      Task,
+                                      load_niv2_task,
+                                      read_niv2_split,
+                                      scan_niv2_split,
+)
+from activeit_jax.data.prompts import (
+                                      PromptParts,
+                                      alpaca_prompt,
+                                      render_tk_instruct,
+                                      tk_instruct_parts,
+)
 
 __all__ = [
     "CLS", "GEN", "DataError", "EmptyPoolError", "Example", "Instance", "LabelOverrideError",

@@ -26,8 +26,13 @@ import os
 from typing import Any, Mapping, Sequence
 
 from activeit_jax.data import labels as labels_lib
-from activeit_jax.data.errors import (DataError, MissingTaskError, TaskFormatError, TaskNameError,
-                                      read_text)
+from activeit_jax.data.errors import (
+    DataError,
+    MissingTaskError,
+    TaskFormatError,
+    TaskNameError,
+    read_text,
+)
 from activeit_jax.data.hashing import stable_shuffle
 
 OnBadTask = str  # "error" | "skip"

@@ -18,10 +18,12 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 from activeit_jax.core import io_utils
-from activeit_jax.data import labels as labels_lib
-from activeit_jax.data import niv2 as niv2_lib
-from activeit_jax.data import self_instruct as si_lib
-from activeit_jax.data import splits as splits_lib
+from activeit_jax.data import (
+    labels as labels_lib,
+    niv2 as niv2_lib,
+    self_instruct as si_lib,
+    splits as splits_lib,
+)
 from activeit_jax.data.errors import DataError, EmptyPoolError, MissingTaskError, SplitError
 from activeit_jax.data.niv2 import Task
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-from activeit_jax.data import prompts as prompts_lib
+from activeit_jax.data import chat as chat_lib, prompts as prompts_lib
 from activeit_jax.data.niv2 import Task
 
 DEFAULT_SPLITS = ("train", "validation", "test")
@@ -171,7 +171,6 @@ def register_prompt_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Voc
     num_examples = _count_examples(tasks, max_instances_per_task)
 
     def render() -> list[dict[str, Any]]:
-        from activeit_jax.data import chat as chat_lib
         fits = (prompts_lib.make_fits(vocabulary, max_source_length, add_eos=add_eos_to_inputs)
                 if prompt_format in (prompts_lib.TK_INSTRUCT, prompts_lib.TK_INSTRUCT_CHAT)
                 else None)

@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any, Iterable
 
+from activeit_jax.core import io_utils
 from activeit_jax.data.errors import VocabularyError
 
 if TYPE_CHECKING:
@@ -262,7 +263,6 @@ def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
       True when stored; False for other kinds of vocabulary (e.g. a test double), which
       cannot be stored and are left out.
     """
-    from activeit_jax.core import io_utils
 
     directory = os.fspath(directory)
     hf = _hf_tokenizer()

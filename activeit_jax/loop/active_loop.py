@@ -58,9 +58,8 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from activeit_jax.core import distributed, io_utils
-from activeit_jax.reporting import render as reports
-from activeit_jax.loop import schedule, selection
-from activeit_jax.loop import judge as judge_lib
+from activeit_jax.loop import judge as judge_lib, schedule, selection
+from activeit_jax.reporting import results as run_results
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +238,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
 def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str], prepared: Any,
             num_tasks: int, config: LoopConfig, seed: int, iteration: int) -> dict[str, Any]:
     """Selects (or re-reads) the tasks added at `iteration`, from the previous scores."""
-    path = os.path.join(it_dir, reports.SELECTED_FILE)
+    path = os.path.join(it_dir, run_results.SELECTED_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -253,7 +252,7 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
     spec = selection.get_strategy(strategy)
     if spec.needs_scores:
         remaining_set = set(remaining)
-        scores_path = os.path.join(prev_dir, reports.SCORES_FILE)
+        scores_path = os.path.join(prev_dir, run_results.SCORES_FILE)
         scores = [r for r in io_utils.read_jsonl(scores_path) if r["task"] in remaining_set]
         absent = [k for k in spec.score_keys if any(r.get(k) is None for r in scores)]
         if absent:
@@ -276,7 +275,7 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
     if os.path.exists(os.path.join(it_dir, DONE_FILE)):
         return
     os.makedirs(it_dir, exist_ok=True)
-    selected_path = os.path.join(it_dir, reports.SELECTED_FILE)
+    selected_path = os.path.join(it_dir, run_results.SELECTED_FILE)
     # Every host reaches the barrier; only the primary looks at and writes the file.
     _on_primary("activeit_loop_selected",
                 lambda: os.path.exists(selected_path) or io_utils.atomic_write_json(
@@ -287,7 +286,7 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
     best = stages.train([prepared.tasks[n] for n in union], validation, train_dir)
     notify("train", it_dir)
 
-    per_task_path = os.path.join(it_dir, reports.PER_TASK_FILE)
+    per_task_path = os.path.join(it_dir, run_results.PER_TASK_FILE)
     if not os.path.exists(per_task_path):
         records = []
         for split, tasks in (("val", validation), ("test", test)):
@@ -297,7 +296,7 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
         def write_metrics() -> None:
             io_utils.atomic_write_text(per_task_path, "".join(
                 json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            reports.write_derived_metrics(it_dir)
+            run_results.write_derived_metrics(it_dir)
         _on_primary("activeit_loop_metrics", write_metrics)
     notify("evaluate", it_dir)
 
@@ -306,8 +305,8 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
         stages.score(best, [prepared.tasks[n] for n in remaining], scoring_dir)
         def copy_for_report() -> None:
             # The report reads these two files at the iteration's top level.
-            for source, target in (("scores.jsonl", reports.SCORES_FILE),
-                                   ("taskmap.png", reports.TASK_MAP_FILE)):
+            for source, target in (("scores.jsonl", run_results.SCORES_FILE),
+                                   ("taskmap.png", run_results.TASK_MAP_FILE)):
                 src = os.path.join(scoring_dir, source)
                 if os.path.exists(src):
                     with open(src, "rb") as handle:

@@ -76,6 +76,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from activeit_jax.core import records
+from activeit_jax.data.errors import RecordError
+
 log = logging.getLogger(__name__)
 
 # Keys of a `scores.jsonl` record (one line per task, written by the scorer).
@@ -529,7 +532,6 @@ def select_tasks(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
 
 def _task_info(record: Any, path: str | os.PathLike | None = None, where: str = ""
                ) -> TaskInfo:
-    from activeit_jax.data.errors import RecordError
     if isinstance(record, str):
         return TaskInfo(record)
     name = record.get("name", record.get(TASK_KEY)) if isinstance(record, Mapping) else None
@@ -546,7 +548,6 @@ def _task_info(record: Any, path: str | os.PathLike | None = None, where: str = 
 
 
 def _read_records(path: str | os.PathLike) -> list[tuple[str, Any]]:
-    from activeit_jax.core import records
     return records.read_records(path, "pool file")
 
 

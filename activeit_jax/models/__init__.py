@@ -9,9 +9,16 @@ Public API:
 """
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.t5 import T5Config
-from activeit_jax.models.wrappers import (MODEL_CLASSES, BaseModel, DecoderOnlyModel,
-                                          EncoderDecoderModel, make_decoder_only_batch,
-                                          make_prompt_batch, model_from_dict, model_to_dict)
+from activeit_jax.models.wrappers import (
+                                          MODEL_CLASSES,
+                                          BaseModel,
+                                          DecoderOnlyModel,
+                                          EncoderDecoderModel,
+                                          make_decoder_only_batch,
+                                          make_prompt_batch,
+                                          model_from_dict,
+                                          model_to_dict,
+)
 
 __all__ = [
     "MODEL_CLASSES",

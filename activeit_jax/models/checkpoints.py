@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 
 from activeit_jax.core import distributed, io_utils
 from activeit_jax.core.errors import ActiveITError, one_line
-from activeit_jax.models import hf_convert
+from activeit_jax.models import gguf_convert, hf_convert
 from activeit_jax.models.wrappers import BaseModel, model_from_dict, model_to_dict
 
 CONFIG_NAME = "config.json"
@@ -252,7 +252,6 @@ def import_gguf_to_checkpoint(gguf_path: str | os.PathLike, ckpt_dir: str | os.P
     Returns:
       The model wrapper that was saved.
     """
-    from activeit_jax.models import gguf_convert
     imported = gguf_convert.import_gguf(gguf_path)
     save_model(ckpt_dir, imported.model, imported.params, imported.vocabulary)
     return imported.model

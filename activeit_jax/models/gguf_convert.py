@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from activeit_jax.models import hf_configs
+from activeit_jax.data.errors import VocabularyError
+from activeit_jax.models import hf_configs, hf_convert
 from activeit_jax.models.hf_configs import ConversionError
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.wrappers import DecoderOnlyModel
@@ -244,8 +245,6 @@ def import_gguf(path: str | os.PathLike, logical_axis_rules: Any = None) -> Any:
         or a tokenizer with more ids than the embedding has rows.
     """
     from activeit_jax.data import gguf_tokenizer
-    from activeit_jax.data.errors import VocabularyError
-    from activeit_jax.models import hf_convert
 
     source = os.fspath(path)
     started = time.monotonic()

@@ -23,12 +23,22 @@ from typing import Any, Callable, Iterator, Mapping
 import flax.traverse_util
 import numpy as np
 
+from activeit_jax.data.errors import VocabularyError
 from activeit_jax.models.hf_configs import (  # noqa: F401 (re-exported: one import site)
-    CONFIG_NAME, ConversionError, hf_config_from_model, llama_config_from_hf,
-    model_from_hf_config, model_family, read_hf_config, t5_config_from_hf)
+    CONFIG_NAME,
+    ConversionError,
+    hf_config_from_model,
+    llama_config_from_hf,
+    model_family,
+    model_from_hf_config,
+    read_hf_config,
+    t5_config_from_hf,
+)
 from activeit_jax.models.llama import LlamaConfig
-from activeit_jax.models.safetensors_io import read_json as _read_json
-from activeit_jax.models.safetensors_io import read_safetensors_header as _safetensors_header
+from activeit_jax.models.safetensors_io import (
+    read_json as _read_json,
+    read_safetensors_header as _safetensors_header,
+)
 from activeit_jax.models.t5 import T5Config
 from activeit_jax.models.wrappers import BaseModel, DecoderOnlyModel, EncoderDecoderModel
 
@@ -338,7 +348,6 @@ def load_hf_tokenizer(hf_dir: str | os.PathLike) -> Any:
     if not os.path.exists(path):
         return None
     from activeit_jax.data import hf_tokenizer
-    from activeit_jax.data.errors import VocabularyError
     try:
         return hf_tokenizer.from_hf_tokenizer_files(path)
     except VocabularyError as err:
@@ -348,7 +357,6 @@ def load_hf_tokenizer(hf_dir: str | os.PathLike) -> Any:
 def check_vocabulary_fits(vocabulary: Any, model: BaseModel, source: str) -> None:
     """Raises a ConversionError when the tokenizer has more ids than the model's embedding."""
     from activeit_jax.data import hf_tokenizer
-    from activeit_jax.data.errors import VocabularyError
     try:
         hf_tokenizer.check_fits_embedding(vocabulary, model.config.vocab_size, source)
     except VocabularyError as err:

@@ -11,7 +11,6 @@ from typing import Any
 
 from activeit_jax.models.hf_configs import ConversionError
 
-
 # The safetensors library refuses headers above 100 MB; a real header is kilobytes.
 MAX_SAFETENSORS_HEADER = 100_000_000
 

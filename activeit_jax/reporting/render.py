@@ -17,20 +17,30 @@ import io
 import logging
 import math
 import os
-import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from activeit_jax.core import io_utils
-from activeit_jax.reporting import judge_tables
-from activeit_jax.loop import selection
 from activeit_jax.data.errors import DataError
-from activeit_jax.reporting.results import *  # noqa: F401,F403 (re-exported: the run layout)
-from activeit_jax.reporting.results import (CATEGORIES, INITIAL, SPLITS, IterationDir, ResultRow,
-                                      _categories, _fmt, _fmt_mean_std, _seeds, _table_cells,
-                                      collect_results, discover_run, label_sources,
-                                      results_csv, results_markdown, strategy_order)
+from activeit_jax.loop import selection
+from activeit_jax.reporting import judge_tables
+from activeit_jax.reporting.results import (
+    INITIAL,
+    REPORT_DIR,
+    SPLITS,
+    TASK_MAP_FILE,
+    IterationDir,
+    ResultRow,
+    categories_of,
+    collect_results,
+    discover_run,
+    label_sources,
+    results_csv,
+    results_markdown,
+    strategy_order,
+    table_cells,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +97,7 @@ def plot_learning_curves(rows: Sequence[ResultRow], colors: Mapping[str, Any] | 
       (PNG bytes, SVG bytes).
     """
     splits = [(s, t) for s, t in SPLITS if any(r.split == s for r in rows)]
-    categories = _categories(rows)
+    categories = categories_of(rows)
     strategies = [s for s in strategy_order(r.strategy for r in rows) if s != INITIAL]
     if not splits or not categories:
         return _placeholder("no per-task metrics found")
@@ -262,7 +272,7 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
                       for seed, counts in sources.items())) + ".</p>")
     out.append("<h2>Results (ROUGE-L, mean over tasks)</h2>")
     for split, split_title in SPLITS:
-        header, body = _table_cells(rows, split)
+        header, body = table_cells(rows, split)
         if body:
             out.append(f"<h3>{html.escape(split_title)}</h3>")
             out.append(_html_table(header, body))

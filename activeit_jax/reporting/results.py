@@ -56,9 +56,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from activeit_jax.core import io_utils
-from activeit_jax.loop import selection
+from activeit_jax.core import io_utils, records
+from activeit_jax.data import prepared
 from activeit_jax.data.errors import DataError
+from activeit_jax.loop import selection
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,6 @@ def _numbered(directory: str, pattern: re.Pattern[str]) -> list[tuple[int, str]]
 def label_sources(run_dir: str | os.PathLike) -> dict[int, dict[str, int]]:
     """{seed: {"rule": n, "override": m, ...}}: where each seed's task labels came from, read
     from the prepared split's summary (`RUN/seed_{s}/data/splits.json`)."""
-    from activeit_jax.data import prepared
     return {seed: prepared.stored_label_source_counts(os.path.join(path, "data"))
             for seed, path in _numbered(os.fspath(run_dir), _SEED_RE)
             if os.path.exists(os.path.join(path, "data", prepared.SPLITS_FILE))}
@@ -306,7 +306,6 @@ def _check_stored(path: str, split: str, derived: Mapping[str, Any]) -> list[str
     stored_path = os.path.join(path, f"metrics_{split}.json")
     if not os.path.exists(stored_path):
         return []
-    from activeit_jax.core import records
     stored = records.read_json(stored_path, "metrics file")
     problems = []
     for category, _ in CATEGORIES:
@@ -319,29 +318,29 @@ def _check_stored(path: str, split: str, derived: Mapping[str, Any]) -> list[str
     return problems
 
 
-def _seeds(rows: Sequence[ResultRow]) -> list[int]:
+def seeds_of(rows: Sequence[ResultRow]) -> list[int]:
     return sorted({s for r in rows for vals in r.values.values() for s in vals})
 
 
-def _categories(rows: Sequence[ResultRow]) -> list[tuple[str, str]]:
+def categories_of(rows: Sequence[ResultRow]) -> list[tuple[str, str]]:
     """Categories with at least one value (Classification is absent for Self-Instruct)."""
     return [(c, title) for c, title in CATEGORIES
             if any(v is not None for r in rows for v in r.values.get(c, {}).values())]
 
 
-def _fmt(value: float | None) -> str:
+def fmt_value(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def _fmt_mean_std(mean: float | None, std: float | None) -> str:
+def fmt_mean_std(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "–"
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def _table_cells(rows: Sequence[ResultRow], split: str) -> tuple[list[str], list[list[str]]]:
+def table_cells(rows: Sequence[ResultRow], split: str) -> tuple[list[str], list[list[str]]]:
     """Header and text cells of one split's table (shared by Markdown and HTML)."""
-    seeds, categories = _seeds(rows), _categories(rows)
+    seeds, categories = seeds_of(rows), categories_of(rows)
     header = ["Strategy", "Iteration", "#Tasks"]
     for _, title in categories:
         header += [f"{title} seed {s}" for s in seeds] + [f"{title} mean ± std"]
@@ -351,9 +350,9 @@ def _table_cells(rows: Sequence[ResultRow], split: str) -> tuple[list[str], list
             continue
         cells = [row.strategy, str(row.iteration), row.tasks_label()]
         for category, _ in categories:
-            cells += [_fmt(row.values.get(category, {}).get(s)) for s in seeds]
+            cells += [fmt_value(row.values.get(category, {}).get(s)) for s in seeds]
             mean, std, _ = row.stats(category)
-            cells.append(_fmt_mean_std(mean, std))
+            cells.append(fmt_mean_std(mean, std))
         body.append(cells)
     return header, body
 
@@ -362,7 +361,7 @@ def results_markdown(rows: Sequence[ResultRow]) -> str:
     """The results table as Markdown: one table per split, ROUGE-L (2 decimals)."""
     parts = []
     for split, title in SPLITS:
-        header, body = _table_cells(rows, split)
+        header, body = table_cells(rows, split)
         if not body:
             continue
         parts.append(f"## {title} ROUGE-L\n")
@@ -379,7 +378,7 @@ def results_csv(rows: Sequence[ResultRow]) -> str:
     Columns: split, strategy, iteration, num_train_tasks, n_seeds, then for each category
     (overall, cls, gen): {category}_seed{s} for each seed, {category}_mean, {category}_std.
     """
-    seeds = _seeds(rows)
+    seeds = seeds_of(rows)
     header = ["split", "strategy", "iteration", "num_train_tasks", "n_seeds"]
     for category, _ in CATEGORIES:
         header += [f"{category}_seed{s}" for s in seeds] + [f"{category}_mean", f"{category}_std"]

@@ -138,22 +138,41 @@ cuts), `planning` (instances and the (1+K) prompts of a task),
 resume repair, final files), `multihost` (host shards and their merge), `run_stats`
 (throughput over sessions and hosts), `pool` (the driver, `score_pool`).
 """
-from activeit_jax.scoring.config import (EOS_ID, PAD_ID, ScoreConfig, bucket_for,
-                                         default_buckets, fingerprint)
-from activeit_jax.scoring.formulas import (mean_perplexity, prediction_probability,
-                                           prompt_uncertainty, sequence_probability,
-                                           task_metrics)
-from activeit_jax.scoring.journal import (PROMPTS_FILE, RUN_ARGS_FILE, SCORES_FILE,
-                                          SHARD_DONE_FILE, SHARDS_DIR, SKIPPED_FILE,
-                                          SUMMARY_FILE, ResumeMismatchError, check_run_args,
-                                          finalize, finished_tasks, prepare_run_dir)
+from activeit_jax.data.buckets import bucket_for, default_buckets
+from activeit_jax.scoring.config import EOS_ID, PAD_ID, ScoreConfig, fingerprint
+from activeit_jax.scoring.formulas import (
+                                         mean_perplexity,
+                                         prediction_probability,
+                                         prompt_uncertainty,
+                                         sequence_probability,
+                                         task_metrics,
+)
+from activeit_jax.scoring.journal import (
+                                         PROMPTS_FILE,
+                                         RUN_ARGS_FILE,
+                                         SCORES_FILE,
+                                         SHARD_DONE_FILE,
+                                         SHARDS_DIR,
+                                         SKIPPED_FILE,
+                                         SUMMARY_FILE,
+                                         ResumeMismatchError,
+                                         check_run_args,
+                                         finalize,
+                                         finished_tasks,
+                                         prepare_run_dir,
+)
 from activeit_jax.scoring.multihost import ShardInfo, merge_journals, shard_dir
-from activeit_jax.scoring.planning import (PromptBuilder, SkippedTask, TaskPlan, TaskStub,
-                                           choose_instances, prompt_formats)
+from activeit_jax.scoring.planning import (
+                                         PromptBuilder,
+                                         SkippedTask,
+                                         TaskPlan,
+                                         TaskStub,
+                                         choose_instances,
+                                         prompt_formats,
+)
 from activeit_jax.scoring.pool import NonFiniteScoreError, ScoreHooks, score_pool
 from activeit_jax.scoring.row_scorer import PaddingStats, RowScorer
-from activeit_jax.scoring.tokens import (cut_generated, is_decoder_only, keep_last_ids,
-                                         truncate_ids)
+from activeit_jax.scoring.tokens import cut_generated, is_decoder_only, keep_last_ids, truncate_ids
 
 __all__ = [
     "EOS_ID", "PAD_ID", "PROMPTS_FILE", "RUN_ARGS_FILE", "SCORES_FILE", "SHARDS_DIR",

@@ -33,7 +33,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from activeit_jax import partitioning
+from activeit_jax.core import io_utils
+from activeit_jax.scoring import journal
 from activeit_jax.scoring.formulas import prompt_uncertainty, sequence_probability
+from activeit_jax.scoring.planning import PromptBuilder, SkippedTask
+from activeit_jax.scoring.row_scorer import RowScorer
 
 # fetch(requests) -> p: requests maps a task to its perturbation range [lo, hi) (1-based, 0
 # is the unperturbed prompt, only requested with lo = 0); the answer maps it to p [n, hi - lo].
@@ -286,11 +291,6 @@ def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
     Returns:
       The summary dict (also written to summary.json).
     """
-    from activeit_jax.core import io_utils
-    from activeit_jax import partitioning
-    from activeit_jax.scoring import journal
-    from activeit_jax.scoring.planning import PromptBuilder, SkippedTask
-    from activeit_jax.scoring.row_scorer import RowScorer
     if config.save_prompts or config.compute_entropy:
         raise ValueError("the adaptive budget supports neither save_prompts nor entropy")
     mesh = mesh or partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})

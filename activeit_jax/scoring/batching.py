@@ -3,7 +3,7 @@
 A jitted call costs about rows x padded length, whatever the rows hold, so every padded slot
 is wasted work. `plan_batches` keeps that waste small with few distinct shapes:
 
-- Lengths are rounded up to *buckets* (`fine_buckets`: `per_octave` steps between two powers
+- Lengths are rounded up to *buckets* (`data.buckets.fine_buckets`: `per_octave` steps between two powers
   of two, e.g. 256, 288, 320, ..., 512 with 8 per octave), so a row wastes at most one step
   (< 12.5 %, about 5 % on average) and the number of shapes stays a small constant,
   independent of the pool size: (buckets of the first dimension) x (buckets of the second) x
@@ -31,7 +31,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 
-from activeit_jax.scoring.config import bucket_for
+from activeit_jax.data.buckets import bucket_for
 
 # Shape keys (rows, rest) -> rows * _KEY + rest for vectorised membership tests.
 _KEY = 1 << 32
@@ -40,33 +40,6 @@ _KEY = 1 << 32
 # Besides a full batch of b rows, a batch may hold b / 2, b / 4, ..., b / 2**TAIL_SPLITS rows.
 TAIL_SPLITS = 3
 
-
-def fine_buckets(max_length: int, smallest: int = 16, per_octave: int = 4) -> tuple[int, ...]:
-    """Padded lengths from `smallest` to `max_length` with `per_octave` steps per doubling.
-
-    Args:
-      max_length: the largest length (always the last bucket).
-      smallest: the first bucket (a power of two is best; lengths below it use it).
-      per_octave: steps between 2**k and 2**(k+1) (1 = powers of two).
-
-    Returns:
-      Increasing bucket lengths, e.g. (16, 20, 24, 28, 32, 40, ...) for per_octave=4,
-      (..., 512, 616, 720, 824, 928, 1024) for per_octave=5.
-    """
-    if per_octave < 1 or smallest < 1:
-        raise ValueError("per_octave and smallest must be >= 1")
-    out, low = [], smallest
-    while low < max_length:
-        # Steps of low / per_octave; from 64 up, rounded up to a multiple of 8 (accelerators
-        # tile by 8 or more; 5 per octave would otherwise give 614, 716, ... and 1022).
-        align = 8 if low >= 64 else 1
-        for k in range(per_octave):
-            bucket = -(-(low + k * low // per_octave) // align) * align
-            if bucket < min(2 * low, max_length):
-                out.append(bucket)
-        low *= 2
-    out.append(max_length)
-    return tuple(sorted(set(out)))
 
 
 def rows_for(length: int, token_budget: int, max_rows: int, multiple: int) -> int:

@@ -4,32 +4,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Sequence
+from typing import Any
 
-from activeit_jax.scoring import taskmap
 from activeit_jax.core.errors import UsageError
+from activeit_jax.data import prompts
+from activeit_jax.data.buckets import fine_buckets
+from activeit_jax.scoring import perturbation as perturbation_lib, taskmap
 
 # T5's ids; a decoder-only model's come from its config.
 PAD_ID = 0
 EOS_ID = 1
 
 
-def default_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
-    """Powers of two from `smallest` up to `max_length` (always included as the last one)."""
-    out, length = [], smallest
-    while length < max_length:
-        out.append(length)
-        length *= 2
-    out.append(max_length)
-    return tuple(out)
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= length."""
-    for bucket in buckets:
-        if length <= bucket:
-            return bucket
-    raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +46,7 @@ class ScoreConfig:
         whole sequence) is about this, so short rows run in big batches and long rows in
         small ones (`scoring.batching`); None = always `batch_size` rows.
       buckets_per_octave: default spacing of the scoring source buckets (decoder-only: the
-        sequence buckets) (`batching.fine_buckets`): steps between two powers of two (1 =
+        sequence buckets) (`data.buckets.fine_buckets`): steps between two powers of two (1 =
         powers of two).
       target_buckets_per_octave: the same for T5 scoring targets.
       decode_buckets_per_octave: the same for the source buckets of decoding.
@@ -120,12 +106,10 @@ class ScoreConfig:
         for name in ("source_buckets", "target_buckets", "sequence_buckets"):
             for bucket in getattr(self, name) or ():
                 _check_int(name, bucket, 1)
-        from activeit_jax.data import prompts
         try:
             prompts.check_prompt_format(self.prompt_format, allow_auto=True)
         except ValueError as err:
             raise UsageError(str(err)) from None
-        from activeit_jax.scoring import perturbation as perturbation_lib
         try:  # builds it once: an unknown name, a rate outside [0, 1], a missing file
             perturbation_lib.get_perturbation(self.perturbation,
                                               **dict(self.perturbation_options))
@@ -138,7 +122,6 @@ class ScoreConfig:
             _check_int(name, getattr(self, name), 1)
 
     def _buckets(self, explicit, top: int, smallest: int, per_octave: int) -> tuple[int, ...]:
-        from activeit_jax.scoring.batching import fine_buckets
         buckets = explicit or fine_buckets(top, smallest, per_octave)
         return tuple(sorted(set(min(b, top) for b in buckets) | {top}))
 

@@ -7,8 +7,8 @@ import os
 from typing import Any, Sequence
 
 from activeit_jax.core import io_utils
-from activeit_jax.scoring import taskmap
 from activeit_jax.core.errors import ActiveITError
+from activeit_jax.scoring import taskmap
 from activeit_jax.scoring.config import ScoreConfig, fingerprint
 from activeit_jax.scoring.run_stats import SESSIONS_FILE
 

@@ -9,12 +9,20 @@ from typing import Any
 
 import numpy as np
 
+from activeit_jax import partitioning
 from activeit_jax.core import distributed, io_utils
-from activeit_jax.scoring.config import ScoreConfig
-from activeit_jax.scoring.journal import (PROMPTS_FILE, SCORES_FILE, SHARD_DONE_FILE,
-                                          SHARDS_DIR, SKIPPED_FILE, SUMMARY_FILE, finalize,
-                                          shard_dirs)
 from activeit_jax.scoring import run_stats
+from activeit_jax.scoring.config import ScoreConfig
+from activeit_jax.scoring.journal import (
+    PROMPTS_FILE,
+    SCORES_FILE,
+    SHARD_DONE_FILE,
+    SHARDS_DIR,
+    SKIPPED_FILE,
+    SUMMARY_FILE,
+    finalize,
+    shard_dirs,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +69,6 @@ def localize(model, params, mesh):
     import jax
     from jax.experimental import multihost_utils
 
-    from activeit_jax import partitioning
     local = partitioning.local_mesh_like(mesh)
     host_params = multihost_utils.process_allgather(params, tiled=True)
     return local, jax.device_put(host_params, partitioning.params_shardings(model, local))

@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from activeit_jax.data import chat as chat_lib, prompts
 from activeit_jax.scoring import perturbation as perturbation_lib
 from activeit_jax.scoring.config import EOS_ID, ScoreConfig
 from activeit_jax.scoring.tokens import keep_last_ids, truncate_ids
@@ -60,7 +61,6 @@ def prompt_formats(config: ScoreConfig, decoder_only: bool, has_chat: bool) -> d
     Raises:
       ValueError: an unknown format, or a chat format without a chat template.
     """
-    from activeit_jax.data import prompts
     return {source: prompts.resolve_prompt_format(config.prompt_format, source, decoder_only,
                                                   has_chat)
             for source in POOL_SOURCES}
@@ -86,8 +86,6 @@ class PromptBuilder:
                  parts_fn: Callable[..., Any] | None = None,
                  render_fn: Callable[..., str] | None = None, *,
                  decoder_only: bool = False, eos_id: int = EOS_ID):
-        from activeit_jax.data import chat as chat_lib
-        from activeit_jax.data import prompts
         self.vocab, self.config = vocab, config
         self.parts_fn = parts_fn or prompts.tk_instruct_parts
         self.render_fn = render_fn
@@ -112,7 +110,6 @@ class PromptBuilder:
 
     def render(self, parts, prompt_format: str) -> str:
         """The prompt text of `parts` (what is tokenised and saved in prompts.jsonl)."""
-        from activeit_jax.data import prompts
         if self.render_fn is not None:
             return self.render_fn(parts, self._fits)
         return prompts.render(parts, prompt_format, self._fits, self.chat)
@@ -167,7 +164,6 @@ class PromptBuilder:
         plan = TaskPlan(index=index, task=task, instances=instances)
         if not instances:
             return plan
-        from activeit_jax.data import prompts
         prompt_format = self.prompt_format(task)
         num_examples = prompts.examples_shown(prompt_format, self.config.num_pos_examples)
         template = self.parts_fn(task, instances[0], num_examples)

@@ -13,21 +13,38 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from activeit_jax import partitioning
 from activeit_jax.core import distributed, io_utils, profiling, run_lock
-from activeit_jax.training import inputs as train_data
 from activeit_jax.core.errors import ActiveITError
+from activeit_jax.data import chat as chat_lib, prompts
 from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.formulas import sequence_probability, task_metrics
-from activeit_jax.scoring.journal import (PROMPTS_FILE, SCORES_FILE, SHARD_DONE_FILE,
-                                          SKIPPED_FILE, append_jsonl_lines, check_run_args,
-                                          drop_orphan_prompts, finalize, finished_tasks,
-                                          prepare_run_dir, remove_if_exists, shard_dirs)
-from activeit_jax.scoring.multihost import (ShardInfo, localize, merge_journals, merge_shards,
-                                            shard_dir)
+from activeit_jax.scoring.journal import (
+    PROMPTS_FILE,
+    SCORES_FILE,
+    SHARD_DONE_FILE,
+    SKIPPED_FILE,
+    append_jsonl_lines,
+    check_run_args,
+    drop_orphan_prompts,
+    finalize,
+    finished_tasks,
+    prepare_run_dir,
+    remove_if_exists,
+    shard_dirs,
+)
+from activeit_jax.scoring.multihost import (
+    ShardInfo,
+    localize,
+    merge_journals,
+    merge_shards,
+    shard_dir,
+)
 from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub, prompt_formats
 from activeit_jax.scoring.row_scorer import DEFAULT_POOL_CHUNKS, RowScorer
 from activeit_jax.scoring.tokens import is_decoder_only
+from activeit_jax.training import inputs as train_data
 
 
 class NonFiniteScoreError(ActiveITError):
@@ -180,8 +197,6 @@ def _fingerprinted_args(model, vocab, config: ScoreConfig, run_args: dict[str, A
     fields, the prompt formats (decoder-only, or a format chosen explicitly: an
     encoder-decoder run with the default format keeps its earlier fingerprint) with the hash
     of the chat template they use, and (decoder-only) the model's special ids."""
-    from activeit_jax.data import chat as chat_lib
-    from activeit_jax.data import prompts
     args = {**(run_args or {}), **config.fingerprint_args()}
     chat = chat_lib.from_vocabulary(vocab)
     formats = prompt_formats(config, decoder_only, chat is not None)
@@ -215,7 +230,6 @@ def _open_journal(out_dir: str, args: dict[str, Any], shard: ShardInfo) -> str:
 def _local_mesh(model, params, mesh):
     """(mesh, params) on this host: the default mesh of its devices, or its share of a mesh
     that spans processes (params gathered onto it)."""
-    from activeit_jax import partitioning
     if mesh is None:
         return partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1}), params
     if partitioning.spans_processes(mesh):

@@ -9,6 +9,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from activeit_jax import partitioning
+from activeit_jax.models import make_decoder_only_batch, make_prompt_batch
 from activeit_jax.scoring.batching import plan_batches
 from activeit_jax.scoring.config import EOS_ID, PAD_ID
 from activeit_jax.scoring.tokens import cut_generated, is_decoder_only
@@ -118,7 +120,6 @@ class _Executables:
         return tuple((name, batch[name].shape, str(batch[name].dtype)) for name in sorted(batch))
 
     def _compile(self, params, batch):
-        from activeit_jax import partitioning
         # The mesh and logical-axis rules are thread-local contexts: entered on this thread.
         with partitioning.mesh_context(self._mesh, self._rules):
             return self._jitted.lower(params, batch).compile()
@@ -166,7 +167,6 @@ class RowScorer:
                  decode_source_buckets: Sequence[int] | None = None):
         import jax
         import jax.numpy as jnp
-        from activeit_jax import partitioning
 
         self.decoder_only = is_decoder_only(model)
         if self.decoder_only:
@@ -333,7 +333,6 @@ class RowScorer:
                                   ) -> _Pending:
         """`score_async` for a decoder-only model: one bucket per prompt + response length."""
         import jax
-        from activeit_jax.models import make_decoder_only_batch
         for prompt, response in rows:
             if not response or response[-1] != self.eos_id:
                 raise ValueError("a decoder-only response must end with the model's EOS")
@@ -398,7 +397,6 @@ class RowScorer:
         """`decode_async` for a decoder-only model: prompts (no bos) -> the continuation, cut
         by `cut_generated` (EOS included when generated)."""
         import jax
-        from activeit_jax.models import make_prompt_batch
         plan = self._plan([(len(p) + 1,) for p in prompts], (self.decode_source_buckets,),
                           self.decode_batch_size, decoding=True)
         batches = []

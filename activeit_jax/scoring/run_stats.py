@@ -12,6 +12,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from activeit_jax.core import io_utils
+from activeit_jax.scoring.row_scorer import PaddingStats
 
 SESSIONS_FILE = "sessions.jsonl"
 SUMMED = ("rows", "unique_rows", "tasks_scored", "chunks_computed", "seconds_wait_decode",
@@ -28,7 +29,6 @@ def combine(entries: Sequence[Mapping[str, Any]], parallel: bool) -> dict[str, A
     """Statistics of several sessions (`parallel=False`: one after another, their seconds
     add up) or hosts (`parallel=True`: the slowest host's seconds), from their raw padding
     counts and counters."""
-    from activeit_jax.scoring.row_scorer import PaddingStats
     stats = [e["stats"] for e in entries]
     times = [s.get("seconds", 0.0) for s in stats] or [0.0]
     seconds = max(times) if parallel else sum(times)

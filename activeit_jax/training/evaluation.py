@@ -9,16 +9,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from activeit_jax.training import metrics as metrics_lib
-from activeit_jax.core import io_utils
 from activeit_jax import partitioning
-from activeit_jax.training import inputs as train_data
-from activeit_jax.training import state as ts
+from activeit_jax.core import io_utils
+from activeit_jax.training import inputs as train_data, metrics as metrics_lib, state as ts
 
 PyTree = Any
+from activeit_jax.models import checkpoints
 from activeit_jax.training.run_dir import json_line
-from activeit_jax.training.step import (batch_shardings, put_batch, resolve_rules,
-                                     validate_config)
+from activeit_jax.training.step import batch_shardings, put_batch, resolve_rules, validate_config
 
 
 def make_decode_fn(model: Any, *, mesh: Mesh, params_shardings: PyTree,
@@ -119,7 +117,6 @@ def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
     Returns:
       The `metrics.summarize` dict.
     """
-    from activeit_jax.models import checkpoints
     mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
     validate_config(dataclasses.replace(config, num_microbatches=1,
                                          batch_size=config.eval_batch_size), mesh)

@@ -32,7 +32,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from activeit_jax.data import hashing
+from activeit_jax.core import records as records_lib
+from activeit_jax.core.errors import UsageError
+from activeit_jax.data import chat as chat_lib, hashing, niv2
+from activeit_jax.data.buckets import bucket_for, fine_buckets
+from activeit_jax.data.errors import MissingTaskError, RecordError, TaskFormatError
+from activeit_jax.models import make_decoder_only_batch
 
 PAD_ID = 0
 EOS_ID = 1  # T5; decoder-only models bring their own ids (`SpecialIds`).
@@ -79,7 +84,6 @@ def check_vocabulary(model: Any, vocab: Any, where: str = "the model") -> None:
     Raises:
       UsageError: the vocabulary does not fit.
     """
-    from activeit_jax.core.errors import UsageError
     rows = getattr(getattr(model, "config", model), "vocab_size", None)
     size = getattr(vocab, "vocab_size", None)
     if rows is not None and size is not None and int(size) > int(rows):
@@ -125,7 +129,6 @@ def select_instances(task: Any, max_instances: int | None, seed: int | None) -> 
     """The instances of `task` used: a seeded sample of `max_instances` (training, as
     Tk-Instruct), or the first `max_instances` in file order when `seed` is None (evaluation:
     NIV2 puts its label-balanced test instances first). See `data.niv2.select_instances`."""
-    from activeit_jax.data import niv2
     return niv2.select_instances(task, max_instances, 0 if seed is None else seed,
                                  shuffle=seed is not None).instances
 
@@ -158,7 +161,6 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
     Raises:
       ValueError: an unknown prompt format, or a chat format without a chat template.
     """
-    from activeit_jax.data import chat as chat_lib
     from activeit_jax.data import prompts, seqio_tasks
     decoder_only = model_kind == DECODER_ONLY
     ids = special_ids or SpecialIds()
@@ -241,7 +243,6 @@ def decoder_only_features(prompts: Sequence[Sequence[int]], responses: Sequence[
                           length: int, ids: SpecialIds) -> dict[str, np.ndarray]:
     """Decoder-only training features (`models.make_decoder_only_batch`): bos + prompt +
     response + eos, loss on the response and eos only; empty rows are all padding."""
-    from activeit_jax.models import make_decoder_only_batch
     feats = make_decoder_only_batch(prompts, responses, length, bos_id=ids.bos, eos_id=ids.eos,
                                     pad_id=ids.pad)
     empty = np.asarray([not p and not r for p, r in zip(prompts, responses)])
@@ -407,8 +408,6 @@ def trim_to_buckets(batch: Mapping[str, np.ndarray], per_octave: int
     Encoder features (`encoder_*`) are cut to the source bucket, decoder features to the
     target (decoder-only: sequence) bucket; a batch without any token keeps one column.
     """
-    from activeit_jax.scoring.batching import fine_buckets
-    from activeit_jax.scoring.config import bucket_for
     out = dict(batch)
     for prefix, keys in (("encoder_", ("encoder_input_tokens",)),
                          ("decoder_", ("decoder_input_tokens", "decoder_target_tokens",
@@ -590,10 +589,6 @@ def read_tasks(path: str, niv2_dir: str | None = None) -> list[Any]:
     """
     import os
 
-    from activeit_jax.core import records as records_lib
-    from activeit_jax.data import niv2
-    from activeit_jax.data.errors import MissingTaskError, RecordError, TaskFormatError
-    from activeit_jax.core.errors import UsageError
     tasks: list[Any] = []
     for where, record in records_lib.read_records(path, "task list"):
         if isinstance(record, Mapping) and "instances" in record:

@@ -13,9 +13,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from activeit_jax.core import io_utils
-from activeit_jax.training import state as ts
+from activeit_jax.core import distributed, io_utils, records
 from activeit_jax.core.errors import ActiveITError
+from activeit_jax.models import checkpoints
+from activeit_jax.training import state as ts
 
 PyTree = Any
 
@@ -67,7 +68,6 @@ def check_run_args(out_dir: str, args: Mapping[str, Any], has_checkpoint: bool) 
     Raises:
       TrainRunMismatchError: another run's directory (the differing arguments named).
     """
-    from activeit_jax.core import records
     path = os.path.join(out_dir, RUN_ARGS_FILE)
     if os.path.exists(path):
         previous = records.read_json(path, "run fingerprint")
@@ -204,7 +204,6 @@ def restore_newest_intact(manager: Any, abstract_state: ts.TrainState, out_dir: 
     Raises:
       CheckpointError: every checkpoint is damaged (all moved aside, all named).
     """
-    from activeit_jax.models import checkpoints
     damaged = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
@@ -236,7 +235,6 @@ def _move_aside(manager: Any, out_dir: str, step: int) -> str:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(source, target)
-    from activeit_jax.core import distributed
     distributed.barrier(f"activeit_move_damaged_{step}")
     manager.reload()
     return target
@@ -247,7 +245,6 @@ def save_best(out_dir: str, model: Any, params: PyTree, info: Mapping[str, Any],
     """Writes `out_dir/best` with `checkpoints.save_model` (itself atomic: temp dir + rename;
     the vocabulary stored with it, so later commands need no --vocab) and `out_dir/best.json`
     (epoch, step, scores)."""
-    from activeit_jax.models import checkpoints
     best = os.path.join(out_dir, BEST_SUBDIR)
     checkpoints.save_model(best, model, params, vocab)
     if jax.process_index() == 0:

@@ -10,9 +10,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from activeit_jax import partitioning
-from activeit_jax.training import inputs as train_data
-from activeit_jax.training import state as ts
 from activeit_jax.core.errors import ActiveITError, UsageError
+from activeit_jax.data import prompts
+from activeit_jax.training import inputs as train_data, state as ts
 
 PyTree = Any
 
@@ -201,7 +201,6 @@ def check_settings(config: Any) -> None:
         if getattr(config, name) not in known:
             raise UsageError(f"TrainConfig.{name} must be one of {list(known)}, got "
                              f"{getattr(config, name)!r}")
-    from activeit_jax.data import prompts
     try:
         prompts.check_prompt_format(getattr(config, "prompt_format", prompts.AUTO),
                                     allow_auto=True)

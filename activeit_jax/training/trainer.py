@@ -47,29 +47,41 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from activeit_jax.core import io_utils, run_lock
 from activeit_jax import partitioning
+from activeit_jax.core import io_utils, records, run_lock
 from activeit_jax.core.errors import UsageError
-from activeit_jax.training import metrics as metrics_lib
-from activeit_jax.training import inputs as train_data
-from activeit_jax.training import state as ts
-# Re-exported: the trainer's public API predates the split into these modules.
-from activeit_jax.training.evaluation import (decode_tokens, encode_eval_tasks, evaluate,  # noqa: F401
-                                     evaluate_checkpoint, make_decode_fn, model_kind_of)
-from activeit_jax.training.run_dir import (BEST_INFO_FILE, BEST_SUBDIR, CHECKPOINT_SUBDIR,  # noqa: F401
-                                   METRICS_FILE, SUMMARY_FILE, MetricsWriter,
-                                   TrainRunMismatchError, check_run_args,
-                                   checkpoint_manager, config_dict, json_line,
-                                   recover_best_dir, restore_checkpoint,
-                                   restore_newest_intact, run_args, save_best,
-                                   save_checkpoint, write_predictions)
-from activeit_jax.training.config import (TrainConfig, TrainJob, TrainResult,  # noqa: F401
-                                       train_job, validation_config)
-from activeit_jax.training.step import (TrainingDivergedError, batch_shardings,  # noqa: F401
-                                     check_finite, check_settings, loss_and_grads,
-                                     make_train_step,
-                                     put_batch, resolve_rules, split_microbatches,
-                                     validate_config)
+from activeit_jax.models import checkpoints
+from activeit_jax.training import inputs as train_data, metrics as metrics_lib, state as ts
+from activeit_jax.training.config import TrainConfig, TrainResult, validation_config
+from activeit_jax.training.evaluation import (
+    encode_eval_tasks,
+    evaluate,
+    make_decode_fn,
+    model_kind_of,
+)
+from activeit_jax.training.run_dir import (
+    BEST_SUBDIR,
+    CHECKPOINT_SUBDIR,
+    SUMMARY_FILE,
+    MetricsWriter,
+    TrainRunMismatchError,
+    check_run_args,
+    checkpoint_manager,
+    config_dict,
+    recover_best_dir,
+    restore_newest_intact,
+    run_args,
+    save_best,
+    save_checkpoint,
+    write_predictions,
+)
+from activeit_jax.training.step import (
+    check_finite,
+    make_train_step,
+    put_batch,
+    resolve_rules,
+    validate_config,
+)
 
 PyTree = Any
 
@@ -240,8 +252,6 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
 def _finished_result(model: Any, out_dir: str, mesh: Mesh, rules: tuple) -> TrainResult:
     """The result of a finished run whose checkpoints are gone (the active loop deletes
     them): read back from train_summary.json and best/, nothing trained or rewritten."""
-    from activeit_jax.models import checkpoints
-    from activeit_jax.core import records
     summary = records.read_json(os.path.join(out_dir, SUMMARY_FILE), "training summary")
     best_dir = os.path.join(out_dir, BEST_SUBDIR)
     logging.info("%s holds this finished run; reloading %s", out_dir, best_dir)
@@ -464,7 +474,6 @@ class _TrainRun:
             completed=not stopped)
         if stopped:
             return result
-        from activeit_jax.models import checkpoints
         result.params = checkpoints.restore_params(best_dir, self.model,
                                                    self.programs.state_sh.params)
         if jax.process_index() == 0:

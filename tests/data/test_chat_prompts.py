@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 
 from activeit_jax import scoring
-from activeit_jax.training import inputs as train_data
-from activeit_jax.data import chat as chat_lib
-from activeit_jax.data import niv2, prompts, self_instruct
+from activeit_jax.data import chat as chat_lib, niv2, prompts, self_instruct
 from activeit_jax.data.niv2 import Instance
+from activeit_jax.training import inputs as train_data
 
 pytest.importorskip("transformers")
 

@@ -11,10 +11,9 @@ import sys
 import jax
 import pytest
 
-from activeit_jax.models import checkpoints
 from activeit_jax.data import vocab as vocab_lib
 from activeit_jax.data.errors import VocabularyError
-from activeit_jax.models import EncoderDecoderModel, T5Config
+from activeit_jax.models import EncoderDecoderModel, T5Config, checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # The shapes of configs/models/t5_tiny.gin (runs/finetune_tiny.gin checks them).

@@ -15,11 +15,10 @@ import os
 import numpy as np
 import pytest
 
-from activeit_jax.loop import active_loop
 from activeit_jax.core import io_utils
-from activeit_jax.reporting import render as reports
-from activeit_jax.data import prepared as prepared_lib
-from activeit_jax.data import splits
+from activeit_jax.data import prepared as prepared_lib, splits
+from activeit_jax.loop import active_loop
+from activeit_jax.reporting import render as reports, results as run_results
 
 import loop_testlib
 
@@ -69,7 +68,7 @@ def full_run(tmp_path_factory, sample_data):
 
 def _selected(run_dir, seed, strategy, iteration):
     path = os.path.join(active_loop.iteration_dir(run_dir, seed, strategy, iteration),
-                        reports.SELECTED_FILE)
+                        run_results.SELECTED_FILE)
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -103,7 +102,7 @@ def test_prompt_uncertainty_picks_the_highest_scores_of_the_previous_model(full_
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     for iteration in (1, 2):
         prev = active_loop.iteration_dir(run_dir, 0, "prompt_uncertainty", iteration - 1)
-        scores = io_utils.read_jsonl(os.path.join(prev, reports.SCORES_FILE))
+        scores = io_utils.read_jsonl(os.path.join(prev, run_results.SCORES_FILE))
         chosen = _selected(run_dir, 0, "prompt_uncertainty", iteration)["tasks"]
         expected = []
         for label, count in (("cls", 2), ("gen", 4)):
@@ -161,7 +160,7 @@ def test_results_table_equals_the_per_task_metric_files(full_run, tmp_path):
         values = []
         for seed in (0, 1):
             it_dir = active_loop.iteration_dir(run_dir, seed, strategy, iteration) \
-                if strategy != reports.INITIAL else active_loop.iteration_dir(
+                if strategy != run_results.INITIAL else active_loop.iteration_dir(
                     run_dir, seed, None, 0)
             records = [r for r in io_utils.read_jsonl(os.path.join(it_dir, "per_task_metrics"
                                                                    ".jsonl"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from activeit_jax.loop import schedule
 from activeit_jax.commands import run
+from activeit_jax.loop import schedule
 
 
 def _bindings(checkpoint) -> list[str]:

@@ -5,7 +5,6 @@ import importlib.util
 import shlex
 
 import pytest
-
 from conftest import REPO_ROOT
 
 

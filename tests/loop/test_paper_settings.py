@@ -7,17 +7,15 @@ import json
 import os
 
 import pytest
-
-from activeit_jax.loop import active_loop, schedule
-from activeit_jax.core import io_utils
-from activeit_jax.reporting import render as reports
-from activeit_jax.scoring import taskmap
-from activeit_jax.data import prepared as prepared_lib
-from activeit_jax.data import splits
-
-import loop_testlib
-from loop_testlib import unit
 from test_active_loop import FakeStages, _selected
+
+from activeit_jax.core import io_utils
+from activeit_jax.data import prepared as prepared_lib
+from activeit_jax.loop import active_loop, schedule
+from activeit_jax.reporting import results as run_results
+from activeit_jax.scoring import taskmap
+
+from loop_testlib import unit
 
 NIV2 = "experiments/niv2_t5_large.gin"
 
@@ -162,7 +160,7 @@ def test_category_strategies_draw_inside_the_previous_task_map(tmp_path, sample_
         for iteration in (1, 2):
             prev = active_loop.iteration_dir(run_dir, 0, strategy, iteration - 1)
             category = {r["task"]: r["category"] for r in io_utils.read_jsonl(
-                os.path.join(prev, reports.SCORES_FILE))}
+                os.path.join(prev, run_results.SCORES_FILE))}
             record = _selected(run_dir, 0, strategy, iteration)
             outside = [n for n in record["tasks"] if category[n] != strategy]
             assert record["category_fill"] == outside  # every fill is recorded
@@ -188,7 +186,7 @@ def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_
     active_loop.run_loop(run_dir, config, TaskMapStages(str(sample_data / "niv2")).stages())
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     scores = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0",
-                                              reports.SCORES_FILE))
+                                              run_results.SCORES_FILE))
     expected = []
     for label, key, count in (("cls", "entropy", 2), ("gen", "perplexity", 4)):
         group = sorted((r for r in scores if prepared.tasks[r["task"]].label == label),
@@ -224,7 +222,7 @@ def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tm
             assert got.tasks[n].label == want
         counts = {"override": len(subset), "rule": len(data.tasks) - len(subset)}
         assert prepared_lib.label_source_counts(got.summary()) == counts
-        assert reports.label_sources(str(out)) == {0: counts}
+        assert run_results.label_sources(str(out)) == {0: counts}
         printed = capsys.readouterr().out
         assert (f"seed 0: task labels (cls/gen) of {len(data.tasks)} tasks: "
                 f"{len(subset)} from the override file, {counts['rule']} from the rule"

@@ -15,15 +15,14 @@ import subprocess
 import sys
 
 import pytest
-
-from activeit_jax.loop import active_loop, selection
-from activeit_jax.core import io_utils
-from activeit_jax.reporting import render as reports
-from activeit_jax.loop import judge as judge_lib
-from activeit_jax.data import prepared as prepared_lib
-from activeit_jax.data import splits
-import loop_testlib
 from conftest import REPO_ROOT
+
+from activeit_jax.core import io_utils
+from activeit_jax.data import prepared as prepared_lib, splits
+from activeit_jax.loop import active_loop, judge as judge_lib, selection
+from activeit_jax.reporting import render as reports, results as run_results
+
+import loop_testlib
 from fake_openai import FakeServer
 
 KEY = "sk-test-judge-key-0123456789"
@@ -107,7 +106,7 @@ def check_chunk_quotas(run_dir, strategies, num_iterations, per_iteration):
         remaining = list(prepared.split.pool)
         for iteration in range(1, num_iterations):
             chosen = _read_json(os.path.join(active_loop.iteration_dir(
-                run_dir, 0, strategy, iteration), reports.SELECTED_FILE))
+                run_dir, 0, strategy, iteration), run_results.SELECTED_FILE))
             sizes = {}
             for name in remaining:
                 sizes[chunk_of[name]] = sizes.get(chunk_of[name], 0) + 1
@@ -147,7 +146,7 @@ def test_split_holds_out_validation_and_keeps_test_for_evaluation(full_run, test
             trained |= set(_read_json(path))
     assert trained and not trained & set(split.test)
     per_task = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0",
-                                                reports.PER_TASK_FILE))
+                                                run_results.PER_TASK_FILE))
     assert {r["split"] for r in per_task} == {"val", "test"}
     assert sum(r["split"] == "test" for r in per_task) == NUM_TEST
     scored = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0", "scores.jsonl"))
@@ -352,13 +351,13 @@ def test_self_instruct_train_stage_keeps_the_last_epoch_by_default(
         parse_experiment, tmp_path, monkeypatch, bindings, expect_validation):
     """Alpaca's recipe: the run command's train stage hands the trainer no validation tasks
     (fixed epochs, last kept) unless asked; the evaluate stage still validates."""
-    from activeit_jax.training import trainer
     from activeit_jax.commands import run
+    from activeit_jax.training import config as train_config, trainer
     seen = []
 
     def fake_train(model, train_tasks, val_tasks, vocab, config, out_dir, init=None):
         seen.append(list(val_tasks))
-        return trainer.TrainResult(os.path.join(out_dir, "best"), 0, {}, [], 1)
+        return train_config.TrainResult(os.path.join(out_dir, "best"), 0, {}, [], 1)
 
     monkeypatch.setattr(trainer, "train_and_evaluate", fake_train)
     stages = run.build_stages(parse_experiment("demo_self_instruct.gin", bindings))

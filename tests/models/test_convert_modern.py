@@ -14,10 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from activeit_jax.models import checkpoints  # noqa: E402
 from activeit_jax.data import vocab as vocab_lib  # noqa: E402
-from activeit_jax.models import (DecoderOnlyModel, hf_convert, llama,  # noqa: E402
-                                 make_prompt_batch)
+from activeit_jax.models import (  # noqa: E402
+    DecoderOnlyModel,
+    checkpoints,  # noqa: E402
+    hf_convert,
+    llama,
+    make_prompt_batch,
+)
 
 VOCAB = 512
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

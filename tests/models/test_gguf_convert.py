@@ -14,11 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import gguf_testlib as lib  # noqa: E402
-
-from activeit_jax.models import checkpoints  # noqa: E402
 from activeit_jax.data import vocab as vocab_lib  # noqa: E402
-from activeit_jax.models import gguf_convert, hf_convert  # noqa: E402
+from activeit_jax.models import (  # noqa: E402
+    checkpoints,  # noqa: E402
+    gguf_convert,
+    hf_convert,
+)
+
+import gguf_testlib as lib  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,8 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from activeit_jax.models import (DecoderOnlyModel, LlamaConfig, hf_convert,  # noqa: E402
-                                 make_decoder_only_batch, make_prompt_batch)
+from activeit_jax.models import (  # noqa: E402
+    DecoderOnlyModel,
+    LlamaConfig,
+    hf_convert,
+    make_decoder_only_batch,
+    make_prompt_batch,
+)
 
 VOCAB = 1024
 MAX_DECODE = 8

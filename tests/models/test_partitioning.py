@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from activeit_jax.core import gin_utils
 from activeit_jax import partitioning
-from activeit_jax.models import (DecoderOnlyModel, EncoderDecoderModel, LlamaConfig, T5Config,
-                                 make_decoder_only_batch)
+from activeit_jax.core import gin_utils
+from activeit_jax.models import (
+    DecoderOnlyModel,
+    EncoderDecoderModel,
+    LlamaConfig,
+    T5Config,
+    make_decoder_only_batch,
+)
 
 needs_8_devices = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
 

@@ -22,10 +22,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from activeit_jax.models import checkpoints  # noqa: E402
 from activeit_jax.core import io_utils
 from activeit_jax.data import niv2, prompts, self_instruct  # noqa: E402
-from activeit_jax.models import DecoderOnlyModel, make_prompt_batch  # noqa: E402
+from activeit_jax.models import (  # noqa: E402
+    DecoderOnlyModel,
+    checkpoints,  # noqa: E402
+    make_prompt_batch,
+)
 
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DECODE_STEPS = 32

@@ -16,9 +16,8 @@ import sys
 import jax
 import pytest
 
-from activeit_jax.models import checkpoints
 from activeit_jax.core import io_utils
-from activeit_jax.models import EncoderDecoderModel, T5Config
+from activeit_jax.models import EncoderDecoderModel, T5Config, checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TASK = "task063_first_i_elements"

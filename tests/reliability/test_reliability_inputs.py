@@ -9,10 +9,9 @@ import struct
 import jax
 import pytest
 
-from activeit_jax.models import checkpoints
-from activeit_jax.training import inputs as train_data
 from activeit_jax.data import errors, niv2, prepared
-from activeit_jax.models import EncoderDecoderModel, T5Config, hf_convert
+from activeit_jax.models import EncoderDecoderModel, T5Config, checkpoints, hf_convert
+from activeit_jax.training import inputs as train_data
 
 TASK = "task063_first_i_elements"
 TINY = T5Config(vocab_size=64, d_model=8, num_heads=2, d_kv=4, d_ff=16,

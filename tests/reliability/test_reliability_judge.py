@@ -208,7 +208,7 @@ def test_500s_and_garbage_end_in_one_line_and_the_judge_resumes(hostile, tmp_pat
     path = tmp_path / "judge_vs_random.jsonl"
     judge.run_pairwise(items[:2], _client(server), path)
     server.mode = mode
-    code = ("import sys; from activeit_jax import judge, main\n"
+    code = ("import sys; from activeit_jax import main; from activeit_jax.loop import judge\n"
             "items = [judge.JudgeItem(f'x{i}', 'Do.', '', 'a', 'b') for i in range(4)]\n"
             "client = judge.ChatClient(judge.JudgeConfig(base_url=sys.argv[1], max_retries=1,"
             " backoff_s=0.01), api_key=sys.argv[3])\n"

@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax.core import io_utils, run_lock
 from activeit_jax import partitioning, scoring
-from activeit_jax.data.niv2 import Example, Instance, Task
+from activeit_jax.core import io_utils, run_lock
 from activeit_jax.core.errors import UsageError
+from activeit_jax.data.niv2 import Example, Instance, Task
 from activeit_jax.models import EncoderDecoderModel, T5Config
 
 TINY = T5Config(vocab_size=1152, d_model=8, num_heads=2, d_kv=4, d_ff=16,
@@ -81,7 +81,7 @@ def _hold_lock_in_another_process(directory):
     """A child process that holds `directory`'s run lock until killed."""
     code = textwrap.dedent("""
         import sys, time
-        from activeit_jax import run_lock
+        from activeit_jax.core import run_lock
         with run_lock.hold(sys.argv[1], "score"):
             print("locked", flush=True)
             sys.stdin.read()

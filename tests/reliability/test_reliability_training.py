@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from activeit_jax.core import run_lock
-from activeit_jax.training import trainer
-from activeit_jax.data import niv2
 from activeit_jax.core.errors import UsageError
+from activeit_jax.data import niv2
 from activeit_jax.models import EncoderDecoderModel, T5Config
+from activeit_jax.training import config as train_config, run_dir, step as train_step, trainer
 
 TRAIN = ("task063_first_i_elements", "task092_check_prime_classification")
 VAL = ("task1332_check_leap_year",)
@@ -28,7 +28,7 @@ def _model(vocab_size=1152):
                                         num_decoder_layers=1))
 
 
-CONFIG = trainer.TrainConfig(
+CONFIG = train_config.TrainConfig(
     num_epochs=2, batch_size=8, learning_rate=3e-3, warmup_steps=1, max_source_length=48,
     max_target_length=8, max_instances_per_task=8, max_eval_instances_per_task=2,
     eval_batch_size=8, mesh_shape={"data": -1, "fsdp": 1, "model": 1}, save_every_steps=1,
@@ -85,9 +85,9 @@ def test_finished_run_without_checkpoints_is_neither_retrained_nor_replaced(
     assert _snapshot(out) == before  # metrics.jsonl, best/, eval/: byte for byte
     # A different run into the same directory is refused and changes nothing.
     other = dataclasses.replace(CONFIG, learning_rate=1e-2)
-    with pytest.raises(trainer.TrainRunMismatchError, match="config.learning_rate"):
+    with pytest.raises(run_dir.TrainRunMismatchError, match="config.learning_rate"):
         _train(tasks, vocab, out, config=other)
-    with pytest.raises(trainer.TrainRunMismatchError, match="train_data"):
+    with pytest.raises(run_dir.TrainRunMismatchError, match="train_data"):
         _train((tasks[0][:1], tasks[1]), vocab, out)
     assert _snapshot(out) == before
 
@@ -98,7 +98,7 @@ def test_outputs_of_unknown_arguments_are_refused(finished, tasks, vocab, tmp_pa
     shutil.rmtree(out / "checkpoints")
     os.remove(out / "run_args.json")  # e.g. written by an older version
     before = _snapshot(out)
-    with pytest.raises(trainer.TrainRunMismatchError, match="unknown arguments"):
+    with pytest.raises(run_dir.TrainRunMismatchError, match="unknown arguments"):
         _train(tasks, vocab, out)
     assert _snapshot(out) == before
 
@@ -120,7 +120,7 @@ def test_vocabulary_larger_than_the_embedding_is_refused(tasks, vocab, tmp_path)
 def test_non_finite_loss_stops_at_its_step(finished, tasks, vocab, tmp_path):
     nan_params = jax.tree.map(lambda a: a * np.nan, jax.device_get(finished[1].params))
     out = tmp_path / "run"
-    with pytest.raises(trainer.TrainingDivergedError, match="diverged at step 1: loss nan"):
+    with pytest.raises(train_step.TrainingDivergedError, match="diverged at step 1: loss nan"):
         _train(tasks, vocab, out, init=nan_params)
     assert not (out / "best").exists()  # the NaN model is never "best"
     assert not [n for n in os.listdir(out / "checkpoints") if n.isdigit()]

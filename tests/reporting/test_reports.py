@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from activeit_jax.reporting import render as reports
+from activeit_jax.reporting import render as reports, results as run_results
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEEDS = (0, 1)
@@ -55,7 +55,7 @@ def _build_run(root):
         per_task.insert(0, {"split": "val", "task": EVAL_TASKS[0], "label": "cls",
                             "rouge_l": -1000.0})
         _write_jsonl(os.path.join(path, "per_task_metrics.jsonl"), per_task)
-        reports.write_derived_metrics(path)
+        run_results.write_derived_metrics(path)
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "selected_tasks.json"), "w") as handle:
             json.dump({"tasks": list(selected)}, handle)
@@ -162,7 +162,7 @@ def test_csv_equals_recomputation_from_per_task_files(run):
 
 def test_discover_run_sizes_and_selection_scores(run):
     root, _ = run
-    found = {(d.strategy, d.iteration, d.seed): d for d in reports.discover_run(root)}
+    found = {(d.strategy, d.iteration, d.seed): d for d in run_results.discover_run(root)}
     assert found[("initial", 0, 0)].num_train_tasks == 8
     assert found[("random", 1, 1)].num_train_tasks == 14
     assert found[("prompt_uncertainty", 2, 0)].num_train_tasks == 20
@@ -171,7 +171,7 @@ def test_discover_run_sizes_and_selection_scores(run):
         root, "seed_0", "random", "iter_1", "scores.jsonl")
     assert found[("random", 1, 0)].selection_scores == os.path.join(
         root, "seed_0", "iter_0", "scores.jsonl")
-    assert [d.strategy for d in reports.discover_run(root)][0] == "initial"
+    assert [d.strategy for d in run_results.discover_run(root)][0] == "initial"
 
 
 def test_markdown_has_paper_shape_and_values(run):
@@ -192,7 +192,7 @@ def test_markdown_has_paper_shape_and_values(run):
 
 def test_selected_uncertainty_matches_scores(run):
     root, truth = run
-    data = reports.selected_uncertainty(reports.discover_run(root))
+    data = reports.selected_uncertainty(run_results.discover_run(root))
     assert set(data) == set(STRATEGIES)
     for strategy, n_iter in STRATEGIES.items():
         for iteration in range(1, n_iter + 1):
@@ -204,7 +204,7 @@ def test_selected_uncertainty_matches_scores(run):
 def test_stored_metrics_mismatch_is_a_warning(run):
     root, _ = run
     warnings: list[str] = []
-    reports.collect_results(reports.discover_run(root), warnings)
+    run_results.collect_results(run_results.discover_run(root), warnings)
     assert len(warnings) == 1
     assert os.path.join("seed_1", "random", "iter_1", "metrics_test.json") in warnings[0]
 
@@ -236,11 +236,11 @@ def test_derive_split_metrics_by_hand():
     records = [{"task": "a", "label": "cls", "rouge_l": 10.0, "exact_match": 0.0},
                {"task": "b", "label": "cls", "rouge_l": 30.0, "exact_match": 100.0},
                {"task": "c", "label": "gen", "rouge_l": 50.0}]
-    metrics = reports.derive_split_metrics(records)
+    metrics = run_results.derive_split_metrics(records)
     assert metrics["overall"] == {"n_tasks": 3, "rouge_l": 30.0, "exact_match": None}
     assert metrics["cls"] == {"n_tasks": 2, "rouge_l": 20.0, "exact_match": 50.0}
     assert metrics["gen"]["rouge_l"] == 50.0
-    empty = reports.derive_split_metrics(records[2:])
+    empty = run_results.derive_split_metrics(records[2:])
     assert empty["cls"] == {"n_tasks": 0, "rouge_l": None, "exact_match": None}
 
 
@@ -251,9 +251,9 @@ def test_single_seed_generative_only_run(tmp_path):
                  [{"split": "test", "task": "x", "label": "gen", "rouge_l": 40.0},
                   {"split": "test", "task": "y", "label": "gen", "rouge_l": 20.0}])
     (path / "selected_tasks.json").write_text('["x1", "x2"]')
-    rows = reports.collect_results(reports.discover_run(tmp_path))
+    rows = run_results.collect_results(run_results.discover_run(tmp_path))
     assert len(rows) == 1 and rows[0].stats("overall") == (30.0, None, 1)
-    text = reports.results_markdown(rows)
+    text = run_results.results_markdown(rows)
     assert "Classification" not in text and "| initial | 0 | 2 | 30.00 | 30.00 |" in text
-    line = reports.results_csv(rows).splitlines()[1].split(",")
+    line = run_results.results_csv(rows).splitlines()[1].split(",")
     assert line[:5] == ["test", "initial", "0", "2", "1"]

@@ -30,13 +30,12 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax.models import checkpoints
-from activeit_jax.core import io_utils, run_lock
 from activeit_jax import partitioning, scoring
+from activeit_jax.core import io_utils, run_lock
+from activeit_jax.data import errors, niv2, vocab as vocab_lib
+from activeit_jax.models import EncoderDecoderModel, T5Config, checkpoints
 from activeit_jax.training import trainer
-from activeit_jax.data import errors, niv2
-from activeit_jax.data import vocab as vocab_lib
-from activeit_jax.models import EncoderDecoderModel, T5Config
+from activeit_jax.training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = T5Config(vocab_size=1152, d_model=32, num_heads=4, d_kv=8, d_ff=64,
@@ -276,7 +275,7 @@ def setup(tmp_path_factory, sample_data):
     return SimpleNamespace(root=root, model=model, ckpt=ckpt, niv2_dir=niv2_dir, pool=pool,
                            vocab=vocab_lib.get_vocabulary(vocab_path), spec=spec,
                            score_config=score_config, outputs=outputs,
-                           train_config=trainer.TrainConfig(**train_config))
+                           train_config=TrainConfig(**train_config))
 
 
 def _load_pool(setup):

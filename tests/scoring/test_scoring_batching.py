@@ -3,16 +3,17 @@ padding on length-clustered rows, few distinct shapes whatever the number of row
 import numpy as np
 import pytest
 
+from activeit_jax.data import buckets as buckets_lib
 from activeit_jax.scoring import batching
 
 
 def test_fine_buckets():
-    assert batching.fine_buckets(128, 16, 4) == (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96,
+    assert buckets_lib.fine_buckets(128, 16, 4) == (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96,
                                                  112, 128)
-    assert batching.fine_buckets(100, 32, 1) == (32, 64, 100)
-    assert batching.fine_buckets(8, 8, 4) == (8,)
+    assert buckets_lib.fine_buckets(100, 32, 1) == (32, 64, 100)
+    assert buckets_lib.fine_buckets(8, 8, 4) == (8,)
     # Steps that do not divide evenly are rounded up to multiples of 8 from 64 on.
-    assert batching.fine_buckets(1024, 256, 5) == (256, 312, 360, 416, 464, 512, 616, 720, 824,
+    assert buckets_lib.fine_buckets(1024, 256, 5) == (256, 312, 360, 416, 464, 512, 616, 720, 824,
                                                    928, 1024)
 
 
@@ -30,7 +31,7 @@ def _rows(n, seed):
 @pytest.mark.parametrize("n,multiple", [(1, 1), (50, 1), (1050, 8), (3360, 1)])
 def test_plan_covers_rows_within_budget(n, multiple):
     lengths = _rows(n, seed=n)
-    buckets = (batching.fine_buckets(1024, 16, 8), batching.fine_buckets(128, 8, 8))
+    buckets = (buckets_lib.fine_buckets(1024, 16, 8), buckets_lib.fine_buckets(128, 8, 8))
     plan = batching.plan_batches(lengths, buckets, token_budget=16384, max_rows=64,
                                  multiple=multiple)
     seen = sorted(i for _, rows in plan for i in rows)
@@ -47,7 +48,7 @@ def test_plan_covers_rows_within_budget(n, multiple):
 
 
 def test_shapes_bounded_independent_of_rows():
-    buckets = (batching.fine_buckets(512), batching.fine_buckets(64, 8))
+    buckets = (buckets_lib.fine_buckets(512), buckets_lib.fine_buckets(64, 8))
     bound = len(buckets[0]) * len(buckets[1]) * (batching.TAIL_SPLITS + 1)
     shapes = set()
     for seed in range(4):
@@ -70,7 +71,7 @@ def test_shape_sharing_compiles_fewer_shapes_and_keeps_every_row():
     """A one-chunk job (share cost = a whole compilation) uses fewer shapes than a chunk of a
     long pool (a small share); every row is still planned once into a shape that holds it."""
     lengths = _rows(1050, seed=7)
-    buckets = (batching.fine_buckets(1024, 16, 5), batching.fine_buckets(128, 8, 1))
+    buckets = (buckets_lib.fine_buckets(1024, 16, 5), buckets_lib.fine_buckets(128, 8, 1))
     plans = {share: batching.plan_batches(lengths, buckets, token_budget=32768, max_rows=64,
                                           share_cost=share)
              for share in (0.0, 0.05, 1.0)}

@@ -9,9 +9,8 @@ import sys
 import jax
 import pytest
 
-from activeit_jax.models import checkpoints
 from activeit_jax.core import io_utils
-from activeit_jax.models import EncoderDecoderModel, T5Config
+from activeit_jax.models import EncoderDecoderModel, T5Config, checkpoints
 
 TINY = T5Config(vocab_size=1152, d_model=32, num_heads=4, d_kv=8, d_ff=64,
                 num_encoder_layers=1, num_decoder_layers=1)

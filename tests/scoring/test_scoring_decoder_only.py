@@ -19,12 +19,12 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax.core import io_utils
 from activeit_jax import partitioning, scoring
-from activeit_jax.scoring import perturbation as perturbation_lib
+from activeit_jax.core import io_utils
 from activeit_jax.data import prompts, self_instruct
 from activeit_jax.data.niv2 import Instance, Task
 from activeit_jax.models import DecoderOnlyModel, LlamaConfig
+from activeit_jax.scoring import perturbation as perturbation_lib
 
 N, K = 2, 3
 MAX_SRC, MAX_TGT = 128, 12

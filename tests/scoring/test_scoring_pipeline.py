@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from activeit_jax.core import io_utils
 from activeit_jax import partitioning, scoring
+from activeit_jax.core import io_utils
 from activeit_jax.data import prompts
 from activeit_jax.data.niv2 import Example, Instance, Task
 from activeit_jax.models import EncoderDecoderModel, T5Config

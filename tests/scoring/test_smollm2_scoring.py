@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax.core import io_utils
 from activeit_jax import partitioning, scoring
+from activeit_jax.core import io_utils
 from activeit_jax.data import niv2
 
 torch = pytest.importorskip("torch")

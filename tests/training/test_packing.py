@@ -2,12 +2,11 @@
 waste low, and the loss (and its gradient) of a packed batch equal to the unpacked one's, for
 T5 and LLaMA."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from activeit_jax.training import inputs as train_data
 from activeit_jax.models import DecoderOnlyModel, EncoderDecoderModel, LlamaConfig, T5Config
+from activeit_jax.training import inputs as train_data
 
 
 def _examples(n, seed, vocab=60, max_src=24, max_tgt=10):

@@ -7,14 +7,20 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax.models import checkpoints
-from activeit_jax.core import io_utils
-from activeit_jax.training import metrics, inputs as train_data, trainer
 from activeit_jax import partitioning
-from activeit_jax.data import niv2
+from activeit_jax.core import io_utils
+from activeit_jax.data import niv2, vocab as vocab_lib
 from activeit_jax.data.errors import MissingTaskError
-from activeit_jax.data import vocab as vocab_lib
-from activeit_jax.models import EncoderDecoderModel, T5Config
+from activeit_jax.models import EncoderDecoderModel, T5Config, checkpoints
+from activeit_jax.training import (
+    config as train_config,
+    evaluation,
+    inputs as train_data,
+    metrics,
+    run_dir,
+    trainer,
+)
+
 from trainer_testlib import BagModel
 
 TRAIN = ("task063_first_i_elements", "task092_check_prime_classification")
@@ -35,7 +41,7 @@ def tiny_t5():
 
 
 def tiny_config(**changes):
-    config = trainer.TrainConfig(
+    config = train_config.TrainConfig(
         num_epochs=2, batch_size=8, num_microbatches=2, learning_rate=3e-3, warmup_steps=2,
         max_source_length=96, max_target_length=16, max_instances_per_task=10,
         max_eval_instances_per_task=4, eval_batch_size=8,
@@ -105,7 +111,7 @@ def test_best_checkpoint_is_the_best_epoch_and_loadable(tmp_path, vocab, tasks):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded),
                  jax.device_get(result.params))
     # The evaluator reproduces the best epoch's validation scores from the saved checkpoint.
-    summary = trainer.evaluate_checkpoint(result.best_checkpoint_dir, val, vocab, config,
+    summary = evaluation.evaluate_checkpoint(result.best_checkpoint_dir, val, vocab, config,
                                           str(tmp_path / "eval"))
     assert summary["rougeL"] == info["metrics"]["rougeL"]
     assert io_utils.read_jsonl(tmp_path / "eval" / "predictions.jsonl") == io_utils.read_jsonl(
@@ -132,26 +138,26 @@ def test_validation_takes_its_own_instance_count(vocab, tasks):
     # reads max_val_instances_per_task, the evaluator keeps max_eval_instances_per_task.
     _, val = tasks
     config = tiny_config(max_eval_instances_per_task=3, max_val_instances_per_task=2)
-    assert trainer.validation_config(tiny_config()) == tiny_config()
-    examples = trainer.encode_eval_tasks(val, vocab, trainer.validation_config(config),
+    assert train_config.validation_config(tiny_config()) == tiny_config()
+    examples = evaluation.encode_eval_tasks(val, vocab, train_config.validation_config(config),
                                          EchoModel())
     assert [ex.instance_id for ex in examples] == [
         i.id for task in val for i in task.instances[:2]]
-    assert len(trainer.encode_eval_tasks(val, vocab, config, EchoModel())) == 6
+    assert len(evaluation.encode_eval_tasks(val, vocab, config, EchoModel())) == 6
 
 
 def test_evaluate_decodes_and_scores_every_example_once(vocab, tasks):
     from trainer_testlib import TEST_RULES, mesh
     _, val = tasks
     config = tiny_config(max_eval_instances_per_task=3, max_target_length=24)
-    examples = trainer.encode_eval_tasks(val, vocab, config, EchoModel())
+    examples = evaluation.encode_eval_tasks(val, vocab, config, EchoModel())
     assert len(examples) == 6  # 2 tasks x 3 (the first 3 instances, in file order)
     assert [ex.instance_id for ex in examples[:3]] == [i.id for i in val[0].instances[:3]]
     m = mesh((2, 2, 2))
     model = EchoModel()
     params_sh = partitioning.params_shardings(model, m, TEST_RULES)
     params = jax.device_put(model.init_params(jax.random.PRNGKey(0)), params_sh)
-    summary, records = trainer.evaluate(
+    summary, records = evaluation.evaluate(
         model, params, examples, vocab, mesh=m, rules=TEST_RULES, params_shardings=params_sh,
         batch_size=4, source_length=config.max_source_length, target_length=24,
         max_decode_length=24)
@@ -203,7 +209,7 @@ def test_bad_batch_divisibility_is_a_clear_error(tmp_path, vocab, tasks):
 
 def test_metrics_writer_tensorboard_and_resume_truncation(tmp_path):
     import tensorflow as tf
-    writer = trainer.MetricsWriter(str(tmp_path), tensorboard=True)
+    writer = run_dir.MetricsWriter(str(tmp_path), tensorboard=True)
     for step in (1, 2, 3):
         writer.write(step, "train", {"loss": 1.0 / step, "learning_rate": np.float32(0.1)})
     writer.close()
@@ -216,7 +222,7 @@ def test_metrics_writer_tensorboard_and_resume_truncation(tmp_path):
                 (event.step, float(tf.make_ndarray(value.tensor))))
     assert tags["train/loss"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
     # A run resumed from step 2 drops the records written after it.
-    trainer.MetricsWriter(str(tmp_path), tensorboard=False, keep_until_step=2).close()
+    run_dir.MetricsWriter(str(tmp_path), tensorboard=False, keep_until_step=2).close()
     assert [r["step"] for r in io_utils.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
@@ -249,7 +255,7 @@ def test_decoder_only_self_instruct_trains_and_validates(tmp_path, sample_data):
                          max_target_length=16, max_instances_per_task=None)
     result = trainer.train_and_evaluate(model, items[:16], items[16:], vocab, config,
                                         str(tmp_path))
-    assert trainer.model_kind_of(model, config) == train_data.DECODER_ONLY
+    assert evaluation.model_kind_of(model, config) == train_data.DECODER_ONLY
     assert result.completed and result.final_step == 2 and result.best_epoch == 0
     assert result.best_metrics["overall"]["num_examples"] == 4
     # Only response tokens (and eos) carry loss: fewer loss tokens than sequence tokens.

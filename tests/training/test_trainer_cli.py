@@ -103,11 +103,12 @@ def test_sigkill_and_rerun_matches_uninterrupted_cli_run(tmp_path):
 
 _PRINT_JOB = """
 import dataclasses, json, sys
-from activeit_jax import gin_utils, trainer
+from activeit_jax.core import gin_utils
+from activeit_jax.training import config as train_config, run_dir
 gin_utils.parse_gin([sys.argv[1]], sys.argv[2:])
-job = trainer.train_job()
+job = train_config.train_job()
 config = job.resolved_config()
-print(json.dumps({"config": trainer.config_dict(config), "model": type(job.model).__name__,
+print(json.dumps({"config": run_dir.config_dict(config), "model": type(job.model).__name__,
                   "model_config": dataclasses.asdict(job.model.config),
                   "vocab_size": job.vocabulary.vocab_size, "niv2_dir": job.niv2_dir,
                   "allow_random_init": job.allow_random_init}))

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from activeit_jax.training import inputs as train_data
-from activeit_jax.training import state as ts
 from activeit_jax import partitioning
-from activeit_jax.training import trainer
+from activeit_jax.training import inputs as train_data, state as ts, step as train_step
+
 from trainer_testlib import TEST_RULES, BagModel, mesh, random_batch
 
 
@@ -24,8 +23,8 @@ def _setup(mesh_shape, model, batch, *, optimizer="adamw", lr=1e-2, microbatches
     specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), TEST_RULES)
     state_sh = ts.train_state_shardings(m, opt, params, specs)
     state = jax.jit(lambda p: ts.create_train_state(p, opt), out_shardings=state_sh)(params)
-    batch_sh = trainer.batch_shardings(m, batch)
-    step = trainer.make_train_step(model, opt, schedule, mesh=m, state_shardings=state_sh,
+    batch_sh = train_step.batch_shardings(m, batch)
+    step = train_step.make_train_step(model, opt, schedule, mesh=m, state_shardings=state_sh,
                                    batch_sharding=batch_sh, num_microbatches=microbatches,
                                    use_dropout=False, donate=False)
     return m, state, state_sh, batch_sh, step
@@ -35,13 +34,13 @@ def _grads(mesh_shape, model, batch, microbatches=1):
     m, state, state_sh, batch_sh, _ = _setup(mesh_shape, model, batch)
 
     def f(params, b):
-        loss_sum, tokens, grads = trainer.loss_and_grads(model, params, b, None, microbatches,
+        loss_sum, tokens, grads = train_step.loss_and_grads(model, params, b, None, microbatches,
                                                          m, state_sh.params)
         return loss_sum / tokens, jax.tree.map(lambda g: g / tokens, grads)
 
     fn = jax.jit(f, in_shardings=(state_sh.params, batch_sh))
     with partitioning.mesh_context(m, TEST_RULES):
-        loss, grads = fn(state.params, trainer.put_batch(batch, batch_sh))
+        loss, grads = fn(state.params, train_step.put_batch(batch, batch_sh))
     return float(loss), jax.device_get(grads)
 
 
@@ -71,7 +70,7 @@ def test_sharded_step_matches_unsharded():
     for shape in [(1, 1, 1), (2, 2, 2)]:
         m, state, _, batch_sh, step = _setup(shape, model, batch)
         with partitioning.mesh_context(m, TEST_RULES):
-            new_state, metrics = step(state, trainer.put_batch(batch, batch_sh),
+            new_state, metrics = step(state, train_step.put_batch(batch, batch_sh),
                                       jax.random.PRNGKey(0))
         params[shape] = jax.device_get(new_state.params)
         if shape == (2, 2, 2):
@@ -105,7 +104,7 @@ def test_accumulated_microbatches_equal_large_batch(mesh_shape):
 
 def test_microbatch_split_is_strided():
     batch = {"x": jnp.arange(8)[:, None] * jnp.ones((1, 3), jnp.int32)}
-    split = trainer.split_microbatches(batch, 4)
+    split = train_step.split_microbatches(batch, 4)
     assert split["x"].shape == (4, 2, 3)
     np.testing.assert_array_equal(split["x"][:, :, 0], [[0, 4], [1, 5], [2, 6], [3, 7]])
 
@@ -114,7 +113,7 @@ def test_tiny_model_overfits_small_batch():
     model = BagModel()
     batch = random_batch(2, 8)
     m, state, _, batch_sh, step = _setup((2, 2, 2), model, batch, lr=3e-2)
-    placed = trainer.put_batch(batch, batch_sh)
+    placed = train_step.put_batch(batch, batch_sh)
     losses = []
     with partitioning.mesh_context(m, TEST_RULES):
         for _ in range(150):
@@ -129,7 +128,7 @@ def test_adafactor_step_sharded_and_decreases_loss():
     batch = random_batch(3, 8)
     m, state, state_sh, batch_sh, step = _setup((2, 2, 2), model, batch, optimizer="adafactor",
                                                 lr=1e-2)
-    placed = trainer.put_batch(batch, batch_sh)
+    placed = train_step.put_batch(batch, batch_sh)
     with partitioning.mesh_context(m, TEST_RULES):
         first = None
         for _ in range(20):
@@ -145,7 +144,7 @@ def test_learning_rate_metric_follows_warmup():
     model = BagModel()
     batch = random_batch(4, 8)
     m, state, _, batch_sh, step = _setup((1, 1, 1), model, batch, lr=1e-2, warmup=4)
-    placed = trainer.put_batch(batch, batch_sh)
+    placed = train_step.put_batch(batch, batch_sh)
     rates = []
     with partitioning.mesh_context(m, TEST_RULES):
         for _ in range(6):
@@ -240,7 +239,7 @@ def test_tiny_t5_overfits_small_batch():
         num_decoder_layers=1), logical_axis_rules=TEST_RULES)
     batch = random_batch(5, 8, vocab_size=128)
     m, state, _, batch_sh, step = _setup((2, 2, 2), model, batch, lr=1e-2)
-    placed = trainer.put_batch(batch, batch_sh)
+    placed = train_step.put_batch(batch, batch_sh)
     with partitioning.mesh_context(m, TEST_RULES):
         for i in range(120):
             state, metrics = step(state, placed, jax.random.PRNGKey(0))
