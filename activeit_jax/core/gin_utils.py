@@ -14,6 +14,9 @@ import gin
 
 from activeit_jax.core.errors import ConfigError, one_line
 
+# The checkout (or installed tree) that holds `configs/`: activeit_jax/core/ -> two up.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 _GIN_PREFIX = "--gin."
 
 # Filled by the entry point's flag parser with the `--gin.X=V` overrides of the current
@@ -56,8 +59,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
     Raises:
       ConfigError: a file is missing, or a file or binding does not parse (gin's message).
     """
-    repo_configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "configs")
+    repo_configs = os.path.join(REPO_ROOT, "configs")
     roots = [*search_paths, repo_configs]
     for path in roots:
         gin.add_config_file_search_path(path)
