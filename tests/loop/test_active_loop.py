@@ -19,8 +19,7 @@ from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib, splits
 from activeit_jax.loop import active_loop
 from activeit_jax.reporting import render as reports, results as run_results
-
-import loop_testlib
+from tests import loop_testlib
 
 
 class FakeStages(loop_testlib.FakeStagesBase):

@@ -9,8 +9,7 @@ import pytest
 
 from activeit_jax.loop import judge
 from activeit_jax.loop.judge import ChatClient, JudgeConfig, JudgeError, JudgeItem
-
-from fake_openai import FakeServer
+from tests.fake_openai import FakeServer
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 

@@ -7,15 +7,14 @@ import json
 import os
 
 import pytest
-from test_active_loop import FakeStages, _selected
 
 from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib
 from activeit_jax.loop import active_loop, schedule
 from activeit_jax.reporting import results as run_results
 from activeit_jax.scoring import taskmap
-
-from loop_testlib import unit
+from tests.loop.test_active_loop import FakeStages, _selected
+from tests.loop_testlib import unit
 
 NIV2 = "experiments/niv2_t5_large.gin"
 

@@ -15,15 +15,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
 
 from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib, splits
 from activeit_jax.loop import active_loop, judge as judge_lib, selection
 from activeit_jax.reporting import render as reports, results as run_results
-
-import loop_testlib
-from fake_openai import FakeServer
+from tests import loop_testlib
+from tests.conftest import REPO_ROOT
+from tests.fake_openai import FakeServer
 
 KEY = "sk-test-judge-key-0123456789"
 NUM_TEST = 10

@@ -13,8 +13,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file  # noqa: E402
-from test_models_llama import make_hf_llama  # noqa: E402
-from test_models_t5 import make_batch, make_hf_t5  # noqa: E402
 
 from activeit_jax import partitioning
 from activeit_jax.models import (
@@ -22,6 +20,8 @@ from activeit_jax.models import (
     hf_convert,  # noqa: E402
 )
 from activeit_jax.models.hf_convert import ConversionError  # noqa: E402
+from tests.models.test_models_llama import make_hf_llama  # noqa: E402
+from tests.models.test_models_t5 import make_batch, make_hf_t5  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

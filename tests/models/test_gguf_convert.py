@@ -20,8 +20,7 @@ from activeit_jax.models import (  # noqa: E402
     gguf_convert,
     hf_convert,
 )
-
-import gguf_testlib as lib  # noqa: E402
+from tests import gguf_testlib as lib  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

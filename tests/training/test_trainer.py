@@ -20,8 +20,7 @@ from activeit_jax.training import (
     run_dir,
     trainer,
 )
-
-from trainer_testlib import BagModel
+from tests.trainer_testlib import BagModel
 
 TRAIN = ("task063_first_i_elements", "task092_check_prime_classification")
 VAL = ("task1332_check_leap_year", "task376_reverse_order_of_words")
@@ -147,7 +146,7 @@ def test_validation_takes_its_own_instance_count(vocab, tasks):
 
 
 def test_evaluate_decodes_and_scores_every_example_once(vocab, tasks):
-    from trainer_testlib import TEST_RULES, mesh
+    from tests.trainer_testlib import TEST_RULES, mesh
     _, val = tasks
     config = tiny_config(max_eval_instances_per_task=3, max_target_length=24)
     examples = evaluation.encode_eval_tasks(val, vocab, config, EchoModel())

@@ -10,8 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from activeit_jax import partitioning
 from activeit_jax.training import inputs as train_data, state as ts, step as train_step
-
-from trainer_testlib import TEST_RULES, BagModel, mesh, random_batch
+from tests.trainer_testlib import TEST_RULES, BagModel, mesh, random_batch
 
 
 def _setup(mesh_shape, model, batch, *, optimizer="adamw", lr=1e-2, microbatches=1,
