@@ -153,12 +153,13 @@ def _train_programs(model: Any, config: TrainConfig, mesh: Mesh, rules: tuple, t
         params_shapes = jax.eval_shape(model.init_params, jax.random.PRNGKey(config.seed))
         param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
         state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes, param_specs)
-        batch_sh = {k: ts.batch_sharding(mesh, len(shape)) for k, shape in batch_shapes}
+        batch_sh = {k: partitioning.data_sharding(mesh, len(shape), rules)
+                    for k, shape in batch_shapes}
         with partitioning.mesh_context(mesh, rules):
             train_step = make_train_step(
                 model, optimizer, schedule, mesh=mesh, state_shardings=state_sh,
                 batch_sharding=batch_sh, num_microbatches=config.num_microbatches,
-                use_dropout=config.use_dropout)
+                use_dropout=config.use_dropout, rules=rules)
         create_state = jax.jit(lambda p: ts.create_train_state(p, optimizer),
                                out_shardings=state_sh)
         return _TrainPrograms(optimizer, params_shapes, state_sh, batch_sh, create_state,
@@ -173,7 +174,8 @@ def _decode_program(model: Any, mesh: Mesh, rules: tuple, max_decode_length: int
 
     def build() -> Callable:
         params_sh = partitioning.params_shardings(model, mesh, rules)
-        batch_sh = {k: ts.batch_sharding(mesh, len(shape)) for k, shape in batch_shapes}
+        batch_sh = {k: partitioning.data_sharding(mesh, len(shape), rules)
+                    for k, shape in batch_shapes}
         return make_decode_fn(model, mesh=mesh, params_shardings=params_sh,
                               batch_sharding=batch_sh, max_decode_length=max_decode_length)
 
@@ -223,7 +225,7 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
         mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
     except ValueError as err:
         raise UsageError(f"TrainConfig.mesh_shape: {err}") from None
-    validate_config(config, mesh)
+    validate_config(config, mesh, rules)
     data = _encode_run_data(model, train_tasks, val_tasks, vocab, config)
     args = run_args(model, config, init, data.fingerprint,
                     train_data.fingerprint(data.val_examples))
