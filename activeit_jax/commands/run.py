@@ -324,11 +324,7 @@ def build_stages(exp: Experiment):
     from activeit_jax.models import checkpoints
     from activeit_jax.training import evaluation, run_dir, trainer
 
-    train_config = exp.train_config
-    if exp.partitioning is not None:
-        train_config = dataclasses.replace(
-            train_config, mesh_shape=dict(exp.partitioning.axis_sizes),
-            logical_axis_rules=tuple(exp.partitioning.logical_axis_rules))
+    train_config = exp.train_config.with_partitioning(exp.partitioning)
     init = exp.init_checkpoint
 
     reported: set[int] = set()
