@@ -59,6 +59,7 @@ from activeit_jax.training.evaluation import (
     make_decode_fn,
     model_kind_of,
 )
+from activeit_jax.training.position import TrainPosition
 from activeit_jax.training.run_dir import (
     BEST_SUBDIR,
     CHECKPOINT_SUBDIR,
@@ -309,7 +310,7 @@ def _encode_run_data(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence
 class _TrainRun:
     """One call of `train_and_evaluate`: restore or initialise, the epochs (steps, then
     validation and checkpoint), and the result. `position` is the checkpointed data position
-    and best-epoch record."""
+    and best-epoch record (a `TrainPosition`, replaced as the run advances)."""
 
     def __init__(self, model: Any, vocab: Any, config: TrainConfig, out_dir: str, mesh: Mesh,
                  rules: tuple, data: _RunData, programs: _TrainPrograms):
@@ -318,18 +319,18 @@ class _TrainRun:
         self.base_rng = jax.random.PRNGKey(config.seed)
         self.manager = checkpoint_manager(os.path.join(out_dir, CHECKPOINT_SUBDIR), config)
         self.writer = self.progress = self.decode_fn = None
-        self.position: dict[str, Any] = {}
+        self.position = TrainPosition()
 
     def train(self, init: Any, stop_after_steps: int | None) -> bool:
         """Runs the remaining epochs; returns whether `stop_after_steps` stopped it early."""
         state, resumed = self._restore_or_init(init)
         self.writer = MetricsWriter(
             self.out_dir, tensorboard=self.config.tensorboard,
-            keep_until_step=int(self.position["global_step"]) if resumed else None)
+            keep_until_step=self.position.global_step if resumed else None)
         self.progress = _progress_bar(self.config, self.data.total_steps,
-                                      int(self.position["global_step"]))
-        while self.position["epoch"] < self.config.num_epochs:
-            epoch = int(self.position["epoch"])
+                                      self.position.global_step)
+        while self.position.epoch < self.config.num_epochs:
+            epoch = self.position.epoch
             state, stopped = self._train_epoch(state, epoch, stop_after_steps)
             if stopped:
                 return True
@@ -344,51 +345,48 @@ class _TrainRun:
         restored = restore_newest_intact(self.manager, abstract, self.out_dir)
         if restored is not None:
             state, self.position = restored
-            latest = int(self.position["global_step"])
-            if (self.position.get("data_fingerprint") != self.data.fingerprint
-                    or self.position.get("batch_size") != self.config.batch_size):
+            latest = self.position.global_step
+            if (self.position.data_fingerprint != self.data.fingerprint
+                    or self.position.batch_size != self.config.batch_size):
                 raise TrainRunMismatchError(
                     f"{self.out_dir} holds a checkpoint of a different run (training data or "
                     f"batch size differ); use a new output directory or delete "
                     f"{CHECKPOINT_SUBDIR}/")
             logging.info("resuming from step %d (epoch %d, step %d in epoch)", latest,
-                         self.position["epoch"], self.position["step_in_epoch"])
+                         self.position.epoch, self.position.step_in_epoch)
             return state, True
         params = _initial_params(self.model, init, jax.random.fold_in(self.base_rng, 1),
                                  self.mesh, programs.state_sh.params, self.rules)
-        self.position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_epoch": None,
-                         "best_score": None, "best_metrics": {}, "history": [],
-                         "data_fingerprint": self.data.fingerprint,
-                         "batch_size": self.config.batch_size}
+        self.position = TrainPosition(data_fingerprint=self.data.fingerprint,
+                                      batch_size=self.config.batch_size)
         return programs.create_state(params), False
 
     def _train_epoch(self, state: ts.TrainState, epoch: int, stop_after_steps: int | None
                      ) -> tuple[ts.TrainState, bool]:
         """The remaining steps of `epoch`; True when `stop_after_steps` stopped it."""
-        config, position, steps = self.config, self.position, self.data.steps_per_epoch[epoch]
+        config, steps = self.config, self.data.steps_per_epoch[epoch]
         step_rng = jax.random.fold_in(self.base_rng, 2)
         window = _Window()
         unchecked = None  # (step, metrics) checked once the next step is queued: no stall
-        while position["step_in_epoch"] < steps:
-            if stop_after_steps is not None and position["global_step"] >= stop_after_steps:
+        while self.position.step_in_epoch < steps:
+            if stop_after_steps is not None and self.position.global_step >= stop_after_steps:
                 return state, True
-            batch = self.data.batcher.batch(epoch, int(position["step_in_epoch"]))
+            batch = self.data.batcher.batch(epoch, self.position.step_in_epoch)
             window.add_tokens(*train_data.token_counts(batch))
             with partitioning.mesh_context(self.mesh, self.rules):
                 state, step_metrics = self.programs.train_step(
                     state, put_batch(batch, self.programs.batch_sh), step_rng)
             if unchecked is not None:
                 check_finite(*unchecked)
-            position["step_in_epoch"] += 1
-            position["global_step"] += 1
-            gstep = int(position["global_step"])
+            self.position = position = self.position.after_step()
+            gstep = position.global_step
             unchecked = (gstep, step_metrics)
-            end_of_epoch = position["step_in_epoch"] == steps
+            end_of_epoch = position.step_in_epoch == steps
             window.steps += 1
             if gstep % max(config.log_every_steps, 1) == 0 or end_of_epoch:
                 scalars = window.flush(jax.device_get(step_metrics))
                 check_finite(gstep, scalars)  # synced here anyway
-                scalars["epoch"] = epoch + position["step_in_epoch"] / steps
+                scalars["epoch"] = epoch + position.step_in_epoch / steps
                 self.writer.write(gstep, "train", scalars)
                 if self.progress is not None:
                     self.progress.set_postfix(loss=f"{scalars['loss']:.4f}",
@@ -405,7 +403,7 @@ class _TrainRun:
 
     def _end_epoch(self, state: ts.TrainState, epoch: int) -> None:
         """Validates, keeps the best epoch, records the history and checkpoints."""
-        position, gstep = self.position, int(self.position["global_step"])
+        position, gstep = self.position, self.position.global_step
         record: dict[str, Any] = {"epoch": epoch, "step": gstep}
         if self.data.val_examples:
             summary, flat = self._validate(state, epoch, gstep)
@@ -414,20 +412,18 @@ class _TrainRun:
                 raise ValueError(f"selection_metric {self.config.selection_metric!r} not "
                                  f"among the validation scores {sorted(flat)}")
             score = flat[self.config.selection_metric]
-            if position["best_score"] is None or score > position["best_score"]:
-                position["best_score"], position["best_epoch"] = score, epoch
-                position["best_metrics"] = {k: v for k, v in summary.items()
-                                            if k != "per_task"}
+            if position.best_score is None or score > position.best_score:
+                position = dataclasses.replace(
+                    position, best_score=score, best_epoch=epoch,
+                    best_metrics={k: v for k, v in summary.items() if k != "per_task"})
                 save_best(self.out_dir, self.model, state.params,
                           {"epoch": epoch, "step": gstep, "metrics": flat}, self.vocab)
         elif epoch == self.config.num_epochs - 1:
-            position["best_epoch"] = epoch
+            position = dataclasses.replace(position, best_epoch=epoch)
             save_best(self.out_dir, self.model, state.params, {"epoch": epoch, "step": gstep},
                       self.vocab)
-        position["history"] = list(position["history"]) + [record]
-        position["epoch"] = epoch + 1
-        position["step_in_epoch"] = 0
-        save_checkpoint(self.manager, state, position)
+        self.position = position.after_epoch(record)
+        save_checkpoint(self.manager, state, self.position)
 
     def _validate(self, state: ts.TrainState, epoch: int, gstep: int
                   ) -> tuple[dict[str, Any], dict[str, float]]:
@@ -471,8 +467,9 @@ class _TrainRun:
         best_dir = os.path.join(self.out_dir, BEST_SUBDIR)
         result = TrainResult(
             best_checkpoint_dir=best_dir if os.path.exists(best_dir) else None,
-            best_epoch=position["best_epoch"], best_metrics=dict(position["best_metrics"]),
-            history=list(position["history"]), final_step=int(position["global_step"]),
+            best_epoch=position.best_epoch, best_metrics=dict(position.best_metrics),
+            history=[dict(record) for record in position.history],
+            final_step=position.global_step,
             completed=not stopped)
         if stopped:
             return result
