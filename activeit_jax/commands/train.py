@@ -106,7 +106,7 @@ def main(argv: list[str]) -> None:
                  len(val_tasks))
     result = trainer.train_and_evaluate(
         model, train_tasks, val_tasks, vocabulary, config, FLAGS.out,
-        init=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
+        init_checkpoint=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
     if result.completed:
         io_utils.atomic_write_text(os.path.join(FLAGS.out, "config.gin"),
                                    gin.operative_config_str())

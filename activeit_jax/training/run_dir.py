@@ -40,17 +40,18 @@ class TrainRunMismatchError(ActiveITError):
     """The run directory holds another training run (or one of unknown arguments)."""
 
 
-def run_args(model: Any, config: Any, init: Any, data_fingerprint: str,
-             val_fingerprint: str) -> dict[str, Any]:
+def run_args(model: Any, config: Any, init_checkpoint: str | None, has_init_params: bool,
+             data_fingerprint: str, val_fingerprint: str) -> dict[str, Any]:
     """What identifies a training run: the model, the result-changing settings, the initial
-    weights and the tokenised training / validation data."""
+    weights (under the key "init", as run_args.json always had it: the checkpoint's absolute
+    path, "given parameters" or "random") and the tokenised training / validation data."""
     settings = {k: v for k, v in config_dict(config).items() if k not in NOT_FINGERPRINTED}
-    if init is None:
-        start = "random"
-    elif isinstance(init, (str, os.PathLike)):
-        start = os.path.abspath(os.fspath(init))
-    else:
+    if init_checkpoint is not None:
+        start = os.path.abspath(os.fspath(init_checkpoint))
+    elif has_init_params:
         start = "given parameters"
+    else:
+        start = "random"
     return {"model": repr(model), "config": settings, "init": start,
             "train_data": data_fingerprint, "val_data": val_fingerprint}
 

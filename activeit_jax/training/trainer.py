@@ -99,15 +99,15 @@ def _check_packing(model: Any, config: TrainConfig) -> None:
             f"(supports_packing is not set). Train with pack=False.")
 
 
-def _initial_params(model: Any, init: Any, rng: jax.Array, mesh: Mesh,
-                    params_shardings: PyTree, rules: Sequence[tuple[str, Any]]) -> PyTree:
-    if init is None:
-        with partitioning.mesh_context(mesh, rules):
-            return jax.jit(model.init_params, out_shardings=params_shardings)(rng)
-    if isinstance(init, (str, os.PathLike)):
-        from activeit_jax.models import checkpoints
-        return checkpoints.restore_params(os.fspath(init), model, params_shardings)
-    return jax.device_put(init, params_shardings)
+def _initial_params(model: Any, init_checkpoint: str | None, init_params: PyTree | None,
+                    rng: jax.Array, mesh: Mesh, params_shardings: PyTree,
+                    rules: Sequence[tuple[str, Any]]) -> PyTree:
+    if init_checkpoint is not None:
+        return checkpoints.restore_params(init_checkpoint, model, params_shardings)
+    if init_params is not None:
+        return jax.device_put(init_params, params_shardings)
+    with partitioning.mesh_context(mesh, rules):
+        return jax.jit(model.init_params, out_shardings=params_shardings)(rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +185,9 @@ def _decode_program(model: Any, mesh: Mesh, rules: tuple, max_decode_length: int
 
 def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
                        vocab: Any, config: TrainConfig, out_dir: str, *,
-                       init: Any = None, stop_after_steps: int | None = None,
+                       init_checkpoint: str | os.PathLike | None = None,
+                       init_params: PyTree | None = None,
+                       stop_after_steps: int | None = None,
                        devices: Sequence[Any] | None = None) -> TrainResult:
     """Fine-tunes `model` on `train_tasks`, validates each epoch, keeps the best epoch.
 
@@ -203,9 +205,11 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
       out_dir: run directory: checkpoints/ (orbax manager), best/ (`save_model` layout),
         best.json, metrics.jsonl, tensorboard/, eval/epoch_<k>_{predictions.jsonl,metrics.json},
         train_summary.json.
-      init: initial parameters: None (random init from `config.seed`), a checkpoint directory
-        (`checkpoints.restore_params` with `model`'s shapes), or a parameter pytree. Ignored
-        when resuming.
+      init_checkpoint: the weights the run starts from: a checkpoint directory
+        (`checkpoints.restore_params` with `model`'s shapes). Ignored when resuming.
+      init_params: or the starting parameters themselves (a pytree of `model`'s shapes),
+        e.g. from an earlier run in the same process. Neither: random initialisation from
+        `config.seed`.
       stop_after_steps: stop (as if killed) once the global step reaches this; for tests.
       devices: devices of the mesh (default: all).
 
@@ -213,12 +217,16 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
       A `TrainResult`; `params` holds the best parameters placed on the mesh.
 
     Raises:
-      UsageError: a setting the mesh cannot run, or a vocabulary larger than the embedding
-        (checked before anything is written).
+      UsageError: a setting the mesh cannot run, a vocabulary larger than the embedding, or
+        both `init_checkpoint` and `init_params` (checked before anything is written).
       TrainRunMismatchError: `out_dir` holds another run (see `train_io.check_run_args`).
       RunLockedError: another process is training into `out_dir`.
       TrainingDivergedError: a non-finite loss or gradient norm (its step named).
     """
+    if init_checkpoint is not None and init_params is not None:
+        raise UsageError("train_and_evaluate: give init_checkpoint or init_params, not both")
+    if init_checkpoint is not None:
+        init_checkpoint = os.fspath(init_checkpoint)
     _check_packing(model, config)
     train_data.check_vocabulary(model, vocab)
     rules = resolve_rules(model, config.logical_axis_rules)
@@ -228,7 +236,7 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
         raise UsageError(f"TrainConfig.mesh_shape: {err}") from None
     validate_config(config, mesh, rules)
     data = _encode_run_data(model, train_tasks, val_tasks, vocab, config)
-    args = run_args(model, config, init, data.fingerprint,
+    args = run_args(model, config, init_checkpoint, init_params is not None, data.fingerprint,
                     train_data.fingerprint(data.val_examples))
     with run_lock.hold(out_dir, "train", jax.process_index()):
         if jax.process_index() == 0:  # what a killed atomic write left behind
@@ -246,7 +254,8 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
                                          sorted(data.batcher.batch(0, 0).items())))
         run = _TrainRun(model, vocab, config, out_dir, mesh, rules, data, programs)
         try:
-            stopped = run.train(init, stop_after_steps)  # the train state is freed on return
+            # The train state is freed on return.
+            stopped = run.train(init_checkpoint, init_params, stop_after_steps)
         finally:
             run.close()
         return run.result(stopped)
@@ -321,9 +330,10 @@ class _TrainRun:
         self.writer = self.progress = self.decode_fn = None
         self.position = TrainPosition()
 
-    def train(self, init: Any, stop_after_steps: int | None) -> bool:
+    def train(self, init_checkpoint: str | None, init_params: PyTree | None,
+              stop_after_steps: int | None) -> bool:
         """Runs the remaining epochs; returns whether `stop_after_steps` stopped it early."""
-        state, resumed = self._restore_or_init(init)
+        state, resumed = self._restore_or_init(init_checkpoint, init_params)
         self.writer = MetricsWriter(
             self.out_dir, tensorboard=self.config.tensorboard,
             keep_until_step=self.position.global_step if resumed else None)
@@ -337,7 +347,8 @@ class _TrainRun:
             self._end_epoch(state, epoch)
         return False
 
-    def _restore_or_init(self, init: Any) -> tuple[ts.TrainState, bool]:
+    def _restore_or_init(self, init_checkpoint: str | None, init_params: PyTree | None
+                         ) -> tuple[ts.TrainState, bool]:
         """The latest checkpoint of this run (refusing another run's), else fresh params."""
         programs = self.programs
         abstract = ts.abstract_train_state(programs.optimizer, programs.params_shapes,
@@ -355,8 +366,9 @@ class _TrainRun:
             logging.info("resuming from step %d (epoch %d, step %d in epoch)", latest,
                          self.position.epoch, self.position.step_in_epoch)
             return state, True
-        params = _initial_params(self.model, init, jax.random.fold_in(self.base_rng, 1),
-                                 self.mesh, programs.state_sh.params, self.rules)
+        params = _initial_params(self.model, init_checkpoint, init_params,
+                                 jax.random.fold_in(self.base_rng, 1), self.mesh,
+                                 programs.state_sh.params, self.rules)
         self.position = TrainPosition(data_fingerprint=self.data.fingerprint,
                                       batch_size=self.config.batch_size)
         return programs.create_state(params), False
