@@ -230,9 +230,10 @@ def validate_config(config: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | 
     if config.num_microbatches < 1 or config.batch_size % per:
         raise UsageError(
             f"batch_size {config.batch_size} must be divisible by num_microbatches "
-            f"({config.num_microbatches}) x data*fsdp mesh size ({shards}) = {per}")
+            f"({config.num_microbatches}) x the batch's mesh shards ({shards}: data*fsdp "
+            f"under the default rules) = {per}")
     if config.eval_batch_size % shards:
         raise UsageError(f"eval_batch_size {config.eval_batch_size} must be divisible by the "
-                         f"data*fsdp mesh size ({shards})")
+                         f"batch's mesh shards ({shards}: data*fsdp under the default rules)")
     if config.model_kind not in (None, train_data.ENCODER_DECODER, train_data.DECODER_ONLY):
         raise UsageError(f"unknown model_kind {config.model_kind!r}")

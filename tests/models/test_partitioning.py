@@ -173,7 +173,7 @@ def test_a_custom_batch_rule_moves_training_and_scoring_batches():
     assert partitioning.microbatch_sharding(mesh, 3, rules).spec == P(None, "data", None)
     twelve = train_config.TrainConfig(batch_size=12)
     train_step.validate_config(twelve, mesh, rules)  # 4 batch shards divide 12 ...
-    with pytest.raises(UsageError, match=r"mesh size \(8\)"):  # ... the default 8 do not
+    with pytest.raises(UsageError, match=r"mesh shards \(8:"):  # ... the default 8 do not
         train_step.validate_config(twelve, mesh)
     params = jax.jit(model.init_params, out_shardings=partitioning.params_shardings(
         model, mesh))(jax.random.key(0))
