@@ -142,7 +142,7 @@ def ours_train(model, batch, args) -> tuple[float, float]:
     state_sh = ts.train_state_shardings(mesh, optimizer, params, specs)
     state = jax.jit(lambda p: ts.create_train_state(p, optimizer), out_shardings=state_sh)(params)
     del params
-    batch_sh = train_step.batch_shardings(mesh, batch)
+    batch_sh = partitioning.batch_shardings(mesh, batch, rules)
     rng = jax.random.key(0)
     with partitioning.mesh_context(mesh, rules):
         step = train_step.make_train_step(model, optimizer, schedule, mesh=mesh,

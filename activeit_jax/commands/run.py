@@ -324,12 +324,8 @@ def build_stages(exp: Experiment):
     from activeit_jax.models import checkpoints
     from activeit_jax.training import evaluation, run_dir, trainer
 
-    train_config = exp.train_config
-    if exp.partitioning is not None:
-        train_config = dataclasses.replace(
-            train_config, mesh_shape=dict(exp.partitioning.axis_sizes),
-            logical_axis_rules=tuple(exp.partitioning.logical_axis_rules))
-    init = exp.init_checkpoint
+    train_config = exp.train_config.with_partitioning(exp.partitioning)
+    init_checkpoint = exp.init_checkpoint
 
     reported: set[int] = set()
 
@@ -370,17 +366,18 @@ def build_stages(exp: Experiment):
 
     def train(train_tasks, val_tasks, out_dir: str) -> str:
         if not train_tasks:  # zero-shot iteration 0: the base model as installed
-            if not init:
+            if not init_checkpoint:
                 raise ValueError("no training tasks and no experiment.init_checkpoint: "
                                  "iteration 0 has no model to evaluate")
-            return init
+            return init_checkpoint
         best = os.path.join(out_dir, "best")
         if os.path.exists(os.path.join(out_dir, run_dir.SUMMARY_FILE)):
             return best  # finished before (its intermediate checkpoints may be gone)
         if not exp.select_epoch_on_validation:
             val_tasks = []  # fixed epochs, the last one is kept (the evaluate stage validates)
         result = trainer.train_and_evaluate(exp.model, train_tasks, val_tasks,
-                                            exp.vocabulary, train_config, out_dir, init=init)
+                                            exp.vocabulary, train_config, out_dir,
+                                            init_checkpoint=init_checkpoint)
         return result.best_checkpoint_dir
 
     def evaluate(checkpoint_dir: str, tasks, out_dir: str):

@@ -7,6 +7,16 @@
 
 `--vocab` (a SentencePiece `.model`, a `tokenizer.json` or a tokenizer directory) may be left
 out when the checkpoint stores its tokenizer (`activeit-jax convert` and the trainer store it).
+`--checkpoint` is the model being scored (a run's starting weights are `init_checkpoint`).
+
+The settings are a `scoring.ScoreConfig`, read from gin (`--gin_file=...`,
+`--gin.ScoreConfig.num_perturbations=5`). The flags that set its fields (`--num_instances`,
+`--num_perturbations`, `--seed`, ... and `--entropy` for `compute_entropy`; `--drop_rate` and
+`--perturbation_option` for `perturbation_options`; `--pu_quantile` ... for `thresholds`;
+`--adaptive_*` for `scoring.adaptive.AdaptiveConfig`) are generated from the dataclass fields
+with their defaults (`commands.common.define_config_flags`). A flag given wins over a gin
+binding, which wins over the default; a flag and a `--gin.` binding of the same field are
+refused. Without either, the decoding length follows `max_target_length`.
 
 The pool: `--tasks=FILE` lists NIV2 task names one per line (read from `--niv2_dir/tasks/`),
 or is a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as `activeit-jax prepare` writes
@@ -36,13 +46,25 @@ from typing import Any, Iterator
 
 from absl import flags
 
+from activeit_jax import scoring
 from activeit_jax.commands import common
 from activeit_jax.core.errors import UsageError
+from activeit_jax.data import prompts
 from activeit_jax.data.errors import TaskFormatError
+from activeit_jax.scoring import adaptive, perturbation as perturbation_lib, taskmap
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (config.json + params).")
+# Flags whose name is not their field's (kept from the command line's first version).
+SCORE_FLAG_NAMES = {"compute_entropy": "entropy"}
+ADAPTIVE_FLAG_NAMES = {"initial_perturbations": "adaptive_k0", "num_select": "adaptive_select",
+                       "z": "adaptive_z"}
+# Perturbations whose `rate` option --drop_rate sets.
+WORD_LEVEL = ("drop", "sentinel", "repeat", "insert")
+
+flags.DEFINE_string("checkpoint", None, "The model to score: a checkpoint directory "
+                    "(config.json + params). Not the weights a run starts from: that is "
+                    "`train --init_checkpoint` / experiment.init_checkpoint.")
 flags.DEFINE_string("vocab", None, "Vocabulary of the checkpoint: SentencePiece .model, "
                     "tokenizer.json or a tokenizer directory (default: the tokenizer stored "
                     "in the checkpoint).")
@@ -53,63 +75,48 @@ flags.DEFINE_string("role", "pool", "With a prepared tasks.jsonl whose lines car
                     "score only this role ('' = every line).")
 flags.DEFINE_string("self_instruct", None, "Pool: Self-Instruct / Alpaca JSON or JSONL file.")
 flags.DEFINE_string("out", None, "Output directory (resumed when it holds the same run).")
-flags.DEFINE_integer("num_instances", 10, "n: instances per task (all when fewer).")
-flags.DEFINE_integer("num_perturbations", 20, "K: perturbed prompts per task.")
-flags.DEFINE_float("drop_rate", 0.2, "Rate of the word-level perturbations (drop, sentinel, "
-                   "repeat, insert).")
-flags.DEFINE_integer("seed", 0, "Seed of instance choice and perturbations.")
-flags.DEFINE_string("perturbation", "drop", "Perturbation: drop, sentinel, repeat, insert, "
-                    "paraphrase.")
-flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
-                          "perturbation, e.g. file=paraphrases.jsonl, words=a,b,c "
-                          "(rate=R here overrides --drop_rate).")
-flags.DEFINE_boolean("save_prompts", False, "Also write prompts.jsonl (one line per task, "
-                     "instance and perturbation).")
-flags.DEFINE_boolean("entropy", False, "Also compute the mean token entropy baseline.")
-flags.DEFINE_enum("prompt_format", "auto", ["auto", "tk_instruct", "alpaca", "tk_instruct_chat",
-                  "alpaca_chat"], "Prompt format; auto: Tk-Instruct for T5; decoder-only "
-                  "models Tk-Instruct for NIV2 tasks and Alpaca for Self-Instruct items, as the "
-                  "user turn of the model's chat template when its tokenizer has one.")
-flags.DEFINE_integer("num_pos_examples", 2, "Positive examples in the prompt.")
-flags.DEFINE_boolean("fit_examples", True, "Add examples only while the source fits "
-                     "max_source_length (Tk-Instruct).")
-flags.DEFINE_integer("max_source_length", 1024, "Source tokens (cut with EOS kept).")
-flags.DEFINE_integer("max_target_length", 128, "Target tokens (cut with EOS kept).")
-flags.DEFINE_integer("max_decode_length", None, "Greedy decoding length "
-                     "(default max_target_length).")
-flags.DEFINE_integer("batch_size", 64, "The most rows per jitted scoring call.")
-flags.DEFINE_integer("batch_tokens", 32768, "Token budget per call: rows x padded source "
-                     "length (decoder-only: sequence length); 0 = always --batch_size rows.")
-flags.DEFINE_integer("buckets_per_octave", 5, "Default scoring source (decoder-only: "
-                     "sequence) buckets: steps between two powers of two (1 = powers of two).")
-flags.DEFINE_integer("target_buckets_per_octave", 1, "The same for scoring targets.")
-flags.DEFINE_integer("decode_buckets_per_octave", 8, "The same for decoding sources.")
-flags.DEFINE_integer("decode_batch_size", None, "Rows per decoding call (default batch_size).")
-flags.DEFINE_list("source_buckets", [], "Padded source lengths, e.g. 128,256,512,1024 "
-                  "(default: --buckets_per_octave / --decode_buckets_per_octave steps per "
-                  "power of two); serves decoding too.")
-flags.DEFINE_list("target_buckets", [], "Padded target lengths (default: "
-                  "--target_buckets_per_octave steps per power of two from 8).")
-flags.DEFINE_integer("tasks_per_chunk", 16, "Consecutive tasks processed together.")
 flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes of each host's "
                     "devices, e.g. data=4,model=2 (-1 = the remaining devices).")
-flags.DEFINE_float("pu_quantile", 2 / 3, "Task Map: PU quantile above which a task is "
-                   "ambiguous.")
-flags.DEFINE_float("probability_quantile", 0.5, "Task Map: probability quantile (of the "
-                   "non-ambiguous tasks) splitting easy from difficult.")
-flags.DEFINE_float("pu_threshold", None, "Task Map: absolute PU threshold (overrides "
-                   "--pu_quantile).")
-flags.DEFINE_float("probability_threshold", None, "Task Map: absolute probability threshold "
-                   "(overrides --probability_quantile).")
 flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 task file: "
                   "stop, or skip it and list it in summary.json (a file without instances "
                   "is always skipped and listed).")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
-flags.DEFINE_integer("adaptive_k0", 0, "Adaptive perturbation budget (off when 0): every task "
-                     "gets its first K0 perturbations, tasks near the top-m boundary more, up "
-                     "to --num_perturbations (scoring.adaptive; single host, not resumable).")
-flags.DEFINE_integer("adaptive_select", 68, "m, the selection size whose boundary matters.")
-flags.DEFINE_float("adaptive_z", 2.0, "Confidence bound width, in standard errors.")
+# ScoreConfig.perturbation_options, as KEY=VALUE flags and the word-level rate.
+flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
+                          "perturbation, e.g. file=paraphrases.jsonl, words=a,b,c "
+                          "(rate=R here overrides --drop_rate) [gin: "
+                          "ScoreConfig.perturbation_options].")
+flags.DEFINE_float("drop_rate", 0.2, "Rate of the word-level perturbations (drop, sentinel, "
+                   "repeat, insert) [gin: ScoreConfig.perturbation_options].")
+
+# Flags generated from the fields of ScoreConfig, TaskMapThresholds and AdaptiveConfig (name,
+# type, default, help); `--entropy` keeps its older name. See `common.define_config_flags` for
+# the precedence (flag > gin binding > default).
+SCORE_FLAGS = common.define_config_flags(
+    scoring.ScoreConfig, gin_module="activeit_jax.scoring",
+    renamed=SCORE_FLAG_NAMES, skip=("perturbation_options", "thresholds"),
+    choices={"prompt_format": [prompts.AUTO, *prompts.PROMPT_FORMATS]},
+    parsers={"batch_tokens": lambda value: value or None},
+    help_texts={
+        "max_decode_length": "Greedy decoding length of the originals (default: "
+                             "max_target_length).",
+        "batch_tokens": "Token budget per call: rows x padded source length (decoder-only: "
+                        "sequence length); 0 = always --batch_size rows.",
+        "source_buckets": "Padded source lengths, e.g. 128,256,512,1024 (default: "
+                          "--buckets_per_octave / --decode_buckets_per_octave steps per power "
+                          "of two); serves decoding too.",
+        "target_buckets": "Padded target lengths (default: --target_buckets_per_octave steps "
+                          "per power of two from 8).",
+        "sequence_buckets": "Decoder-only scoring: padded lengths of prompt + response "
+                            "(default: --buckets_per_octave steps per power of two)."})
+THRESHOLD_FLAGS = common.define_config_flags(taskmap.TaskMapThresholds)
+ADAPTIVE_FLAGS = common.define_config_flags(
+    adaptive.AdaptiveConfig, renamed=ADAPTIVE_FLAG_NAMES, skip=("growth", "quota"),
+    required_defaults={"initial_perturbations": 0, "num_select": 68},
+    help_texts={"initial_perturbations": "Adaptive perturbation budget (off when 0): every "
+                "task gets its first K0 perturbations, tasks near the top-m boundary more, up "
+                "to --num_perturbations (scoring.adaptive; single host, not resumable).",
+                "z": "Confidence bound width, in standard errors."})
 common.define_gin_flags()
 common.define_distributed_flags()
 
@@ -122,7 +129,6 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
     With `shard` (a `scoring.ShardInfo`), NIV2 and prepared entries of other shards are not
     loaded: a `scoring.TaskStub` (the name only) stands in their place.
     """
-    from activeit_jax import scoring
     from activeit_jax.core import records
     from activeit_jax.data import niv2
     from activeit_jax.data.errors import MissingTaskError, RecordError
@@ -183,7 +189,6 @@ def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
     """Loads each task when the scorer reaches it; a file without instances (or, with
     on_bad_task="skip", any malformed file) becomes a `SkippedTask` with the reason; a task
     for which `mine(index)` is False (another host's) a `TaskStub`."""
-    from activeit_jax import scoring
     from activeit_jax.data import errors, niv2
 
     for index, name in enumerate(names):
@@ -202,54 +207,47 @@ def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
                 raise
 
 
-def _buckets(name: str) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(b) for b in getattr(FLAGS, name)) or None
-    except ValueError:
-        raise UsageError(f"--{name} must be integers, got {getattr(FLAGS, name)}") from None
-
-
-def build_config() -> "Any":
-    """The `ScoreConfig` of the command line.
+def build_config() -> scoring.ScoreConfig:
+    """The `ScoreConfig` of the command line: its flags, else its gin bindings, else its
+    defaults (`common.define_config_flags`). Derived defaults of the command line: the
+    decoding length follows max_target_length; the perturbation options are the
+    `--perturbation_option`s plus `--drop_rate` as the rate of a word-level perturbation.
 
     Raises:
-      UsageError: a value the scorer cannot use (checked before anything is written).
+      UsageError: a value the scorer cannot use, or a flag and a `--gin.` binding of the same
+        field (checked before anything is written).
     """
-    from activeit_jax import scoring
-    from activeit_jax.scoring import perturbation as perturbation_lib, taskmap
+    explicit: dict[str, Any] = {}
+    command_line = common.command_line_bound((SCORE_FLAGS.selector,))
+    for field, group in (("perturbation_options", ("perturbation_option", "drop_rate")),
+                         ("thresholds", tuple(THRESHOLD_FLAGS.flag_names.values()))):
+        given = [name for name in group if FLAGS[name].present]
+        if given and field in command_line:
+            raise UsageError(f"--{given[0]} and --gin.{command_line[field]} both set "
+                             f"ScoreConfig.{field}: give one")
+        if field == "thresholds" and given:
+            explicit[field] = THRESHOLD_FLAGS.build()
+        elif field == "perturbation_options" and (given or field not in
+                                                  SCORE_FLAGS.gin_bound()):
+            explicit[field] = _perturbation_options()
+    return SCORE_FLAGS.build(
+        explicit, max_decode_length=SCORE_FLAGS.value("max_target_length"))
 
+
+def _perturbation_options() -> tuple[tuple[str, Any], ...]:
+    """`--perturbation_option`s, with `--drop_rate` as the rate of a word-level perturbation
+    (`ScoreConfig.perturbation_options`)."""
     try:
         options = perturbation_lib.parse_options(FLAGS.perturbation_option)
-        thresholds = taskmap.TaskMapThresholds(
-            pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
-            pu_threshold=FLAGS.pu_threshold, probability_threshold=FLAGS.probability_threshold)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if FLAGS.perturbation in ("drop", "sentinel", "repeat", "insert"):
+    if SCORE_FLAGS.value("perturbation") in WORD_LEVEL:
         options.setdefault("rate", FLAGS.drop_rate)
-    return scoring.ScoreConfig(
-        num_instances=FLAGS.num_instances, num_perturbations=FLAGS.num_perturbations,
-        seed=FLAGS.seed, perturbation=FLAGS.perturbation,
-        perturbation_options=tuple(sorted(options.items())),
-        prompt_format=FLAGS.prompt_format, num_pos_examples=FLAGS.num_pos_examples,
-        max_source_length=FLAGS.max_source_length,
-        max_target_length=FLAGS.max_target_length,
-        max_decode_length=FLAGS.max_decode_length or FLAGS.max_target_length,
-        fit_examples=FLAGS.fit_examples, compute_entropy=FLAGS.entropy,
-        save_prompts=FLAGS.save_prompts, batch_size=FLAGS.batch_size,
-        decode_batch_size=FLAGS.decode_batch_size or FLAGS.batch_size,
-        batch_tokens=FLAGS.batch_tokens or None, buckets_per_octave=FLAGS.buckets_per_octave,
-        target_buckets_per_octave=FLAGS.target_buckets_per_octave,
-        decode_buckets_per_octave=FLAGS.decode_buckets_per_octave,
-        tasks_per_chunk=FLAGS.tasks_per_chunk,
-        source_buckets=_buckets("source_buckets"), target_buckets=_buckets("target_buckets"),
-        thresholds=thresholds)
+    return tuple(sorted(options.items()))
 
 
 def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
     """A chat format needs a chat template: say so in one line before loading weights."""
-    from activeit_jax import scoring
-    from activeit_jax.core.errors import UsageError
     from activeit_jax.data import chat as chat_lib
     try:
         scoring.prompt_formats(config, scoring.is_decoder_only(model),
@@ -266,13 +264,14 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from activeit_jax import partitioning, scoring
+    from activeit_jax import partitioning
     from activeit_jax.data import vocab as vocab_lib
     from activeit_jax.models import checkpoints
     from activeit_jax.training import inputs as train_data
     shard = scoring.ShardInfo.of_process()
     # Every argument is checked (and the pool listed) before the run directory is touched.
     config = build_config()
+    policy = ADAPTIVE_FLAGS.build() if FLAGS.adaptive_k0 else None
     tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
                                         FLAGS.on_bad_task, FLAGS.role, shard)
     model = checkpoints.read_model(FLAGS.checkpoint)
@@ -292,10 +291,7 @@ def main(argv: list[str]) -> None:
                           else "stored with the checkpoint"),
                 "on_bad_task": FLAGS.on_bad_task,
                 **pool_args}
-    if FLAGS.adaptive_k0:
-        from activeit_jax.scoring import adaptive
-        policy = adaptive.AdaptiveConfig(initial_perturbations=FLAGS.adaptive_k0,
-                                         num_select=FLAGS.adaptive_select, z=FLAGS.adaptive_z)
+    if policy is not None:
         summary = adaptive.score_pool_adaptive(model, params, vocab, tasks, FLAGS.out, config,
                                                policy, mesh=mesh, run_args=run_args)
         summary.setdefault("rows_per_s", 0.0)

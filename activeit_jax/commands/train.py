@@ -5,6 +5,13 @@
     activeit-jax train --gin_file=runs/finetune_tiny.gin --tasks=FILE --val_tasks=FILE --out=DIR
     activeit-jax train --gin_file=runs/finetune_self_instruct.gin --self_instruct=FILE --out=DIR
 
+The settings are the `TrainConfig` of gin (`--gin.TrainConfig.num_epochs=2` or a gin file);
+this command has no shortcut flags for them. `--niv2_dir` and `--init_checkpoint` (the weights
+the run starts from; one name for that concept everywhere: `train_job.init_checkpoint`,
+`experiment.init_checkpoint`, `train_and_evaluate(init_checkpoint=...)`) override the gin
+file's `train_job.niv2_dir` / `train_job.init_checkpoint`; given together with a `--gin.`
+binding of the same field they are refused.
+
 `--tasks` / `--val_tasks`: a text file of NIV2 task names (one per line, read from
 `--niv2_dir/tasks/`), a JSON list / `{"tasks": [...]}`, or a `.jsonl` of prepared tasks.
 gin binds `train_job` (`activeit_jax.training.trainer.TrainJob`). The model comes from
@@ -78,6 +85,10 @@ def main(argv: list[str]) -> None:
     common.parse_gin_from_flags()
 
     from activeit_jax.training import config as train_config, inputs as train_data, trainer
+    # The path flags override the gin file's train_job defaults, not a --gin. binding.
+    common.refuse_flag_and_binding(("activeit_jax.training.train_job",),
+                                   {"niv2_dir": "niv2_dir",
+                                    "init_checkpoint": "init_checkpoint"}, "train_job")
 
     job = train_config.train_job()
     config = job.resolved_config()
@@ -106,7 +117,7 @@ def main(argv: list[str]) -> None:
                  len(val_tasks))
     result = trainer.train_and_evaluate(
         model, train_tasks, val_tasks, vocabulary, config, FLAGS.out,
-        init=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
+        init_checkpoint=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
     if result.completed:
         io_utils.atomic_write_text(os.path.join(FLAGS.out, "config.gin"),
                                    gin.operative_config_str())

@@ -115,6 +115,20 @@ class TrainConfig:
         # Checked when the config is built (gin included), before a run directory is touched.
         check_settings(self)
 
+    def with_partitioning(self, partitioning: Any) -> "TrainConfig":
+        """This config on the mesh and rules of a `partitioning.PartitioningConfig`.
+
+        The one place where a `PartitioningConfig` (`train_job.partitioning`,
+        `experiment.partitioning`) overrides `mesh_shape` and `logical_axis_rules`.
+
+        Args:
+          partitioning: a `PartitioningConfig`, or None (this config unchanged).
+        """
+        if partitioning is None:
+            return self
+        return dataclasses.replace(self, mesh_shape=dict(partitioning.axis_sizes),
+                                   logical_axis_rules=tuple(partitioning.logical_axis_rules))
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainJob:
@@ -140,12 +154,7 @@ class TrainJob:
 
     def resolved_config(self) -> TrainConfig:
         """`config` with the mesh sizes and rules of `partitioning` when given."""
-        if self.partitioning is None:
-            return self.config
-        return dataclasses.replace(self.config,
-                                   mesh_shape=dict(self.partitioning.axis_sizes),
-                                   logical_axis_rules=tuple(
-                                       self.partitioning.logical_axis_rules))
+        return self.config.with_partitioning(self.partitioning)
 
 
 @gin.configurable(module="activeit_jax.training")

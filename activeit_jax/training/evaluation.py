@@ -16,7 +16,7 @@ from activeit_jax.training import inputs as train_data, metrics as metrics_lib, 
 PyTree = Any
 from activeit_jax.models import checkpoints
 from activeit_jax.training.run_dir import json_line
-from activeit_jax.training.step import batch_shardings, put_batch, resolve_rules, validate_config
+from activeit_jax.training.step import put_batch, resolve_rules, validate_config
 
 
 def make_decode_fn(model: Any, *, mesh: Mesh, params_shardings: PyTree,
@@ -60,7 +60,7 @@ def evaluate(model: Any, params: PyTree, examples: Sequence[train_data.EncodedEx
     special = train_data.SpecialIds.of(model, vocab)
     batches = train_data.eval_batches(examples, batch_size, source_length, target_length,
                                       model_kind, special)
-    shardings = batch_shardings(mesh, batches[0][0])
+    shardings = partitioning.batch_shardings(mesh, batches[0][0], rules)
     if decode_fn is None:
         decode_fn = make_decode_fn(model, mesh=mesh, params_shardings=params_shardings,
                                    batch_sharding=shardings,
@@ -119,7 +119,8 @@ def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
     """
     mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
     validate_config(dataclasses.replace(config, num_microbatches=1,
-                                         batch_size=config.eval_batch_size), mesh)
+                                         batch_size=config.eval_batch_size), mesh,
+                    config.logical_axis_rules)
     if model is None:
         model = checkpoints.read_model(checkpoint_dir, config.logical_axis_rules)
     train_data.check_vocabulary(model, vocab, checkpoint_dir)

@@ -17,6 +17,7 @@ from activeit_jax.core import distributed, io_utils, records
 from activeit_jax.core.errors import ActiveITError
 from activeit_jax.models import checkpoints
 from activeit_jax.training import state as ts
+from activeit_jax.training.position import TrainPosition
 
 PyTree = Any
 
@@ -39,17 +40,18 @@ class TrainRunMismatchError(ActiveITError):
     """The run directory holds another training run (or one of unknown arguments)."""
 
 
-def run_args(model: Any, config: Any, init: Any, data_fingerprint: str,
-             val_fingerprint: str) -> dict[str, Any]:
+def run_args(model: Any, config: Any, init_checkpoint: str | None, has_init_params: bool,
+             data_fingerprint: str, val_fingerprint: str) -> dict[str, Any]:
     """What identifies a training run: the model, the result-changing settings, the initial
-    weights and the tokenised training / validation data."""
+    weights (under the key "init", as run_args.json always had it: the checkpoint's absolute
+    path, "given parameters" or "random") and the tokenised training / validation data."""
     settings = {k: v for k, v in config_dict(config).items() if k not in NOT_FINGERPRINTED}
-    if init is None:
-        start = "random"
-    elif isinstance(init, (str, os.PathLike)):
-        start = os.path.abspath(os.fspath(init))
-    else:
+    if init_checkpoint is not None:
+        start = os.path.abspath(os.fspath(init_checkpoint))
+    elif has_init_params:
         start = "given parameters"
+    else:
+        start = "random"
     return {"model": repr(model), "config": settings, "init": start,
             "train_data": data_fingerprint, "val_data": val_fingerprint}
 
@@ -178,22 +180,25 @@ def checkpoint_manager(directory: str, config: Any):
                                  item_names=("state", "data"))
 
 
-def save_checkpoint(manager: Any, state: ts.TrainState, position: Mapping[str, Any]) -> None:
+def save_checkpoint(manager: Any, state: ts.TrainState, position: TrainPosition) -> None:
+    """Saves checkpoint `position.global_step`: the train state and the position (JSON)."""
     import orbax.checkpoint as ocp
-    manager.save(int(position["global_step"]), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(position))), force=True)
+    manager.save(position.global_step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(position.to_json())),
+        force=True)
 
 
 def restore_checkpoint(manager: Any, step: int, abstract_state: ts.TrainState
-                        ) -> tuple[ts.TrainState, dict[str, Any]]:
+                        ) -> tuple[ts.TrainState, TrainPosition]:
+    """The train state and position of checkpoint `step` (ValueError: a damaged position)."""
     import orbax.checkpoint as ocp
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["data"])
+    return restored["state"], TrainPosition.from_json(restored["data"])
 
 
 def restore_newest_intact(manager: Any, abstract_state: ts.TrainState, out_dir: str
-                          ) -> tuple[ts.TrainState, dict[str, Any]] | None:
+                          ) -> tuple[ts.TrainState, TrainPosition] | None:
     """Restores the newest checkpoint that reads back whole; None when there is none.
 
     A checkpoint that fails to restore (a truncated or missing file, torn metadata: a disk

@@ -99,5 +99,5 @@ def test_train_and_evaluate_without_vocab(tiny_checkpoint, tmp_path):
                                "--verbosity=-1"),
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode != 0
-    assert (f"no vocabulary: give --vocab or a gin binding of train_job.vocabulary, or start "
-            f"from a checkpoint that stores its tokenizer") in done.stderr
+    assert ("no vocabulary: give --vocab or a gin binding of train_job.vocabulary, or start "
+            "from a checkpoint that stores its tokenizer") in done.stderr

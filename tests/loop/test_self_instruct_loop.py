@@ -354,7 +354,8 @@ def test_self_instruct_train_stage_keeps_the_last_epoch_by_default(
     from activeit_jax.training import config as train_config, trainer
     seen = []
 
-    def fake_train(model, train_tasks, val_tasks, vocab, config, out_dir, init=None):
+    def fake_train(model, train_tasks, val_tasks, vocab, config, out_dir,
+                   init_checkpoint=None):
         seen.append(list(val_tasks))
         return train_config.TrainResult(os.path.join(out_dir, "best"), 0, {}, [], 1)
 

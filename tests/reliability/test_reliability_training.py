@@ -117,11 +117,19 @@ def test_vocabulary_larger_than_the_embedding_is_refused(tasks, vocab, tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_init_checkpoint_and_init_params_together_are_refused(finished, tasks, vocab, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match="init_checkpoint or init_params, not both"):
+        _train(tasks, vocab, out, init_checkpoint=str(finished[0] / "best"),
+               init_params=finished[1].params)
+    assert not out.exists()
+
+
 def test_non_finite_loss_stops_at_its_step(finished, tasks, vocab, tmp_path):
     nan_params = jax.tree.map(lambda a: a * np.nan, jax.device_get(finished[1].params))
     out = tmp_path / "run"
     with pytest.raises(train_step.TrainingDivergedError, match="diverged at step 1: loss nan"):
-        _train(tasks, vocab, out, init=nan_params)
+        _train(tasks, vocab, out, init_params=nan_params)
     assert not (out / "best").exists()  # the NaN model is never "best"
     assert not [n for n in os.listdir(out / "checkpoints") if n.isdigit()]
 

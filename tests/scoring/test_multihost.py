@@ -351,7 +351,8 @@ def test_multihost_training_equals_single_process(setup):
         niv2.task_file_path(str(setup.niv2_dir), n)) for n in names]
     result = trainer.train_and_evaluate(setup.model, load(train["tasks"]),
                                         load(train["val_tasks"]), setup.vocab,
-                                        setup.train_config, str(single), init=str(setup.ckpt))
+                                        setup.train_config, str(single),
+                                        init_checkpoint=str(setup.ckpt))
     assert result.final_step == 4
 
     _, got = checkpoints.load_model(multi / "best")

@@ -20,6 +20,7 @@ from activeit_jax.training import (
     run_dir,
     trainer,
 )
+from activeit_jax.training.position import TrainPosition
 from tests.trainer_testlib import BagModel
 
 TRAIN = ("task063_first_i_elements", "task092_check_prime_classification")
@@ -80,6 +81,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, vocab, tasks):
     step_b, state_b, data_b = _last_state(tmp_path / "part")
     assert step_a == step_b == 6
     assert data_a == data_b  # data position, best epoch, history
+    assert TrainPosition.from_json(data_a).to_json() == data_a  # the stored layout
     jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # bitwise
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(full.params),
                  jax.device_get(resumed.params))

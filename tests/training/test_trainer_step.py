@@ -22,10 +22,10 @@ def _setup(mesh_shape, model, batch, *, optimizer="adamw", lr=1e-2, microbatches
     specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), TEST_RULES)
     state_sh = ts.train_state_shardings(m, opt, params, specs)
     state = jax.jit(lambda p: ts.create_train_state(p, opt), out_shardings=state_sh)(params)
-    batch_sh = train_step.batch_shardings(m, batch)
+    batch_sh = partitioning.batch_shardings(m, batch, TEST_RULES)
     step = train_step.make_train_step(model, opt, schedule, mesh=m, state_shardings=state_sh,
                                    batch_sharding=batch_sh, num_microbatches=microbatches,
-                                   use_dropout=False, donate=False)
+                                   use_dropout=False, donate=False, rules=TEST_RULES)
     return m, state, state_sh, batch_sh, step
 
 
