@@ -39,7 +39,7 @@ _SCRIPT = textwrap.dedent("""
         config = gin.get_configurable("activeit_jax.training.TrainConfig")()
         return dataclasses.replace(config, **module.EVAL_FLAGS.given())
 
-    build = {"score": module.build_config, "select": module.SELECT_FLAGS.build,
+    build = {"score": lambda: module.build_config(), "select": lambda: module.SELECT_FLAGS.build(),
              "evaluate": evaluate_config}[sys.argv[1]]
     if sys.argv[1] == "score":  # what the every-field test reads
         out = {"flags": {}, "flag_names": dict(module.SCORE_FLAGS.flag_names),
