@@ -69,6 +69,9 @@ def run_main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_compilation_cache_dir())
     from activeit_jax.core import xla_defaults
+    if command in CROSS_COMPILING:  # its devices are compile-only: never open this machine's
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # a TPU job may hold it
     xla_defaults.apply(compiles_for_this_machine=command not in CROSS_COMPILING)
     xla_defaults.quiet_tpu_probe()
     module = importlib.import_module(f"activeit_jax.commands.{command}")

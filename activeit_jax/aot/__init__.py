@@ -101,17 +101,22 @@ def _advise(program: programs_lib.Program, occurrence: int, mesh: Any, target: t
     def build(bigger: targets.Target):
         """The same program (the `occurrence`-th of its name) on a bigger slice."""
         bigger_mesh = make_target_mesh(bigger, train_config.mesh_shape)
+        train_step.validate_config(train_config, bigger_mesh)  # batch sizes still divide
         same = programs_lib.run_programs(model, train_config, score_config, bigger_mesh,
                                          (program.name,))
         return same[min(occurrence, len(same) - 1)], bigger_mesh
 
+    from activeit_jax.training import step as train_step
     chips, probes = search.smallest_slice(build, target, max(budget - len(advice.probes), 1),
                                           progress)
     out["probes"] += probes
     out["chips"] = chips
-    if chips is None:
-        tried = max([n for kind, n, _ in probes if kind == "chips"], default=target.num_chips)
-        out["text"] = (f"does not fit at any batch on {target.topology}, nor on {tried} "
+    tried = [n for kind, n, _ in probes if kind == "chips"]
+    if chips is None and not tried:
+        out["text"] = (f"does not fit at any batch on {target.topology}; no larger slice "
+                       f"tried (the batch sizes do not divide its mesh)")
+    elif chips is None:
+        out["text"] = (f"does not fit at any batch on {target.topology}, nor on {max(tried)} "
                        f"{target.chip.name} chips with this mesh")
     else:
         out["text"] = (f"does not fit at any batch on {target.topology}; the smallest "

@@ -11,10 +11,16 @@ Per device (the numbers of the SPMD-partitioned executable):
 - collectives in the optimized HLO: count and bytes per kind;
 - a roofline time: the larger of FLOPs / peak bf16 FLOP/s and bytes / HBM bandwidth, the
   time the chip needs at best (no overlap loss, no collective time).
+
+A program too big for the chip does not compile: the TPU compiler stops with
+RESOURCE_EXHAUSTED ("the total memory required for HLO temporaries (29.42G) exceeds available
+HBM (15.75G)"). That is a verdict, not an error: the report then carries the compiler's message
+and its two figures, and no work or time.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Any
 
@@ -44,17 +50,21 @@ class ProgramReport:
     roofline_seconds: float
     bound: str
     compile_seconds: float
+    out_of_memory: str | None = None
+    required_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
         """HBM the program needs: arguments + outputs not aliased to them + temporaries +
-        code."""
+        code (out of memory: what the compiler said was required)."""
+        if self.out_of_memory is not None:
+            return self.required_bytes
         return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
                 + self.code_bytes)
 
     @property
     def fits(self) -> bool:
-        return self.total_bytes <= self.hbm_bytes
+        return self.out_of_memory is None and self.total_bytes <= self.hbm_bytes
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -101,7 +111,39 @@ def _ratio(weighted: float, once: float) -> float:
     return weighted / once if once > 0 else 1.0
 
 
+_SIZE = re.compile(r"([0-9.]+)([KMGT]?)i?B?\b")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def out_of_memory_report(program: Program, message: str, chip: Chip, seconds: float
+                         ) -> ProgramReport:
+    """The report of a program the compiler refused for lack of HBM (see the module
+    docstring): the first size in its message is what it needed."""
+    line = next((part.strip() for part in message.splitlines() if "memory" in part.lower()),
+                message.strip().splitlines()[0] if message.strip() else "out of memory")
+    sizes = [float(n) * _UNITS[u] for n, u in _SIZE.findall(line.split(":", 1)[-1])
+             if u or "." in n]
+    return ProgramReport(
+        program=program.name, shape=dict(program.shape), argument_bytes=0, output_bytes=0,
+        alias_bytes=0, temp_bytes=0, code_bytes=0, hbm_bytes=int(chip.hbm_bytes),
+        xla_flops=0.0, xla_bytes_accessed=0.0, flops=0.0, bytes_accessed=0.0, collectives={},
+        loops=[], roofline_seconds=0.0, bound="-", compile_seconds=seconds,
+        out_of_memory=line, required_bytes=int(sizes[0]) if sizes else 0)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A compilation refused because the program does not fit the chip's memory."""
+    text = str(err)
+    return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
+
+
 def compile_and_analyse(program: Program, mesh: Any, chip: Chip) -> ProgramReport:
-    """`compile_program` then `analyse`."""
-    compiled, seconds = compile_program(program, mesh)
+    """`compile_program` then `analyse` (`out_of_memory_report` when it does not fit)."""
+    start = time.perf_counter()
+    try:
+        compiled, seconds = compile_program(program, mesh)
+    except Exception as err:  # jax.errors.JaxRuntimeError, raised by the TPU compiler
+        if not is_out_of_memory(err):
+            raise
+        return out_of_memory_report(program, str(err), chip, time.perf_counter() - start)
     return analyse(program, compiled, chip, seconds)

@@ -328,6 +328,11 @@ def collective_kind(opcode: str) -> str | None:
     return base if base in COLLECTIVES else None
 
 
+# TPU HLO writes a reduce-scatter as a fusion of this computation (an all-reduce whose result
+# each device slices): counted as one reduce-scatter of the fusion's output.
+_REDUCE_SCATTER_FUSION = "all-reduce-scatter"
+
+
 def count(text: str, unknown_trips: int = 1) -> HloCounts:
     """Loop-weighted matrix FLOPs, bytes and collectives of optimized HLO text."""
     computations = parse_module(text)
@@ -343,6 +348,11 @@ def count(text: str, unknown_trips: int = 1) -> HloCounts:
             out.flops += weight * flops
             out.flops_once += flops
             kind = collective_kind(ins.opcode)
+            called = dict(_CALLS.findall(ins.attributes)).get("calls", "")
+            if ins.opcode == "fusion" and called.startswith(_REDUCE_SCATTER_FUSION):
+                kind = "reduce-scatter"
+            elif comp.name.startswith(_REDUCE_SCATTER_FUSION):
+                kind = None  # the all-reduce inside the fusion counted above
             if kind is not None:
                 entry = out.collectives.setdefault(kind, {"count": 0, "bytes": 0.0})
                 entry["count"] += 1

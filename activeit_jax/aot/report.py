@@ -39,6 +39,13 @@ def table(result: Mapping[str, Any]) -> str:
               "GB moved", "roofline", "collectives")
     rows = []
     for report in result["programs"]:
+        if report.get("out_of_memory"):
+            rows.append((report["program"],
+                         "x".join(str(v) for v in report["shape"].values()), "-", "-", "-",
+                         f">{size(report['total_bytes'])}",
+                         f">{100 * report['total_bytes'] / report['hbm_bytes']:.0f}%", "NO",
+                         "-", "-", "-", "compiler: out of memory"))
+            continue
         rows.append((report["program"], "x".join(str(v) for v in report["shape"].values()),
                      size(report["argument_bytes"]),
                      size(report["output_bytes"] - report["alias_bytes"]),
@@ -55,6 +62,8 @@ def table(result: Mapping[str, Any]) -> str:
     lines.append("(bytes in binary units; out = outputs not aliased to donated arguments; roofline: "
                  "c = compute-bound, m = memory-bound)")
     for report in result["programs"]:
+        if report.get("out_of_memory"):
+            lines.append(f"{report['program']}: {report['out_of_memory']}")
         advice = report.get("advice")
         if advice:
             lines.append(f"{report['program']}: {advice['text']}")

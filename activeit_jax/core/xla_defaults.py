@@ -94,9 +94,13 @@ def tpu_chips_attached(pci_root: str = "/sys/bus/pci/devices") -> bool:
 # machine with no TPU (JAX probing its backends, or compiling for a TPU topology) prints
 # "WARNING: could not determine TPU accelerator type / worker hostnames" and an INVALID_ARGUMENT
 # trace to stderr. One local host of one chip only describes this machine; a topology that a
-# program is compiled for is given by name and is not changed by them.
+# program is compiled for is given by name and is not changed by them. The lockfile libtpu
+# takes (/tmp/libtpu_lockfile) guards a TPU against two processes; without one, it would only
+# stop two compilations (two commands, or a test and the command it starts) from running at
+# once.
 QUIET_TPU_PROBE = {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_HOST_BOUNDS": "1,1,1",
-                   "TPU_STDERR_LOG_LEVEL": "3", "TPU_MIN_LOG_LEVEL": "3"}
+                   "TPU_STDERR_LOG_LEVEL": "3", "TPU_MIN_LOG_LEVEL": "3",
+                   "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def quiet_tpu_probe(environ: dict | None = None, attached: bool | None = None) -> None:
