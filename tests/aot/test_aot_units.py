@@ -98,3 +98,23 @@ def test_planner_shapes_are_the_scorers_extreme_batches():
     assert programs.planner_shapes((128, 256, 512, 1024), 32768, 64, 4) == [(32, 1024),
                                                                            (64, 512)]
     assert programs.planner_shapes((256,), None, 16, 4) == [(16, 256)]
+
+
+def test_the_tpu_extra_pins_the_locked_jax_and_the_lock_its_libtpu():
+    import importlib.metadata
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parents[2]
+    lock = dict(line.split("==") for line in (root / "requirements.lock").read_text()
+                .splitlines() if "==" in line and not line.startswith("#"))
+    extra = re.search(r'"tpu": \["jax\[tpu\]==([^"]+)"\]', (root / "setup.py").read_text())
+    assert extra and extra.group(1) == lock["jax"]  # what the TPU VM launchers install
+    # jax's own metadata names the libtpu of its `tpu` extra: the lock pins that one.
+    wanted = [req for req in importlib.metadata.requires("jax") or ()
+              if req.startswith("libtpu") and "tpu" in req.split(";")[-1]]
+    if importlib.metadata.version("jax") == lock["jax"] and wanted:
+        pin = re.match(r"libtpu\s*==\s*(\d+(?:\.\d+)*)(\.\*)?", wanted[0])
+        assert pin, wanted
+        version = pin.group(1)
+        assert (lock["libtpu"].startswith(version + ".") if pin.group(2)
+                else lock["libtpu"] == version), (wanted, lock["libtpu"])
