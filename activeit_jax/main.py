@@ -30,7 +30,12 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "Evaluate a checkpoint on validation/test tasks (ROUGE-L, exact match).",
     "run": "Run the whole active instruction tuning loop (train, score, select, repeat).",
     "report": "Write tables, plots and a self-contained HTML report of a run directory.",
+    "compile": "Compile every program of a run ahead of time for a TPU topology (no TPU "
+               "needed): HBM per device, fits or not, FLOPs, collectives, roofline time.",
 }
+
+# Commands that compile programs for devices other than this machine's (`apply`'s argument).
+CROSS_COMPILING = ("compile",)
 
 
 def _usage() -> str:
@@ -64,7 +69,11 @@ def run_main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_compilation_cache_dir())
     from activeit_jax.core import xla_defaults
-    xla_defaults.apply()
+    if command in CROSS_COMPILING:  # its devices are compile-only: never open this machine's
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # a TPU job may hold it
+    xla_defaults.apply(compiles_for_this_machine=command not in CROSS_COMPILING)
+    xla_defaults.quiet_tpu_probe()
     module = importlib.import_module(f"activeit_jax.commands.{command}")
     from absl import app, flags  # imported late: keeps `--help` fast.
     if any(arg in ("-h", "--help", "-help") for arg in argv[2:]):

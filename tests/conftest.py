@@ -14,6 +14,7 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 from activeit_jax.core import xla_defaults  # noqa: E402  (imports no jax)
 
 xla_defaults.apply()
+xla_defaults.quiet_tpu_probe()  # where libtpu is installed (compile tests) but no TPU is
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow (used by seqio) must not grab accelerators or spawn many threads in tests.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -233,6 +233,11 @@ class RowScorer:
         self.score_shapes: collections.Counter = collections.Counter()
         self.decode_shapes: collections.Counter = collections.Counter()
 
+    def jitted(self, kind: str):
+        """The jitted scoring (`kind` "score") or decoding ("decode") function
+        `(params, batch)`, for ahead-of-time compilation (`activeit_jax.aot`)."""
+        return (self._score if kind == "score" else self._decode)._jitted
+
     # ------------------------------------------------------------------ counters
 
     @property
