@@ -14,6 +14,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
+from activeit_jax import partitioning
 from activeit_jax.aot import programs as programs_lib, search, targets
 from activeit_jax.aot.analysis import ProgramReport, compile_and_analyse
 from activeit_jax.core.errors import UsageError
@@ -146,7 +147,7 @@ def _verify_microbatches(program: programs_lib.Program, rows: int, model: Any,
     that fit, compiled to check it."""
     batch = program.shape["rows"]
     per_microbatch = rows // train_config.num_microbatches
-    shards = programs_lib.data_parallel_size(mesh, program.rules)
+    shards = partitioning.batch_shard_count(mesh, program.rules)
     count = math.ceil(batch / max(per_microbatch, 1))
     while count <= batch and batch % (count * shards):
         count += 1

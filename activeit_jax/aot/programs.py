@@ -72,18 +72,9 @@ def abstract(tree: PyTree, shardings: PyTree) -> PyTree:
                         tree, shardings)
 
 
-def data_parallel_size(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> int:
-    """Rows of a batch are split this many ways (the mesh axes the `batch` rule names)."""
-    spec = partitioning.data_sharding(mesh, 1, rules).spec
-    axes = spec[0] if len(spec) else None
-    if axes is None:
-        return 1
-    axes = axes if isinstance(axes, tuple) else (axes,)
-    return int(np.prod([mesh.shape[a] for a in axes]))
-
-
-def _batch_structs(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
-    shardings = train_step.batch_shardings(mesh, batch)
+def _batch_structs(batch: Mapping[str, np.ndarray], mesh: Mesh,
+                   rules: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    shardings = partitioning.batch_shardings(mesh, batch, rules)
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
             for k, v in batch.items()}
 
@@ -129,17 +120,18 @@ def train_program(model: Any, config: Any, mesh: Mesh, rows: int | None = None) 
     param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
     state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes, param_specs)
     state = ts.abstract_train_state(optimizer, params_shapes, state_sh)
-    batch = _batch_structs(train_batch(model, config, rows), mesh)
+    batch = _batch_structs(train_batch(model, config, rows), mesh, rules)
     with partitioning.mesh_context(mesh, rules):
         fn = train_step.make_train_step(
             model, optimizer, schedule, mesh=mesh, state_shardings=state_sh,
             batch_sharding={k: v.sharding for k, v in batch.items()},
-            num_microbatches=config.num_microbatches, use_dropout=config.use_dropout)
+            num_microbatches=config.num_microbatches, use_dropout=config.use_dropout,
+            rules=rules)
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=ts.replicated(mesh))
     return Program("train_step", fn, (state, batch, rng), rules,
                    {"rows": rows, **_lengths(batch)},
                    resize=lambda r: train_program(model, config, mesh, r),
-                   rows_step=config.num_microbatches * data_parallel_size(mesh, rules))
+                   rows_step=config.num_microbatches * partitioning.batch_shard_count(mesh, rules))
 
 
 def _lengths(batch: Mapping[str, Any]) -> dict[str, int]:
@@ -165,7 +157,7 @@ def eval_decode_program(model: Any, config: Any, mesh: Mesh, rows: int | None = 
         _full_length_examples(rows, config.max_source_length, config.max_target_length),
         rows, config.max_source_length, config.max_target_length, _model_kind(model, config),
         train_data.SpecialIds.of(model))
-    batch = _batch_structs(feats, mesh)
+    batch = _batch_structs(feats, mesh, rules)
     params = _params(model, mesh, rules)
     fn = evaluation.make_decode_fn(
         model, mesh=mesh, params_shardings=jax.tree.map(lambda p: p.sharding, params),
@@ -174,7 +166,7 @@ def eval_decode_program(model: Any, config: Any, mesh: Mesh, rows: int | None = 
     return Program("eval_decode", fn, (params, batch), rules, shape,
                    loop_bounds={"decode": steps},
                    resize=lambda r: eval_decode_program(model, config, mesh, r),
-                   rows_step=data_parallel_size(mesh, rules))
+                   rows_step=partitioning.batch_shard_count(mesh, rules))
 
 
 def _decode_feature(batch: Mapping[str, Any]) -> str:
@@ -199,7 +191,7 @@ def scorer_programs(model: Any, score_config: Any, mesh: Mesh, rules: tuple
     from activeit_jax.scoring.row_scorer import RowScorer
     params = _params(model, mesh, rules)
     scorer = RowScorer.from_config(model, params, mesh, score_config)
-    dp = data_parallel_size(mesh, rules)
+    dp = partitioning.batch_shard_count(mesh, rules)
     programs = []
     first = scorer.sequence_buckets if scorer.decoder_only else scorer.source_buckets
     for rows, length in planner_shapes(first, scorer.token_budget, scorer.batch_size, dp):
@@ -224,10 +216,10 @@ def _score_program(scorer: Any, params: PyTree, mesh: Mesh, rules: tuple, rows: 
             ("encoder_input_tokens", length), ("decoder_input_tokens", target),
             ("decoder_target_tokens", target), ("decoder_loss_weights", target))}
         shape = {"rows": rows, "source": length, "target": target}
-    structs = _batch_structs(batch, mesh)
+    structs = _batch_structs(batch, mesh, rules)
     return Program("score", scorer.jitted("score"), (params, structs), rules, shape,
                    resize=lambda r: _score_program(scorer, params, mesh, rules, r, length),
-                   rows_step=data_parallel_size(mesh, rules))
+                   rows_step=partitioning.batch_shard_count(mesh, rules))
 
 
 def _scorer_decode_program(scorer: Any, params: PyTree, mesh: Mesh, rules: tuple, rows: int,
@@ -238,14 +230,14 @@ def _scorer_decode_program(scorer: Any, params: PyTree, mesh: Mesh, rules: tuple
                                   pad_id=scorer.pad_id)
     else:
         batch = {"encoder_input_tokens": np.zeros((rows, length), np.int32)}
-    structs = _batch_structs(batch, mesh)
+    structs = _batch_structs(batch, mesh, rules)
     steps = scorer.max_decode_length
     return Program("decode", scorer.jitted("decode"), (params, structs), rules,
                    {"rows": rows, "source": length, "steps": steps},
                    loop_bounds={"decode": steps},
                    resize=lambda r: _scorer_decode_program(scorer, params, mesh, rules, r,
                                                            length),
-                   rows_step=data_parallel_size(mesh, rules))
+                   rows_step=partitioning.batch_shard_count(mesh, rules))
 
 
 def run_programs(model: Any, train_config: Any, score_config: Any | None, mesh: Mesh,
