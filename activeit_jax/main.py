@@ -89,8 +89,14 @@ def run_main(argv: list[str] | None = None) -> None:
 
 
 def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-    """`main` with the project's errors turned into one line on stderr and exit status 1."""
+    """`main` with the project's errors turned into one line on stderr and exit status 1.
+
+    Nothing it prints carries a credential (`core.redaction.redact`: the judge's API key, an
+    `Authorization` header, a URL's user:password): a bug's traceback that would show one is
+    printed masked (exit status 1) instead of being re-raised.
+    """
     from activeit_jax.core.errors import ActiveITError, one_line
+    from activeit_jax.core.redaction import redact
 
     def guarded(argv: list[str]) -> Any:
         try:
@@ -104,10 +110,27 @@ def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[s
                 message = (f"{err.strerror}: free some space and rerun the same command; it "
                            "resumes where it stopped")
             else:
-                raise  # not about a file or the disk: a bug, keep the traceback
-        print(f"activeit-jax {command}: error: {message}", file=sys.stderr, flush=True)
+                _reraise_without_secrets(err)  # not about a file or the disk: a bug
+        except Exception as err:  # noqa: BLE001 - a bug: keep its traceback, masked
+            _reraise_without_secrets(err)
+        print(f"activeit-jax {command}: error: {redact(message)}", file=sys.stderr,
+              flush=True)
         sys.exit(1)
     return guarded
+
+
+def _reraise_without_secrets(err: BaseException) -> None:
+    """Re-raises a bug's exception (its traceback is how it gets fixed), unless the
+    traceback would show a credential: then it is printed masked and the command exits 1."""
+    import traceback
+
+    from activeit_jax.core.redaction import redact
+    text = "".join(traceback.format_exception(err))
+    masked = redact(text)
+    if masked == text:
+        raise err
+    print(masked, end="", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def _default_flags_parser(argv: list[str]) -> list[str]:

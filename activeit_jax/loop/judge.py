@@ -45,7 +45,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from activeit_jax.core import io_utils
+from activeit_jax.core import io_utils, redaction
 from activeit_jax.core.errors import ActiveITError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,33 @@ class JudgeConfig:
                                   f"{'> 0' if low == 0 else '>= 0'}, got {value!r}")
 
 
+# What an HTTP header value (the key goes in `Authorization: Bearer <key>`) may hold: API keys
+# are printable ASCII tokens, so anything else is a copy-and-paste accident.
+_KEY_CHARACTER = re.compile(r"[!-~]")
+_CHARACTER_NAMES = {"\r": "a carriage return (\\r)", "\n": "a line feed (\\n)",
+                    "\t": "a tab", " ": "a space", "\ufeff": "a byte-order mark"}
+
+
+def check_api_key(key: str, where: str) -> None:
+    """Refuses an API key that cannot go into an HTTP header, before any request.
+
+    A key copied with a Windows line ending (`sk-...\\r`) used to fail at the first judge
+    request, after the whole loop, as a traceback quoting the header. The message names
+    where the key came from (`where`, e.g. "environment variable 'OPENAI_API_KEY'"), the
+    position and the kind of character, never the key.
+
+    Raises:
+      JudgeError: a character outside printable ASCII (control characters, whitespace,
+        non-ASCII).
+    """
+    for position, char in enumerate(key, 1):
+        if not _KEY_CHARACTER.fullmatch(char):
+            what = _CHARACTER_NAMES.get(char, f"the character U+{ord(char):04X}")
+            raise JudgeError(f"the API key in {where} holds {what} at position {position} of "
+                             f"{len(key)}: an HTTP header cannot carry it (a line ending or "
+                             f"space copied with the key?); set it to the key alone")
+
+
 class ChatCompleter(Protocol):
     """Anything that turns chat messages into the assistant's reply text."""
 
@@ -165,6 +192,9 @@ class ChatClient:
         if not key:
             raise JudgeError(f"no API key: environment variable {config.api_key_env!r} is "
                              f"unset or empty")
+        redaction.register_secret(key)  # kept off the terminal even if a library quotes it
+        check_api_key(key, f"environment variable {config.api_key_env!r}"
+                      if api_key is None else "api_key")
         self._key = _Secret(key)
         self._sleep = sleep
         self._clock = clock
