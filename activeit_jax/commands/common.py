@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import re
 import typing
 from typing import Any, Callable, Mapping, Sequence
@@ -44,6 +45,53 @@ def check_args(argv: list[str], required: tuple[str, ...] = ()) -> None:
     for name in required:
         if not getattr(flags.FLAGS, name):
             raise UsageError(f"--{name} is required")
+
+
+def refuse_outputs_among_inputs(inputs: Mapping[str, str | Sequence[str] | None],
+                                outputs: Mapping[str, str | None],
+                                writes: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Refuses an output that is one of the command's inputs, before anything is read.
+
+    `select --scores=S --out=S` used to overwrite the scores file (and the score directory
+    could no longer resume). An output is refused when it is the same file or directory as
+    an input (`os.path.samefile` when both exist, so a symbolic or hard link to the input is
+    caught; otherwise the resolved paths), and an output directory when one of the files the
+    command writes inside it (`writes`) is an input.
+
+    Args:
+      inputs: flag name -> the path it gives (a list for a repeatable flag; None = not given).
+      outputs: flag name -> the output path (None = not given).
+      writes: output flag -> names the command writes inside that output directory.
+
+    Raises:
+      UsageError: "--OUT=PATH is --IN=PATH ...", naming both flags.
+    """
+    given = [(flag, path) for flag, value in inputs.items()
+             for path in ([value] if isinstance(value, (str, os.PathLike)) else value or ())
+             if path]
+    for out_flag, out in outputs.items():
+        if not out:
+            continue
+        for in_flag, path in given:
+            if same_path(out, path):
+                raise UsageError(f"--{out_flag}={out} is the input --{in_flag}={path}: writing "
+                                 f"it would destroy that input; choose another --{out_flag}")
+            for name in (writes or {}).get(out_flag, ()):
+                if same_path(os.path.join(out, name), path):
+                    raise UsageError(
+                        f"--{out_flag}={out} would overwrite the input --{in_flag}={path} (it "
+                        f"writes {name} there); choose another --{out_flag}")
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file or directory: `os.path.samefile` when both exist (a
+    symbolic or hard link to the other counts), else the same resolved path."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:  # unreadable: fall back to the names
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def parse_mesh(text: str) -> dict[str, int]:

@@ -46,6 +46,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("use one of --from_hf=DIR --to=CKPT_DIR, "
                              "--from_gguf=FILE --to=CKPT_DIR, --from=CKPT_DIR --to_hf=DIR")
 
+    from activeit_jax.commands import common
+    common.refuse_outputs_among_inputs(  # never write over what is being converted
+        {"from_hf": from_hf, "from_gguf": from_gguf, "from": from_ckpt},
+        {"to": to, "to_hf": to_hf})
+
     if not FLAGS["verbosity"].present:
         # orbax logs every save/restore step at INFO; keep the console to our progress lines
         # and the one-line result.

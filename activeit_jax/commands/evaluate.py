@@ -54,6 +54,10 @@ common.define_distributed_flags()
 
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("checkpoint", "tasks", "out"))
+    common.refuse_outputs_among_inputs(
+        {name: FLAGS[name].value for name in ("checkpoint", "tasks", "vocab", "niv2_dir")},
+        {"out": FLAGS.out},
+        {"out": ("metrics.json", "per_task_metrics.jsonl", "predictions.jsonl")})
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 

@@ -256,9 +256,22 @@ def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
         raise UsageError(f"--prompt_format: {err}") from None
 
 
+def check_paths() -> None:
+    """Refuses an --out that is (or would overwrite) one of the inputs."""
+    from activeit_jax.scoring import journal, run_stats
+    common.refuse_outputs_among_inputs(
+        {name: FLAGS[name].value for name in ("tasks", "self_instruct", "checkpoint", "vocab",
+                                              "niv2_dir")},
+        {"out": FLAGS.out},
+        {"out": (journal.SCORES_FILE, journal.PROMPTS_FILE, journal.SKIPPED_FILE,
+                 journal.SUMMARY_FILE, journal.RUN_ARGS_FILE, run_stats.SESSIONS_FILE,
+                 journal.SHARDS_DIR, "taskmap.csv", "taskmap.png", "taskmap.svg")})
+
+
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
     common.check_args(argv, ("checkpoint", "out"))
+    check_paths()
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 

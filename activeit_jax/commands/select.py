@@ -110,6 +110,9 @@ def main(argv: list[str]) -> None:
     common.check_args(argv, ("out",))
     if not _SCORES.value and not _POOL.value:
         raise UsageError("give --scores and/or --pool")
+    common.refuse_outputs_among_inputs(
+        {"scores": _SCORES.value, "pool": _POOL.value, "exclude": _EXCLUDE.value},
+        {"out": _OUT.value})
     common.parse_gin_from_flags()
     config = SELECT_FLAGS.build()
     scores = records.read_score_records(_SCORES.value) if _SCORES.value else None

@@ -77,6 +77,18 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
     return model
 
 
+def check_paths(niv2_dir: str | None, init_checkpoint: str | None) -> None:
+    """Refuses an --out that is (or would overwrite) one of the inputs."""
+    from activeit_jax.training import run_dir
+    common.refuse_outputs_among_inputs(
+        {"tasks": FLAGS.tasks, "val_tasks": FLAGS.val_tasks, "self_instruct": FLAGS.self_instruct,
+         "niv2_dir": niv2_dir, "init_checkpoint": init_checkpoint},
+        {"out": FLAGS.out},
+        {"out": (run_dir.CHECKPOINT_SUBDIR, run_dir.BEST_SUBDIR, run_dir.BEST_INFO_FILE,
+                 run_dir.METRICS_FILE, run_dir.SUMMARY_FILE, run_dir.RUN_ARGS_FILE,
+                 run_dir.DAMAGED_SUBDIR, run_dir.EVAL_SUBDIR, "tensorboard", "config.gin")})
+
+
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("out",))
     if bool(FLAGS.tasks) == bool(FLAGS.self_instruct):
@@ -97,6 +109,7 @@ def main(argv: list[str]) -> None:
         from activeit_jax.data.configurables import resolve_repo_path
         niv2_dir = resolve_repo_path(niv2_dir)  # gin's "data/sample/niv2" from anywhere
     init_checkpoint = FLAGS.init_checkpoint or job.init_checkpoint
+    check_paths(niv2_dir, init_checkpoint)
     if init_checkpoint is None and not job.allow_random_init:
         raise UsageError("no --init_checkpoint: convert a pretrained model first "
                          "(activeit-jax convert), or set train_job.allow_random_init = True")
