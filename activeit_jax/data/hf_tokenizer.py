@@ -186,6 +186,11 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         return self._chat_template
 
     @property
+    def source(self) -> str | None:
+        """Where the tokenizer came from (the file named in its errors), or None."""
+        return self._source
+
+    @property
     def end_of_turn_id(self) -> int | None:
         return self._end_of_turn_id
 
