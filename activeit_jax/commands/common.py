@@ -16,6 +16,7 @@ from absl import flags
 
 from activeit_jax.core import gin_utils
 from activeit_jax.core.errors import ActiveITError, UsageError
+from activeit_jax.core.paths import same_path
 
 
 def define_gin_flags() -> None:
@@ -81,17 +82,6 @@ def refuse_outputs_among_inputs(inputs: Mapping[str, str | Sequence[str] | None]
                     raise UsageError(
                         f"--{out_flag}={out} would overwrite the input --{in_flag}={path} (it "
                         f"writes {name} there); choose another --{out_flag}")
-
-
-def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name one file or directory: `os.path.samefile` when both exist (a
-    symbolic or hard link to the other counts), else the same resolved path."""
-    try:
-        if os.path.exists(a) and os.path.exists(b):
-            return os.path.samefile(a, b)
-    except OSError:  # unreadable: fall back to the names
-        pass
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def parse_mesh(text: str) -> dict[str, int]:

@@ -417,6 +417,8 @@ def main(argv: list[str]) -> None:
     from activeit_jax.training import config as _train_config  # noqa: F401 (gin registrations)
     common.parse_gin_from_flags()
     exp = experiment()
+    from activeit_jax.loop import preflight
+    preflight.check_experiment(exp, FLAGS.out)  # what would fail later, before any write
     import jax
 
     from activeit_jax.core import io_utils, run_lock

@@ -247,13 +247,14 @@ def _perturbation_options() -> tuple[tuple[str, Any], ...]:
 
 
 def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
-    """A chat format needs a chat template: say so in one line before loading weights."""
+    """Every prompt format of the run renders (a chat format needs a chat template, and the
+    template must render): said in one line before loading weights, with nothing written."""
     from activeit_jax.data import chat as chat_lib
     try:
-        scoring.prompt_formats(config, scoring.is_decoder_only(model),
-                               chat_lib.from_vocabulary(vocab) is not None)
-    except ValueError as err:
-        raise UsageError(f"--prompt_format: {err}") from None
+        prompts.check_formats_render(config.prompt_format, scoring.is_decoder_only(model),
+                                     chat_lib.from_vocabulary(vocab))
+    except UsageError as err:
+        raise UsageError(f"--{err}") from None
 
 
 def check_paths() -> None:

@@ -37,8 +37,9 @@ from activeit_jax import partitioning
 from activeit_jax.core import io_utils
 from activeit_jax.scoring import journal
 from activeit_jax.scoring.formulas import prompt_uncertainty, sequence_probability
-from activeit_jax.scoring.planning import PromptBuilder, SkippedTask
+from activeit_jax.scoring.planning import PromptBuilder, SkippedTask, check_prompts_render
 from activeit_jax.scoring.row_scorer import RowScorer
+from activeit_jax.scoring.tokens import is_decoder_only
 
 # fetch(requests) -> p: requests maps a task to its perturbation range [lo, hi) (1-based, 0
 # is the unperturbed prompt, only requested with lo = 0); the answer maps it to p [n, hi - lo].
@@ -296,6 +297,7 @@ def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
     mesh = mesh or partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
     args = {**(run_args or {}), **config.fingerprint_args(),
             "adaptive": dataclasses.asdict(policy)}
+    check_prompts_render(vocab, config, is_decoder_only(model))
     journal.prepare_run_dir(out_dir, args)
     scorer = RowScorer.from_config(model, params, mesh, config)
     builder = PromptBuilder(vocab, config, eos_id=scorer.eos_id)

@@ -41,7 +41,13 @@ from activeit_jax.scoring.multihost import (
     merge_shards,
     shard_dir,
 )
-from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub, prompt_formats
+from activeit_jax.scoring.planning import (
+    PromptBuilder,
+    TaskPlan,
+    TaskStub,
+    check_prompts_render,
+    prompt_formats,
+)
 from activeit_jax.scoring.row_scorer import DEFAULT_POOL_CHUNKS, RowScorer
 from activeit_jax.scoring.tokens import is_decoder_only
 from activeit_jax.training import inputs as train_data
@@ -147,6 +153,8 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
     train_data.check_vocabulary(model if scorer is None else scorer.model, vocab)
     args = _fingerprinted_args(model if scorer is None else scorer.model, vocab, config,
                                run_args, decoder_only)
+    if render_fn is None:  # a broken chat template stops here, before run_args.json
+        check_prompts_render(vocab, config, decoder_only)
     with _directory_locks(out_dir, shard):
         journal_dir = _open_journal(out_dir, args, shard)
         # Every journal's torn tail is repaired, and read, before any host appends again.

@@ -124,6 +124,7 @@ def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
     if model is None:
         model = checkpoints.read_model(checkpoint_dir, config.logical_axis_rules)
     train_data.check_vocabulary(model, vocab, checkpoint_dir)
+    train_data.check_prompts_render(model_kind_of(model, config), vocab, config.prompt_format)
     rules = resolve_rules(model, config.logical_axis_rules)
     params_sh = partitioning.params_shardings(model, mesh, rules)
     params = checkpoints.restore_params(checkpoint_dir, model, params_sh)

@@ -190,6 +190,19 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
     return examples
 
 
+def check_prompts_render(model_kind: str, vocab: Any, prompt_format: str = "auto") -> None:
+    """Renders every prompt format of a run once (`prompts.check_formats_render`), before
+    anything is encoded or written: a broken chat template is one line naming its file.
+
+    Raises:
+      UsageError: an unknown prompt format, or a chat format without a chat template.
+      VocabularyError: the chat template fails to render.
+    """
+    from activeit_jax.data import prompts
+    prompts.check_formats_render(prompt_format, model_kind == DECODER_ONLY,
+                                 chat_lib.from_vocabulary(vocab))
+
+
 def fingerprint(examples: Sequence[EncodedExample]) -> str:
     """A hash of the token ids, so a resumed run can check that it reads the same data."""
     h = hashlib.sha256()

@@ -235,6 +235,7 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
     except ValueError as err:
         raise UsageError(f"TrainConfig.mesh_shape: {err}") from None
     validate_config(config, mesh, rules)
+    train_data.check_prompts_render(model_kind_of(model, config), vocab, config.prompt_format)
     data = _encode_run_data(model, train_tasks, val_tasks, vocab, config)
     args = run_args(model, config, init_checkpoint, init_params is not None, data.fingerprint,
                     train_data.fingerprint(data.val_examples))

@@ -9,6 +9,7 @@ a failed test rather than a hung or swapping machine.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -108,3 +109,110 @@ def test_ordinary_templates_render_as_before():
                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     result = _render_in_child(template)
     assert result == {"text": "<|user|>hi\na, b XXX 1024<|assistant|>"}
+
+
+# ----------------------------------------------------------------------------- item 6
+
+SCORE_SETTINGS = ["--num_instances=1", "--num_perturbations=1", "--max_source_length=64",
+                  "--max_target_length=4", "--batch_size=1", "--noprogress"]
+
+
+def _decoder_only_checkpoint(path, sample_data, chat_template):
+    """A 1-layer LLaMA with a byte-level BPE tokenizer carrying `chat_template`."""
+    import jax
+
+    from activeit_jax.data import hf_tokenizer
+    from activeit_jax.models import DecoderOnlyModel, LlamaConfig, checkpoints
+    from tests.gguf_testlib import sample_bpe
+    tokenizer = sample_bpe(sample_data)
+    eos = tokenizer.token_to_id("<|im_end|>")
+    vocab = hf_tokenizer.HFTokenizerVocabulary(tokenizer, eos_id=eos, chat_template="")
+    model = DecoderOnlyModel(LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=16, intermediate_size=32,
+        num_layers=1, num_heads=2, num_kv_heads=2, pad_id=vocab.pad_id, bos_id=None,
+        eos_id=eos))
+    checkpoints.save_model(path, model, model.init_params(jax.random.key(0)), vocab)
+    _set_template(path, chat_template)
+    return model
+
+
+def _set_template(checkpoint, template) -> None:
+    meta_path = checkpoint / "tokenizer_meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["chat_template"] = template
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def broken_checkpoints(tmp_path_factory, sample_data):
+    """Decoder-only checkpoints whose stored chat template fails in three ways."""
+    root = tmp_path_factory.mktemp("templates")
+    _decoder_only_checkpoint(root / "security", sample_data, "{{ ''.__class__.__mro__ }}")
+    for name, template in (("overflow", "{{ 10.0 ** 400 }}"), ("not_a_string", ["x"])):
+        shutil.copytree(root / "security", root / name)
+        _set_template(root / name, template)
+    return root
+
+
+def test_a_broken_template_stops_score_with_nothing_written(broken_checkpoints, sample_data,
+                                                             tmp_path):
+    """score: the template is rendered in every prompt format before the run directory is
+    touched; the same command runs once the template is fixed (no run_args.json holding the
+    broken template's hash refuses it)."""
+    from tests.reliability.test_reliability_errors import run_cases
+    pool = f"--self_instruct={sample_data}/self_instruct/user_oriented_instructions.jsonl"
+    out = tmp_path / "scored"
+
+    def args(name):
+        return [f"--checkpoint={broken_checkpoints / name}", pool, f"--out={out}",
+                "--gin.ScoreConfig.tasks_per_chunk=2", *SCORE_SETTINGS]
+    run_cases("score", [
+        (args("security"), [f"{broken_checkpoints}/security/", "chat template",
+                            "SecurityError"]),
+        (args("overflow"), [f"{broken_checkpoints}/overflow/", "OverflowError"]),
+        (args("not_a_string"), [f"{broken_checkpoints}/not_a_string/", "must be a string"]),
+    ], tmp_path)
+    assert not out.exists()
+    fixed = tmp_path / "fixed"
+    shutil.copytree(broken_checkpoints / "security", fixed)
+    run_cases("score", [([f"--checkpoint={fixed}", pool, f"--out={out}", *SCORE_SETTINGS,
+                          "--gin.ScoreConfig.tasks_per_chunk=2"],
+                         [f"{fixed}/", "SecurityError"])], tmp_path)
+    _set_template(fixed, "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                         "<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+    run_cases("score", [([f"--checkpoint={fixed}", pool, f"--out={out}", *SCORE_SETTINGS,
+                          "--gin.ScoreConfig.tasks_per_chunk=2"], None)], tmp_path)
+    assert (out / "scores.jsonl").exists()
+
+
+def test_a_broken_template_stops_evaluate_train_and_run_before_any_write(
+        broken_checkpoints, sample_data, tmp_path):
+    from tests.reliability.test_reliability_errors import run_cases
+    ckpt = broken_checkpoints / "security"
+    (tmp_path / "tasks.txt").write_text("task063_first_i_elements\n")
+    run_cases("evaluate", [
+        ([f"--checkpoint={ckpt}", f"--niv2_dir={sample_data}/niv2",
+          f"--tasks={tmp_path}/tasks.txt", f"--out={tmp_path}/eval"],
+         [f"{ckpt}/", "SecurityError"]),
+    ], tmp_path)
+    run_cases("run", [
+        (["--gin_file=demo_tiny.gin", f"--out={tmp_path}/run", "--noreport",
+          "--gin.experiment.model=None", "--gin.experiment.vocabulary=None",
+          f"--gin.experiment.init_checkpoint='{ckpt}'"], [f"{ckpt}/", "SecurityError"]),
+    ], tmp_path)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "run").exists()
+
+    from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.data.errors import VocabularyError
+    from activeit_jax.data.self_instruct import load_self_instruct
+    from activeit_jax.models import checkpoints
+    from activeit_jax.training import trainer
+    from activeit_jax.training.config import TrainConfig
+    tasks = load_self_instruct(sample_data / "self_instruct" / "user_oriented_instructions.jsonl",
+                               max_items=2)
+    with pytest.raises(VocabularyError, match="SecurityError"):
+        trainer.train_and_evaluate(checkpoints.read_model(ckpt), tasks, [],
+                                   vocab_lib.resolve_vocabulary(None, str(ckpt)),
+                                   TrainConfig(batch_size=8, num_epochs=1),
+                                   str(tmp_path / "train"))
+    assert not (tmp_path / "train").exists()
