@@ -52,12 +52,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 from activeit_jax.core import distributed, io_utils
+from activeit_jax.core.errors import UsageError
 from activeit_jax.loop import judge as judge_lib, schedule, selection
 from activeit_jax.reporting import results as run_results
 
@@ -101,22 +103,82 @@ class LoopConfig:
     keep_train_checkpoints: bool = False
 
     def __post_init__(self):
-        unknown = [s for s in self.strategies if s not in selection.list_strategies()]
-        if unknown:
-            raise ValueError(f"unknown strategies {unknown}; known: "
-                             f"{selection.list_strategies()}")
-        if self.num_iterations < 1:
-            raise ValueError("num_iterations must be >= 1")
-        if not self.seeds:
-            raise ValueError("at least one seed is needed")
-        # The initial-set size is known only once the split is drawn; check the rest now.
-        schedule.check_schedule(self.num_iterations, self.tasks_per_iteration,
-                                self.train_set_sizes, self.growth_factor)
+        # Checked when the config is built (gin included), before anything is written.
+        validate_loop_config(self)
 
     def scores_needed(self) -> set[str]:
         """The score fields the configured strategies read (`selection.required_score_keys`);
         the entry point turns on the scorer's optional entropy when "entropy" is among them."""
         return selection.required_score_keys(self.strategies)
+
+
+def validate_loop_config(config: LoopConfig) -> None:
+    """Refuses a `LoopConfig` the loop cannot run, in one line naming the setting.
+
+    Everything that does not depend on the pool is checked here: types (a string where a
+    list is expected, 1e999 -- infinity -- where an integer is), ranges, known strategies and
+    quota, and the schedule (`schedule.check_schedule`). What depends on the pool's size (at
+    most one iteration per pool task; a growth that overflows) is checked once the split is
+    drawn, before iteration 0 (`schedule.train_set_sizes(pool_size=...)`).
+
+    Raises:
+      UsageError: "LoopConfig.<field> ...".
+    """
+    def names(field: str, value: Any, kind: type) -> list[Any]:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+            raise UsageError(f"LoopConfig.{field} must be a non-empty list, got {value!r}")
+        bad = [v for v in value if not isinstance(v, kind) or isinstance(v, bool)
+               or (kind is int and v < 0)]
+        if bad:
+            raise UsageError(f"LoopConfig.{field}: {bad[0]!r} is not a "
+                             f"{'name' if kind is str else 'non-negative integer'}")
+        if len(set(value)) != len(value):
+            raise UsageError(f"LoopConfig.{field} repeats an entry: {list(value)}")
+        return list(value)
+
+    unknown = [s for s in names("strategies", config.strategies, str)
+               if s not in selection.list_strategies()]
+    if unknown:
+        raise UsageError(f"LoopConfig.strategies: unknown strategy {unknown[0]!r}; known: "
+                         f"{', '.join(selection.list_strategies())}")
+    names("seeds", config.seeds, int)
+    _check_integer("num_iterations", config.num_iterations, 1)
+    if config.tasks_per_iteration is not None:
+        _check_integer("tasks_per_iteration", config.tasks_per_iteration, 1)
+    if config.train_set_sizes is not None:
+        sizes = config.train_set_sizes
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (list, tuple)):
+            raise UsageError(f"LoopConfig.train_set_sizes must be a list of sizes, got "
+                             f"{sizes!r}")
+        for size in sizes:
+            _check_integer("train_set_sizes", size, 1)
+    growth = config.growth_factor
+    if growth is not None and (isinstance(growth, bool) or not isinstance(growth, (int, float))
+                               or not math.isfinite(growth) or growth <= 1):
+        raise UsageError(f"LoopConfig.growth_factor must be > 1 and finite, got {growth!r}")
+    if config.quota not in selection.QUOTAS:
+        raise UsageError(f"LoopConfig.quota must be one of {list(selection.QUOTAS)}, got "
+                         f"{config.quota!r}")
+    ratio = config.label_ratio
+    if ratio is not None and (not isinstance(ratio, Mapping) or not ratio or any(
+            not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) or v < 0
+            for k, v in ratio.items()) or not sum(ratio.values())):
+        raise UsageError(f"LoopConfig.label_ratio must map labels to integers >= 0, not all "
+                         f"0 (e.g. {{'cls': 24, 'gen': 44}}), got {ratio!r}")
+    for field in ("score_all_strategies", "evaluate_test", "keep_train_checkpoints"):
+        if not isinstance(getattr(config, field), bool):
+            raise UsageError(f"LoopConfig.{field} must be True or False, got "
+                             f"{getattr(config, field)!r}")
+    try:
+        schedule.check_schedule(config.num_iterations, config.tasks_per_iteration,
+                                config.train_set_sizes, config.growth_factor)
+    except ValueError as err:
+        raise UsageError(f"LoopConfig: {err}") from None
+
+
+def _check_integer(field: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"LoopConfig.{field} must be an integer >= {low}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -163,10 +225,23 @@ def check_run_config(run_dir: str, config: LoopConfig) -> None:
         fixed = ("num_iterations", "tasks_per_iteration", "train_set_sizes", "growth_factor",
                  "quota", "label_ratio")
         changed = [k for k in fixed if stored.get(k) != current.get(k)]
-        if changed:
-            raise ValueError(f"{run_dir} was started with different settings {changed}: "
+        if changed and not iterations_started(run_dir):
+            # A start refused before iteration 0 (e.g. more iterations than pool tasks): no
+            # result depends on its settings, so they must not block the corrected command.
+            log.warning("%s: replacing the loop settings %s of a start that reached no "
+                        "iteration", run_dir, changed)
+        elif changed:
+            raise UsageError(f"{run_dir} was started with different settings {changed}: "
                              f"{ {k: stored.get(k) for k in changed} }; use a new --out")
     _on_primary("activeit_loop_config", lambda: io_utils.atomic_write_json(path, current))
+
+
+def iterations_started(run_dir: str) -> bool:
+    """Whether any seed of the run reached iteration 0 (its directory exists)."""
+    if not os.path.isdir(run_dir):
+        return False
+    return any(name.startswith("seed_") and os.path.isdir(os.path.join(run_dir, name, "iter_0"))
+               for name in os.listdir(run_dir))
 
 
 def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
@@ -205,7 +280,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
         test = prepared.role_tasks("test") if config.evaluate_test else []
         budgets = schedule.tasks_to_add(len(initial), config.num_iterations,
                                         config.tasks_per_iteration, config.train_set_sizes,
-                                        config.growth_factor)
+                                        config.growth_factor, pool_size=len(pool_names))
         # Iteration 0 is shared: the union is just the initial set.
         iter0 = iteration_dir(run_dir, seed, None, 0)
         _run_iteration(iter0, selected_now={"tasks": initial, "strategy": "initial"},
