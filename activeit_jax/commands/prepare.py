@@ -29,7 +29,8 @@ flags.DEFINE_string("self_instruct_test", None, "optional Self-Instruct evaluati
 flags.DEFINE_string("out", None, "output directory for tasks.jsonl and splits.json.")
 flags.DEFINE_integer("seed", 42, "seed of the split and of train-task instance sampling.")
 flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"],
-                  "malformed task file: stop with an error, or skip it and report it.")
+                  "malformed task file (NIV2) or item (Self-Instruct): stop with an error, or "
+                  "skip it and report it.")
 flags.DEFINE_string("label_overrides", None, "JSON or CSV task -> cls|gen file overriding "
                     "the classification rule (Active-IT task_metadata.json works too).")
 flags.DEFINE_list("tasks", None, "NIV2: use only these train-split tasks (comma-separated); "
@@ -102,7 +103,7 @@ def main(argv: list[str]) -> None:
             data = prepared.prepare_self_instruct(
                 FLAGS.self_instruct, FLAGS.self_instruct_test, seed=FLAGS.seed,
                 label_overrides=overrides, quotas=quotas, max_items=FLAGS.max_items,
-                length_fn=length_fn, num_chunks=FLAGS.num_chunks)
+                length_fn=length_fn, num_chunks=FLAGS.num_chunks, on_bad_task=FLAGS.on_bad_task)
             header = f"Self-Instruct {FLAGS.self_instruct}"
         paths = prepared.write_prepared(data, FLAGS.out)
     except DataError as err:

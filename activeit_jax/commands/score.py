@@ -23,8 +23,8 @@ or is a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as `activeit-jax pre
 them; lines carrying a "role" are kept only for `--role`, default "pool"); or
 `--self_instruct=FILE` (JSON/JSONL, one task per item). NIV2 and prepared tasks are loaded one
 at a time as the scorer reaches them (the Self-Instruct reader loads its file at once). A task
-file without instances is skipped and listed in summary.json; other malformed files stop the
-run unless --on_bad_task=skip.
+file without instances is skipped and listed in summary.json; other malformed tasks (a file,
+an item, a line; a string with a lone surrogate too) stop the run unless --on_bad_task=skip.
 
 Writes OUT/scores.jsonl (one line per task), OUT/taskmap.csv, OUT/taskmap.png / .svg,
 OUT/summary.json (thresholds, skipped tasks, throughput, padding waste, compilations) and,
@@ -77,9 +77,10 @@ flags.DEFINE_string("self_instruct", None, "Pool: Self-Instruct / Alpaca JSON or
 flags.DEFINE_string("out", None, "Output directory (resumed when it holds the same run).")
 flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes of each host's "
                     "devices, e.g. data=4,model=2 (-1 = the remaining devices).")
-flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 task file: "
-                  "stop, or skip it and list it in summary.json (a file without instances "
-                  "is always skipped and listed).")
+flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 task file, "
+                  "Self-Instruct item or prepared line (a lone surrogate in a string "
+                  "included): stop, or skip it and list it in summary.json (a file without "
+                  "instances is always skipped and listed).")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 # ScoreConfig.perturbation_options, as KEY=VALUE flags and the word-level rate.
 flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
@@ -140,8 +141,10 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         raise UsageError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
     if self_instruct:
         from activeit_jax.data import self_instruct as si
-        tasks = si.load_self_instruct(self_instruct)
-        return iter(tasks), len(tasks), {"self_instruct": os.path.abspath(self_instruct)}
+        entries = [entry if isinstance(entry, niv2.Task) else
+                   scoring.SkippedTask(entry.name, entry.reason)
+                   for entry in si.scan_self_instruct(self_instruct, on_bad_task=on_bad_task)]
+        return iter(entries), len(entries), {"self_instruct": os.path.abspath(self_instruct)}
     if tasks_file.endswith(".jsonl"):
         def keep(record):
             return "role" not in record or not role or record["role"] == role
@@ -159,8 +162,8 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
             for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
                 if keep(record):
                     record.pop("role", None)
-                    yield (_prepared_task(record, tasks_file, number) if mine(index)
-                           else scoring.TaskStub(record["name"]))
+                    yield (_prepared_task(record, tasks_file, number, on_bad_task)
+                           if mine(index) else scoring.TaskStub(record["name"]))
                     index += 1
         return prepared(), total, {"tasks": os.path.abspath(tasks_file), "role": role}
     if not niv2_dir:
@@ -175,13 +178,35 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         "tasks": os.path.abspath(tasks_file), "niv2_dir": os.path.abspath(niv2_dir)}
 
 
-def _prepared_task(record: dict[str, Any], path: str, number: int) -> Any:
-    """A `Task` from a prepared tasks.jsonl line; a malformed one names its line."""
+def _prepared_task(record: dict[str, Any], path: str, number: int,
+                   on_bad_task: str = "error") -> Any:
+    """A `Task` from a prepared tasks.jsonl line; a malformed one (a lone surrogate in a
+    string too) names its line, or becomes a `SkippedTask` with on_bad_task="skip"."""
     from activeit_jax.data import niv2
     try:
-        return niv2.Task.from_dict(record)
-    except (KeyError, TypeError, ValueError) as err:
-        raise TaskFormatError(f"not a prepared task ({err!r})", path, f"line {number}") from None
+        _check_strings(record, path, f"line {number}")
+        try:
+            return niv2.Task.from_dict(record)
+        except (KeyError, TypeError, ValueError) as err:
+            raise TaskFormatError(f"not a prepared task ({err!r})", path,
+                                  f"line {number}") from None
+    except TaskFormatError as err:
+        if on_bad_task == "skip":
+            return scoring.SkippedTask(str(record.get("name")), str(err))
+        raise
+
+
+def _check_strings(value: Any, path: str, where: str) -> None:
+    """Every string in a decoded JSON value is valid Unicode (`errors.check_unicode`)."""
+    from activeit_jax.data.errors import check_unicode
+    if isinstance(value, str):
+        check_unicode(value, path, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(item, path, f"{where}: {key}")
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            _check_strings(item, path, f"{where}[{k}]")
 
 
 def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,

@@ -74,6 +74,27 @@ class LabelOverrideError(DataError):
     """A classification/generation override file is malformed."""
 
 
+def check_unicode(value: str, path: str | os.PathLike | None, field: str | None) -> str:
+    """Returns `value` when it is valid Unicode text (it can be written as UTF-8).
+
+    JSON allows escapes of lone surrogates (`"\\ud800"`), which Python decodes into a string
+    that no UTF-8 file, tokenizer or terminal accepts: the first write of such a text used to
+    abort a whole pool with a UnicodeEncodeError. Readers check every string they keep.
+
+    Raises:
+      TaskFormatError: naming the file, the field and the position of the lone surrogate.
+    """
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise TaskFormatError(f"not valid Unicode text: a lone surrogate "
+                              f"U+{ord(value[err.start]):04X} at character {err.start} (an "
+                              f"unpaired \\u escape in the JSON)", path, field) from None
+    return value
+
+
 def read_text(path: str, what: str) -> str:
     """Reads a UTF-8 data file; an unreadable or non-UTF-8 file becomes a `TaskFormatError`.
 

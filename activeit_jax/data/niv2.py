@@ -31,6 +31,7 @@ from activeit_jax.data.errors import (
     MissingTaskError,
     TaskFormatError,
     TaskNameError,
+    check_unicode,
     read_text,
 )
 from activeit_jax.data.hashing import stable_shuffle
@@ -129,7 +130,7 @@ class Task:
 def _expect_str(value: Any, path: str, field: str) -> str:
     if not isinstance(value, str):
         raise TaskFormatError(f"expected a string, got {_type_name(value)}", path, field)
-    return value
+    return check_unicode(value, path, field)
 
 
 def _expect_list(value: Any, path: str, field: str) -> list:

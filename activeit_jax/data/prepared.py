@@ -10,6 +10,7 @@ splits.json is written last and removed first, so its presence means the pair is
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -220,7 +221,8 @@ def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike 
                           quotas: splits_lib.SelfInstructQuotas | None = None,
                           max_items: int | None = None,
                           length_fn: Callable[[str], int] = si_lib.whitespace_length,
-                          num_chunks: int = si_lib.NUM_LENGTH_CHUNKS) -> PreparedData:
+                          num_chunks: int = si_lib.NUM_LENGTH_CHUNKS,
+                          on_bad_task: str = "error") -> PreparedData:
     """Reads a Self-Instruct / Alpaca file, draws initial/pool and the output-length chunks.
 
     Args:
@@ -232,16 +234,19 @@ def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike 
       max_items: read only the first N items of `path`.
       length_fn: output length measure for the chunks (whitespace words by default).
       num_chunks: number of output-length chunks of the pool.
+      on_bad_task: "error" stops at a malformed item; "skip" leaves it out and lists it in
+        the summary (`SourceReport.skipped`), as a malformed NIV2 task file.
 
     Returns:
       PreparedData (no validation role; `split.chunks` holds the pool chunks).
     """
-    tasks = labels_lib.apply_label_overrides(
-        si_lib.load_self_instruct(path, max_items=max_items), label_overrides)
-    test_tasks = []
+    tasks, skipped = _self_instruct_tasks(path, max_items, on_bad_task)
+    tasks = labels_lib.apply_label_overrides(tasks, label_overrides)
+    test_tasks: list[Task] = []
+    test_skipped: tuple[tuple[str, str], ...] = ()
     if test_path is not None:
-        test_tasks = labels_lib.apply_label_overrides(si_lib.load_self_instruct(test_path),
-                                                      label_overrides)
+        test_tasks, test_skipped = _self_instruct_tasks(test_path, None, on_bad_task)
+        test_tasks = labels_lib.apply_label_overrides(test_tasks, label_overrides)
         clash = {t.name for t in tasks} & {t.name for t in test_tasks}
         if clash:
             raise SplitError(f"task names in both the training and the test file: "
@@ -249,16 +254,29 @@ def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike 
     chunks = si_lib.output_length_chunks(tasks, num_chunks, length_fn)
     split = splits_lib.split_self_instruct(tasks, test_tasks, seed, quotas, chunks)
     resolved = {t.name: t for t in [*tasks, *test_tasks]}
-    sources = [SourceReport("self-instruct file", os.fspath(path), len(tasks), len(tasks), 0)]
+    sources = [SourceReport("self-instruct file", os.fspath(path), len(tasks) + len(skipped),
+                            len(tasks), 0, skipped)]
     if test_path is not None:
-        sources.append(SourceReport("test file", os.fspath(test_path), len(test_tasks),
-                                    len(test_tasks), 0))
+        sources.append(SourceReport("test file", os.fspath(test_path),
+                                    len(test_tasks) + len(test_skipped), len(test_tasks), 0,
+                                    test_skipped))
     return PreparedData(
         split=split, tasks=resolved, sources=tuple(sources),
         train_label_ratio=labels_lib.classification_ratio(tasks),
         train_label_counts=_count_by([t.label for t in tasks]),
         label_sources=_count_by([t.label_source for t in tasks]),
         max_instances_per_task=None)
+
+
+def _self_instruct_tasks(path: str | os.PathLike, max_items: int | None, on_bad_task: str
+                         ) -> tuple[list[Task], tuple[tuple[str, str], ...]]:
+    """The tasks of a Self-Instruct file and the (name, reason) of its skipped items."""
+    entries = si_lib.scan_self_instruct(path, max_items=max_items, on_bad_task=on_bad_task)
+    tasks = [e for e in entries if isinstance(e, Task)]
+    skipped = tuple((e.name, e.reason) for e in entries if not isinstance(e, Task))
+    if not tasks:
+        raise EmptyPoolError("no usable item (all skipped)", path)
+    return tasks, skipped
 
 
 def format_summary(prepared: PreparedData) -> str:
@@ -323,7 +341,21 @@ def write_prepared(prepared: PreparedData, out_dir: str | os.PathLike) -> dict[s
       {"tasks": path, "splits": path}.
     """
     out_dir = os.fspath(out_dir)
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        return _write_prepared_files(prepared, out_dir)
+    except BaseException:
+        if created:  # a failed write leaves no directory behind, only if it made it
+            for name in (SPLITS_FILE, TASKS_FILE):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(out_dir, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only when empty: nothing else is removed
+        raise
+
+
+def _write_prepared_files(prepared: PreparedData, out_dir: str) -> dict[str, str]:
     tasks_path = os.path.join(out_dir, TASKS_FILE)
     splits_path = os.path.join(out_dir, SPLITS_FILE)
     role_of = {name: role for role, names in prepared.split.roles().items() for name in names}
