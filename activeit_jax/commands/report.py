@@ -18,15 +18,10 @@ _RUN = flags.DEFINE_string("run", None, "run directory (RUN/seed_{s}/...).")
 _OUT = flags.DEFINE_string("out", None, "output directory; default RUN/report.")
 
 
-# What `write_report` writes into --out.
-REPORT_FILES = ("results.md", "results.csv", "curves.png", "curves.svg",
-                "selected_uncertainty.png", "report.html")
-
-
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("run",))
     common.refuse_outputs_among_inputs({"run": _RUN.value}, {"out": _OUT.value},
-                                       {"out": REPORT_FILES})
+                                       {"out": reports.REPORT_FILES})
     paths = reports.write_report(_RUN.value, _OUT.value)
     for name, path in paths.items():
         logging.info("wrote %s", path)

@@ -156,6 +156,9 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
                 raise RecordError("expected a prepared task object with a 'name'", tasks_file,
                                   f"line {number}")
             total += keep(record)
+        if not total:
+            raise RecordError(f"no task to score (no line{f' with role {role!r}' if role else ''}"
+                              f"): an empty pool would write an empty Task Map", tasks_file)
 
         def prepared():
             index = 0
@@ -170,6 +173,9 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         raise UsageError("--tasks with task names needs --niv2_dir")
     names = [niv2.check_task_name(name, tasks_file, where)
              for where, name in records.read_records(tasks_file, "task list")]
+    if not names:
+        raise RecordError("no task to score (the list is empty): an empty pool would write an "
+                          "empty Task Map", tasks_file)
     missing = [n for n in names if not os.path.exists(niv2.task_file_path(niv2_dir, n))]
     if missing:
         raise MissingTaskError(f"{len(missing)} task(s) of {tasks_file} have no file in "
@@ -259,6 +265,28 @@ def build_config() -> scoring.ScoreConfig:
         explicit, max_decode_length=SCORE_FLAGS.value("max_target_length"))
 
 
+def build_policy(config: scoring.ScoreConfig) -> adaptive.AdaptiveConfig | None:
+    """The adaptive budget of the command line (`--adaptive_k0` > 0), or None.
+
+    Raises:
+      UsageError: a value `AdaptiveConfig` refuses (--adaptive_k0=-1, --adaptive_select=0),
+        an --adaptive_* flag without --adaptive_k0 (it would do nothing), or a ScoreConfig
+        setting the adaptive budget does not support (--save_prompts, --entropy).
+    """
+    if not FLAGS["adaptive_k0"].present:
+        given = [f"--{flag}" for flag in ADAPTIVE_FLAGS.flag_names.values()
+                 if FLAGS[flag].present]
+        if given:
+            raise UsageError(f"{given[0]} sets the adaptive budget, which is off without "
+                             f"--adaptive_k0")
+        return None
+    if FLAGS.adaptive_k0 == 0:  # documented: 0 = off
+        return None
+    policy = ADAPTIVE_FLAGS.build()
+    adaptive.check_supported(config)
+    return policy
+
+
 def _perturbation_options() -> tuple[tuple[str, Any], ...]:
     """`--perturbation_option`s, with `--drop_rate` as the rate of a word-level perturbation
     (`ScoreConfig.perturbation_options`)."""
@@ -310,7 +338,7 @@ def main(argv: list[str]) -> None:
     shard = scoring.ShardInfo.of_process()
     # Every argument is checked (and the pool listed) before the run directory is touched.
     config = build_config()
-    policy = ADAPTIVE_FLAGS.build() if FLAGS.adaptive_k0 else None
+    policy = build_policy(config)
     tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
                                         FLAGS.on_bad_task, FLAGS.role, shard)
     model = checkpoints.read_model(FLAGS.checkpoint)

@@ -18,7 +18,7 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from activeit_jax.core import io_utils
+from activeit_jax.core import io_utils, records
 from activeit_jax.data import (
     labels as labels_lib,
     niv2 as niv2_lib,
@@ -118,8 +118,9 @@ def label_source_counts(summary: Mapping[str, Any]) -> dict[str, int]:
 
 def stored_label_source_counts(out_dir: str | os.PathLike) -> dict[str, int]:
     """`label_source_counts` of a prepared directory's splits.json (tasks.jsonl is not read)."""
-    with open(os.path.join(out_dir, SPLITS_FILE), encoding="utf-8") as handle:
-        return label_source_counts(json.load(handle).get("summary", {}))
+    meta = records.read_json(os.path.join(out_dir, SPLITS_FILE), "prepared split")
+    summary = meta.get("summary") if isinstance(meta, dict) else None
+    return label_source_counts(summary if isinstance(summary, dict) else {})
 
 
 def _count_by(values: Sequence[str]) -> dict[str, int]:
@@ -394,8 +395,9 @@ def load_prepared(out_dir: str | os.PathLike) -> PreparedData:
     if not os.path.exists(splits_path):
         raise DataError("not a prepared directory (no splits.json; run `activeit-jax prepare`)",
                         out_dir)
-    with open(splits_path, encoding="utf-8") as handle:
-        meta = json.load(handle)
+    meta = records.read_json(splits_path, "prepared split")
+    if not isinstance(meta, dict):
+        raise DataError("expected a JSON object", splits_path)
     tasks_path = os.path.join(out_dir, meta.get("tasks_file", TASKS_FILE))
     if not os.path.exists(tasks_path) or _sha256(tasks_path) != meta.get("tasks_sha256"):
         raise DataError("tasks file missing or changed since splits.json was written",

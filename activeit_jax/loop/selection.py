@@ -450,10 +450,15 @@ def select(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
     if spec.needs_scores:
         if scores is None:
             raise ValueError(f"strategy {strategy!r} needs scores")
-        missing = [t.name for t in candidates if t.name not in by_task]
+        # A record whose score the strategy reads is null (an adaptive run's entropy, a
+        # hand-edited file) counts as no score, not as a ranking error.
+        # (The Task Map category has its own check, `_category_of`.)
+        numbers = [k for k in spec.score_keys if k != CATEGORY_KEY]
+        missing = [t.name for t in candidates if t.name not in by_task
+                   or any(by_task[t.name].get(k) is None for k in numbers)]
         if missing and on_missing_score == "error":
             raise ValueError(f"strategy {strategy!r}: {len(missing)} pool task(s) have no "
-                             f"score, e.g. {missing[:3]}")
+                             f"score or a null {'/'.join(numbers)}, e.g. {missing[:3]}")
         if missing:
             notes.append(f"dropped {len(missing)} pool task(s) without a score")
             missing_set = set(missing)
@@ -544,7 +549,11 @@ def _task_info(record: Any, path: str | os.PathLike | None = None, where: str = 
     except (TypeError, ValueError):
         raise RecordError(f"expected an integer chunk id, got {chunk!r}", path,
                           f"{where}: chunk" if where else "chunk") from None
-    return TaskInfo(name, record.get("label"), chunk)
+    label = record.get("label")
+    if label is not None and label not in records.LABELS:
+        raise RecordError(f"expected a label in {list(records.LABELS)} or null, got "
+                          f"{label!r:.40}", path, f"{where}: label" if where else "label")
+    return TaskInfo(name, label, chunk)
 
 
 def _read_records(path: str | os.PathLike) -> list[tuple[str, Any]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from typing import Any, Sequence
 
@@ -117,6 +118,10 @@ def remove_if_exists(path: str) -> None:
         os.remove(path)
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = None
              ) -> dict[str, Any]:
     """Rewrites scores.jsonl in pool order with categories; writes the Task Map and summary.
@@ -146,8 +151,9 @@ def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = N
     summary = {
         "num_tasks": len(final),
         "skipped": [{"task": s["task"], "reason": s["reason"]} for s in skipped],
-        "thresholds": {"prompt_uncertainty": thresholds[0],
-                       "prediction_probability": thresholds[1]},
+        # null, not NaN (which is not JSON), when no task was scored (all skipped)
+        "thresholds": {"prompt_uncertainty": _finite_or_none(thresholds[0]),
+                       "prediction_probability": _finite_or_none(thresholds[1])},
         "categories": {c: categories.count(c) for c in taskmap.CATEGORIES},
         **(extra or {}),
     }

@@ -197,3 +197,165 @@ def test_a_failed_write_removes_the_directory_it_created(tmp_path, monkeypatch, 
     with pytest.raises(OSError):
         prepared.write_prepared(data, tmp_path / "kept")
     assert (tmp_path / "kept").is_dir()  # not created by it: left alone
+
+
+# ----------------------------------------------------------------------------- item 10
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _scores(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_select_refuses_impossible_scores_and_labels(tmp_path):
+    good = {"task": "a", "prompt_uncertainty": 0.2, "prediction_probability": 0.5,
+            "perplexity": 3.0, "label": "gen", "category": "easy"}
+    cases = {"pu_null.jsonl": (dict(good, prompt_uncertainty=None), ["no score or a null",
+                                                                     "prompt_uncertainty"]),
+             "pu_negative.jsonl": (dict(good, prompt_uncertainty=-0.5),
+                                   ["line 2: prompt_uncertainty", "-0.5", "outside [0, 1]"]),
+             "probability.jsonl": (dict(good, prediction_probability=1.5),
+                                   ["line 2: prediction_probability", "outside [0, 1]"]),
+             "label.jsonl": (dict(good, label="maybe"), ["line 2: label", "'maybe'"]),
+             "category.jsonl": (dict(good, category="weird"), ["line 2: category"])}
+    runs = []
+    for name, (record, expected) in cases.items():
+        path = _scores(tmp_path / name, [dict(good, task="b"), dict(record, task="a")])
+        runs.append(([f"--scores={path}", "--num_tasks=1", f"--out={tmp_path}/o.json"],
+                     [name, *expected]))
+    (tmp_path / "pool.jsonl").write_text('{"name": "a", "label": "gen"}\n'
+                                         '{"name": "b", "label": "classification"}\n')
+    runs.append(([f"--pool={tmp_path}/pool.jsonl", "--strategy=random", "--num_tasks=1",
+                  f"--out={tmp_path}/o.json"], ["pool.jsonl", "line 2: label"]))
+    run_cases("select", runs, tmp_path)
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_json_nested_100k_deep_is_one_line(bad, tmp_path, sample_data):  # noqa: F811
+    """Every reader of user JSON: scores, pools, task lists, prepared tasks, NIV2 task files,
+    label overrides, paraphrase files and the report's inputs."""
+    deep_line = tmp_path / "deep.jsonl"
+    deep_line.write_text('{"task": "a", "prompt_uncertainty": 0.1}\n' + DEEP + "\n")
+    deep_first = tmp_path / "deep_first.jsonl"
+    deep_first.write_text(DEEP + "\n")
+    deep_json = tmp_path / "deep.json"
+    deep_json.write_text(DEEP)
+    niv2 = tmp_path / "niv2"
+    (niv2 / "tasks").mkdir(parents=True)
+    (niv2 / "tasks" / "task_deep.json").write_text(DEEP)
+    (tmp_path / "deep_task.txt").write_text("task_deep\n")
+    out = f"--out={tmp_path}/o.json"
+    run_cases("select", [
+        ([f"--scores={deep_line}", "--num_tasks=1", out], ["deep.jsonl", "line 2",
+                                                           "too deep"]),
+        ([f"--pool={deep_json}", "--strategy=random", "--num_tasks=1", out],
+         ["deep.json", "too deep"]),
+        ([f"--pool={deep_line}", "--strategy=random", "--num_tasks=1", out],
+         ["deep.jsonl", "line 2"]),
+        ([f"--scores={_scores(tmp_path / 'ok.jsonl', [{'task': 'a'}])}",
+          f"--exclude={deep_json}", "--num_tasks=1", out], ["deep.json", "too deep"]),
+    ], tmp_path)
+    score = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
+             f"--out={tmp_path}/scored"]
+    run_cases("score", [
+        ([*score, f"--tasks={deep_first}"], ["deep_first.jsonl", "line 1", "too deep"]),
+        ([*score, f"--tasks={deep_json}", f"--niv2_dir={niv2}"], ["deep.json", "too deep"]),
+        ([*score[:-1], f"--out={tmp_path}/lazy", f"--tasks={tmp_path}/deep_task.txt",
+          f"--niv2_dir={niv2}"], ["task_deep.json", "too deep"]),
+        ([*score, f"--tasks={bad}/ok.txt", f"--niv2_dir={bad}/niv2", "--perturbation=paraphrase",
+          f"--perturbation_option=file={deep_json}"], ["too deep"]),
+    ], tmp_path)
+    run_cases("prepare", [
+        ([f"--niv2_dir={sample_data}/niv2", f"--out={tmp_path}/prepared",
+          f"--label_overrides={deep_json}"], ["deep.json", "too deep"]),
+    ], tmp_path)
+    run = tmp_path / "run"
+    _build_run(str(run))
+    (run / "seed_0" / "iter_0" / "per_task_metrics.jsonl").write_text(DEEP + "\n")
+    (run / "seed_1" / "iter_0" / "selected_tasks.json").write_text(DEEP)
+    run_cases("report", [([f"--run={run}"], ["too deep"])], tmp_path)
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "scored").exists()
+    assert not (tmp_path / "prepared").exists() and not (run / "report").exists()
+
+
+def test_label_overrides_that_are_not_utf8_are_one_line(tmp_path, sample_data):
+    (tmp_path / "labels.json").write_bytes(b'{"task063_first_i_elements": "g\xe9n"}')
+    run_cases("prepare", [
+        ([f"--niv2_dir={sample_data}/niv2", f"--out={tmp_path}/prepared",
+          f"--label_overrides={tmp_path}/labels.json"], ["labels.json", "not UTF-8"]),
+    ], tmp_path)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_adaptive_settings_are_checked_before_anything_is_written(bad, tmp_path,  # noqa: F811
+                                                                  sample_data):
+    base = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
+            f"--niv2_dir={bad}/niv2", f"--tasks={bad}/ok.txt", f"--out={tmp_path}/scored"]
+    run_cases("score", [
+        ([*base, "--adaptive_k0=-1"], ["--adaptive_k0", ">= 1", "-1"]),
+        ([*base, "--adaptive_k0=2", "--adaptive_select=0"], ["--adaptive_select", ">= 1"]),
+        ([*base, "--adaptive_select=3"], ["--adaptive_select", "without --adaptive_k0"]),
+        ([*base, "--adaptive_k0=2", "--adaptive_z=nan"], ["AdaptiveConfig.z"]),
+        ([*base, "--adaptive_k0=2", "--save_prompts"], ["--save_prompts", "adaptive"]),
+        ([*base, "--adaptive_k0=2", "--entropy"], ["--entropy", "adaptive"]),
+    ], tmp_path)
+    assert not (tmp_path / "scored").exists()
+
+
+def test_adaptive_score_locks_its_directory(bad, tmp_path, sample_data):  # noqa: F811
+    from activeit_jax.core import run_lock
+    out = tmp_path / "scored"
+    with run_lock.hold(out, "score"):  # another scorer, as far as the lock is concerned
+        run_cases("score", [
+            ([f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
+              f"--niv2_dir={bad}/niv2", f"--tasks={bad}/ok.txt", f"--out={out}",
+              "--adaptive_k0=1", "--adaptive_select=1", *SCORE_SMALL[1:]],
+             [str(out), "in use by another process"]),
+        ], tmp_path)
+    assert sorted(os.listdir(out)) == [".activeit.lock"]
+
+
+def test_score_refuses_an_empty_task_list(bad, tmp_path, sample_data):  # noqa: F811
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    base = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
+            f"--niv2_dir={bad}/niv2", f"--out={tmp_path}/scored"]
+    run_cases("score", [
+        ([*base, f"--tasks={tmp_path}/empty.txt"], ["empty.txt", "no task to score"]),
+        ([*base, f"--tasks={tmp_path}/empty.jsonl"], ["empty.jsonl", "no task to score"]),
+    ], tmp_path)
+    assert not (tmp_path / "scored").exists()
+
+
+def test_all_skipped_pool_writes_null_thresholds_not_nan(tmp_path):
+    from activeit_jax.scoring import ScoreConfig, journal
+    (tmp_path / journal.SKIPPED_FILE).write_text(
+        json.dumps({"index": 0, "task": "t", "reason": "no instances"}) + "\n")
+    summary = journal.finalize(str(tmp_path), ScoreConfig())
+    text = (tmp_path / journal.SUMMARY_FILE).read_text()
+    assert "NaN" not in text and summary["thresholds"] == {"prompt_uncertainty": None,
+                                                           "prediction_probability": None}
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in summary.json"))
+
+
+def test_report_says_which_per_task_line_is_torn(tmp_path):
+    from activeit_jax.reporting import render as reports, results
+    run = tmp_path / "run"
+    _build_run(str(run))
+    path = run / "seed_0" / "iter_0" / "per_task_metrics.jsonl"
+    data = path.read_bytes()
+    path.write_bytes(data[:-20])  # the last line cut off, as a damaged copy leaves it
+    number = data[:-20].count(b"\n") + 1
+    warnings: list[str] = []
+    results.collect_results(results.discover_run(str(run)), warnings)
+    expected = f"{path}: line {number} is torn"
+    assert sum(expected in w for w in warnings) == 1, warnings
+    reports.write_report(str(run))
+    assert f"line {number} is torn" in (run / "report" / "report.html").read_text()
+    # A last line that only lacks its newline is read, without a warning.
+    path.write_bytes(data[:-1])
+    warnings = []
+    rows = results.collect_results(results.discover_run(str(run)), warnings)
+    assert not any("torn" in w for w in warnings) and rows
