@@ -198,7 +198,9 @@ def _prepared_task(record: dict[str, Any], path: str, number: int,
                                   f"line {number}") from None
     except TaskFormatError as err:
         if on_bad_task == "skip":
-            return scoring.SkippedTask(str(record.get("name")), str(err))
+            name = record.get("name")
+            usable = isinstance(name, str) and name.encode("utf-8", "replace").decode() == name
+            return scoring.SkippedTask(name if usable else f"line {number}", str(err))
         raise
 
 
@@ -209,8 +211,9 @@ def _check_strings(value: Any, path: str, where: str) -> None:
         check_unicode(value, path, where)
     elif isinstance(value, dict):
         for key, item in value.items():
+            check_unicode(str(key), path, f"{where}: a key")
             _check_strings(item, path, f"{where}: {key}")
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple)):
         for k, item in enumerate(value):
             _check_strings(item, path, f"{where}[{k}]")
 
