@@ -8,7 +8,7 @@ import re
 import tempfile
 from typing import Any, Iterator, TextIO
 
-from activeit_jax.core import safe_json
+from activeit_jax.core import json_text
 from activeit_jax.data.errors import RecordError, read_text
 
 
@@ -147,7 +147,7 @@ def read_jsonl(path: str | os.PathLike, drop_partial_tail: bool = True) -> list[
         if not line.strip():
             continue
         try:
-            records.append(safe_json.loads(line))
+            records.append(json_text.loads(line))
         except ValueError as err:
             # Only the last line can be torn by a kill; one in the middle is damage.
             raise RecordError(f"invalid JSON ({getattr(err, 'msg', err)})", os.fspath(path),

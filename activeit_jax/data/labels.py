@@ -42,7 +42,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-from activeit_jax.core import safe_json
+from activeit_jax.core import json_text
 from activeit_jax.data.errors import LabelOverrideError
 
 if TYPE_CHECKING:  # only for annotations: niv2 imports this module at runtime.
@@ -184,7 +184,7 @@ def load_label_overrides(path: str | os.PathLike) -> dict[str, str]:
             overrides[_task_key(row[0])] = _parse_label_value(row[1], path, row[0].strip())
         return overrides
     try:
-        data = safe_json.loads(text)
+        data = json_text.loads(text)
     except json.JSONDecodeError as err:
         raise LabelOverrideError(f"invalid JSON at line {err.lineno} column {err.colno}: "
                                  f"{err.msg}", path) from None

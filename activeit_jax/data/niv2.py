@@ -25,7 +25,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from activeit_jax.core import safe_json
+from activeit_jax.core import json_text
 from activeit_jax.data import labels as labels_lib
 from activeit_jax.data.errors import (
     DataError,
@@ -271,7 +271,7 @@ def load_niv2_task(path: str | os.PathLike,
     name = name[:-len(".json")] if name.endswith(".json") else name
     text = read_text(path, "task file")
     try:
-        raw = safe_json.loads(text)  # accepts the bare NaN of real files
+        raw = json_text.loads(text)  # accepts the bare NaN of real files
     except json.JSONDecodeError as err:
         raise TaskFormatError(f"invalid JSON at line {err.lineno} column {err.colno}: "
                               f"{err.msg}", path) from None

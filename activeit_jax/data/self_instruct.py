@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from activeit_jax.core import safe_json
+from activeit_jax.core import json_text
 from activeit_jax.data import labels as labels_lib
 from activeit_jax.data.errors import TaskFormatError, check_unicode, read_text
 from activeit_jax.data.niv2 import Instance, Task
@@ -55,7 +55,7 @@ def _read_items(path: str) -> list[tuple[str, Any]]:
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
-            data = safe_json.loads(text)
+            data = json_text.loads(text)
         except json.JSONDecodeError as err:
             raise TaskFormatError(f"invalid JSON at line {err.lineno} column {err.colno}: "
                                   f"{err.msg}", path) from None
@@ -65,7 +65,7 @@ def _read_items(path: str) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            items.append((f"line {line_number}", safe_json.loads(line)))
+            items.append((f"line {line_number}", json_text.loads(line)))
         except json.JSONDecodeError as err:
             raise TaskFormatError(f"invalid JSON at column {err.colno}: {err.msg}", path,
                                   f"line {line_number}") from None

@@ -56,7 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from activeit_jax.core import io_utils, records, safe_json
+from activeit_jax.core import io_utils, json_text, records
 from activeit_jax.data import prepared
 from activeit_jax.data.errors import DataError
 from activeit_jax.loop import selection
@@ -108,7 +108,7 @@ def _per_task_records(path: str, warnings: list[str] | None) -> list[dict[str, A
     if tail is not None:
         number, text = tail
         try:
-            records_.append(safe_json.loads(text))
+            records_.append(json_text.loads(text))
         except ValueError:
             message = (f"{path}: line {number} is torn (cut off, no newline at its end); it is "
                        f"left out, so its task is missing from this iteration's means")

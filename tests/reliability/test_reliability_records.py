@@ -249,33 +249,33 @@ def test_json_nested_100k_deep_is_one_line(bad, tmp_path, sample_data):  # noqa:
     out = f"--out={tmp_path}/o.json"
     run_cases("select", [
         ([f"--scores={deep_line}", "--num_tasks=1", out], ["deep.jsonl", "line 2",
-                                                           "too deep"]),
+                                                           "levels deep"]),
         ([f"--pool={deep_json}", "--strategy=random", "--num_tasks=1", out],
-         ["deep.json", "too deep"]),
+         ["deep.json", "levels deep"]),
         ([f"--pool={deep_line}", "--strategy=random", "--num_tasks=1", out],
          ["deep.jsonl", "line 2"]),
         ([f"--scores={_scores(tmp_path / 'ok.jsonl', [{'task': 'a'}])}",
-          f"--exclude={deep_json}", "--num_tasks=1", out], ["deep.json", "too deep"]),
+          f"--exclude={deep_json}", "--num_tasks=1", out], ["deep.json", "levels deep"]),
     ], tmp_path)
     score = [f"--checkpoint={bad}/ckpt", f"--vocab={sample_data}/vocab/sample_spm.model",
              f"--out={tmp_path}/scored"]
     run_cases("score", [
-        ([*score, f"--tasks={deep_first}"], ["deep_first.jsonl", "line 1", "too deep"]),
-        ([*score, f"--tasks={deep_json}", f"--niv2_dir={niv2}"], ["deep.json", "too deep"]),
+        ([*score, f"--tasks={deep_first}"], ["deep_first.jsonl", "line 1", "levels deep"]),
+        ([*score, f"--tasks={deep_json}", f"--niv2_dir={niv2}"], ["deep.json", "levels deep"]),
         ([*score[:-1], f"--out={tmp_path}/lazy", f"--tasks={tmp_path}/deep_task.txt",
-          f"--niv2_dir={niv2}"], ["task_deep.json", "too deep"]),
+          f"--niv2_dir={niv2}"], ["task_deep.json", "levels deep"]),
         ([*score, f"--tasks={bad}/ok.txt", f"--niv2_dir={bad}/niv2", "--perturbation=paraphrase",
-          f"--perturbation_option=file={deep_json}"], ["too deep"]),
+          f"--perturbation_option=file={deep_json}"], ["levels deep"]),
     ], tmp_path)
     run_cases("prepare", [
         ([f"--niv2_dir={sample_data}/niv2", f"--out={tmp_path}/prepared",
-          f"--label_overrides={deep_json}"], ["deep.json", "too deep"]),
+          f"--label_overrides={deep_json}"], ["deep.json", "levels deep"]),
     ], tmp_path)
     run = tmp_path / "run"
     _build_run(str(run))
     (run / "seed_0" / "iter_0" / "per_task_metrics.jsonl").write_text(DEEP + "\n")
     (run / "seed_1" / "iter_0" / "selected_tasks.json").write_text(DEEP)
-    run_cases("report", [([f"--run={run}"], ["too deep"])], tmp_path)
+    run_cases("report", [([f"--run={run}"], ["levels deep"])], tmp_path)
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "scored").exists()
     assert not (tmp_path / "prepared").exists() and not (run / "report").exists()
 
