@@ -317,12 +317,12 @@ def check_label_overrides(data: Any, overrides: dict[str, str] | None, out_dir: 
 
 def build_stages(exp: Experiment):
     """Binds the loop's stages to the data layer, the trainer and the scorer."""
-    from activeit_jax import partitioning, scoring
+    from activeit_jax import layout, partitioning, scoring
     from activeit_jax.core import distributed
     from activeit_jax.data import prepared as prepared_lib
     from activeit_jax.loop import active_loop
     from activeit_jax.models import checkpoints
-    from activeit_jax.training import evaluation, run_dir, trainer
+    from activeit_jax.training import evaluation, trainer
 
     train_config = exp.train_config
     if exp.partitioning is not None:
@@ -346,7 +346,7 @@ def build_stages(exp: Experiment):
 
     def prepare(seed: int, out_dir: str):
         distributed.barrier("activeit_run_prepare")  # all hosts look at out_dir together
-        if os.path.exists(os.path.join(out_dir, "splits.json")):
+        if os.path.exists(os.path.join(out_dir, layout.SPLITS_FILE)):
             return prepared_with_labels(seed, out_dir)
         if exp.pool == "self_instruct":
             from activeit_jax.data.configurables import resolve_repo_path
@@ -374,8 +374,8 @@ def build_stages(exp: Experiment):
                 raise ValueError("no training tasks and no experiment.init_checkpoint: "
                                  "iteration 0 has no model to evaluate")
             return init
-        best = os.path.join(out_dir, "best")
-        if os.path.exists(os.path.join(out_dir, run_dir.SUMMARY_FILE)):
+        best = os.path.join(out_dir, layout.BEST_DIR)
+        if os.path.exists(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE)):
             return best  # finished before (its intermediate checkpoints may be gone)
         if not exp.select_epoch_on_validation:
             val_tasks = []  # fixed epochs, the last one is kept (the evaluate stage validates)
@@ -395,7 +395,7 @@ def build_stages(exp: Experiment):
                 for name, scores in summary["per_task"].items()]
 
     def score(checkpoint_dir: str, tasks, out_dir: str) -> None:
-        if os.path.exists(os.path.join(out_dir, scoring.SUMMARY_FILE)):
+        if os.path.exists(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE)):
             return
         mesh = partitioning.make_mesh(train_config.mesh_shape)
         shardings = partitioning.params_shardings(exp.model, mesh,
@@ -422,6 +422,7 @@ def main(argv: list[str]) -> None:
     exp = experiment()
     import jax
 
+    from activeit_jax import layout
     from activeit_jax.core import io_utils, run_lock
     from activeit_jax.loop import judge
     clients = None
@@ -445,4 +446,4 @@ def main(argv: list[str]) -> None:
                           f"{c['tie']} tie / {c['lose']} lose")
         if FLAGS.report:
             written = reports.write_report(FLAGS.out)
-            print(f"report: {written.get('report.html', os.path.join(FLAGS.out, 'report'))}")
+            print(f"report: {written[layout.REPORT_HTML]}")

@@ -9,6 +9,7 @@ import os
 import pytest
 from test_active_loop import FakeStages, _selected
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib
 from activeit_jax.loop import active_loop, schedule
@@ -158,9 +159,9 @@ def test_category_strategies_draw_inside_the_previous_task_map(tmp_path, sample_
     drawn_inside = filled = 0
     for strategy in ("ambiguous", "easy", "difficult"):
         for iteration in (1, 2):
-            prev = active_loop.iteration_dir(run_dir, 0, strategy, iteration - 1)
+            prev = layout.iteration_dir(run_dir, 0, strategy, iteration - 1)
             category = {r["task"]: r["category"] for r in io_utils.read_jsonl(
-                os.path.join(prev, run_results.SCORES_FILE))}
+                os.path.join(prev, layout.SCORES_FILE))}
             record = _selected(run_dir, 0, strategy, iteration)
             outside = [n for n in record["tasks"] if category[n] != strategy]
             assert record["category_fill"] == outside  # every fill is recorded
@@ -186,7 +187,7 @@ def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_
     active_loop.run_loop(run_dir, config, TaskMapStages(str(sample_data / "niv2")).stages())
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     scores = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0",
-                                              run_results.SCORES_FILE))
+                                              layout.SCORES_FILE))
     expected = []
     for label, key, count in (("cls", "entropy", 2), ("gen", "perplexity", 4)):
         group = sorted((r for r in scores if prepared.tasks[r["task"]].label == label),

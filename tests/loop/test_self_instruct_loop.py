@@ -17,10 +17,11 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib, splits
 from activeit_jax.loop import active_loop, judge as judge_lib, selection
-from activeit_jax.reporting import render as reports, results as run_results
+from activeit_jax.reporting import render as reports
 
 import loop_testlib
 from fake_openai import FakeServer
@@ -105,8 +106,8 @@ def check_chunk_quotas(run_dir, strategies, num_iterations, per_iteration):
     for strategy in strategies:
         remaining = list(prepared.split.pool)
         for iteration in range(1, num_iterations):
-            chosen = _read_json(os.path.join(active_loop.iteration_dir(
-                run_dir, 0, strategy, iteration), run_results.SELECTED_FILE))
+            chosen = _read_json(os.path.join(layout.iteration_dir(
+                run_dir, 0, strategy, iteration), layout.SELECTED_FILE))
             sizes = {}
             for name in remaining:
                 sizes[chunk_of[name]] = sizes.get(chunk_of[name], 0) + 1
@@ -146,7 +147,7 @@ def test_split_holds_out_validation_and_keeps_test_for_evaluation(full_run, test
             trained |= set(_read_json(path))
     assert trained and not trained & set(split.test)
     per_task = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0",
-                                                run_results.PER_TASK_FILE))
+                                                layout.PER_TASK_FILE))
     assert {r["split"] for r in per_task} == {"val", "test"}
     assert sum(r["split"] == "test" for r in per_task) == NUM_TEST
     scored = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0", "scores.jsonl"))
@@ -176,8 +177,8 @@ def test_judge_compares_each_strategy_with_random_and_resumes(full_run, fake_jud
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     test_ids = [i.id for t in prepared.role_tasks("test") for i in t.instances]
     for r in results:
-        it_dir = active_loop.iteration_dir(run_dir, 0, r["strategy"], r["iteration"])
-        ref_dir = active_loop.iteration_dir(run_dir, 0, "random", r["iteration"])
+        it_dir = layout.iteration_dir(run_dir, 0, r["strategy"], r["iteration"])
+        ref_dir = layout.iteration_dir(run_dir, 0, "random", r["iteration"])
         assert r["path"] == os.path.join(it_dir, "judge_vs_random.jsonl")
         ours = {p["id"]: p["prediction"] for p in io_utils.read_jsonl(
             os.path.join(it_dir, "eval_test", "predictions.jsonl"))}
@@ -266,7 +267,7 @@ def test_judge_generates_missing_predictions_and_checks_its_reference(
     fake = FakeStages(str(sample_data / "self_instruct" / "alpaca_sample.json"), test_file)
     run_dir = str(tmp_path / "run")
     active_loop.run_loop(run_dir, config, fake.stages())
-    it_dir = active_loop.iteration_dir(run_dir, 0, "prompt_uncertainty", 1)
+    it_dir = layout.iteration_dir(run_dir, 0, "prompt_uncertainty", 1)
     assert not os.path.exists(os.path.join(it_dir, "eval_test"))
     with pytest.raises(ValueError, match="not one of the run's strategies"):
         active_loop.run_judge(run_dir, config, fake.stages(), None, reference="high_perplexity")
