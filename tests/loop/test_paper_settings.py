@@ -201,8 +201,8 @@ def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_
 
 def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tmp_path,
                                                             capsys):
-    from activeit_jax.commands import run
-    plain = run.build_stages(parse_experiment("demo_tiny.gin", []))
+    from activeit_jax.loop import stages as loop_stages
+    plain = loop_stages.build_stages(parse_experiment("demo_tiny.gin", []))
     data = plain.prepare(0, str(tmp_path / "plain" / "seed_0" / "data"))
     assert set(prepared_lib.label_source_counts(data.summary())) == {"rule"}
     names = sorted(data.tasks)[:4]
@@ -217,7 +217,7 @@ def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tm
         out = tmp_path / path.stem
         capsys.readouterr()
         exp = parse_experiment("demo_tiny.gin", [f'experiment.label_overrides = "{path}"'])
-        got = run.build_stages(exp).prepare(0, str(out / "seed_0" / "data"))
+        got = loop_stages.build_stages(exp).prepare(0, str(out / "seed_0" / "data"))
         for n in data.tasks:
             want = flipped[n] if n in subset else data.tasks[n].label
             assert got.tasks[n].label == want
@@ -230,6 +230,6 @@ def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tm
                 ) in printed
     # A run prepared without overrides refuses to resume with them (and vice versa).
     with pytest.raises(ValueError, match="other label overrides"):
-        run.build_stages(exp).prepare(0, str(tmp_path / "plain" / "seed_0" / "data"))
+        loop_stages.build_stages(exp).prepare(0, str(tmp_path / "plain" / "seed_0" / "data"))
     with pytest.raises(ValueError, match="other label overrides"):
         plain.prepare(0, str(tmp_path / "labels" / "seed_0" / "data"))

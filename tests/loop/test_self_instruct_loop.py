@@ -50,13 +50,13 @@ class FakeStages(loop_testlib.FakeStagesBase):
         self.si_file, self.test_file = si_file, test_file
 
     def prepare(self, seed, out_dir):
-        from activeit_jax.commands import run
+        from activeit_jax.loop import stages as loop_stages
         if os.path.exists(os.path.join(out_dir, "splits.json")):
             return prepared_lib.load_prepared(out_dir)
         data = prepared_lib.prepare_self_instruct(
             self.si_file, test_path=self.test_file, seed=seed,
             quotas=splits.SelfInstructQuotas(NUM_INITIAL))
-        data = run.hold_out_validation(data, NUM_VALIDATION, seed)
+        data = loop_stages.hold_out_validation(data, NUM_VALIDATION, seed)
         prepared_lib.write_prepared(data, out_dir)
         return prepared_lib.load_prepared(out_dir)
 
@@ -352,7 +352,7 @@ def test_self_instruct_train_stage_keeps_the_last_epoch_by_default(
         parse_experiment, tmp_path, monkeypatch, bindings, expect_validation):
     """Alpaca's recipe: the run command's train stage hands the trainer no validation tasks
     (fixed epochs, last kept) unless asked; the evaluate stage still validates."""
-    from activeit_jax.commands import run
+    from activeit_jax.loop import stages as loop_stages
     from activeit_jax.training import config as train_config, trainer
     seen = []
 
@@ -361,7 +361,7 @@ def test_self_instruct_train_stage_keeps_the_last_epoch_by_default(
         return train_config.TrainResult(os.path.join(out_dir, "best"), 0, {}, [], 1)
 
     monkeypatch.setattr(trainer, "train_and_evaluate", fake_train)
-    stages = run.build_stages(parse_experiment("demo_self_instruct.gin", bindings))
+    stages = loop_stages.build_stages(parse_experiment("demo_self_instruct.gin", bindings))
     stages.train(["t1"], ["v1", "v2"], str(tmp_path / "train"))
     assert seen == [["v1", "v2"] if expect_validation else []]
 
