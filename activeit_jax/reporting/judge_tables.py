@@ -39,7 +39,7 @@ def judge_tables(iterations: Iterable[Any]) -> dict[str, list[list[Any]]]:
 
     Args:
       iterations: iteration directories with `.path`, `.strategy`, `.seed` and `.iteration`
-        (`run_results.discover_run`).
+        (`results.discover_run`).
 
     Returns:
       {judge label: rows of `HEADER`}, labels sorted; per-seed rows in the iterations' order,
