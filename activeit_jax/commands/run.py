@@ -63,14 +63,7 @@ from __future__ import annotations
 import gin
 from absl import flags
 
-import activeit_jax.data.configurables  # noqa: F401 (gin registrations)
-import activeit_jax.models  # noqa: F401 (gin registrations)
-import activeit_jax.training.config  # noqa: F401 (gin registrations)
-from activeit_jax import layout, scoring
 from activeit_jax.commands import common
-from activeit_jax.data import splits
-from activeit_jax.loop import active_loop, experiment as experiment_lib, judge, stages
-from activeit_jax.reporting import render
 
 FLAGS = flags.FLAGS
 
@@ -79,28 +72,40 @@ flags.DEFINE_boolean("report", True, "Write the run's report directory when the 
 common.define_gin_flags()
 common.define_distributed_flags()
 
-# gin's `experiment` is the `Experiment` dataclass itself: its parameters are its fields.
-experiment = gin.external_configurable(experiment_lib.Experiment, name="experiment",
-                                       module="activeit_jax.commands.run")
+# The library is imported when the command runs, not when it is loaded: `--help` stays fast
+# and nothing of jax is set up before `jax.distributed` starts.
+EXPERIMENT = "activeit_jax.commands.run.experiment"
 
 
 def _register_configurables() -> None:
-    """Makes the library's plain dataclasses bindable from gin (edges only)."""
-    for cls, module in ((active_loop.LoopConfig, "activeit_jax.loop.active_loop"),
-                        (scoring.ScoreConfig, "activeit_jax.scoring"),
-                        (splits.NIV2Quotas, "activeit_jax.data.splits"),
-                        (splits.SelfInstructQuotas, "activeit_jax.data.splits"),
-                        (judge.JudgeConfig, "activeit_jax.loop.judge")):
+    """Makes the library's plain dataclasses bindable from gin (edges only). gin's
+    `experiment` is the `loop.experiment.Experiment` dataclass itself: its parameters are the
+    dataclass's fields."""
+    import activeit_jax.data.configurables  # noqa: F401 (gin registrations)
+    import activeit_jax.models  # noqa: F401 (gin registrations)
+    import activeit_jax.training.config  # noqa: F401 (gin registrations)
+    from activeit_jax import scoring
+    from activeit_jax.data import splits
+    from activeit_jax.loop import active_loop, experiment, judge
+    for cls, name, module in (
+            (experiment.Experiment, "experiment", "activeit_jax.commands.run"),
+            (active_loop.LoopConfig, None, "activeit_jax.loop.active_loop"),
+            (scoring.ScoreConfig, None, "activeit_jax.scoring"),
+            (splits.NIV2Quotas, None, "activeit_jax.data.splits"),
+            (splits.SelfInstructQuotas, None, "activeit_jax.data.splits"),
+            (judge.JudgeConfig, None, "activeit_jax.loop.judge")):
         try:
-            gin.external_configurable(cls, module=module)
+            gin.external_configurable(cls, name=name, module=module)
         except ValueError:
             pass  # already registered (the command ran before in this process)
 
 
-def configured_experiment() -> experiment_lib.Experiment:
-    """The resolved `Experiment` of the parsed gin config (a `%gin.REQUIRED` binding that
-    nobody filled is named in the error)."""
-    return experiment_lib.resolve(experiment(), is_required=lambda v: v is gin.REQUIRED)
+def configured_experiment():
+    """The resolved `loop.experiment.Experiment` of the parsed gin config (a `%gin.REQUIRED`
+    binding that nobody filled is named in the error)."""
+    from activeit_jax.loop import experiment
+    return experiment.resolve(gin.get_configurable(EXPERIMENT)(),
+                              is_required=lambda value: value is gin.REQUIRED)
 
 
 def main(argv: list[str]) -> None:
@@ -110,6 +115,9 @@ def main(argv: list[str]) -> None:
     _register_configurables()
     common.parse_gin_from_flags()
     exp = configured_experiment()
+    from activeit_jax import layout
+    from activeit_jax.loop import stages
+    from activeit_jax.reporting import render
 
     def report() -> None:
         print(f"report: {render.write_report(FLAGS.out)[layout.REPORT_HTML]}")

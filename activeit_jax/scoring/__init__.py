@@ -110,7 +110,8 @@ resumed run may use another number of hosts: every journal under ``shards/`` cou
 Only the batch composition differs from a single-host run, which changes float rounding, not
 the numbers (compare with ``rel=1e-4``; predictions and categories are identical in practice).
 
-Output files (in ``out_dir``):
+Output files (in ``out_dir``; their names, and where a run of the loop puts this directory:
+`activeit_jax.layout`):
 
 - ``scores.jsonl``: one line per scored task, pool order: index (position in the pool), task,
   prompt_uncertainty, prediction_probability, perplexity, entropy (null unless computed),

@@ -194,9 +194,9 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
       val_tasks: tasks to validate on after each epoch (may be empty: the last epoch is kept).
       vocab: the model's seqio vocabulary.
       config: the run settings.
-      out_dir: run directory: checkpoints/ (orbax manager), best/ (`save_model` layout),
-        best.json, metrics.jsonl, tensorboard/, eval/epoch_<k>_{predictions.jsonl,metrics.json},
-        train_summary.json.
+      out_dir: the trainer's run directory (its files: `activeit_jax.layout`): orbax step
+        checkpoints, the best epoch (`save_model` layout) and its info, metrics, TensorBoard,
+        each epoch's validation predictions and metrics, and the summary, written last.
       init: initial parameters: None (random init from `config.seed`), a checkpoint directory
         (`checkpoints.restore_params` with `model`'s shapes), or a parameter pytree. Ignored
         when resuming.

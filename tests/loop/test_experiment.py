@@ -24,15 +24,18 @@ BOUND_BEFORE = (
 def test_gin_parameters_are_the_dataclass_fields():
     fields = [f.name for f in dataclasses.fields(experiment_lib.Experiment)]
     assert set(BOUND_BEFORE) <= set(fields)
+    run._register_configurables()
     # gin takes its parameters (and their defaults) from the dataclass's constructor.
-    assert issubclass(gin.get_configurable("experiment"), experiment_lib.Experiment)
+    experiment = gin.get_configurable(run.EXPERIMENT)
+    assert issubclass(experiment, experiment_lib.Experiment)
+    assert gin.get_configurable("experiment") is experiment
     assert list(inspect.signature(experiment_lib.Experiment).parameters) == fields
     gin.clear_config()
     try:
-        assert run.experiment() == experiment_lib.Experiment()
+        assert experiment() == experiment_lib.Experiment()
         for k, name in enumerate(fields):  # each binding lands in its field
             gin.bind_parameter(f"experiment.{name}", f"value {k}")
-        spec = run.experiment()
+        spec = experiment()
         assert [getattr(spec, name) for name in fields] == [
             f"value {k}" for k in range(len(fields))]
         with pytest.raises(ValueError, match="no_such_field"):
