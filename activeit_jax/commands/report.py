@@ -3,7 +3,7 @@
     activeit-jax report --run=RUN [--out=RUN/report]
 
 writes results.md, results.csv, curves.png, curves.svg, selected_uncertainty.png and
-report.html (each atomically). The run layout is documented in `activeit_jax/reports.py`.
+report.html (each atomically). The run directory's layout: `activeit_jax/layout.py`.
 """
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ from typing import Any
 import gin
 from absl import flags, logging
 
+from activeit_jax import layout
 from activeit_jax.commands import common
 from activeit_jax.core import io_utils
 from activeit_jax.core.errors import UsageError
@@ -119,7 +120,7 @@ def main(argv: list[str]) -> None:
         model, train_tasks, val_tasks, vocabulary, config, FLAGS.out,
         init_checkpoint=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
     if result.completed:
-        io_utils.atomic_write_text(os.path.join(FLAGS.out, "config.gin"),
+        io_utils.atomic_write_text(os.path.join(FLAGS.out, layout.GIN_CONFIG_FILE),
                                    gin.operative_config_str())
     print(json.dumps({"out": os.path.abspath(FLAGS.out), "completed": result.completed,
                       "final_step": result.final_step, "best_epoch": result.best_epoch,

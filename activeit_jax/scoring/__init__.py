@@ -110,7 +110,8 @@ resumed run may use another number of hosts: every journal under ``shards/`` cou
 Only the batch composition differs from a single-host run, which changes float rounding, not
 the numbers (compare with ``rel=1e-4``; predictions and categories are identical in practice).
 
-Output files (in ``out_dir``):
+Output files (in ``out_dir``; their names, and where a run of the loop puts this directory:
+`activeit_jax.layout`):
 
 - ``scores.jsonl``: one line per scored task, pool order: index (position in the pool), task,
   prompt_uncertainty, prediction_probability, perplexity, entropy (null unless computed),
@@ -148,13 +149,6 @@ from activeit_jax.scoring.formulas import (
                                          task_metrics,
 )
 from activeit_jax.scoring.journal import (
-                                         PROMPTS_FILE,
-                                         RUN_ARGS_FILE,
-                                         SCORES_FILE,
-                                         SHARD_DONE_FILE,
-                                         SHARDS_DIR,
-                                         SKIPPED_FILE,
-                                         SUMMARY_FILE,
                                          ResumeMismatchError,
                                          check_run_args,
                                          finalize,
@@ -175,9 +169,7 @@ from activeit_jax.scoring.row_scorer import PaddingStats, RowScorer
 from activeit_jax.scoring.tokens import cut_generated, is_decoder_only, keep_last_ids, truncate_ids
 
 __all__ = [
-    "EOS_ID", "PAD_ID", "PROMPTS_FILE", "RUN_ARGS_FILE", "SCORES_FILE", "SHARDS_DIR",
-    "SHARD_DONE_FILE", "SKIPPED_FILE", "SUMMARY_FILE", "NonFiniteScoreError", "PaddingStats",
-    "PromptBuilder",
+    "EOS_ID", "PAD_ID", "NonFiniteScoreError", "PaddingStats", "PromptBuilder",
     "ResumeMismatchError", "RowScorer", "ScoreConfig", "ScoreHooks", "ShardInfo", "SkippedTask",
     "TaskPlan", "TaskStub", "bucket_for", "check_run_args", "choose_instances", "cut_generated",
     "default_buckets", "finalize", "finished_tasks", "fingerprint", "is_decoder_only",

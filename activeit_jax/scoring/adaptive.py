@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from activeit_jax import partitioning
+from activeit_jax import layout, partitioning
 from activeit_jax.core import io_utils
 from activeit_jax.scoring import journal
 from activeit_jax.scoring.formulas import prompt_uncertainty, sequence_probability
@@ -314,7 +314,7 @@ def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
     scored = {i for i, _ in usable}
     skipped = [{"index": i, "task": t.name, "reason": getattr(t, "reason", "no instances")}
                for i, t in pool if i not in scored]
-    for name, rows in ((journal.SCORES_FILE, records), (journal.SKIPPED_FILE, skipped)):
+    for name, rows in ((layout.SCORES_FILE, records), (layout.SKIPPED_FILE, skipped)):
         with io_utils.atomic_open(os.path.join(out_dir, name)) as handle:
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return journal.finalize(out_dir, config, extra={

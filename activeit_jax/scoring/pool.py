@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from activeit_jax import partitioning
+from activeit_jax import layout, partitioning
 from activeit_jax.core import distributed, io_utils, profiling, run_lock
 from activeit_jax.core.errors import ActiveITError
 from activeit_jax.data import chat as chat_lib, prompts
@@ -21,10 +21,6 @@ from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.formulas import sequence_probability, task_metrics
 from activeit_jax.scoring.journal import (
-    PROMPTS_FILE,
-    SCORES_FILE,
-    SHARD_DONE_FILE,
-    SKIPPED_FILE,
     append_jsonl_lines,
     check_run_args,
     drop_orphan_prompts,
@@ -154,7 +150,7 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         done = finished_tasks(out_dir)
         distributed.barrier("activeit_score_started")
         if config.save_prompts:
-            drop_orphan_prompts(os.path.join(journal_dir, PROMPTS_FILE), done)
+            drop_orphan_prompts(os.path.join(journal_dir, layout.PROMPTS_FILE), done)
         scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
         _check_scorer(scorer, config)
         # This host's chunks (only the plans' shape sharing depends on it), set on every call:
@@ -173,7 +169,7 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
             # The whole run's work, every session's; this call's under "last_session".
             totals = run_stats.run_totals(out_dir, shard_dirs(out_dir))
             return finalize(out_dir, config, extra={**totals, "last_session": stats})
-        io_utils.atomic_write_json(os.path.join(journal_dir, SHARD_DONE_FILE), {
+        io_utils.atomic_write_json(os.path.join(journal_dir, layout.SHARD_DONE_FILE), {
             "shard": shard.index, "num_shards": shard.num_shards, **session})
         return merge_shards(out_dir, config, shard, stats)
 
@@ -223,7 +219,7 @@ def _open_journal(out_dir: str, args: dict[str, Any], shard: ShardInfo) -> str:
         io_utils.remove_stale_temp_files(out_dir)
     journal_dir = shard_dir(out_dir, shard)
     prepare_run_dir(journal_dir, args)
-    remove_if_exists(os.path.join(journal_dir, SHARD_DONE_FILE))
+    remove_if_exists(os.path.join(journal_dir, layout.SHARD_DONE_FILE))
     return journal_dir
 
 
@@ -271,9 +267,9 @@ class _PoolRun:
         self.done, self.shard, self.hooks, self.bar = done, shard, hooks, bar
         self.journal_dir = journal_dir
         self.session = f"{os.getpid()}-{time.time_ns()}"
-        self.scores_path = os.path.join(journal_dir, SCORES_FILE)
-        self.prompts_path = os.path.join(journal_dir, PROMPTS_FILE)
-        self.skipped_path = os.path.join(journal_dir, SKIPPED_FILE)
+        self.scores_path = os.path.join(journal_dir, layout.SCORES_FILE)
+        self.prompts_path = os.path.join(journal_dir, layout.PROMPTS_FILE)
+        self.skipped_path = os.path.join(journal_dir, layout.SKIPPED_FILE)
         self.counters = {"rows": 0, "unique_rows": 0, "tasks_scored": 0,
                          "chunks_computed": 0, "seconds_wait_decode": 0.0,
                          "seconds_wait_score": 0.0, "seconds_host": 0.0,
@@ -420,9 +416,9 @@ class _PoolRun:
                    else "its instance input (the end of the prompt)")
             logging.warning("task %s: %d of %d instance(s) are longer than max_source_length="
                             "%d, so %s is cut off; its scores describe the truncated prompt "
-                            "(marked truncated_instances in scores.jsonl)", name,
+                            "(marked truncated_instances in %s)", name,
                             plan.truncated, len(plan.instances),
-                            self.config.max_source_length, cut)
+                            self.config.max_source_length, cut, layout.SCORES_FILE)
         record = {"index": plan.index, "task": name, **numbers,
                   "label": getattr(plan.task, "label", "gen"),
                   "n_instances": len(plan.instances),

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from activeit_jax import partitioning
+from activeit_jax import layout, partitioning
 from activeit_jax.core import io_utils
 from activeit_jax.training import inputs as train_data, metrics as metrics_lib, state as ts
 
@@ -109,8 +109,8 @@ def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
       tasks: the evaluation tasks; each contributes its first `max_eval_instances_per_task`.
       vocab: the model's seqio vocabulary.
       config: lengths, `eval_batch_size`, `max_eval_instances_per_task`, mesh and rules.
-      out_dir: when given, writes `metrics.json` (overall / cls / gen / per_task),
-        `per_task_metrics.jsonl` (one line per task) and `predictions.jsonl`, atomically.
+      out_dir: when given, writes the evaluator directory of `activeit_jax.layout` (metrics
+        overall / cls / gen / per_task, per-task metrics, predictions), atomically.
       model: the wrapper to use (default: the checkpoint's config).
       devices: devices of the mesh (default: all).
 
@@ -136,10 +136,10 @@ def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
         model_kind=model_kind_of(model, config))
     if out_dir is not None and jax.process_index() == 0:
         labels = {ex.task_name: ex.label for ex in examples}
-        io_utils.atomic_write_json(os.path.join(out_dir, "metrics.json"), dict(summary))
-        io_utils.atomic_write_text(os.path.join(out_dir, "per_task_metrics.jsonl"), "".join(
+        io_utils.atomic_write_json(os.path.join(out_dir, layout.EVAL_METRICS_FILE), dict(summary))
+        io_utils.atomic_write_text(os.path.join(out_dir, layout.PER_TASK_FILE), "".join(
             json_line({"task": task, "label": labels[task], **scores})
             for task, scores in summary.get("per_task", {}).items()))
-        io_utils.atomic_write_text(os.path.join(out_dir, "predictions.jsonl"),
+        io_utils.atomic_write_text(os.path.join(out_dir, layout.PREDICTIONS_FILE),
                                    "".join(json_line(r) for r in records))
     return summary

@@ -47,7 +47,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from activeit_jax import partitioning
+from activeit_jax import layout, partitioning
 from activeit_jax.core import io_utils, records, run_lock
 from activeit_jax.core.errors import UsageError
 from activeit_jax.models import checkpoints
@@ -61,9 +61,6 @@ from activeit_jax.training.evaluation import (
 )
 from activeit_jax.training.position import TrainPosition
 from activeit_jax.training.run_dir import (
-    BEST_SUBDIR,
-    CHECKPOINT_SUBDIR,
-    SUMMARY_FILE,
     MetricsWriter,
     TrainRunMismatchError,
     check_run_args,
@@ -202,9 +199,9 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
       val_tasks: tasks to validate on after each epoch (may be empty: the last epoch is kept).
       vocab: the model's seqio vocabulary.
       config: the run settings.
-      out_dir: run directory: checkpoints/ (orbax manager), best/ (`save_model` layout),
-        best.json, metrics.jsonl, tensorboard/, eval/epoch_<k>_{predictions.jsonl,metrics.json},
-        train_summary.json.
+      out_dir: the trainer's run directory (its files: `activeit_jax.layout`): orbax step
+        checkpoints, the best epoch (`save_model` layout) and its info, metrics, TensorBoard,
+        each epoch's validation predictions and metrics, and the summary, written last.
       init_checkpoint: the weights the run starts from: a checkpoint directory
         (`checkpoints.restore_params` with `model`'s shapes). Ignored when resuming.
       init_params: or the starting parameters themselves (a pytree of `model`'s shapes),
@@ -240,14 +237,15 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
                     train_data.fingerprint(data.val_examples))
     with run_lock.hold(out_dir, "train", jax.process_index()):
         if jax.process_index() == 0:  # what a killed atomic write left behind
-            for directory in (out_dir, os.path.join(out_dir, "eval")):
+            for directory in (out_dir, os.path.join(out_dir, layout.TRAIN_EVAL_DIR)):
                 io_utils.remove_stale_temp_files(directory)
         recover_best_dir(out_dir)
-        has_checkpoint = bool(os.path.isdir(os.path.join(out_dir, CHECKPOINT_SUBDIR)) and
-                              any(n.isdigit() for n in
-                                  os.listdir(os.path.join(out_dir, CHECKPOINT_SUBDIR))))
+        checkpoints_dir = os.path.join(out_dir, layout.CHECKPOINTS_DIR)
+        has_checkpoint = bool(os.path.isdir(checkpoints_dir) and
+                              any(n.isdigit() for n in os.listdir(checkpoints_dir)))
         check_run_args(out_dir, args, has_checkpoint)
-        if not has_checkpoint and os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
+        if not has_checkpoint and os.path.exists(
+                os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE)):
             return _finished_result(model, out_dir, mesh, rules)
         programs = _train_programs(model, config, mesh, rules, data.total_steps,
                                    tuple((k, v.shape) for k, v in
@@ -264,8 +262,9 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
 def _finished_result(model: Any, out_dir: str, mesh: Mesh, rules: tuple) -> TrainResult:
     """The result of a finished run whose checkpoints are gone (the active loop deletes
     them): read back from train_summary.json and best/, nothing trained or rewritten."""
-    summary = records.read_json(os.path.join(out_dir, SUMMARY_FILE), "training summary")
-    best_dir = os.path.join(out_dir, BEST_SUBDIR)
+    summary = records.read_json(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE),
+                                "training summary")
+    best_dir = os.path.join(out_dir, layout.BEST_DIR)
     logging.info("%s holds this finished run; reloading %s", out_dir, best_dir)
     return TrainResult(
         best_checkpoint_dir=best_dir, best_epoch=summary.get("best_epoch"),
@@ -326,7 +325,8 @@ class _TrainRun:
         self.model, self.vocab, self.config, self.out_dir = model, vocab, config, out_dir
         self.mesh, self.rules, self.data, self.programs = mesh, rules, data, programs
         self.base_rng = jax.random.PRNGKey(config.seed)
-        self.manager = checkpoint_manager(os.path.join(out_dir, CHECKPOINT_SUBDIR), config)
+        self.manager = checkpoint_manager(os.path.join(out_dir, layout.CHECKPOINTS_DIR),
+                                          config)
         self.writer = self.progress = self.decode_fn = None
         self.position = TrainPosition()
 
@@ -362,7 +362,7 @@ class _TrainRun:
                 raise TrainRunMismatchError(
                     f"{self.out_dir} holds a checkpoint of a different run (training data or "
                     f"batch size differ); use a new output directory or delete "
-                    f"{CHECKPOINT_SUBDIR}/")
+                    f"{layout.CHECKPOINTS_DIR}/")
             logging.info("resuming from step %d (epoch %d, step %d in epoch)", latest,
                          self.position.epoch, self.position.step_in_epoch)
             return state, True
@@ -476,7 +476,7 @@ class _TrainRun:
         """The `TrainResult`; a finished run reloads its best parameters and writes
         train_summary.json."""
         position = self.position
-        best_dir = os.path.join(self.out_dir, BEST_SUBDIR)
+        best_dir = os.path.join(self.out_dir, layout.BEST_DIR)
         result = TrainResult(
             best_checkpoint_dir=best_dir if os.path.exists(best_dir) else None,
             best_epoch=position.best_epoch, best_metrics=dict(position.best_metrics),
@@ -488,7 +488,8 @@ class _TrainRun:
         result.params = checkpoints.restore_params(best_dir, self.model,
                                                    self.programs.state_sh.params)
         if jax.process_index() == 0:
-            io_utils.atomic_write_json(os.path.join(self.out_dir, SUMMARY_FILE), {
+            summary_path = os.path.join(self.out_dir, layout.TRAIN_SUMMARY_FILE)
+            io_utils.atomic_write_json(summary_path, {
                 "best_checkpoint_dir": best_dir, "best_epoch": result.best_epoch,
                 "best_metrics": result.best_metrics, "history": result.history,
                 "final_step": result.final_step,

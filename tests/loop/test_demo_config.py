@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from activeit_jax.commands import run
-from activeit_jax.loop import schedule
+from activeit_jax.loop import schedule, stages as loop_stages
 
 
 def _bindings(checkpoint) -> list[str]:
@@ -22,7 +21,7 @@ def test_demo_takes_model_and_tokenizer_from_the_checkpoint(parse_experiment,
     assert exp.quotas.num_initial == 0 and exp.loop.tasks_per_iteration == 6
     assert exp.init_checkpoint == str(smollm2_checkpoint)
     assert exp.train_config.prompt_format == exp.score_config.prompt_format == "auto"
-    stages = run.build_stages(exp)
+    stages = loop_stages.build_stages(exp)
     # Zero-shot iteration 0: nothing to train, the model is the base checkpoint as installed.
     assert stages.train([], [], str(tmp_path / "train")) == str(smollm2_checkpoint)
     assert not (tmp_path / "train").exists()
