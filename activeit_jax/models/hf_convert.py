@@ -388,8 +388,9 @@ def import_hf_model(hf_dir: str | os.PathLike, logical_axis_rules: Any = None) -
 
     Args:
       hf_dir: directory with `config.json` and safetensors weights (single or sharded; else
-        Flax `flax_model.msgpack` weights), and optionally `tokenizer.json` + `tokenizer_config.json` (a decoder's special ids then
-        come from the tokenizer: `hf_configs.model_ids_from_vocabulary`).
+        Flax `flax_model.msgpack` weights), and optionally `tokenizer.json` +
+        `tokenizer_config.json` (a decoder's special ids then come from the tokenizer:
+        `hf_configs.model_ids_from_vocabulary`).
       logical_axis_rules: rules for the returned wrapper (default rules when None).
 
     Returns:
