@@ -95,6 +95,15 @@ def test_spm_ids_match_transformers_sentencepiece_and_llama_cpp(spm_gguf, sp):
     assert vocab.encode(" hi") != vocab.encode("hi")
 
 
+def test_spm_vocabulary_survives_a_checkpoint(tmp_path, spm_gguf):
+    from activeit_jax.data import hf_tokenizer
+    vocab = gguf_convert.import_gguf(spm_gguf).vocabulary
+    vocab.save(tmp_path / "vocab")
+    stored = hf_tokenizer.HFTokenizerVocabulary.load(tmp_path / "vocab")
+    assert stored == vocab and stored.add_bos
+    assert [stored.encode(t) for t in TEXTS] == [vocab.encode(t) for t in TEXTS]
+
+
 def test_spm_space_prefix_and_bos_flags(tmp_path, sp):
     path = lib.write_tiny_llama_gguf(tmp_path / "no-prefix.gguf", lib.spm_vocab(sp),
                                      add_bos=False, add_space_prefix=False)
