@@ -92,7 +92,7 @@ def ours_score(model, params, rows, args) -> tuple[float, float]:
     seconds = time.perf_counter() - start
     flops = 0.0
     for shape in shapes:
-        compiled = scorer._score.lower(params, _abstract_batch(model, shape)).compile()
+        compiled = scorer._score._jitted.lower(params, _abstract_batch(model, shape)).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops += float(cost.get("flops", 0.0)) * shapes[shape]
