@@ -69,7 +69,7 @@ def main(argv: list[str]) -> None:
             model = (checkpoints.import_hf_to_checkpoint(hub.resolve_hf_dir(from_hf), to)
                      if from_hf else
                      checkpoints.import_gguf_to_checkpoint(hub.resolve_gguf_file(from_gguf), to))
-            print(f"converted {source} ({model.kind}, {model.num_params():,} parameters) "
+            print(f"converted {source} ({model.describe()}) "
                   f"-> {to} in {time.monotonic() - started:.1f} s")
         else:
             files = checkpoints.export_checkpoint_to_hf(from_ckpt, to_hf, FLAGS.max_shard_size)

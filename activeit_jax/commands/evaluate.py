@@ -58,6 +58,7 @@ def main(argv: list[str]) -> None:
     common.parse_gin_from_flags()
 
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
     from activeit_jax.training import evaluation, inputs as train_data
 
     EVAL_FLAGS.check_conflicts()
@@ -69,7 +70,8 @@ def main(argv: list[str]) -> None:
     config = dataclasses.replace(config, **overrides)
     vocabulary = vocab_lib.resolve_vocabulary(
         FLAGS.vocab or vocabulary, FLAGS.checkpoint,
-        what="--vocab or a gin binding of train_job.vocabulary")
+        what="--vocab or a gin binding of train_job.vocabulary",
+        decoder_only=checkpoints.is_decoder_only_checkpoint(FLAGS.checkpoint))
     tasks = train_data.read_tasks(FLAGS.tasks, FLAGS.niv2_dir)
     summary = evaluation.evaluate_checkpoint(FLAGS.checkpoint, tasks, vocabulary, config,
                                           FLAGS.out)

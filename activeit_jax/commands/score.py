@@ -250,7 +250,7 @@ def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
     """A chat format needs a chat template: say so in one line before loading weights."""
     from activeit_jax.data import chat as chat_lib
     try:
-        scoring.prompt_formats(config, scoring.is_decoder_only(model),
+        scoring.prompt_formats(config, model.decoder_only,
                                chat_lib.from_vocabulary(vocab) is not None)
     except ValueError as err:
         raise UsageError(f"--prompt_format: {err}") from None
@@ -266,8 +266,7 @@ def main(argv: list[str]) -> None:
 
     from activeit_jax import partitioning
     from activeit_jax.data import vocab as vocab_lib
-    from activeit_jax.models import checkpoints
-    from activeit_jax.training import inputs as train_data
+    from activeit_jax.models import check_vocabulary, checkpoints
     shard = scoring.ShardInfo.of_process()
     # Every argument is checked (and the pool listed) before the run directory is touched.
     config = build_config()
@@ -278,8 +277,9 @@ def main(argv: list[str]) -> None:
     # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
     # sentinels and keeps its own special ids). The scorer only encodes and decodes: a
     # SentencePiece model loads without TensorFlow (`light`), sparing seconds of start-up.
-    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint, light=True)
-    train_data.check_vocabulary(model, vocab, FLAGS.checkpoint)
+    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint, light=True,
+                                         decoder_only=model.decoder_only)
+    check_vocabulary(model, vocab, FLAGS.checkpoint)
     _check_prompt_format(config, model, vocab)
     mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
     setup = time.perf_counter()

@@ -102,10 +102,13 @@ def main(argv: list[str]) -> None:
         raise UsageError("no --init_checkpoint: convert a pretrained model first "
                          "(activeit-jax convert), or set train_job.allow_random_init = True")
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
+
     # The gin vocabulary, else the tokenizer stored with the initial checkpoint.
     vocabulary = vocab_lib.resolve_vocabulary(
         job.vocabulary, init_checkpoint,
-        what="get_vocabulary.path or train_job.vocabulary (gin)")
+        what="get_vocabulary.path or train_job.vocabulary (gin)",
+        decoder_only=checkpoints.is_decoder_only_checkpoint(init_checkpoint))
     model = resolve_model(job.model, init_checkpoint, config.logical_axis_rules)
 
     if FLAGS.self_instruct:

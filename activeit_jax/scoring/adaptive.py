@@ -35,6 +35,7 @@ import numpy as np
 
 from activeit_jax import layout, partitioning
 from activeit_jax.core import io_utils
+from activeit_jax.models import BaseModel
 from activeit_jax.scoring import journal
 from activeit_jax.scoring.formulas import prompt_uncertainty, sequence_probability
 from activeit_jax.scoring.planning import PromptBuilder, SkippedTask
@@ -276,7 +277,7 @@ def score_adaptive(scorer: Any, builder: Any, tasks: Sequence[Any],
     return run_policy(list(plans), builder.config.num_perturbations, fetch, config, labels)
 
 
-def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
+def score_pool_adaptive(model: BaseModel, params, vocab, tasks, out_dir: str, config: Any,
                         policy: AdaptiveConfig, *, mesh=None,
                         run_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`score_pool` with the adaptive budget: the same output files (scores.jsonl with each

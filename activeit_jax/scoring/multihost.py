@@ -11,6 +11,7 @@ import numpy as np
 
 from activeit_jax import layout, partitioning
 from activeit_jax.core import distributed, io_utils
+from activeit_jax.models import BaseModel
 from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.journal import finalize, shard_dirs
@@ -55,7 +56,7 @@ def shard_dir(out_dir: str, shard: ShardInfo) -> str:
     return os.path.join(out_dir, layout.SHARDS_DIR, shard.name)
 
 
-def localize(model, params, mesh):
+def localize(model: BaseModel, params, mesh):
     """This host's share of a multi-host mesh, and `params` gathered and placed on it."""
     import jax
     from jax.experimental import multihost_utils

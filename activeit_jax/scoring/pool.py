@@ -17,6 +17,7 @@ from activeit_jax import layout, partitioning
 from activeit_jax.core import distributed, io_utils, profiling, run_lock
 from activeit_jax.core.errors import ActiveITError
 from activeit_jax.data import chat as chat_lib, prompts
+from activeit_jax.models import BaseModel, SpecialIds, check_vocabulary
 from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.formulas import sequence_probability, task_metrics
@@ -39,8 +40,6 @@ from activeit_jax.scoring.multihost import (
 )
 from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub, prompt_formats
 from activeit_jax.scoring.row_scorer import DEFAULT_POOL_CHUNKS, RowScorer
-from activeit_jax.scoring.tokens import is_decoder_only
-from activeit_jax.training import inputs as train_data
 
 
 class NonFiniteScoreError(ActiveITError):
@@ -76,7 +75,7 @@ class ScoreHooks:
     after_task: Callable[[str, int], None] | None = None
 
 
-def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
+def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: str,
                config: ScoreConfig = ScoreConfig(), *, mesh=None,
                run_args: dict[str, Any] | None = None, total: int | None = None,
                parts_fn: Callable[..., Any] | None = None,
@@ -139,10 +138,9 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
                          f"{out_dir}: give each its ShardInfo (the default)")
     if scorer is None:
         mesh, params = _local_mesh(model, params, mesh)
-    decoder_only = scorer.decoder_only if scorer is not None else is_decoder_only(model)
-    train_data.check_vocabulary(model if scorer is None else scorer.model, vocab)
-    args = _fingerprinted_args(model if scorer is None else scorer.model, vocab, config,
-                               run_args, decoder_only)
+    model = model if scorer is None else scorer.model
+    check_vocabulary(model, vocab)
+    args = _fingerprinted_args(model, vocab, config, run_args)
     with _directory_locks(out_dir, shard):
         journal_dir = _open_journal(out_dir, args, shard)
         # Every journal's torn tail is repaired, and read, before any host appends again.
@@ -151,14 +149,14 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         distributed.barrier("activeit_score_started")
         if config.save_prompts:
             drop_orphan_prompts(os.path.join(journal_dir, layout.PROMPTS_FILE), done)
-        scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
+        scorer = scorer or _make_scorer(model, params, mesh, config)
         _check_scorer(scorer, config)
         # This host's chunks (only the plans' shape sharing depends on it), set on every call:
         # a reused scorer must not plan with an earlier pool's count.
         scorer.pool_chunks = (-(-total // (shard.num_shards * config.tasks_per_chunk)) if total
                               else DEFAULT_POOL_CHUNKS)
-        builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
-                                eos_id=scorer.eos_id)
+        builder = PromptBuilder(vocab, config, parts_fn, render_fn,
+                                decoder_only=scorer.decoder_only, eos_id=scorer.eos_id)
         run = _PoolRun(scorer, builder, config, journal_dir, done, shard, hooks,
                        _progress_bar(progress, shard, total, len(done)))
         stats = run.score(tasks)
@@ -187,13 +185,14 @@ def _directory_locks(out_dir: str, shard: ShardInfo) -> Iterator[None]:
         yield
 
 
-def _fingerprinted_args(model, vocab, config: ScoreConfig, run_args: dict[str, Any] | None,
-                        decoder_only: bool) -> dict[str, Any]:
+def _fingerprinted_args(model: BaseModel, vocab, config: ScoreConfig,
+                        run_args: dict[str, Any] | None) -> dict[str, Any]:
     """The arguments `run_args.json` fingerprints: the caller's, the config's fingerprinted
     fields, the prompt formats (decoder-only, or a format chosen explicitly: an
     encoder-decoder run with the default format keeps its earlier fingerprint) with the hash
     of the chat template they use, and (decoder-only) the model's special ids."""
     args = {**(run_args or {}), **config.fingerprint_args()}
+    decoder_only = model.decoder_only
     chat = chat_lib.from_vocabulary(vocab)
     formats = prompt_formats(config, decoder_only, chat is not None)
     if decoder_only or config.prompt_format != prompts.AUTO:
@@ -201,10 +200,8 @@ def _fingerprinted_args(model, vocab, config: ScoreConfig, run_args: dict[str, A
         if any(prompts.is_chat_format(f) for f in formats.values()):
             args["chat_template_sha256"] = chat.sha256
     if decoder_only:
-        ids = model.config
-        args["special_ids"] = {"pad": int(ids.pad_id),
-                               "bos": None if ids.bos_id is None else int(ids.bos_id),
-                               "eos": int(ids.eos_id)}
+        ids = SpecialIds.of(model)
+        args["special_ids"] = {"pad": ids.pad, "bos": ids.bos, "eos": ids.eos}
     return args
 
 
@@ -233,9 +230,9 @@ def _local_mesh(model, params, mesh):
     return mesh, params
 
 
-def _make_scorer(model, params, mesh, config: ScoreConfig, decoder_only: bool) -> RowScorer:
+def _make_scorer(model: BaseModel, params, mesh, config: ScoreConfig) -> RowScorer:
     """A `RowScorer` with the config's batch sizes, buckets and decoding length."""
-    return RowScorer.from_config(model, params, mesh, config, decoder_only)
+    return RowScorer.from_config(model, params, mesh, config)
 
 
 def _check_scorer(scorer: RowScorer, config: ScoreConfig) -> None:

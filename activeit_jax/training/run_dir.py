@@ -16,7 +16,7 @@ from absl import logging
 from activeit_jax import layout
 from activeit_jax.core import distributed, io_utils, records
 from activeit_jax.core.errors import ActiveITError
-from activeit_jax.models import checkpoints
+from activeit_jax.models import KIND_NAMES, BaseModel, TrainableModel, checkpoints
 from activeit_jax.training import state as ts
 from activeit_jax.training.position import TrainPosition
 
@@ -32,12 +32,19 @@ class TrainRunMismatchError(ActiveITError):
     """The run directory holds another training run (or one of unknown arguments)."""
 
 
-def run_args(model: Any, config: Any, init_checkpoint: str | None, has_init_params: bool,
-             data_fingerprint: str, val_fingerprint: str) -> dict[str, Any]:
+def run_args(model: TrainableModel, config: Any, init_checkpoint: str | None,
+             has_init_params: bool, data_fingerprint: str, val_fingerprint: str
+             ) -> dict[str, Any]:
     """What identifies a training run: the model, the result-changing settings, the initial
     weights (under the key "init", as run_args.json always had it: the checkpoint's absolute
-    path, "given parameters" or "random") and the tokenised training / validation data."""
+    path, "given parameters" or "random") and the tokenised training / validation data.
+
+    The deprecated `config.model_kind` is recorded as unset: the model (its repr, in "model")
+    decides its kind, so the setting changes nothing and a run started with it resumes
+    without it (`check_run_args` also accepts the fingerprints that recorded it).
+    """
     settings = {k: v for k, v in config_dict(config).items() if k not in NOT_FINGERPRINTED}
+    settings["model_kind"] = None
     if init_checkpoint is not None:
         start = os.path.abspath(os.fspath(init_checkpoint))
     elif has_init_params:
@@ -53,6 +60,17 @@ def _fingerprint(args: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _accepted_fingerprints(args: Mapping[str, Any]) -> set[str]:
+    """The fingerprint of `args`, and those an older version wrote for the same run with the
+    (now deprecated) `TrainConfig.model_kind` set: it recorded the name as given."""
+    accepted = {_fingerprint(args)}
+    config = args.get("config")
+    if isinstance(config, Mapping) and config.get("model_kind") is None:
+        for name in KIND_NAMES.values():
+            accepted.add(_fingerprint({**args, "config": {**config, "model_kind": name}}))
+    return accepted
+
+
 def check_run_args(out_dir: str, args: Mapping[str, Any], has_checkpoint: bool) -> None:
     """Checks `out_dir/run_args.json` against `args`, writing it for a new run.
 
@@ -65,7 +83,8 @@ def check_run_args(out_dir: str, args: Mapping[str, Any], has_checkpoint: bool) 
     path = os.path.join(out_dir, layout.RUN_ARGS_FILE)
     if os.path.exists(path):
         previous = records.read_json(path, "run fingerprint")
-        if not isinstance(previous, dict) or previous.get("fingerprint") != _fingerprint(args):
+        if (not isinstance(previous, dict)
+                or previous.get("fingerprint") not in _accepted_fingerprints(args)):
             old = previous.get("args", {}) if isinstance(previous, dict) else {}
             diff = sorted(_differing(old, dict(args)))
             raise TrainRunMismatchError(
@@ -242,7 +261,7 @@ def _move_aside(manager: Any, out_dir: str, step: int) -> str:
     return target
 
 
-def save_best(out_dir: str, model: Any, params: PyTree, info: Mapping[str, Any],
+def save_best(out_dir: str, model: BaseModel, params: PyTree, info: Mapping[str, Any],
               vocab: Any = None) -> str:
     """Writes `out_dir/best` with `checkpoints.save_model` (itself atomic: temp dir + rename;
     the vocabulary stored with it, so later commands need no --vocab) and `out_dir/best.json`

@@ -50,15 +50,16 @@ from jax.sharding import Mesh, NamedSharding
 from activeit_jax import layout, partitioning
 from activeit_jax.core import io_utils, records, run_lock
 from activeit_jax.core.errors import UsageError
-from activeit_jax.models import checkpoints
+from activeit_jax.models import (
+    BatchBuilder,
+    TrainableModel,
+    check_declared_kind,
+    check_vocabulary,
+    checkpoints,
+)
 from activeit_jax.training import inputs as train_data, metrics as metrics_lib, state as ts
 from activeit_jax.training.config import TrainConfig, TrainResult, validation_config
-from activeit_jax.training.evaluation import (
-    encode_eval_tasks,
-    evaluate,
-    make_decode_fn,
-    model_kind_of,
-)
+from activeit_jax.training.evaluation import encode_eval_tasks, evaluate, make_decode_fn
 from activeit_jax.training.position import TrainPosition
 from activeit_jax.training.run_dir import (
     MetricsWriter,
@@ -88,7 +89,7 @@ PyTree = Any
 # The job.
 
 
-def _check_packing(model: Any, config: TrainConfig) -> None:
+def _check_packing(model: TrainableModel, config: TrainConfig) -> None:
     if config.pack and not getattr(model, "supports_packing", False):
         raise NotImplementedError(
             f"pack=True needs a model that reads segment ids and positions "
@@ -134,8 +135,8 @@ def _cached(key: Any, build: Callable[[], Any]) -> Any:
     return _PROGRAMS[key]
 
 
-def _train_programs(model: Any, config: TrainConfig, mesh: Mesh, rules: tuple, total_steps: int,
-                    batch_shapes: tuple) -> _TrainPrograms:
+def _train_programs(model: TrainableModel, config: TrainConfig, mesh: Mesh, rules: tuple,
+                    total_steps: int, batch_shapes: tuple) -> _TrainPrograms:
     schedule_steps = None if config.schedule == "constant" else total_steps
     key = ("train", model, mesh, rules, schedule_steps, batch_shapes, config.optimizer,
            config.learning_rate, config.schedule, config.warmup_steps, config.weight_decay,
@@ -166,7 +167,7 @@ def _train_programs(model: Any, config: TrainConfig, mesh: Mesh, rules: tuple, t
     return _cached(key, build)
 
 
-def _decode_program(model: Any, mesh: Mesh, rules: tuple, max_decode_length: int,
+def _decode_program(model: TrainableModel, mesh: Mesh, rules: tuple, max_decode_length: int,
                     batch_shapes: tuple) -> Callable:
     key = ("decode", model, mesh, rules, max_decode_length, batch_shapes)
 
@@ -180,7 +181,7 @@ def _decode_program(model: Any, mesh: Mesh, rules: tuple, max_decode_length: int
     return _cached(key, build)
 
 
-def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
+def train_and_evaluate(model: TrainableModel, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
                        vocab: Any, config: TrainConfig, out_dir: str, *,
                        init_checkpoint: str | os.PathLike | None = None,
                        init_params: PyTree | None = None,
@@ -194,7 +195,8 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
 
     Args:
       model: an `EncoderDecoderModel` / `DecoderOnlyModel` (init_params, params_logical_axes,
-        loss_fn, greedy_decode).
+        loss_fn, greedy_decode; its `batch_builder` builds every batch). It decides its kind:
+        a `config.model_kind` (deprecated) that contradicts it is refused.
       train_tasks: `data.niv2.Task`s to train on.
       val_tasks: tasks to validate on after each epoch (may be empty: the last epoch is kept).
       vocab: the model's seqio vocabulary.
@@ -214,8 +216,9 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
       A `TrainResult`; `params` holds the best parameters placed on the mesh.
 
     Raises:
-      UsageError: a setting the mesh cannot run, a vocabulary larger than the embedding, or
-        both `init_checkpoint` and `init_params` (checked before anything is written).
+      UsageError: a setting the mesh cannot run, a `model_kind` that contradicts the model,
+        a vocabulary larger than the embedding, or both `init_checkpoint` and `init_params`
+        (checked before anything is written).
       TrainRunMismatchError: `out_dir` holds another run (see `train_io.check_run_args`).
       RunLockedError: another process is training into `out_dir`.
       TrainingDivergedError: a non-finite loss or gradient norm (its step named).
@@ -225,7 +228,8 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
     if init_checkpoint is not None:
         init_checkpoint = os.fspath(init_checkpoint)
     _check_packing(model, config)
-    train_data.check_vocabulary(model, vocab)
+    check_declared_kind(model, config.model_kind, "TrainConfig.model_kind")
+    check_vocabulary(model, vocab)
     rules = resolve_rules(model, config.logical_axis_rules)
     try:
         mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
@@ -259,7 +263,7 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
         return run.result(stopped)
 
 
-def _finished_result(model: Any, out_dir: str, mesh: Mesh, rules: tuple) -> TrainResult:
+def _finished_result(model: TrainableModel, out_dir: str, mesh: Mesh, rules: tuple) -> TrainResult:
     """The result of a finished run whose checkpoints are gone (the active loop deletes
     them): read back from train_summary.json and best/, nothing trained or rewritten."""
     summary = records.read_json(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE),
@@ -282,33 +286,30 @@ class _RunData:
     batcher: train_data.EpochBatcher
     steps_per_epoch: list[int]
     fingerprint: str
-    model_kind: str
-    special: train_data.SpecialIds
+    builder: BatchBuilder
 
     @property
     def total_steps(self) -> int:
         return sum(self.steps_per_epoch)
 
 
-def _encode_run_data(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
+def _encode_run_data(model: TrainableModel, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
                      vocab: Any, config: TrainConfig) -> _RunData:
     """Tokenises the training and validation tasks and builds the epoch batcher."""
-    special = train_data.SpecialIds.of(model, vocab)
-    model_kind = model_kind_of(model, config)
+    builder = model.batch_builder(vocab)
     examples = train_data.encode_tasks(
         train_tasks, vocab, max_instances_per_task=config.max_instances_per_task,
         num_pos_examples=config.num_pos_examples, max_source_length=config.max_source_length,
         max_target_length=config.max_target_length, seed=config.seed,
-        model_kind=model_kind, special_ids=special, prompt_format=config.prompt_format)
+        builder=builder, prompt_format=config.prompt_format)
     batcher = train_data.EpochBatcher(
         examples, config.batch_size, config.seed, source_length=config.max_source_length,
-        target_length=config.max_target_length, model_kind=model_kind, pack=config.pack,
-        length_buckets_per_octave=config.length_buckets_per_octave,
-        special_ids=special)
+        target_length=config.max_target_length, builder=builder, pack=config.pack,
+        length_buckets_per_octave=config.length_buckets_per_octave)
     data = _RunData(examples, encode_eval_tasks(val_tasks, vocab, validation_config(config),
                                                 model), batcher,
                     [batcher.steps_per_epoch(e) for e in range(config.num_epochs)],
-                    train_data.fingerprint(examples), model_kind, special)
+                    train_data.fingerprint(examples), builder)
     logging.info("training on %d examples from %d tasks: %d epochs x %s steps, batch %d",
                  len(examples), len(train_tasks), config.num_epochs, data.steps_per_epoch[0],
                  config.batch_size)
@@ -320,7 +321,8 @@ class _TrainRun:
     validation and checkpoint), and the result. `position` is the checkpointed data position
     and best-epoch record (a `TrainPosition`, replaced as the run advances)."""
 
-    def __init__(self, model: Any, vocab: Any, config: TrainConfig, out_dir: str, mesh: Mesh,
+    def __init__(self, model: TrainableModel, vocab: Any, config: TrainConfig, out_dir: str,
+                 mesh: Mesh,
                  rules: tuple, data: _RunData, programs: _TrainPrograms):
         self.model, self.vocab, self.config, self.out_dir = model, vocab, config, out_dir
         self.mesh, self.rules, self.data, self.programs = mesh, rules, data, programs
@@ -445,7 +447,7 @@ class _TrainRun:
         if self.decode_fn is None:
             eval_sample = train_data.eval_batches(
                 data.val_examples[:1], config.eval_batch_size, config.max_source_length,
-                config.max_target_length, data.model_kind, data.special)[0][0]
+                data.builder)[0][0]
             self.decode_fn = _decode_program(self.model, self.mesh, self.rules, max_decode,
                                              tuple((k, v.shape) for k, v in
                                                    sorted(eval_sample.items())))
@@ -454,8 +456,7 @@ class _TrainRun:
             self.model, state.params, data.val_examples, self.vocab, mesh=self.mesh,
             rules=self.rules, params_shardings=self.programs.state_sh.params,
             batch_size=config.eval_batch_size, source_length=config.max_source_length,
-            target_length=config.max_target_length, max_decode_length=max_decode,
-            model_kind=data.model_kind, decode_fn=self.decode_fn)
+            max_decode_length=max_decode, decode_fn=self.decode_fn)
         flat = metrics_lib.flat_scores(summary)
         self.writer.write(gstep, "eval", {**flat, "epoch": epoch,
                                           "eval_seconds": time.perf_counter() - start})

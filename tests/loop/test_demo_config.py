@@ -15,7 +15,7 @@ def _bindings(checkpoint) -> list[str]:
 def test_demo_takes_model_and_tokenizer_from_the_checkpoint(parse_experiment,
                                                             smollm2_checkpoint, tmp_path):
     exp = parse_experiment("demo.gin", _bindings(smollm2_checkpoint))
-    assert exp.model.kind == "llama" and exp.model.config.num_layers == 30
+    assert exp.model.decoder_only and exp.model.config.num_layers == 30
     assert exp.model.config.bos_id is None  # SmolLM2's tokenizer adds no BOS
     assert exp.vocabulary.chat_template and exp.vocabulary.end_of_turn_id == 2
     assert exp.quotas.num_initial == 0 and exp.loop.tasks_per_iteration == 6

@@ -296,7 +296,7 @@ def _paper_bindings(sample_data):
 def test_alpaca_llama7b_config_is_the_paper_setting(parse_experiment, sample_data):
     exp = parse_experiment("experiments/alpaca_llama7b.gin", _paper_bindings(sample_data))
     cfg = exp.model.config
-    assert exp.model.kind == "llama"
+    assert exp.model.decoder_only  # the model decides the kind: no TrainConfig.model_kind
     assert (cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads) == (
         32000, 4096, 32, 32)
     assert (cfg.pad_id, cfg.bos_id, cfg.eos_id) == (0, 1, 2)
@@ -310,7 +310,7 @@ def test_alpaca_llama7b_config_is_the_paper_setting(parse_experiment, sample_dat
     assert "prompt_uncertainty" in exp.loop.strategies and "random" in exp.loop.strategies
     tc = exp.train_config
     assert (tc.learning_rate, tc.batch_size, tc.num_epochs, tc.model_kind) == (
-        2e-5, 128, 4, "decoder_only")
+        2e-5, 128, 4, None)
     sc = exp.score_config
     assert (sc.num_perturbations, sc.perturbation, dict(sc.perturbation_options)) == (
         20, "drop", {"rate": 0.2})
