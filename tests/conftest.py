@@ -62,8 +62,8 @@ def vocab(sample_data):
 
 @pytest.fixture
 def parse_experiment():
-    """Parses an experiment gin file (looked up in configs/) into `run.Experiment`, with a
-    clean gin state before and after."""
+    """Parses an experiment gin file (looked up in configs/) into a resolved
+    `loop.experiment.Experiment`, with a clean gin state before and after."""
     import gin
 
     def parse(gin_file: str, bindings: list[str]):
@@ -74,7 +74,7 @@ def parse_experiment():
         import activeit_jax.models  # noqa: F401
         import activeit_jax.training.config  # noqa: F401
         gin_utils.parse_gin([gin_file], bindings)
-        return run.experiment()
+        return run.configured_experiment()
 
     gin.clear_config()
     yield parse

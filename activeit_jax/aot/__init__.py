@@ -133,7 +133,7 @@ def _rows_text(program: programs_lib.Program, rows: int, train_config: Any, mesh
                 f"{train_config.num_microbatches})")
     if program.name == "eval_decode":
         return f"fits at eval_batch_size {rows}"
-    length = shape.get("source", shape.get("length"))
+    length = shape.get("source", shape.get("sequence", shape.get("length")))
     if program.name == "score":
         return (f"fits at {rows} rows of {length}: ScoreConfig.batch_tokens <= {rows * length}"
                 f" or batch_size <= {rows}")

@@ -91,19 +91,12 @@ def _full_length_examples(rows: int, source: int, target: int
 def train_batch(model: Any, config: Any, rows: int) -> dict[str, np.ndarray]:
     """A training batch of `rows` full-length rows, built by the trainer's own batcher (so
     packing and length buckets give the features and shapes the run gets)."""
-    kind = _model_kind(model, config)
     batcher = train_data.EpochBatcher(
         _full_length_examples(rows, config.max_source_length, config.max_target_length),
         rows, config.seed, source_length=config.max_source_length,
-        target_length=config.max_target_length, model_kind=kind, pack=config.pack,
-        length_buckets_per_octave=config.length_buckets_per_octave,
-        special_ids=train_data.SpecialIds.of(model))
+        target_length=config.max_target_length, builder=model.batch_builder(), pack=config.pack,
+        length_buckets_per_octave=config.length_buckets_per_octave)
     return batcher.batch(0, 0)
-
-
-def _model_kind(model: Any, config: Any) -> str:
-    from activeit_jax.training import evaluation
-    return evaluation.model_kind_of(model, config)
 
 
 def train_program(model: Any, config: Any, mesh: Mesh, rows: int | None = None) -> Program:
@@ -155,8 +148,7 @@ def eval_decode_program(model: Any, config: Any, mesh: Mesh, rows: int | None = 
     steps = config.max_decode_length or config.max_target_length
     (feats, _), = train_data.eval_batches(
         _full_length_examples(rows, config.max_source_length, config.max_target_length),
-        rows, config.max_source_length, config.max_target_length, _model_kind(model, config),
-        train_data.SpecialIds.of(model))
+        rows, config.max_source_length, model.batch_builder())
     batch = _batch_structs(feats, mesh, rules)
     params = _params(model, mesh, rules)
     fn = evaluation.make_decode_fn(
@@ -193,8 +185,7 @@ def scorer_programs(model: Any, score_config: Any, mesh: Mesh, rules: tuple
     scorer = RowScorer.from_config(model, params, mesh, score_config)
     dp = partitioning.batch_shard_count(mesh, rules)
     programs = []
-    first = scorer.sequence_buckets if scorer.decoder_only else scorer.source_buckets
-    for rows, length in planner_shapes(first, scorer.token_budget, scorer.batch_size, dp):
+    for rows, length in planner_shapes(scorer.score_buckets[0], scorer.token_budget, scorer.batch_size, dp):
         programs.append(_score_program(scorer, params, mesh, rules, rows, length))
     for rows, length in planner_shapes(scorer.decode_source_buckets, scorer.token_budget,
                                        scorer.decode_batch_size, dp):
@@ -204,32 +195,21 @@ def scorer_programs(model: Any, score_config: Any, mesh: Mesh, rules: tuple
 
 def _score_program(scorer: Any, params: PyTree, mesh: Mesh, rules: tuple, rows: int,
                    length: int) -> Program:
-    from activeit_jax.models import make_decoder_only_batch
-    if scorer.decoder_only:
-        batch = make_decoder_only_batch([[3]] * rows, [[3]] * rows, length,
-                                        bos_id=scorer.bos_id, eos_id=scorer.eos_id,
-                                        pad_id=scorer.pad_id)
-        shape = {"rows": rows, "length": length}
-    else:
-        target = scorer.target_buckets[-1]
-        batch = {name: np.zeros((rows, size), np.int32) for name, size in (
-            ("encoder_input_tokens", length), ("decoder_input_tokens", target),
-            ("decoder_target_tokens", target), ("decoder_loss_weights", target))}
-        shape = {"rows": rows, "source": length, "target": target}
+    """The scoring call at `rows` x `length` along the planner's first dimension (any other,
+    T5's target, at its longest bucket), with the model's own batch builder."""
+    builder = scorer.builder
+    shape = (length, *(buckets[-1] for buckets in scorer.score_buckets[1:]))
+    batch = builder.score_batch([([3], [3, builder.ids.eos])] * rows, shape)
     structs = _batch_structs(batch, mesh, rules)
-    return Program("score", scorer.jitted("score"), (params, structs), rules, shape,
+    return Program("score", scorer.jitted("score"), (params, structs), rules,
+                   {"rows": rows, **dict(zip(builder.score_dims, shape))},
                    resize=lambda r: _score_program(scorer, params, mesh, rules, r, length),
                    rows_step=partitioning.batch_shard_count(mesh, rules))
 
 
 def _scorer_decode_program(scorer: Any, params: PyTree, mesh: Mesh, rules: tuple, rows: int,
                            length: int) -> Program:
-    from activeit_jax.models import make_prompt_batch
-    if scorer.decoder_only:
-        batch = make_prompt_batch([[3]] * rows, length, bos_id=scorer.bos_id,
-                                  pad_id=scorer.pad_id)
-    else:
-        batch = {"encoder_input_tokens": np.zeros((rows, length), np.int32)}
+    batch = scorer.builder.decode_batch([[3]] * rows, length)
     structs = _batch_structs(batch, mesh, rules)
     steps = scorer.max_decode_length
     return Program("decode", scorer.jitted("decode"), (params, structs), rules,

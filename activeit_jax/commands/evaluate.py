@@ -26,6 +26,7 @@ import json
 
 from absl import flags
 
+from activeit_jax import layout
 from activeit_jax.commands import common
 from activeit_jax.training import config as train_config
 
@@ -57,11 +58,12 @@ def main(argv: list[str]) -> None:
     common.refuse_outputs_among_inputs(
         {name: FLAGS[name].value for name in ("checkpoint", "tasks", "vocab", "niv2_dir")},
         {"out": FLAGS.out},
-        {"out": ("metrics.json", "per_task_metrics.jsonl", "predictions.jsonl")})
+        {"out": (layout.EVAL_METRICS_FILE, layout.PER_TASK_FILE, layout.PREDICTIONS_FILE)})
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
     from activeit_jax.training import evaluation, inputs as train_data
 
     EVAL_FLAGS.check_conflicts()
@@ -73,7 +75,8 @@ def main(argv: list[str]) -> None:
     config = dataclasses.replace(config, **overrides)
     vocabulary = vocab_lib.resolve_vocabulary(
         FLAGS.vocab or vocabulary, FLAGS.checkpoint,
-        what="--vocab or a gin binding of train_job.vocabulary")
+        what="--vocab or a gin binding of train_job.vocabulary",
+        decoder_only=checkpoints.is_decoder_only_checkpoint(FLAGS.checkpoint))
     tasks = train_data.read_tasks(FLAGS.tasks, FLAGS.niv2_dir)
     summary = evaluation.evaluate_checkpoint(FLAGS.checkpoint, tasks, vocabulary, config,
                                           FLAGS.out)

@@ -63,11 +63,12 @@ def main(argv: list[str]) -> None:
         _fail("give exactly one of --niv2_dir or --self_instruct", 2)
     if not FLAGS.out:
         _fail("--out is required", 2)
+    from activeit_jax import layout
     from activeit_jax.commands import common
     common.refuse_outputs_among_inputs(
         {name: FLAGS[name].value for name in ("niv2_dir", "self_instruct", "self_instruct_test",
                                               "label_overrides", "vocab")},
-        {"out": FLAGS.out}, {"out": ("tasks.jsonl", "splits.json")})
+        {"out": FLAGS.out}, {"out": (layout.TASKS_FILE, layout.SPLITS_FILE)})
 
     # Imported after flag checks: `--help` and usage errors stay fast.
     from activeit_jax.data import labels, prepared, self_instruct, splits

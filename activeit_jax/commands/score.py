@@ -307,7 +307,7 @@ def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
     template must render): said in one line before loading weights, with nothing written."""
     from activeit_jax.data import chat as chat_lib
     try:
-        prompts.check_formats_render(config.prompt_format, scoring.is_decoder_only(model),
+        prompts.check_formats_render(config.prompt_format, model.decoder_only,
                                      chat_lib.from_vocabulary(vocab))
     except UsageError as err:
         raise UsageError(f"--{err}") from None
@@ -315,14 +315,15 @@ def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
 
 def check_paths() -> None:
     """Refuses an --out that is (or would overwrite) one of the inputs."""
-    from activeit_jax.scoring import journal, run_stats
+    from activeit_jax import layout
     common.refuse_outputs_among_inputs(
         {name: FLAGS[name].value for name in ("tasks", "self_instruct", "checkpoint", "vocab",
                                               "niv2_dir")},
         {"out": FLAGS.out},
-        {"out": (journal.SCORES_FILE, journal.PROMPTS_FILE, journal.SKIPPED_FILE,
-                 journal.SUMMARY_FILE, journal.RUN_ARGS_FILE, run_stats.SESSIONS_FILE,
-                 journal.SHARDS_DIR, "taskmap.csv", "taskmap.png", "taskmap.svg")})
+        {"out": (layout.SCORES_FILE, layout.PROMPTS_FILE, layout.SKIPPED_FILE,
+                 layout.SCORE_SUMMARY_FILE, layout.RUN_ARGS_FILE, layout.SESSIONS_FILE,
+                 layout.SHARDS_DIR, layout.TASKMAP_CSV, layout.TASKMAP_PNG,
+                 layout.TASKMAP_SVG)})
 
 
 def main(argv: list[str]) -> None:
@@ -336,8 +337,7 @@ def main(argv: list[str]) -> None:
 
     from activeit_jax import partitioning
     from activeit_jax.data import vocab as vocab_lib
-    from activeit_jax.models import checkpoints
-    from activeit_jax.training import inputs as train_data
+    from activeit_jax.models import check_vocabulary, checkpoints
     shard = scoring.ShardInfo.of_process()
     # Every argument is checked (and the pool listed) before the run directory is touched.
     config = build_config()
@@ -348,8 +348,9 @@ def main(argv: list[str]) -> None:
     # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
     # sentinels and keeps its own special ids). The scorer only encodes and decodes: a
     # SentencePiece model loads without TensorFlow (`light`), sparing seconds of start-up.
-    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint, light=True)
-    train_data.check_vocabulary(model, vocab, FLAGS.checkpoint)
+    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint, light=True,
+                                         decoder_only=model.decoder_only)
+    check_vocabulary(model, vocab, FLAGS.checkpoint)
     _check_prompt_format(config, model, vocab)
     mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
     setup = time.perf_counter()

@@ -34,6 +34,7 @@ from typing import Any
 import gin
 from absl import flags, logging
 
+from activeit_jax import layout
 from activeit_jax.commands import common
 from activeit_jax.core import io_utils
 from activeit_jax.core.errors import UsageError
@@ -79,14 +80,15 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
 
 def check_paths(niv2_dir: str | None, init_checkpoint: str | None) -> None:
     """Refuses an --out that is (or would overwrite) one of the inputs."""
-    from activeit_jax.training import run_dir
+    from activeit_jax import layout
     common.refuse_outputs_among_inputs(
         {"tasks": FLAGS.tasks, "val_tasks": FLAGS.val_tasks, "self_instruct": FLAGS.self_instruct,
          "niv2_dir": niv2_dir, "init_checkpoint": init_checkpoint},
         {"out": FLAGS.out},
-        {"out": (run_dir.CHECKPOINT_SUBDIR, run_dir.BEST_SUBDIR, run_dir.BEST_INFO_FILE,
-                 run_dir.METRICS_FILE, run_dir.SUMMARY_FILE, run_dir.RUN_ARGS_FILE,
-                 run_dir.DAMAGED_SUBDIR, run_dir.EVAL_SUBDIR, "tensorboard", "config.gin")})
+        {"out": (layout.CHECKPOINTS_DIR, layout.BEST_DIR, layout.BEST_INFO_FILE,
+                 layout.TRAIN_METRICS_FILE, layout.TRAIN_SUMMARY_FILE, layout.RUN_ARGS_FILE,
+                 layout.DAMAGED_CHECKPOINTS_DIR, layout.TRAIN_EVAL_DIR, layout.TENSORBOARD_DIR,
+                 layout.GIN_CONFIG_FILE)})
 
 
 def main(argv: list[str]) -> None:
@@ -114,10 +116,13 @@ def main(argv: list[str]) -> None:
         raise UsageError("no --init_checkpoint: convert a pretrained model first "
                          "(activeit-jax convert), or set train_job.allow_random_init = True")
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
+
     # The gin vocabulary, else the tokenizer stored with the initial checkpoint.
     vocabulary = vocab_lib.resolve_vocabulary(
         job.vocabulary, init_checkpoint,
-        what="get_vocabulary.path or train_job.vocabulary (gin)")
+        what="get_vocabulary.path or train_job.vocabulary (gin)",
+        decoder_only=checkpoints.is_decoder_only_checkpoint(init_checkpoint))
     model = resolve_model(job.model, init_checkpoint, config.logical_axis_rules)
 
     if FLAGS.self_instruct:
@@ -132,7 +137,7 @@ def main(argv: list[str]) -> None:
         model, train_tasks, val_tasks, vocabulary, config, FLAGS.out,
         init_checkpoint=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
     if result.completed:
-        io_utils.atomic_write_text(os.path.join(FLAGS.out, "config.gin"),
+        io_utils.atomic_write_text(os.path.join(FLAGS.out, layout.GIN_CONFIG_FILE),
                                    gin.operative_config_str())
     print(json.dumps({"out": os.path.abspath(FLAGS.out), "completed": result.completed,
                       "final_step": result.final_step, "best_epoch": result.best_epoch,

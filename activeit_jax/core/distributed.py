@@ -17,6 +17,8 @@ from typing import Mapping
 import jax
 from absl import logging
 
+from activeit_jax.core import xla_defaults
+
 DEFAULT_PORT = 12355
 
 
@@ -109,16 +111,16 @@ def initialize(config: DistributedConfig, on_tpu_vm: bool | None = None) -> None
 
     Args:
       config: from `resolve_config`.
-      on_tpu_vm: force TPU auto-detection on/off; by default detected from the environment
-        (`TPU_WORKER_HOSTNAMES` / `TPU_ACCELERATOR_TYPE`, set on Cloud TPU VMs).
+      on_tpu_vm: force TPU auto-detection on/off; by default on when a TPU chip is attached
+        to this host (`xla_defaults.tpu_chips_attached`). Not from `TPU_WORKER_HOSTNAMES`:
+        `xla_defaults.quiet_tpu_probe` sets it on machines without a TPU to keep libtpu quiet.
     """
     if config.local_device_count:
         jax.config.update("jax_num_cpu_devices", config.local_device_count)
     if config.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", config.cpu_collectives)
     if on_tpu_vm is None:
-        on_tpu_vm = bool(os.environ.get("TPU_WORKER_HOSTNAMES") or
-                         os.environ.get("TPU_ACCELERATOR_TYPE"))
+        on_tpu_vm = xla_defaults.tpu_chips_attached()
     if not config.is_multi_process:
         if on_tpu_vm and config.num_processes is None:
             jax.distributed.initialize()  # multi-worker TPU slices discover their peers.

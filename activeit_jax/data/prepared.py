@@ -1,11 +1,11 @@
 """`activeit-jax prepare` as a library: read, label, split, cap instances, summarise, write.
 
-A prepared directory holds
-  tasks.jsonl   one task per line (`Task.to_dict()` plus "role"), every task of the experiment
-                (initial, validation, pool, test) with its resolved instances;
-  splits.json   the `ExperimentSplit` (task names per role, chunks, seed, quota note), the
-                summary numbers, and the SHA-256 of tasks.jsonl.
-splits.json is written last and removed first, so its presence means the pair is complete;
+A prepared directory holds two files (names: `activeit_jax.layout`):
+  the tasks file   one task per line (`Task.to_dict()` plus "role"), every task of the
+                   experiment (initial, validation, pool, test) with its resolved instances;
+  the splits file  the `ExperimentSplit` (task names per role, chunks, seed, quota note), the
+                   summary numbers, and the SHA-256 of the tasks file.
+The splits file is written last and removed first, so its presence means the pair is complete;
 `load_prepared` checks the hash.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils, records
 from activeit_jax.data import (
     labels as labels_lib,
@@ -27,9 +28,6 @@ from activeit_jax.data import (
 )
 from activeit_jax.data.errors import DataError, EmptyPoolError, MissingTaskError, SplitError
 from activeit_jax.data.niv2 import Task
-
-TASKS_FILE = "tasks.jsonl"
-SPLITS_FILE = "splits.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +116,7 @@ def label_source_counts(summary: Mapping[str, Any]) -> dict[str, int]:
 
 def stored_label_source_counts(out_dir: str | os.PathLike) -> dict[str, int]:
     """`label_source_counts` of a prepared directory's splits.json (tasks.jsonl is not read)."""
-    meta = records.read_json(os.path.join(out_dir, SPLITS_FILE), "prepared split")
+    meta = records.read_json(os.path.join(out_dir, layout.SPLITS_FILE), "prepared split")
     summary = meta.get("summary") if isinstance(meta, dict) else None
     return label_source_counts(summary if isinstance(summary, dict) else {})
 
@@ -348,7 +346,7 @@ def write_prepared(prepared: PreparedData, out_dir: str | os.PathLike) -> dict[s
         return _write_prepared_files(prepared, out_dir)
     except BaseException:
         if created:  # a failed write leaves no directory behind, only if it made it
-            for name in (SPLITS_FILE, TASKS_FILE):
+            for name in (layout.SPLITS_FILE, layout.TASKS_FILE):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(out_dir, name))
             with contextlib.suppress(OSError):
@@ -357,8 +355,8 @@ def write_prepared(prepared: PreparedData, out_dir: str | os.PathLike) -> dict[s
 
 
 def _write_prepared_files(prepared: PreparedData, out_dir: str) -> dict[str, str]:
-    tasks_path = os.path.join(out_dir, TASKS_FILE)
-    splits_path = os.path.join(out_dir, SPLITS_FILE)
+    tasks_path = os.path.join(out_dir, layout.TASKS_FILE)
+    splits_path = os.path.join(out_dir, layout.SPLITS_FILE)
     role_of = {name: role for role, names in prepared.split.roles().items() for name in names}
     if os.path.exists(splits_path):
         os.remove(splits_path)
@@ -369,7 +367,7 @@ def _write_prepared_files(prepared: PreparedData, out_dir: str) -> dict[str, str
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     io_utils.atomic_write_json(splits_path, {
         **prepared.split.to_dict(),
-        "tasks_file": TASKS_FILE,
+        "tasks_file": layout.TASKS_FILE,
         "tasks_sha256": _sha256(tasks_path),
         "summary": prepared.summary(),
     })
@@ -391,17 +389,17 @@ def load_prepared(out_dir: str | os.PathLike) -> PreparedData:
         not match its recorded hash or lacks a task of the split.
     """
     out_dir = os.fspath(out_dir)
-    splits_path = os.path.join(out_dir, SPLITS_FILE)
+    splits_path = os.path.join(out_dir, layout.SPLITS_FILE)
     if not os.path.exists(splits_path):
-        raise DataError("not a prepared directory (no splits.json; run `activeit-jax prepare`)",
-                        out_dir)
+        raise DataError(f"not a prepared directory (no {layout.SPLITS_FILE}; run `activeit-jax "
+                        "prepare`)", out_dir)
     meta = records.read_json(splits_path, "prepared split")
     if not isinstance(meta, dict):
         raise DataError("expected a JSON object", splits_path)
-    tasks_path = os.path.join(out_dir, meta.get("tasks_file", TASKS_FILE))
+    tasks_path = os.path.join(out_dir, meta.get("tasks_file", layout.TASKS_FILE))
     if not os.path.exists(tasks_path) or _sha256(tasks_path) != meta.get("tasks_sha256"):
-        raise DataError("tasks file missing or changed since splits.json was written",
-                        tasks_path)
+        raise DataError(f"tasks file missing or changed since {layout.SPLITS_FILE} was "
+                        "written", tasks_path)
     tasks = {}
     for record in io_utils.read_jsonl(tasks_path, drop_partial_tail=False):
         record = dict(record)

@@ -3,7 +3,7 @@
 For each seed:
 
 1. The experiment split (initial / validation / pool / test) is drawn with that seed and
-   written to `RUN/seed_{s}/data/` (the data layer's prepared-pool format).
+   written to the seed's data directory (the data layer's prepared-pool format).
 2. Iteration 0 trains a model from the base weights on the initial tasks, evaluates it on the
    validation and test tasks and scores the whole pool. It is shared by all strategies.
 3. For each strategy and iteration i >= 1: the strategy picks the schedule's number of tasks
@@ -13,25 +13,10 @@ For each seed:
    is trained *from the base weights* on the union of everything selected so far, evaluated,
    and (when another iteration follows, or the Task Map is wanted) scores the remaining pool.
 
-Everything lives under one run directory, in the layout `activeit_jax.reporting.render` documents:
-
-    RUN/seed_{s}/data/                prepared split (tasks.jsonl, splits.json)
-    RUN/seed_{s}/iter_0/              shared iteration 0
-    RUN/seed_{s}/{strategy}/iter_{i}/ later iterations
-      selected_tasks.json             tasks added at this iteration
-      train/                          trainer run dir (checkpoints, best/, metrics.jsonl)
-      eval_val/, eval_test/           evaluator outputs (predictions, metrics)
-      per_task_metrics.jsonl          per-task ROUGE-L / exact match of both splits
-      metrics_val.json, metrics_test.json
-      scoring/                        scorer run dir (scores, prompts, task map, summary)
-      scores.jsonl, task_map.png      the scorer's results, for the report
-      DONE                            written last: the iteration is complete
-      judge_vs_{reference}[.{judge}].jsonl
-                                      optional, after the loop (`run_judge`): pairwise LLM-judge
-                                      verdicts of this model against the reference strategy's
-                                      model of the same iteration, on the test tasks, one file
-                                      per judge (the name after the dot; none for a single
-                                      unnamed judge)
+Everything lives under one run directory, in the layout of `activeit_jax.layout` (an
+iteration's selected tasks, its trainer, evaluator and scorer directories, its metrics, the
+scores and Task Map the report reads, and `DONE`, written last). Which process of a multi-host
+run writes which file: `activeit_jax.loop.hosts`.
 
 Each stage is itself resumable (trainer and scorer resume from what they wrote; the small files
 are written atomically), and a stage whose output exists is skipped, so a loop killed at any
@@ -43,9 +28,10 @@ Self-Instruct pools carry output-length chunks (`split.chunks`); each pool task'
 
 After the loop, `run_judge` optionally compares every strategy's model with a reference
 strategy's model (default random) at the same iteration, through one or several LLM judges
-(`activeit_jax.loop.judge`; the paper uses GPT-4 and ChatGPT) on the test tasks (Self-Instruct: the 252 user-oriented instructions).
-The answers compared are the greedy predictions the evaluate stage stored in
-`eval_test/predictions.jsonl`; the judge's results file is resumable item by item.
+(`activeit_jax.loop.judge`; the paper uses GPT-4 and ChatGPT) on the test tasks
+(Self-Instruct: the 252 user-oriented instructions). The answers compared are the greedy
+predictions the evaluate stage stored in the iteration's test evaluator directory; the judge's
+results file is resumable item by item.
 """
 from __future__ import annotations
 
@@ -58,15 +44,12 @@ import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from activeit_jax.core import distributed, io_utils
+from activeit_jax import layout
+from activeit_jax.core import io_utils
 from activeit_jax.core.errors import UsageError
-from activeit_jax.loop import judge as judge_lib, schedule, selection
-from activeit_jax.reporting import results as run_results
+from activeit_jax.loop import hosts, iteration_metrics, judge as judge_lib, schedule, selection
 
 log = logging.getLogger(__name__)
-
-DONE_FILE = "DONE"
-LOOP_CONFIG_FILE = "loop_config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,23 +175,16 @@ class Stages:
       prepare: (seed, out_dir) -> PreparedData; writes/reads the seed's split in out_dir.
       train: (train_tasks, val_tasks, out_dir) -> best checkpoint directory.
       evaluate: (checkpoint_dir, tasks, out_dir) -> per-task records
-        [{"task", "label", "rouge_l", "exact_match", "n_instances"}]; also writes
-        out_dir/predictions.jsonl ({"task", "id", "prediction", ...} per instance), which the
-        judge stage reads.
-      score: (checkpoint_dir, tasks, out_dir) -> None; writes out_dir/scores.jsonl and
-        out_dir/taskmap.png (the scorer's layout).
+        [{"task", "label", "rouge_l", "exact_match", "n_instances"}]; also writes the
+        predictions file of an evaluator directory ({"task", "id", "prediction", ...} per
+        instance), which the judge stage reads.
+      score: (checkpoint_dir, tasks, out_dir) -> None; writes a scorer run directory (its
+        scores and Task Map are copied to the iteration for the report).
     """
     prepare: Callable[[int, str], Any]
     train: Callable[[Sequence[Any], Sequence[Any], str], str]
     evaluate: Callable[[str, Sequence[Any], str], list[dict[str, Any]]]
     score: Callable[[str, Sequence[Any], str], None]
-
-
-def iteration_dir(run_dir: str, seed: int, strategy: str | None, iteration: int) -> str:
-    """Directory of one iteration (iteration 0 is shared by the strategies of a seed)."""
-    if iteration == 0:
-        return os.path.join(run_dir, f"seed_{seed}", "iter_0")
-    return os.path.join(run_dir, f"seed_{seed}", strategy, f"iter_{iteration}")
 
 
 def check_run_config(run_dir: str, config: LoopConfig) -> None:
@@ -217,7 +193,7 @@ def check_run_config(run_dir: str, config: LoopConfig) -> None:
     Seeds and strategies may grow (adding a seed or a strategy to a finished run is a natural
     extension), but everything that changes existing results must stay the same.
     """
-    path = os.path.join(run_dir, LOOP_CONFIG_FILE)
+    path = os.path.join(run_dir, layout.LOOP_CONFIG_FILE)
     current = json.loads(json.dumps(dataclasses.asdict(config)))
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
@@ -233,15 +209,16 @@ def check_run_config(run_dir: str, config: LoopConfig) -> None:
         elif changed:
             raise UsageError(f"{run_dir} was started with different settings {changed}: "
                              f"{ {k: stored.get(k) for k in changed} }; use a new --out")
-    _on_primary("activeit_loop_config", lambda: io_utils.atomic_write_json(path, current))
+    hosts.write_once("activeit_loop_config", lambda: io_utils.atomic_write_json(path, current))
 
 
 def iterations_started(run_dir: str) -> bool:
     """Whether any seed of the run reached iteration 0 (its directory exists)."""
     if not os.path.isdir(run_dir):
         return False
-    return any(name.startswith("seed_") and os.path.isdir(os.path.join(run_dir, name, "iter_0"))
-               for name in os.listdir(run_dir))
+    seeds = [layout.parse_seed_name(name) for name in os.listdir(run_dir)]
+    return any(os.path.isdir(layout.iteration_dir(run_dir, seed, None, 0))
+               for seed in seeds if seed is not None)
 
 
 def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
@@ -273,7 +250,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
                  elapsed, eta)
 
     for seed in config.seeds:
-        prepared = stages.prepare(seed, os.path.join(run_dir, f"seed_{seed}", "data"))
+        prepared = stages.prepare(seed, layout.data_dir(run_dir, seed))
         initial = list(prepared.split.initial)
         pool_names = list(prepared.split.pool)
         validation = prepared.role_tasks("validation")
@@ -282,7 +259,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
                                         config.tasks_per_iteration, config.train_set_sizes,
                                         config.growth_factor, pool_size=len(pool_names))
         # Iteration 0 is shared: the union is just the initial set.
-        iter0 = iteration_dir(run_dir, seed, None, 0)
+        iter0 = layout.iteration_dir(run_dir, seed, None, 0)
         _run_iteration(iter0, selected_now={"tasks": initial, "strategy": "initial"},
                        union=initial, remaining=pool_names, prepared=prepared,
                        validation=validation, test=test, stages=stages,
@@ -293,7 +270,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
             union, remaining, prev_dir = list(initial), list(pool_names), iter0
             iterations = 2 if strategy.selects_all else config.num_iterations
             for iteration in range(1, iterations):
-                it_dir = iteration_dir(run_dir, seed, strategy_name, iteration)
+                it_dir = layout.iteration_dir(run_dir, seed, strategy_name, iteration)
                 chosen = _select(it_dir, prev_dir, strategy_name, remaining, prepared,
                                  budgets[iteration], config, seed, iteration)
                 union = union + chosen["tasks"]
@@ -313,7 +290,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
 def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str], prepared: Any,
             num_tasks: int, config: LoopConfig, seed: int, iteration: int) -> dict[str, Any]:
     """Selects (or re-reads) the tasks added at `iteration`, from the previous scores."""
-    path = os.path.join(it_dir, run_results.SELECTED_FILE)
+    path = os.path.join(it_dir, layout.SELECTED_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -327,18 +304,18 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
     spec = selection.get_strategy(strategy)
     if spec.needs_scores:
         remaining_set = set(remaining)
-        scores_path = os.path.join(prev_dir, run_results.SCORES_FILE)
+        scores_path = os.path.join(prev_dir, layout.SCORES_FILE)
         scores = [r for r in io_utils.read_jsonl(scores_path) if r["task"] in remaining_set]
         absent = [k for k in spec.score_keys if any(r.get(k) is None for r in scores)]
         if absent:
             raise ValueError(f"{scores_path} lacks {absent[0]!r}, which strategy {strategy!r} "
                              f"reads (scored before the strategy joined the run?): remove "
-                             f"{os.path.dirname(scores_path)}/scoring and its scores.jsonl to "
-                             f"rescore, or use a new --out")
+                             f"{os.path.join(prev_dir, layout.SCORING_DIR)} and its "
+                             f"{layout.SCORES_FILE} to rescore, or use a new --out")
     chosen = selection.select(strategy, scores, pool, num_tasks=num_tasks, quota=config.quota,
                               seed=seed, iteration=iteration, label_ratio=config.label_ratio)
     record = chosen.to_json()
-    _on_primary("activeit_loop_select", lambda: io_utils.atomic_write_json(path, record))
+    hosts.write_once("activeit_loop_select", lambda: io_utils.atomic_write_json(path, record))
     return record
 
 
@@ -347,81 +324,63 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
                    test: Sequence[Any], stages: Stages, score_needed: bool, config: LoopConfig,
                    on_stage: Callable[[str, str], None] | None) -> None:
     """Train, evaluate and score one iteration, skipping the stages already done."""
-    if os.path.exists(os.path.join(it_dir, DONE_FILE)):
+    if os.path.exists(os.path.join(it_dir, layout.DONE_FILE)):
         return
     os.makedirs(it_dir, exist_ok=True)
-    selected_path = os.path.join(it_dir, run_results.SELECTED_FILE)
-    # Every host reaches the barrier; only the primary looks at and writes the file.
-    _on_primary("activeit_loop_selected",
-                lambda: os.path.exists(selected_path) or io_utils.atomic_write_json(
-                    selected_path, dict(selected_now)))
+    selected_path = os.path.join(it_dir, layout.SELECTED_FILE)
+    # Every host reaches the barrier; only the writer looks at and writes the file.
+    hosts.write_once("activeit_loop_selected",
+                     lambda: os.path.exists(selected_path) or io_utils.atomic_write_json(
+                         selected_path, dict(selected_now)))
     notify = on_stage or (lambda stage, directory: None)
 
-    train_dir = os.path.join(it_dir, "train")
+    train_dir = os.path.join(it_dir, layout.TRAIN_DIR)
     best = stages.train([prepared.tasks[n] for n in union], validation, train_dir)
     notify("train", it_dir)
 
-    per_task_path = os.path.join(it_dir, run_results.PER_TASK_FILE)
-    if not os.path.exists(per_task_path):
+    if not os.path.exists(os.path.join(it_dir, layout.PER_TASK_FILE)):
         records = []
         for split, tasks in (("val", validation), ("test", test)):
             if tasks:
-                for rec in stages.evaluate(best, tasks, os.path.join(it_dir, f"eval_{split}")):
+                for rec in stages.evaluate(best, tasks, layout.eval_dir(it_dir, split)):
                     records.append({"split": split, **rec})
-        def write_metrics() -> None:
-            io_utils.atomic_write_text(per_task_path, "".join(
-                json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            run_results.write_derived_metrics(it_dir)
-        _on_primary("activeit_loop_metrics", write_metrics)
+        hosts.write_once("activeit_loop_metrics",
+                         lambda: iteration_metrics.write_iteration_metrics(it_dir, records))
     notify("evaluate", it_dir)
 
     if score_needed:
-        scoring_dir = os.path.join(it_dir, "scoring")
+        scoring_dir = os.path.join(it_dir, layout.SCORING_DIR)
         stages.score(best, [prepared.tasks[n] for n in remaining], scoring_dir)
-        def copy_for_report() -> None:
-            # The report reads these two files at the iteration's top level.
-            for source, target in (("scores.jsonl", run_results.SCORES_FILE),
-                                   ("taskmap.png", run_results.TASK_MAP_FILE)):
-                src = os.path.join(scoring_dir, source)
-                if os.path.exists(src):
-                    with open(src, "rb") as handle:
-                        data = handle.read()
-                    with io_utils.atomic_open(os.path.join(it_dir, target), "wb") as out:
-                        out.write(data)
-        _on_primary("activeit_loop_scores", copy_for_report)
+        hosts.write_once("activeit_loop_scores", lambda: _copy_for_report(scoring_dir, it_dir))
         notify("score", it_dir)
 
     def finish() -> None:
         if not config.keep_train_checkpoints:
-            shutil.rmtree(os.path.join(train_dir, "checkpoints"), ignore_errors=True)
-        io_utils.atomic_write_text(os.path.join(it_dir, DONE_FILE), "")
-    _on_primary("activeit_loop_done", finish)
+            shutil.rmtree(os.path.join(train_dir, layout.CHECKPOINTS_DIR), ignore_errors=True)
+        io_utils.atomic_write_text(os.path.join(it_dir, layout.DONE_FILE), "")
+    hosts.write_once("activeit_loop_done", finish)
 
 
-def _on_primary(barrier_name: str, write: Callable[[], None]) -> None:
-    """Runs `write` in process 0 only, then waits for every process.
-
-    Every host runs the loop (training and evaluation are collective on a global mesh) and
-    decides what to skip from the files of the run directory, so the files must be written once
-    and be visible to all hosts before any of them looks again. Every host must reach each
-    call: decisions taken from files (`os.path.exists`) are only made right after a barrier.
-    """
-    if distributed.is_primary():
-        write()
-    distributed.barrier(barrier_name)
+def _copy_for_report(scoring_dir: str, it_dir: str) -> None:
+    """Copies the scorer's scores and Task Map to the iteration's top level, where the report
+    (and the next iteration's selection) reads them."""
+    for source, target in ((layout.SCORES_FILE, layout.SCORES_FILE),
+                           (layout.TASKMAP_PNG, layout.TASK_MAP_FILE)):
+        src = os.path.join(scoring_dir, source)
+        if os.path.exists(src):
+            with open(src, "rb") as handle:
+                data = handle.read()
+            with io_utils.atomic_open(os.path.join(it_dir, target), "wb") as out:
+                out.write(data)
 
 
 # ----------------------------------------------------------------------------------------------
 # Pairwise judge (after the loop).
 
-PREDICTIONS_FILE = os.path.join("eval_test", "predictions.jsonl")
-
-
 def judge_path(it_dir: str, reference: str, judge_name: str | None = None) -> str:
-    """`it_dir/judge_vs_{reference}.{judge_name}.jsonl` (no `.{judge_name}` for None), the
-    file `reports` summarises."""
-    suffix = "" if judge_name is None else f".{judge_lib.check_judge_name(judge_name)}"
-    return os.path.join(it_dir, f"judge_vs_{reference}{suffix}.jsonl")
+    """`layout.judge_file` of a checked judge name (None: an unnamed judge)."""
+    return layout.judge_file(it_dir, reference, None if judge_name is None
+                             else judge_lib.check_judge_name(judge_name))
 
 
 def _num_iterations(strategy: str, config: LoopConfig) -> int:
@@ -431,11 +390,13 @@ def _num_iterations(strategy: str, config: LoopConfig) -> int:
 def _test_predictions(it_dir: str, test: Sequence[Any], stages: Stages,
                       must_exist: bool) -> dict[str, str]:
     """{instance id: prediction} of the test tasks for the model of `it_dir`; runs the evaluate
-    stage on `it_dir/train/best` into `it_dir/eval_test` first when the loop did not store them
-    (evaluate_test=False; the iteration's per_task_metrics.jsonl is left as it is)."""
-    path = os.path.join(it_dir, PREDICTIONS_FILE)
+    stage on the iteration's best checkpoint into its test evaluator directory first when the
+    loop did not store them (evaluate_test=False; the iteration's per-task metrics are left as
+    they are)."""
+    test_dir = layout.eval_dir(it_dir, "test")
+    path = os.path.join(test_dir, layout.PREDICTIONS_FILE)
     if not os.path.exists(path):
-        stages.evaluate(os.path.join(it_dir, "train", "best"), test, os.path.dirname(path))
+        stages.evaluate(os.path.join(it_dir, layout.TRAIN_DIR, layout.BEST_DIR), test, test_dir)
     if not os.path.exists(path):
         if must_exist:
             raise FileNotFoundError(f"{path}: the evaluate stage wrote no predictions, which "
@@ -468,8 +429,8 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
     For every seed, strategy s != `reference` and iteration i >= 1 that both s and the
     reference finished (`DONE`; iteration 0 is shared, so never compared): the two models'
     test predictions are paired by instance id (`judge_items`) and judged with
-    `judge.run_pairwise` by every judge into
-    `seed_{k}/{s}/iter_{i}/judge_vs_{reference}[.{judge}].jsonl`, model A being s. Rerunning
+    `judge.run_pairwise` by every judge into s's iteration directory (`layout.judge_file`),
+    model A being s. Rerunning
     skips the items already judged, so a killed judge stage resumes.
 
     Args:
@@ -507,7 +468,7 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
     notify = on_stage or (lambda stage, directory: None)
     results = []
     for run_seed in config.seeds:
-        prepared = stages.prepare(run_seed, os.path.join(run_dir, f"seed_{run_seed}", "data"))
+        prepared = stages.prepare(run_seed, layout.data_dir(run_dir, run_seed))
         test = prepared.role_tasks("test")
         if not test:
             raise ValueError(f"seed {run_seed}: the judge compares answers on the test tasks, "
@@ -517,9 +478,10 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
                 continue
             last = min(_num_iterations(strategy, config), _num_iterations(reference, config))
             for iteration in range(1, last):
-                it_dir = iteration_dir(run_dir, run_seed, strategy, iteration)
-                ref_dir = iteration_dir(run_dir, run_seed, reference, iteration)
-                if not all(os.path.exists(os.path.join(d, DONE_FILE)) for d in (it_dir, ref_dir)):
+                it_dir = layout.iteration_dir(run_dir, run_seed, strategy, iteration)
+                ref_dir = layout.iteration_dir(run_dir, run_seed, reference, iteration)
+                if not all(os.path.exists(os.path.join(d, layout.DONE_FILE))
+                           for d in (it_dir, ref_dir)):
                     log.warning("judge: %s or %s is not finished; skipped", it_dir, ref_dir)
                     continue
                 ours = _test_predictions(it_dir, test, stages, client is not None)

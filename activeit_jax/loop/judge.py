@@ -11,42 +11,40 @@ three (or names several without leading with one) counts as a tie ("equal") and 
 their position. A run may use several judges (the paper: GPT-4 and ChatGPT), each with its own
 results file and its own Win / Tie / Lose table in the report (`JudgeConfig.name`).
 
-Transport: `POST {base_url}/chat/completions` with `http.client` (stdlib), JSON body
-`{"model", "messages", "temperature", "max_tokens"}`, header `Authorization: Bearer <key>`.
-HTTP 429 / 5xx, deadline overruns and connection errors are retried with exponential backoff;
-other errors raise `JudgeError` at once. Each attempt has a whole-request deadline
-(`timeout_s`: connect, send, headers and body together, so a server trickling its reply byte
-by byte cannot hold the run), and all attempts of one item with their waits are bounded by
-`total_timeout_s`. Redirects are never followed: the key goes to `base_url` and nowhere else
-(a 3xx is an error naming the new address). A reply larger than 1 MiB is refused.
+Transport (`judge_client`): an OpenAI-compatible chat-completions client with bounded,
+jittered retries that honour `Retry-After`, whole-request deadlines, no redirects, and an API
+key that never reaches a log, a file or an exception; its names are re-exported here.
 
-The API key is read from the environment variable named by `JudgeConfig.api_key_env`. It is
-never logged, printed, written to the results file, shown in a repr, or put in an exception
-message: server replies (stored ones included) and quoted error bodies are redacted, and
-exceptions are raised without the original exception attached.
+Concurrency: `run_pairwise` keeps up to `JudgeConfig.concurrency` requests in flight on a
+bounded thread pool (the paper's Self-Instruct setting sends about 38,000 requests: one at a
+time that is half a day to a day). Results are keyed by item id, so the order in which replies
+arrive does not matter; only the calling thread writes the results file.
 
-Results file (JSONL, one line per item, appended and fsynced, so a killed run resumes where it
-stopped): `{"id", "order": "ab"|"ba", "verdict": "a"|"b"|"equal"|"unparsed",
-"winner": "A"|"B"|"tie", "reply"}`; "ab" means model A was shown as Output (a).
+Results file (JSONL, one line per item, appended and fsynced as each reply arrives, so a killed
+run resumes where it stopped, re-asking only the items whose lines were not written):
+`{"id", "order": "ab"|"ba", "verdict": "a"|"b"|"equal"|"unparsed", "winner": "A"|"B"|"tie",
+"reply"}`; "ab" means model A was shown as Output (a).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
-import http.client
-import json
 import logging
 import os
 import re
-import socket
-import threading
 import time
-import urllib.parse
-import urllib.request
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from activeit_jax.core import io_utils, redaction
-from activeit_jax.core.errors import ActiveITError, ConfigError
+from activeit_jax.core import io_utils
+from activeit_jax.loop.judge_client import (  # noqa: F401 (re-exported: one import site)
+    MAX_REPLY_BYTES,
+    ChatClient,
+    ChatCompleter,
+    JudgeConfig,
+    JudgeError,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,264 +68,6 @@ follows the instruction better: correct, helpful, relevant and complete.
 
 Which output is better? Reply with exactly one of: "Output (a)", "Output (b)" or "Equal" (if \
 they are equally good or equally bad). Do not explain."""
-
-_REDACTED = "<redacted>"
-MAX_REPLY_BYTES = 1 << 20  # a chat reply of a few tokens is far below this
-
-
-class JudgeError(ActiveITError, RuntimeError):
-    """A judge request failed (the message never contains the API key)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class JudgeConfig:
-    """Where and how to call the judge (bind it with gin at the edge).
-
-    Attributes:
-      base_url: API root; requests go to `{base_url}/chat/completions`.
-      model: judge model name.
-      api_key_env: name of the environment variable holding the API key.
-      temperature, max_tokens: sampling settings sent with each request.
-      timeout_s: whole-request deadline of one attempt (connect, send, headers and body).
-      max_retries: retries after the first try for 429 / 5xx / deadlines / connection errors.
-      backoff_s: first wait; doubles on each retry, capped at `max_backoff_s`.
-      total_timeout_s: bound on all attempts of one request and the waits between them.
-      name: the judge's label in result file names and the report (letters, digits, ".",
-        "-", "_"); None = `model`.
-
-    Raises:
-      ConfigError: a base_url that is not http(s), or a non-positive time / negative count.
-    """
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4"
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 16
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    backoff_s: float = 2.0
-    max_backoff_s: float = 60.0
-    name: str | None = None
-    total_timeout_s: float = 600.0
-
-    def __post_init__(self):
-        if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https") or \
-                not urllib.parse.urlsplit(self.base_url).hostname:
-            raise ConfigError(f"JudgeConfig.base_url must be an http(s) URL, got "
-                              f"{self.base_url!r}")
-        for name, low in (("timeout_s", 0), ("total_timeout_s", 0), ("max_tokens", 0),
-                          ("max_retries", -1), ("backoff_s", -1), ("max_backoff_s", -1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= low \
-                    or (low < 0 and value < 0):
-                raise ConfigError(f"JudgeConfig.{name} must be a number "
-                                  f"{'> 0' if low == 0 else '>= 0'}, got {value!r}")
-
-
-# What an HTTP header value (the key goes in `Authorization: Bearer <key>`) may hold: API keys
-# are printable ASCII tokens, so anything else is a copy-and-paste accident.
-_KEY_CHARACTER = re.compile(r"[!-~]")
-_CHARACTER_NAMES = {"\r": "a carriage return (\\r)", "\n": "a line feed (\\n)",
-                    "\t": "a tab", " ": "a space", "\ufeff": "a byte-order mark"}
-
-
-def check_api_key(key: str, where: str) -> None:
-    """Refuses an API key that cannot go into an HTTP header, before any request.
-
-    A key copied with a Windows line ending (`sk-...\\r`) used to fail at the first judge
-    request, after the whole loop, as a traceback quoting the header. The message names
-    where the key came from (`where`, e.g. "environment variable 'OPENAI_API_KEY'"), the
-    position and the kind of character, never the key.
-
-    Raises:
-      JudgeError: a character outside printable ASCII (control characters, whitespace,
-        non-ASCII).
-    """
-    for position, char in enumerate(key, 1):
-        if not _KEY_CHARACTER.fullmatch(char):
-            what = _CHARACTER_NAMES.get(char, f"the character U+{ord(char):04X}")
-            raise JudgeError(f"the API key in {where} holds {what} at position {position} of "
-                             f"{len(key)}: an HTTP header cannot carry it (a line ending or "
-                             f"space copied with the key?); set it to the key alone")
-
-
-class ChatCompleter(Protocol):
-    """Anything that turns chat messages into the assistant's reply text."""
-
-    def complete(self, messages: Sequence[Mapping[str, str]]) -> str: ...
-
-
-class _Secret:
-    """Holds a string; its repr and str never show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return _REDACTED
-
-    __str__ = __repr__
-
-
-class ChatClient:
-    """Minimal OpenAI-compatible chat-completions client with bounded retries.
-
-    Args:
-      config: the endpoint, deadline and retry settings.
-      api_key: the key; default `os.environ[config.api_key_env]`.
-      sleep: the wait function between retries (tests pass a no-op).
-      clock: a monotonic clock in seconds (tests pass a fake one with `sleep`).
-    """
-
-    def __init__(self, config: JudgeConfig, api_key: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
-        self.config = config
-        key = os.environ.get(config.api_key_env) if api_key is None else api_key
-        if not key:
-            raise JudgeError(f"no API key: environment variable {config.api_key_env!r} is "
-                             f"unset or empty")
-        redaction.register_secret(key)  # kept off the terminal even if a library quotes it
-        check_api_key(key, f"environment variable {config.api_key_env!r}"
-                      if api_key is None else "api_key")
-        self._key = _Secret(key)
-        self._sleep = sleep
-        self._clock = clock
-
-    def __repr__(self) -> str:
-        return (f"ChatClient(base_url={self.config.base_url!r}, model={self.config.model!r}, "
-                f"api_key={_REDACTED})")
-
-    def redact(self, text: str) -> str:
-        """`text` with the API key (and any bearer token) masked."""
-        text = text.replace(self._key.get(), _REDACTED)
-        return re.sub(r"(?i)(bearer\s+)\S+", r"\1" + _REDACTED, text)
-
-    @property
-    def url(self) -> str:
-        return self.config.base_url.rstrip("/") + "/chat/completions"
-
-    def complete(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """Sends one chat request; returns the first choice's message content, with the key
-        masked should the server have echoed it.
-
-        Raises:
-          JudgeError: a non-retryable HTTP error (a redirect among them), a malformed reply,
-            or retries exhausted (`max_retries` or `total_timeout_s`, whichever comes first).
-        """
-        body = json.dumps({"model": self.config.model, "messages": list(messages),
-                           "temperature": self.config.temperature,
-                           "max_tokens": self.config.max_tokens}).encode("utf-8")
-        start = self._clock()
-        end = start + self.config.total_timeout_s
-        attempt = 0
-        while True:
-            attempt += 1
-            budget = min(self.config.timeout_s, end - self._clock())
-            problem = self._try_once(body, budget)
-            if isinstance(problem, str):
-                # Only the exact key: a "bearer ..." pattern could eat words of a verdict.
-                return problem.replace(self._key.get(), _REDACTED)
-            retryable, message = problem
-            if not retryable:
-                raise JudgeError(message)
-            wait = min(self.config.backoff_s * 2 ** (attempt - 1), self.config.max_backoff_s)
-            left = end - self._clock()
-            if attempt > self.config.max_retries or left <= wait:
-                raise JudgeError(f"{message}; gave up after {attempt} attempt(s) in "
-                                 f"{self._clock() - start:.1f} s")
-            log.warning("judge request failed (%s); retry %d/%d in %.1f s", message,
-                        attempt, self.config.max_retries, wait)
-            self._sleep(wait)
-
-    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-        """A connection to the API host (through the environment's proxy, if any) and the
-        request target to send."""
-        parts = urllib.parse.urlsplit(self.url)
-        https = parts.scheme == "https"
-        port = parts.port or (443 if https else 80)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        proxy = urllib.request.getproxies().get(parts.scheme)
-        if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-            via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            if not https:  # a plain-HTTP proxy takes the absolute URL
-                return http.client.HTTPConnection(via.hostname, via.port or 80,
-                                                  timeout=timeout), self.url
-            conn = http.client.HTTPSConnection(via.hostname, via.port or 80, timeout=timeout)
-            conn.set_tunnel(parts.hostname, port)  # TLS end to end through CONNECT
-            return conn, target
-        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
-        return cls(parts.hostname, port, timeout=timeout), target
-
-    def _try_once(self, body: bytes, budget: float) -> str | tuple[bool, str]:
-        """One request within `budget` seconds: the reply text, or (retryable, redacted
-        error message)."""
-        if budget <= 0:
-            return True, f"no time left for a request to {self.url}"
-        conn, target = self._connection(budget)
-        expired = threading.Event()
-        opened: list[socket.socket] = []  # the response keeps reading it after conn drops it
-
-        def abort() -> None:
-            # Per-socket timeouts restart with every byte; this bounds the whole request.
-            expired.set()
-            for sock in opened:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        timer = threading.Timer(budget, abort)
-        timer.daemon = True
-        timer.start()
-        try:
-            conn.connect()
-            opened.append(conn.sock)
-            if expired.is_set():  # the deadline passed while connecting
-                abort()
-            conn.request("POST", target, body=body, headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {self._key.get()}"})
-            response = conn.getresponse()
-            payload = response.read(MAX_REPLY_BYTES + 1)
-            status, location = response.status, response.getheader("Location", "")
-        except (OSError, http.client.HTTPException) as err:
-            if expired.is_set():
-                return True, (f"no complete reply from {self.url} within the {budget:.1f} s "
-                              f"deadline")
-            return True, self.redact(f"{type(err).__name__} talking to {self.url}: {err}")
-        finally:
-            timer.cancel()
-            conn.close()
-        if expired.is_set():
-            return True, f"no complete reply from {self.url} within the {budget:.1f} s deadline"
-        return self._interpret(status, location, payload)
-
-    def _interpret(self, status: int, location: str, payload: bytes
-                   ) -> str | tuple[bool, str]:
-        """The reply text of a finished response, or (retryable, redacted message)."""
-        snippet = payload[:300].decode("utf-8", "replace").strip()
-        if 300 <= status < 400:
-            return False, self.redact(
-                f"HTTP {status} from {self.url}: a redirect to {location or '(no Location)'}; "
-                f"redirects are not followed, so that the API key goes to base_url only "
-                f"(set JudgeConfig.base_url to the final address)")
-        if status == 429 or status >= 500:
-            return True, self.redact(f"HTTP {status} from {self.url}: {snippet}")
-        if not 200 <= status < 300:
-            return False, self.redact(f"HTTP {status} from {self.url}: {snippet}")
-        if len(payload) > MAX_REPLY_BYTES:
-            return False, f"reply from {self.url} is larger than {MAX_REPLY_BYTES} bytes"
-        try:
-            data = json.loads(payload)
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            return False, self.redact(f"malformed reply from {self.url}: {snippet}")
-        return "" if content is None else str(content)
 
 
 # ----------------------------------------------------------------------------- judging
@@ -438,22 +178,54 @@ def summarize_results(path: str | os.PathLike) -> JudgeSummary:
     return summarize(io_utils.read_jsonl(path))
 
 
+def _judge_one(client: ChatCompleter, item: JudgeItem, seed: int) -> dict[str, Any]:
+    """The results record of one item (asks the judge)."""
+    order = presentation_order(seed, item.id)
+    reply = client.complete(build_messages(item, order))
+    verdict = parse_verdict(reply)
+    return {"id": item.id, "order": order, "verdict": verdict,
+            "winner": winner_of(verdict, order), "reply": reply}
+
+
+def _concurrency_of(client: ChatCompleter, concurrency: int | None) -> int:
+    if concurrency is None:
+        config = getattr(client, "config", None)
+        concurrency = getattr(config, "concurrency", 1) if isinstance(config, JudgeConfig) \
+            else 1
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    return concurrency
+
+
 def run_pairwise(items: Sequence[JudgeItem], client: ChatCompleter,
-                 results_path: str | os.PathLike, seed: int = 0) -> JudgeSummary:
+                 results_path: str | os.PathLike, seed: int = 0,
+                 concurrency: int | None = None) -> JudgeSummary:
     """Judges every item not yet in `results_path`, appending one line per item.
+
+    Up to `concurrency` requests are in flight at once (a bounded pool: the next item is
+    submitted only when one finishes); each finished item's line is appended (and fsynced) by
+    the calling thread alone, in the order replies arrive. When a request fails for good, the
+    items not yet started are dropped, those in flight are finished and written, and the first
+    error is raised: a rerun asks only for what is missing.
 
     Args:
       items: the comparisons; ids must be unique.
-      client: e.g. a `ChatClient`.
+      client: e.g. a `ChatClient` (shared by the worker threads, so thread-safe).
       results_path: the resumable JSONL results file.
       seed: seeds the presentation order (`presentation_order`).
+      concurrency: requests in flight; None = the client's `config.concurrency` (a
+        `ChatClient`), else 1.
 
     Returns:
       The totals over `items` (from model A's perspective).
+
+    Raises:
+      JudgeError: a request failed for good (after the finished items were written).
     """
     ids = [item.id for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("item ids must be unique")
+    workers = _concurrency_of(client, concurrency)
     os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     io_utils.truncate_partial_tail(results_path)
     done = {str(r["id"]): r for r in io_utils.read_jsonl(results_path)}
@@ -461,12 +233,64 @@ def run_pairwise(items: Sequence[JudgeItem], client: ChatCompleter,
     if done:
         log.info("judge: %d item(s) already in %s, %d to go", len(items) - len(todo),
                  os.fspath(results_path), len(todo))
-    for item in todo:
-        order = presentation_order(seed, item.id)
-        reply = client.complete(build_messages(item, order))
-        verdict = parse_verdict(reply)
-        record = {"id": item.id, "order": order, "verdict": verdict,
-                  "winner": winner_of(verdict, order), "reply": reply}
-        io_utils.append_jsonl_line(results_path, record)
-        done[item.id] = record
+    progress = _Progress(len(todo), os.fspath(results_path))
+
+    def record(result: dict[str, Any]) -> None:
+        io_utils.append_jsonl_line(results_path, result)
+        done[result["id"]] = result
+        progress.step()
+
+    if workers == 1 or len(todo) <= 1:
+        for item in todo:
+            record(_judge_one(client, item, seed))
+    else:
+        _judge_concurrently(todo, client, seed, workers, record)
     return summarize([done[i] for i in ids])
+
+
+class _Progress:
+    """A log line every 10% of the items (and at the end) of a long judging run."""
+
+    def __init__(self, total: int, path: str):
+        self.total, self.path, self.count = total, path, 0
+        self.started = time.monotonic()
+        self.every = max(1, total // 10)
+
+    def step(self) -> None:
+        self.count += 1
+        if self.total >= 20 and (self.count % self.every == 0 or self.count == self.total):
+            rate = self.count / max(time.monotonic() - self.started, 1e-9)
+            log.info("judge: %d/%d item(s) judged into %s (%.1f/s)", self.count, self.total,
+                     self.path, rate)
+
+
+def _judge_concurrently(todo: Sequence[JudgeItem], client: ChatCompleter, seed: int,
+                        workers: int, record: Callable[[dict[str, Any]], None]) -> None:
+    """Runs `_judge_one` over `todo` on `workers` threads; `record` is called on this thread
+    for every finished item. The first failure stops new submissions and is raised once the
+    requests in flight have finished (and been recorded)."""
+    pending = iter(todo)
+    failure: BaseException | None = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                               thread_name_prefix="judge") as pool:
+        running = set()
+        for item in pending:
+            running.add(pool.submit(_judge_one, client, item, seed))
+            if len(running) >= workers:
+                break
+        while running:
+            finished, running = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                error = future.exception()
+                if error is not None:
+                    failure = failure or error
+                    continue
+                record(future.result())
+            if failure is None:
+                for item in pending:
+                    running.add(pool.submit(_judge_one, client, item, seed))
+                    if len(running) >= workers:
+                        break
+    if failure is not None:
+        raise failure

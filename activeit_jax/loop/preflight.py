@@ -33,13 +33,9 @@ def check_experiment(exp: Any, out_dir: str) -> None:
 
 def check_prompt_formats(exp: Any) -> None:
     """Renders every prompt format the run's training, evaluation and scoring use, once."""
-    from activeit_jax.scoring.tokens import is_decoder_only
     from activeit_jax.training import inputs as train_data
-    from activeit_jax.training.evaluation import model_kind_of
-    train_data.check_prompts_render(model_kind_of(exp.model, exp.train_config),
-                                    exp.vocabulary, exp.train_config.prompt_format)
-    kind = train_data.DECODER_ONLY if is_decoder_only(exp.model) else train_data.ENCODER_DECODER
-    train_data.check_prompts_render(kind, exp.vocabulary, exp.score_config.prompt_format)
+    for prompt_format in (exp.train_config.prompt_format, exp.score_config.prompt_format):
+        train_data.check_prompts_render(exp.model.decoder_only, exp.vocabulary, prompt_format)
 
 
 def _check_inputs_are_not_the_run_dir(exp: Any, out_dir: str) -> None:

@@ -364,7 +364,8 @@ class Selection:
     category_fill: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The `selected_tasks.json` object (see `activeit_jax/reports.py`)."""
+        """The selected-tasks file's object (`layout.SELECTED_FILE`, read back by
+        `read_task_list` and `reporting.results`)."""
         return {
             "strategy": self.strategy, "quota": self.quota, "seed": self.seed,
             "iteration": self.iteration, "num_tasks": self.num_tasks,

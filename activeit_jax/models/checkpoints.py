@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from activeit_jax.core import distributed, io_utils
 from activeit_jax.core.errors import ActiveITError, one_line
 from activeit_jax.models import gguf_convert, hf_convert
-from activeit_jax.models.wrappers import BaseModel, model_from_dict, model_to_dict
+from activeit_jax.models.wrappers import MODEL_CLASSES, BaseModel, model_from_dict, model_to_dict
 
 CONFIG_NAME = "config.json"
 PARAMS_DIR = "params"
@@ -108,6 +108,25 @@ def read_model(directory: str | os.PathLike, logical_axis_rules: Any = None) -> 
         return model_from_dict(spec, logical_axis_rules)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"bad model config in {path}: {err}") from err
+
+
+def is_decoder_only_checkpoint(directory: str | os.PathLike | None) -> bool:
+    """Whether a checkpoint's config.json names a decoder-only model, without building it.
+
+    For choosing the vocabulary options of a tokenizer given by path (`data.vocab.
+    resolve_vocabulary(decoder_only=...)`) before the model is read; anything unreadable
+    (no directory, no or a damaged config.json, an unknown kind) counts as encoder-decoder,
+    and `read_model` reports it later.
+    """
+    if not directory:
+        return False
+    try:
+        spec = _read_config(os.path.join(os.fspath(directory), CONFIG_NAME))
+    except (OSError, ValueError, CheckpointError):
+        return False
+    kind = spec.get("model_kind")
+    model_cls = MODEL_CLASSES.get(kind) if isinstance(kind, str) else None
+    return bool(model_cls is not None and model_cls.decoder_only)
 
 
 def _read_config(path: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 A Hugging Face directory holds `config.json` and either `model.safetensors` or a sharded
 `model.safetensors.index.json` + `model-0000k-of-0000n.safetensors`. Tensors are read with
 safetensors' NumPy API (bfloat16 tensors, which NumPy cannot name, are read from the
-documented file layout via `ml_dtypes`); pickled `pytorch_model.bin` files are never loaded.
+documented file layout via `ml_dtypes`). A directory without safetensors may hold Flax weights
+(`flax_model.msgpack`, read without unpickling: `flax_msgpack`); pickled `pytorch_model.bin`
+files are never loaded. (`hub.resolve_hf_dir` turns a Hub id into such a directory.)
 
 Weight layout: a PyTorch `nn.Linear` stores `[out, in]`; our kernels are `[in, out]`, and the
 attention projections keep heads as a separate axis (`[embed, heads, kv]`, `[heads, kv, embed]`)
@@ -85,8 +87,8 @@ class SafetensorsReader:
                        if os.path.exists(os.path.join(self.hf_dir, name))]
             hint = (f" (found {pickled[0]}: pickled PyTorch weights are not loaded; re-save the "
                     "model with save_pretrained(..., safe_serialization=True))" if pickled else "")
-            raise ConversionError(f"no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} in "
-                                  f"{self.hf_dir}{hint}")
+            raise ConversionError(f"no {SAFE_WEIGHTS_NAME}, {SAFE_INDEX_NAME} or "
+                                  f"flax_model.msgpack in {self.hf_dir}{hint}")
         for name in files:
             path = os.path.join(self.hf_dir, name)
             if not os.path.exists(path):
@@ -131,6 +133,23 @@ class SafetensorsReader:
                 return handle.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as err:
             raise ConversionError(f"{path}: cannot read tensor {key!r} ({err})") from None
+
+
+def open_hf_weights(hf_dir: str | os.PathLike) -> Any:
+    """The weights of a Hugging Face directory: a `SafetensorsReader`, or, when the directory
+    has no safetensors but Flax weights, a `flax_msgpack.FlaxMsgpackReader` (same interface).
+
+    Raises:
+      ConversionError: no weights in a supported format, or unreadable ones.
+    """
+    from activeit_jax.models import flax_msgpack
+
+    hf_dir = os.fspath(hf_dir)
+    has_safetensors = any(os.path.exists(os.path.join(hf_dir, name))
+                          for name in (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME))
+    if not has_safetensors and flax_msgpack.has_flax_weights(hf_dir):
+        return flax_msgpack.FlaxMsgpackReader(hf_dir)
+    return SafetensorsReader(hf_dir)
 
 
 # -- name/layout tables ---------------------------------------------------------------------
@@ -280,13 +299,14 @@ _IGNORED_PATTERNS = (
 
 # -- import / export ------------------------------------------------------------------------
 
-def params_from_hf(model: BaseModel, reader: SafetensorsReader | Mapping[str, np.ndarray],
+def params_from_hf(model: BaseModel, reader: Any,
                    source: str = "checkpoint") -> dict[str, Any]:
     """Builds our float32 params from Hugging Face tensors.
 
     Args:
       model: the wrapper whose params to build (its config fixes every expected shape).
-      reader: a `SafetensorsReader` or a dict name -> array.
+      reader: a `SafetensorsReader` (or the same interface: `FlaxMsgpackReader`,
+        `gguf_convert.GGUFTensors`) or a dict name -> array.
       source: name used in error messages.
 
     Returns:
@@ -367,9 +387,10 @@ def import_hf_model(hf_dir: str | os.PathLike, logical_axis_rules: Any = None) -
     """Reads a Hugging Face T5 / LLaMA / Qwen2 directory, with its tokenizer when it has one.
 
     Args:
-      hf_dir: directory with `config.json` and safetensors weights (single or sharded), and
-        optionally `tokenizer.json` + `tokenizer_config.json` (a decoder's special ids then
-        come from the tokenizer: `hf_configs.model_ids_from_vocabulary`).
+      hf_dir: directory with `config.json` and safetensors weights (single or sharded; else
+        Flax `flax_model.msgpack` weights), and optionally `tokenizer.json` +
+        `tokenizer_config.json` (a decoder's special ids then come from the tokenizer:
+        `hf_configs.model_ids_from_vocabulary`).
       logical_axis_rules: rules for the returned wrapper (default rules when None).
 
     Returns:
@@ -383,7 +404,7 @@ def import_hf_model(hf_dir: str | os.PathLike, logical_axis_rules: Any = None) -
     hf_config = read_hf_config(hf_dir)
     family = model_family(hf_config)  # fail on an unsupported model before touching weights
     vocabulary = load_hf_tokenizer(hf_dir)
-    reader = SafetensorsReader(hf_dir)
+    reader = open_hf_weights(hf_dir)
     model = model_from_hf_config(hf_config, set(reader.keys()), logical_axis_rules,
                                  vocabulary if family == "llama" else None)
     if vocabulary is not None:

@@ -1,20 +1,19 @@
 """Win / Tie / Lose tables of a run's pairwise-judge files: one table per judge.
 
-Each iteration directory may hold `judge_vs_{reference}.jsonl` (an unnamed judge, shown as
-"judge") and `judge_vs_{reference}.{judge}.jsonl` (a named one: `judge.JudgeConfig.name`, e.g.
-"gpt-4" and "gpt-3.5-turbo"). Strategy names hold no ".", so the first "." ends the reference.
+Each iteration directory may hold judge files (`layout.judge_file`): one of an unnamed judge
+(shown as "judge") and one per named judge (`judge.JudgeConfig.name`, e.g. "gpt-4" and
+"gpt-3.5-turbo").
 A table has one row per (strategy, seed, iteration, reference) and, when several seeds were
 judged, one "all" row per (strategy, iteration, reference) with the counts summed over seeds.
 """
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Iterable, Sequence
 
+from activeit_jax import layout
 from activeit_jax.loop import judge
 
-FILE_RE = re.compile(r"^judge_vs_([^.]+)(?:\.(.+))?\.jsonl$")
 UNNAMED = "judge"
 HEADER = ("Strategy", "Seed", "Iteration", "Versus", "Win", "Tie", "Lose", "Win %")
 
@@ -22,10 +21,11 @@ HEADER = ("Strategy", "Seed", "Iteration", "Versus", "Win", "Tie", "Lose", "Win 
 def parse_file_name(name: str) -> tuple[str, str] | None:
     """(reference strategy, judge label) of a judge results file name, or None for another
     file."""
-    match = FILE_RE.match(name)
-    if not match:
+    parsed = layout.parse_judge_file(name)
+    if parsed is None:
         return None
-    return match.group(1), match.group(2) or UNNAMED
+    reference, judge_name = parsed
+    return reference, judge_name or UNNAMED
 
 
 def _row(strategy: str, seed: Any, iteration: int, reference: str,
@@ -39,7 +39,7 @@ def judge_tables(iterations: Iterable[Any]) -> dict[str, list[list[Any]]]:
 
     Args:
       iterations: iteration directories with `.path`, `.strategy`, `.seed` and `.iteration`
-        (`run_results.discover_run`).
+        (`results.discover_run`).
 
     Returns:
       {judge label: rows of `HEADER`}, labels sorted; per-seed rows in the iterations' order,

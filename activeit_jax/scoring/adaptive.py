@@ -33,14 +33,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from activeit_jax import partitioning
+from activeit_jax import layout, partitioning
 from activeit_jax.core import io_utils, run_lock
 from activeit_jax.core.errors import UsageError
+from activeit_jax.models import BaseModel
 from activeit_jax.scoring import journal
 from activeit_jax.scoring.formulas import prompt_uncertainty, sequence_probability
 from activeit_jax.scoring.planning import PromptBuilder, SkippedTask, check_prompts_render
 from activeit_jax.scoring.row_scorer import RowScorer
-from activeit_jax.scoring.tokens import is_decoder_only
 
 # fetch(requests) -> p: requests maps a task to its perturbation range [lo, hi) (1-based, 0
 # is the unperturbed prompt, only requested with lo = 0); the answer maps it to p [n, hi - lo].
@@ -309,7 +309,7 @@ def score_adaptive(scorer: Any, builder: Any, tasks: Sequence[Any],
     return run_policy(list(plans), builder.config.num_perturbations, fetch, config, labels)
 
 
-def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
+def score_pool_adaptive(model: BaseModel, params, vocab, tasks, out_dir: str, config: Any,
                         policy: AdaptiveConfig, *, mesh=None,
                         run_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`score_pool` with the adaptive budget: the same output files (scores.jsonl with each
@@ -332,7 +332,7 @@ def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
     mesh = mesh or partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
     args = {**(run_args or {}), **config.fingerprint_args(),
             "adaptive": dataclasses.asdict(policy)}
-    check_prompts_render(vocab, config, is_decoder_only(model))
+    check_prompts_render(vocab, config, model.decoder_only)
     with run_lock.hold(out_dir, "score"):  # one process per directory, as `score_pool`
         journal.prepare_run_dir(out_dir, args)
         return _score_and_write(model, params, vocab, tasks, out_dir, config, policy, mesh)
@@ -358,7 +358,7 @@ def _score_and_write(model, params, vocab, tasks, out_dir: str, config: Any,
     scored = {i for i, _ in usable}
     skipped = [{"index": i, "task": t.name, "reason": getattr(t, "reason", "no instances")}
                for i, t in pool if i not in scored]
-    for name, rows in ((journal.SCORES_FILE, records), (journal.SKIPPED_FILE, skipped)):
+    for name, rows in ((layout.SCORES_FILE, records), (layout.SKIPPED_FILE, skipped)):
         with io_utils.atomic_open(os.path.join(out_dir, name)) as handle:
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return journal.finalize(out_dir, config, extra={

@@ -7,8 +7,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from activeit_jax.data import chat as chat_lib, prompts
+from activeit_jax.data.vocab import EOS_ID
 from activeit_jax.scoring import perturbation as perturbation_lib
-from activeit_jax.scoring.config import EOS_ID, ScoreConfig
+from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.tokens import keep_last_ids, truncate_ids
 
 
@@ -90,8 +91,8 @@ class PromptBuilder:
       render_fn: `(parts, fits) -> str` replacing the format's renderer (tests, experiments).
       decoder_only: build decoder-only prompts (prompt ids without special tokens keeping
         their last `max_source_length - 1`, responses ending with `eos_id`); see the package
-        docstring.
-      eos_id: the EOS appended to targets (T5: 1; decoder-only: the model's).
+        docstring. The model's `decoder_only`.
+      eos_id: the EOS appended to targets: the model's (`RowScorer.eos_id`; T5: 1).
     """
 
     def __init__(self, vocab, config: ScoreConfig,

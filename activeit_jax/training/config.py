@@ -64,9 +64,12 @@ class TrainConfig:
         longest row (that many buckets per power of two; each bucket compiles the step once)
         instead of the maximum lengths: the same loss, far fewer padded positions when
         examples are shorter than the maximum. 0 = fixed maximum lengths.
-      model_kind: "encoder_decoder" or "decoder_only" (loss on the response tokens only;
-        sequences of max_source_length + max_target_length tokens); None = from the model
-        (`model.kind == "llama"` is decoder-only).
+      model_kind: deprecated, leave unset: the model decides its kind (`model.decoder_only`;
+        decoder-only: loss on the response tokens only, sequences of max_source_length +
+        max_target_length tokens). Still accepted for one release: "encoder_decoder" or
+        "decoder_only" that agrees with the model prints a deprecation line, one that
+        contradicts it is refused (`models.check_declared_kind`). Fingerprinted as unset
+        (`run_dir.run_args`), so runs started with or without it resume alike.
       prompt_format: "auto" (`prompts.default_prompt_format` per task: Tk-Instruct for T5;
         decoder-only: Tk-Instruct for NIV2 and Alpaca for Self-Instruct, inside the model's
         chat template when its vocabulary has one) or one of `prompts.PROMPT_FORMATS`; used
@@ -106,7 +109,7 @@ class TrainConfig:
     log_every_steps: int = 10
     pack: bool = False
     length_buckets_per_octave: int = 0
-    model_kind: str | None = None
+    model_kind: str | None = None  # deprecated: the model decides
     prompt_format: str = "auto"
     tensorboard: bool = True
     progress_bar: bool = True

@@ -12,12 +12,13 @@ from jax.sharding import Mesh, NamedSharding
 from activeit_jax import partitioning
 from activeit_jax.core.errors import ActiveITError, UsageError
 from activeit_jax.data import prompts
-from activeit_jax.training import inputs as train_data, state as ts
+from activeit_jax.models import TrainableModel
+from activeit_jax.training import state as ts
 
 PyTree = Any
 
 
-def resolve_rules(model: Any, rules: Sequence[tuple[str, Any]] | None
+def resolve_rules(model: TrainableModel, rules: Sequence[tuple[str, Any]] | None
                   ) -> tuple[tuple[str, Any], ...]:
     """`rules`, else the model's own `logical_axis_rules`, else the default table."""
     if rules is None:
@@ -56,7 +57,7 @@ def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int,
     return out
 
 
-def loss_and_grads(model: Any, params: PyTree, batch: Mapping[str, jax.Array],
+def loss_and_grads(model: TrainableModel, params: PyTree, batch: Mapping[str, jax.Array],
                    dropout_rng: jax.Array | None, num_microbatches: int = 1,
                    mesh: Mesh | None = None, grad_shardings: PyTree | None = None,
                    rules: Sequence[tuple[str, Any]] | None = None
@@ -109,7 +110,7 @@ def loss_and_grads(model: Any, params: PyTree, batch: Mapping[str, jax.Array],
     return loss_sum, num_tokens, grads
 
 
-def make_train_step(model: Any, optimizer: optax.GradientTransformation,
+def make_train_step(model: TrainableModel, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, mesh: Mesh,
                     state_shardings: ts.TrainState, batch_sharding: Mapping[str, NamedSharding],
                     num_microbatches: int = 1, use_dropout: bool = True,
@@ -224,7 +225,8 @@ def validate_config(config: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | 
                     ) -> None:
     """Checks a `TrainConfig` against the mesh: batch sizes divide by the number of batch
     shards (`partitioning.batch_shard_count` under `rules`: data x fsdp by default) and
-    microbatches, and the model kind is known."""
+    microbatches. (The deprecated `model_kind` is checked against the model:
+    `models.check_declared_kind`.)"""
     shards = partitioning.batch_shard_count(mesh, rules)
     per = config.num_microbatches * shards
     if config.num_microbatches < 1 or config.batch_size % per:
@@ -235,5 +237,3 @@ def validate_config(config: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | 
     if config.eval_batch_size % shards:
         raise UsageError(f"eval_batch_size {config.eval_batch_size} must be divisible by the "
                          f"batch's mesh shards ({shards}: data*fsdp under the default rules)")
-    if config.model_kind not in (None, train_data.ENCODER_DECODER, train_data.DECODER_ONLY):
-        raise UsageError(f"unknown model_kind {config.model_kind!r}")

@@ -47,23 +47,21 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from activeit_jax import partitioning
+from activeit_jax import layout, partitioning
 from activeit_jax.core import io_utils, records, run_lock
 from activeit_jax.core.errors import UsageError
-from activeit_jax.models import checkpoints
+from activeit_jax.models import (
+    BatchBuilder,
+    TrainableModel,
+    check_declared_kind,
+    check_vocabulary,
+    checkpoints,
+)
 from activeit_jax.training import inputs as train_data, metrics as metrics_lib, state as ts
 from activeit_jax.training.config import TrainConfig, TrainResult, validation_config
-from activeit_jax.training.evaluation import (
-    encode_eval_tasks,
-    evaluate,
-    make_decode_fn,
-    model_kind_of,
-)
+from activeit_jax.training.evaluation import encode_eval_tasks, evaluate, make_decode_fn
 from activeit_jax.training.position import TrainPosition
 from activeit_jax.training.run_dir import (
-    BEST_SUBDIR,
-    CHECKPOINT_SUBDIR,
-    SUMMARY_FILE,
     MetricsWriter,
     TrainRunMismatchError,
     check_run_args,
@@ -91,7 +89,7 @@ PyTree = Any
 # The job.
 
 
-def _check_packing(model: Any, config: TrainConfig) -> None:
+def _check_packing(model: TrainableModel, config: TrainConfig) -> None:
     if config.pack and not getattr(model, "supports_packing", False):
         raise NotImplementedError(
             f"pack=True needs a model that reads segment ids and positions "
@@ -137,8 +135,8 @@ def _cached(key: Any, build: Callable[[], Any]) -> Any:
     return _PROGRAMS[key]
 
 
-def _train_programs(model: Any, config: TrainConfig, mesh: Mesh, rules: tuple, total_steps: int,
-                    batch_shapes: tuple) -> _TrainPrograms:
+def _train_programs(model: TrainableModel, config: TrainConfig, mesh: Mesh, rules: tuple,
+                    total_steps: int, batch_shapes: tuple) -> _TrainPrograms:
     schedule_steps = None if config.schedule == "constant" else total_steps
     key = ("train", model, mesh, rules, schedule_steps, batch_shapes, config.optimizer,
            config.learning_rate, config.schedule, config.warmup_steps, config.weight_decay,
@@ -169,7 +167,7 @@ def _train_programs(model: Any, config: TrainConfig, mesh: Mesh, rules: tuple, t
     return _cached(key, build)
 
 
-def _decode_program(model: Any, mesh: Mesh, rules: tuple, max_decode_length: int,
+def _decode_program(model: TrainableModel, mesh: Mesh, rules: tuple, max_decode_length: int,
                     batch_shapes: tuple) -> Callable:
     key = ("decode", model, mesh, rules, max_decode_length, batch_shapes)
 
@@ -183,7 +181,7 @@ def _decode_program(model: Any, mesh: Mesh, rules: tuple, max_decode_length: int
     return _cached(key, build)
 
 
-def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
+def train_and_evaluate(model: TrainableModel, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
                        vocab: Any, config: TrainConfig, out_dir: str, *,
                        init_checkpoint: str | os.PathLike | None = None,
                        init_params: PyTree | None = None,
@@ -197,14 +195,15 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
 
     Args:
       model: an `EncoderDecoderModel` / `DecoderOnlyModel` (init_params, params_logical_axes,
-        loss_fn, greedy_decode).
+        loss_fn, greedy_decode; its `batch_builder` builds every batch). It decides its kind:
+        a `config.model_kind` (deprecated) that contradicts it is refused.
       train_tasks: `data.niv2.Task`s to train on.
       val_tasks: tasks to validate on after each epoch (may be empty: the last epoch is kept).
       vocab: the model's seqio vocabulary.
       config: the run settings.
-      out_dir: run directory: checkpoints/ (orbax manager), best/ (`save_model` layout),
-        best.json, metrics.jsonl, tensorboard/, eval/epoch_<k>_{predictions.jsonl,metrics.json},
-        train_summary.json.
+      out_dir: the trainer's run directory (its files: `activeit_jax.layout`): orbax step
+        checkpoints, the best epoch (`save_model` layout) and its info, metrics, TensorBoard,
+        each epoch's validation predictions and metrics, and the summary, written last.
       init_checkpoint: the weights the run starts from: a checkpoint directory
         (`checkpoints.restore_params` with `model`'s shapes). Ignored when resuming.
       init_params: or the starting parameters themselves (a pytree of `model`'s shapes),
@@ -217,8 +216,9 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
       A `TrainResult`; `params` holds the best parameters placed on the mesh.
 
     Raises:
-      UsageError: a setting the mesh cannot run, a vocabulary larger than the embedding, or
-        both `init_checkpoint` and `init_params` (checked before anything is written).
+      UsageError: a setting the mesh cannot run, a `model_kind` that contradicts the model,
+        a vocabulary larger than the embedding, or both `init_checkpoint` and `init_params`
+        (checked before anything is written).
       TrainRunMismatchError: `out_dir` holds another run (see `train_io.check_run_args`).
       RunLockedError: another process is training into `out_dir`.
       TrainingDivergedError: a non-finite loss or gradient norm (its step named).
@@ -228,27 +228,29 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
     if init_checkpoint is not None:
         init_checkpoint = os.fspath(init_checkpoint)
     _check_packing(model, config)
-    train_data.check_vocabulary(model, vocab)
+    check_declared_kind(model, config.model_kind, "TrainConfig.model_kind")
+    check_vocabulary(model, vocab)
     rules = resolve_rules(model, config.logical_axis_rules)
     try:
         mesh = partitioning.make_mesh(config.mesh_shape, devices=devices)
     except ValueError as err:
         raise UsageError(f"TrainConfig.mesh_shape: {err}") from None
     validate_config(config, mesh, rules)
-    train_data.check_prompts_render(model_kind_of(model, config), vocab, config.prompt_format)
+    train_data.check_prompts_render(model.decoder_only, vocab, config.prompt_format)
     data = _encode_run_data(model, train_tasks, val_tasks, vocab, config)
     args = run_args(model, config, init_checkpoint, init_params is not None, data.fingerprint,
                     train_data.fingerprint(data.val_examples))
     with run_lock.hold(out_dir, "train", jax.process_index()):
         if jax.process_index() == 0:  # what a killed atomic write left behind
-            for directory in (out_dir, os.path.join(out_dir, "eval")):
+            for directory in (out_dir, os.path.join(out_dir, layout.TRAIN_EVAL_DIR)):
                 io_utils.remove_stale_temp_files(directory)
         recover_best_dir(out_dir)
-        has_checkpoint = bool(os.path.isdir(os.path.join(out_dir, CHECKPOINT_SUBDIR)) and
-                              any(n.isdigit() for n in
-                                  os.listdir(os.path.join(out_dir, CHECKPOINT_SUBDIR))))
+        checkpoints_dir = os.path.join(out_dir, layout.CHECKPOINTS_DIR)
+        has_checkpoint = bool(os.path.isdir(checkpoints_dir) and
+                              any(n.isdigit() for n in os.listdir(checkpoints_dir)))
         check_run_args(out_dir, args, has_checkpoint)
-        if not has_checkpoint and os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
+        if not has_checkpoint and os.path.exists(
+                os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE)):
             return _finished_result(model, out_dir, mesh, rules)
         programs = _train_programs(model, config, mesh, rules, data.total_steps,
                                    tuple((k, v.shape) for k, v in
@@ -262,11 +264,12 @@ def train_and_evaluate(model: Any, train_tasks: Sequence[Any], val_tasks: Sequen
         return run.result(stopped)
 
 
-def _finished_result(model: Any, out_dir: str, mesh: Mesh, rules: tuple) -> TrainResult:
+def _finished_result(model: TrainableModel, out_dir: str, mesh: Mesh, rules: tuple) -> TrainResult:
     """The result of a finished run whose checkpoints are gone (the active loop deletes
     them): read back from train_summary.json and best/, nothing trained or rewritten."""
-    summary = records.read_json(os.path.join(out_dir, SUMMARY_FILE), "training summary")
-    best_dir = os.path.join(out_dir, BEST_SUBDIR)
+    summary = records.read_json(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE),
+                                "training summary")
+    best_dir = os.path.join(out_dir, layout.BEST_DIR)
     logging.info("%s holds this finished run; reloading %s", out_dir, best_dir)
     return TrainResult(
         best_checkpoint_dir=best_dir, best_epoch=summary.get("best_epoch"),
@@ -284,33 +287,30 @@ class _RunData:
     batcher: train_data.EpochBatcher
     steps_per_epoch: list[int]
     fingerprint: str
-    model_kind: str
-    special: train_data.SpecialIds
+    builder: BatchBuilder
 
     @property
     def total_steps(self) -> int:
         return sum(self.steps_per_epoch)
 
 
-def _encode_run_data(model: Any, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
+def _encode_run_data(model: TrainableModel, train_tasks: Sequence[Any], val_tasks: Sequence[Any],
                      vocab: Any, config: TrainConfig) -> _RunData:
     """Tokenises the training and validation tasks and builds the epoch batcher."""
-    special = train_data.SpecialIds.of(model, vocab)
-    model_kind = model_kind_of(model, config)
+    builder = model.batch_builder(vocab)
     examples = train_data.encode_tasks(
         train_tasks, vocab, max_instances_per_task=config.max_instances_per_task,
         num_pos_examples=config.num_pos_examples, max_source_length=config.max_source_length,
         max_target_length=config.max_target_length, seed=config.seed,
-        model_kind=model_kind, special_ids=special, prompt_format=config.prompt_format)
+        builder=builder, prompt_format=config.prompt_format)
     batcher = train_data.EpochBatcher(
         examples, config.batch_size, config.seed, source_length=config.max_source_length,
-        target_length=config.max_target_length, model_kind=model_kind, pack=config.pack,
-        length_buckets_per_octave=config.length_buckets_per_octave,
-        special_ids=special)
+        target_length=config.max_target_length, builder=builder, pack=config.pack,
+        length_buckets_per_octave=config.length_buckets_per_octave)
     data = _RunData(examples, encode_eval_tasks(val_tasks, vocab, validation_config(config),
                                                 model), batcher,
                     [batcher.steps_per_epoch(e) for e in range(config.num_epochs)],
-                    train_data.fingerprint(examples), model_kind, special)
+                    train_data.fingerprint(examples), builder)
     logging.info("training on %d examples from %d tasks: %d epochs x %s steps, batch %d",
                  len(examples), len(train_tasks), config.num_epochs, data.steps_per_epoch[0],
                  config.batch_size)
@@ -322,12 +322,14 @@ class _TrainRun:
     validation and checkpoint), and the result. `position` is the checkpointed data position
     and best-epoch record (a `TrainPosition`, replaced as the run advances)."""
 
-    def __init__(self, model: Any, vocab: Any, config: TrainConfig, out_dir: str, mesh: Mesh,
+    def __init__(self, model: TrainableModel, vocab: Any, config: TrainConfig, out_dir: str,
+                 mesh: Mesh,
                  rules: tuple, data: _RunData, programs: _TrainPrograms):
         self.model, self.vocab, self.config, self.out_dir = model, vocab, config, out_dir
         self.mesh, self.rules, self.data, self.programs = mesh, rules, data, programs
         self.base_rng = jax.random.PRNGKey(config.seed)
-        self.manager = checkpoint_manager(os.path.join(out_dir, CHECKPOINT_SUBDIR), config)
+        self.manager = checkpoint_manager(os.path.join(out_dir, layout.CHECKPOINTS_DIR),
+                                          config)
         self.writer = self.progress = self.decode_fn = None
         self.position = TrainPosition()
 
@@ -363,7 +365,7 @@ class _TrainRun:
                 raise TrainRunMismatchError(
                     f"{self.out_dir} holds a checkpoint of a different run (training data or "
                     f"batch size differ); use a new output directory or delete "
-                    f"{CHECKPOINT_SUBDIR}/")
+                    f"{layout.CHECKPOINTS_DIR}/")
             logging.info("resuming from step %d (epoch %d, step %d in epoch)", latest,
                          self.position.epoch, self.position.step_in_epoch)
             return state, True
@@ -446,7 +448,7 @@ class _TrainRun:
         if self.decode_fn is None:
             eval_sample = train_data.eval_batches(
                 data.val_examples[:1], config.eval_batch_size, config.max_source_length,
-                config.max_target_length, data.model_kind, data.special)[0][0]
+                data.builder)[0][0]
             self.decode_fn = _decode_program(self.model, self.mesh, self.rules, max_decode,
                                              tuple((k, v.shape) for k, v in
                                                    sorted(eval_sample.items())))
@@ -455,8 +457,7 @@ class _TrainRun:
             self.model, state.params, data.val_examples, self.vocab, mesh=self.mesh,
             rules=self.rules, params_shardings=self.programs.state_sh.params,
             batch_size=config.eval_batch_size, source_length=config.max_source_length,
-            target_length=config.max_target_length, max_decode_length=max_decode,
-            model_kind=data.model_kind, decode_fn=self.decode_fn)
+            max_decode_length=max_decode, decode_fn=self.decode_fn)
         flat = metrics_lib.flat_scores(summary)
         self.writer.write(gstep, "eval", {**flat, "epoch": epoch,
                                           "eval_seconds": time.perf_counter() - start})
@@ -477,7 +478,7 @@ class _TrainRun:
         """The `TrainResult`; a finished run reloads its best parameters and writes
         train_summary.json."""
         position = self.position
-        best_dir = os.path.join(self.out_dir, BEST_SUBDIR)
+        best_dir = os.path.join(self.out_dir, layout.BEST_DIR)
         result = TrainResult(
             best_checkpoint_dir=best_dir if os.path.exists(best_dir) else None,
             best_epoch=position.best_epoch, best_metrics=dict(position.best_metrics),
@@ -489,7 +490,8 @@ class _TrainRun:
         result.params = checkpoints.restore_params(best_dir, self.model,
                                                    self.programs.state_sh.params)
         if jax.process_index() == 0:
-            io_utils.atomic_write_json(os.path.join(self.out_dir, SUMMARY_FILE), {
+            summary_path = os.path.join(self.out_dir, layout.TRAIN_SUMMARY_FILE)
+            io_utils.atomic_write_json(summary_path, {
                 "best_checkpoint_dir": best_dir, "best_epoch": result.best_epoch,
                 "best_metrics": result.best_metrics, "history": result.history,
                 "final_step": result.final_step,

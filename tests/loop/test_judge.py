@@ -28,7 +28,7 @@ def sleeps():
 
 def _client(server, sleeps, key=KEY, **overrides):
     settings = dict(base_url=server.base_url, model="judge-model", max_retries=3,
-                    backoff_s=0.5, timeout_s=5.0)
+                    backoff_s=0.5, timeout_s=5.0, jitter=0.0)  # exact waits to compare
     config = JudgeConfig(**{**settings, **overrides})
     return ChatClient(config, api_key=key, sleep=sleeps.append)
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib
 from activeit_jax.loop import active_loop, schedule
@@ -157,9 +158,9 @@ def test_category_strategies_draw_inside_the_previous_task_map(tmp_path, sample_
     drawn_inside = filled = 0
     for strategy in ("ambiguous", "easy", "difficult"):
         for iteration in (1, 2):
-            prev = active_loop.iteration_dir(run_dir, 0, strategy, iteration - 1)
+            prev = layout.iteration_dir(run_dir, 0, strategy, iteration - 1)
             category = {r["task"]: r["category"] for r in io_utils.read_jsonl(
-                os.path.join(prev, run_results.SCORES_FILE))}
+                os.path.join(prev, layout.SCORES_FILE))}
             record = _selected(run_dir, 0, strategy, iteration)
             outside = [n for n in record["tasks"] if category[n] != strategy]
             assert record["category_fill"] == outside  # every fill is recorded
@@ -185,7 +186,7 @@ def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_
     active_loop.run_loop(run_dir, config, TaskMapStages(str(sample_data / "niv2")).stages())
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     scores = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0",
-                                              run_results.SCORES_FILE))
+                                              layout.SCORES_FILE))
     expected = []
     for label, key, count in (("cls", "entropy", 2), ("gen", "perplexity", 4)):
         group = sorted((r for r in scores if prepared.tasks[r["task"]].label == label),
@@ -199,8 +200,8 @@ def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_
 
 def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tmp_path,
                                                             capsys):
-    from activeit_jax.commands import run
-    plain = run.build_stages(parse_experiment("demo_tiny.gin", []))
+    from activeit_jax.loop import stages as loop_stages
+    plain = loop_stages.build_stages(parse_experiment("demo_tiny.gin", []))
     data = plain.prepare(0, str(tmp_path / "plain" / "seed_0" / "data"))
     assert set(prepared_lib.label_source_counts(data.summary())) == {"rule"}
     names = sorted(data.tasks)[:4]
@@ -215,7 +216,7 @@ def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tm
         out = tmp_path / path.stem
         capsys.readouterr()
         exp = parse_experiment("demo_tiny.gin", [f'experiment.label_overrides = "{path}"'])
-        got = run.build_stages(exp).prepare(0, str(out / "seed_0" / "data"))
+        got = loop_stages.build_stages(exp).prepare(0, str(out / "seed_0" / "data"))
         for n in data.tasks:
             want = flipped[n] if n in subset else data.tasks[n].label
             assert got.tasks[n].label == want
@@ -228,6 +229,6 @@ def test_run_takes_label_overrides_and_counts_their_sources(parse_experiment, tm
                 ) in printed
     # A run prepared without overrides refuses to resume with them (and vice versa).
     with pytest.raises(ValueError, match="other label overrides"):
-        run.build_stages(exp).prepare(0, str(tmp_path / "plain" / "seed_0" / "data"))
+        loop_stages.build_stages(exp).prepare(0, str(tmp_path / "plain" / "seed_0" / "data"))
     with pytest.raises(ValueError, match="other label overrides"):
         plain.prepare(0, str(tmp_path / "labels" / "seed_0" / "data"))

@@ -16,10 +16,11 @@ import sys
 
 import pytest
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib, splits
 from activeit_jax.loop import active_loop, judge as judge_lib, selection
-from activeit_jax.reporting import render as reports, results as run_results
+from activeit_jax.reporting import render as reports
 from tests import loop_testlib
 from tests.conftest import REPO_ROOT
 from tests.fake_openai import FakeServer
@@ -48,13 +49,13 @@ class FakeStages(loop_testlib.FakeStagesBase):
         self.si_file, self.test_file = si_file, test_file
 
     def prepare(self, seed, out_dir):
-        from activeit_jax.commands import run
+        from activeit_jax.loop import stages as loop_stages
         if os.path.exists(os.path.join(out_dir, "splits.json")):
             return prepared_lib.load_prepared(out_dir)
         data = prepared_lib.prepare_self_instruct(
             self.si_file, test_path=self.test_file, seed=seed,
             quotas=splits.SelfInstructQuotas(NUM_INITIAL))
-        data = run.hold_out_validation(data, NUM_VALIDATION, seed)
+        data = loop_stages.hold_out_validation(data, NUM_VALIDATION, seed)
         prepared_lib.write_prepared(data, out_dir)
         return prepared_lib.load_prepared(out_dir)
 
@@ -104,8 +105,8 @@ def check_chunk_quotas(run_dir, strategies, num_iterations, per_iteration):
     for strategy in strategies:
         remaining = list(prepared.split.pool)
         for iteration in range(1, num_iterations):
-            chosen = _read_json(os.path.join(active_loop.iteration_dir(
-                run_dir, 0, strategy, iteration), run_results.SELECTED_FILE))
+            chosen = _read_json(os.path.join(layout.iteration_dir(
+                run_dir, 0, strategy, iteration), layout.SELECTED_FILE))
             sizes = {}
             for name in remaining:
                 sizes[chunk_of[name]] = sizes.get(chunk_of[name], 0) + 1
@@ -145,7 +146,7 @@ def test_split_holds_out_validation_and_keeps_test_for_evaluation(full_run, test
             trained |= set(_read_json(path))
     assert trained and not trained & set(split.test)
     per_task = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0",
-                                                run_results.PER_TASK_FILE))
+                                                layout.PER_TASK_FILE))
     assert {r["split"] for r in per_task} == {"val", "test"}
     assert sum(r["split"] == "test" for r in per_task) == NUM_TEST
     scored = io_utils.read_jsonl(os.path.join(run_dir, "seed_0", "iter_0", "scores.jsonl"))
@@ -175,8 +176,8 @@ def test_judge_compares_each_strategy_with_random_and_resumes(full_run, fake_jud
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     test_ids = [i.id for t in prepared.role_tasks("test") for i in t.instances]
     for r in results:
-        it_dir = active_loop.iteration_dir(run_dir, 0, r["strategy"], r["iteration"])
-        ref_dir = active_loop.iteration_dir(run_dir, 0, "random", r["iteration"])
+        it_dir = layout.iteration_dir(run_dir, 0, r["strategy"], r["iteration"])
+        ref_dir = layout.iteration_dir(run_dir, 0, "random", r["iteration"])
         assert r["path"] == os.path.join(it_dir, "judge_vs_random.jsonl")
         ours = {p["id"]: p["prediction"] for p in io_utils.read_jsonl(
             os.path.join(it_dir, "eval_test", "predictions.jsonl"))}
@@ -265,7 +266,7 @@ def test_judge_generates_missing_predictions_and_checks_its_reference(
     fake = FakeStages(str(sample_data / "self_instruct" / "alpaca_sample.json"), test_file)
     run_dir = str(tmp_path / "run")
     active_loop.run_loop(run_dir, config, fake.stages())
-    it_dir = active_loop.iteration_dir(run_dir, 0, "prompt_uncertainty", 1)
+    it_dir = layout.iteration_dir(run_dir, 0, "prompt_uncertainty", 1)
     assert not os.path.exists(os.path.join(it_dir, "eval_test"))
     with pytest.raises(ValueError, match="not one of the run's strategies"):
         active_loop.run_judge(run_dir, config, fake.stages(), None, reference="high_perplexity")
@@ -295,7 +296,7 @@ def _paper_bindings(sample_data):
 def test_alpaca_llama7b_config_is_the_paper_setting(parse_experiment, sample_data):
     exp = parse_experiment("experiments/alpaca_llama7b.gin", _paper_bindings(sample_data))
     cfg = exp.model.config
-    assert exp.model.kind == "llama"
+    assert exp.model.decoder_only  # the model decides the kind: no TrainConfig.model_kind
     assert (cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads) == (
         32000, 4096, 32, 32)
     assert (cfg.pad_id, cfg.bos_id, cfg.eos_id) == (0, 1, 2)
@@ -309,7 +310,7 @@ def test_alpaca_llama7b_config_is_the_paper_setting(parse_experiment, sample_dat
     assert "prompt_uncertainty" in exp.loop.strategies and "random" in exp.loop.strategies
     tc = exp.train_config
     assert (tc.learning_rate, tc.batch_size, tc.num_epochs, tc.model_kind) == (
-        2e-5, 128, 4, "decoder_only")
+        2e-5, 128, 4, None)
     sc = exp.score_config
     assert (sc.num_perturbations, sc.perturbation, dict(sc.perturbation_options)) == (
         20, "drop", {"rate": 0.2})
@@ -350,7 +351,7 @@ def test_self_instruct_train_stage_keeps_the_last_epoch_by_default(
         parse_experiment, tmp_path, monkeypatch, bindings, expect_validation):
     """Alpaca's recipe: the run command's train stage hands the trainer no validation tasks
     (fixed epochs, last kept) unless asked; the evaluate stage still validates."""
-    from activeit_jax.commands import run
+    from activeit_jax.loop import stages as loop_stages
     from activeit_jax.training import config as train_config, trainer
     seen = []
 
@@ -360,7 +361,7 @@ def test_self_instruct_train_stage_keeps_the_last_epoch_by_default(
         return train_config.TrainResult(os.path.join(out_dir, "best"), 0, {}, [], 1)
 
     monkeypatch.setattr(trainer, "train_and_evaluate", fake_train)
-    stages = run.build_stages(parse_experiment("demo_self_instruct.gin", bindings))
+    stages = loop_stages.build_stages(parse_experiment("demo_self_instruct.gin", bindings))
     stages.train(["t1"], ["v1", "v2"], str(tmp_path / "train"))
     assert seen == [["v1", "v2"] if expect_validation else []]
 

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from activeit_jax import layout
 from activeit_jax.core.errors import UsageError
 from activeit_jax.loop import active_loop
 from tests.loop.test_active_loop import FakeStages
@@ -81,9 +82,9 @@ def test_more_iterations_than_pool_tasks_is_refused_without_building_the_schedul
                                        tasks_per_iteration=1, quota="none")
     fake = FakeStages(str(sample_data / "niv2"))
     active_loop.run_loop(str(run_dir), corrected, fake.stages())
-    stored = json.loads((run_dir / active_loop.LOOP_CONFIG_FILE).read_text())
+    stored = json.loads((run_dir / layout.LOOP_CONFIG_FILE).read_text())
     assert stored["num_iterations"] == 2
-    assert (run_dir / "seed_0" / "random" / "iter_1" / active_loop.DONE_FILE).exists()
+    assert (run_dir / "seed_0" / "random" / "iter_1" / layout.DONE_FILE).exists()
     # Once an iteration ran, other settings are refused as before.
     with pytest.raises(UsageError, match="different settings"):
         active_loop.run_loop(str(run_dir), active_loop.LoopConfig(

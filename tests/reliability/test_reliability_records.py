@@ -330,11 +330,12 @@ def test_score_refuses_an_empty_task_list(bad, tmp_path, sample_data):  # noqa: 
 
 
 def test_all_skipped_pool_writes_null_thresholds_not_nan(tmp_path):
+    from activeit_jax import layout
     from activeit_jax.scoring import ScoreConfig, journal
-    (tmp_path / journal.SKIPPED_FILE).write_text(
+    (tmp_path / layout.SKIPPED_FILE).write_text(
         json.dumps({"index": 0, "task": "t", "reason": "no instances"}) + "\n")
     summary = journal.finalize(str(tmp_path), ScoreConfig())
-    text = (tmp_path / journal.SUMMARY_FILE).read_text()
+    text = (tmp_path / layout.SCORE_SUMMARY_FILE).read_text()
     assert "NaN" not in text and summary["thresholds"] == {"prompt_uncertainty": None,
                                                            "prediction_probability": None}
     json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in summary.json"))
