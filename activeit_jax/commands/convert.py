@@ -12,7 +12,10 @@
       Writes config.json + float32 safetensors, sharded with an index when large.
 
 CKPT_DIR appears only when complete (written to a temporary directory, then renamed); a
-refused input writes nothing. Exit status 0 on success, 1 on a conversion error (one line on
+refused input writes nothing. CKPT_DIR must be new or an empty directory; an existing
+activeit-jax checkpoint there is replaced only with --overwrite (and only its own files are
+removed); anything else there (a file, a Hugging Face directory, `.`) is refused before any
+input is read. Exit status 0 on success, 1 on a conversion error (one line on
 stderr naming the file), 2 on bad flags.
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ flags.DEFINE_string("from_hf", None, "Hugging Face model directory to import.")
 flags.DEFINE_string("from_gguf", None, "llama.cpp GGUF file to import.")
 flags.DEFINE_string("to", None, "activeit-jax checkpoint directory to write (with --from_hf or "
                     "--from_gguf).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing activeit-jax checkpoint at --to "
+                  "(anything else there is always refused).")
 flags.DEFINE_string("from", None, "activeit-jax checkpoint directory to export.")
 flags.DEFINE_string("to_hf", None, "Hugging Face directory to write (with --from).")
 flags.DEFINE_string("max_shard_size", "5GB",
@@ -59,8 +64,8 @@ def main(argv: list[str]) -> None:
         if importing:
             source = from_hf or from_gguf
             started = time.monotonic()
-            model = (checkpoints.import_hf_to_checkpoint(from_hf, to) if from_hf
-                     else checkpoints.import_gguf_to_checkpoint(from_gguf, to))
+            model = (checkpoints.import_hf_to_checkpoint(from_hf, to, FLAGS.overwrite) if from_hf
+                     else checkpoints.import_gguf_to_checkpoint(from_gguf, to, FLAGS.overwrite))
             print(f"converted {source} ({model.kind}, {model.num_params():,} parameters) "
                   f"-> {to} in {time.monotonic() - started:.1f} s")
         else:
