@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from activeit_jax.data.errors import VocabularyError
-from activeit_jax.models import hf_configs, hf_convert
+from activeit_jax.models import gguf_header, hf_configs, hf_convert
 from activeit_jax.models.hf_configs import ConversionError
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.wrappers import DecoderOnlyModel
@@ -82,7 +82,8 @@ def open_gguf(path: str | os.PathLike) -> Any:
     """A `gguf.GGUFReader` over `path`, with one-line errors naming the file.
 
     Raises:
-      ConversionError: missing file, not a GGUF file, or a truncated / corrupt one.
+      ConversionError: missing file, not a GGUF file, or a truncated / corrupt one (its
+        header is checked first, in bounded time: `gguf_header.check_header`).
     """
     import gguf
 
@@ -94,6 +95,10 @@ def open_gguf(path: str | os.PathLike) -> Any:
     if magic != GGUF_MAGIC:
         raise ConversionError(f"{path}: not a GGUF file (it starts with {magic!r}, not "
                               f"{GGUF_MAGIC!r})")
+    try:
+        gguf_header.check_header(path)  # GGUFReader trusts every count and length
+    except gguf_header.GGUFHeaderError as err:
+        raise ConversionError(str(err)) from None
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, OSError, EOFError) as err:

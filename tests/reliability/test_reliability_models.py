@@ -1,0 +1,282 @@
+"""Reliability, round 2: hostile model files and targets for `convert` (issue 23 items 1, 2, 7
+and part of 10). A save never deletes what the program did not write; a malformed GGUF header
+is refused in bounded time and memory; an absurd model config is refused at convert; a bad
+`tokenizer_meta.json` or a swapped `tokenizer.json` names the file read. Each refusal is one
+line naming the file (and the field)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import struct
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from activeit_jax.models import EncoderDecoderModel, T5Config, checkpoints
+from tests.reliability.test_reliability_errors import run_cases
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TINY = T5Config(vocab_size=64, d_model=8, num_heads=2, d_kv=4, d_ff=16,
+                num_encoder_layers=1, num_decoder_layers=1)
+
+
+def snapshot(root) -> dict[str, str]:
+    """{relative path: sha256 (files) or "dir"} of everything under `root` (links as links)."""
+    out = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(directory, name), root)] = "dir"
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = EncoderDecoderModel(TINY)
+    return model, jax.device_get(model.init_params(jax.random.key(0)))
+
+
+# ------------------------------------------------- item 1: never delete what we did not write
+
+
+def _user_files(root):
+    """What a user has in a working directory: a GGUF folder with notes, a Hugging Face
+    directory, a thesis and an unrelated `keepme.old/` beside it."""
+    (root / "v" / "sub").mkdir(parents=True)
+    (root / "v" / "model.gguf").write_bytes(b"GGUF" + b"\0" * 60)
+    (root / "v" / "notes.md").write_text("my notes")
+    (root / "v" / "sub" / "x.txt").write_text("x")
+    (root / "D").mkdir()
+    (root / "D" / "config.json").write_text('{"model_type": "llama"}')
+    (root / "D" / "model.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{}      ")
+    (root / "thesis.txt").write_text("four years of work")
+    (root / "keepme.old").mkdir()
+    (root / "keepme.old" / "data.bin").write_bytes(b"\1\2\3")
+    (root / "keepme.tmp").write_text("also mine")
+
+
+@pytest.mark.parametrize("target", ["v", "D", ".", "thesis.txt", "keepme.old", "v/notes.md"])
+def test_save_refuses_a_path_that_is_not_a_checkpoint(tmp_path, tiny, monkeypatch, target):
+    _user_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(checkpoints.CheckpointError, match="refusing") as info:
+        checkpoints.save_model(target, *tiny)
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+    with pytest.raises(checkpoints.CheckpointError, match="refusing"):
+        checkpoints.save_model(target, *tiny, replace=True)  # not even with --overwrite
+    assert snapshot(tmp_path) == before
+
+
+def test_replacing_a_checkpoint_needs_overwrite_and_removes_only_its_own_files(tmp_path, tiny):
+    model, params = tiny
+    ckpt = tmp_path / "ckpt"
+    checkpoints.save_model(ckpt, model, params)
+    assert checkpoints.is_checkpoint(ckpt)
+    # Pre-existing names like the old code's temporaries are the user's: never touched.
+    (tmp_path / "ckpt.old").mkdir()
+    (tmp_path / "ckpt.old" / "mine.txt").write_text("mine")
+    (tmp_path / "ckpt.tmp").write_text("mine too")
+    before = snapshot(tmp_path)
+    with pytest.raises(checkpoints.CheckpointError,
+                       match="already holds a checkpoint.*--overwrite"):
+        checkpoints.save_model(ckpt, model, params)
+    assert snapshot(tmp_path) == before
+    checkpoints.save_model(ckpt, model, jax.tree.map(lambda a: a * 0, params), replace=True)
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("ckpt/")} == \
+        {k: v for k, v in before.items() if not k.startswith("ckpt/")}
+    assert float(checkpoints.load_model(ckpt)[1]["decoder"]["decoder_norm"]["scale"].sum()) == 0
+    # A file of the user's inside the checkpoint: refused even with replace, nothing changed.
+    (ckpt / "README.md").write_text("what this model is")
+    before = snapshot(tmp_path)
+    with pytest.raises(checkpoints.CheckpointError, match=r"README\.md.*move them out"):
+        checkpoints.save_model(ckpt, model, params, replace=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_leftovers_of_a_killed_save_are_removed_only_when_ours(tmp_path, tiny):
+    model, params = tiny
+    ckpt = tmp_path / "ckpt"
+    # A save killed while orbax wrote: our marker is in the temporary directory.
+    partial = tmp_path / f"ckpt{checkpoints.TMP_SUFFIX}"
+    (partial / "params").mkdir(parents=True)
+    (partial / checkpoints.PARTIAL_MARKER).write_text("")
+    checkpoints.save_model(ckpt, model, params)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    # The same name without our marker is someone else's: refused, kept.
+    (tmp_path / f"ckpt{checkpoints.OLD_SUFFIX}").mkdir()
+    (tmp_path / f"ckpt{checkpoints.OLD_SUFFIX}" / "x").write_text("x")
+    with pytest.raises(checkpoints.CheckpointError, match="not written by activeit-jax"):
+        checkpoints.save_model(ckpt, model, params, replace=True)
+    assert (tmp_path / f"ckpt{checkpoints.OLD_SUFFIX}" / "x").read_text() == "x"
+
+
+def test_a_kill_between_the_renames_recovers_the_previous_checkpoint(tmp_path, tiny):
+    from activeit_jax.training import run_dir
+    model, params = tiny
+    best = tmp_path / "best"
+    checkpoints.save_model(best, model, params)
+    os.replace(best, f"{best}{checkpoints.OLD_SUFFIX}")  # killed after the first rename
+    run_dir.recover_best_dir(str(tmp_path))
+    assert checkpoints.is_checkpoint(best)
+    run_dir.save_best(str(tmp_path), model, params, {"epoch": 0})  # the trainer replaces it
+    assert checkpoints.is_checkpoint(best) and sorted(os.listdir(tmp_path)) == \
+        ["best", "best.json"]
+
+
+def test_convert_cli_refuses_targets_that_are_not_checkpoints(tmp_path, tiny):
+    from activeit_jax.models import hf_convert
+    _user_files(tmp_path)
+    (tmp_path / "D" / "model.safetensors").unlink()
+    hf_convert.export_hf(*tiny, tmp_path / "D")  # a Hugging Face directory that converts
+    before = snapshot(tmp_path)
+    cases = [
+        (["--from_hf=D", "--to=D"], ["/D exists and is not an activeit-jax checkpoint",
+                                     "refusing"]),
+        (["--from_hf=D", "--to=D", "--overwrite"], ["/D exists and is not an activeit-jax"]),
+        (["--from_hf=D", "--to=."], [f"{tmp_path} exists and is not an activeit-jax"]),
+        (["--from_hf=D", "--to=thesis.txt"], ["thesis.txt exists and is not a directory"]),
+        # Refused before the (garbage) GGUF is read.
+        (["--from_gguf=v/model.gguf", "--to=v"], ["/v exists and is not an activeit-jax"]),
+    ]
+    run_cases("convert", cases, tmp_path)
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("convert_cases")} == before
+
+
+# ------------------------------------------------------ item 2: bounded GGUF header reading
+
+# The file of the issue: one metadata array of 2^62 uint8 in 57 bytes.
+EVIL_GGUF = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 9) + b"general.x"
+             + struct.pack("<IIQ", 9, 0, 2 ** 62))
+
+
+def _string(text: str | bytes) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _kv(key: str | bytes, value_type: int, payload: bytes) -> bytes:
+    return _string(key) + struct.pack("<I", value_type) + payload
+
+
+def _tensor(name: str, dims, ggml_type: int = 0, offset: int = 0) -> bytes:
+    return (_string(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+            + struct.pack("<IQ", ggml_type, offset))
+
+
+def _gguf(kvs=(), tensors=(), data: bytes = b"", version: int = 3, counts=None) -> bytes:
+    """A GGUF file by hand: header, key/values, tensor infos, padding to 32, data."""
+    tensor_count, kv_count = counts if counts is not None else (len(tensors), len(kvs))
+    head = b"GGUF" + struct.pack("<IQQ", version, tensor_count, kv_count)
+    head += b"".join(kvs) + b"".join(tensors)
+    return head + b"\0" * (-len(head) % 32) + data
+
+
+def _u32(key: str, value: int) -> bytes:
+    return _kv(key, 4, struct.pack("<I", value))
+
+
+MALFORMED_HEADERS = {
+    "array_past_end": (_gguf([_kv("general.x", 9, struct.pack("<IQ", 0, 2 ** 20))]),
+                       "general.x: an array of 1048576 uint8 (1048576 bytes) runs past"),
+    "string_array_past_end": (_gguf([_kv("tokenizer.ggml.tokens", 9,
+                                         struct.pack("<IQ", 8, 10 ** 7))]),
+                              "tokenizer.ggml.tokens: an array of 10000000 strings"),
+    "key_length": (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 2 ** 40) + b"k" * 16,
+                   "metadata key #0: a string of 1099511627776 bytes runs past"),
+    "value_string_length": (_gguf([_kv("general.name", 8, struct.pack("<Q", 2 ** 40))]),
+                            "general.name: a string of 1099511627776 bytes runs past"),
+    "kv_count": (_gguf(counts=(0, 2 ** 40)), "kv_count: 1099511627776 (at most"),
+    "tensor_count": (_gguf(counts=(10 ** 5, 0)), "tensor_count: 100000 entries cannot fit"),
+    "nested_array": (_gguf([_kv("general.x", 9, struct.pack("<IQ", 9, 1)
+                                + struct.pack("<IQ", 0, 0))]),
+                     "general.x: an array of arrays"),
+    "duplicate_key": (_gguf([_u32("llama.block_count", 2), _u32("llama.block_count", 3)]),
+                      "llama.block_count: the key appears twice"),
+    "alignment_zero": (_gguf([_u32("general.alignment", 0)]), "general.alignment: must be a"),
+    "alignment_odd": (_gguf([_u32("general.alignment", 48)]), "general.alignment: must be a"),
+    "alignment_type": (_gguf([_kv("general.alignment", 10, struct.pack("<Q", 32))]),
+                       "general.alignment: must be a uint32"),
+    "value_type": (_gguf([_kv("general.x", 77, b"")]), "general.x: unknown value type 77"),
+    "not_utf8_key": (_gguf([_kv(b"gen\xff", 4, b"\0" * 4)]), "not UTF-8"),
+    "dims_overflow": (_gguf(tensors=[_tensor("w", (2 ** 32, 2 ** 32))], data=b"\0" * 64),
+                      "truncated GGUF file (tensor w ends at byte"),
+    "too_many_dims": (_gguf(tensors=[_tensor("w", (1,) * 5)]), "tensor w: 5 dimensions"),
+    "tensor_type": (_gguf(tensors=[_tensor("w", (4,), ggml_type=99)], data=b"\0" * 64),
+                    "tensor w: unknown ggml type 99"),
+    "unaligned": (_gguf(tensors=[_tensor("w", (4,), offset=8)], data=b"\0" * 64),
+                  "tensor w: offset 8 is not a multiple of the alignment 32"),
+    "block": (_gguf(tensors=[_tensor("w", (31, 2), ggml_type=8)], data=b"\0" * 128),
+              "tensor w: its first dimension 31 is not a multiple of the type's block of 32"),
+    "duplicate_tensor": (_gguf(tensors=[_tensor("w", (4,)), _tensor("w", (4,), offset=32)],
+                               data=b"\0" * 64), "tensor w: the name appears twice"),
+    "version": (_gguf(version=1), "GGUF version 1 is not supported"),
+    "short": (b"GGUF\3\0\0\0", "shorter than a GGUF header"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_HEADERS))
+def test_malformed_gguf_headers_are_refused_with_one_line(tmp_path, case):
+    from activeit_jax.models import gguf_convert, hf_convert
+    data, match = MALFORMED_HEADERS[case]
+    path = tmp_path / f"{case}.gguf"
+    path.write_bytes(data)
+    with pytest.raises(hf_convert.ConversionError) as info:
+        gguf_convert.open_gguf(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: ") and match in message, message
+
+
+def test_a_57_byte_gguf_is_refused_in_bounded_time_and_memory(tmp_path):
+    """The issue's file, in a child with a 3 GiB address-space cap and a 120 s limit (before,
+    `GGUFReader` looped forever on it, growing)."""
+    path = tmp_path / "evil.gguf"
+    path.write_bytes(EVIL_GGUF)
+    assert len(EVIL_GGUF) == 57
+    script = ("import resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+              "from activeit_jax.models import checkpoints\n"
+              "try:\n"
+              "    checkpoints.import_gguf_to_checkpoint(sys.argv[1], sys.argv[2])\n"
+              "except checkpoints.hf_convert.ConversionError as err:\n"
+              "    print('refused:', err)\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "ckpt")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (f"refused: {path}: malformed GGUF file: general.x: an array "
+                                   f"of {2 ** 62} elements (at most {1 << 28})")
+    assert sorted(os.listdir(tmp_path)) == ["evil.gguf"]
+
+
+def test_header_reader_agrees_with_gguf_on_a_valid_file(tmp_path):
+    import gguf
+    import numpy as np
+
+    from activeit_jax.models import gguf_header
+    path = tmp_path / "ok.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_token_list(["a", "b", "ünï"])
+    writer.add_chat_template("{{ x }}")
+    writer.add_tensor("w", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.add_tensor("v", np.ones(40, dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    header = gguf_header.check_header(path)
+    reader = gguf.GGUFReader(str(path))
+    assert list(header.keys) == [k for k in reader.fields if not k.startswith("GGUF.")]
+    assert [(t.name, t.dims, t.offset + header.data_start, t.nbytes) for t in header.tensors] \
+        == [(t.name, tuple(int(d) for d in t.shape), t.data_offset, t.n_bytes)
+            for t in reader.tensors]
