@@ -270,10 +270,32 @@ def read_model(directory: str | os.PathLike, logical_axis_rules: Any = None) -> 
     if spec.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {spec['format_version']}, newer than "
                               f"this code ({FORMAT_VERSION})")
+    _check_config_values(spec, path)
     try:
         return model_from_dict(spec, logical_axis_rules)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"bad model config in {path}: {err}") from err
+
+
+def _check_config_values(spec: dict[str, Any], path: str) -> None:
+    """The model config's values (`config_checks`: types, ranges, heads, ids), before its
+    dataclass is built: a hand-edited `num_layers: 4e9` or `num_heads: 0` is one line."""
+    from activeit_jax.models import config_checks
+    from activeit_jax.models.wrappers import MODEL_CLASSES
+
+    kind = spec.get("model_kind")
+    cls = MODEL_CLASSES.get(kind) if isinstance(kind, str) else None
+    config = spec.get("config")
+    if cls is None or config is None:
+        return  # model_from_dict names an unknown kind
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: field 'config': expected an object, got "
+                              f"{type(config).__name__}")
+    try:
+        config_checks.check_config_values(cls.config_cls, config, path,
+                                          {name: f"config.{name}" for name in config})
+    except config_checks.ModelConfigError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _read_config(path: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from activeit_jax.data.errors import VocabularyError
-from activeit_jax.models import gguf_header, hf_configs, hf_convert
+from activeit_jax.models import config_checks, gguf_header, hf_configs, hf_convert
 from activeit_jax.models.hf_configs import ConversionError
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.wrappers import DecoderOnlyModel
@@ -259,12 +259,21 @@ def import_gguf(path: str | os.PathLike, logical_axis_rules: Any = None) -> Any:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ConversionError(f"{source}: GGUF architecture {arch!r} is not supported "
                               f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    try:  # types, ranges and the layer count before anything is built from them
+        config_checks.check_gguf_metadata(metadata, source)
+        config_checks.check_gguf_layers(metadata, [t.name for t in reader.tensors], source)
+    except config_checks.ModelConfigError as err:
+        raise ConversionError(str(err)) from None
     try:
         vocabulary = gguf_tokenizer.vocabulary_from_gguf_metadata(metadata, source)
     except VocabularyError as err:
         raise ConversionError(str(err)) from None
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
     config = llama_config_from_gguf(metadata, shapes, vocabulary, source)
+    try:
+        config_checks.check_model_config(config, source, config_checks.gguf_names(arch))
+    except config_checks.ModelConfigError as err:
+        raise ConversionError(str(err)) from None
     model = DecoderOnlyModel(config, logical_axis_rules)
     hf_convert.check_vocabulary_fits(vocabulary, model, source)
     tensors = GGUFTensors(reader, config, source)

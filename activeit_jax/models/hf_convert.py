@@ -385,7 +385,8 @@ def import_hf_model(hf_dir: str | os.PathLike, logical_axis_rules: Any = None) -
     vocabulary = load_hf_tokenizer(hf_dir)
     reader = SafetensorsReader(hf_dir)
     model = model_from_hf_config(hf_config, set(reader.keys()), logical_axis_rules,
-                                 vocabulary if family == "llama" else None)
+                                 vocabulary if family == "llama" else None,
+                                 source=os.path.join(source, CONFIG_NAME))
     if vocabulary is not None:
         check_vocabulary_fits(vocabulary, model, os.path.join(source, TOKENIZER_JSON))
     return ImportedModel(model, params_from_hf(model, reader, source=source), vocabulary)

@@ -280,3 +280,171 @@ def test_header_reader_agrees_with_gguf_on_a_valid_file(tmp_path):
     assert [(t.name, t.dims, t.offset + header.data_start, t.nbytes) for t in header.tensors] \
         == [(t.name, tuple(int(d) for d in t.shape), t.data_offset, t.n_bytes)
             for t in reader.tensors]
+
+
+# ------------------------------------------------ item 7: absurd model shapes and configs
+
+_GGUF_BASE = {  # a 2-layer LLaMA of width 8 with a 4-token BPE vocabulary
+    "llama.block_count": ("uint32", 2), "llama.embedding_length": ("uint32", 8),
+    "llama.feed_forward_length": ("uint32", 16), "llama.attention.head_count": ("uint32", 2),
+    "llama.attention.head_count_kv": ("uint32", 2), "llama.context_length": ("uint32", 64),
+    "llama.rope.freq_base": ("float32", 10000.0),
+    "llama.attention.layer_norm_rms_epsilon": ("float32", 1e-5),
+    "tokenizer.ggml.model": ("string", "gpt2"),
+    "tokenizer.ggml.tokens": ("array", ["a", "b", "ab", "<eos>"]),
+    "tokenizer.ggml.token_type": ("array", [1, 1, 1, 3]),
+    "tokenizer.ggml.merges": ("array", ["a b"]),
+    "tokenizer.ggml.eos_token_id": ("uint32", 3), "tokenizer.ggml.padding_token_id": ("uint32", 0),
+    "tokenizer.chat_template": ("string", "{{ messages }}"),
+}
+
+
+def _llama_gguf(path, layers: int = 2, **changes):
+    """A small valid LLaMA GGUF written with gguf.GGUFWriter; `changes` maps a key (dots as
+    "__") to (type, value), or to None to leave it out."""
+    import gguf
+    import numpy as np
+    metadata = dict(_GGUF_BASE)
+    for key, value in changes.items():
+        key = key.replace("__", ".")
+        if value is None:
+            metadata.pop(key)
+        else:
+            metadata[key] = value
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, (kind, value) in metadata.items():
+        getattr(writer, f"add_{kind}")(key, value)
+    shapes = {"token_embd.weight": (4, 8), "output_norm.weight": (8,)}
+    for i in range(layers):
+        shapes.update({f"blk.{i}.{name}": shape for name, shape in (
+            ("attn_norm.weight", (8,)), ("ffn_norm.weight", (8,)), ("attn_q.weight", (8, 8)),
+            ("attn_k.weight", (8, 8)), ("attn_v.weight", (8, 8)), ("attn_output.weight", (8, 8)),
+            ("ffn_gate.weight", (16, 8)), ("ffn_up.weight", (16, 8)),
+            ("ffn_down.weight", (8, 16)))})
+    for name, shape in shapes.items():
+        writer.add_tensor(name, np.full(shape, 0.01, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+BAD_GGUF_CONFIGS = {
+    "block_count_huge": ({"llama__block_count": ("uint32", 4_000_000_000)},
+                         "llama.block_count': must be <= 4096, got 4000000000"),
+    "block_count_more_than_held": ({"llama__block_count": ("uint32", 3)},
+                                   "llama.block_count': 3 layers declared, but the weights "
+                                   "hold 2 (0..1)"),
+    "block_count_list": ({"llama__block_count": ("array", [1, 2])},
+                         "llama.block_count': expected an integer, got list [1, 2]"),
+    "head_count_zero": ({"llama__attention__head_count": ("uint32", 0)},
+                        "llama.attention.head_count': must be >= 1, got 0"),
+    "ffn_negative": ({"llama__feed_forward_length": ("int32", -5)},
+                     "llama.feed_forward_length': must be >= 1, got -5"),
+    "rope_nan": ({"llama__rope__freq_base": ("float32", float("nan"))},
+                 "llama.rope.freq_base': expected a finite number, got nan"),
+    "eps_negative": ({"llama__attention__layer_norm_rms_epsilon": ("float32", -1e-5)},
+                     "llama.attention.layer_norm_rms_epsilon': must be > 0"),
+    "eos_float": ({"tokenizer__ggml__eos_token_id": ("float32", 2.7)},
+                  "tokenizer.ggml.eos_token_id': expected an integer, got 2.7"),
+    "template_not_string": ({"tokenizer__chat_template": ("array", [1, 2])},
+                            "tokenizer.chat_template': expected a string, got list"),
+    "heads_do_not_divide": ({"llama__attention__head_count_kv": ("uint32", 3)},
+                            "2 query heads cannot be split into groups over 3 key/value"),
+    "token_not_string": ({"tokenizer__ggml__tokens": ("array", [1, 2, 3, 4])},
+                         "tokenizer.ggml.tokens[0]': expected a string, got int 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GGUF_CONFIGS))
+def test_absurd_gguf_configs_are_refused_at_convert(tmp_path, case):
+    changes, match = BAD_GGUF_CONFIGS[case]
+    path = _llama_gguf(tmp_path / f"{case}.gguf", **changes)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(checkpoints.hf_convert.ConversionError) as info:
+        checkpoints.import_gguf_to_checkpoint(path, ckpt)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: field '") and match in message, \
+        message
+    assert sorted(os.listdir(tmp_path)) == [path.name]
+
+
+def test_the_small_gguf_of_these_tests_converts(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    model = checkpoints.import_gguf_to_checkpoint(_llama_gguf(tmp_path / "ok.gguf"), ckpt)
+    assert model.config.num_layers == 2 and model.config.eos_id == 3
+    assert checkpoints.read_model(ckpt).config == model.config
+
+
+@pytest.fixture
+def hf_t5(tmp_path, tiny):
+    from activeit_jax.models import hf_convert
+    directory = tmp_path / "hf"
+    hf_convert.export_hf(*tiny, directory)
+    return directory
+
+
+BAD_HF_CONFIGS = {
+    "layers_float": ({"num_layers": 4e9},
+                     "field 'num_layers': expected an integer, got 4000000000.0"),
+    "layers_huge": ({"num_layers": 4_000_000_000}, "field 'num_layers': must be <= 4096"),
+    "layers_more_than_held": ({"num_decoder_layers": 2}, "field 'num_decoder_layers': 2 layers "
+                              "declared, but the weights hold 1 (0..0)"),
+    "heads_zero": ({"num_heads": 0}, "field 'num_heads': must be >= 1, got 0"),
+    "heads_bool": ({"num_heads": True}, "field 'num_heads': expected an integer, got bool True"),
+    "width_string": ({"d_model": "8"}, "field 'd_model': expected an integer, got str '8'"),
+    "eps_negative": ({"layer_norm_epsilon": -1.0}, "field 'layer_norm_epsilon': must be > 0"),
+    "eos_float": ({"eos_token_id": 2.7}, "field 'eos_token_id': expected an integer, got 2.7"),
+    "eos_outside": ({"eos_token_id": 64}, "field 'eos_token_id': id 64 is outside the vocabulary"),
+    "dropout_one": ({"dropout_rate": 1.0}, "field 'dropout_rate': must be < 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HF_CONFIGS))
+def test_absurd_hf_configs_are_refused_at_convert(hf_t5, tmp_path, case):
+    import json
+    changes, match = BAD_HF_CONFIGS[case]
+    config_path = hf_t5 / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **changes}))
+    with pytest.raises(checkpoints.hf_convert.ConversionError) as info:
+        checkpoints.import_hf_to_checkpoint(hf_t5, tmp_path / "ckpt")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{config_path}: ") and match in message, \
+        message
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_hf_llama_zero_heads_and_nan_rope_are_refused(tmp_path):
+    import json
+
+    from activeit_jax.models import DecoderOnlyModel, LlamaConfig, hf_convert
+    model = DecoderOnlyModel(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16,
+                                         num_layers=1, num_heads=2, num_kv_heads=2))
+    directory = tmp_path / "hf"
+    hf_convert.export_hf(model, jax.device_get(model.init_params(jax.random.key(0))), directory)
+    config = json.loads((directory / "config.json").read_text())
+    for changes, match in (({"num_attention_heads": 0}, "'num_attention_heads': must be >= 1"),
+                           ({"rope_theta": float("nan"), "rope_parameters": None},
+                            "'rope_theta': expected a finite number, got nan")):
+        (directory / "config.json").write_text(json.dumps({**config, **changes}))
+        with pytest.raises(hf_convert.ConversionError, match=match):
+            hf_convert.import_hf(directory)
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"num_encoder_layers": 4e9}, "field 'config.num_encoder_layers': expected an integer"),
+    ({"num_heads": 0}, "field 'config.num_heads': must be >= 1, got 0"),
+    ({"d_model": -8}, "field 'config.d_model': must be >= 1"),
+    ({"eos_id": 999}, "field 'config.eos_id': id 999 is outside the vocabulary"),
+])
+def test_absurd_checkpoint_configs_are_refused_when_read(tmp_path, tiny, changes, match):
+    import json
+    ckpt = tmp_path / "ckpt"
+    checkpoints.save_model(ckpt, *tiny)
+    spec = json.loads((ckpt / "config.json").read_text())
+    spec["config"].update(changes)
+    (ckpt / "config.json").write_text(json.dumps(spec))
+    with pytest.raises(checkpoints.CheckpointError) as info:
+        checkpoints.load_model(ckpt)
+    assert str(info.value).startswith(f"{ckpt / 'config.json'}: ") and match in str(info.value)
