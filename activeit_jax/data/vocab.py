@@ -22,13 +22,12 @@ newlines to spaces.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any, Iterable
 
-from activeit_jax.core import io_utils
+from activeit_jax.core import io_utils, json_text
 from activeit_jax.data.errors import VocabularyError
 
 if TYPE_CHECKING:
@@ -333,16 +332,19 @@ def _is_decoder_only(checkpoint_dir: str | os.PathLike | None) -> bool:
         return False
     try:
         with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as handle:
-            return json.load(handle).get("model_kind") == "llama"
+            spec = json_text.loads(handle.read())
+        return isinstance(spec, dict) and spec.get("model_kind") == "llama"
     except (OSError, ValueError):
         return False
 
 
 def _load_saved(directory: str, light: bool = False) -> Any:
     """Reads a `save_vocabulary` directory, dispatching on its metadata's kind."""
+    from activeit_jax.data import tokenizer_meta
+
     hf = _hf_tokenizer()
     meta_path = os.path.join(directory, META_FILE)
-    meta = hf._read_json(meta_path, "tokenizer metadata")
+    meta = tokenizer_meta.read_tokenizer_meta(meta_path)
     kind = meta.get("kind", hf.KIND)
     if kind == hf.KIND:
         return hf.HFTokenizerVocabulary.load(directory)

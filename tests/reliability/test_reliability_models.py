@@ -448,3 +448,156 @@ def test_absurd_checkpoint_configs_are_refused_when_read(tmp_path, tiny, changes
     with pytest.raises(checkpoints.CheckpointError) as info:
         checkpoints.load_model(ckpt)
     assert str(info.value).startswith(f"{ckpt / 'config.json'}: ") and match in str(info.value)
+
+
+# ------------------------------- item 10: tokenizer files and deep JSON name the file read
+
+
+@pytest.fixture
+def gguf_checkpoint(tmp_path):
+    """A checkpoint converted from a small GGUF: tokenizer.json + tokenizer_meta.json whose
+    "source" is the GGUF file."""
+    source = _llama_gguf(tmp_path / "model.gguf")
+    ckpt = tmp_path / "ckpt"
+    checkpoints.import_gguf_to_checkpoint(source, ckpt)
+    return ckpt, source
+
+
+def _small_tokenizer_json(tokens=("a", "b")) -> str:
+    from tokenizers import Tokenizer, models
+    return Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[])).to_str()
+
+
+@pytest.mark.parametrize("swap", ["garbage", "smaller"])
+def test_a_swapped_tokenizer_json_is_named_not_the_original_gguf(gguf_checkpoint, swap):
+    from activeit_jax.data import errors, vocab as vocab_lib
+    ckpt, source = gguf_checkpoint
+    assert vocab_lib.vocabulary_from_checkpoint(ckpt).eos_id == 3
+    (ckpt / "tokenizer.json").write_text("{not json" if swap == "garbage"
+                                         else _small_tokenizer_json())
+    with pytest.raises(errors.VocabularyError) as info:
+        vocab_lib.vocabulary_from_checkpoint(ckpt)
+    message = str(info.value)
+    assert message.startswith(f"{ckpt / 'tokenizer.json'}: ") and str(source) not in message
+    assert ("not a valid tokenizer.json" if swap == "garbage"
+            else "eos_id 3 is outside the vocabulary (0..1)") in message
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("eos_id", "abc", "expected an integer, got str 'abc'"),
+    ("eos_id", [1], "expected an integer, got list [1]"),
+    ("bos_id", True, "expected an integer, got bool True"),
+    ("pad_id", -1, "must be >= 0, got -1"),
+    ("chat_template", ["{{ x }}"], "expected a string, got list ['{{ x }}']"),
+    ("format_version", "9", "expected an integer, got str '9'"),
+    ("add_bos", "yes", "expected true or false, got str 'yes'"),
+    ("source", 5, "expected a string, got int 5"),
+])
+def test_tokenizer_meta_with_wrong_types_is_one_line(gguf_checkpoint, field, value, match):
+    import json
+
+    from activeit_jax.data import errors, vocab as vocab_lib
+    ckpt, _ = gguf_checkpoint
+    meta_path = ckpt / "tokenizer_meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(errors.VocabularyError) as info:
+        vocab_lib.vocabulary_from_checkpoint(ckpt)
+    assert str(info.value) == f"{meta_path}: field '{field}': {match}"
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model_file", "../../secret.model", "expected a plain file name beside"),
+    ("model_file", 3, "expected a file name, got int 3"),
+    ("extra_ids", "100", "expected an integer, got str '100'"),
+])
+def test_sentencepiece_tokenizer_meta_is_checked(tmp_path, vocab, field, value, match):
+    import json
+
+    from activeit_jax.data import errors, vocab as vocab_lib
+    assert vocab_lib.save_vocabulary(vocab, tmp_path)
+    meta_path = tmp_path / "tokenizer_meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(errors.VocabularyError, match=match) as info:
+        vocab_lib.vocabulary_from_checkpoint(tmp_path)
+    assert str(info.value).startswith(f"{meta_path}: field '{field}': ")
+
+
+def test_a_non_string_chat_template_in_tokenizer_config_is_refused(tmp_path):
+    import json
+
+    from activeit_jax.data import errors, hf_tokenizer
+    (tmp_path / "tokenizer.json").write_text(_small_tokenizer_json(("a", "b", "<eos>")))
+    config = tmp_path / "tokenizer_config.json"
+    for template, field in ((5, "chat_template"),
+                            ([{"name": "default", "template": ["x"]}],
+                             "chat_template[default].template")):
+        config.write_text(json.dumps({"eos_token": "<eos>", "chat_template": template}))
+        with pytest.raises(errors.VocabularyError) as info:
+            hf_tokenizer.from_hf_tokenizer_files(tmp_path / "tokenizer.json")
+        assert str(info.value).startswith(f"{config}: field '{field}': expected a string")
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _deep_json_cases(tmp_path, tiny):
+    """(what, callable reading a file nested 100,000 levels deep, the file, error type)."""
+    import json
+
+    from activeit_jax.core import io_utils, records
+    from activeit_jax.data import errors, hf_tokenizer, vocab as vocab_lib
+    from activeit_jax.models import hf_convert
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"a": ' + DEEP + "}")
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "config.json").write_text('{"model_type": "t5"}')
+    (index / "model.safetensors.index.json").write_text(DEEP)
+    header = tmp_path / "header"
+    header.mkdir()
+    raw = DEEP.encode()
+    (header / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    ckpt = tmp_path / "ckpt"
+    checkpoints.save_model(ckpt, *tiny)
+    (ckpt / "config.json").write_text(DEEP)
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "tokenizer_meta.json").write_text(DEEP)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text(_small_tokenizer_json(("a", "<eos>")))
+    (tok / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>", "x": 1})[:-1]
+                                               + ', "deep": ' + DEEP + "}")
+    jsonl = tmp_path / "scores.jsonl"
+    jsonl.write_text('{"task": "a"}\n' + DEEP + "\n")
+    listing = tmp_path / "tasks.json"
+    listing.write_text(DEEP)
+    return [
+        ("hf config.json", lambda: hf_convert.import_hf(hf), hf / "config.json",
+         hf_convert.ConversionError),
+        ("shard index", lambda: hf_convert.SafetensorsReader(index),
+         index / "model.safetensors.index.json", hf_convert.ConversionError),
+        ("safetensors header", lambda: hf_convert.SafetensorsReader(header),
+         header / "model.safetensors", hf_convert.ConversionError),
+        ("checkpoint config.json", lambda: checkpoints.load_model(ckpt), ckpt / "config.json",
+         checkpoints.CheckpointError),
+        ("tokenizer_meta.json", lambda: vocab_lib.vocabulary_from_checkpoint(meta),
+         meta / "tokenizer_meta.json", errors.VocabularyError),
+        ("tokenizer_config.json", lambda: hf_tokenizer.from_hf_tokenizer_files(
+            tok / "tokenizer.json"), tok / "tokenizer_config.json", errors.VocabularyError),
+        ("journal", lambda: io_utils.read_jsonl(jsonl), jsonl, errors.RecordError),
+        ("scores", lambda: records.read_score_records(jsonl), jsonl, errors.RecordError),
+        ("task list", lambda: records.read_records(listing), listing, errors.RecordError),
+    ]
+
+
+def test_json_nested_100k_deep_is_one_line_naming_the_file(tmp_path, tiny):
+    for what, read, path, error in _deep_json_cases(tmp_path, tiny):
+        with pytest.raises(error) as info:  # not RecursionError
+            read()
+        message = str(info.value)
+        assert "\n" not in message and str(path) in message, (what, message)
+        assert "nested more than 500 levels deep" in message, (what, message)
