@@ -450,12 +450,15 @@ def import_gguf_to_checkpoint(gguf_path: str | os.PathLike, ckpt_dir: str | os.P
 
 
 def export_checkpoint_to_hf(ckpt_dir: str | os.PathLike, hf_dir: str | os.PathLike,
-                            max_shard_size: int | str = hf_convert.DEFAULT_MAX_SHARD_SIZE
-                            ) -> list[str]:
-    """Converts an activeit-jax checkpoint into a Hugging Face directory.
+                            max_shard_size: int | str = hf_convert.DEFAULT_MAX_SHARD_SIZE,
+                            replace: bool = False) -> list[str]:
+    """Converts an activeit-jax checkpoint into a Hugging Face directory; a model already in
+    `hf_dir` is replaced only with `replace` (`hf_convert.check_export_target`, checked before
+    the checkpoint is read).
 
     Returns:
       The names of the files written into `hf_dir`.
     """
+    hf_convert.check_export_target(hf_dir, replace)
     model, params = load_model(ckpt_dir)
     return hf_convert.export_hf(model, jax.device_get(params), hf_dir, max_shard_size)

@@ -151,6 +151,31 @@ def test_convert_cli_refuses_targets_that_are_not_checkpoints(tmp_path, tiny):
     assert {k: v for k, v in after.items() if not k.startswith("convert_cases")} == before
 
 
+def test_export_never_overwrites_a_model_it_was_not_asked_to(tmp_path, tiny):
+    from activeit_jax.models import hf_convert
+    ckpt = tmp_path / "ckpt"
+    checkpoints.save_model(ckpt, *tiny)
+    hf = tmp_path / "hf"
+    hf_convert.export_hf(*tiny, hf, max_shard_size="2KB")  # someone's model, in shards
+    assert (hf / "model.safetensors.index.json").exists()
+    (hf / "tokenizer.json").write_text("{}")
+    before = snapshot(tmp_path)
+    with pytest.raises(hf_convert.ConversionError, match="already holds a model.*--overwrite"):
+        checkpoints.export_checkpoint_to_hf(ckpt, hf)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(hf_convert.ConversionError, match="is not a directory"):
+        checkpoints.export_checkpoint_to_hf(ckpt, tmp_path / "file", replace=True)
+    (tmp_path / "file").unlink()
+    assert snapshot(tmp_path) == before
+    # A directory holding only a tokenizer is written into; with replace, a model is replaced
+    # (its stale shards removed, the tokenizer kept).
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    assert checkpoints.export_checkpoint_to_hf(ckpt, tok) == ["model.safetensors", "config.json"]
+    checkpoints.export_checkpoint_to_hf(ckpt, hf, replace=True)
+    assert sorted(os.listdir(hf)) == ["config.json", "model.safetensors", "tokenizer.json"]
+
 # ------------------------------------------------------ item 2: bounded GGUF header reading
 
 # The file of the issue: one metadata array of 2^62 uint8 in 57 bytes.
