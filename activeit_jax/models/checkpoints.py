@@ -85,7 +85,8 @@ def save_model(directory: str | os.PathLike, model: BaseModel, params: Any,
       CheckpointError: `directory` exists and may not be replaced (nothing is written).
     """
     directory = os.path.abspath(os.fspath(directory))
-    check_save_target(directory, replace)
+    # Every process refuses alike; only process 0 touches (and so checks) the temporaries.
+    check_save_target(directory, replace, temporaries=distributed.is_primary())
     tmp = directory + TMP_SUFFIX
     if distributed.is_primary():
         _remove_leftover(tmp)  # of a killed save
@@ -159,7 +160,8 @@ def _is_ours(path: str) -> bool:
             and (os.path.isfile(os.path.join(path, PARTIAL_MARKER)) or is_checkpoint(path)))
 
 
-def check_save_target(directory: str | os.PathLike, replace: bool = False) -> None:
+def check_save_target(directory: str | os.PathLike, replace: bool = False,
+                      temporaries: bool = True) -> None:
     """Raises unless a checkpoint may be written at `directory` without deleting anything
     activeit-jax did not write. Reads only; call it before reading any input.
 
@@ -170,6 +172,7 @@ def check_save_target(directory: str | os.PathLike, replace: bool = False) -> No
     Args:
       directory: where the checkpoint is to be written.
       replace: whether an existing checkpoint may be replaced.
+      temporaries: also check the temporary names beside it.
 
     Raises:
       CheckpointError: one line naming the path and what is in the way.
@@ -195,7 +198,7 @@ def check_save_target(directory: str | os.PathLike, replace: bool = False) -> No
             raise CheckpointError(f"{directory} holds files that are not part of its checkpoint "
                                   f"({shown}): refusing to replace it (nothing was changed); "
                                   "move them out first")
-    for leftover in (directory + TMP_SUFFIX, directory + OLD_SUFFIX):
+    for leftover in (directory + TMP_SUFFIX, directory + OLD_SUFFIX) if temporaries else ():
         if os.path.lexists(leftover) and not _is_ours(leftover):
             raise CheckpointError(f"{leftover} exists and was not written by activeit-jax: "
                                   f"{refuse}; move it away first")
