@@ -38,6 +38,9 @@ MAX_KEYS = 1 << 20
 MAX_KEY_BYTES = 1 << 16
 MAX_NAME_BYTES = 1 << 10
 MAX_ARRAY_LENGTH = 1 << 28
+# Strings are read one by one (numeric arrays are skipped whole): this bounds the work on any
+# header to a few seconds (real files: under a million tokens and merges).
+MAX_STRINGS = 1 << 23
 MAX_DIMS = 4  # GGML_MAX_DIMS
 
 # GGUF value types: fixed sizes (struct codes), then string and array.
@@ -82,6 +85,7 @@ class _Cursor:
         self.buffer, self.size, self.source = buffer, size, source
         self.pos = 0
         self.order = "<"
+        self.strings_left = MAX_STRINGS
 
     def truncated(self, field: str, what: str) -> GGUFHeaderError:
         return GGUFHeaderError(f"{self.source}: truncated or corrupt GGUF file: {field}: {what} "
@@ -102,6 +106,9 @@ class _Cursor:
         return struct.unpack_from(self.order + code, self.buffer, start)[0]
 
     def string(self, field: str, max_bytes: int) -> str:
+        self.strings_left -= 1
+        if self.strings_left < 0:
+            raise self.malformed(field, f"more than {MAX_STRINGS} strings in the header")
         length = self.scalar("Q", field)
         start = self.skip(length, field, f"a string of {length} bytes")
         if length > max_bytes:
@@ -136,13 +143,42 @@ def _value(cursor: _Cursor, value_type: int, field: str) -> object:
         if count * 8 > cursor.size - cursor.pos:
             raise cursor.truncated(field, f"an array of {count} strings runs past the end of "
                                           "the file")
-        for index in range(count):
-            cursor.string(f"{field}[{index}]", cursor.size)
+        if count > cursor.strings_left:
+            raise cursor.malformed(field, f"an array of {count} strings (at most {MAX_STRINGS} "
+                                          "strings in a header)")
+        _string_array(cursor, count, field)
     elif element == ARRAY:
         raise cursor.malformed(field, "an array of arrays (llama.cpp reads none)")
     else:
         raise cursor.malformed(field, f"an array of unknown value type {element}")
     return None
+
+
+def _string_array(cursor: _Cursor, count: int, field: str) -> None:
+    """Checks `count` strings in a row (`_Cursor.string`'s checks in a tight loop: token lists
+    and merges hold hundreds of thousands)."""
+    unpack = struct.Struct(cursor.order + "Q").unpack_from
+    buffer, size, pos = cursor.buffer, cursor.size, cursor.pos
+    cursor.strings_left -= count
+    for index in range(count):
+        if size - pos < 8:
+            cursor.pos = pos
+            raise cursor.truncated(f"{field}[{index}]", "a string length runs past the end of "
+                                                        "the file")
+        (length,) = unpack(buffer, pos)
+        pos += 8
+        if length > size - pos:
+            cursor.pos = pos
+            raise cursor.truncated(f"{field}[{index}]", f"a string of {length} bytes runs past "
+                                                        "the end of the file")
+        try:
+            buffer[pos:pos + length].decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise cursor.malformed(f"{field}[{index}]", f"a string that is not UTF-8 "
+                                                        f"({err.reason} at byte {err.start})"
+                                   ) from None
+        pos += length
+    cursor.pos = pos
 
 
 def _metadata(cursor: _Cursor, count: int) -> tuple[tuple[str, ...], int]:

@@ -260,6 +260,20 @@ def test_malformed_gguf_headers_are_refused_with_one_line(tmp_path, case):
     assert "\n" not in message and message.startswith(f"{path}: ") and match in message, message
 
 
+def test_the_work_on_strings_is_bounded(tmp_path, monkeypatch):
+    from activeit_jax.models import gguf_header
+    monkeypatch.setattr(gguf_header, "MAX_STRINGS", 10)
+    tokens = struct.pack("<IQ", 8, 11) + b"".join(_string("t") for _ in range(11))
+    path = tmp_path / "many.gguf"
+    path.write_bytes(_gguf([_kv("tokenizer.ggml.tokens", 9, tokens)]))
+    with pytest.raises(gguf_header.GGUFHeaderError, match="11 strings .at most 10 strings"):
+        gguf_header.check_header(path)
+    bad = struct.pack("<IQ", 8, 2) + _string("ok") + _string(b"\xc3(")
+    path.write_bytes(_gguf([_kv("tokenizer.ggml.tokens", 9, bad)]))
+    with pytest.raises(gguf_header.GGUFHeaderError,
+                       match=r"tokenizer\.ggml\.tokens\[1\]: a string that is not UTF-8"):
+        gguf_header.check_header(path)
+
 def test_a_57_byte_gguf_is_refused_in_bounded_time_and_memory(tmp_path):
     """The issue's file, in a child with a 3 GiB address-space cap and a 120 s limit (before,
     `GGUFReader` looped forever on it, growing)."""
