@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any, Iterator
 
+from activeit_jax.core import json_text
 from activeit_jax.data.errors import RecordError, read_text
 
 # Numeric fields of a `scores.jsonl` record (`activeit-jax score`): a number or null.
@@ -30,7 +31,7 @@ def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file"
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            yield number, json_text.loads(line)
         except ValueError as err:
             raise RecordError(f"invalid JSON ({getattr(err, 'msg', err)}); a torn or "
                               f"hand-edited line?", path, f"line {number}") from None
@@ -45,7 +46,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = os.fspath(path)
     text = read_text(path, what)
     try:
-        return json.loads(text)
+        return json_text.loads(text)
     except json.JSONDecodeError as err:
         raise RecordError(f"invalid JSON at column {err.colno}: {err.msg}", path,
                           f"line {err.lineno}") from None
