@@ -70,6 +70,11 @@ class LoopConfig:
       evaluate_test: evaluate each iteration's model on the test split too.
       keep_train_checkpoints: keep the trainer's intermediate checkpoints once an iteration is
         complete (its best/ checkpoint is always kept).
+      perplexity_variant: how high / low perplexity rank (`selection.VARIANTS`): "reference"
+        (the reference code: perplexity for every task) or "paper_text" (the paper's text:
+        entropy for classification, perplexity for generative tasks).
+      category_selection: the order inside a Task Map category (ambiguous / easy / difficult):
+        "rank" (the reference code's rankings) or "random" (our seeded draw).
     """
     strategies: Sequence[str] = ("prompt_uncertainty", "random")
     seeds: Sequence[int] = (0,)
@@ -82,6 +87,8 @@ class LoopConfig:
     score_all_strategies: bool = True
     evaluate_test: bool = True
     keep_train_checkpoints: bool = False
+    perplexity_variant: str = selection.VARIANTS["perplexity"][1]
+    category_selection: str = selection.VARIANTS["category"][1]
 
     def __post_init__(self):
         unknown = [s for s in self.strategies if s not in selection.list_strategies()]
@@ -95,11 +102,17 @@ class LoopConfig:
         # The initial-set size is known only once the split is drawn; check the rest now.
         schedule.check_schedule(self.num_iterations, self.tasks_per_iteration,
                                 self.train_set_sizes, self.growth_factor)
+        selection.check_variants(self.perplexity_variant, self.category_selection)
 
     def scores_needed(self) -> set[str]:
         """The score fields the configured strategies read (`selection.required_score_keys`);
         the entry point turns on the scorer's optional entropy when "entropy" is among them."""
-        return selection.required_score_keys(self.strategies)
+        return selection.required_score_keys(self.strategies, self.perplexity_variant,
+                                             self.category_selection)
+
+    def strategy(self, name: str) -> selection.Strategy:
+        """`selection.get_strategy` of `name` in this config's variants."""
+        return selection.get_strategy(name, self.perplexity_variant, self.category_selection)
 
 
 @dataclasses.dataclass
@@ -138,11 +151,27 @@ def check_run_config(run_dir: str, config: LoopConfig) -> None:
             stored = json.load(handle)
         fixed = ("num_iterations", "tasks_per_iteration", "train_set_sizes", "growth_factor",
                  "quota", "label_ratio")
-        changed = [k for k in fixed if stored.get(k) != current.get(k)]
+        changed = {k: stored.get(k) for k in fixed if stored.get(k) != current.get(k)}
+        changed.update(_changed_variants(stored, config))
         if changed:
-            raise ValueError(f"{run_dir} was started with different settings {changed}: "
-                             f"{ {k: stored.get(k) for k in changed} }; use a new --out")
+            raise ValueError(f"{run_dir} was started with different settings {list(changed)}: "
+                             f"{changed}; bind those values to resume, or use a new --out")
     hosts.write_once("activeit_loop_config", lambda: io_utils.atomic_write_json(path, current))
+
+
+# A variant setting, the strategies it changes, and its value in runs started before it existed.
+_VARIANT_SETTINGS = (("perplexity_variant", "perplexity", "reference"),
+                     ("category_selection", "category", "random"))
+
+
+def _changed_variants(stored: Mapping[str, Any], config: LoopConfig) -> dict[str, str]:
+    """{setting: the stored run's value} of the variant settings that differ from the stored
+    run's, where a strategy of either run has variants of that kind (a setting no strategy
+    reads may change)."""
+    strategies = set(stored.get("strategies") or ()) | set(config.strategies)
+    return {setting: stored.get(setting, legacy) for setting, kind, legacy in _VARIANT_SETTINGS
+            if any(selection.has_variants(name, kind) for name in strategies)
+            and stored.get(setting, legacy) != getattr(config, setting)}
 
 
 def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
@@ -190,7 +219,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
                        score_needed=True, config=config, on_stage=on_stage)
         progress(f"seed {seed} iteration 0")
         for strategy_name in config.strategies:
-            strategy = selection.get_strategy(strategy_name)
+            strategy = config.strategy(strategy_name)
             union, remaining, prev_dir = list(initial), list(pool_names), iter0
             iterations = 2 if strategy.selects_all else config.num_iterations
             for iteration in range(1, iterations):
@@ -225,7 +254,7 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
                                chunk=chunk_of.get(name))
             for name in remaining]
     scores = None
-    spec = selection.get_strategy(strategy)
+    spec = config.strategy(strategy)
     if spec.needs_scores:
         remaining_set = set(remaining)
         scores_path = os.path.join(prev_dir, layout.SCORES_FILE)
@@ -237,7 +266,9 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
                              f"{os.path.join(prev_dir, layout.SCORING_DIR)} and its "
                              f"{layout.SCORES_FILE} to rescore, or use a new --out")
     chosen = selection.select(strategy, scores, pool, num_tasks=num_tasks, quota=config.quota,
-                              seed=seed, iteration=iteration, label_ratio=config.label_ratio)
+                              seed=seed, iteration=iteration, label_ratio=config.label_ratio,
+                              perplexity_variant=config.perplexity_variant,
+                              category_selection=config.category_selection)
     record = chosen.to_json()
     hosts.write_once("activeit_loop_select", lambda: io_utils.atomic_write_json(path, record))
     return record
