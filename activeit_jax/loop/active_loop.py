@@ -332,14 +332,31 @@ def _copy_for_report(scoring_dir: str, it_dir: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Pairwise judge (after the loop).
 
-def judge_path(it_dir: str, reference: str, judge_name: str | None = None) -> str:
-    """`layout.judge_file` of a checked judge name (None: an unnamed judge)."""
+def judge_path(it_dir: str, reference: str, judge_name: str | None = None,
+               reference_iteration: int | None = None) -> str:
+    """`layout.judge_file` of a checked judge name (None: an unnamed judge); the reference's
+    iteration is named only where it differs from `it_dir`'s."""
+    own = layout.parse_iteration_name(os.path.basename(os.path.normpath(it_dir)))
     return layout.judge_file(it_dir, reference, None if judge_name is None
-                             else judge_lib.check_judge_name(judge_name))
+                             else judge_lib.check_judge_name(judge_name),
+                             None if reference_iteration in (None, own) else reference_iteration)
 
 
 def _num_iterations(strategy: str, config: LoopConfig) -> int:
     return 2 if selection.get_strategy(strategy).selects_all else config.num_iterations
+
+
+def judge_pairs(strategy: str, reference: str, config: LoopConfig) -> list[tuple[int, int]]:
+    """(strategy's iteration, reference's iteration) of every comparison of `strategy` with
+    `reference`: the same iteration for two strategies that select, and a strategy that takes
+    the whole pool (fully trained: a single model, iteration 1) against every iteration of the
+    other, as the paper compares the fully trained model with random at every size."""
+    own, ref = _num_iterations(strategy, config), _num_iterations(reference, config)
+    if selection.get_strategy(strategy).selects_all:
+        return [(1, j) for j in range(1, ref)]
+    if selection.get_strategy(reference).selects_all:
+        return [(i, 1) for i in range(1, own)]
+    return [(i, i) for i in range(1, min(own, ref))]
 
 
 def _test_predictions(it_dir: str, test: Sequence[Any], stages: Stages,
@@ -381,12 +398,13 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
               on_stage: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
     """Compares each strategy's models with the reference strategy's, iteration by iteration.
 
-    For every seed, strategy s != `reference` and iteration i >= 1 that both s and the
-    reference finished (`DONE`; iteration 0 is shared, so never compared): the two models'
-    test predictions are paired by instance id (`judge_items`) and judged with
-    `judge.run_pairwise` by every judge into s's iteration directory (`layout.judge_file`),
-    model A being s. Rerunning
-    skips the items already judged, so a killed judge stage resumes.
+    For every seed, strategy s != `reference` and pair of iterations (`judge_pairs`: the same
+    iteration i >= 1; the fully trained model against every iteration of the other) that both
+    finished (`DONE`; iteration 0 is shared, so never compared): the two models' test
+    predictions are paired by instance id (`judge_items`) and judged with
+    `judge.run_pairwise` by every judge into s's iteration directory (`judge_path`: the
+    reference's iteration is named in the file when it is not s's), model A being s.
+    Rerunning skips the items already judged, so a killed judge stage resumes.
 
     Args:
       run_dir: the run directory of a finished (or partly finished) `run_loop`.
@@ -403,9 +421,10 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
       on_stage: optional callback("judge", iteration dir) after each comparison.
 
     Returns:
-      One record per comparison and judge: {"seed", "strategy", "iteration", "reference",
-      "judge" (None for an unnamed one), "path", "n_items", "win", "tie", "lose", "win_rate"}
-      (without a client: one record per comparison, the counts None).
+      One record per comparison and judge: {"seed", "strategy", "iteration",
+      "reference_iteration", "reference", "judge" (None for an unnamed one), "path",
+      "n_items", "win", "tie", "lose", "error", "win_rate"} (without a client: one record per
+      comparison, the counts None).
 
     Raises:
       ValueError: `reference` is not a strategy of the run, or a seed has no test tasks.
@@ -431,10 +450,9 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
         for strategy in config.strategies:
             if strategy == reference:
                 continue
-            last = min(_num_iterations(strategy, config), _num_iterations(reference, config))
-            for iteration in range(1, last):
+            for iteration, ref_iteration in judge_pairs(strategy, reference, config):
                 it_dir = layout.iteration_dir(run_dir, run_seed, strategy, iteration)
-                ref_dir = layout.iteration_dir(run_dir, run_seed, reference, iteration)
+                ref_dir = layout.iteration_dir(run_dir, run_seed, reference, ref_iteration)
                 if not all(os.path.exists(os.path.join(d, layout.DONE_FILE))
                            for d in (it_dir, ref_dir)):
                     log.warning("judge: %s or %s is not finished; skipped", it_dir, ref_dir)
@@ -446,19 +464,21 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
                     raise ValueError(f"no test instance answered by both {it_dir} and "
                                      f"{ref_dir}")
                 for name, judge_client in judges.items():
-                    path = judge_path(it_dir, reference, name)
+                    path = judge_path(it_dir, reference, name, ref_iteration)
                     record: dict[str, Any] = {
                         "seed": run_seed, "strategy": strategy, "iteration": iteration,
-                        "reference": reference, "judge": name, "path": path,
-                        "n_items": None, "win": None, "tie": None, "lose": None,
-                        "win_rate": None}
+                        "reference_iteration": ref_iteration, "reference": reference,
+                        "judge": name, "path": path, "n_items": None, "win": None,
+                        "tie": None, "lose": None, "error": None, "win_rate": None}
                     if judge_client is not None:
                         summary = judge_lib.run_pairwise(items, judge_client, path, seed=seed)
                         record.update(n_items=len(items), win=summary.win, tie=summary.tie,
-                                      lose=summary.lose, win_rate=summary.win_rate)
-                        log.info("judge %s seed %d %s vs %s iteration %d: %d win / %d tie / "
-                                 "%d lose", name or "", run_seed, strategy, reference,
-                                 iteration, summary.win, summary.tie, summary.lose)
+                                      lose=summary.lose, error=summary.error,
+                                      win_rate=summary.win_rate)
+                        log.info("judge %s seed %d %s iteration %d vs %s iteration %d: %d win "
+                                 "/ %d tie / %d lose / %d error", name or "", run_seed,
+                                 strategy, iteration, reference, ref_iteration, summary.win,
+                                 summary.tie, summary.lose, summary.error)
                         notify("judge", it_dir)
                     results.append(record)
     return results

@@ -195,9 +195,10 @@ def run_experiment(run_dir: str, exp: Experiment,
                                                 seed=exp.judge_seed)
             for c in comparisons:
                 if c["win"] is not None:
-                    print(f"judge {c['judge']} seed {c['seed']} {c['strategy']} vs "
-                          f"{c['reference']} iteration {c['iteration']}: {c['win']} win / "
-                          f"{c['tie']} tie / {c['lose']} lose")
+                    print(f"judge {c['judge']} seed {c['seed']} {c['strategy']} iteration "
+                          f"{c['iteration']} vs {c['reference']} iteration "
+                          f"{c['reference_iteration']}: {c['win']} win / {c['tie']} tie / "
+                          f"{c['lose']} lose / {c['error']} error")
         if after_loop is not None and hosts.is_writer():
             after_loop()
     return result
