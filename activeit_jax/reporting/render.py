@@ -37,7 +37,7 @@ from activeit_jax.reporting.results import (
     categories_of,
     collect_results,
     discover_run,
-    label_sources,
+    label_source_line,
     results_csv,
     results_markdown,
     strategy_order,
@@ -265,13 +265,10 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style></head><body>",
            f"<h1>{html.escape(title)}</h1>",
+           f"<p>{html.escape(label_source_line(run_dir) or 'Task labels: no prepared split.')}"
+           "</p>",
            f"<p>Seeds: {html.escape(', '.join(map(str, seeds)) or '–')}. Strategies: "
            f"{html.escape(', '.join(strategies) or '–')}.</p>"]
-    sources = label_sources(run_dir)
-    if sources:
-        out.append("<p>Task labels (classification / generative) by source: " + html.escape(
-            "; ".join(f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-                      for seed, counts in sources.items())) + ".</p>")
     out.append("<h2>Results (ROUGE-L, mean over tasks)</h2>")
     for split, split_title in SPLITS:
         header, body = table_cells(rows, split)
@@ -357,9 +354,12 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     curves_png, curves_svg = plot_learning_curves(rows, colors)
     uncertainty_png = plot_selected_uncertainty(selected_uncertainty(iterations), colors)
     judge_markdown = judge_tables.tables_markdown(judge_tables.judge_sections(iterations))
+    labels_line = label_source_line(run_dir)
+    labels_line = labels_line + "\n\n" if labels_line else ""
     judge_markdown = "\n" + judge_markdown if judge_markdown else ""
     contents: dict[str, str | bytes] = {
-        layout.RESULTS_MD: "# Results\n\n" + results_markdown(rows) + judge_markdown,
+        layout.RESULTS_MD: ("# Results\n\n" + labels_line + results_markdown(rows)
+                            + judge_markdown),
         layout.RESULTS_CSV: results_csv(rows),
         layout.CURVES_PNG: curves_png,
         layout.CURVES_SVG: curves_svg,
