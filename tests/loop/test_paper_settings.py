@@ -11,7 +11,7 @@ import pytest
 from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib
-from activeit_jax.loop import active_loop, schedule
+from activeit_jax.loop import active_loop, schedule, selection
 from activeit_jax.reporting import results as run_results
 from activeit_jax.scoring import taskmap
 from tests.loop.test_active_loop import FakeStages, _selected
@@ -180,9 +180,10 @@ LOOP = dict(seeds=(0,), num_iterations=3, tasks_per_iteration=6, quota="niv2",
             label_ratio={"cls": 2, "gen": 4})
 
 
-def test_category_strategies_draw_inside_the_previous_task_map(tmp_path, sample_data):
+@pytest.mark.parametrize("rule", ["rank", "random"])
+def test_category_strategies_draw_inside_the_previous_task_map(tmp_path, sample_data, rule):
     config = active_loop.LoopConfig(strategies=("ambiguous", "easy", "difficult", "random"),
-                                    **LOOP)
+                                    category_selection=rule, **LOOP)
     run_dir = str(tmp_path / "run")
     active_loop.run_loop(run_dir, config, TaskMapStages(str(sample_data / "niv2")).stages())
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
@@ -195,6 +196,18 @@ def test_category_strategies_draw_inside_the_previous_task_map(tmp_path, sample_
             record = _selected(run_dir, 0, strategy, iteration)
             outside = [n for n in record["tasks"] if category[n] != strategy]
             assert record["category_fill"] == outside  # every fill is recorded
+            assert record["variant"] == rule
+            if rule == "rank":  # inside each label group: the reference's ranking's top
+                by_task = {r["task"]: r for r in io_utils.read_jsonl(
+                    os.path.join(prev, layout.SCORES_FILE))}
+                for label in ("cls", "gen"):
+                    mine = [n for n in record["tasks"] if category[n] == strategy
+                            and prepared.tasks[n].label == label]
+                    group = sorted(n for n in by_task if category[n] == strategy and n in
+                                   _remaining(run_dir, prepared, strategy, iteration)
+                                   and prepared.tasks[n].label == label)
+                    assert mine == selection.category_ranking(strategy, group,
+                                                              by_task)[:len(mine)]
             labels = [prepared.tasks[n].label for n in record["tasks"]]
             assert (labels.count("cls"), labels.count("gen")) == (2, 4)
             # a fill only where the label group had too few tasks of the category
@@ -208,8 +221,43 @@ def test_category_strategies_draw_inside_the_previous_task_map(tmp_path, sample_
     assert drawn_inside and filled  # the small sample exercises both the draw and the fill
 
 
-def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_data):
-    config = active_loop.LoopConfig(strategies=("uncertainty",), **LOOP)
+def _remaining(run_dir, prepared, strategy, iteration):
+    """The pool left before `iteration` of `strategy`."""
+    taken = set()
+    for i in range(1, iteration):
+        taken |= set(_selected(run_dir, 0, strategy, i)["tasks"])
+    return set(prepared.split.pool) - taken
+
+
+def test_an_old_run_resumes_only_in_the_variant_it_ran(tmp_path, sample_data):
+    """Runs started before the variants existed drew categories at random and ranked
+    perplexity for every task: resuming one names the setting that keeps it so."""
+    stages = TaskMapStages(str(sample_data / "niv2")).stages()
+    old = dict(LOOP, num_iterations=2)
+    run_dir = str(tmp_path / "run")
+    active_loop.run_loop(run_dir, active_loop.LoopConfig(
+        strategies=("easy", "random"), category_selection="random", **old), stages)
+    path = os.path.join(run_dir, layout.LOOP_CONFIG_FILE)
+    stored = json.load(open(path))
+    for key in ("category_selection", "perplexity_variant"):
+        del stored[key]
+    io_utils.atomic_write_json(path, stored)
+    with pytest.raises(ValueError, match="category_selection.*'random'"):
+        active_loop.run_loop(run_dir, active_loop.LoopConfig(strategies=("easy", "random"),
+                                                             **old), stages)
+    active_loop.run_loop(run_dir, active_loop.LoopConfig(
+        strategies=("easy", "random"), category_selection="random", **old), stages)
+    # perplexity_variant: no strategy of the run reads it, so it may be anything
+    active_loop.run_loop(run_dir, active_loop.LoopConfig(
+        strategies=("easy", "random"), category_selection="random",
+        perplexity_variant="paper_text", **old), stages)
+
+
+@pytest.mark.parametrize("strategy,variant", [("uncertainty", "reference"),
+                                              ("high_perplexity", "paper_text")])
+def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_data,
+                                                               strategy, variant):
+    config = active_loop.LoopConfig(strategies=(strategy,), perplexity_variant=variant, **LOOP)
     with pytest.raises(ValueError, match="lacks 'entropy'"):
         active_loop.run_loop(str(tmp_path / "no_entropy"), config,
                              TaskMapStages(str(sample_data / "niv2"), False).stages())
@@ -223,7 +271,7 @@ def test_uncertainty_in_the_loop_needs_entropy_and_ranks_by_it(tmp_path, sample_
         group = sorted((r for r in scores if prepared.tasks[r["task"]].label == label),
                        key=lambda r: (-r[key], r["task"]))
         expected += [r["task"] for r in group[:count]]
-    assert _selected(run_dir, 0, "uncertainty", 1)["tasks"] == expected
+    assert _selected(run_dir, 0, strategy, 1)["tasks"] == expected
 
 
 # ------------------------------------------------------------------------ label sources
