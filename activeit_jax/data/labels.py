@@ -194,9 +194,13 @@ class LabelSource(Mapping[str, str]):
         return len(self.labels)
 
     def describe(self) -> dict[str, object]:
-        """JSON-ready: {"path", "sha256", "tasks", "metric_labels"} (the last two: counts)."""
+        """JSON-ready: {"path", "sha256", "tasks", "metric_labels", "disagree"}: the counts of
+        tasks labelled, of metric labels (CLS_GEN) and of tasks whose metric label differs
+        from their selection label (docs/paper_settings.md says where they can)."""
+        disagree = sum(label != self.labels.get(task)
+                       for task, label in self.metric_labels.items())
         return {"path": self.path, "sha256": self.sha256, "tasks": len(self.labels),
-                "metric_labels": len(self.metric_labels)}
+                "metric_labels": len(self.metric_labels), "disagree": disagree}
 
 
 def metric_label_of(task: "Task") -> str:

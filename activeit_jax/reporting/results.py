@@ -109,7 +109,8 @@ def label_source_line(run_dir: str | os.PathLike) -> str:
         if file.get("path"):
             where = f"; label file {file['path']} (sha256 {str(file.get('sha256'))[:12]})"
             if file.get("metric_labels"):
-                where += f", its CLS_GEN groups the scores of {file['metric_labels']} tasks"
+                where += (f", its CLS_GEN groups the scores of {file['metric_labels']} tasks "
+                          f"({file.get('disagree', '?')} of them against DefHasLabel)")
         elif "override" not in counts:
             where = "; label_source: rule (activeit_jax/data/labels.py)"
         texts[seed] = ", ".join(parts) + where

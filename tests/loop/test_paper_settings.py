@@ -72,6 +72,7 @@ def test_niv2_config_refuses_to_start_without_its_label_source(parse_experiment,
     assert exp.label_source.path == str(meta)
     assert dict(exp.label_source) == {"task1": "cls", "task2": "gen"}
     assert dict(exp.label_source.metric_labels) == {"task1": "gen"}  # CLS_GEN, where given
+    assert exp.label_source.describe()["disagree"] == 1
     gin.clear_config()
     taskmap = parse_experiment("experiments/niv2_t5_large_taskmap.gin", _niv2_bindings(
         sample_data, label_source=f'TASK_METADATA_FILE = "{meta}"'))
@@ -366,3 +367,22 @@ def test_cls_gen_groups_the_scores_and_defhaslabel_the_selection(sample_data, tm
     records = loop_stages._evaluation_records(
         [task], {"per_task": {name: {"rougeL": 50.0, "exact_match": 0.0}}}, 100)
     assert records[0]["label"] == "gen"
+
+
+def test_paper_settings_page_fills_every_column_of_every_row():
+    """docs/paper_settings.md: each setting has paper / reference (file) / ours / why."""
+    from tests.conftest import REPO_ROOT
+    text = open(os.path.join(REPO_ROOT, "docs", "paper_settings.md"), encoding="utf-8").read()
+    rows = [line for line in text.splitlines() if line.startswith("| ")
+            and line.split("|")[1].strip().isdigit()]
+    assert len(rows) >= 45
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split(" | ")]
+        assert len(cells) == 6 and all(cells), row
+    page = " ".join(rows)
+    for correction in ("learning rate 2e-5 (appendix A.2)", "`--perturb_num 10`",
+                       "`--no_update_task_list`", "the official Alpaca release",
+                       "24 classification + 44 generative", "200 (appendix A.2)",
+                       "entropy for classification tasks", "category_selection = \"rank\"`",
+                       "prompt_template = \"paper\"`", "| 500 |"):
+        assert correction in page, correction
