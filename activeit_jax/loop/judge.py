@@ -27,7 +27,7 @@ jittered retries that honour `Retry-After`, whole-request deadlines, no redirect
 key that never reaches a log, a file or an exception; its names are re-exported here.
 
 Concurrency: `run_pairwise` keeps up to `JudgeConfig.concurrency` requests in flight on a
-bounded thread pool (the paper's Self-Instruct setting sends about 38,000 requests: one at a
+bounded thread pool (the paper's Self-Instruct setting sends about 50,000 requests: one at a
 time that is half a day to a day). Results are keyed by item id, so the order in which replies
 arrive does not matter; only the calling thread writes the results file.
 
