@@ -92,21 +92,25 @@ def read_comparisons(iterations: Iterable[Any]) -> list[Comparison]:
         (`results.discover_run`), in report order.
 
     Returns:
-      One `Comparison` per file, in the iterations' order, then by file name.
+      One `Comparison` per file, in the iterations' order, then by judge, reference and the
+      reference's iteration.
     """
     found = []
     for it in iterations:
-        for name in sorted(os.listdir(it.path)):
+        here = []
+        for name in os.listdir(it.path):
             parsed = parse_file_name(name)
             if parsed is None:
                 continue
             reference, label = parsed
             at = layout.judge_reference_iteration(name)
+            here.append((label, reference, it.iteration if at is None else at, name))
+        # By judge, then reference and its iteration (a number: iter_10 after iter_2).
+        for label, reference, at, name in sorted(here):
             records = io_utils.read_jsonl(os.path.join(it.path, name))
             unparsed = tuple((str(r["id"]), str(r.get("reply", "")))
                              for r in judge.unparsed_records(records))
-            found.append(Comparison(label, it.seed, it.strategy, it.iteration, reference,
-                                    it.iteration if at is None else at,
+            found.append(Comparison(label, it.seed, it.strategy, it.iteration, reference, at,
                                     judge.summarize(records), unparsed))
     return found
 

@@ -465,7 +465,9 @@ def test_demo_self_instruct_runs_end_to_end_with_the_judge(tmp_path, test_file, 
     judged = io_utils.read_jsonl(os.path.join(out, "seed_0", "prompt_uncertainty", "iter_1",
                                               "judge_vs_random.fake-judge.jsonl"))
     assert len(judged) == NUM_TEST and len(fake_judge.requests) == NUM_TEST
-    assert "judge fake-judge seed 0 prompt_uncertainty vs random iteration 1" in proc.stdout
+    assert ("judge fake-judge seed 0 prompt_uncertainty iteration 1 vs random iteration 1: "
+            in proc.stdout)
+    assert {line["prompt_template"] for line in judged} == {"paper"}  # the default
     assert "seed 0: task labels (cls/gen) of" in proc.stdout
     with open(os.path.join(out, "report", "report.html"), encoding="utf-8") as handle:
         assert "Pairwise judge" in handle.read()
