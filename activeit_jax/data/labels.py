@@ -66,7 +66,7 @@ LABELS = (CLS, GEN)
 # the reference code's run script (PlusLabNLP/Active-IT, ActiveIT/reproduce.sh and its README's
 # command), from which TLAL_pipeline.py takes int(68 * 0.356) = 24 classification tasks per
 # iteration. The paper's text does not state it. `prepare` prints it beside the share our rule
-# (or the override file) gives the train split, for comparison.
+# (or the label file) gives the train split, for comparison.
 REFERENCE_CLS_RATIO = 0.356
 
 # How a run names each `Task.label_source` value to the user (the prints and the report).
