@@ -52,6 +52,10 @@ class SelectConfig:
       label_ratio: label -> weight of the niv2 quota (None = {"cls": 24, "gen": 44}).
       on_missing_score: a pool task without a score record: "error" stops, "drop" leaves it
         out of the candidates.
+      perplexity_variant: high / low perplexity: "reference" (perplexity for every task) or
+        "paper_text" (entropy for classification tasks; the scores need the entropy).
+      category_selection: inside a Task Map category: "rank" (the reference code's ranking)
+        or "random" (a seeded draw).
     """
     strategy: str = "prompt_uncertainty"
     num_tasks: int = 68
@@ -60,6 +64,8 @@ class SelectConfig:
     iteration: int = 0
     label_ratio: Mapping[str, int] | None = None
     on_missing_score: str = "error"
+    perplexity_variant: str = selection.VARIANTS["perplexity"][1]
+    category_selection: str = selection.VARIANTS["category"][1]
 
     def __post_init__(self):
         check_settings(self)
@@ -95,11 +101,17 @@ def check_settings(config: SelectConfig) -> None:
     if config.on_missing_score not in ("error", "drop"):
         raise UsageError("SelectConfig.on_missing_score must be 'error' or 'drop', got "
                          f"{config.on_missing_score!r}")
+    try:
+        selection.check_variants(config.perplexity_variant, config.category_selection)
+    except ValueError as err:
+        raise UsageError(f"SelectConfig.{err}") from None
 
 
 SELECT_FLAGS = common.define_config_flags(
     SelectConfig, gin_module="activeit_jax.commands.select", skip=("label_ratio",),
-    choices={"quota": selection.QUOTAS, "on_missing_score": ("error", "drop")},
+    choices={"quota": selection.QUOTAS, "on_missing_score": ("error", "drop"),
+             "perplexity_variant": selection.VARIANTS["perplexity"][0],
+             "category_selection": selection.VARIANTS["category"][0]},
     help_texts={"strategy": "selection strategy; one of "
                 + ", ".join(selection.list_strategies()) + "."},
     deprecated_selectors=("activeit_jax.commands.select.selection_settings",))

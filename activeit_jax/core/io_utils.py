@@ -112,7 +112,7 @@ def read_json_object(path: str | os.PathLike, error: type[Exception], what: str
     """
     try:
         with open(path, encoding="utf-8") as handle:
-            obj = json.load(handle)
+            obj = json_text.loads(handle.read())
     except json.JSONDecodeError as err:
         raise error(f"{path}: line {err.lineno} column {err.colno}: {what} is not valid JSON "
                     f"({err.msg})") from None

@@ -71,7 +71,7 @@ class RecordError(DataError):
 
 
 class LabelOverrideError(DataError):
-    """A classification/generation override file is malformed."""
+    """A classification/generation label file (`labels.load_label_source`) is malformed."""
 
 
 def check_unicode(value: str, path: str | os.PathLike | None, field: str | None) -> str:

@@ -75,7 +75,10 @@ class Task:
       categories: NIV2 `Categories` (e.g. "Sentiment Analysis").
       label: "cls" or "gen" (see `activeit_jax.data.labels`).
       source: "niv2" or "self_instruct" (where the task came from).
-      label_source: how `label` was decided: "rule", "override" or "metadata".
+      label_source: how `label` was decided: "rule", "override" (a label file) or "metadata".
+      metric_label: "cls" / "gen" by which the task's scores are grouped when a label file
+        gives it apart from `label` (Active-IT's `CLS_GEN`); None = `label`
+        (`labels.metric_label_of`).
       reasoning, domains: NIV2 `Reasoning`, `Domains`.
       source_datasets: NIV2 `Source` (the underlying datasets).
       input_language, output_language, instruction_language: NIV2 language fields.
@@ -99,6 +102,7 @@ class Task:
     instruction_language: tuple[str, ...] = ()
     instance_license: tuple[str, ...] = ()
     path: str = ""
+    metric_label: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists); `Task.from_dict` inverts it."""

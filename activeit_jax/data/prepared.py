@@ -52,8 +52,11 @@ class PreparedData:
       train_label_ratio: classification ratio over all tasks read from the train split
         (NIV2) or the Self-Instruct file, before splitting.
       train_label_counts: {"cls": n, "gen": n} over the same tasks.
-      label_sources: {"rule"|"override"|"metadata": n} over the same tasks.
+      label_sources: {"rule"|"override"|"metadata": n} over the same tasks ("override": from
+        the label file).
       max_instances_per_task: the cap applied (None: none).
+      label_file: `labels.LabelSource.describe()` of the label file the labels came from
+        (path, SHA-256, counts), or None (the rule labels every task).
     """
     split: splits_lib.ExperimentSplit
     tasks: dict[str, Task]
@@ -62,6 +65,7 @@ class PreparedData:
     train_label_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     label_sources: dict[str, int] = dataclasses.field(default_factory=dict)
     max_instances_per_task: int | None = None
+    label_file: dict[str, Any] | None = None
 
     def role_tasks(self, role: str) -> list[Task]:
         """The tasks of one role ("initial", "validation", "pool", "test"), in split order."""
@@ -92,6 +96,7 @@ class PreparedData:
             "train_classification_ratio": round(self.train_label_ratio, 4),
             "train_label_counts": self.train_label_counts,
             "label_sources": self.label_sources,
+            "label_file": self.label_file,
             "roles": self.role_stats(),
             "num_chunks": len(self.split.chunks),
         }
@@ -119,6 +124,19 @@ def stored_label_source_counts(out_dir: str | os.PathLike) -> dict[str, int]:
     meta = records.read_json(os.path.join(out_dir, layout.SPLITS_FILE), "prepared split")
     summary = meta.get("summary") if isinstance(meta, dict) else None
     return label_source_counts(summary if isinstance(summary, dict) else {})
+
+
+def stored_label_file(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The label file a prepared directory's labels came from (`PreparedData.label_file`), or
+    None (the rule labelled every task, or a directory prepared before it was recorded)."""
+    with open(os.path.join(out_dir, layout.SPLITS_FILE), encoding="utf-8") as handle:
+        return json.load(handle).get("summary", {}).get("label_file")
+
+
+def _label_file(label_overrides: Mapping[str, str] | None) -> dict[str, Any] | None:
+    if isinstance(label_overrides, labels_lib.LabelSource):
+        return label_overrides.describe()
+    return {"path": None, "tasks": len(label_overrides)} if label_overrides else None
 
 
 def _count_by(values: Sequence[str]) -> dict[str, int]:
@@ -153,7 +171,8 @@ def prepare_niv2(niv2_dir: str | os.PathLike, seed: int = 42, on_bad_task: str =
       niv2_dir: the NIV2 root (tasks/ + splits/).
       seed: seed of the split and of the train-task instance sampling.
       on_bad_task: "error" or "skip" malformed task files.
-      label_overrides: {task: "cls"|"gen"} (see labels.load_label_overrides).
+      label_overrides: {task: "cls"|"gen"}, or a `labels.LabelSource` (a label file: its
+        CLS_GEN metric labels apply too, and its path and hash are recorded).
       tasks: optional explicit train task names: only these are used, and each must be named
         in the train split and have a file.
       quotas: explicit counts, or None for the paper's (scaled down on partial data).
@@ -211,7 +230,7 @@ def prepare_niv2(niv2_dir: str | os.PathLike, seed: int = 42, on_bad_task: str =
         train_label_ratio=labels_lib.classification_ratio(train_tasks),
         train_label_counts=_count_by([t.label for t in train_tasks]),
         label_sources=_count_by([t.label_source for t in train_tasks]),
-        max_instances_per_task=max_instances_per_task)
+        max_instances_per_task=max_instances_per_task, label_file=_label_file(label_overrides))
 
 
 def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike | None = None,
@@ -264,7 +283,7 @@ def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike 
         train_label_ratio=labels_lib.classification_ratio(tasks),
         train_label_counts=_count_by([t.label for t in tasks]),
         label_sources=_count_by([t.label_source for t in tasks]),
-        max_instances_per_task=None)
+        max_instances_per_task=None, label_file=_label_file(label_overrides))
 
 
 def _self_instruct_tasks(path: str | os.PathLike, max_items: int | None, on_bad_task: str
@@ -415,4 +434,5 @@ def load_prepared(out_dir: str | os.PathLike) -> PreparedData:
                         train_label_ratio=summary.get("train_classification_ratio", math.nan),
                         train_label_counts=summary.get("train_label_counts", {}),
                         label_sources=summary.get("label_sources", {}),
-                        max_instances_per_task=summary.get("max_instances_per_task"))
+                        max_instances_per_task=summary.get("max_instances_per_task"),
+                        label_file=summary.get("label_file"))

@@ -331,9 +331,11 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
 
 def _load_saved(directory: str, light: bool = False) -> Any:
     """Reads a `save_vocabulary` directory, dispatching on its metadata's kind."""
+    from activeit_jax.data import tokenizer_meta
+
     hf = _hf_tokenizer()
     meta_path = os.path.join(directory, META_FILE)
-    meta = hf._read_json(meta_path, "tokenizer metadata")
+    meta = tokenizer_meta.read_tokenizer_meta(meta_path)
     kind = meta.get("kind", hf.KIND)
     if kind == hf.KIND:
         return hf.HFTokenizerVocabulary.load(directory)

@@ -72,6 +72,11 @@ class LoopConfig:
       evaluate_test: evaluate each iteration's model on the test split too.
       keep_train_checkpoints: keep the trainer's intermediate checkpoints once an iteration is
         complete (its best/ checkpoint is always kept).
+      perplexity_variant: how high / low perplexity rank (`selection.VARIANTS`): "reference"
+        (the reference code: perplexity for every task) or "paper_text" (the paper's text:
+        entropy for classification, perplexity for generative tasks).
+      category_selection: the order inside a Task Map category (ambiguous / easy / difficult):
+        "rank" (the reference code's rankings) or "random" (our seeded draw).
     """
     strategies: Sequence[str] = ("prompt_uncertainty", "random")
     seeds: Sequence[int] = (0,)
@@ -84,6 +89,8 @@ class LoopConfig:
     score_all_strategies: bool = True
     evaluate_test: bool = True
     keep_train_checkpoints: bool = False
+    perplexity_variant: str = selection.VARIANTS["perplexity"][1]
+    category_selection: str = selection.VARIANTS["category"][1]
 
     def __post_init__(self):
         # Checked when the config is built (gin included), before anything is written.
@@ -92,7 +99,12 @@ class LoopConfig:
     def scores_needed(self) -> set[str]:
         """The score fields the configured strategies read (`selection.required_score_keys`);
         the entry point turns on the scorer's optional entropy when "entropy" is among them."""
-        return selection.required_score_keys(self.strategies)
+        return selection.required_score_keys(self.strategies, self.perplexity_variant,
+                                             self.category_selection)
+
+    def strategy(self, name: str) -> selection.Strategy:
+        """`selection.get_strategy` of `name` in this config's variants."""
+        return selection.get_strategy(name, self.perplexity_variant, self.category_selection)
 
 
 def validate_loop_config(config: LoopConfig) -> None:
@@ -155,6 +167,7 @@ def validate_loop_config(config: LoopConfig) -> None:
     try:
         schedule.check_schedule(config.num_iterations, config.tasks_per_iteration,
                                 config.train_set_sizes, config.growth_factor)
+        selection.check_variants(config.perplexity_variant, config.category_selection)
     except ValueError as err:
         raise UsageError(f"LoopConfig: {err}") from None
 
@@ -200,15 +213,16 @@ def check_run_config(run_dir: str, config: LoopConfig) -> None:
             stored = json.load(handle)
         fixed = ("num_iterations", "tasks_per_iteration", "train_set_sizes", "growth_factor",
                  "quota", "label_ratio")
-        changed = [k for k in fixed if stored.get(k) != current.get(k)]
+        changed = {k: stored.get(k) for k in fixed if stored.get(k) != current.get(k)}
+        changed.update(_changed_variants(stored, config))
         if changed and not iterations_started(run_dir):
             # A start refused before iteration 0 (e.g. more iterations than pool tasks): no
             # result depends on its settings, so they must not block the corrected command.
             log.warning("%s: replacing the loop settings %s of a start that reached no "
-                        "iteration", run_dir, changed)
+                        "iteration", run_dir, list(changed))
         elif changed:
-            raise UsageError(f"{run_dir} was started with different settings {changed}: "
-                             f"{ {k: stored.get(k) for k in changed} }; use a new --out")
+            raise UsageError(f"{run_dir} was started with different settings {list(changed)}: "
+                             f"{changed}; bind those values to resume, or use a new --out")
     hosts.write_once("activeit_loop_config", lambda: io_utils.atomic_write_json(path, current))
 
 
@@ -219,6 +233,21 @@ def iterations_started(run_dir: str) -> bool:
     seeds = [layout.parse_seed_name(name) for name in os.listdir(run_dir)]
     return any(os.path.isdir(layout.iteration_dir(run_dir, seed, None, 0))
                for seed in seeds if seed is not None)
+
+
+# A variant setting, the strategies it changes, and its value in runs started before it existed.
+_VARIANT_SETTINGS = (("perplexity_variant", "perplexity", "reference"),
+                     ("category_selection", "category", "random"))
+
+
+def _changed_variants(stored: Mapping[str, Any], config: LoopConfig) -> dict[str, str]:
+    """{setting: the stored run's value} of the variant settings that differ from the stored
+    run's, where a strategy of either run has variants of that kind (a setting no strategy
+    reads may change)."""
+    strategies = set(stored.get("strategies") or ()) | set(config.strategies)
+    return {setting: stored.get(setting, legacy) for setting, kind, legacy in _VARIANT_SETTINGS
+            if any(selection.has_variants(name, kind) for name in strategies)
+            and stored.get(setting, legacy) != getattr(config, setting)}
 
 
 def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
@@ -266,7 +295,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
                        score_needed=True, config=config, on_stage=on_stage)
         progress(f"seed {seed} iteration 0")
         for strategy_name in config.strategies:
-            strategy = selection.get_strategy(strategy_name)
+            strategy = config.strategy(strategy_name)
             union, remaining, prev_dir = list(initial), list(pool_names), iter0
             iterations = 2 if strategy.selects_all else config.num_iterations
             for iteration in range(1, iterations):
@@ -301,7 +330,7 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
                                chunk=chunk_of.get(name))
             for name in remaining]
     scores = None
-    spec = selection.get_strategy(strategy)
+    spec = config.strategy(strategy)
     if spec.needs_scores:
         remaining_set = set(remaining)
         scores_path = os.path.join(prev_dir, layout.SCORES_FILE)
@@ -313,7 +342,9 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
                              f"{os.path.join(prev_dir, layout.SCORING_DIR)} and its "
                              f"{layout.SCORES_FILE} to rescore, or use a new --out")
     chosen = selection.select(strategy, scores, pool, num_tasks=num_tasks, quota=config.quota,
-                              seed=seed, iteration=iteration, label_ratio=config.label_ratio)
+                              seed=seed, iteration=iteration, label_ratio=config.label_ratio,
+                              perplexity_variant=config.perplexity_variant,
+                              category_selection=config.category_selection)
     record = chosen.to_json()
     hosts.write_once("activeit_loop_select", lambda: io_utils.atomic_write_json(path, record))
     return record
@@ -377,14 +408,31 @@ def _copy_for_report(scoring_dir: str, it_dir: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Pairwise judge (after the loop).
 
-def judge_path(it_dir: str, reference: str, judge_name: str | None = None) -> str:
-    """`layout.judge_file` of a checked judge name (None: an unnamed judge)."""
+def judge_path(it_dir: str, reference: str, judge_name: str | None = None,
+               reference_iteration: int | None = None) -> str:
+    """`layout.judge_file` of a checked judge name (None: an unnamed judge); the reference's
+    iteration is named only where it differs from `it_dir`'s."""
+    own = layout.parse_iteration_name(os.path.basename(os.path.normpath(it_dir)))
     return layout.judge_file(it_dir, reference, None if judge_name is None
-                             else judge_lib.check_judge_name(judge_name))
+                             else judge_lib.check_judge_name(judge_name),
+                             None if reference_iteration in (None, own) else reference_iteration)
 
 
 def _num_iterations(strategy: str, config: LoopConfig) -> int:
     return 2 if selection.get_strategy(strategy).selects_all else config.num_iterations
+
+
+def judge_pairs(strategy: str, reference: str, config: LoopConfig) -> list[tuple[int, int]]:
+    """(strategy's iteration, reference's iteration) of every comparison of `strategy` with
+    `reference`: the same iteration for two strategies that select, and a strategy that takes
+    the whole pool (fully trained: a single model, iteration 1) against every iteration of the
+    other, as the paper compares the fully trained model with random at every size."""
+    own, ref = _num_iterations(strategy, config), _num_iterations(reference, config)
+    if selection.get_strategy(strategy).selects_all:
+        return [(1, j) for j in range(1, ref)]
+    if selection.get_strategy(reference).selects_all:
+        return [(i, 1) for i in range(1, own)]
+    return [(i, i) for i in range(1, min(own, ref))]
 
 
 def _test_predictions(it_dir: str, test: Sequence[Any], stages: Stages,
@@ -426,12 +474,13 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
               on_stage: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
     """Compares each strategy's models with the reference strategy's, iteration by iteration.
 
-    For every seed, strategy s != `reference` and iteration i >= 1 that both s and the
-    reference finished (`DONE`; iteration 0 is shared, so never compared): the two models'
-    test predictions are paired by instance id (`judge_items`) and judged with
-    `judge.run_pairwise` by every judge into s's iteration directory (`layout.judge_file`),
-    model A being s. Rerunning
-    skips the items already judged, so a killed judge stage resumes.
+    For every seed, strategy s != `reference` and pair of iterations (`judge_pairs`: the same
+    iteration i >= 1; the fully trained model against every iteration of the other) that both
+    finished (`DONE`; iteration 0 is shared, so never compared): the two models' test
+    predictions are paired by instance id (`judge_items`) and judged with
+    `judge.run_pairwise` by every judge into s's iteration directory (`judge_path`: the
+    reference's iteration is named in the file when it is not s's), model A being s.
+    Rerunning skips the items already judged, so a killed judge stage resumes.
 
     Args:
       run_dir: the run directory of a finished (or partly finished) `run_loop`.
@@ -448,9 +497,10 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
       on_stage: optional callback("judge", iteration dir) after each comparison.
 
     Returns:
-      One record per comparison and judge: {"seed", "strategy", "iteration", "reference",
-      "judge" (None for an unnamed one), "path", "n_items", "win", "tie", "lose", "win_rate"}
-      (without a client: one record per comparison, the counts None).
+      One record per comparison and judge: {"seed", "strategy", "iteration",
+      "reference_iteration", "reference", "judge" (None for an unnamed one), "path",
+      "n_items", "win", "tie", "lose", "error", "win_rate"} (without a client: one record per
+      comparison, the counts None).
 
     Raises:
       ValueError: `reference` is not a strategy of the run, or a seed has no test tasks.
@@ -476,10 +526,9 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
         for strategy in config.strategies:
             if strategy == reference:
                 continue
-            last = min(_num_iterations(strategy, config), _num_iterations(reference, config))
-            for iteration in range(1, last):
+            for iteration, ref_iteration in judge_pairs(strategy, reference, config):
                 it_dir = layout.iteration_dir(run_dir, run_seed, strategy, iteration)
-                ref_dir = layout.iteration_dir(run_dir, run_seed, reference, iteration)
+                ref_dir = layout.iteration_dir(run_dir, run_seed, reference, ref_iteration)
                 if not all(os.path.exists(os.path.join(d, layout.DONE_FILE))
                            for d in (it_dir, ref_dir)):
                     log.warning("judge: %s or %s is not finished; skipped", it_dir, ref_dir)
@@ -491,19 +540,21 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
                     raise ValueError(f"no test instance answered by both {it_dir} and "
                                      f"{ref_dir}")
                 for name, judge_client in judges.items():
-                    path = judge_path(it_dir, reference, name)
+                    path = judge_path(it_dir, reference, name, ref_iteration)
                     record: dict[str, Any] = {
                         "seed": run_seed, "strategy": strategy, "iteration": iteration,
-                        "reference": reference, "judge": name, "path": path,
-                        "n_items": None, "win": None, "tie": None, "lose": None,
-                        "win_rate": None}
+                        "reference_iteration": ref_iteration, "reference": reference,
+                        "judge": name, "path": path, "n_items": None, "win": None,
+                        "tie": None, "lose": None, "error": None, "win_rate": None}
                     if judge_client is not None:
                         summary = judge_lib.run_pairwise(items, judge_client, path, seed=seed)
                         record.update(n_items=len(items), win=summary.win, tie=summary.tie,
-                                      lose=summary.lose, win_rate=summary.win_rate)
-                        log.info("judge %s seed %d %s vs %s iteration %d: %d win / %d tie / "
-                                 "%d lose", name or "", run_seed, strategy, reference,
-                                 iteration, summary.win, summary.tie, summary.lose)
+                                      lose=summary.lose, error=summary.error,
+                                      win_rate=summary.win_rate)
+                        log.info("judge %s seed %d %s iteration %d vs %s iteration %d: %d win "
+                                 "/ %d tie / %d lose / %d error", name or "", run_seed,
+                                 strategy, iteration, reference, ref_iteration, summary.win,
+                                 summary.tie, summary.lose, summary.error)
                         notify("judge", it_dir)
                     results.append(record)
     return results

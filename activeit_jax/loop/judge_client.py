@@ -41,6 +41,8 @@ from activeit_jax.core.errors import ActiveITError, ConfigError
 log = logging.getLogger(__name__)
 
 _REDACTED = "<redacted>"
+# The judge's prompt templates (their text: `judge.PROMPT_TEMPLATES`); the first is the default.
+PROMPT_TEMPLATE_NAMES = ("paper", "ours")
 MAX_REPLY_BYTES = 1 << 20  # a chat reply of a few tokens is far below this
 
 
@@ -67,10 +69,12 @@ class JudgeConfig:
       concurrency: requests in flight at once in `run_pairwise` (1 = one at a time).
       jitter: fraction in [0, 1] by which a backoff wait is shortened at random (0.5: waits
         uniform in [base / 2, base]); 0 gives the plain doubling.
+      prompt_template: the judge's prompt (`judge.PROMPT_TEMPLATES`): "paper" (the paper's
+        template, appendix A.1 Table 1, verbatim; the default) or "ours" (our wording).
 
     Raises:
       ConfigError: a base_url that is not http(s), a non-positive time / negative count,
-        a concurrency below 1 or a jitter outside [0, 1].
+        a concurrency below 1, a jitter outside [0, 1] or an unknown prompt template.
     """
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4"
@@ -85,6 +89,7 @@ class JudgeConfig:
     total_timeout_s: float = 600.0
     concurrency: int = 1
     jitter: float = 0.5
+    prompt_template: str = "paper"
 
     def __post_init__(self):
         if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https") or \
@@ -106,6 +111,9 @@ class JudgeConfig:
                 not 0 <= self.jitter <= 1:
             raise ConfigError(f"JudgeConfig.jitter must be a number in [0, 1], got "
                               f"{self.jitter!r}")
+        if self.prompt_template not in PROMPT_TEMPLATE_NAMES:
+            raise ConfigError(f"JudgeConfig.prompt_template must be one of "
+                              f"{list(PROMPT_TEMPLATE_NAMES)}, got {self.prompt_template!r}")
 
 
 # What an HTTP header value (the key goes in `Authorization: Bearer <key>`) may hold: API keys

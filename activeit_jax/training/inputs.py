@@ -132,7 +132,9 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
                                               num_pos_examples=shots, chat=chat):
             references = tuple(raw["references"]) or ("",)
             examples.append(EncodedExample(
-                task_name=task.name, label=getattr(task, "label", "gen"),
+                # The label the metrics group by (a label file's CLS_GEN where it has one).
+                task_name=task.name, label=getattr(task, "metric_label", None)
+                or getattr(task, "label", "gen"),
                 instance_id=str(raw["instance_id"]),
                 inputs=_encode(vocab, raw["inputs"], max_source_length, eos, keep_end=True),
                 targets=tuple(_encode(vocab, ref, max_target_length - len(closing), eos)

@@ -267,18 +267,19 @@ def save_best(out_dir: str, model: BaseModel, params: PyTree, info: Mapping[str,
     the vocabulary stored with it, so later commands need no --vocab) and `out_dir/best.json`
     (epoch, step, scores)."""
     best = os.path.join(out_dir, layout.BEST_DIR)
-    checkpoints.save_model(best, model, params, vocab)
+    # The trainer replaces the best/ it wrote itself (run_args.json ties the directory to this
+    # run); a best/ holding anything else is refused by save_model.
+    checkpoints.save_model(best, model, params, vocab, replace=True)
     if jax.process_index() == 0:
         io_utils.atomic_write_json(os.path.join(out_dir, layout.BEST_INFO_FILE), dict(info))
     return best
 
 
 def recover_best_dir(out_dir: str) -> None:
-    """A kill between the two renames of `save_model` leaves only `best.old`: put it back."""
-    best = os.path.join(out_dir, layout.BEST_DIR)
-    if (jax.process_index() == 0 and not os.path.exists(best)
-            and os.path.exists(best + ".old")):
-        os.replace(best + ".old", best)
+    """A kill between the two renames of `save_model` leaves the previous best only in
+    `best.activeit-old` (`best.old` before 0.2): put it back."""
+    if jax.process_index() == 0:
+        checkpoints.recover_interrupted_save(os.path.join(out_dir, layout.BEST_DIR))
 
 
 def config_dict(config: Any) -> dict[str, Any]:

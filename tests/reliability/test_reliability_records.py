@@ -100,8 +100,8 @@ def test_commands_refuse_to_write_over_their_inputs(bad, tmp_path, sample_data):
         ([f"--self_instruct={prepared}/tasks.jsonl", f"--out={prepared}", "--num_initial=2"],
          ["would overwrite the input --self_instruct", "tasks.jsonl"]),
     ], tmp_path)
-    run_cases("convert", [
-        ([f"--from={ckpt}", f"--to_hf={ckpt}"], ["is the input --from"]),
+    run_cases("convert", [  # convert's own policy: it never writes over a model it did not
+        ([f"--from={ckpt}", f"--to_hf={ckpt}"], [str(ckpt)]),  # make (test_reliability_models)
     ], tmp_path)
     run_cases("report", [([f"--run={run}", f"--out={run}"], ["is the input --run"])],
               tmp_path)
@@ -269,7 +269,7 @@ def test_json_nested_100k_deep_is_one_line(bad, tmp_path, sample_data):  # noqa:
     ], tmp_path)
     run_cases("prepare", [
         ([f"--niv2_dir={sample_data}/niv2", f"--out={tmp_path}/prepared",
-          f"--label_overrides={deep_json}"], ["deep.json", "levels deep"]),
+          f"--label_source={deep_json}"], ["deep.json", "levels deep"]),
     ], tmp_path)
     run = tmp_path / "run"
     _build_run(str(run))
@@ -284,7 +284,7 @@ def test_label_overrides_that_are_not_utf8_are_one_line(tmp_path, sample_data):
     (tmp_path / "labels.json").write_bytes(b'{"task063_first_i_elements": "g\xe9n"}')
     run_cases("prepare", [
         ([f"--niv2_dir={sample_data}/niv2", f"--out={tmp_path}/prepared",
-          f"--label_overrides={tmp_path}/labels.json"], ["labels.json", "not UTF-8"]),
+          f"--label_source={tmp_path}/labels.json"], ["labels.json", "not UTF-8"]),
     ], tmp_path)
     assert not (tmp_path / "prepared").exists()
 

@@ -170,7 +170,7 @@ def test_a_broken_template_stops_score_with_nothing_written(broken_checkpoints, 
         (args("security"), [f"{broken_checkpoints}/security/", "chat template",
                             "SecurityError"]),
         (args("overflow"), [f"{broken_checkpoints}/overflow/", "OverflowError"]),
-        (args("not_a_string"), [f"{broken_checkpoints}/not_a_string/", "must be a string"]),
+        (args("not_a_string"), [f"{broken_checkpoints}/not_a_string/", "chat", "string"]),
     ], tmp_path)
     assert not out.exists()
     fixed = tmp_path / "fixed"
