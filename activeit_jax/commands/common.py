@@ -107,6 +107,12 @@ def define_distributed_flags() -> None:
     flags.DEFINE_integer("cpu_devices", None, "CPU only: virtual devices of this process.")
     flags.DEFINE_string("cpu_collectives", None, "CPU only: cross-process collectives "
                         "implementation (gloo) for multi-process CPU runs.")
+    flags.DEFINE_float("peer_timeout", None, "Multi-host: seconds without a heartbeat of "
+                       "another process before this one gives up with one line (default "
+                       "60; env ACTIVEIT_PEER_TIMEOUT).")
+    flags.DEFINE_float("barrier_timeout", None, "Multi-host: seconds a barrier waits while "
+                       "process 0 writes a shared file (default 1800; env "
+                       "ACTIVEIT_BARRIER_TIMEOUT).")
 
 
 def initialize_distributed_from_flags() -> None:
@@ -117,7 +123,8 @@ def initialize_distributed_from_flags() -> None:
         coordinator_address=flags.FLAGS.coordinator_address,
         num_processes=flags.FLAGS.num_processes, process_id=flags.FLAGS.process_id,
         local_device_count=flags.FLAGS.cpu_devices,
-        cpu_collectives=flags.FLAGS.cpu_collectives)
+        cpu_collectives=flags.FLAGS.cpu_collectives,
+        peer_timeout_s=flags.FLAGS.peer_timeout, barrier_timeout_s=flags.FLAGS.barrier_timeout)
     distributed.initialize(config)
 
 

@@ -320,7 +320,7 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
             num_tasks: int, config: LoopConfig, seed: int, iteration: int) -> dict[str, Any]:
     """Selects (or re-reads) the tasks added at `iteration`, from the previous scores."""
     path = os.path.join(it_dir, layout.SELECTED_FILE)
-    if os.path.exists(path):
+    if hosts.exists(path):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     # Self-Instruct: the output-length chunk of each pool task (split.chunks lists the pool's
@@ -355,7 +355,7 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
                    test: Sequence[Any], stages: Stages, score_needed: bool, config: LoopConfig,
                    on_stage: Callable[[str, str], None] | None) -> None:
     """Train, evaluate and score one iteration, skipping the stages already done."""
-    if os.path.exists(os.path.join(it_dir, layout.DONE_FILE)):
+    if hosts.exists(os.path.join(it_dir, layout.DONE_FILE)):
         return
     os.makedirs(it_dir, exist_ok=True)
     selected_path = os.path.join(it_dir, layout.SELECTED_FILE)
@@ -369,7 +369,7 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
     best = stages.train([prepared.tasks[n] for n in union], validation, train_dir)
     notify("train", it_dir)
 
-    if not os.path.exists(os.path.join(it_dir, layout.PER_TASK_FILE)):
+    if not hosts.exists(os.path.join(it_dir, layout.PER_TASK_FILE)):
         records = []
         for split, tasks in (("val", validation), ("test", test)):
             if tasks:
@@ -443,7 +443,7 @@ def _test_predictions(it_dir: str, test: Sequence[Any], stages: Stages,
     they are)."""
     test_dir = layout.eval_dir(it_dir, "test")
     path = os.path.join(test_dir, layout.PREDICTIONS_FILE)
-    if not os.path.exists(path):
+    if not hosts.exists(path, bounded=False):  # the others wait while process 0 judges
         stages.evaluate(os.path.join(it_dir, layout.TRAIN_DIR, layout.BEST_DIR), test, test_dir)
     if not os.path.exists(path):
         if must_exist:
@@ -529,7 +529,7 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
             for iteration, ref_iteration in judge_pairs(strategy, reference, config):
                 it_dir = layout.iteration_dir(run_dir, run_seed, strategy, iteration)
                 ref_dir = layout.iteration_dir(run_dir, run_seed, reference, ref_iteration)
-                if not all(os.path.exists(os.path.join(d, layout.DONE_FILE))
+                if not all(hosts.exists(os.path.join(d, layout.DONE_FILE), bounded=False)
                            for d in (it_dir, ref_dir)):
                     log.warning("judge: %s or %s is not finished; skipped", it_dir, ref_dir)
                     continue

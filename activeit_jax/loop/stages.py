@@ -80,7 +80,8 @@ def check_label_source(data: prepared_lib.PreparedData,
 
 
 def _draw_split(exp: Experiment, seed: int) -> prepared_lib.PreparedData:
-    """The seed's experiment split of the configured pool (every host draws the same)."""
+    """The seed's experiment split of the configured pool (process 0 draws and writes it,
+    the others read it)."""
     if exp.pool == "self_instruct":
         test_file = exp.self_instruct_test_file
         data = prepared_lib.prepare_self_instruct(
@@ -134,12 +135,10 @@ def build_stages(exp: Experiment) -> active_loop.Stages:
         return data
 
     def prepare(seed: int, out_dir: str) -> prepared_lib.PreparedData:
-        hosts.barrier("activeit_run_prepare")  # all hosts look at out_dir together
-        if os.path.exists(os.path.join(out_dir, layout.SPLITS_FILE)):
-            return prepared_with_labels(seed, out_dir)
-        data = _draw_split(exp, seed)
-        hosts.write_once("activeit_run_prepared",
-                         lambda: prepared_lib.write_prepared(data, out_dir))
+        # Not bounded: `run_judge` prepares each seed again while process 0 judges.
+        if not hosts.exists(os.path.join(out_dir, layout.SPLITS_FILE), bounded=False):
+            hosts.write_once("activeit_run_prepared", lambda: prepared_lib.write_prepared(
+                _draw_split(exp, seed), out_dir))
         return prepared_with_labels(seed, out_dir)
 
     def train(train_tasks: Sequence[Any], val_tasks: Sequence[Any], out_dir: str) -> str:
@@ -149,7 +148,7 @@ def build_stages(exp: Experiment) -> active_loop.Stages:
                                  "iteration 0 has no model to evaluate")
             return init_checkpoint
         best = os.path.join(out_dir, layout.BEST_DIR)
-        if os.path.exists(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE)):
+        if hosts.exists(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE)):
             return best  # finished before (its intermediate checkpoints may be gone)
         if not exp.select_epoch_on_validation:
             val_tasks = []  # fixed epochs, the last one is kept (the evaluate stage validates)
@@ -165,7 +164,7 @@ def build_stages(exp: Experiment) -> active_loop.Stages:
         return _evaluation_records(tasks, summary, train_config.max_eval_instances_per_task)
 
     def score(checkpoint_dir: str, tasks: Sequence[Any], out_dir: str) -> None:
-        if os.path.exists(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE)):
+        if hosts.exists(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE)):
             return
         mesh = partitioning.make_mesh(train_config.mesh_shape)
         shardings = partitioning.params_shardings(exp.model, mesh,
@@ -214,4 +213,7 @@ def run_experiment(run_dir: str, exp: Experiment,
                           f"{c['lose']} lose / {c['error']} error")
         if after_loop is not None and hosts.is_writer():
             after_loop()
+        # Nobody leaves before process 0 is done: a process that exits early would fail
+        # JAX's shutdown barrier (and the others' watchdog) while process 0 still works.
+        hosts.wait_for_writer("activeit_run_done")
     return result
