@@ -9,7 +9,7 @@ import tempfile
 from typing import Any, Iterator, TextIO
 
 from activeit_jax.core import json_text
-from activeit_jax.data.errors import RecordError, read_text
+from activeit_jax.core.errors import RecordError, read_text
 
 
 @contextlib.contextmanager

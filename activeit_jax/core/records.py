@@ -13,7 +13,7 @@ import os
 from typing import Any, Iterator
 
 from activeit_jax.core import json_text
-from activeit_jax.data.errors import RecordError, read_text
+from activeit_jax.core.errors import RecordError, read_text
 
 # Numeric fields of a `scores.jsonl` record (`activeit-jax score`): a number or null, in the
 # range its definition allows (`scoring.formulas`): PU is a mean of |p_k - p_0| and the
