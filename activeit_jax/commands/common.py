@@ -18,15 +18,19 @@ from activeit_jax.core.errors import ActiveITError, UsageError
 
 
 def define_gin_flags() -> None:
-    """Defines `--gin_file` (repeatable) and `--gin_search_path` for a subcommand."""
+    """Defines `--gin_file` (repeatable), `--gin_search_path` (repeatable) and t5x's
+    `--gin_search_paths` (comma-separated) for a subcommand."""
     flags.DEFINE_multi_string("gin_file", [], "gin config file(s), parsed in order.")
-    flags.DEFINE_multi_string("gin_search_path", [], "extra directories to look up gin files.")
+    flags.DEFINE_multi_string("gin_search_path", [], "extra directory to look up gin files "
+                              "(repeatable); the bundled configs/ is always searched last.")
+    flags.DEFINE_list("gin_search_paths", [], "t5x's form of --gin_search_path: "
+                      "comma-separated directories, searched in order.")
 
 
 def parse_gin_from_flags() -> None:
     """Parses `--gin_file` files and the `--gin.X=V` bindings captured from the command line."""
     gin_utils.parse_gin(flags.FLAGS.gin_file, gin_utils.COMMAND_LINE_BINDINGS,
-                        flags.FLAGS.gin_search_path)
+                        [*flags.FLAGS.gin_search_path, *flags.FLAGS.gin_search_paths])
 
 
 def check_args(argv: list[str], required: tuple[str, ...] = ()) -> None:
