@@ -15,9 +15,7 @@ role ("<prefix>initial", "<prefix>validation", "<prefix>pool", "<prefix>test").
 from __future__ import annotations
 
 import os
-from typing import Sequence
-
-import seqio
+from typing import Any, Sequence
 
 from activeit_jax.core import resources
 from activeit_jax.data import niv2, prepared, self_instruct, seqio_tasks, vocab as vocab_lib
@@ -34,11 +32,11 @@ SAMPLE_TASK_NAMES = ("activeit_sample_niv2_train", "activeit_sample_niv2_test",
                      "activeit_sample_self_instruct")
 
 
-def register_sample_tasks(vocabulary: seqio.Vocabulary | None = None) -> tuple[str, ...]:
+def register_sample_tasks(vocabulary: Any = None) -> tuple[str, ...]:
     """Registers (or re-registers) the three sample seqio tasks listed in the module docstring.
 
     Args:
-      vocabulary: defaults to the bundled sample vocabulary (100 extra ids).
+      vocabulary: defaults to the bundled sample vocabulary (100 extra ids); ours or seqio's.
 
     Returns:
       The seqio task names.
@@ -55,7 +53,7 @@ def register_sample_tasks(vocabulary: seqio.Vocabulary | None = None) -> tuple[s
     return SAMPLE_TASK_NAMES
 
 
-def register_prepared(prepared_dir: str, vocabulary: seqio.Vocabulary,
+def register_prepared(prepared_dir: str, vocabulary: Any,
                       prefix: str = "activeit_", per_task: bool = True,
                       roles: Sequence[str] = ("initial", "validation", "pool", "test"),
                       prompt_format: str | None = None) -> dict[str, dict[str, str]]:
@@ -97,4 +95,4 @@ if os.path.exists(SAMPLE_VOCAB_PATH):
         register_sample_tasks()
     except DataError as _err:  # a broken sample must not break the import
         import logging
-        logging.warning("sample seqio tasks not registered: %s", _err)
+        logging.getLogger(__name__).warning("sample seqio tasks not registered: %s", _err)
