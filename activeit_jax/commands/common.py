@@ -88,11 +88,11 @@ def initialize_distributed_from_flags() -> None:
 
 
 def quiet_library_logs() -> None:
-    """Shows our INFO progress lines but only warnings from libraries (orbax logs every
-    checkpoint read and write at INFO through absl)."""
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("activeit_jax").setLevel(logging.INFO)
+    """Shows our INFO lines but only warnings from libraries (orbax logs every checkpoint read
+    and write at INFO through absl), or everything with `--verbose` (`core.logs`; the entry
+    point already does this for every command)."""
+    from activeit_jax.core import logs
+    logs.configure(verbose=bool(getattr(flags.FLAGS, "verbose", False)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,14 +10,16 @@ arguments (flags / gin at the entry point), then from our own environment variab
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from typing import Mapping
 
 import jax
-from absl import logging
 
 from activeit_jax.core import xla_defaults
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 12355
 
@@ -125,8 +127,8 @@ def initialize(config: DistributedConfig, on_tpu_vm: bool | None = None) -> None
         if on_tpu_vm and config.num_processes is None:
             jax.distributed.initialize()  # multi-worker TPU slices discover their peers.
         return
-    logging.info("jax.distributed.initialize(coordinator=%s, num_processes=%d, process_id=%d)",
-                 config.coordinator_address, config.num_processes, config.process_id)
+    logger.info("jax.distributed.initialize(coordinator=%s, num_processes=%d, process_id=%d)",
+                config.coordinator_address, config.num_processes, config.process_id)
     jax.distributed.initialize(coordinator_address=config.coordinator_address,
                                num_processes=config.num_processes,
                                process_id=config.process_id)

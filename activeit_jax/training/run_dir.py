@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from absl import logging
 
 from activeit_jax import layout
 from activeit_jax.core import distributed, io_utils, records
@@ -19,6 +19,8 @@ from activeit_jax.core.errors import ActiveITError
 from activeit_jax.models import KIND_NAMES, BaseModel, TrainableModel, checkpoints
 from activeit_jax.training import state as ts
 from activeit_jax.training.position import TrainPosition
+
+logger = logging.getLogger(__name__)
 
 PyTree = Any
 
@@ -224,14 +226,14 @@ def restore_newest_intact(manager: Any, abstract_state: ts.TrainState, out_dir: 
         except Exception as err:  # noqa: BLE001 - orbax / tensorstore / JSON errors alike
             checkpoints.quiet_abandoned_reads()
             where = os.path.join(out_dir, layout.CHECKPOINTS_DIR, str(step))
-            logging.warning("checkpoint %s is damaged (%s); falling back to an older one",
-                            where, str(err).splitlines()[0][:200] if str(err) else
-                            type(err).__name__)
+            logger.warning("checkpoint %s is damaged (%s); falling back to an older one",
+                           where, str(err).splitlines()[0][:200] if str(err) else
+                           type(err).__name__)
             damaged.append(_move_aside(manager, out_dir, step))
             continue
         if damaged:
-            logging.warning("resuming from step %d; damaged checkpoint(s) moved to %s", step,
-                            ", ".join(damaged))
+            logger.warning("resuming from step %d; damaged checkpoint(s) moved to %s", step,
+                           ", ".join(damaged))
         return state, position
     if damaged:
         raise checkpoints.CheckpointError(
