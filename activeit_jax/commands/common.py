@@ -65,8 +65,8 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def define_distributed_flags() -> None:
-    """Flags of a multi-host run (see `activeit_jax.core.distributed`; environment and SLURM
-    variables fill whatever is not given)."""
+    """Flags of a multi-host run (see `activeit_jax.core.distributed`: ACTIVEIT_* variables
+    fill what is not given; without either, JAX detects a SLURM / Open MPI / TPU cluster)."""
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
     flags.DEFINE_integer("num_processes", None, "Number of JAX processes (hosts).")
     flags.DEFINE_integer("process_id", None, "This process's rank.")
