@@ -31,7 +31,6 @@ INSTALL_REQUIRES = [
     "safetensors",  # convert --from_hf / --to_hf
     "huggingface_hub",  # convert --from_hf=org/name (Hub ids)
     "gguf",  # llama.cpp GGUF import (activeit-jax convert --from_gguf)
-    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "matplotlib",
     "tqdm",
 ]
