@@ -109,7 +109,7 @@ def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[s
     from activeit_jax.core.errors import ActiveITError, one_line
 
     def guarded(argv: list[str]) -> Any:
-        logs.configure(verbose=flags.FLAGS.verbose)
+        logs.configure(verbose="verbose" in flags.FLAGS and flags.FLAGS["verbose"].value)
         try:
             return main(argv)
         except ActiveITError as err:

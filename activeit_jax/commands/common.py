@@ -92,7 +92,7 @@ def quiet_library_logs() -> None:
     and write at INFO through absl), or everything with `--verbose` (`core.logs`; the entry
     point already does this for every command)."""
     from activeit_jax.core import logs
-    logs.configure(verbose=bool(getattr(flags.FLAGS, "verbose", False)))
+    logs.configure(verbose="verbose" in flags.FLAGS and flags.FLAGS["verbose"].value)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -166,7 +166,9 @@ def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
         raise ValueError(f"extra_ids must be >= 0, got {extra_ids}")
     if light:
         return SentencePieceVocabulary(path, extra_ids)
-    import seqio  # imported late: TensorFlow is slow to import; errors above need none of it.
+    # Imported late (TensorFlow is slow to import; errors above need none of it), with the
+    # GPUs hidden from TensorFlow.
+    from activeit_jax.data.seqio_vocabulary import seqio
 
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     vocabulary.vocab_size  # noqa: B018 (forces seqio's own load, so it fails here if at all)

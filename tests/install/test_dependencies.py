@@ -12,8 +12,6 @@ from tests.conftest import REPO_ROOT
 # Modules of the seqio integration: what they import belongs to the `seqio` extra.
 SEQIO_MODULES = ("activeit_jax/data/seqio_tasks.py", "activeit_jax/data/seqio_vocabulary.py",
                  "tasks/__init__.py")
-# Optional imports inside a function, behind an explicit request (`light=False`).
-OPTIONAL = {("activeit_jax/data/vocab.py", "seqio")}
 TEST_ONLY = {"torch", "transformers", "accelerate", "pytest", "tensorflow", "seqio", "libtpu",
              "tensorflow-text", "tensorflow-datasets"}
 
@@ -67,8 +65,6 @@ def test_every_import_is_a_declared_dependency():
             continue
         allowed = runtime | seqio_extra if relative in SEQIO_MODULES else runtime
         for module in imported_modules(path):
-            if (relative, module) in OPTIONAL:
-                continue
             dists = {canonical(d) for d in providers.get(module, [module])}
             if not dists & allowed:
                 undeclared.append(f"{relative}: {module} ({', '.join(sorted(dists))})")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.packaging.terminal import foreign_lines
+from tests.install.terminal import foreign_lines
 
 pytestmark = pytest.mark.e2e
 
