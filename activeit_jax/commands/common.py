@@ -20,15 +20,19 @@ from activeit_jax.core.paths import same_path
 
 
 def define_gin_flags() -> None:
-    """Defines `--gin_file` (repeatable) and `--gin_search_path` for a subcommand."""
+    """Defines `--gin_file` (repeatable), `--gin_search_path` (repeatable) and t5x's
+    `--gin_search_paths` (comma-separated) for a subcommand."""
     flags.DEFINE_multi_string("gin_file", [], "gin config file(s), parsed in order.")
-    flags.DEFINE_multi_string("gin_search_path", [], "extra directories to look up gin files.")
+    flags.DEFINE_multi_string("gin_search_path", [], "extra directory to look up gin files "
+                              "(repeatable); the bundled configs/ is always searched last.")
+    flags.DEFINE_list("gin_search_paths", [], "t5x's form of --gin_search_path: "
+                      "comma-separated directories, searched in order.")
 
 
 def parse_gin_from_flags() -> None:
     """Parses `--gin_file` files and the `--gin.X=V` bindings captured from the command line."""
     gin_utils.parse_gin(flags.FLAGS.gin_file, gin_utils.COMMAND_LINE_BINDINGS,
-                        flags.FLAGS.gin_search_path)
+                        [*flags.FLAGS.gin_search_path, *flags.FLAGS.gin_search_paths])
 
 
 def check_args(argv: list[str], required: tuple[str, ...] = ()) -> None:
@@ -99,8 +103,8 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def define_distributed_flags() -> None:
-    """Flags of a multi-host run (see `activeit_jax.core.distributed`; environment and SLURM
-    variables fill whatever is not given)."""
+    """Flags of a multi-host run (see `activeit_jax.core.distributed`: ACTIVEIT_* variables
+    fill what is not given; without either, JAX detects a SLURM / Open MPI / TPU cluster)."""
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
     flags.DEFINE_integer("num_processes", None, "Number of JAX processes (hosts).")
     flags.DEFINE_integer("process_id", None, "This process's rank.")
@@ -129,11 +133,11 @@ def initialize_distributed_from_flags() -> None:
 
 
 def quiet_library_logs() -> None:
-    """Shows our INFO progress lines but only warnings from libraries (orbax logs every
-    checkpoint read and write at INFO through absl)."""
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("activeit_jax").setLevel(logging.INFO)
+    """Shows our INFO lines but only warnings from libraries (orbax logs every checkpoint read
+    and write at INFO through absl), or everything with `--verbose` (`core.logs`; the entry
+    point already does this for every command)."""
+    from activeit_jax.core import logs
+    logs.configure(verbose="verbose" in flags.FLAGS and flags.FLAGS["verbose"].value)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Mapping
 
 import gin
-from absl import flags, logging
+from absl import flags
 
 from activeit_jax.commands import common
 from activeit_jax.core import io_utils, records
 from activeit_jax.core.errors import UsageError
 from activeit_jax.data.errors import RecordError
 from activeit_jax.loop import selection
+
+logger = logging.getLogger(__name__)
 
 _SCORES = flags.DEFINE_string("scores", None, "scores.jsonl of the pool (from `score`).")
 _POOL = flags.DEFINE_string(
@@ -138,17 +141,17 @@ def main(argv: list[str]) -> None:
     if excluded:
         before = len(pool)
         pool = [task for task in pool if task.name not in excluded]
-        logging.info("excluded %d already-trained task(s) from the pool", before - len(pool))
+        logger.info("excluded %d already-trained task(s) from the pool", before - len(pool))
 
     try:
         result = selection.select(scores=scores, pool=pool, **dataclasses.asdict(config))
     except ValueError as err:  # select documents its ValueErrors as problems of the input
         raise UsageError(f"cannot select from {_SCORES.value or _POOL.value}: {err}") from None
     for note in result.notes:
-        logging.warning("%s", note)
+        logger.warning("%s", note)
     for group in result.groups:
-        logging.info("group %s: %d/%d taken from %d available (shortfall %d)", group.group,
-                     group.taken, group.target, group.available, group.shortfall)
+        logger.info("group %s: %d/%d taken from %d available (shortfall %d)", group.group,
+                    group.taken, group.target, group.available, group.shortfall)
     if _OUT.value.endswith(".txt"):
         io_utils.atomic_write_text(_OUT.value, "".join(f"{t}\n" for t in result.tasks))
     else:

@@ -28,16 +28,19 @@ Rerunning the same command after a kill resumes from the last checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 import gin
-from absl import flags, logging
+from absl import flags
 
 from activeit_jax import layout
 from activeit_jax.commands import common
 from activeit_jax.core import io_utils
 from activeit_jax.core.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 FLAGS = flags.FLAGS
 
@@ -131,8 +134,8 @@ def main(argv: list[str]) -> None:
     else:
         train_tasks = train_data.read_tasks(FLAGS.tasks, niv2_dir)
     val_tasks = train_data.read_tasks(FLAGS.val_tasks, niv2_dir) if FLAGS.val_tasks else []
-    logging.info("model %r; %d training tasks, %d validation tasks", model, len(train_tasks),
-                 len(val_tasks))
+    logger.info("model %r; %d training tasks, %d validation tasks", model, len(train_tasks),
+                len(val_tasks))
     result = trainer.train_and_evaluate(
         model, train_tasks, val_tasks, vocabulary, config, FLAGS.out,
         init_checkpoint=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)

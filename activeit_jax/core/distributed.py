@@ -1,11 +1,12 @@
-"""Multi-host start-up: `jax.distributed.initialize` driven by flags, environment or SLURM.
+"""Multi-host start-up: `jax.distributed.initialize` driven by flags, environment or the cluster.
 
 One JAX process runs per host (TPU VM worker, GPU node, or a local CPU process in tests). The
-coordinator address, process count and process id come, in order of precedence, from explicit
-arguments (flags / gin at the entry point), then from our own environment variables
-(`ACTIVEIT_COORDINATOR`, `ACTIVEIT_NUM_PROCESSES`, `ACTIVEIT_PROCESS_ID`), then from SLURM
-(`SLURM_NTASKS`, `SLURM_PROCID`, the first host of `SLURM_JOB_NODELIST`). On Cloud TPU VMs
-`jax.distributed.initialize()` with no arguments discovers everything itself.
+coordinator address, process count and process id come from explicit arguments (flags / gin at
+the entry point), then from our own environment variables (`ACTIVEIT_COORDINATOR`,
+`ACTIVEIT_NUM_PROCESSES`, `ACTIVEIT_PROCESS_ID`). Without them, a cluster that JAX recognises
+(`cluster_environment`: a SLURM job step, an Open MPI launch, a Cloud TPU VM) starts
+`jax.distributed.initialize()` with no arguments, and JAX reads the cluster itself (its SLURM
+reader, `JAX_COORDINATOR_PORT` for the port, ...).
 
 Once the processes have joined, they keep in step through JAX's coordination service (the
 key-value store and barriers process 0 serves), never through device collectives:
@@ -27,6 +28,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import sys
@@ -35,12 +37,10 @@ import time
 from typing import Callable, Iterator, Mapping
 
 import jax
-from absl import logging
 
 from activeit_jax.core import xla_defaults
 from activeit_jax.core.errors import ActiveITError
 
-DEFAULT_PORT = 12355
 # A peer silent this long is declared gone. Generous: a process whose Python thread is starved
 # for this long (the heartbeat is a Python thread) would be taken for dead.
 DEFAULT_PEER_TIMEOUT_S = 60.0
@@ -58,6 +58,8 @@ RESTART = "stop every process and start all of them again with the same command 
 class HostSyncError(ActiveITError):
     """A barrier (or process 0's shared decision) did not complete: a process is gone, stuck
     or took another path."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,24 +90,6 @@ class DistributedConfig:
         return (self.num_processes or 1) > 1
 
 
-def first_slurm_host(nodelist: str) -> str:
-    """Returns the first host of a SLURM node list ("node[03-05,9],gpu1" -> "node03").
-
-    Args:
-      nodelist: the value of SLURM_JOB_NODELIST.
-
-    Returns:
-      The first host name, with its zero padding kept.
-    """
-    first = re.split(r",(?![^\[]*\])", nodelist.strip())[0]
-    match = re.fullmatch(r"(.*?)\[([^\]]+)\](.*)", first)
-    if not match:
-        return first
-    prefix, ranges, suffix = match.groups()
-    start = ranges.split(",")[0].split("-")[0]
-    return f"{prefix}{start}{suffix}"
-
-
 def resolve_config(coordinator_address: str | None = None,
                    num_processes: int | None = None,
                    process_id: int | None = None,
@@ -114,7 +98,8 @@ def resolve_config(coordinator_address: str | None = None,
                    environ: Mapping[str, str] | None = None,
                    peer_timeout_s: float | None = None,
                    barrier_timeout_s: float | None = None) -> DistributedConfig:
-    """Fills unset fields from ACTIVEIT_* variables, then from SLURM variables.
+    """Fills unset fields from the ACTIVEIT_* variables (a cluster's own variables are JAX's
+    to read: `initialize`).
 
     Args:
       coordinator_address, num_processes, process_id: explicit values (win over environment).
@@ -124,7 +109,7 @@ def resolve_config(coordinator_address: str | None = None,
       environ: the environment to read (defaults to os.environ; tests pass a dict).
 
     Returns:
-      The resolved config. Fields nobody set stay None (single process, or TPU auto-detect).
+      The resolved config. Fields nobody set stay None (single process, or cluster detection).
 
     Raises:
       ValueError: on an inconsistent or malformed setting.
@@ -134,19 +119,13 @@ def resolve_config(coordinator_address: str | None = None,
     count = num_processes if num_processes is not None else _int_or_none(
         env, "ACTIVEIT_NUM_PROCESSES")
     rank = process_id if process_id is not None else _int_or_none(env, "ACTIVEIT_PROCESS_ID")
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        count = count if count is not None else _int_or_none(env, "SLURM_NTASKS")
-        rank = rank if rank is not None else _int_or_none(env, "SLURM_PROCID")
-        if coordinator is None and env.get("SLURM_JOB_NODELIST"):
-            port = env.get("ACTIVEIT_COORDINATOR_PORT", str(DEFAULT_PORT))
-            coordinator = f"{first_slurm_host(env['SLURM_JOB_NODELIST'])}:{port}"
     if count is not None and count < 1:
         raise ValueError(f"num_processes must be >= 1, got {count}")
     if rank is not None and count is not None and not 0 <= rank < count:
         raise ValueError(f"process_id {rank} is outside 0..{count - 1}")
     if count is not None and count > 1 and (coordinator is None or rank is None):
         raise ValueError("a multi-process run needs a coordinator address and a process id "
-                         "(flags, ACTIVEIT_COORDINATOR / ACTIVEIT_PROCESS_ID, or SLURM)")
+                         "(flags, or ACTIVEIT_COORDINATOR / ACTIVEIT_PROCESS_ID)")
     if coordinator is not None and not re.fullmatch(r"[^\s:]+:\d+", coordinator):
         raise ValueError(f"coordinator address must be host:port, got {coordinator!r}")
     timeouts = {}
@@ -162,9 +141,42 @@ def resolve_config(coordinator_address: str | None = None,
                              **timeouts)
 
 
-def initialize(config: DistributedConfig, on_tpu_vm: bool | None = None) -> None:
-    """Starts JAX's distributed runtime for `config`, then this process's watchdog; a no-op
-    for a single process.
+def cluster_environment(environ: Mapping[str, str] | None = None,
+                        on_tpu_vm: bool = False) -> str | None:
+    """The multi-process cluster `jax.distributed.initialize()` will read by itself, or None.
+
+    "slurm": inside an `srun` job step of several tasks (JAX's SLURM reader needs the step's
+    variables); "ompi": a `mpirun` launch of several ranks (Open MPI); "tpu": a Cloud TPU VM
+    (`on_tpu_vm`; a single-host slice initialises as one process).
+    """
+    env = os.environ if environ is None else environ
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+             "SLURM_LOCALID")
+    if all(name in env for name in slurm) and (_int_or_none(env, "SLURM_NTASKS") or 1) > 1:
+        return "slurm"
+    if ("OMPI_MCA_orte_hnp_uri" in env
+            and (_int_or_none(env, "OMPI_COMM_WORLD_SIZE") or 1) > 1):
+        return "ompi"
+    return "tpu" if on_tpu_vm else None
+
+
+def _slurm_local_device_ids(env: Mapping[str, str]) -> list[int] | None:
+    """Every GPU of this host when the SLURM step runs one task per node (our launcher's
+    layout). JAX's SLURM reader assumes one task per GPU and would otherwise give this
+    process only GPU number `SLURM_LOCALID`."""
+    tasks, nodes = (_int_or_none(env, "SLURM_STEP_NUM_TASKS"),
+                    _int_or_none(env, "SLURM_STEP_NUM_NODES"))
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if tasks is None or tasks != nodes or not visible:
+        return None
+    return list(range(len(visible)))
+
+
+def initialize(config: DistributedConfig, on_tpu_vm: bool | None = None,
+               environ: Mapping[str, str] | None = None) -> None:
+    """Starts JAX's distributed runtime, then this process's watchdog: with `config`'s values
+    when it names several processes, else through JAX's own detection when
+    `cluster_environment` finds a cluster; a no-op for a single process.
 
     Must run before anything touches a JAX backend (the first `jax.devices()` call).
 
@@ -173,30 +185,42 @@ def initialize(config: DistributedConfig, on_tpu_vm: bool | None = None) -> None
       on_tpu_vm: force TPU auto-detection on/off; by default on when a TPU chip is attached
         to this host (`xla_defaults.tpu_chips_attached`). Not from `TPU_WORKER_HOSTNAMES`:
         `xla_defaults.quiet_tpu_probe` sets it on machines without a TPU to keep libtpu quiet.
+      environ: the environment to read (defaults to os.environ; tests pass a dict).
     """
+    env = os.environ if environ is None else environ
     if config.local_device_count:
         jax.config.update("jax_num_cpu_devices", config.local_device_count)
     if config.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", config.cpu_collectives)
-    if on_tpu_vm is None:
-        on_tpu_vm = xla_defaults.tpu_chips_attached()
     peer_timeout = config.peer_timeout_s or DEFAULT_PEER_TIMEOUT_S
     _STATE.barrier_timeout_s = config.barrier_timeout_s or DEFAULT_BARRIER_TIMEOUT_S
     heartbeat = jax_heartbeat_timeout_s(peer_timeout)
-    if not config.is_multi_process:
-        if on_tpu_vm and config.num_processes is None:
-            # Multi-worker TPU slices discover their peers.
-            jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
-            if jax.process_count() > 1:
-                _start_watchdog(peer_timeout)
+    if config.is_multi_process:
+        logger.info("jax.distributed.initialize(coordinator=%s, num_processes=%d, "
+                    "process_id=%d)", config.coordinator_address, config.num_processes,
+                    config.process_id)
+        # Explicit values are the whole story: no cluster variable may change them.
+        jax.distributed.initialize(coordinator_address=config.coordinator_address,
+                                   num_processes=config.num_processes,
+                                   process_id=config.process_id,
+                                   cluster_detection_method="deactivate",
+                                   heartbeat_timeout_seconds=heartbeat)
+        _start_watchdog(peer_timeout)
         return
-    logging.info("jax.distributed.initialize(coordinator=%s, num_processes=%d, process_id=%d)",
-                 config.coordinator_address, config.num_processes, config.process_id)
+    if config.num_processes is not None:  # explicitly one process
+        return
+    if on_tpu_vm is None:
+        on_tpu_vm = xla_defaults.tpu_chips_attached()
+    cluster = cluster_environment(env, on_tpu_vm)
+    if cluster is None:
+        return
+    local_ids = _slurm_local_device_ids(env) if cluster == "slurm" else None
+    logger.info("jax.distributed.initialize(): %s cluster detected", cluster)
     jax.distributed.initialize(coordinator_address=config.coordinator_address,
-                               num_processes=config.num_processes,
-                               process_id=config.process_id,
+                               local_device_ids=local_ids,
                                heartbeat_timeout_seconds=heartbeat)
-    _start_watchdog(peer_timeout)
+    if jax.process_count() > 1:
+        _start_watchdog(peer_timeout)
 
 
 def jax_heartbeat_timeout_s(peer_timeout_s: float) -> int:
@@ -244,6 +268,7 @@ class _ProcessState:
     shared_count: int = 0
     waiting_at: tuple[str, float] | None = None
     watchdog: "_Watchdog | None" = None
+    giving_up: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 _STATE = _ProcessState()
@@ -270,6 +295,14 @@ def _waiting_at(name: str) -> Iterator[float]:
         yield started
     finally:
         _STATE.waiting_at = None
+
+
+def _wait_if_giving_up() -> None:
+    """Blocks for good once the watchdog is ending this process: it has printed what happened,
+    and its shutdown of the client is what failed the caller's wait; a second line from the
+    caller would only confuse."""
+    if _STATE.giving_up.is_set():
+        time.sleep(UNBOUNDED_S)
 
 
 def _sync_error(name: str, started: float, timeout_s: float, error: Exception) -> HostSyncError:
@@ -305,6 +338,7 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
         try:
             _client().wait_at_barrier(name, int(limit * 1000))
         except Exception as error:  # noqa: BLE001 (jaxlib raises its runtime error)
+            _wait_if_giving_up()
             raise _sync_error(name, started, limit, error) from None
 
 
@@ -338,6 +372,7 @@ def share_from_primary(name: str, make: Callable[[], str], timeout_s: float | No
         try:
             return _client().blocking_key_value_get(key, int(limit * 1000))
         except Exception as error:  # noqa: BLE001 (jaxlib raises its runtime error)
+            _wait_if_giving_up()
             raise _sync_error(name, started, limit, error) from None
 
 
@@ -460,6 +495,7 @@ def _give_up(why: str, join_shutdown: bool) -> None:
     shutdown barrier: join it (briefly) so that the peer's exit stays clean."""
     watchdog = _STATE.watchdog
     timeout_s = watchdog.watch.timeout_s if watchdog else DEFAULT_PEER_TIMEOUT_S
+    _STATE.giving_up.set()
     print(give_up_message(why, _STATE.waiting_at, time.monotonic(), jax.process_index(),
                           jax.process_count(), timeout_s), file=sys.stderr, flush=True)
     if join_shutdown:

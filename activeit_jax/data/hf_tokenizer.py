@@ -1,4 +1,6 @@
-"""Hugging Face `tokenizers` vocabularies (tokenizer.json), behind seqio's Vocabulary interface.
+"""Hugging Face `tokenizers` vocabularies (tokenizer.json), behind the `vocab.Vocabulary`
+interface (seqio's, in plain Python: no seqio or TensorFlow import; a seqio task wraps it with
+`seqio_vocabulary.adapt`).
 
 `HFTokenizerVocabulary` is the second implementation of the one vocabulary interface that the
 prompts, the scorer, the trainer and the evaluator use (the first is SentencePiece,
@@ -28,12 +30,9 @@ import json
 import os
 from typing import Any, Iterable, Mapping
 
-import numpy as np
-import seqio
-import tensorflow as tf
-
 from activeit_jax.core import io_utils, json_text
 from activeit_jax.data.errors import VocabularyError
+from activeit_jax.data.vocab import Vocabulary
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
@@ -98,8 +97,8 @@ def _find_end_of_turn(special_tokens: Mapping[str, int]) -> int | None:
     return None
 
 
-class HFTokenizerVocabulary(seqio.Vocabulary):
-    """A `tokenizers.Tokenizer` with the model's special ids, as a seqio Vocabulary.
+class HFTokenizerVocabulary(Vocabulary):
+    """A `tokenizers.Tokenizer` with the model's special ids, as a `vocab.Vocabulary`.
 
     Args:
       tokenizer: a `tokenizers.Tokenizer`, or its JSON text.
@@ -213,44 +212,11 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         return list(self._tokenizer.encode(s, add_special_tokens=False).ids)
 
     def _decode(self, ids: Iterable[int]) -> str:
-        # seqio's `decode` has already cut after the first EOS and mapped ids beyond the
+        # `Vocabulary.decode` has already cut after the first EOS and mapped ids beyond the
         # vocabulary to unk; what is left to drop are the ids that carry no text.
         drop = {self._pad_id, self._eos_id, self._bos_id}
         kept = [int(i) for i in ids if int(i) not in drop and 0 <= int(i) < self._size]
         return self._tokenizer.decode(kept, skip_special_tokens=False)
-
-    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
-        """TensorFlow face of `encode` (seqio's tokenize preprocessor): a scalar string gives
-        int32 `[T]`; a string tensor of any shape gives a ragged int32 tensor with one more
-        (ragged) dimension."""
-        def encode_flat(strings: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
-            flat = np.asarray(strings.numpy(), dtype=object).reshape(-1)  # a scalar reads as bytes
-            rows = [self._encode(x.decode("utf-8")) for x in flat]
-            values = np.asarray([i for row in rows for i in row], np.int32)
-            return values, np.asarray([len(row) for row in rows], np.int64)
-
-        s = tf.convert_to_tensor(s, tf.string)
-        values, lengths = tf.py_function(encode_flat, [s], Tout=(tf.int32, tf.int64))
-        values.set_shape([None])
-        if s.shape.rank == 0:
-            return values
-        lengths.set_shape([None])
-        ragged = tf.RaggedTensor.from_row_lengths(values, lengths)
-        if s.shape.rank > 1:
-            ragged = tf.RaggedTensor.from_uniform_row_length(ragged, tf.shape(s)[-1])
-        return ragged
-
-    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        """TensorFlow face of `_decode`: int `[..., T]` -> strings `[...]`."""
-        def decode_flat(batch: tf.Tensor) -> np.ndarray:
-            array = batch.numpy()
-            flat = array.reshape(-1, array.shape[-1]) if array.ndim else array.reshape(1, 0)
-            return np.asarray([self._decode(row.tolist()).encode("utf-8") for row in flat],
-                              dtype=object)
-
-        ids = tf.convert_to_tensor(ids)
-        out = tf.py_function(decode_flat, [ids], Tout=tf.string)
-        return tf.reshape(out, tf.shape(ids)[:-1])
 
     # -- persistence -----------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -319,7 +285,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
                                   f"padding id is {vocabulary.pad_id}", meta_path)
         return vocabulary
 
-    # -- seqio plumbing ----------------------------------------------------------------------
+    # -- identity ----------------------------------------------------------------------------
     def _fingerprint(self) -> str:
         # Computed once: serialising a 150k-token tokenizer on every hash would be slow, and
         # the wrapped tokenizer is never changed after construction.
@@ -459,7 +425,7 @@ def check_fits_embedding(vocabulary: Any, num_embeddings: int, source: str | Non
     """Raises when the vocabulary has more ids than the model has embedding rows.
 
     Args:
-      vocabulary: any seqio vocabulary (`vocab_size`).
+      vocabulary: any vocabulary (`vocab_size`).
       num_embeddings: the model's embedding rows (`vocab_size` of its config).
       source: the tokenizer file, for the message.
 

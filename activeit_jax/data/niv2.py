@@ -37,6 +37,8 @@ from activeit_jax.data.errors import (
 )
 from activeit_jax.data.hashing import stable_shuffle
 
+logger = logging.getLogger(__name__)
+
 OnBadTask = str  # "error" | "skip"
 ON_BAD_TASK_CHOICES = ("error", "skip")
 SPLIT_NAMES = ("train", "test", "excluded")
@@ -390,7 +392,7 @@ def _load_many(niv2_dir: str, names: Sequence[str], on_bad_task: str, required: 
         except DataError as err:
             if on_bad_task == "error":
                 raise
-            logging.warning("skipping bad task %s: %s", name, err)
+            logger.warning("skipping bad task %s: %s", name, err)
             skipped.append((name, str(err)))
     return tasks, missing, skipped
 
@@ -434,8 +436,8 @@ def scan_niv2_split(niv2_dir: str | os.PathLike, split: str, on_bad_task: OnBadT
                                f"a file in this folder", tasks_dir)
     tasks = labels_lib.apply_label_overrides(tasks, label_overrides)
     if missing:
-        logging.debug("%s split: %d of %d named tasks have no file (partial checkout)", split,
-                     len(missing), len(names))
+        logger.debug("%s split: %d of %d named tasks have no file (partial checkout)", split,
+                 len(missing), len(names))
     return SplitRead(split=split, split_file=split_file_path(niv2_dir, split, split_dir),
                      names=tuple(names), tasks=tuple(tasks), missing=tuple(missing),
                      skipped=tuple(skipped))

@@ -14,6 +14,8 @@ from activeit_jax.core.errors import ActiveITError
 from activeit_jax.scoring import taskmap
 from activeit_jax.scoring.config import ScoreConfig, fingerprint
 
+logger = logging.getLogger(__name__)
+
 
 class ResumeMismatchError(ActiveITError, ValueError):
     """`out_dir` holds a scoring run made with other arguments (or of unknown arguments)."""
@@ -152,5 +154,5 @@ def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = N
         **(extra or {}),
     }
     io_utils.atomic_write_json(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE), summary)
-    logging.info("scored %d tasks (%d skipped) -> %s", len(final), len(skipped), out_dir)
+    logger.info("scored %d tasks (%d skipped) -> %s", len(final), len(skipped), out_dir)
     return summary

@@ -47,6 +47,8 @@ from activeit_jax.scoring.planning import (
 )
 from activeit_jax.scoring.row_scorer import DEFAULT_POOL_CHUNKS, RowScorer
 
+logger = logging.getLogger(__name__)
+
 
 class NonFiniteScoreError(ActiveITError):
     """A task's scores came out NaN or infinite."""
@@ -419,11 +421,11 @@ class _PoolRun:
         if plan.truncated:
             cut = ("the start of its instruction" if self.builder.decoder_only
                    else "its instance input (the end of the prompt)")
-            logging.warning("task %s: %d of %d instance(s) are longer than max_source_length="
-                            "%d, so %s is cut off; its scores describe the truncated prompt "
-                            "(marked truncated_instances in %s)", name,
-                            plan.truncated, len(plan.instances),
-                            self.config.max_source_length, cut, layout.SCORES_FILE)
+            logger.warning("task %s: %d of %d instance(s) are longer than max_source_length="
+                           "%d, so %s is cut off; its scores describe the truncated prompt "
+                           "(marked truncated_instances in %s)", name,
+                           plan.truncated, len(plan.instances),
+                           self.config.max_source_length, cut, layout.SCORES_FILE)
         record = {"index": plan.index, "task": name, **numbers,
                   "label": getattr(plan.task, "label", "gen"),
                   "n_instances": len(plan.instances),

@@ -5,7 +5,7 @@ memory and each epoch is a seeded permutation of it: batch `(epoch, step)` is a 
 the examples, the seed, `epoch` and `step`. A checkpoint that records the data position
 `(epoch, step_in_epoch)` therefore resumes on exactly the batch an uninterrupted run would see.
 
-Prompts are rendered by the data layer (`seqio_tasks.build_examples`) in the prompt format of
+Prompts are rendered by the data layer (`examples.build_examples`) in the prompt format of
 each task (`prompts.resolve_prompt_format`; "auto" = Tk-Instruct for encoder-decoder models;
 decoder-only models: Tk-Instruct for NIV2 tasks and Alpaca for Self-Instruct items, as the user
 turn of the model's chat template when the vocabulary has one). Positive examples are added
@@ -88,7 +88,7 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
                  num_pos_examples: int, max_source_length: int, max_target_length: int,
                  seed: int | None, builder: BatchBuilder | None = None,
                  prompt_format: str = "auto") -> list[EncodedExample]:
-    """Renders (data layer: `seqio_tasks.build_examples`) and tokenises the instances of `tasks`.
+    """Renders (data layer: `examples.build_examples`) and tokenises the instances of `tasks`.
 
     Args:
       tasks: `data.niv2.Task`s.
@@ -112,7 +112,7 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
     Raises:
       ValueError: an unknown prompt format, or a chat format without a chat template.
     """
-    from activeit_jax.data import prompts, seqio_tasks
+    from activeit_jax.data import examples as examples_lib, prompts
     builder = builder or EncoderDecoderBatches()
     decoder_only, ids = builder.decoder_only, builder.ids
     chat = chat_lib.from_vocabulary(vocab)
@@ -128,8 +128,8 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
         closing = (ids.end_of_turn,) if (decoder_only and prompts.is_chat_format(task_format)
                                          and ids.end_of_turn not in (None, ids.eos)) else ()
         shots = prompts.examples_shown(task_format, num_pos_examples)
-        for raw in seqio_tasks.build_examples([task], task_format, fits,
-                                              num_pos_examples=shots, chat=chat):
+        for raw in examples_lib.build_examples([task], task_format, fits,
+                                               num_pos_examples=shots, chat=chat):
             references = tuple(raw["references"]) or ("",)
             examples.append(EncodedExample(
                 # The label the metrics group by (a label file's CLS_GEN where it has one).
