@@ -108,6 +108,7 @@ class Experiment:
     judge_reference: str = "random"
     judge_seed: int = 0
     label_overrides: dict[str, str] | None = None
+    adaptive: Any = None
 
 
 def _register_configurables() -> None:
@@ -139,7 +140,8 @@ def experiment(model: Any = None, vocabulary: Any = None,
                self_instruct_num_validation: int = 0,
                select_epoch_on_validation: bool | None = None, judge: Any = None,
                judge_reference: str = "random", judge_seed: int = 0,
-               label_overrides: str | None = None) -> Experiment:
+               label_overrides: str | None = None, adaptive_perturbations: int = 0,
+               adaptive_z: float = 2.0) -> Experiment:
     """gin face of the experiment; only the entry point calls it.
 
     Args (beyond the obvious):
@@ -156,6 +158,12 @@ def experiment(model: Any = None, vocabulary: Any = None,
       judge: a `judge.JudgeConfig` or a list of them enabling the judge stage, or None (off).
       judge_reference / judge_seed: the strategy compared against; the presentation seed.
       label_overrides: path of a task -> cls|gen file whose labels win over the rule.
+      adaptive_perturbations: K0 of the adaptive perturbation budget (`scoring.adaptive`):
+        every pool task gets K0 perturbations, undecided ones more, up to
+        `ScoreConfig.num_perturbations`; 0 = exact scoring (every task gets K). Needs a fixed
+        `LoopConfig.tasks_per_iteration` (the selection size whose boundary matters) and no
+        entropy (the "uncertainty" strategy); single host; a killed scoring stage restarts.
+      adaptive_z: the adaptive budget's confidence bound, in standard errors.
 
     Raises:
       ValueError: a missing or contradictory setting (named in the message).
@@ -210,6 +218,7 @@ def experiment(model: Any = None, vocabulary: Any = None,
     if "entropy" in loop.scores_needed() and not score_config.compute_entropy:
         # Entropy is an optional extra of the scorer; a strategy that ranks by it needs it on.
         score_config = dataclasses.replace(score_config, compute_entropy=True)
+    adaptive = _adaptive_policy(adaptive_perturbations, adaptive_z, loop, score_config)
     overrides = None
     if label_overrides:
         from activeit_jax.data import labels
@@ -227,7 +236,39 @@ def experiment(model: Any = None, vocabulary: Any = None,
                       self_instruct_num_validation=self_instruct_num_validation,
                       select_epoch_on_validation=select_epoch_on_validation, judge=judges,
                       judge_reference=judge_reference, judge_seed=judge_seed,
-                      label_overrides=overrides)
+                      label_overrides=overrides, adaptive=adaptive)
+
+
+def _adaptive_policy(k0: int, z: float, loop: Any, score_config: Any) -> Any:
+    """The loop's adaptive perturbation policy (`scoring.adaptive.AdaptiveConfig`), or None.
+
+    The boundary that matters is the next selection: `tasks_per_iteration` tasks, split by the
+    loop's label quota as `selection.select` splits them.
+
+    Raises:
+      ValueError: a setting the adaptive budget cannot serve (named in the message).
+    """
+    if not k0:
+        return None
+    from activeit_jax.loop import selection
+    from activeit_jax.scoring import adaptive
+    if k0 < 1 or z <= 0:
+        raise ValueError(f"experiment.adaptive_perturbations must be >= 1 (0 = off) and "
+                         f"adaptive_z > 0, got {k0}, {z}")
+    if not loop.tasks_per_iteration:
+        raise ValueError("experiment.adaptive_perturbations needs a fixed "
+                         "LoopConfig.tasks_per_iteration (the selection it decides)")
+    if score_config.compute_entropy or score_config.save_prompts:
+        raise ValueError("experiment.adaptive_perturbations computes neither entropy (the "
+                         "'uncertainty' strategy) nor saved prompts: turn one of them off")
+    quota = None
+    if loop.quota == "niv2":
+        ratio = dict(selection.DEFAULT_LABEL_RATIO if loop.label_ratio is None
+                     else loop.label_ratio)
+        parts = selection.largest_remainder(loop.tasks_per_iteration, list(ratio.values()))
+        quota = dict(zip(ratio, parts))
+    return adaptive.AdaptiveConfig(initial_perturbations=k0,
+                                   num_select=loop.tasks_per_iteration, z=z, quota=quota)
 
 
 def _judge_configs(judge: Any) -> tuple[Any, ...] | None:
@@ -401,6 +442,17 @@ def build_stages(exp: Experiment):
         shardings = partitioning.params_shardings(exp.model, mesh,
                                                   train_config.logical_axis_rules)
         params = checkpoints.restore_params(checkpoint_dir, exp.model, shardings)
+        if exp.adaptive is not None:
+            import jax
+
+            from activeit_jax.scoring import adaptive
+            if jax.process_count() > 1:
+                raise ValueError("experiment.adaptive_perturbations runs on one host only")
+            adaptive.score_pool_adaptive(
+                exp.model, params, exp.vocabulary, tasks, out_dir, exp.score_config,
+                exp.adaptive, mesh=mesh,
+                run_args={"checkpoint": os.path.abspath(checkpoint_dir)})
+            return
         scoring.score_pool(exp.model, params, exp.vocabulary, tasks, out_dir,
                            exp.score_config, mesh=mesh, total=len(tasks),
                            run_args={"checkpoint": os.path.abspath(checkpoint_dir)})
