@@ -24,7 +24,7 @@ import numpy as np
 from activeit_jax.core import io_utils
 from activeit_jax.data.errors import DataError
 from activeit_jax.loop import selection
-from activeit_jax.reporting import judge_tables
+from activeit_jax.reporting import judge_tables, provenance, statistics
 from activeit_jax.reporting.results import (
     INITIAL,
     REPORT_DIR,
@@ -244,7 +244,10 @@ def _score_cell(record: Mapping[str, Any] | None, key: str) -> str:
 
 def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence[ResultRow],
                 curves_png: bytes, uncertainty_png: bytes, warnings: Sequence[str],
-                max_listed: int = 300) -> str:
+                max_listed: int = 300,
+                measured: Sequence[tuple[str, str]] = (),
+                comparisons: Sequence[statistics.Comparison] = (),
+                task_table: statistics.TaskTable | None = None) -> str:
     """The self-contained report page (inline CSS, images as data URIs, no external links).
 
     Args:
@@ -253,6 +256,9 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
       curves_png, uncertainty_png: the plots.
       warnings: lines shown in a "Warnings" section.
       max_listed: most tasks listed per iteration (the rest are counted).
+      measured: `provenance.describe_run` rows (model, checkpoint, pool, prompt, settings).
+      comparisons: `statistics.compare_to_reference` (each strategy vs random, paired).
+      task_table: `statistics.task_table` (per-task test scores at the last iteration).
 
     Returns:
       The HTML text.
@@ -270,7 +276,12 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
         out.append("<p>Task labels (classification / generative) by source: " + html.escape(
             "; ".join(f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
                       for seed, counts in sources.items())) + ".</p>")
+    if measured:
+        out.append(provenance.provenance_html(measured))
     out.append("<h2>Results (ROUGE-L, mean over tasks)</h2>")
+    out.append("<p>Per seed: the mean ROUGE-L over the split's tasks; mean ± std: over seeds "
+               "(sample standard deviation, ddof = 1; none for one seed), n seeds per row."
+               "</p>")
     for split, split_title in SPLITS:
         header, body = table_cells(rows, split)
         if body:
@@ -278,8 +289,25 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
             out.append(_html_table(header, body))
     if not rows:
         out.append("<p>No per-task metrics found.</p>")
+    for split, split_title in SPLITS:
+        body = statistics.comparison_cells(comparisons, split)
+        if body:
+            out.append(f"<h2>{html.escape(split_title)}: each strategy vs "
+                       f"{statistics.REFERENCE} (paired)</h2>")
+            out.append(_html_table(statistics.COMPARISON_HEADER, body))
+    if comparisons:
+        out.append(f"<p>{html.escape(statistics.method_note(comparisons))}</p>")
     out.append("<h2>Learning curves</h2>")
     out.append(_img(curves_png, "ROUGE-L vs number of training tasks"))
+    out.append("<p>Line: mean over seeds; band: ± one sample standard deviation over seeds "
+               "(no band with one seed).</p>")
+    if task_table is not None:
+        out.append(f"<h2>Per test task at iteration {task_table.iteration} (which tasks "
+                   "move)</h2>")
+        out.append("<p>ROUGE-L per test task, mean over seeds, sorted by the first "
+                   "difference (largest gain first); every seed and iteration in "
+                   "per_task_scores.csv.</p>")
+        out.append(_html_table(task_table.header, task_table.rows))
     out.append("<h2>Prompt uncertainty of the selected tasks</h2>")
     out.append(_img(uncertainty_png, "mean prompt uncertainty of selected tasks per iteration"))
     for label, judge_rows in judge_tables.judge_tables(iterations).items():
@@ -325,7 +353,8 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
 
 
 REPORT_FILES = ("results.md", "results.csv", "curves.png", "curves.svg",
-                "selected_uncertainty.png", "report.html")
+                "selected_uncertainty.png", "report.html", "comparisons.csv",
+                "per_task_scores.csv")
 
 
 def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
@@ -358,14 +387,25 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     uncertainty_png = plot_selected_uncertainty(selected_uncertainty(iterations), colors)
     judge_markdown = judge_tables.tables_markdown(judge_tables.judge_tables(iterations))
     judge_markdown = "\n" + judge_markdown if judge_markdown else ""
+    per_task = statistics.read_per_task_scores(iterations)
+    comparisons = statistics.compare_to_reference(rows, per_task)
+    task_table = statistics.task_table(per_task, strategy_order(it.strategy for it in iterations))
+    measured = provenance.describe_run(run_dir, iterations)
+    markdown = "\n".join(part for part in (
+        provenance.provenance_markdown(measured), results_markdown(rows),
+        statistics.comparisons_markdown(comparisons),
+        statistics.task_table_markdown(task_table)) if part)
     contents: dict[str, str | bytes] = {
-        "results.md": "# Results\n\n" + results_markdown(rows) + judge_markdown,
-        "results.csv": results_csv(rows),
+        "results.md": "# Results\n\n" + markdown + judge_markdown,
+        "results.csv": statistics.add_comparison_columns(results_csv(rows), comparisons),
+        "comparisons.csv": statistics.comparisons_csv(comparisons),
+        "per_task_scores.csv": statistics.per_task_csv(iterations, per_task),
         "curves.png": curves_png,
         "curves.svg": curves_svg,
         "selected_uncertainty.png": uncertainty_png,
         "report.html": render_html(run_dir, iterations, rows, curves_png, uncertainty_png,
-                                   warnings),
+                                   warnings, measured=measured, comparisons=comparisons,
+                                   task_table=task_table),
     }
     paths = {}
     for name in REPORT_FILES:
