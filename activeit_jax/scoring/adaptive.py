@@ -35,10 +35,11 @@ import numpy as np
 
 from activeit_jax import partitioning
 from activeit_jax.core import io_utils
-from activeit_jax.scoring import journal
+from activeit_jax.scoring import journal, pool as pool_lib
 from activeit_jax.scoring.formulas import prompt_uncertainty, sequence_probability
 from activeit_jax.scoring.planning import PromptBuilder, SkippedTask
 from activeit_jax.scoring.row_scorer import RowScorer
+from activeit_jax.scoring.tokens import is_decoder_only
 
 # fetch(requests) -> p: requests maps a task to its perturbation range [lo, hi) (1-based, 0
 # is the unperturbed prompt, only requested with lo = 0); the answer maps it to p [n, hi - lo].
@@ -294,11 +295,14 @@ def score_pool_adaptive(model, params, vocab, tasks, out_dir: str, config: Any,
     if config.save_prompts or config.compute_entropy:
         raise ValueError("the adaptive budget supports neither save_prompts nor entropy")
     mesh = mesh or partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
-    args = {**(run_args or {}), **config.fingerprint_args(),
+    # A decoder-only model's prompts are its own (chat) format, cut to leave room for its
+    # BOS, as `score_pool` builds them; the fingerprint records those formats as it does.
+    decoder_only = is_decoder_only(model)
+    args = {**pool_lib._fingerprinted_args(model, vocab, config, run_args, decoder_only),
             "adaptive": dataclasses.asdict(policy)}
     journal.prepare_run_dir(out_dir, args)
-    scorer = RowScorer.from_config(model, params, mesh, config)
-    builder = PromptBuilder(vocab, config, eos_id=scorer.eos_id)
+    scorer = RowScorer.from_config(model, params, mesh, config, decoder_only)
+    builder = PromptBuilder(vocab, config, decoder_only=decoder_only, eos_id=scorer.eos_id)
     pool = list(enumerate(tasks))
     usable = [(i, t) for i, t in pool if not isinstance(t, SkippedTask) and t.instances]
     result = score_adaptive(scorer, builder, [t for _, t in usable], policy)
