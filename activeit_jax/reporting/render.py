@@ -8,6 +8,14 @@ horizontal line), selected_uncertainty.png (mean prompt uncertainty of each iter
 selected tasks, mean +- std over seeds), report.html (everything with images as base64 data
 URIs). With judge files, results.md and report.html add one Win / Tie / Lose table per judge
 (`activeit_jax.reporting.judge_tables`).
+
+Every report also says how sure it is and what it measured: results.md and report.html open
+with the model, its checkpoint, the pool, the prompt format and the main settings
+(`activeit_jax.reporting.provenance`), and compare each strategy with random at each iteration
+by paired differences with 95% intervals and a verdict (`activeit_jax.reporting.statistics`;
+also in results.csv's last columns and, in full, comparisons.csv), and list every test task's
+score (per_task_scores.csv: one line per task, model and seed; the HTML and Markdown show the
+last common iteration, sorted by the difference).
 """
 from __future__ import annotations
 

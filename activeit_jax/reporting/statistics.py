@@ -281,30 +281,16 @@ def compare_to_reference(rows: Sequence[Any], per_task: Mapping[tuple, Mapping[s
 
 def read_per_task_scores(iterations: Sequence[Any]) -> dict[tuple, dict[str, Any]]:
     """(split, strategy, iteration, seed) -> {task: per-task record} of every iteration that
-    has a per-task metrics file (`results.read_per_task`)."""
-    import os
-
+    has per-task metrics (`results.read_per_task`; a missing file reads as none)."""
     from activeit_jax.reporting import results
     out: dict[tuple, dict[str, Any]] = {}
     for it in iterations:
-        if not os.path.exists(os.path.join(it.path, _per_task_file())):
-            continue
         for split, _ in results.SPLITS:
             records = results.read_per_task(it.path, split)
             if records:
                 out[(split, it.strategy, it.iteration, it.seed)] = {
                     str(r["task"]): r for r in records}
     return out
-
-
-def _per_task_file() -> str:
-    # The name moves to activeit_jax.layout (issue 19); read it from wherever it lives.
-    try:
-        from activeit_jax import layout  # type: ignore[attr-defined]
-        return layout.PER_TASK_FILE
-    except ImportError:
-        from activeit_jax.reporting import results
-        return results.PER_TASK_FILE
 
 
 # ----------------------------------------------------------------------------- text output
