@@ -44,6 +44,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from activeit_jax.reporting import results
+
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -242,11 +244,10 @@ def compare_to_reference(rows: Sequence[Any], per_task: Mapping[tuple, Mapping[s
         `read_per_task_scores` returns; used in task mode.
 
     Returns:
-      The comparisons in row order, categories in `CATEGORIES` order. Seed mode when the
+      The comparisons in row order, categories in `results.CATEGORIES` order. Seed mode when the
       strategy and random share >= 2 seeds at that iteration, else task mode on their one
       shared seed (paired by task name; a category's tasks by the records' "label").
     """
-    from activeit_jax.reporting.results import CATEGORIES
     reference = {(r.split, r.iteration): r for r in rows if r.strategy == REFERENCE}
     out = []
     for row in rows:
@@ -255,7 +256,7 @@ def compare_to_reference(rows: Sequence[Any], per_task: Mapping[tuple, Mapping[s
         ref = reference.get((row.split, row.iteration))
         if ref is None:
             continue
-        for category, _ in CATEGORIES:
+        for category, _ in results.CATEGORIES:
             ours, theirs = row.values.get(category, {}), ref.values.get(category, {})
             seeds = sorted(s for s in ours if s in theirs and ours[s] is not None
                            and theirs[s] is not None)
@@ -282,7 +283,6 @@ def compare_to_reference(rows: Sequence[Any], per_task: Mapping[tuple, Mapping[s
 def read_per_task_scores(iterations: Sequence[Any]) -> dict[tuple, dict[str, Any]]:
     """(split, strategy, iteration, seed) -> {task: per-task record} of every iteration that
     has per-task metrics (`results.read_per_task`; a missing file reads as none)."""
-    from activeit_jax.reporting import results
     out: dict[tuple, dict[str, Any]] = {}
     for it in iterations:
         for split, _ in results.SPLITS:
@@ -313,8 +313,7 @@ COMPARISON_HEADER = ("Strategy", "Iteration", "#Tasks", "Category", "Paired by",
 
 def comparison_cells(comparisons: Sequence[Comparison], split: str) -> list[list[str]]:
     """Text cells (`COMPARISON_HEADER`) of one split's comparisons."""
-    from activeit_jax.reporting.results import CATEGORIES
-    titles = dict(CATEGORIES)
+    titles = dict(results.CATEGORIES)
     body = []
     for c in comparisons:
         if c.split != split:
@@ -358,9 +357,8 @@ def method_note(comparisons: Sequence[Comparison]) -> str:
 
 def comparisons_markdown(comparisons: Sequence[Comparison]) -> str:
     """Markdown: per split a table of strategy vs random, then the method note."""
-    from activeit_jax.reporting.results import SPLITS
     parts = []
-    for split, title in SPLITS:
+    for split, title in results.SPLITS:
         body = comparison_cells(comparisons, split)
         if not body:
             continue
@@ -409,7 +407,6 @@ def add_comparison_columns(results_csv: str, comparisons: Sequence[Comparison]) 
     verdict appended to each row ({category}_diff_vs_random, {category}_ci_low,
     {category}_ci_high, {category}_verdict; empty where the row has no comparison), and the
     pairing unit (`ci_unit`: seed / task)."""
-    from activeit_jax.reporting.results import CATEGORIES
     rows = list(csv.reader(io.StringIO(results_csv)))
     if not rows:
         return results_csv
@@ -417,7 +414,7 @@ def add_comparison_columns(results_csv: str, comparisons: Sequence[Comparison]) 
     index = {name: k for k, name in enumerate(header)}
     by_key = {(c.split, c.strategy, str(c.iteration), c.category): c for c in comparisons}
     extra_header = ["ci_unit"]
-    for category, _ in CATEGORIES:
+    for category, _ in results.CATEGORIES:
         extra_header += [f"{category}_diff_vs_{REFERENCE}", f"{category}_ci_low",
                          f"{category}_ci_high", f"{category}_verdict"]
     buffer = io.StringIO()
@@ -426,7 +423,7 @@ def add_comparison_columns(results_csv: str, comparisons: Sequence[Comparison]) 
     for line in body:
         key = (line[index["split"]], line[index["strategy"]], line[index["iteration"]])
         cells, unit = [], ""
-        for category, _ in CATEGORIES:
+        for category, _ in results.CATEGORIES:
             c = by_key.get((*key, category))
             if c is None:
                 cells += ["", "", "", ""]
@@ -487,8 +484,7 @@ def task_table(per_task: Mapping[tuple, Mapping[str, Any]], strategies: Sequence
     """Which test tasks move: every task's mean ROUGE-L over seeds at the last iteration that
     random and another strategy both reached, next to iteration 0 and the difference of each
     strategy vs random; None when there is no such iteration."""
-    from activeit_jax.reporting.results import INITIAL
-    compared = [s for s in strategies if s not in (INITIAL, REFERENCE, *NOT_COMPARED)]
+    compared = [s for s in strategies if s not in (results.INITIAL, REFERENCE, *NOT_COMPARED)]
     reached = {(s, i) for (sp, s, i, _) in per_task if sp == split}
     common = [i for (s, i) in reached if s == REFERENCE and i >= 1
               and any((c, i) in reached for c in compared)]
@@ -508,7 +504,7 @@ def task_table(per_task: Mapping[tuple, Mapping[str, Any]], strategies: Sequence
         return {name: (float(np.mean(v)), labels[name]) for name, v in values.items()}
 
     columns = {s: means(s, iteration) for s in shown}
-    zero = means(INITIAL, 0)
+    zero = means(results.INITIAL, 0)
     names = sorted(set().union(*[set(c) for c in columns.values()]))
     diffs = [s for s in shown if s != REFERENCE]
     lines = []
