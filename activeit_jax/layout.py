@@ -97,8 +97,10 @@ CURVES_PNG = "curves.png"
 CURVES_SVG = "curves.svg"
 SELECTED_UNCERTAINTY_PNG = "selected_uncertainty.png"
 REPORT_HTML = "report.html"
+COMPARISONS_CSV = "comparisons.csv"  # every strategy vs random: differences, intervals, verdict
+PER_TASK_SCORES_CSV = "per_task_scores.csv"  # every test task's ROUGE-L per model and seed
 REPORT_FILES = (RESULTS_MD, RESULTS_CSV, CURVES_PNG, CURVES_SVG, SELECTED_UNCERTAINTY_PNG,
-                REPORT_HTML)
+                REPORT_HTML, COMPARISONS_CSV, PER_TASK_SCORES_CSV)
 
 # -- a prepared split (a seed's data/, or `activeit-jax prepare --out`) ------------------------
 TASKS_FILE = "tasks.jsonl"

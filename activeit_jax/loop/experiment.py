@@ -23,8 +23,9 @@ from typing import Any, Callable, Mapping, Sequence
 from activeit_jax.core.errors import UsageError
 from activeit_jax.data import labels, splits, vocab as vocab_lib
 from activeit_jax.data.configurables import resolve_repo_path
-from activeit_jax.loop import active_loop, judge as judge_lib
+from activeit_jax.loop import active_loop, judge as judge_lib, selection
 from activeit_jax.models import checkpoints
+from activeit_jax.scoring import adaptive as adaptive_lib
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.training.config import TrainConfig
 
@@ -73,6 +74,13 @@ class Experiment:
         for the scores; or JSON / CSV task -> cls|gen) labelling the tasks it names, the rule
         the others; None = the rule. Resolved: `RULE` or a `labels.LabelSource`.
       label_overrides: the old name of `label_source` (a path; None = unset). Resolved: None.
+      adaptive_perturbations: K0 of the adaptive perturbation budget (`scoring.adaptive`):
+        every pool task gets K0 perturbations, undecided ones more, up to
+        `ScoreConfig.num_perturbations`; 0 = exact scoring (every task gets K). Needs a fixed
+        `LoopConfig.tasks_per_iteration` (the selection size whose boundary matters) and no
+        entropy (the "uncertainty" strategy); single host; a killed scoring stage restarts.
+      adaptive_z: the adaptive budget's confidence bound, in standard errors.
+      adaptive: resolved only: the loop's `AdaptiveConfig`, or None (exact scoring).
     """
     model: Any = None
     vocabulary: Any = None
@@ -96,6 +104,9 @@ class Experiment:
     judge_seed: int = 0
     label_overrides: str | Mapping[str, str] | None = None
     label_source: str | labels.LabelSource | None = None
+    adaptive_perturbations: int = 0
+    adaptive_z: float = 2.0
+    adaptive: adaptive_lib.AdaptiveConfig | None = None
 
 
 RULE = "rule"  # `Experiment.label_source`: our rule labels every task
@@ -186,12 +197,51 @@ def resolve(spec: Experiment, is_required: Callable[[Any], bool] = lambda value:
     if "entropy" in loop.scores_needed() and not score_config.compute_entropy:
         # Entropy is an optional extra of the scorer; a strategy that ranks by it needs it on.
         score_config = dataclasses.replace(score_config, compute_entropy=True)
+    adaptive = adaptive_policy(spec.adaptive_perturbations, spec.adaptive_z, loop,
+                               score_config)
     return Experiment(**{
         **fields, "model": model, "vocabulary": vocabulary, "loop": loop,
         "train_config": spec.train_config or TrainConfig(), "score_config": score_config,
         "select_epoch_on_validation": (spec.pool == "niv2" if select_epoch is None
                                        else select_epoch),
-        "judge": judges, "label_overrides": None, "label_source": label_source})
+        "judge": judges, "label_overrides": None, "label_source": label_source,
+        "adaptive": adaptive})
+
+
+def adaptive_policy(k0: int, z: float, loop: active_loop.LoopConfig, score_config: ScoreConfig
+                    ) -> adaptive_lib.AdaptiveConfig | None:
+    """The loop's adaptive perturbation policy, or None for exact scoring.
+
+    The boundary that matters is the next selection: `tasks_per_iteration` tasks, split by the
+    loop's label quota as `selection.select` splits them.
+
+    Args:
+      k0: the perturbations every pool task gets first (0 = off).
+      z: the confidence bound, in standard errors.
+      loop, score_config: the resolved loop and scorer settings.
+
+    Raises:
+      ValueError: a setting the adaptive budget cannot serve (named in the message).
+    """
+    if not k0:
+        return None
+    if k0 < 1 or z <= 0:
+        raise ValueError(f"experiment.adaptive_perturbations must be >= 1 (0 = off) and "
+                         f"adaptive_z > 0, got {k0}, {z}")
+    if not loop.tasks_per_iteration:
+        raise ValueError("experiment.adaptive_perturbations needs a fixed "
+                         "LoopConfig.tasks_per_iteration (the selection it decides)")
+    if score_config.compute_entropy or score_config.save_prompts:
+        raise ValueError("experiment.adaptive_perturbations computes neither entropy (the "
+                         "'uncertainty' strategy) nor saved prompts: turn one of them off")
+    quota = None
+    if loop.quota == "niv2":
+        ratio = dict(selection.DEFAULT_LABEL_RATIO if loop.label_ratio is None
+                     else loop.label_ratio)
+        parts = selection.largest_remainder(loop.tasks_per_iteration, list(ratio.values()))
+        quota = dict(zip(ratio, parts))
+    return adaptive_lib.AdaptiveConfig(initial_perturbations=k0,
+                                       num_select=loop.tasks_per_iteration, z=z, quota=quota)
 
 
 def _check_pool(spec: Experiment, loop: active_loop.LoopConfig) -> None:

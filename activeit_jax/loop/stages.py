@@ -12,13 +12,17 @@ import logging
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
+
 from activeit_jax import layout, partitioning, scoring
+from activeit_jax.core.errors import UsageError
 from activeit_jax.data import hashing, labels as labels_lib, prepared as prepared_lib
 from activeit_jax.data.configurables import resolve_repo_path
 from activeit_jax.data.errors import SplitError
 from activeit_jax.loop import active_loop, hosts, judge as judge_lib
 from activeit_jax.loop.experiment import Experiment
 from activeit_jax.models import checkpoints
+from activeit_jax.scoring import adaptive
 from activeit_jax.training import evaluation, trainer
 
 log = logging.getLogger(__name__)
@@ -170,9 +174,17 @@ def build_stages(exp: Experiment) -> active_loop.Stages:
         shardings = partitioning.params_shardings(exp.model, mesh,
                                                   train_config.logical_axis_rules)
         params = checkpoints.restore_params(checkpoint_dir, exp.model, shardings)
+        run_args = {"checkpoint": os.path.abspath(checkpoint_dir)}
+        if exp.adaptive is not None:
+            if jax.process_count() > 1:
+                raise UsageError("experiment.adaptive_perturbations runs on one host only")
+            adaptive.score_pool_adaptive(exp.model, params, exp.vocabulary, tasks, out_dir,
+                                         exp.score_config, exp.adaptive, mesh=mesh,
+                                         run_args=run_args)
+            return
         scoring.score_pool(exp.model, params, exp.vocabulary, tasks, out_dir,
                            exp.score_config, mesh=mesh, total=len(tasks),
-                           run_args={"checkpoint": os.path.abspath(checkpoint_dir)})
+                           run_args=run_args)
 
     return active_loop.Stages(prepare=prepare, train=train, evaluate=evaluate, score=score)
 

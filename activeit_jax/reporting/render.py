@@ -11,6 +11,14 @@ selected tasks (mean +- std over seeds; the paper's Figure 2) and one self-conta
 with everything (images as base64 data URIs). With judge files, the Markdown and the HTML add,
 per judge, a Win / Tie / Lose / Error table per seed and their mean ± sd across seeds
 (`activeit_jax.reporting.judge_tables`).
+
+Every report also says how sure it is and what it measured: results.md and report.html open
+with the model, its checkpoint, the pool, the prompt format and the main settings
+(`activeit_jax.reporting.provenance`), and compare each strategy with random at each iteration
+by paired differences with 95% intervals and a verdict (`activeit_jax.reporting.statistics`;
+also in results.csv's last columns and, in full, comparisons.csv), and list every test task's
+score (per_task_scores.csv: one line per task, model and seed; the HTML and Markdown show the
+last common iteration, sorted by the difference).
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.data.errors import DataError
 from activeit_jax.loop import selection
-from activeit_jax.reporting import judge_tables
+from activeit_jax.reporting import judge_tables, provenance, statistics
 from activeit_jax.reporting.results import (
     INITIAL,
     SPLITS,
@@ -246,7 +254,10 @@ def _score_cell(record: Mapping[str, Any] | None, key: str) -> str:
 
 def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence[ResultRow],
                 curves_png: bytes, uncertainty_png: bytes, warnings: Sequence[str],
-                max_listed: int = 300) -> str:
+                max_listed: int = 300,
+                measured: Sequence[tuple[str, str]] = (),
+                comparisons: Sequence[statistics.Comparison] = (),
+                task_table: statistics.TaskTable | None = None) -> str:
     """The self-contained report page (inline CSS, images as data URIs, no external links).
 
     Args:
@@ -255,6 +266,9 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
       curves_png, uncertainty_png: the plots.
       warnings: lines shown in a "Warnings" section.
       max_listed: most tasks listed per iteration (the rest are counted).
+      measured: `provenance.describe_run` rows (model, checkpoint, pool, prompt, settings).
+      comparisons: `statistics.compare_to_reference` (each strategy vs random, paired).
+      task_table: `statistics.task_table` (per-task test scores at the last iteration).
 
     Returns:
       The HTML text.
@@ -269,7 +283,12 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
            "</p>",
            f"<p>Seeds: {html.escape(', '.join(map(str, seeds)) or '–')}. Strategies: "
            f"{html.escape(', '.join(strategies) or '–')}.</p>"]
+    if measured:
+        out.append(provenance.provenance_html(measured))
     out.append("<h2>Results (ROUGE-L, mean over tasks)</h2>")
+    out.append("<p>Per seed: the mean ROUGE-L over the split's tasks; mean ± std: over seeds "
+               "(sample standard deviation, ddof = 1; none for one seed), n seeds per row."
+               "</p>")
     for split, split_title in SPLITS:
         header, body = table_cells(rows, split)
         if body:
@@ -277,8 +296,25 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
             out.append(_html_table(header, body))
     if not rows:
         out.append("<p>No per-task metrics found.</p>")
+    for split, split_title in SPLITS:
+        body = statistics.comparison_cells(comparisons, split)
+        if body:
+            out.append(f"<h2>{html.escape(split_title)}: each strategy vs "
+                       f"{statistics.REFERENCE} (paired)</h2>")
+            out.append(_html_table(statistics.COMPARISON_HEADER, body))
+    if comparisons:
+        out.append(f"<p>{html.escape(statistics.method_note(comparisons))}</p>")
     out.append("<h2>Learning curves</h2>")
     out.append(_img(curves_png, "ROUGE-L vs number of training tasks"))
+    out.append("<p>Line: mean over seeds; band: ± one sample standard deviation over seeds "
+               "(no band with one seed).</p>")
+    if task_table is not None:
+        out.append(f"<h2>Per test task at iteration {task_table.iteration} (which tasks "
+                   "move)</h2>")
+        out.append("<p>ROUGE-L per test task, mean over seeds, sorted by the first "
+                   "difference (largest gain first); every seed and iteration in "
+                   "per_task_scores.csv.</p>")
+        out.append(_html_table(task_table.header, task_table.rows))
     out.append("<h2>Prompt uncertainty of the selected tasks</h2>")
     out.append(_img(uncertainty_png, "mean prompt uncertainty of selected tasks per iteration"))
     for section in judge_tables.judge_sections(iterations):
@@ -357,15 +393,25 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     labels_line = label_source_line(run_dir)
     labels_line = labels_line + "\n\n" if labels_line else ""
     judge_markdown = "\n" + judge_markdown if judge_markdown else ""
+    per_task = statistics.read_per_task_scores(iterations)
+    comparisons = statistics.compare_to_reference(rows, per_task)
+    task_table = statistics.task_table(per_task, strategy_order(it.strategy for it in iterations))
+    measured = provenance.describe_run(run_dir, iterations)
+    markdown = "\n".join(part for part in (
+        provenance.provenance_markdown(measured), results_markdown(rows),
+        statistics.comparisons_markdown(comparisons),
+        statistics.task_table_markdown(task_table)) if part)
     contents: dict[str, str | bytes] = {
-        layout.RESULTS_MD: ("# Results\n\n" + labels_line + results_markdown(rows)
-                            + judge_markdown),
-        layout.RESULTS_CSV: results_csv(rows),
+        layout.RESULTS_MD: "# Results\n\n" + labels_line + markdown + judge_markdown,
+        layout.RESULTS_CSV: statistics.add_comparison_columns(results_csv(rows), comparisons),
+        layout.COMPARISONS_CSV: statistics.comparisons_csv(comparisons),
+        layout.PER_TASK_SCORES_CSV: statistics.per_task_csv(iterations, per_task),
         layout.CURVES_PNG: curves_png,
         layout.CURVES_SVG: curves_svg,
         layout.SELECTED_UNCERTAINTY_PNG: uncertainty_png,
         layout.REPORT_HTML: render_html(run_dir, iterations, rows, curves_png, uncertainty_png,
-                                        warnings),
+                                        warnings, measured=measured, comparisons=comparisons,
+                                        task_table=task_table),
     }
     paths = {}
     for name in layout.REPORT_FILES:

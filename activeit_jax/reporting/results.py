@@ -286,14 +286,15 @@ def table_cells(rows: Sequence[ResultRow], split: str) -> tuple[list[str], list[
     """Header and text cells of one split's table (shared by the Markdown here and the HTML
     of `render`)."""
     seeds, categories = _seeds_of(rows), categories_of(rows)
-    header = ["Strategy", "Iteration", "#Tasks"]
+    header = ["Strategy", "Iteration", "#Tasks", "n seeds"]
     for _, title in categories:
         header += [f"{title} seed {s}" for s in seeds] + [f"{title} mean ± std"]
     body = []
     for row in rows:
         if row.split != split:
             continue
-        cells = [row.strategy, str(row.iteration), row.tasks_label()]
+        cells = [row.strategy, str(row.iteration), row.tasks_label(),
+                 str(row.stats("overall")[2])]
         for category, _ in categories:
             cells += [_fmt_value(row.values.get(category, {}).get(s)) for s in seeds]
             mean, std, _ = row.stats(category)

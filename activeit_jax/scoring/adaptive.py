@@ -37,7 +37,7 @@ from activeit_jax import layout, partitioning
 from activeit_jax.core import io_utils, run_lock
 from activeit_jax.core.errors import UsageError
 from activeit_jax.models import BaseModel
-from activeit_jax.scoring import journal
+from activeit_jax.scoring import journal, pool as pool_lib
 from activeit_jax.scoring.formulas import prompt_uncertainty, sequence_probability
 from activeit_jax.scoring.planning import PromptBuilder, SkippedTask, check_prompts_render
 from activeit_jax.scoring.row_scorer import RowScorer
@@ -330,7 +330,8 @@ def score_pool_adaptive(model: BaseModel, params, vocab, tasks, out_dir: str, co
     """
     check_supported(config)
     mesh = mesh or partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
-    args = {**(run_args or {}), **config.fingerprint_args(),
+    # The fingerprint records the prompt formats and special ids as `score_pool`'s does.
+    args = {**pool_lib._fingerprinted_args(model, vocab, config, run_args),
             "adaptive": dataclasses.asdict(policy)}
     check_prompts_render(vocab, config, model.decoder_only)
     with run_lock.hold(out_dir, "score"):  # one process per directory, as `score_pool`
@@ -342,7 +343,10 @@ def _score_and_write(model, params, vocab, tasks, out_dir: str, config: Any,
                      policy: AdaptiveConfig, mesh) -> dict[str, Any]:
     """The body of `score_pool_adaptive`, holding the directory's lock."""
     scorer = RowScorer.from_config(model, params, mesh, config)
-    builder = PromptBuilder(vocab, config, eos_id=scorer.eos_id)
+    # A decoder-only model's prompts are its own (chat) format, cut to leave room for its
+    # BOS, as `score_pool` builds them.
+    builder = PromptBuilder(vocab, config, decoder_only=model.decoder_only,
+                            eos_id=scorer.eos_id)
     pool = list(enumerate(tasks))
     usable = [(i, t) for i, t in pool if not isinstance(t, SkippedTask) and t.instances]
     result = score_adaptive(scorer, builder, [t for _, t in usable], policy)

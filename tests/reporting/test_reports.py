@@ -257,6 +257,6 @@ def test_single_seed_generative_only_run(tmp_path):
     rows = run_results.collect_results(run_results.discover_run(tmp_path))
     assert len(rows) == 1 and rows[0].stats("overall") == (30.0, None, 1)
     text = run_results.results_markdown(rows)
-    assert "Classification" not in text and "| initial | 0 | 2 | 30.00 | 30.00 |" in text
+    assert "Classification" not in text and "| initial | 0 | 2 | 1 | 30.00 | 30.00 |" in text
     line = run_results.results_csv(rows).splitlines()[1].split(",")
     assert line[:5] == ["test", "initial", "0", "2", "1"]
