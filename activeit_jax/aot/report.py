@@ -59,8 +59,8 @@ def table(result: Mapping[str, Any]) -> str:
     for row in [header, *rows]:
         lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths))
                      .rstrip())
-    lines.append("(bytes in binary units; out = outputs not aliased to donated arguments; roofline: "
-                 "c = compute-bound, m = memory-bound)")
+    lines.append("(bytes in binary units; out = outputs not aliased to donated arguments; "
+                 "roofline: c = compute-bound, m = memory-bound)")
     for report in result["programs"]:
         if report.get("out_of_memory"):
             lines.append(f"{report['program']}: {report['out_of_memory']}")

@@ -32,10 +32,10 @@ with --save_prompts, OUT/prompts.jsonl. Rerunning with the same arguments resume
 arguments are refused. See `activeit_jax.scoring` for the definitions.
 
 Multi-host (the flags of `activeit_jax.core.distributed`, ACTIVEIT_* variables, or a cluster
-that JAX detects: SLURM, Open MPI, a Cloud TPU VM): every host runs the same command; host k loads and scores the pool tasks i with
-i % num_hosts == k on its own devices (`--mesh` describes this per-host mesh) and journals them
-in OUT/shards/host{k}-of-{n}/; process 0 then merges everything into the files above. OUT must
-be on a filesystem that every host sees.
+that JAX detects: SLURM, Open MPI, a Cloud TPU VM): every host runs the same command; host k
+loads and scores the pool tasks i with i % num_hosts == k on its own devices (`--mesh`
+describes this per-host mesh) and journals them in OUT/shards/host{k}-of-{n}/; process 0 then
+merges everything into the files above. OUT must be on a filesystem that every host sees.
 """
 from __future__ import annotations
 

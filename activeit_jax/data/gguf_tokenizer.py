@@ -278,8 +278,8 @@ def vocabulary_from_gguf_metadata(metadata: Mapping[str, Any], source: str | Non
         raise VocabularyError("metadata tokenizer.ggml.eos_token_id is missing", source)
     bos = metadata.get("tokenizer.ggml.bos_token_id")
     # llama.cpp adds BOS to a SentencePiece vocabulary unless the file says otherwise.
-    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", tokenizer_type == SENTENCEPIECE_TYPE)) \
-        and bos is not None
+    add_bos = bos is not None and bool(
+        metadata.get("tokenizer.ggml.add_bos_token", tokenizer_type == SENTENCEPIECE_TYPE))
     return hf_tokenizer.HFTokenizerVocabulary(
         tokenizer, eos_id=eos, bos_id=bos, unk_id=metadata.get("tokenizer.ggml.unknown_token_id"),
         pad_id=metadata.get("tokenizer.ggml.padding_token_id"), add_bos=add_bos,

@@ -92,7 +92,7 @@ def _draw_split(exp: Experiment, seed: int) -> prepared_lib.PreparedData:
             resolve_repo_path(exp.self_instruct_file),
             test_path=resolve_repo_path(test_file) if test_file else None, seed=seed,
             label_overrides=label_file_of(exp), quotas=exp.quotas,
-            max_items=exp.self_instruct_max_items)
+            max_items=exp.self_instruct_max_items, on_bad_task=exp.on_bad_task)
         return hold_out_validation(data, exp.self_instruct_num_validation, seed)
     return prepared_lib.prepare_niv2(exp.niv2_dir, seed=seed, on_bad_task=exp.on_bad_task,
                                      label_overrides=label_file_of(exp), quotas=exp.quotas,

@@ -331,7 +331,7 @@ def score_pool_adaptive(model: BaseModel, params, vocab, tasks, out_dir: str, co
     check_supported(config)
     mesh = mesh or partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
     # The fingerprint records the prompt formats and special ids as `score_pool`'s does.
-    args = {**pool_lib._fingerprinted_args(model, vocab, config, run_args),
+    args = {**pool_lib.fingerprint_args(model, vocab, config, run_args),
             "adaptive": dataclasses.asdict(policy)}
     check_prompts_render(vocab, config, model.decoder_only)
     with run_lock.hold(out_dir, "score"):  # one process per directory, as `score_pool`

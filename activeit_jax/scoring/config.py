@@ -26,7 +26,7 @@ class ScoreConfig:
         decoder-only models: Tk-Instruct for NIV2 tasks, Alpaca for Self-Instruct items, each
         as the user turn of the model's chat template when its vocabulary has one) or one of
         `prompts.PROMPT_FORMATS` for every task. Fingerprinted as the formats it resolves to
-        (`planning.prompt_formats`), see `pool._fingerprinted_args`.
+        (`planning.prompt_formats`), see `pool.fingerprint_args`.
       num_pos_examples: positive examples in the Tk-Instruct prompt.
       max_source_length / max_target_length: SeqIO lengths (cut with EOS kept).
       max_decode_length: greedy decoding length of the originals.

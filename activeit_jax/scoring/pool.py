@@ -148,7 +148,7 @@ def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: s
         mesh, params = _local_mesh(model, params, mesh)
     model = model if scorer is None else scorer.model
     check_vocabulary(model, vocab)
-    args = _fingerprinted_args(model, vocab, config, run_args)
+    args = fingerprint_args(model, vocab, config, run_args)
     if render_fn is None:  # a broken chat template stops here, before run_args.json
         check_prompts_render(vocab, config, model.decoder_only)
     with _directory_locks(out_dir, shard):
@@ -195,7 +195,7 @@ def _directory_locks(out_dir: str, shard: ShardInfo) -> Iterator[None]:
         yield
 
 
-def _fingerprinted_args(model: BaseModel, vocab, config: ScoreConfig,
+def fingerprint_args(model: BaseModel, vocab, config: ScoreConfig,
                         run_args: dict[str, Any] | None) -> dict[str, Any]:
     """The arguments `run_args.json` fingerprints: the caller's, the config's fingerprinted
     fields, the prompt formats (decoder-only, or a format chosen explicitly: an

@@ -471,3 +471,29 @@ def test_demo_self_instruct_runs_end_to_end_with_the_judge(tmp_path, test_file, 
     assert "seed 0: task labels (cls/gen) of" in proc.stdout
     with open(os.path.join(out, "report", "report.html"), encoding="utf-8") as handle:
         assert "Pairwise judge" in handle.read()
+
+
+@pytest.mark.parametrize("on_bad_task", ["skip", "error"])
+def test_prepare_stage_passes_on_bad_task_to_the_self_instruct_reader(
+        parse_experiment, sample_data, tmp_path, on_bad_task):
+    """`experiment.on_bad_task` reaches the Self-Instruct reader as it reaches NIV2's: a
+    malformed item is skipped and listed, or stops the run."""
+    from activeit_jax.data.errors import DataError
+    from activeit_jax.loop import stages as loop_stages
+    with open(sample_data / "self_instruct" / "alpaca_sample.json", encoding="utf-8") as f:
+        items = json.load(f)[:60]
+    items.insert(3, {"instruction": 7, "input": "", "output": "x"})  # not a string
+    si_file = tmp_path / "alpaca_bad.json"
+    si_file.write_text(json.dumps(items), encoding="utf-8")
+    exp = parse_experiment("demo_self_instruct.gin", [
+        f'experiment.self_instruct_file = "{si_file}"',
+        "experiment.self_instruct_max_items = None", f'experiment.on_bad_task = "{on_bad_task}"',
+        "experiment.self_instruct_test_file = None",
+        "experiment.self_instruct_num_validation = 2", "SelfInstructQuotas.num_initial = 4"])
+    stages = loop_stages.build_stages(exp)
+    if on_bad_task == "error":
+        with pytest.raises(DataError):
+            stages.prepare(0, str(tmp_path / "prepared"))
+        return
+    data = stages.prepare(0, str(tmp_path / "prepared"))
+    assert "alpaca_bad_00003" not in data.tasks and len(data.tasks) == len(items) - 1
