@@ -285,7 +285,37 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
            f"{html.escape(', '.join(strategies) or '–')}.</p>"]
     if measured:
         out.append(provenance.provenance_html(measured))
-    out.append("<h2>Results (ROUGE-L, mean over tasks)</h2>")
+    out += _results_html(rows, comparisons)
+    out.append("<h2>Learning curves</h2>")
+    out.append(_img(curves_png, "ROUGE-L vs number of training tasks"))
+    out.append("<p>Line: mean over seeds; band: ± one sample standard deviation over seeds "
+               "(no band with one seed).</p>")
+    if task_table is not None:
+        out.append(f"<h2>Per test task at iteration {task_table.iteration} (which tasks "
+                   "move)</h2>")
+        out.append("<p>ROUGE-L per test task, mean over seeds, sorted by the first "
+                   "difference (largest gain first); every seed and iteration in "
+                   "per_task_scores.csv.</p>")
+        out.append(_html_table(task_table.header, task_table.rows))
+    out.append("<h2>Prompt uncertainty of the selected tasks</h2>")
+    out.append(_img(uncertainty_png, "mean prompt uncertainty of selected tasks per iteration"))
+    for section in judge_tables.judge_sections(iterations):
+        out.append(f"<h2>{html.escape(section.title)}</h2>")
+        out.append(f"<p>{html.escape(section.note)}</p>")
+        out.append(_html_table(section.header, section.rows))
+    out += _iterations_html(iterations, strategies, max_listed)
+    if warnings:
+        out.append("<h2>Warnings</h2><ul>")
+        out += [f'<li class="warn">{html.escape(w)}</li>' for w in warnings]
+        out.append("</ul>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _results_html(rows: Sequence[ResultRow],
+                  comparisons: Sequence[statistics.Comparison]) -> list[str]:
+    """The results tables per split, then each strategy against random (paired)."""
+    out = ["<h2>Results (ROUGE-L, mean over tasks)</h2>"]
     out.append("<p>Per seed: the mean ROUGE-L over the split's tasks; mean ± std: over seeds "
                "(sample standard deviation, ddof = 1; none for one seed), n seeds per row."
                "</p>")
@@ -304,24 +334,13 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
             out.append(_html_table(statistics.COMPARISON_HEADER, body))
     if comparisons:
         out.append(f"<p>{html.escape(statistics.method_note(comparisons))}</p>")
-    out.append("<h2>Learning curves</h2>")
-    out.append(_img(curves_png, "ROUGE-L vs number of training tasks"))
-    out.append("<p>Line: mean over seeds; band: ± one sample standard deviation over seeds "
-               "(no band with one seed).</p>")
-    if task_table is not None:
-        out.append(f"<h2>Per test task at iteration {task_table.iteration} (which tasks "
-                   "move)</h2>")
-        out.append("<p>ROUGE-L per test task, mean over seeds, sorted by the first "
-                   "difference (largest gain first); every seed and iteration in "
-                   "per_task_scores.csv.</p>")
-        out.append(_html_table(task_table.header, task_table.rows))
-    out.append("<h2>Prompt uncertainty of the selected tasks</h2>")
-    out.append(_img(uncertainty_png, "mean prompt uncertainty of selected tasks per iteration"))
-    for section in judge_tables.judge_sections(iterations):
-        out.append(f"<h2>{html.escape(section.title)}</h2>")
-        out.append(f"<p>{html.escape(section.note)}</p>")
-        out.append(_html_table(section.header, section.rows))
-    out.append("<h2>Iterations</h2>")
+    return out
+
+
+def _iterations_html(iterations: Sequence[IterationDir], strategies: Sequence[str],
+                     max_listed: int) -> list[str]:
+    """One folded section per iteration: its Task Map and its selected tasks' scores."""
+    out = ["<h2>Iterations</h2>"]
     cache: dict[str, dict[str, dict[str, Any]]] = {}
     score_keys = (selection.PU_KEY, selection.PROB_KEY, selection.PPL_KEY, "entropy",
                   selection.CATEGORY_KEY, "label")
@@ -349,12 +368,7 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
                 if len(it.selected) > max_listed:
                     out.append(f"<p>... and {len(it.selected) - max_listed} more.</p>")
             out.append("</details>")
-    if warnings:
-        out.append("<h2>Warnings</h2><ul>")
-        out += [f'<li class="warn">{html.escape(w)}</li>' for w in warnings]
-        out.append("</ul>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ----------------------------------------------------------------------------- entry
