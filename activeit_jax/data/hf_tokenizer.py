@@ -31,6 +31,7 @@ import os
 from typing import Any, Iterable, Mapping
 
 from activeit_jax.core import io_utils, json_text
+from activeit_jax.data import tokenizer_meta
 from activeit_jax.data.errors import VocabularyError
 from activeit_jax.data.vocab import Vocabulary
 
@@ -247,7 +248,6 @@ class HFTokenizerVocabulary(Vocabulary):
           VocabularyError: a file is missing or malformed, or a field of `tokenizer_meta.json`
             has the wrong type (`data.tokenizer_meta`; named in the message).
         """
-        from activeit_jax.data import tokenizer_meta
 
         directory = os.fspath(directory)
         meta_path = os.path.join(directory, META_FILE)

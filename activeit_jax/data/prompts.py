@@ -48,6 +48,8 @@ import dataclasses
 import string
 from typing import TYPE_CHECKING, Callable
 
+from activeit_jax.core.errors import UsageError
+
 if TYPE_CHECKING:
     import seqio
 
@@ -350,7 +352,6 @@ def check_formats_render(prompt_format: str, decoder_only: bool, chat: "ChatTemp
       UsageError: an unknown format, or a chat format without a chat template.
       VocabularyError: the chat template fails to render (the file and the reason named).
     """
-    from activeit_jax.core.errors import UsageError
     try:
         formats = {source: resolve_prompt_format(prompt_format, source, decoder_only,
                                                  chat is not None) for source in sources}

@@ -34,6 +34,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from activeit_jax.core import io_utils
+from activeit_jax.data import tokenizer_meta
 from activeit_jax.data.errors import VocabularyError
 
 if TYPE_CHECKING:
@@ -410,7 +411,6 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
 
 def _load_saved(directory: str, light: bool = True) -> Any:
     """Reads a `save_vocabulary` directory, dispatching on its metadata's kind."""
-    from activeit_jax.data import tokenizer_meta
 
     hf = _hf_tokenizer()
     meta_path = os.path.join(directory, META_FILE)

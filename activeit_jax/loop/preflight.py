@@ -13,6 +13,7 @@ from typing import Any
 
 from activeit_jax.core.errors import UsageError
 from activeit_jax.core.paths import same_path
+from activeit_jax.training import inputs as train_data
 
 
 def check_experiment(exp: Any, out_dir: str) -> None:
@@ -33,7 +34,6 @@ def check_experiment(exp: Any, out_dir: str) -> None:
 
 def check_prompt_formats(exp: Any) -> None:
     """Renders every prompt format the run's training, evaluation and scoring use, once."""
-    from activeit_jax.training import inputs as train_data
     for prompt_format in (exp.train_config.prompt_format, exp.score_config.prompt_format):
         train_data.check_prompts_render(exp.model.decoder_only, exp.vocabulary, prompt_format)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from activeit_jax.core import io_utils
 from activeit_jax.models.hf_configs import ConversionError
 
 FLAX_WEIGHTS_NAME = "flax_model.msgpack"
@@ -93,7 +94,6 @@ def read_flax_params(hf_dir: str | os.PathLike) -> dict[tuple[str, ...], np.ndar
     if os.path.exists(single):
         files = [single]
     elif os.path.exists(index_path):
-        from activeit_jax.core import io_utils
 
         index = io_utils.read_json_object(index_path, ConversionError, "the Flax shard index")
         weight_map = index.get("weight_map")

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from activeit_jax import layout
-from activeit_jax.core import io_utils
+from activeit_jax.core import io_utils, records
 from activeit_jax.data.errors import DataError
 from activeit_jax.loop import selection
 from activeit_jax.reporting import judge_tables, provenance, statistics
@@ -157,7 +157,6 @@ def _load_scores(path: str | None, cache: dict[str, dict[str, dict[str, Any]]]
     if path is None or not os.path.exists(path):
         return {}
     if path not in cache:
-        from activeit_jax.core import records
         cache[path] = {r["task"]: r for r in records.read_score_records(path,
                                                                         allow_nonfinite=True)}
     return cache[path]
