@@ -13,6 +13,27 @@ import os
 from activeit_jax.core import io_utils
 from activeit_jax.loop import active_loop
 
+# The e2e loop runs' config on top of configs/demo_tiny.gin (`{demo}`): 2 iterations, tiny
+# lengths, a checkpoint every 2 steps so that a kill lands between checkpoints.
+MINI_LOOP_GIN = """
+include '{demo}'
+LoopConfig.strategies = ("prompt_uncertainty",)
+LoopConfig.num_iterations = 2
+TrainConfig.num_epochs = 2
+TrainConfig.max_instances_per_task = 8
+TrainConfig.max_eval_instances_per_task = 2
+TrainConfig.max_source_length = 128
+TrainConfig.max_target_length = 16
+TrainConfig.save_every_steps = 2
+TrainConfig.progress_bar = False
+ScoreConfig.num_instances = 2
+ScoreConfig.num_perturbations = 2
+ScoreConfig.max_source_length = 128
+ScoreConfig.max_target_length = 16
+ScoreConfig.max_decode_length = 16
+ScoreConfig.tasks_per_chunk = 4
+"""
+
 
 def unit(*parts: str) -> float:
     """A deterministic number in [0, 1) from strings."""

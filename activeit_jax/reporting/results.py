@@ -318,6 +318,11 @@ def results_markdown(rows: Sequence[ResultRow]) -> str:
     return "\n".join(parts) if parts else "No per-task metrics found.\n"
 
 
+def csv_number(value: float | None) -> str:
+    """A CSV cell at full precision (`repr`); empty for no value."""
+    return "" if value is None else repr(float(value))
+
+
 def results_csv(rows: Sequence[ResultRow]) -> str:
     """The results table as CSV, full float precision (`repr`), empty cells for missing values.
 
@@ -332,15 +337,12 @@ def results_csv(rows: Sequence[ResultRow]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
 
-    def num(value: float | None) -> str:
-        return "" if value is None else repr(float(value))
-
     for row in rows:
         _, _, n_seeds = row.stats("overall")
         line: list[Any] = [row.split, row.strategy, row.iteration, row.tasks_label(), n_seeds]
         for category, _ in CATEGORIES:
-            line += [num(row.values.get(category, {}).get(s)) for s in seeds]
+            line += [csv_number(row.values.get(category, {}).get(s)) for s in seeds]
             mean, std, _ = row.stats(category)
-            line += [num(mean), num(std)]
+            line += [csv_number(mean), csv_number(std)]
         writer.writerow(line)
     return buffer.getvalue()

@@ -385,10 +385,7 @@ def comparisons_csv(comparisons: Sequence[Comparison]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COMPARISON_CSV_HEADER)
-
-    def num(value: float | None) -> str:
-        return "" if value is None else repr(float(value))
-
+    num = results.csv_number
     for c in comparisons:
         s = c.summary
         needed = c.pairs_needed()

@@ -37,28 +37,12 @@ import numpy as np
 import pytest
 
 from activeit_jax.core import io_utils
+from tests import loop_testlib
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
-MINI_GIN = """
-include '{demo}'
-LoopConfig.strategies = ("prompt_uncertainty",)
-LoopConfig.num_iterations = 2
-TrainConfig.num_epochs = 2
-TrainConfig.max_instances_per_task = 8
-TrainConfig.max_eval_instances_per_task = 2
-TrainConfig.max_source_length = 128
-TrainConfig.max_target_length = 16
-TrainConfig.save_every_steps = 2
-TrainConfig.progress_bar = False
-ScoreConfig.num_instances = 2
-ScoreConfig.num_perturbations = 2
-ScoreConfig.max_source_length = 128
-ScoreConfig.max_target_length = 16
-ScoreConfig.max_decode_length = 16
-ScoreConfig.tasks_per_chunk = 4
-"""
+MINI_GIN = loop_testlib.MINI_LOOP_GIN
 PEER_TIMEOUT_S = 10
 RUN_TIMEOUT_S = 900
 SCORE_REL, SCORE_ABS = 1e-4, 1e-7
