@@ -62,6 +62,50 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     return table[name]
 
 
+# Name of the stacked layer module of a scanned stack (`layer_stack`); per-layer stacks name
+# their layers `layers_0`, `layers_1`, ... (see `models.layer_layout`).
+STACKED_LAYERS = "layers"
+
+
+def layer_stack(make_layer: Callable[[str], nn.Module], call: Callable[..., Array],
+                num_layers: int, scan: bool, x: Array, *shared: Any) -> Array:
+    """Runs `num_layers` layers of the same shape over `x`: unrolled, or as one `nn.scan`.
+
+    Unrolled, layer i is the submodule `layers_{i}` (its own parameters). Scanned (as t5x's
+    and MaxText's `scan_layers`), one submodule `layers` holds every parameter stacked on a
+    leading axis of logical name `layers` and XLA compiles the layer body once instead of
+    `num_layers` times. Its "cache" collection (KV cache while decoding) is stacked the same
+    way, so a decoding loop carries it like any other pytree; dropout draws a separate rng per
+    layer.
+
+    Args:
+      make_layer: name -> the layer module (possibly `nn.remat`-wrapped; created in the
+        caller's compact scope).
+      call: `(layer, x, *shared) -> x`, how to apply one layer (binds static arguments).
+      num_layers: stack depth.
+      scan: scan (stacked parameters) rather than unroll.
+      x: `[B, T, embed]`, the residual stream (the scan carry).
+      shared: arrays (or None) every layer reads unchanged: masks, biases, rotary tables.
+
+    Returns:
+      `x` after the last layer.
+    """
+    if not scan:
+        for i in range(num_layers):
+            x = call(make_layer(f"layers_{i}"), x, *shared)
+        return x
+
+    def body(layer: nn.Module, carry: Array, *args: Any) -> tuple[Array, None]:
+        return call(layer, carry, *args), None
+
+    scanned = nn.scan(body, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast,) * len(shared), length=num_layers,
+                      metadata_params={nn.PARTITION_NAME: STACKED_LAYERS})
+    x, _ = scanned(make_layer(STACKED_LAYERS), x, *shared)
+    return x
+
+
 class DenseGeneral(nn.Module):
     """A bias-free linear map contracting the last `num_in_axes` input axes.
 

@@ -16,6 +16,9 @@ Parameter tree (logical axes in brackets):
   layers_{i}/mlp/{wi_0 (gate), wi_1 (up)}/kernel [embed, mlp]; mlp/wo (down) [mlp, embed]
   final_norm/scale                               [embed]
   logits_dense/kernel                            [embed, vocab]  (untied head only)
+
+With `scan_layers`, the `layers_{i}` subtrees become one `layers` subtree whose parameters
+carry a leading `[layers]` axis (`layers/mlp/wo/kernel [layers, mlp, embed]`).
 """
 from __future__ import annotations
 
@@ -66,6 +69,10 @@ class LlamaConfig:
         with `hf_tokenizer.choose_pad_id`). `bos_id` None: the model takes no BOS (its
         tokenizer's add_bos is off, e.g. SmolLM2) and the batch builders prepend nothing.
       remat: rematerialise each layer in the backward pass.
+      scan_layers: run the layers as one `nn.scan` over parameters stacked on a leading
+        `layers` axis (`layers/...` instead of `layers_{i}/...`): one layer is compiled
+        instead of `num_layers`. Checkpoints of either layout load into both
+        (`layer_layout.convert_layout`).
     """
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -90,6 +97,7 @@ class LlamaConfig:
     bos_id: int | None = 1
     eos_id: int = 2
     remat: bool = False
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -252,12 +260,19 @@ class LlamaTransformer(nn.Module):
                                 name="token_embedder")
         x = layers.constrain(embedder(tokens), _HIDDEN)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        use_remat = cfg.remat and not decode
-        layer_cls = nn.remat(LlamaLayer, static_argnums=(5, 6, 8)) if use_remat else LlamaLayer
-        for i in range(cfg.num_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(
-                x, mask, cos, sin, deterministic, decode, start if decode else None,
-                key_len if decode else None)
+        layer_cls = LlamaLayer
+        if cfg.remat and not decode:
+            # Inside a scan the loop already keeps XLA from merging the recomputation into
+            # the forward pass, so remat's own CSE barrier is not needed there.
+            layer_cls = nn.remat(LlamaLayer, static_argnums=(5, 6, 8),
+                                 prevent_cse=not cfg.scan_layers)
+
+        def call(layer, x, mask, cos, sin, cache_index):
+            return layer(x, mask, cos, sin, deterministic, decode, cache_index,
+                         key_len if decode else None)
+
+        x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call, cfg.num_layers,
+                               cfg.scan_layers, x, mask, cos, sin, start if decode else None)
         x = layers.RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = embedder.attend(x)

@@ -20,6 +20,9 @@ Parameter tree (t5x names; logical axes in brackets):
     pre_cross_attention_layer_norm, encoder_decoder_attention, pre_mlp_layer_norm, mlp}
   decoder/decoder_norm/scale
   decoder/logits_dense/kernel [embed, vocab]        (untied head only)
+
+With `scan_layers`, each stack's `layers_{i}` subtrees become one `layers` subtree whose
+parameters carry a leading `[layers]` axis (`encoder/layers/mlp/wo/kernel [layers, mlp, embed]`).
 """
 from __future__ import annotations
 
@@ -66,6 +69,10 @@ class T5Config:
       dtype: compute dtype name, "float32" or "bfloat16" (parameters stay float32).
       pad_id, eos_id, decoder_start_id: special token ids (T5: 0, 1, 0).
       remat: rematerialise each layer in the backward pass (saves activation memory).
+      scan_layers: run each stack as one `nn.scan` over parameters stacked on a leading
+        `layers` axis (`encoder/layers/...` instead of `encoder/layers_{i}/...`): one layer
+        per stack is compiled instead of all of them. Checkpoints of either layout load into
+        both (`layer_layout.convert_layout`).
     """
     vocab_size: int = 32128
     d_model: int = 512
@@ -86,6 +93,7 @@ class T5Config:
     eos_id: int = 1
     decoder_start_id: int = 0
     remat: bool = False
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         if self.feed_forward_proj not in _FEED_FORWARD_PROJS:
@@ -335,9 +343,12 @@ class Encoder(nn.Module):
             tokens.shape[1], tokens.shape[1])
         x = layers.constrain(self.shared_embedding(tokens), _HIDDEN)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        layer_cls = nn.remat(EncoderLayer, static_argnums=(4,)) if cfg.remat else EncoderLayer
-        for i in range(cfg.num_encoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
+        layer_cls = (nn.remat(EncoderLayer, static_argnums=(4,), prevent_cse=not cfg.scan_layers)
+                     if cfg.remat else EncoderLayer)
+        x = layers.layer_stack(
+            lambda name: layer_cls(cfg, name=name),
+            lambda layer, x, mask, bias: layer(x, mask, bias, deterministic),
+            cfg.num_encoder_layers, cfg.scan_layers, x, mask, bias)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -394,13 +405,18 @@ class Decoder(nn.Module):
 
         x = layers.constrain(self.shared_embedding(tokens), _HIDDEN)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        use_remat = cfg.remat and not decode
-        layer_cls = (nn.remat(DecoderLayer, static_argnums=(6, 7, 9)) if use_remat
-                     else DecoderLayer)
-        for i in range(cfg.num_decoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(
-                x, encoded, self_mask, bias, cross_mask, deterministic, decode,
-                start if decode else None, key_len if decode else None)
+        layer_cls = DecoderLayer
+        if cfg.remat and not decode:
+            layer_cls = nn.remat(DecoderLayer, static_argnums=(6, 7, 9),
+                                 prevent_cse=not cfg.scan_layers)
+
+        def call(layer, x, encoded, self_mask, bias, cross_mask, cache_index):
+            return layer(x, encoded, self_mask, bias, cross_mask, deterministic, decode,
+                         cache_index, key_len if decode else None)
+
+        x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call,
+                               cfg.num_decoder_layers, cfg.scan_layers, x, encoded, self_mask,
+                               bias, cross_mask, start if decode else None)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.scales_decoder_outputs:

@@ -51,6 +51,7 @@ import numpy as np
 from jax import lax
 
 from activeit_jax import partitioning
+from activeit_jax.models import layer_layout
 from activeit_jax.models.llama import LlamaConfig, LlamaTransformer
 from activeit_jax.models.t5 import T5Config, T5Transformer
 
@@ -133,6 +134,12 @@ class BaseModel:
           The params pytree. Jit with `out_shardings=partitioning.params_shardings(...)` to
           create them directly sharded.
         """
+        if getattr(self.config, "scan_layers", False):
+            # The per-layer layout's values for the same rng, stacked: a seed gives the same
+            # model whichever layout runs it (a scanned init would draw other numbers).
+            per_layer = type(self)(layer_layout.with_scan_layers(self.config, False),
+                                   self.logical_axis_rules)
+            return layer_layout.to_stacked(per_layer.init_params(rng), self.config)
         with nn.logical_axis_rules(self.logical_axis_rules):
             return nn.meta.unbox(self._boxed_init(rng))
 

@@ -149,7 +149,8 @@ def _train_programs(model: Any, config: TrainConfig, mesh: Mesh, rules: tuple, t
                                     total_steps)
         optimizer = ts.make_optimizer(
             config.optimizer, schedule, weight_decay=config.weight_decay, b1=config.adam_b1,
-            b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm)
+            b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm,
+            stacked_layers=getattr(getattr(model, "config", None), "scan_layers", False))
         params_shapes = jax.eval_shape(model.init_params, jax.random.PRNGKey(config.seed))
         param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
         state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes, param_specs)
