@@ -13,9 +13,10 @@ layout converts on load), this measures the three programs a user waits for:
   train    the trainer's jitted step (`training.step.make_train_step`: AdamW, grad clip,
            donated state), `--train_batch` rows x `--train_length` tokens;
 
-each as: trace + lower seconds, XLA compile seconds, and the mean time of `--repeats` calls
-after a warm-up call. Compile times are cold (no persistent compilation cache). The load
-average is printed with every figure: on a shared machine they are indicative only.
+each as: trace + lower seconds, XLA compile seconds, and the minimum and median time of
+`--repeats` calls after a first call, the calls alternating between the layouts (both see the
+same contention). Compile times are cold (no persistent compilation cache). The load average
+is printed with every figure: on a shared machine they are indicative only.
 
     python benchmarks/scan_compile.py                                 # both layouts
     python benchmarks/scan_compile.py --modes=scanned --programs=score,decode
@@ -73,28 +74,31 @@ def lm_batch(rng: np.random.Generator, batch: int, length: int, model) -> dict[s
             "decoder_loss_weights": weights}
 
 
-def timed(fn, *args, repeats: int, donate_first: bool = False) -> tuple[float, float, float, float]:
-    """(lower s, compile s, warm-up call s, mean s of `repeats` calls) of a jitted `fn`."""
-    t0 = time.perf_counter()
-    lowered = fn.lower(*args)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    out = compiled(*args)
-    jax.block_until_ready(out)
-    t3 = time.perf_counter()
-    times = []
-    for _ in range(repeats):
-        if donate_first:  # the train step donates its state: feed it its own output
-            args = (out[0], *args[1:])
+class Program:
+    """A compiled program and its arguments: `call()` runs it once and waits for it."""
+
+    def __init__(self, jitted, args: tuple, donates_first: bool = False) -> None:
+        t0 = time.perf_counter()
+        lowered = jitted.lower(*args)
+        t1 = time.perf_counter()
+        self.compiled = lowered.compile()
+        t2 = time.perf_counter()
+        self.lower_s, self.compile_s = t1 - t0, t2 - t1
+        self.args, self.donates_first = args, donates_first
+        self.first_call_s = self.call()
+
+    def call(self) -> float:
         start = time.perf_counter()
-        out = compiled(*args)
+        out = self.compiled(*self.args)
         jax.block_until_ready(out)
-        times.append(time.perf_counter() - start)
-    return t1 - t0, t2 - t1, t3 - t2, float(np.mean(times)) if times else float("nan")
+        if self.donates_first:  # the train step donates its state: feed it its own output
+            self.args = (out[0], *self.args[1:])
+        self.out = out
+        return time.perf_counter() - start
 
 
-def measure(model, params, mesh, program: str, args) -> tuple[float, float, float, float]:
+def build(model, params, mesh, program: str, args) -> Program:
+    """Traces, lowers and compiles one program (timed) and runs it once."""
     rng = np.random.default_rng(0)
     rules = model.logical_axis_rules
     params_sh = jax.tree.map(lambda x: x.sharding, params)
@@ -109,17 +113,17 @@ def measure(model, params, mesh, program: str, args) -> tuple[float, float, floa
                 return (model.token_log_probs(p, b) * weights).sum(-1), weights.sum(-1)
             fn = jax.jit(score_fn, in_shardings=(params_sh, {k: matrix for k in batch}),
                          out_shardings=(row, row))
-            return timed(fn, params, batch, repeats=args.repeats)
+            return Program(fn, (params, batch))
         if program == "decode":
             prompts = random_rows(rng, args.decode_batch, args.prompt_length,
                                   model.config.vocab_size, model.config.pad_id)
             batch = {"decoder_input_tokens": prompts}
             fn = jax.jit(lambda p, b: model._greedy_decode(p, b, args.max_decode_length),
                          in_shardings=(params_sh, {"decoder_input_tokens": matrix}))
-            result = timed(fn, params, batch, repeats=args.repeats)
-            steps = int(fn(params, batch)[1])
-            print(f"    (decode ran {steps} of {args.max_decode_length} steps)", flush=True)
-            return result
+            built = Program(fn, (params, batch))
+            print(f"    (decode ran {int(built.out[1])} of {args.max_decode_length} steps)",
+                  flush=True)
+            return built
         batch = lm_batch(rng, args.train_batch, args.train_length, model)
         schedule = ts.make_schedule("constant", 5e-5)
         optimizer = ts.make_optimizer("adamw", schedule, max_grad_norm=1.0,
@@ -132,8 +136,7 @@ def measure(model, params, mesh, program: str, args) -> tuple[float, float, floa
         fn = train_step.make_train_step(model, optimizer, schedule, mesh=mesh,
                                         state_shardings=state_sh, batch_sharding=batch_sh,
                                         use_dropout=False)
-        return timed(fn, state, batch, jax.random.key(0), repeats=args.repeats,
-                     donate_first=True)
+        return Program(fn, (state, batch, jax.random.key(0)), donates_first=True)
 
 
 def main(argv=None) -> None:
@@ -149,7 +152,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max_decode_length", type=int, default=32)
     parser.add_argument("--train_batch", type=int, default=4)
     parser.add_argument("--train_length", type=int, default=288)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--remat", action="store_true", help="remat on (train step)")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -159,26 +162,40 @@ def main(argv=None) -> None:
     print(f"SmolLM2 checkpoint {args.checkpoint}: {base.config.num_layers} layers, "
           f"{base.num_params() / 1e6:.1f}M params; jax {jax.__version__}, "
           f"{jax.devices()[0].platform}; load average {load_average()}", flush=True)
-    results: dict[tuple[str, str], tuple[float, ...]] = {}
+    models, params = {}, {}
     for mode in modes:
         config = dataclasses.replace(layer_layout.with_scan_layers(base.config, MODES[mode]),
                                      remat=args.remat)
-        model = type(base)(config, base.logical_axis_rules)
-        params = checkpoints.restore_params(args.checkpoint, model,
-                                            partitioning.params_shardings(model, mesh))
-        for program in programs:
-            before = load_average()
-            figures = measure(model, params, mesh, program, args)
-            results[mode, program] = figures
-            print(f"  {mode:9s} {program:6s}: lower {figures[0]:6.2f} s, compile "
-                  f"{figures[1]:6.2f} s, first call {figures[2]:6.2f} s, step "
-                  f"{figures[3]:6.3f} s   (load {before} -> {load_average()})", flush=True)
-        del params
-    print("\nprogram  " + "".join(f"| {m + ' lower+compile':>25s} | {m + ' step':>16s} "
-                                  for m in modes))
+        models[mode] = type(base)(config, base.logical_axis_rules)
+        params[mode] = checkpoints.restore_params(
+            args.checkpoint, models[mode], partitioning.params_shardings(models[mode], mesh))
+    rows = []
     for program in programs:
-        cells = "".join(f"| {results[m, program][0] + results[m, program][1]:23.2f} s "
-                        f"| {results[m, program][3]:14.3f} s " for m in modes)
+        built = {}
+        for mode in modes:
+            before = load_average()
+            built[mode] = build(models[mode], params[mode], mesh, program, args)
+            b = built[mode]
+            print(f"  {mode:9s} {program:6s}: lower {b.lower_s:6.2f} s, compile "
+                  f"{b.compile_s:6.2f} s, first call {b.first_call_s:6.2f} s   (load {before} "
+                  f"-> {load_average()})", flush=True)
+        # Calls alternate between the layouts, so both see the same contention; the minimum
+        # is the least disturbed call.
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(args.repeats):
+            for mode in modes:
+                times[mode].append(built[mode].call())
+        for mode in modes:
+            print(f"  {mode:9s} {program:6s}: calls {' '.join(f'{t:.3f}' for t in times[mode])}"
+                  f" s   (load {load_average()})", flush=True)
+        rows.append((program, {m: (built[m].lower_s + built[m].compile_s, min(times[m]),
+                                   float(np.median(times[m]))) for m in modes}))
+        del built
+    print("\nprogram  " + "".join(f"| {m + ' lower+compile':>25s} | {m + ' step min/median':>28s} "
+                                  for m in modes))
+    for program, figures in rows:
+        cells = "".join(f"| {figures[m][0]:23.2f} s | {figures[m][1]:11.3f} s / "
+                        f"{figures[m][2]:9.3f} s " for m in modes)
         print(f"{program:8s} {cells}")
     print(f"load average at the end: {load_average()}")
 

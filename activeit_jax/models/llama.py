@@ -183,13 +183,14 @@ class LlamaLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, deterministic: bool,
                  decode: bool = False, cache_index: Array | None = None,
-                 max_length: int | None = None) -> Array:
+                 max_length: int | None = None, cache_layer: Array | None = None) -> Array:
         """Args:
           x: `[B, T, embed]`.
           mask: bool `[B, 1, T, K]` (K = T, or the cache length when decoding).
           cos, sin: rotary tables `[B, T, head_dim]`.
           deterministic: disables dropout.
-          decode, cache_index, max_length: KV-cache decoding (see `MultiHeadAttention`).
+          decode, cache_index, max_length, cache_layer: KV-cache decoding (see
+            `MultiHeadAttention`).
         """
         cfg = self.config
         norm = functools.partial(layers.RMSNorm, cfg.rms_norm_eps, cfg.compute_dtype)
@@ -201,7 +202,7 @@ class LlamaLayer(nn.Module):
             scale=head_dim ** -0.5, dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype,
             qkv_bias=cfg.attention_bias, name="attention")(
                 y, y, mask, None, deterministic=deterministic, rotary=(cos, sin), decode=decode,
-                cache_index=cache_index, max_length=max_length)
+                cache_index=cache_index, max_length=max_length, cache_layer=cache_layer)
         x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
         y = norm(name="post_attention_norm")(x)
         y = layers.MlpBlock(intermediate_dim=cfg.intermediate_size, activation="silu",
@@ -237,6 +238,7 @@ class LlamaTransformer(nn.Module):
         """
         cfg = self.config
         q_len = tokens.shape[1]
+        cache_exists = self.has_variable("cache", "index")
         if decode:
             if max_length is None:
                 raise ValueError("decode=True needs max_length (the cache length)")
@@ -267,12 +269,13 @@ class LlamaTransformer(nn.Module):
             layer_cls = nn.remat(LlamaLayer, static_argnums=(5, 6, 8),
                                  prevent_cse=not cfg.scan_layers)
 
-        def call(layer, x, mask, cos, sin, cache_index):
+        def call(layer, x, mask, cos, sin, cache_index, cache_layer):
             return layer(x, mask, cos, sin, deterministic, decode, cache_index,
-                         key_len if decode else None)
+                         key_len if decode else None, cache_layer)
 
         x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call, cfg.num_layers,
-                               cfg.scan_layers, x, mask, cos, sin, start if decode else None)
+                               cfg.scan_layers, x, mask, cos, sin, start if decode else None,
+                               carry_cache=decode and cache_exists)
         x = layers.RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = embedder.attend(x)

@@ -290,7 +290,8 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_mask: Array, bias: Array,
                  cross_mask: Array, deterministic: bool, decode: bool = False,
-                 cache_index: Array | None = None, max_length: int | None = None) -> Array:
+                 cache_index: Array | None = None, max_length: int | None = None,
+                 cache_layer: Array | None = None) -> Array:
         """Args:
           x: `[B, T, embed]` decoder stream.
           encoded: `[B, S, embed]` encoder output.
@@ -298,7 +299,8 @@ class DecoderLayer(nn.Module):
           bias: `[1, H, T, K]` relative position bias.
           cross_mask: bool `[B, 1, 1, S]` encoder padding mask.
           deterministic: disables dropout.
-          decode, cache_index, max_length: KV-cache decoding (see `MultiHeadAttention`).
+          decode, cache_index, max_length, cache_layer: KV-cache decoding (see
+            `MultiHeadAttention`).
         """
         cfg = self.config
         norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, cfg.compute_dtype)
@@ -306,12 +308,12 @@ class DecoderLayer(nn.Module):
         y = norm(name="pre_self_attention_layer_norm")(x)
         y = _attention(cfg, "self_attention")(
             y, y, self_mask, bias, deterministic=deterministic, decode=decode,
-            cache_index=cache_index, max_length=max_length)
+            cache_index=cache_index, max_length=max_length, cache_layer=cache_layer)
         x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
         y = norm(name="pre_cross_attention_layer_norm")(x)
         y = _attention(cfg, "encoder_decoder_attention")(
             y, encoded, cross_mask, None, deterministic=deterministic, decode=decode,
-            cache_cross_kv=True)
+            cache_cross_kv=True, cache_layer=cache_layer)
         x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
         y = norm(name="pre_mlp_layer_norm")(x)
         y = _mlp(cfg)(y, deterministic=deterministic)
@@ -347,7 +349,7 @@ class Encoder(nn.Module):
                      if cfg.remat else EncoderLayer)
         x = layers.layer_stack(
             lambda name: layer_cls(cfg, name=name),
-            lambda layer, x, mask, bias: layer(x, mask, bias, deterministic),
+            lambda layer, x, mask, bias, _: layer(x, mask, bias, deterministic),
             cfg.num_encoder_layers, cfg.scan_layers, x, mask, bias)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -382,6 +384,7 @@ class Decoder(nn.Module):
         """
         cfg = self.config
         q_len = tokens.shape[1]
+        cache_exists = self.has_variable("cache", "index")
         if decode:
             index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
             start = index.value
@@ -410,13 +413,14 @@ class Decoder(nn.Module):
             layer_cls = nn.remat(DecoderLayer, static_argnums=(6, 7, 9),
                                  prevent_cse=not cfg.scan_layers)
 
-        def call(layer, x, encoded, self_mask, bias, cross_mask, cache_index):
+        def call(layer, x, encoded, self_mask, bias, cross_mask, cache_index, cache_layer):
             return layer(x, encoded, self_mask, bias, cross_mask, deterministic, decode,
-                         cache_index, key_len if decode else None)
+                         cache_index, key_len if decode else None, cache_layer)
 
         x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call,
                                cfg.num_decoder_layers, cfg.scan_layers, x, encoded, self_mask,
-                               bias, cross_mask, start if decode else None)
+                               bias, cross_mask, start if decode else None,
+                               carry_cache=decode and cache_exists)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.scales_decoder_outputs:

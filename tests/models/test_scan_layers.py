@@ -149,17 +149,34 @@ def test_t5_scanned_greedy_decode_is_identical():
     assert int(scanned_steps) == int(steps)
 
 
-def test_scanned_kv_cache_is_stacked_heads_major():
-    _, scanned, _, stacked = pair(DecoderOnlyModel, llama_config())
-    prompt = make_prompt_batch([[5, 6, 7]], length=4)["decoder_input_tokens"]
+def test_scanned_kv_cache_is_the_unrolled_caches_stacked():
+    """The call that creates the cache scans per-layer slices; later calls carry the stacked
+    cache and each layer writes its own slot: after a prefill and a step, the stacked cache
+    is the unrolled model's per-layer caches stacked, heads-major."""
+    unrolled, scanned, params, stacked = pair(DecoderOnlyModel, llama_config())
+    prompt = make_prompt_batch([[5, 6, 7], [8, 9, 10]], length=4)["decoder_input_tokens"]
     positions = np.maximum(np.cumsum(prompt != 0, axis=1) - 1, 0)
-    _, mutated = scanned.module.apply({"params": stacked}, prompt, positions,
-                                      np.ones((1, 10), bool), decode=True, max_length=10,
-                                      mutable=["cache"])
-    cache = mutated["cache"]
+    key_mask = np.ones((2, 10), bool)
+    key_mask[0, 0] = False
+
+    def prefill_and_step(model, p):
+        apply = functools.partial(model.module.apply, decode=True, max_length=10,
+                                  mutable=["cache"])
+        _, first = apply({"params": p}, prompt, positions, key_mask)
+        logits, second = apply({"params": p, **first}, np.array([[11], [12]], np.int32),
+                               positions[:, -1:] + 1, key_mask)
+        return logits, second["cache"]
+
+    logits, cache = prefill_and_step(unrolled, params)
+    scanned_logits, scanned_cache = prefill_and_step(scanned, stacked)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5)  # op by op
+    close(scanned_logits, logits)
     # [layers, batch, kv heads, cache length, head dim], one running index for the stack.
-    assert cache["layers"]["attention"]["cached_key"].shape == (3, 1, 2, 10, 8)
-    assert int(cache["index"]) == 4
+    assert scanned_cache["layers"]["attention"]["cached_key"].shape == (3, 2, 2, 10, 8)
+    assert int(scanned_cache["index"]) == int(cache["index"]) == 5
+    per_layer = {k: v for k, v in cache.items() if k != "index"}
+    jax.tree.map(close, scanned_cache["layers"],
+                 layer_layout.to_stacked(per_layer, scanned.config)["layers"])
 
 
 def test_dropout_differs_per_layer_and_only_with_rng():
