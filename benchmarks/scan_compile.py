@@ -127,7 +127,7 @@ def build(model, params, mesh, program: str, args) -> Program:
         batch = lm_batch(rng, args.train_batch, args.train_length, model)
         schedule = ts.make_schedule("constant", 5e-5)
         optimizer = ts.make_optimizer("adamw", schedule, max_grad_norm=1.0,
-                                      stacked_layers=model.config.scan_layers)
+                                      stacked_layers=model.config.scans_layers)
         specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
         state_sh = ts.train_state_shardings(mesh, optimizer, params, specs)
         batch_sh = {k: matrix for k in batch}

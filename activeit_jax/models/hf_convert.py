@@ -303,7 +303,7 @@ def params_from_hf(model: BaseModel, reader: SafetensorsReader | Mapping[str, np
     else:
         get, names, shape_of = reader.get, set(reader.keys()), reader.shape
     abstract = model.abstract_params()
-    stacked = getattr(model.config, "scan_layers", False)
+    stacked = layer_layout.scans_layers(model.config)
     if stacked:  # the tables name per-layer paths; each tensor is written into its stack
         abstract = layer_layout.other_layout_abstract(abstract, model.config)
     expected = flax.traverse_util.flatten_dict(abstract)
@@ -436,7 +436,7 @@ def params_to_hf(model: BaseModel, params: Any) -> dict[str, np.ndarray]:
       Ordered dict name -> contiguous float32 array, as `save_pretrained` would write.
     """
     flat = flax.traverse_util.flatten_dict(params)
-    stacked = getattr(model.config, "scan_layers", False)
+    stacked = layer_layout.scans_layers(model.config)
     host: dict[tuple[str, ...], np.ndarray] = {}  # each stacked leaf gathered once
     out: dict[str, np.ndarray] = {}
     for entry in _entries(model):

@@ -3,8 +3,9 @@
 A stack of `n` layers keeps its parameters either per layer (`layers_0/...`, ...,
 `layers_{n-1}/...`, the layout of Hugging Face names and of every checkpoint written before
 `scan_layers`) or stacked (`layers/...`, each leaf with a leading axis of size `n`, logical
-name `layers`), the layout `nn.scan` wants (`layers.layer_stack`). The config's `scan_layers`
-says which one a model uses; converting is stacking or slicing, hence bit-exact both ways.
+name `layers`), the layout `nn.scan` wants (`layers.layer_stack`). The config's
+`scans_layers` (its `scan_layers`, or by default the size rule) says which one a model uses;
+converting is stacking or slicing, hence bit-exact both ways.
 
 Stacks: LLaMA has one at the root of the params; T5 one under `encoder` and one under
 `decoder` (the shared relative position bias, norms, embedding and head are not per layer).
@@ -41,6 +42,12 @@ def layer_stacks(config: Any) -> list[tuple[tuple[str, ...], int]]:
     if isinstance(config, LlamaConfig):
         return [((), config.num_layers)]
     raise TypeError(f"no layer stacks known for {type(config).__name__}")
+
+
+def scans_layers(config: Any) -> bool:
+    """Whether a model config asks for the stacked layout (False for configs without
+    layer stacks)."""
+    return bool(getattr(config, "scans_layers", False))
 
 
 def is_stacked_path(path: Sequence[Any]) -> bool:
@@ -176,7 +183,7 @@ def _replace(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict
 
 
 def convert_layout(params: Params, config: Any) -> Params:
-    """`params` in the layout `config.scan_layers` asks for, from either layout (unchanged
+    """`params` in the layout `config.scans_layers` asks for, from either layout (unchanged
     when it already is in that layout).
 
     Raises:
@@ -186,13 +193,13 @@ def convert_layout(params: Params, config: Any) -> Params:
     if stacked is None:
         raise ValueError("params are in neither the stacked nor the per-layer layout of "
                          f"{type(config).__name__}")
-    if stacked == config.scan_layers:
+    if stacked == config.scans_layers:
         return params
-    return to_stacked(params, config) if config.scan_layers else to_per_layer(params, config)
+    return to_stacked(params, config) if config.scans_layers else to_per_layer(params, config)
 
 
-def with_scan_layers(config: Any, scan_layers: bool) -> Any:
-    """`config` with `scan_layers` replaced."""
+def with_scan_layers(config: Any, scan_layers: bool | None) -> Any:
+    """`config` with `scan_layers` replaced (None: the size rule)."""
     return dataclasses.replace(config, scan_layers=scan_layers)
 
 
@@ -201,7 +208,7 @@ def with_scan_layers(config: Any, scan_layers: bool) -> Any:
 def other_layout_abstract(abstract: Params, config: Any) -> Params:
     """The `jax.ShapeDtypeStruct` tree of the layout `config` does not use, from the one of
     the layout it does use (shardings dropped)."""
-    if config.scan_layers:
+    if config.scans_layers:
         return to_per_layer(abstract, config, lambda leaf, n: [
             jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)] * n)
     return to_stacked(abstract, config, lambda leaves: jax.ShapeDtypeStruct(
@@ -225,6 +232,6 @@ def other_layout_shardings(shardings: Params, config: Any) -> Params:
             return NamedSharding(sharding.mesh, PartitionSpec(None, *tuple(sharding.spec)))
         return sharding
 
-    if config.scan_layers:
+    if config.scans_layers:
         return to_per_layer(shardings, config, drop_first)
     return to_stacked(shardings, config, add_first)

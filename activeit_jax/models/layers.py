@@ -62,6 +62,12 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     return table[name]
 
 
+# `scan_layers=None` (the default) scans stacks of at least this many layers. Measured on
+# SmolLM2-135M (30 layers, CPU, docs/speed.md): scanning compiles its scoring call, decoding
+# loop and train step 2-3x faster and runs them as fast; a stack of a few layers compiles
+# quickly either way, and the small test and benchmark models keep their unrolled numbers.
+AUTO_SCAN_MIN_LAYERS = 12
+
 # Name of the stacked layer module of a scanned stack (`layer_stack`); per-layer stacks name
 # their layers `layers_0`, `layers_1`, ... (see `models.layer_layout`).
 STACKED_LAYERS = "layers"

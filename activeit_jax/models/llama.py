@@ -71,8 +71,10 @@ class LlamaConfig:
       remat: rematerialise each layer in the backward pass.
       scan_layers: run the layers as one `nn.scan` over parameters stacked on a leading
         `layers` axis (`layers/...` instead of `layers_{i}/...`): one layer is compiled
-        instead of `num_layers`. Checkpoints of either layout load into both
-        (`layer_layout.convert_layout`).
+        instead of `num_layers`. None (default): scan from `layers.AUTO_SCAN_MIN_LAYERS`
+        layers on (`scans_layers`). Checkpoints of either layout load into both
+        (`layer_layout.convert_layout`). Not in the repr (a training run's fingerprint
+        names the layout itself, `run_dir.run_args`).
     """
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -97,7 +99,7 @@ class LlamaConfig:
     bos_id: int | None = 1
     eos_id: int = 2
     remat: bool = False
-    scan_layers: bool = False
+    scan_layers: bool | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -115,6 +117,13 @@ class LlamaConfig:
             raise ValueError(f"pad_id {self.pad_id} doubles as BOS/EOS: every padding id is "
                              "masked out, so it must be an id text never produces")
         jnp.dtype(self.dtype)
+
+    @property
+    def scans_layers(self) -> bool:
+        """Whether the layers run as one scan over stacked parameters (`scan_layers`)."""
+        if self.scan_layers is None:
+            return self.num_layers >= layers.AUTO_SCAN_MIN_LAYERS
+        return bool(self.scan_layers)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -267,14 +276,14 @@ class LlamaTransformer(nn.Module):
             # Inside a scan the loop already keeps XLA from merging the recomputation into
             # the forward pass, so remat's own CSE barrier is not needed there.
             layer_cls = nn.remat(LlamaLayer, static_argnums=(5, 6, 8),
-                                 prevent_cse=not cfg.scan_layers)
+                                 prevent_cse=not cfg.scans_layers)
 
         def call(layer, x, mask, cos, sin, cache_index, cache_layer):
             return layer(x, mask, cos, sin, deterministic, decode, cache_index,
                          key_len if decode else None, cache_layer)
 
         x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call, cfg.num_layers,
-                               cfg.scan_layers, x, mask, cos, sin, start if decode else None,
+                               cfg.scans_layers, x, mask, cos, sin, start if decode else None,
                                carry_cache=decode and cache_exists)
         x = layers.RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:

@@ -71,8 +71,10 @@ class T5Config:
       remat: rematerialise each layer in the backward pass (saves activation memory).
       scan_layers: run each stack as one `nn.scan` over parameters stacked on a leading
         `layers` axis (`encoder/layers/...` instead of `encoder/layers_{i}/...`): one layer
-        per stack is compiled instead of all of them. Checkpoints of either layout load into
-        both (`layer_layout.convert_layout`).
+        per stack is compiled instead of all of them. None (default): scan when a stack has
+        `layers.AUTO_SCAN_MIN_LAYERS` layers or more (`scans_layers`). Checkpoints of either
+        layout load into both (`layer_layout.convert_layout`). Not in the repr (a training
+        run's fingerprint names the layout itself, `run_dir.run_args`).
     """
     vocab_size: int = 32128
     d_model: int = 512
@@ -93,7 +95,7 @@ class T5Config:
     eos_id: int = 1
     decoder_start_id: int = 0
     remat: bool = False
-    scan_layers: bool = False
+    scan_layers: bool | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.feed_forward_proj not in _FEED_FORWARD_PROJS:
@@ -111,6 +113,14 @@ class T5Config:
         if self.feed_forward_proj == "gated-gelu":
             return "gelu_new"
         return self.feed_forward_proj.split("-")[-1]
+
+    @property
+    def scans_layers(self) -> bool:
+        """Whether both stacks run as scans over stacked parameters (`scan_layers`)."""
+        if self.scan_layers is None:
+            return (max(self.num_encoder_layers, self.num_decoder_layers)
+                    >= layers.AUTO_SCAN_MIN_LAYERS)
+        return bool(self.scan_layers)
 
     @property
     def scales_decoder_outputs(self) -> bool:
@@ -345,12 +355,12 @@ class Encoder(nn.Module):
             tokens.shape[1], tokens.shape[1])
         x = layers.constrain(self.shared_embedding(tokens), _HIDDEN)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        layer_cls = (nn.remat(EncoderLayer, static_argnums=(4,), prevent_cse=not cfg.scan_layers)
+        layer_cls = (nn.remat(EncoderLayer, static_argnums=(4,), prevent_cse=not cfg.scans_layers)
                      if cfg.remat else EncoderLayer)
         x = layers.layer_stack(
             lambda name: layer_cls(cfg, name=name),
             lambda layer, x, mask, bias, _: layer(x, mask, bias, deterministic),
-            cfg.num_encoder_layers, cfg.scan_layers, x, mask, bias)
+            cfg.num_encoder_layers, cfg.scans_layers, x, mask, bias)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -411,14 +421,14 @@ class Decoder(nn.Module):
         layer_cls = DecoderLayer
         if cfg.remat and not decode:
             layer_cls = nn.remat(DecoderLayer, static_argnums=(6, 7, 9),
-                                 prevent_cse=not cfg.scan_layers)
+                                 prevent_cse=not cfg.scans_layers)
 
         def call(layer, x, encoded, self_mask, bias, cross_mask, cache_index, cache_layer):
             return layer(x, encoded, self_mask, bias, cross_mask, deterministic, decode,
                          cache_index, key_len if decode else None, cache_layer)
 
         x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call,
-                               cfg.num_decoder_layers, cfg.scan_layers, x, encoded, self_mask,
+                               cfg.num_decoder_layers, cfg.scans_layers, x, encoded, self_mask,
                                bias, cross_mask, start if decode else None,
                                carry_cache=decode and cache_exists)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(x)

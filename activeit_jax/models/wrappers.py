@@ -134,7 +134,7 @@ class BaseModel:
           The params pytree. Jit with `out_shardings=partitioning.params_shardings(...)` to
           create them directly sharded.
         """
-        if getattr(self.config, "scan_layers", False):
+        if layer_layout.scans_layers(self.config):
             # The per-layer layout's values for the same rng, stacked: a seed gives the same
             # model whichever layout runs it (a scanned init would draw other numbers).
             per_layer = type(self)(layer_layout.with_scan_layers(self.config, False),

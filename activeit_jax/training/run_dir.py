@@ -15,7 +15,7 @@ from absl import logging
 
 from activeit_jax.core import distributed, io_utils, records
 from activeit_jax.core.errors import ActiveITError
-from activeit_jax.models import checkpoints
+from activeit_jax.models import checkpoints, layer_layout
 from activeit_jax.training import state as ts
 
 PyTree = Any
@@ -50,8 +50,13 @@ def run_args(model: Any, config: Any, init: Any, data_fingerprint: str,
         start = os.path.abspath(os.fspath(init))
     else:
         start = "given parameters"
-    return {"model": repr(model), "config": settings, "init": start,
+    args = {"model": repr(model), "config": settings, "init": start,
             "train_data": data_fingerprint, "val_data": val_fingerprint}
+    if layer_layout.scans_layers(getattr(model, "config", None)):
+        # Stacked parameters and optimizer state: a run resumes in the layout it started in.
+        # (Named only when stacked, so per-layer runs keep their earlier fingerprints.)
+        args["layers"] = "stacked"
+    return args
 
 
 def _fingerprint(args: Mapping[str, Any]) -> str:

@@ -50,7 +50,7 @@ from jax.sharding import Mesh, NamedSharding
 from activeit_jax import partitioning
 from activeit_jax.core import io_utils, records, run_lock
 from activeit_jax.core.errors import UsageError
-from activeit_jax.models import checkpoints
+from activeit_jax.models import checkpoints, layer_layout
 from activeit_jax.training import inputs as train_data, metrics as metrics_lib, state as ts
 from activeit_jax.training.config import TrainConfig, TrainResult, validation_config
 from activeit_jax.training.evaluation import (
@@ -150,7 +150,7 @@ def _train_programs(model: Any, config: TrainConfig, mesh: Mesh, rules: tuple, t
         optimizer = ts.make_optimizer(
             config.optimizer, schedule, weight_decay=config.weight_decay, b1=config.adam_b1,
             b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm,
-            stacked_layers=getattr(getattr(model, "config", None), "scan_layers", False))
+            stacked_layers=layer_layout.scans_layers(getattr(model, "config", None)))
         params_shapes = jax.eval_shape(model.init_params, jax.random.PRNGKey(config.seed))
         param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
         state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes, param_specs)

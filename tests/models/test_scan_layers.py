@@ -266,3 +266,25 @@ def test_hf_tensors_are_the_same_from_either_layout(model_cls, config):
     imported = hf_convert.params_from_hf(scanned, tensors)
     assert jax.tree.structure(imported) == jax.tree.structure(stacked)
     jax.tree.map(np.testing.assert_array_equal, imported, jax.device_get(stacked))
+
+
+def test_default_scans_stacks_of_twelve_layers_or_more():
+    from activeit_jax.models.layers import AUTO_SCAN_MIN_LAYERS
+    from activeit_jax.training import config as train_config, run_dir
+    assert AUTO_SCAN_MIN_LAYERS == 12
+    assert not llama_config().scans_layers  # 3 layers: unrolled by default
+    assert dataclasses.replace(llama_config(), num_layers=12).scans_layers
+    assert not LlamaConfig(num_layers=30, scan_layers=False).scans_layers
+    assert LlamaConfig(num_layers=2, scan_layers=True).scans_layers
+    assert T5Config(num_encoder_layers=12, num_decoder_layers=2).scans_layers
+    assert not T5Config(num_encoder_layers=8, num_decoder_layers=8).scans_layers
+    # The repr (a training run's fingerprint) is the one per-layer models always had; a run
+    # of stacked layers names its layout, so it never resumes from per-layer train state.
+    assert "scan_layers" not in repr(LlamaConfig())
+    settings = train_config.TrainConfig()
+
+    def args(config):
+        return run_dir.run_args(DecoderOnlyModel(config), settings, None, "data", "val")
+    assert "layers" not in args(llama_config())
+    assert args(layer_layout.with_scan_layers(llama_config(), True))["layers"] == "stacked"
+
