@@ -35,7 +35,10 @@ setup(
         # accelerate: transformers needs it to load a GGUF file (the SmolLM2 reference).
         "test": ["pytest", "torch>=2.13", "transformers>=5,<6", "safetensors", "accelerate"],
         "cuda12": ["jax[cuda12]"],
-        "tpu": ["jax[tpu]"],
+        # The jax of requirements.lock with its TPU runtime (libtpu), as the launchers install
+        # it on a TPU VM (`launch/common.py`: pip install -e '.[tpu]'); `activeit-jax compile`
+        # needs it to compile for TPU topologies on any machine.
+        "tpu": ["jax[tpu]==0.10.2"],
     },
     entry_points={"console_scripts": ["activeit-jax=activeit_jax.main:run_main"]},
 )

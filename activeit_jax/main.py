@@ -30,7 +30,12 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "Evaluate a checkpoint on validation/test tasks (ROUGE-L, exact match).",
     "run": "Run the whole active instruction tuning loop (train, score, select, repeat).",
     "report": "Write tables, plots and a self-contained HTML report of a run directory.",
+    "compile": "Compile every program of a run ahead of time for a TPU topology (no TPU "
+               "needed): HBM per device, fits or not, FLOPs, collectives, roofline time.",
 }
+
+# Commands that compile programs for devices other than this machine's (`apply`'s argument).
+CROSS_COMPILING = ("compile",)
 
 
 def _usage() -> str:
@@ -64,7 +69,11 @@ def run_main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_compilation_cache_dir())
     from activeit_jax.core import xla_defaults
-    xla_defaults.apply()
+    if command in CROSS_COMPILING:  # its devices are compile-only: never open this machine's
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # a TPU job may hold it
+    xla_defaults.apply(compiles_for_this_machine=command not in CROSS_COMPILING)
+    xla_defaults.quiet_tpu_probe()
     module = importlib.import_module(f"activeit_jax.commands.{command}")
     from absl import app, flags  # imported late: keeps `--help` fast.
     if any(arg in ("-h", "--help", "-help") for arg in argv[2:]):
@@ -80,8 +89,14 @@ def run_main(argv: list[str] | None = None) -> None:
 
 
 def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-    """`main` with the project's errors turned into one line on stderr and exit status 1."""
+    """`main` with the project's errors turned into one line on stderr and exit status 1.
+
+    Nothing it prints carries a credential (`core.redaction.redact`: the judge's API key, an
+    `Authorization` header, a URL's user:password): a bug's traceback that would show one is
+    printed masked (exit status 1) instead of being re-raised.
+    """
     from activeit_jax.core.errors import ActiveITError, one_line
+    from activeit_jax.core.redaction import redact
 
     def guarded(argv: list[str]) -> Any:
         try:
@@ -95,10 +110,27 @@ def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[s
                 message = (f"{err.strerror}: free some space and rerun the same command; it "
                            "resumes where it stopped")
             else:
-                raise  # not about a file or the disk: a bug, keep the traceback
-        print(f"activeit-jax {command}: error: {message}", file=sys.stderr, flush=True)
+                _reraise_without_secrets(err)  # not about a file or the disk: a bug
+        except Exception as err:  # noqa: BLE001 - a bug: keep its traceback, masked
+            _reraise_without_secrets(err)
+        print(f"activeit-jax {command}: error: {redact(message)}", file=sys.stderr,
+              flush=True)
         sys.exit(1)
     return guarded
+
+
+def _reraise_without_secrets(err: BaseException) -> None:
+    """Re-raises a bug's exception (its traceback is how it gets fixed), unless the
+    traceback would show a credential: then it is printed masked and the command exits 1."""
+    import traceback
+
+    from activeit_jax.core.redaction import redact
+    text = "".join(traceback.format_exception(err))
+    masked = redact(text)
+    if masked == text:
+        raise err
+    print(masked, end="", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def _default_flags_parser(argv: list[str]) -> list[str]:

@@ -289,8 +289,27 @@ def shard_params(params: Any, shardings: Any) -> Any:
     return jax.device_put(params, shardings)
 
 
+def batch_spec(ndim: int = 2, rules: LogicalRules | None = None) -> PartitionSpec:
+    """Mesh `PartitionSpec` of a batch feature `[batch, length, ...]` under `rules`.
+
+    The one place that decides how batches are split: training, evaluation and scoring
+    batches all take their shardings from here, so changing the `batch` (or `length`) rule
+    moves every batch alike. With the default rules: `PartitionSpec(("data", "fsdp"), None,
+    ...)`, the batch over data x fsdp and every other dimension replicated.
+
+    Args:
+      ndim: rank of the feature (1 for per-row values `[B]`, 2 for token arrays `[B, T]`).
+      rules: the rules table (default `DEFAULT_LOGICAL_AXIS_RULES`).
+
+    Returns:
+      A `PartitionSpec` of `ndim` entries.
+    """
+    logical = PartitionSpec("batch", *(["length"] if ndim >= 2 else []), *([None] * (ndim - 2)))
+    return nn.logical_to_mesh_axes(logical, normalize_rules(rules))
+
+
 def data_sharding(mesh: Mesh, ndim: int = 2, rules: LogicalRules | None = None) -> NamedSharding:
-    """Sharding of a batch feature `[batch, length, ...]`: batch split over data x fsdp.
+    """Sharding of a batch feature `[batch, length, ...]` (`batch_spec` on `mesh`).
 
     Args:
       mesh: the device mesh.
@@ -300,8 +319,39 @@ def data_sharding(mesh: Mesh, ndim: int = 2, rules: LogicalRules | None = None) 
     Returns:
       A `NamedSharding` for `[B, T, ...]` arrays.
     """
-    logical = PartitionSpec("batch", *(["length"] if ndim >= 2 else []), *([None] * (ndim - 2)))
-    return NamedSharding(mesh, nn.logical_to_mesh_axes(logical, normalize_rules(rules)))
+    return NamedSharding(mesh, batch_spec(ndim, rules))
+
+
+def batch_shardings(mesh: Mesh, batch: Mapping[str, Any],
+                    rules: LogicalRules | None = None) -> dict[str, NamedSharding]:
+    """`data_sharding` of every feature of a batch (numpy arrays or shapes' owners).
+
+    Args:
+      mesh: the device mesh.
+      batch: feature name -> array (only its rank is read).
+      rules: the rules table (default `DEFAULT_LOGICAL_AXIS_RULES`).
+
+    Returns:
+      feature name -> `NamedSharding`.
+    """
+    return {name: data_sharding(mesh, np.ndim(value), rules) for name, value in batch.items()}
+
+
+def microbatch_sharding(mesh: Mesh, ndim: int, rules: LogicalRules | None = None
+                        ) -> NamedSharding:
+    """Sharding of a batch feature split into microbatches `[M, B/M, ...]`: the microbatch
+    axis whole, the rest as `data_sharding` of the `[B/M, ...]` feature."""
+    return NamedSharding(mesh, PartitionSpec(None, *batch_spec(ndim - 1, rules)))
+
+
+def batch_shard_count(mesh: Mesh, rules: LogicalRules | None = None) -> int:
+    """Into how many pieces `data_sharding` splits the batch dimension on `mesh` (the product
+    of the sizes of the mesh axes the `batch` rule names): a batch must be a multiple."""
+    axes = batch_spec(1, rules)[0]
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[axis] for axis in axes)
 
 
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh,

@@ -92,7 +92,7 @@ def ours_score(model, params, rows, args) -> tuple[float, float]:
     seconds = time.perf_counter() - start
     flops = 0.0
     for shape in shapes:
-        compiled = scorer._score.lower(params, _abstract_batch(model, shape)).compile()
+        compiled = scorer._score._jitted.lower(params, _abstract_batch(model, shape)).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops += float(cost.get("flops", 0.0)) * shapes[shape]
@@ -102,7 +102,7 @@ def ours_score(model, params, rows, args) -> tuple[float, float]:
 def _abstract_batch(model, shape):
     import jax
     import jax.numpy as jnp
-    if model.kind == "llama":
+    if model.decoder_only:
         b, t = shape
         feats = {k: (b, t) for k in ("decoder_input_tokens", "decoder_target_tokens",
                                      "decoder_loss_weights")}
@@ -111,20 +111,16 @@ def _abstract_batch(model, shape):
         feats = {"encoder_input_tokens": (b, s), "decoder_input_tokens": (b, t),
                  "decoder_target_tokens": (b, t), "decoder_loss_weights": (b, t)}
     return {k: jax.ShapeDtypeStruct(v, jnp.float32 if k == "decoder_loss_weights" and
-                                    model.kind == "llama" else jnp.int32)
+                                    model.decoder_only else jnp.int32)
             for k, v in feats.items()}
 
 
 def train_batch(model, rows, batch_size):
-    from activeit_jax.training import inputs as train_data
     rows = rows[:batch_size]
-    if model.kind == "llama":
-        ids = train_data.SpecialIds.of(model)
-        length = len(rows[0][0]) + len(rows[0][1])
-        return train_data.decoder_only_features([s for s, _ in rows], [t[:-1] for _, t in rows],
-                                                length, ids)
-    return train_data.encdec_features([s for s, _ in rows], [t for _, t in rows],
-                                      len(rows[0][0]), len(rows[0][1]))
+    # A decoder-only training target has no EOS (the builder appends it).
+    targets = [t[:-1] if model.decoder_only else t for _, t in rows]
+    return model.batch_builder().train_batch([s for s, _ in rows], targets, len(rows[0][0]),
+                                             len(rows[0][1]))
 
 
 def ours_train(model, batch, args) -> tuple[float, float]:
@@ -142,7 +138,7 @@ def ours_train(model, batch, args) -> tuple[float, float]:
     state_sh = ts.train_state_shardings(mesh, optimizer, params, specs)
     state = jax.jit(lambda p: ts.create_train_state(p, optimizer), out_shardings=state_sh)(params)
     del params
-    batch_sh = train_step.batch_shardings(mesh, batch)
+    batch_sh = partitioning.batch_shardings(mesh, batch, rules)
     rng = jax.random.key(0)
     with partitioning.mesh_context(mesh, rules):
         step = train_step.make_train_step(model, optimizer, schedule, mesh=mesh,
@@ -168,7 +164,7 @@ def torch_model(model, params, dry_run: bool):
 
     from activeit_jax.models import hf_convert
     config = hf_convert.hf_config_from_model(model)
-    if model.kind == "llama":
+    if model.decoder_only:
         net = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
     else:
         net = transformers.T5ForConditionalGeneration(transformers.T5Config(**config))
@@ -177,7 +173,7 @@ def torch_model(model, params, dry_run: bool):
             net.all_tied_weights_keys.pop("lm_head.weight", None)
     state = {k: torch.from_numpy(np.ascontiguousarray(v))
              for k, v in hf_convert.params_to_hf(model, params).items()}
-    if model.kind != "llama":
+    if not model.decoder_only:
         for alias in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
             state.setdefault(alias, state["shared.weight"])
     net.load_state_dict(state, strict=False)
@@ -187,7 +183,7 @@ def torch_model(model, params, dry_run: bool):
 def _torch_inputs(model, batch, device):
     import torch
     feats = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-    if model.kind == "llama":
+    if model.decoder_only:
         tokens = feats["decoder_input_tokens"].long()
         return {"input_ids": tokens, "attention_mask": (tokens != 0).long()}, feats
     enc = feats["encoder_input_tokens"].long()

@@ -123,7 +123,7 @@ def bench_ours(model, examples, args, pack: bool, buckets: int = 0):
                     out_shardings=state_sh)(params)
     batcher = make_batcher(examples, args, pack, buckets)
     first = batcher.batch(0, 0)
-    batch_sh = train_step.batch_shardings(mesh, first)
+    batch_sh = partitioning.batch_shardings(mesh, first, rules)
     rng = jax.random.key(0)
     with partitioning.mesh_context(mesh, rules):
         step = train_step.make_train_step(model, optimizer, schedule, mesh=mesh,

@@ -14,6 +14,7 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 from activeit_jax.core import xla_defaults  # noqa: E402  (imports no jax)
 
 xla_defaults.apply()
+xla_defaults.quiet_tpu_probe()  # where libtpu is installed (compile tests) but no TPU is
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow (used by seqio) must not grab accelerators or spawn many threads in tests.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -61,8 +62,8 @@ def vocab(sample_data):
 
 @pytest.fixture
 def parse_experiment():
-    """Parses an experiment gin file (looked up in configs/) into `run.Experiment`, with a
-    clean gin state before and after."""
+    """Parses an experiment gin file (looked up in configs/) into a resolved
+    `loop.experiment.Experiment`, with a clean gin state before and after."""
     import gin
 
     def parse(gin_file: str, bindings: list[str]):
@@ -73,7 +74,7 @@ def parse_experiment():
         import activeit_jax.models  # noqa: F401
         import activeit_jax.training.config  # noqa: F401
         gin_utils.parse_gin([gin_file], bindings)
-        return run.experiment()
+        return run.configured_experiment()
 
     gin.clear_config()
     yield parse

@@ -1,4 +1,4 @@
-"""One process of the two-process CPU test in `tests/test_multihost.py` (not a test itself).
+"""One process of the two-process CPU test in `tests/scoring/test_multihost.py` (not a test itself).
 
     python tests/multihost_worker.py SPEC.json PROCESS_ID
 
@@ -68,7 +68,8 @@ def main(spec_path: str, process_id: int) -> None:
     load = lambda names: [niv2.load_niv2_task(  # noqa: E731
         niv2.task_file_path(spec["niv2_dir"], n)) for n in names]
     result = trainer.train_and_evaluate(model, load(train["tasks"]), load(train["val_tasks"]),
-                                        vocab, config, train["out"], init=spec["checkpoint"])
+                                        vocab, config, train["out"],
+                                        init_checkpoint=spec["checkpoint"])
     assert result.completed and result.params is not None
     mesh = partitioning.make_mesh(config.mesh_shape)
     layout = np.vectorize(lambda d: d.process_index)(mesh.devices)

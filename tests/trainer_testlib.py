@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from activeit_jax.training import inputs as train_data
+from activeit_jax.data.vocab import EOS_ID
+from activeit_jax.models import EncoderDecoderBatches, SpecialIds, batches
 
 # Logical rules for the 2x2x2 test mesh: every parameter dimension is split somewhere.
 TEST_RULES = (("batch", ("data", "fsdp")), ("vocab", "model"), ("embed", "fsdp"),
@@ -22,7 +23,10 @@ TEST_RULES = (("batch", ("data", "fsdp")), ("vocab", "model"), ("embed", "fsdp")
 
 @dataclasses.dataclass(frozen=True)
 class BagModel:
-    """Tiny encoder-decoder: pooled source embedding + previous-token embedding -> MLP -> vocab."""
+    """Tiny encoder-decoder: pooled source embedding + previous-token embedding -> MLP -> vocab.
+
+    A `models.TrainableModel`: it declares its kind and builds T5's batches."""
+    decoder_only = False  # a class attribute, as on the wrappers (no dataclass field)
     vocab_size: int = 64
     embed_dim: int = 16
     mlp_dim: int = 32
@@ -39,6 +43,9 @@ class BagModel:
             "norm_scale": jnp.ones((d,)),
             "logits": jax.random.normal(k[3], (d, v)) / np.sqrt(d),
         }
+
+    def batch_builder(self, vocab=None):
+        return EncoderDecoderBatches(SpecialIds.of(self, vocab))
 
     def params_logical_axes(self):
         return {"embedding": P("vocab", "embed"),
@@ -79,7 +86,7 @@ class BagModel:
             tok = jnp.argmax(logits, -1).astype(jnp.int32)
             tok = jnp.where(done, 0, tok)
             out = out.at[:, t].set(tok)
-            return out, tok, done | (tok == train_data.EOS_ID)
+            return out, tok, done | (tok == EOS_ID)
 
         init = (jnp.zeros((bsz, max_decode_length), jnp.int32), jnp.zeros((bsz,), jnp.int32),
                 jnp.zeros((bsz,), bool))
@@ -95,7 +102,7 @@ def random_batch(seed: int, batch: int, source_length: int = 12, target_length: 
     for _ in range(batch):
         inputs.append(list(rng.integers(2, vocab_size, rng.integers(3, source_length))) + [1])
         targets.append(list(rng.integers(2, vocab_size, rng.integers(1, target_length))) + [1])
-    return train_data.encdec_features(inputs, targets, source_length, target_length)
+    return batches.encdec_features(inputs, targets, source_length, target_length)
 
 
 def mesh(shape: tuple[int, int, int]):

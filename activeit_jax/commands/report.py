@@ -3,7 +3,7 @@
     activeit-jax report --run=RUN [--out=RUN/report]
 
 writes results.md, results.csv, curves.png, curves.svg, selected_uncertainty.png and
-report.html (each atomically). The run layout is documented in `activeit_jax/reports.py`.
+report.html (each atomically). The run directory's layout: `activeit_jax/layout.py`.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 
 from absl import flags, logging
 
+from activeit_jax import layout
 from activeit_jax.commands import common
 from activeit_jax.reporting import render as reports
 
@@ -20,6 +21,8 @@ _OUT = flags.DEFINE_string("out", None, "output directory; default RUN/report.")
 
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("run",))
+    common.refuse_outputs_among_inputs({"run": _RUN.value}, {"out": _OUT.value},
+                                       {"out": layout.REPORT_FILES})
     paths = reports.write_report(_RUN.value, _OUT.value)
     for name, path in paths.items():
         logging.info("wrote %s", path)

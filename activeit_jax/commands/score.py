@@ -7,14 +7,24 @@
 
 `--vocab` (a SentencePiece `.model`, a `tokenizer.json` or a tokenizer directory) may be left
 out when the checkpoint stores its tokenizer (`activeit-jax convert` and the trainer store it).
+`--checkpoint` is the model being scored (a run's starting weights are `init_checkpoint`).
+
+The settings are a `scoring.ScoreConfig`, read from gin (`--gin_file=...`,
+`--gin.ScoreConfig.num_perturbations=5`). The flags that set its fields (`--num_instances`,
+`--num_perturbations`, `--seed`, ... and `--entropy` for `compute_entropy`; `--drop_rate` and
+`--perturbation_option` for `perturbation_options`; `--pu_quantile` ... for `thresholds`;
+`--adaptive_*` for `scoring.adaptive.AdaptiveConfig`) are generated from the dataclass fields
+with their defaults (`commands.common.define_config_flags`). A flag given wins over a gin
+binding, which wins over the default; a flag and a `--gin.` binding of the same field are
+refused. Without either, the decoding length follows `max_target_length`.
 
 The pool: `--tasks=FILE` lists NIV2 task names one per line (read from `--niv2_dir/tasks/`),
 or is a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as `activeit-jax prepare` writes
 them; lines carrying a "role" are kept only for `--role`, default "pool"); or
 `--self_instruct=FILE` (JSON/JSONL, one task per item). NIV2 and prepared tasks are loaded one
 at a time as the scorer reaches them (the Self-Instruct reader loads its file at once). A task
-file without instances is skipped and listed in summary.json; other malformed files stop the
-run unless --on_bad_task=skip.
+file without instances is skipped and listed in summary.json; other malformed tasks (a file,
+an item, a line; a string with a lone surrogate too) stop the run unless --on_bad_task=skip.
 
 Writes OUT/scores.jsonl (one line per task), OUT/taskmap.csv, OUT/taskmap.png / .svg,
 OUT/summary.json (thresholds, skipped tasks, throughput, padding waste, compilations) and,
@@ -36,13 +46,25 @@ from typing import Any, Iterator
 
 from absl import flags
 
+from activeit_jax import scoring
 from activeit_jax.commands import common
 from activeit_jax.core.errors import UsageError
+from activeit_jax.data import prompts
 from activeit_jax.data.errors import TaskFormatError
+from activeit_jax.scoring import adaptive, perturbation as perturbation_lib, taskmap
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (config.json + params).")
+# Flags whose name is not their field's (kept from the command line's first version).
+SCORE_FLAG_NAMES = {"compute_entropy": "entropy"}
+ADAPTIVE_FLAG_NAMES = {"initial_perturbations": "adaptive_k0", "num_select": "adaptive_select",
+                       "z": "adaptive_z"}
+# Perturbations whose `rate` option --drop_rate sets.
+WORD_LEVEL = ("drop", "sentinel", "repeat", "insert")
+
+flags.DEFINE_string("checkpoint", None, "The model to score: a checkpoint directory "
+                    "(config.json + params). Not the weights a run starts from: that is "
+                    "`train --init_checkpoint` / experiment.init_checkpoint.")
 flags.DEFINE_string("vocab", None, "Vocabulary of the checkpoint: SentencePiece .model, "
                     "tokenizer.json or a tokenizer directory (default: the tokenizer stored "
                     "in the checkpoint).")
@@ -53,63 +75,49 @@ flags.DEFINE_string("role", "pool", "With a prepared tasks.jsonl whose lines car
                     "score only this role ('' = every line).")
 flags.DEFINE_string("self_instruct", None, "Pool: Self-Instruct / Alpaca JSON or JSONL file.")
 flags.DEFINE_string("out", None, "Output directory (resumed when it holds the same run).")
-flags.DEFINE_integer("num_instances", 10, "n: instances per task (all when fewer).")
-flags.DEFINE_integer("num_perturbations", 20, "K: perturbed prompts per task.")
-flags.DEFINE_float("drop_rate", 0.2, "Rate of the word-level perturbations (drop, sentinel, "
-                   "repeat, insert).")
-flags.DEFINE_integer("seed", 0, "Seed of instance choice and perturbations.")
-flags.DEFINE_string("perturbation", "drop", "Perturbation: drop, sentinel, repeat, insert, "
-                    "paraphrase.")
-flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
-                          "perturbation, e.g. file=paraphrases.jsonl, words=a,b,c "
-                          "(rate=R here overrides --drop_rate).")
-flags.DEFINE_boolean("save_prompts", False, "Also write prompts.jsonl (one line per task, "
-                     "instance and perturbation).")
-flags.DEFINE_boolean("entropy", False, "Also compute the mean token entropy baseline.")
-flags.DEFINE_enum("prompt_format", "auto", ["auto", "tk_instruct", "alpaca", "tk_instruct_chat",
-                  "alpaca_chat"], "Prompt format; auto: Tk-Instruct for T5; decoder-only "
-                  "models Tk-Instruct for NIV2 tasks and Alpaca for Self-Instruct items, as the "
-                  "user turn of the model's chat template when its tokenizer has one.")
-flags.DEFINE_integer("num_pos_examples", 2, "Positive examples in the prompt.")
-flags.DEFINE_boolean("fit_examples", True, "Add examples only while the source fits "
-                     "max_source_length (Tk-Instruct).")
-flags.DEFINE_integer("max_source_length", 1024, "Source tokens (cut with EOS kept).")
-flags.DEFINE_integer("max_target_length", 128, "Target tokens (cut with EOS kept).")
-flags.DEFINE_integer("max_decode_length", None, "Greedy decoding length "
-                     "(default max_target_length).")
-flags.DEFINE_integer("batch_size", 64, "The most rows per jitted scoring call.")
-flags.DEFINE_integer("batch_tokens", 32768, "Token budget per call: rows x padded source "
-                     "length (decoder-only: sequence length); 0 = always --batch_size rows.")
-flags.DEFINE_integer("buckets_per_octave", 5, "Default scoring source (decoder-only: "
-                     "sequence) buckets: steps between two powers of two (1 = powers of two).")
-flags.DEFINE_integer("target_buckets_per_octave", 1, "The same for scoring targets.")
-flags.DEFINE_integer("decode_buckets_per_octave", 8, "The same for decoding sources.")
-flags.DEFINE_integer("decode_batch_size", None, "Rows per decoding call (default batch_size).")
-flags.DEFINE_list("source_buckets", [], "Padded source lengths, e.g. 128,256,512,1024 "
-                  "(default: --buckets_per_octave / --decode_buckets_per_octave steps per "
-                  "power of two); serves decoding too.")
-flags.DEFINE_list("target_buckets", [], "Padded target lengths (default: "
-                  "--target_buckets_per_octave steps per power of two from 8).")
-flags.DEFINE_integer("tasks_per_chunk", 16, "Consecutive tasks processed together.")
 flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes of each host's "
                     "devices, e.g. data=4,model=2 (-1 = the remaining devices).")
-flags.DEFINE_float("pu_quantile", 2 / 3, "Task Map: PU quantile above which a task is "
-                   "ambiguous.")
-flags.DEFINE_float("probability_quantile", 0.5, "Task Map: probability quantile (of the "
-                   "non-ambiguous tasks) splitting easy from difficult.")
-flags.DEFINE_float("pu_threshold", None, "Task Map: absolute PU threshold (overrides "
-                   "--pu_quantile).")
-flags.DEFINE_float("probability_threshold", None, "Task Map: absolute probability threshold "
-                   "(overrides --probability_quantile).")
-flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 task file: "
-                  "stop, or skip it and list it in summary.json (a file without instances "
-                  "is always skipped and listed).")
+flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 task file, "
+                  "Self-Instruct item or prepared line (a lone surrogate in a string "
+                  "included): stop, or skip it and list it in summary.json (a file without "
+                  "instances is always skipped and listed).")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
-flags.DEFINE_integer("adaptive_k0", 0, "Adaptive perturbation budget (off when 0): every task "
-                     "gets its first K0 perturbations, tasks near the top-m boundary more, up "
-                     "to --num_perturbations (scoring.adaptive; single host, not resumable).")
-flags.DEFINE_integer("adaptive_select", 68, "m, the selection size whose boundary matters.")
-flags.DEFINE_float("adaptive_z", 2.0, "Confidence bound width, in standard errors.")
+# ScoreConfig.perturbation_options, as KEY=VALUE flags and the word-level rate.
+flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
+                          "perturbation, e.g. file=paraphrases.jsonl, words=a,b,c "
+                          "(rate=R here overrides --drop_rate) [gin: "
+                          "ScoreConfig.perturbation_options].")
+flags.DEFINE_float("drop_rate", 0.2, "Rate of the word-level perturbations (drop, sentinel, "
+                   "repeat, insert) [gin: ScoreConfig.perturbation_options].")
+
+# Flags generated from the fields of ScoreConfig, TaskMapThresholds and AdaptiveConfig (name,
+# type, default, help); `--entropy` keeps its older name. See `common.define_config_flags` for
+# the precedence (flag > gin binding > default).
+SCORE_FLAGS = common.define_config_flags(
+    scoring.ScoreConfig, gin_module="activeit_jax.scoring",
+    renamed=SCORE_FLAG_NAMES, skip=("perturbation_options", "thresholds"),
+    choices={"prompt_format": [prompts.AUTO, *prompts.PROMPT_FORMATS]},
+    parsers={"batch_tokens": lambda value: value or None},
+    help_texts={
+        "max_decode_length": "Greedy decoding length of the originals (default: "
+                             "max_target_length).",
+        "batch_tokens": "Token budget per call: rows x padded source length (decoder-only: "
+                        "sequence length); 0 = always --batch_size rows.",
+        "source_buckets": "Padded source lengths, e.g. 128,256,512,1024 (default: "
+                          "--buckets_per_octave / --decode_buckets_per_octave steps per power "
+                          "of two); serves decoding too.",
+        "target_buckets": "Padded target lengths (default: --target_buckets_per_octave steps "
+                          "per power of two from 8).",
+        "sequence_buckets": "Decoder-only scoring: padded lengths of prompt + response "
+                            "(default: --buckets_per_octave steps per power of two)."})
+THRESHOLD_FLAGS = common.define_config_flags(taskmap.TaskMapThresholds)
+ADAPTIVE_FLAGS = common.define_config_flags(
+    adaptive.AdaptiveConfig, renamed=ADAPTIVE_FLAG_NAMES, skip=("growth", "quota"),
+    required_defaults={"initial_perturbations": 0, "num_select": 68},
+    help_texts={"initial_perturbations": "Adaptive perturbation budget (off when 0): every "
+                "task gets its first K0 perturbations, tasks near the top-m boundary more, up "
+                "to --num_perturbations (scoring.adaptive; single host, not resumable).",
+                "z": "Confidence bound width, in standard errors."})
 common.define_gin_flags()
 common.define_distributed_flags()
 
@@ -122,7 +130,6 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
     With `shard` (a `scoring.ShardInfo`), NIV2 and prepared entries of other shards are not
     loaded: a `scoring.TaskStub` (the name only) stands in their place.
     """
-    from activeit_jax import scoring
     from activeit_jax.core import records
     from activeit_jax.data import niv2
     from activeit_jax.data.errors import MissingTaskError, RecordError
@@ -134,8 +141,10 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         raise UsageError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
     if self_instruct:
         from activeit_jax.data import self_instruct as si
-        tasks = si.load_self_instruct(self_instruct)
-        return iter(tasks), len(tasks), {"self_instruct": os.path.abspath(self_instruct)}
+        entries = [entry if isinstance(entry, niv2.Task) else
+                   scoring.SkippedTask(entry.name, entry.reason)
+                   for entry in si.scan_self_instruct(self_instruct, on_bad_task=on_bad_task)]
+        return iter(entries), len(entries), {"self_instruct": os.path.abspath(self_instruct)}
     if tasks_file.endswith(".jsonl"):
         def keep(record):
             return "role" not in record or not role or record["role"] == role
@@ -147,20 +156,26 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
                 raise RecordError("expected a prepared task object with a 'name'", tasks_file,
                                   f"line {number}")
             total += keep(record)
+        if not total:
+            raise RecordError(f"no task to score (no line{f' with role {role!r}' if role else ''}"
+                              f"): an empty pool would write an empty Task Map", tasks_file)
 
         def prepared():
             index = 0
             for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
                 if keep(record):
                     record.pop("role", None)
-                    yield (_prepared_task(record, tasks_file, number) if mine(index)
-                           else scoring.TaskStub(record["name"]))
+                    yield (_prepared_task(record, tasks_file, number, on_bad_task)
+                           if mine(index) else scoring.TaskStub(record["name"]))
                     index += 1
         return prepared(), total, {"tasks": os.path.abspath(tasks_file), "role": role}
     if not niv2_dir:
         raise UsageError("--tasks with task names needs --niv2_dir")
     names = [niv2.check_task_name(name, tasks_file, where)
              for where, name in records.read_records(tasks_file, "task list")]
+    if not names:
+        raise RecordError("no task to score (the list is empty): an empty pool would write an "
+                          "empty Task Map", tasks_file)
     missing = [n for n in names if not os.path.exists(niv2.task_file_path(niv2_dir, n))]
     if missing:
         raise MissingTaskError(f"{len(missing)} task(s) of {tasks_file} have no file in "
@@ -169,13 +184,38 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         "tasks": os.path.abspath(tasks_file), "niv2_dir": os.path.abspath(niv2_dir)}
 
 
-def _prepared_task(record: dict[str, Any], path: str, number: int) -> Any:
-    """A `Task` from a prepared tasks.jsonl line; a malformed one names its line."""
+def _prepared_task(record: dict[str, Any], path: str, number: int,
+                   on_bad_task: str = "error") -> Any:
+    """A `Task` from a prepared tasks.jsonl line; a malformed one (a lone surrogate in a
+    string too) names its line, or becomes a `SkippedTask` with on_bad_task="skip"."""
     from activeit_jax.data import niv2
     try:
-        return niv2.Task.from_dict(record)
-    except (KeyError, TypeError, ValueError) as err:
-        raise TaskFormatError(f"not a prepared task ({err!r})", path, f"line {number}") from None
+        _check_strings(record, path, f"line {number}")
+        try:
+            return niv2.Task.from_dict(record)
+        except (KeyError, TypeError, ValueError) as err:
+            raise TaskFormatError(f"not a prepared task ({err!r})", path,
+                                  f"line {number}") from None
+    except TaskFormatError as err:
+        if on_bad_task == "skip":
+            name = record.get("name")
+            usable = isinstance(name, str) and name.encode("utf-8", "replace").decode() == name
+            return scoring.SkippedTask(name if usable else f"line {number}", str(err))
+        raise
+
+
+def _check_strings(value: Any, path: str, where: str) -> None:
+    """Every string in a decoded JSON value is valid Unicode (`errors.check_unicode`)."""
+    from activeit_jax.data.errors import check_unicode
+    if isinstance(value, str):
+        check_unicode(value, path, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_unicode(str(key), path, f"{where}: a key")
+            _check_strings(item, path, f"{where}: {key}")
+    elif isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            _check_strings(item, path, f"{where}[{k}]")
 
 
 def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
@@ -183,7 +223,6 @@ def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
     """Loads each task when the scorer reaches it; a file without instances (or, with
     on_bad_task="skip", any malformed file) becomes a `SkippedTask` with the reason; a task
     for which `mine(index)` is False (another host's) a `TaskStub`."""
-    from activeit_jax import scoring
     from activeit_jax.data import errors, niv2
 
     for index, name in enumerate(names):
@@ -202,85 +241,116 @@ def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
                 raise
 
 
-def _buckets(name: str) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(b) for b in getattr(FLAGS, name)) or None
-    except ValueError:
-        raise UsageError(f"--{name} must be integers, got {getattr(FLAGS, name)}") from None
-
-
-def build_config() -> "Any":
-    """The `ScoreConfig` of the command line.
+def build_config() -> scoring.ScoreConfig:
+    """The `ScoreConfig` of the command line: its flags, else its gin bindings, else its
+    defaults (`common.define_config_flags`). Derived defaults of the command line: the
+    decoding length follows max_target_length; the perturbation options are the
+    `--perturbation_option`s plus `--drop_rate` as the rate of a word-level perturbation.
 
     Raises:
-      UsageError: a value the scorer cannot use (checked before anything is written).
+      UsageError: a value the scorer cannot use, or a flag and a `--gin.` binding of the same
+        field (checked before anything is written).
     """
-    from activeit_jax import scoring
-    from activeit_jax.scoring import perturbation as perturbation_lib, taskmap
+    explicit: dict[str, Any] = {}
+    command_line = common.command_line_bound((SCORE_FLAGS.selector,))
+    for field, group in (("perturbation_options", ("perturbation_option", "drop_rate")),
+                         ("thresholds", tuple(THRESHOLD_FLAGS.flag_names.values()))):
+        given = [name for name in group if FLAGS[name].present]
+        if given and field in command_line:
+            raise UsageError(f"--{given[0]} and --gin.{command_line[field]} both set "
+                             f"ScoreConfig.{field}: give one")
+        if field == "thresholds" and given:
+            explicit[field] = THRESHOLD_FLAGS.build()
+        elif field == "perturbation_options" and (given or field not in
+                                                  SCORE_FLAGS.gin_bound()):
+            explicit[field] = _perturbation_options()
+    return SCORE_FLAGS.build(
+        explicit, max_decode_length=SCORE_FLAGS.value("max_target_length"))
 
+
+def build_policy(config: scoring.ScoreConfig) -> adaptive.AdaptiveConfig | None:
+    """The adaptive budget of the command line (`--adaptive_k0` > 0), or None.
+
+    Raises:
+      UsageError: a value `AdaptiveConfig` refuses (--adaptive_k0=-1, --adaptive_select=0),
+        an --adaptive_* flag without --adaptive_k0 (it would do nothing), or a ScoreConfig
+        setting the adaptive budget does not support (--save_prompts, --entropy).
+    """
+    if not FLAGS["adaptive_k0"].present:
+        given = [f"--{flag}" for flag in ADAPTIVE_FLAGS.flag_names.values()
+                 if FLAGS[flag].present]
+        if given:
+            raise UsageError(f"{given[0]} sets the adaptive budget, which is off without "
+                             f"--adaptive_k0")
+        return None
+    if FLAGS.adaptive_k0 == 0:  # documented: 0 = off
+        return None
+    policy = ADAPTIVE_FLAGS.build()
+    adaptive.check_supported(config)
+    return policy
+
+
+def _perturbation_options() -> tuple[tuple[str, Any], ...]:
+    """`--perturbation_option`s, with `--drop_rate` as the rate of a word-level perturbation
+    (`ScoreConfig.perturbation_options`)."""
     try:
         options = perturbation_lib.parse_options(FLAGS.perturbation_option)
-        thresholds = taskmap.TaskMapThresholds(
-            pu_quantile=FLAGS.pu_quantile, probability_quantile=FLAGS.probability_quantile,
-            pu_threshold=FLAGS.pu_threshold, probability_threshold=FLAGS.probability_threshold)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if FLAGS.perturbation in ("drop", "sentinel", "repeat", "insert"):
+    if SCORE_FLAGS.value("perturbation") in WORD_LEVEL:
         options.setdefault("rate", FLAGS.drop_rate)
-    return scoring.ScoreConfig(
-        num_instances=FLAGS.num_instances, num_perturbations=FLAGS.num_perturbations,
-        seed=FLAGS.seed, perturbation=FLAGS.perturbation,
-        perturbation_options=tuple(sorted(options.items())),
-        prompt_format=FLAGS.prompt_format, num_pos_examples=FLAGS.num_pos_examples,
-        max_source_length=FLAGS.max_source_length,
-        max_target_length=FLAGS.max_target_length,
-        max_decode_length=FLAGS.max_decode_length or FLAGS.max_target_length,
-        fit_examples=FLAGS.fit_examples, compute_entropy=FLAGS.entropy,
-        save_prompts=FLAGS.save_prompts, batch_size=FLAGS.batch_size,
-        decode_batch_size=FLAGS.decode_batch_size or FLAGS.batch_size,
-        batch_tokens=FLAGS.batch_tokens or None, buckets_per_octave=FLAGS.buckets_per_octave,
-        target_buckets_per_octave=FLAGS.target_buckets_per_octave,
-        decode_buckets_per_octave=FLAGS.decode_buckets_per_octave,
-        tasks_per_chunk=FLAGS.tasks_per_chunk,
-        source_buckets=_buckets("source_buckets"), target_buckets=_buckets("target_buckets"),
-        thresholds=thresholds)
+    return tuple(sorted(options.items()))
 
 
 def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
-    """A chat format needs a chat template: say so in one line before loading weights."""
-    from activeit_jax import scoring
-    from activeit_jax.core.errors import UsageError
+    """Every prompt format of the run renders (a chat format needs a chat template, and the
+    template must render): said in one line before loading weights, with nothing written."""
     from activeit_jax.data import chat as chat_lib
     try:
-        scoring.prompt_formats(config, scoring.is_decoder_only(model),
-                               chat_lib.from_vocabulary(vocab) is not None)
-    except ValueError as err:
-        raise UsageError(f"--prompt_format: {err}") from None
+        prompts.check_formats_render(config.prompt_format, model.decoder_only,
+                                     chat_lib.from_vocabulary(vocab))
+    except UsageError as err:
+        raise UsageError(f"--{err}") from None
+
+
+def check_paths() -> None:
+    """Refuses an --out that is (or would overwrite) one of the inputs."""
+    from activeit_jax import layout
+    common.refuse_outputs_among_inputs(
+        {name: FLAGS[name].value for name in ("tasks", "self_instruct", "checkpoint", "vocab",
+                                              "niv2_dir")},
+        {"out": FLAGS.out},
+        {"out": (layout.SCORES_FILE, layout.PROMPTS_FILE, layout.SKIPPED_FILE,
+                 layout.SCORE_SUMMARY_FILE, layout.RUN_ARGS_FILE, layout.SESSIONS_FILE,
+                 layout.SHARDS_DIR, layout.TASKMAP_CSV, layout.TASKMAP_PNG,
+                 layout.TASKMAP_SVG)})
 
 
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
     common.check_args(argv, ("checkpoint", "out"))
+    check_paths()
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
     import jax
 
-    from activeit_jax import partitioning, scoring
+    from activeit_jax import partitioning
     from activeit_jax.data import vocab as vocab_lib
-    from activeit_jax.models import checkpoints
-    from activeit_jax.training import inputs as train_data
+    from activeit_jax.models import check_vocabulary, checkpoints
     shard = scoring.ShardInfo.of_process()
     # Every argument is checked (and the pool listed) before the run directory is touched.
     config = build_config()
+    policy = build_policy(config)
     tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
                                         FLAGS.on_bad_task, FLAGS.role, shard)
     model = checkpoints.read_model(FLAGS.checkpoint)
     # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
     # sentinels and keeps its own special ids). The scorer only encodes and decodes: a
     # SentencePiece model loads without TensorFlow (`light`), sparing seconds of start-up.
-    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint, light=True)
-    train_data.check_vocabulary(model, vocab, FLAGS.checkpoint)
+    vocab = vocab_lib.resolve_vocabulary(FLAGS.vocab, FLAGS.checkpoint, light=True,
+                                         decoder_only=model.decoder_only)
+    check_vocabulary(model, vocab, FLAGS.checkpoint)
     _check_prompt_format(config, model, vocab)
     mesh = partitioning.local_mesh(common.parse_mesh(FLAGS.mesh))  # this host's devices
     setup = time.perf_counter()
@@ -292,10 +362,7 @@ def main(argv: list[str]) -> None:
                           else "stored with the checkpoint"),
                 "on_bad_task": FLAGS.on_bad_task,
                 **pool_args}
-    if FLAGS.adaptive_k0:
-        from activeit_jax.scoring import adaptive
-        policy = adaptive.AdaptiveConfig(initial_perturbations=FLAGS.adaptive_k0,
-                                         num_select=FLAGS.adaptive_select, z=FLAGS.adaptive_z)
+    if policy is not None:
         summary = adaptive.score_pool_adaptive(model, params, vocab, tasks, FLAGS.out, config,
                                                policy, mesh=mesh, run_args=run_args)
         summary.setdefault("rows_per_s", 0.0)

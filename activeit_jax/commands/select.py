@@ -5,13 +5,17 @@ r"""`activeit-jax select`: pick the next tasks of an iteration from a scored poo
         --exclude=RUN/seed_0/iter_0/selected_tasks.json \
         --out=RUN/seed_0/prompt_uncertainty/iter_1/selected_tasks.json
 
-Settings come from, in order of precedence: the command-line flag, a gin binding of
-`selection_settings` (e.g. `--gin.selection_settings.strategy="'ambiguous'"` or a gin file),
-the defaults of `selection_settings`. `--out` ending in `.txt` gets one name per line;
-anything else gets the `selected_tasks.json` object (`Selection.to_json()`).
+The settings are a `SelectConfig`, read from gin (`--gin.SelectConfig.strategy="'ambiguous'"`
+or a gin file); `--strategy`, `--num_tasks`, `--quota`, `--seed`, `--iteration` and
+`--on_missing_score` are shortcuts generated from its fields. A flag given wins over a gin
+binding, which wins over the default; a flag and a `--gin.` binding of the same field are
+refused. (`selection_settings.*`, the older gin name, still binds the same fields, with a
+deprecation warning.) `--out` ending in `.txt` gets one name per line; anything else gets the
+`selected_tasks.json` object (`Selection.to_json()`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Mapping
 
@@ -31,61 +35,98 @@ _POOL = flags.DEFINE_string(
 _EXCLUDE = flags.DEFINE_multi_string(
     "exclude", [], "task lists (selected_tasks.json or text) already trained on; removed from "
     "the pool. Repeatable.")
-_STRATEGY = flags.DEFINE_string("strategy", None, "selection strategy; one of "
-                                + ", ".join(selection.list_strategies()) + ".")
-_NUM_TASKS = flags.DEFINE_integer("num_tasks", None, "number of tasks to select.")
-_QUOTA = flags.DEFINE_enum("quota", None, list(selection.QUOTAS),
-                           "per-iteration quota: none, niv2 (cls/gen ratio) or self_instruct "
-                           "(output-length chunks).")
-_SEED = flags.DEFINE_integer("seed", None, "run seed.")
-_ITERATION = flags.DEFINE_integer("iteration", None, "active-learning iteration being selected.")
 _OUT = flags.DEFINE_string("out", None, "output file (written atomically).")
-common.define_gin_flags()
 
 
-@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SelectConfig:
+    """What `select` picks; see `selection.select` for the meaning of each setting.
+
+    Attributes:
+      strategy: selection strategy, one of `selection.list_strategies()`.
+      num_tasks: number of tasks to select.
+      quota: per-iteration quota: none, niv2 (cls/gen ratio) or self_instruct (output-length
+        chunks).
+      seed: run seed.
+      iteration: active-learning iteration being selected.
+      label_ratio: label -> weight of the niv2 quota (None = {"cls": 24, "gen": 44}).
+      on_missing_score: a pool task without a score record: "error" stops, "drop" leaves it
+        out of the candidates.
+      perplexity_variant: high / low perplexity: "reference" (perplexity for every task) or
+        "paper_text" (entropy for classification tasks; the scores need the entropy).
+      category_selection: inside a Task Map category: "rank" (the reference code's ranking)
+        or "random" (a seeded draw).
+    """
+    strategy: str = "prompt_uncertainty"
+    num_tasks: int = 68
+    quota: str = "none"
+    seed: int = 0
+    iteration: int = 0
+    label_ratio: Mapping[str, int] | None = None
+    on_missing_score: str = "error"
+    perplexity_variant: str = selection.VARIANTS["perplexity"][1]
+    category_selection: str = selection.VARIANTS["category"][1]
+
+    def __post_init__(self):
+        check_settings(self)
+
+
+@gin.configurable(module="activeit_jax.commands.select")
 def selection_settings(strategy: str = "prompt_uncertainty", num_tasks: int = 68,
                        quota: str = "none", seed: int = 0, iteration: int = 0,
                        label_ratio: Mapping[str, int] | None = None,
                        on_missing_score: str = "error") -> dict[str, Any]:
-    """Gin-bound selection settings (the edge); see `selection.select` for their meaning."""
+    """Deprecated gin name of `SelectConfig` (its bindings still count); never called."""
     return dict(strategy=strategy, num_tasks=num_tasks, quota=quota, seed=seed,
                 iteration=iteration, label_ratio=label_ratio, on_missing_score=on_missing_score)
 
 
-def check_settings(settings: Mapping[str, Any]) -> None:
+def check_settings(config: SelectConfig) -> None:
     """Refuses settings `selection.select` cannot use, before any file is read or written.
 
     Raises:
-      UsageError: naming the setting.
+      UsageError: naming the setting (its field and flag).
     """
-    if settings["strategy"] not in selection.list_strategies():
-        raise UsageError(f"--strategy: unknown strategy {settings['strategy']!r}; known: "
-                         f"{', '.join(selection.list_strategies())}")
-    if settings["quota"] not in selection.QUOTAS:
-        raise UsageError(f"--quota must be one of {list(selection.QUOTAS)}, got "
-                         f"{settings['quota']!r}")
+    if config.strategy not in selection.list_strategies():
+        raise UsageError(f"SelectConfig.strategy (--strategy): unknown strategy "
+                         f"{config.strategy!r}; known: {', '.join(selection.list_strategies())}")
+    if config.quota not in selection.QUOTAS:
+        raise UsageError(f"SelectConfig.quota (--quota) must be one of {list(selection.QUOTAS)}, "
+                         f"got {config.quota!r}")
     for key in ("num_tasks", "seed", "iteration"):
-        value = settings[key]
+        value = getattr(config, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UsageError(f"--{key} must be an integer >= 0, got {value!r}")
-    if settings["on_missing_score"] not in ("error", "drop"):
-        raise UsageError("selection_settings.on_missing_score must be 'error' or 'drop', got "
-                         f"{settings['on_missing_score']!r}")
+            raise UsageError(f"SelectConfig.{key} (--{key}) must be an integer >= 0, "
+                             f"got {value!r}")
+    if config.on_missing_score not in ("error", "drop"):
+        raise UsageError("SelectConfig.on_missing_score must be 'error' or 'drop', got "
+                         f"{config.on_missing_score!r}")
+    try:
+        selection.check_variants(config.perplexity_variant, config.category_selection)
+    except ValueError as err:
+        raise UsageError(f"SelectConfig.{err}") from None
+
+
+SELECT_FLAGS = common.define_config_flags(
+    SelectConfig, gin_module="activeit_jax.commands.select", skip=("label_ratio",),
+    choices={"quota": selection.QUOTAS, "on_missing_score": ("error", "drop"),
+             "perplexity_variant": selection.VARIANTS["perplexity"][0],
+             "category_selection": selection.VARIANTS["category"][0]},
+    help_texts={"strategy": "selection strategy; one of "
+                + ", ".join(selection.list_strategies()) + "."},
+    deprecated_selectors=("activeit_jax.commands.select.selection_settings",))
+common.define_gin_flags()
 
 
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("out",))
     if not _SCORES.value and not _POOL.value:
         raise UsageError("give --scores and/or --pool")
+    common.refuse_outputs_among_inputs(
+        {"scores": _SCORES.value, "pool": _POOL.value, "exclude": _EXCLUDE.value},
+        {"out": _OUT.value})
     common.parse_gin_from_flags()
-    settings = selection_settings()
-    for key, flag in (("strategy", _STRATEGY), ("num_tasks", _NUM_TASKS), ("quota", _QUOTA),
-                      ("seed", _SEED), ("iteration", _ITERATION)):
-        if flag.value is not None:
-            settings[key] = flag.value
-
-    check_settings(settings)
+    config = SELECT_FLAGS.build()
     scores = records.read_score_records(_SCORES.value) if _SCORES.value else None
     if _SCORES.value and not scores:
         raise RecordError("no score records", _SCORES.value)
@@ -100,7 +141,7 @@ def main(argv: list[str]) -> None:
         logging.info("excluded %d already-trained task(s) from the pool", before - len(pool))
 
     try:
-        result = selection.select(scores=scores, pool=pool, **settings)
+        result = selection.select(scores=scores, pool=pool, **dataclasses.asdict(config))
     except ValueError as err:  # select documents its ValueErrors as problems of the input
         raise UsageError(f"cannot select from {_SCORES.value or _POOL.value}: {err}") from None
     for note in result.notes:

@@ -5,6 +5,13 @@
     activeit-jax train --gin_file=runs/finetune_tiny.gin --tasks=FILE --val_tasks=FILE --out=DIR
     activeit-jax train --gin_file=runs/finetune_self_instruct.gin --self_instruct=FILE --out=DIR
 
+The settings are the `TrainConfig` of gin (`--gin.TrainConfig.num_epochs=2` or a gin file);
+this command has no shortcut flags for them. `--niv2_dir` and `--init_checkpoint` (the weights
+the run starts from; one name for that concept everywhere: `train_job.init_checkpoint`,
+`experiment.init_checkpoint`, `train_and_evaluate(init_checkpoint=...)`) override the gin
+file's `train_job.niv2_dir` / `train_job.init_checkpoint`; given together with a `--gin.`
+binding of the same field they are refused.
+
 `--tasks` / `--val_tasks`: a text file of NIV2 task names (one per line, read from
 `--niv2_dir/tasks/`), a JSON list / `{"tasks": [...]}`, or a `.jsonl` of prepared tasks.
 gin binds `train_job` (`activeit_jax.training.trainer.TrainJob`). The model comes from
@@ -27,6 +34,7 @@ from typing import Any
 import gin
 from absl import flags, logging
 
+from activeit_jax import layout
 from activeit_jax.commands import common
 from activeit_jax.core import io_utils
 from activeit_jax.core.errors import UsageError
@@ -70,6 +78,19 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
     return model
 
 
+def check_paths(niv2_dir: str | None, init_checkpoint: str | None) -> None:
+    """Refuses an --out that is (or would overwrite) one of the inputs."""
+    from activeit_jax import layout
+    common.refuse_outputs_among_inputs(
+        {"tasks": FLAGS.tasks, "val_tasks": FLAGS.val_tasks, "self_instruct": FLAGS.self_instruct,
+         "niv2_dir": niv2_dir, "init_checkpoint": init_checkpoint},
+        {"out": FLAGS.out},
+        {"out": (layout.CHECKPOINTS_DIR, layout.BEST_DIR, layout.BEST_INFO_FILE,
+                 layout.TRAIN_METRICS_FILE, layout.TRAIN_SUMMARY_FILE, layout.RUN_ARGS_FILE,
+                 layout.DAMAGED_CHECKPOINTS_DIR, layout.TRAIN_EVAL_DIR, layout.TENSORBOARD_DIR,
+                 layout.GIN_CONFIG_FILE)})
+
+
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("out",))
     if bool(FLAGS.tasks) == bool(FLAGS.self_instruct):
@@ -78,6 +99,10 @@ def main(argv: list[str]) -> None:
     common.parse_gin_from_flags()
 
     from activeit_jax.training import config as train_config, inputs as train_data, trainer
+    # The path flags override the gin file's train_job defaults, not a --gin. binding.
+    common.refuse_flag_and_binding(("activeit_jax.training.train_job",),
+                                   {"niv2_dir": "niv2_dir",
+                                    "init_checkpoint": "init_checkpoint"}, "train_job")
 
     job = train_config.train_job()
     config = job.resolved_config()
@@ -86,14 +111,18 @@ def main(argv: list[str]) -> None:
         from activeit_jax.data.configurables import resolve_repo_path
         niv2_dir = resolve_repo_path(niv2_dir)  # gin's "data/sample/niv2" from anywhere
     init_checkpoint = FLAGS.init_checkpoint or job.init_checkpoint
+    check_paths(niv2_dir, init_checkpoint)
     if init_checkpoint is None and not job.allow_random_init:
         raise UsageError("no --init_checkpoint: convert a pretrained model first "
                          "(activeit-jax convert), or set train_job.allow_random_init = True")
     from activeit_jax.data import vocab as vocab_lib
+    from activeit_jax.models import checkpoints
+
     # The gin vocabulary, else the tokenizer stored with the initial checkpoint.
     vocabulary = vocab_lib.resolve_vocabulary(
         job.vocabulary, init_checkpoint,
-        what="get_vocabulary.path or train_job.vocabulary (gin)")
+        what="get_vocabulary.path or train_job.vocabulary (gin)",
+        decoder_only=checkpoints.is_decoder_only_checkpoint(init_checkpoint))
     model = resolve_model(job.model, init_checkpoint, config.logical_axis_rules)
 
     if FLAGS.self_instruct:
@@ -106,9 +135,9 @@ def main(argv: list[str]) -> None:
                  len(val_tasks))
     result = trainer.train_and_evaluate(
         model, train_tasks, val_tasks, vocabulary, config, FLAGS.out,
-        init=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
+        init_checkpoint=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)
     if result.completed:
-        io_utils.atomic_write_text(os.path.join(FLAGS.out, "config.gin"),
+        io_utils.atomic_write_text(os.path.join(FLAGS.out, layout.GIN_CONFIG_FILE),
                                    gin.operative_config_str())
     print(json.dumps({"out": os.path.abspath(FLAGS.out), "completed": result.completed,
                       "final_step": result.final_step, "best_epoch": result.best_epoch,

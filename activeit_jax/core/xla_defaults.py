@@ -47,15 +47,74 @@ def cpu_only_machine(environ: dict) -> bool:
                    for plugin in plugins)
 
 
-def apply(environ: dict | None = None) -> None:
+def apply(environ: dict | None = None, *, compiles_for_this_machine: bool = True) -> None:
     """Appends `CPU_FLAGS` (and on a CPU-only machine `CPU_ONLY_MACHINE_FLAGS`) to
     `XLA_FLAGS`, each unless the user already set that flag, or set
-    `ACTIVEIT_JAX_XLA_DEFAULTS=0`. Call before `jax` is imported."""
+    `ACTIVEIT_JAX_XLA_DEFAULTS=0`. Call before `jax` is imported.
+
+    Args:
+      environ: the environment to change (default `os.environ`).
+      compiles_for_this_machine: False for a command that compiles programs for other devices
+        (`activeit-jax compile`, for a TPU topology, on a CPU host): `XLA_FLAGS` become the
+        debug options of every program it compiles, so only `CPU_FLAGS` (read by the CPU
+        backend alone) are added, never the machine-wide `CPU_ONLY_MACHINE_FLAGS`.
+    """
     environ = os.environ if environ is None else environ
     if environ.get("ACTIVEIT_JAX_XLA_DEFAULTS", "1") == "0":
         return
-    flags = CPU_FLAGS + (CPU_ONLY_MACHINE_FLAGS if cpu_only_machine(environ) else ())
+    cpu_only = compiles_for_this_machine and cpu_only_machine(environ)
+    flags = CPU_FLAGS + (CPU_ONLY_MACHINE_FLAGS if cpu_only else ())
     current = environ.get("XLA_FLAGS", "")
     extra = [flag for flag in flags if flag.split("=", 1)[0] not in current]
     if extra:
         environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+
+
+# PCI vendor id of Google's TPU chips (what JAX's own TPU detection reads, too).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+
+
+def tpu_chips_attached(pci_root: str = "/sys/bus/pci/devices") -> bool:
+    """True when this machine has a TPU chip (a PCI device of Google's vendor id)."""
+    try:
+        names = os.listdir(pci_root)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(pci_root, name, "vendor"), encoding="ascii") as handle:
+                if handle.read().strip().lower() == _GOOGLE_PCI_VENDOR:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+# What libtpu reads when it cannot ask a TPU VM's metadata server. Without them, loading it on a
+# machine with no TPU (JAX probing its backends, or compiling for a TPU topology) prints
+# "WARNING: could not determine TPU accelerator type / worker hostnames" and an INVALID_ARGUMENT
+# trace to stderr. One local host of one chip only describes this machine; a topology that a
+# program is compiled for is given by name and is not changed by them. The lockfile libtpu
+# takes (/tmp/libtpu_lockfile) guards a TPU against two processes; without one, it would only
+# stop two compilations (two commands, or a test and the command it starts) from running at
+# once.
+QUIET_TPU_PROBE = {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_HOST_BOUNDS": "1,1,1",
+                   "TPU_STDERR_LOG_LEVEL": "3", "TPU_MIN_LOG_LEVEL": "3",
+                   "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+
+
+def quiet_tpu_probe(environ: dict | None = None, attached: bool | None = None) -> None:
+    """Sets `QUIET_TPU_PROBE`'s variables (each unless already set) when libtpu is installed and
+    no TPU chip is attached, so libtpu stays silent. Call before `jax` is imported.
+
+    Args:
+      environ: the environment to change (default `os.environ`).
+      attached: whether a TPU chip is attached (default: `tpu_chips_attached()`).
+    """
+    environ = os.environ if environ is None else environ
+    if importlib.util.find_spec("libtpu") is None:
+        return
+    if tpu_chips_attached() if attached is None else attached:
+        return  # a TPU VM: its metadata server describes the slice
+    for name, value in QUIET_TPU_PROBE.items():
+        environ.setdefault(name, value)

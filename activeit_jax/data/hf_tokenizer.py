@@ -32,7 +32,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from activeit_jax.core import io_utils
+from activeit_jax.core import io_utils, json_text
 from activeit_jax.data.errors import VocabularyError
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -141,10 +141,13 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         self._declared_pad_id = None if pad_id is None else int(pad_id)
         self._end_of_turn_id = (int(end_of_turn_id) if end_of_turn_id is not None
                                 else _find_end_of_turn(self._special))
-        self._pad_id = choose_pad_id(self._declared_pad_id, bos_id=self._bos_id,
-                                     eos_id=self._eos_id, unk_id=self._unk_id,
-                                     end_of_turn_id=self._end_of_turn_id,
-                                     special_tokens=self._special)
+        try:
+            self._pad_id = choose_pad_id(self._declared_pad_id, bos_id=self._bos_id,
+                                         eos_id=self._eos_id, unk_id=self._unk_id,
+                                         end_of_turn_id=self._end_of_turn_id,
+                                         special_tokens=self._special)
+        except VocabularyError as err:  # name the tokenizer's file
+            raise VocabularyError(err.message, source) from None
         self._add_bos = bool(add_bos)
         self._chat_template = chat_template
         for name in ("eos_id", "bos_id", "unk_id", "pad_id", "end_of_turn_id"):
@@ -184,6 +187,11 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     @property
     def chat_template(self) -> str | None:
         return self._chat_template
+
+    @property
+    def source(self) -> str | None:
+        """Where the tokenizer came from (the file named in its errors), or None."""
+        return self._source
 
     @property
     def end_of_turn_id(self) -> int | None:
@@ -266,12 +274,18 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     def load(cls, directory: str | os.PathLike) -> "HFTokenizerVocabulary":
         """Reads a directory written by `save`.
 
+        Errors name the files read (`tokenizer.json` here, not the file the tokenizer was
+        first converted from), and the vocabulary's `source` is this `tokenizer.json`.
+
         Raises:
-          VocabularyError: a file is missing or malformed (named in the message).
+          VocabularyError: a file is missing or malformed, or a field of `tokenizer_meta.json`
+            has the wrong type (`data.tokenizer_meta`; named in the message).
         """
+        from activeit_jax.data import tokenizer_meta
+
         directory = os.fspath(directory)
         meta_path = os.path.join(directory, META_FILE)
-        meta = _read_json(meta_path, "tokenizer metadata")
+        meta = tokenizer_meta.read_tokenizer_meta(meta_path)
         if meta.get("format") != META_FORMAT or meta.get("kind", KIND) != KIND:
             raise VocabularyError(f"not an activeit-jax {KIND} tokenizer metadata file",
                                   meta_path)
@@ -282,13 +296,24 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         text = _read_text(tokenizer_path)
         if "eos_id" not in meta or meta["eos_id"] is None:
             raise VocabularyError("field 'eos_id' is missing", meta_path)
-        vocabulary = cls(text, eos_id=meta["eos_id"], bos_id=meta.get("bos_id"),
-                   unk_id=meta.get("unk_id"),
-                   pad_id=meta.get("declared_pad_id", meta.get("pad_id")),
-                   add_bos=bool(meta.get("add_bos", False)),
-                   chat_template=meta.get("chat_template"),
-                   end_of_turn_id=meta.get("end_of_turn_id"),
-                   source=meta.get("source") or tokenizer_path)
+        import tokenizers
+        try:
+            tokenizer = tokenizers.Tokenizer.from_str(text)
+        except Exception as err:  # tokenizers raises its own Exception type
+            raise VocabularyError(f"not a valid tokenizer.json ({err})", tokenizer_path) from None
+        try:
+            vocabulary = cls(tokenizer, eos_id=meta["eos_id"], bos_id=meta.get("bos_id"),
+                             unk_id=meta.get("unk_id"),
+                             pad_id=meta.get("declared_pad_id", meta.get("pad_id")),
+                             add_bos=bool(meta.get("add_bos", False)),
+                             chat_template=meta.get("chat_template"),
+                             end_of_turn_id=meta.get("end_of_turn_id"),
+                             source=tokenizer_path)
+        except VocabularyError as err:  # the ids of the metadata do not fit this tokenizer
+            if err.path not in (None, tokenizer_path):
+                raise
+            raise VocabularyError(f"{err.message} (the ids come from {meta_path}: do the two "
+                                  "files belong together?)", tokenizer_path) from None
         if meta.get("pad_id") is not None and vocabulary.pad_id != meta["pad_id"]:
             raise VocabularyError(f"field 'pad_id' is {meta['pad_id']}, but the tokenizer's "
                                   f"padding id is {vocabulary.pad_id}", meta_path)
@@ -333,7 +358,7 @@ def _read_text(path: str) -> str:
 def _read_json(path: str, what: str) -> dict[str, Any]:
     text = _read_text(path)
     try:
-        value = json.loads(text)
+        value = json_text.loads(text)
     except json.JSONDecodeError as err:
         raise VocabularyError(f"{what} is not valid JSON ({err})", path) from None
     if not isinstance(value, dict):
@@ -348,12 +373,18 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _chat_template_of(config: Mapping[str, Any], directory: str) -> str | None:
-    """The default chat template: tokenizer_config.json's, or `chat_template.jinja`."""
+def _chat_template_of(config: Mapping[str, Any], directory: str, config_path: str
+                      ) -> str | None:
+    """The default chat template: tokenizer_config.json's, or `chat_template.jinja`; a
+    template that is not a string is refused (naming `config_path`)."""
     template = config.get("chat_template")
+    field = "chat_template"
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
+        template, field = named.get("default"), "chat_template[default].template"
+    if template is not None and not isinstance(template, str):
+        raise VocabularyError(f"expected a string (a jinja template), got "
+                              f"{type(template).__name__}", config_path, field)
     if isinstance(template, str):
         return template
     path = os.path.join(directory, HF_CHAT_TEMPLATE_FILE)
@@ -420,7 +451,7 @@ def from_hf_tokenizer_files(tokenizer_json: str | os.PathLike,
     return HFTokenizerVocabulary(
         tokenizer, eos_id=eos_id, bos_id=bos_id, unk_id=token_id("unk_token"),
         pad_id=token_id("pad_token"), add_bos=bool(add_bos) and bos_id is not None,
-        chat_template=_chat_template_of(config, directory), source=tokenizer_json)
+        chat_template=_chat_template_of(config, directory, config_path), source=tokenizer_json)
 
 
 def check_fits_embedding(vocabulary: Any, num_embeddings: int, source: str | None = None

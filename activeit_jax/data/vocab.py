@@ -22,7 +22,6 @@ newlines to spaces.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -296,7 +295,8 @@ def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike, light: bool = 
 
 
 def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
-                       what: str = "--vocab", light: bool = False) -> Any:
+                       what: str = "--vocab", light: bool = False, *,
+                       decoder_only: bool = False) -> Any:
     """The vocabulary to use: `explicit` (a vocabulary or a path for `load_vocabulary`) when
     given, else the one stored with `checkpoint_dir`.
 
@@ -306,15 +306,17 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
       what: how the user gives a vocabulary (e.g. "--vocab"), for the error message.
       light: a SentencePiece model loads as the TensorFlow-free `SentencePieceVocabulary`
         (encode / decode only; the scorer's needs).
+      decoder_only: the model is decoder-only (the caller asks the model layer, e.g.
+        `models.checkpoints.is_decoder_only_checkpoint(checkpoint_dir)`; the data layer
+        does not read model configs): a SentencePiece path then gets no T5 sentinels and
+        keeps its own special ids (a LLaMA `.model`).
 
     Raises:
       VocabularyError: neither is available (one line naming both places).
     """
     if isinstance(explicit, (str, os.PathLike)):
-        return load_vocabulary(explicit, extra_ids=0 if _is_decoder_only(checkpoint_dir)
-                               else DEFAULT_EXTRA_IDS,
-                               require_t5_ids=not _is_decoder_only(checkpoint_dir),
-                               light=light)
+        return load_vocabulary(explicit, extra_ids=0 if decoder_only else DEFAULT_EXTRA_IDS,
+                               require_t5_ids=not decoder_only, light=light)
     if explicit is not None:
         return explicit
     stored = vocabulary_from_checkpoint(checkpoint_dir, light) if checkpoint_dir else None
@@ -327,22 +329,13 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
     return stored
 
 
-def _is_decoder_only(checkpoint_dir: str | os.PathLike | None) -> bool:
-    """Whether the checkpoint's config.json names a decoder-only (LLaMA-style) model."""
-    if not checkpoint_dir:
-        return False
-    try:
-        with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as handle:
-            return json.load(handle).get("model_kind") == "llama"
-    except (OSError, ValueError):
-        return False
-
-
 def _load_saved(directory: str, light: bool = False) -> Any:
     """Reads a `save_vocabulary` directory, dispatching on its metadata's kind."""
+    from activeit_jax.data import tokenizer_meta
+
     hf = _hf_tokenizer()
     meta_path = os.path.join(directory, META_FILE)
-    meta = hf._read_json(meta_path, "tokenizer metadata")
+    meta = tokenizer_meta.read_tokenizer_meta(meta_path)
     kind = meta.get("kind", hf.KIND)
     if kind == hf.KIND:
         return hf.HFTokenizerVocabulary.load(directory)

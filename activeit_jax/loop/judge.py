@@ -1,55 +1,84 @@
 """Pairwise evaluation by an LLM judge (Self-Instruct), over an OpenAI-compatible chat API.
 
-The protocol of the paper's Self-Instruct evaluation (Kung et al., 2023, Sec. 4): for every
-item (an instruction, its input, and the answers of model A and model B) the judge sees the two
-answers under neutral labels, "Output (a)" / "Output (b)", in a seeded random order
-(`presentation_order`, the same for every judge), and is asked which one is better or whether
-they are equal; it replies "Output (a)", "Output (b)" or "Equal". The order is undone and the
-verdict recorded from model A's perspective: win, lose or tie. A reply that fits none of the
-three (or names several without leading with one) counts as a tie ("equal") and is kept as
-`verdict: "unparsed"` for inspection. So a verdict depends on the answers' content, never on
-their position. A run may use several judges (the paper: GPT-4 and ChatGPT), each with its own
-results file and its own Win / Tie / Lose table in the report (`JudgeConfig.name`).
+The protocol of the paper's Self-Instruct evaluation (Kung et al., 2023, Sec. 4 and appendix
+A.1): for every item (an instruction, its input, and the answers of model A and model B) the
+judge sees the two answers under neutral labels in a seeded random order
+(`presentation_order`, the same for every judge) and is asked which one is better or whether
+they are equal. The order is undone and the verdict recorded from model A's perspective: win,
+lose or tie. A reply that fits none of the three (or names several without leading with one)
+is kept as `verdict: "unparsed"` with its raw text, counts as Equal (a tie) for the winner,
+and is shown in its own Error column of the report's tables. So a verdict depends on the
+answers' content, never on their position. A run may use several judges (the paper: GPT-4
+and ChatGPT), each with its own results file and tables in the report (`JudgeConfig.name`).
 
-Transport: `POST {base_url}/chat/completions` with `http.client` (stdlib), JSON body
-`{"model", "messages", "temperature", "max_tokens"}`, header `Authorization: Bearer <key>`.
-HTTP 429 / 5xx, deadline overruns and connection errors are retried with exponential backoff;
-other errors raise `JudgeError` at once. Each attempt has a whole-request deadline
-(`timeout_s`: connect, send, headers and body together, so a server trickling its reply byte
-by byte cannot hold the run), and all attempts of one item with their waits are bounded by
-`total_timeout_s`. Redirects are never followed: the key goes to `base_url` and nowhere else
-(a 3xx is an error naming the new address). A reply larger than 1 MiB is refused.
+Prompt templates (`JudgeConfig.prompt_template`, `PROMPT_TEMPLATES`):
 
-The API key is read from the environment variable named by `JudgeConfig.api_key_env`. It is
-never logged, printed, written to the results file, shown in a repr, or put in an exception
-message: server replies (stored ones included) and quoted error bodies are redacted, and
-exceptions are raised without the original exception attached.
+- "paper" (default): the paper's template (appendix A.1, Table 1) verbatim: the system line
+  "You're a helpful AI system that is meant to imitate human judgment.", then the task text,
+  `Instruction:`, `Input:`, `Now given two predictions:`, `(1): ...`, `(2): ...`, `Output:`.
+  The judge replies "(1)", "(2)" or "Equal". The table prints the text; the line breaks
+  (one field per line, a blank line after the task text) are our transcription of its layout.
+- "ours": our wording, "Output (a)" / "Output (b)" / "Equal".
 
-Results file (JSONL, one line per item, appended and fsynced, so a killed run resumes where it
-stopped): `{"id", "order": "ab"|"ba", "verdict": "a"|"b"|"equal"|"unparsed",
-"winner": "A"|"B"|"tie", "reply"}`; "ab" means model A was shown as Output (a).
+Internally the first answer shown is "a" and the second "b", whatever the template's labels.
+
+Transport (`judge_client`): an OpenAI-compatible chat-completions client with bounded,
+jittered retries that honour `Retry-After`, whole-request deadlines, no redirects, and an API
+key that never reaches a log, a file or an exception; its names are re-exported here.
+
+Concurrency: `run_pairwise` keeps up to `JudgeConfig.concurrency` requests in flight on a
+bounded thread pool (the paper's Self-Instruct setting sends about 50,000 requests: one at a
+time that is half a day to a day). Results are keyed by item id, so the order in which replies
+arrive does not matter; only the calling thread writes the results file.
+
+Results file (the judge's journal; JSONL, one line per item, appended and fsynced as each reply
+arrives, so a killed run resumes where it stopped, re-asking only the items whose lines were not
+written): `{"id", "order": "ab"|"ba", "verdict": "a"|"b"|"equal"|"unparsed", "winner":
+"A"|"B"|"tie", "reply", "prompt_template"}`; "ab" means model A was shown first ((1), or
+Output (a)); "reply" is the judge's raw text. A line without "prompt_template" was judged with
+"ours" (written before the paper's template existed); a file is never continued with another
+template.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
-import http.client
-import json
 import logging
 import os
 import re
-import socket
-import threading
 import time
-import urllib.parse
-import urllib.request
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from activeit_jax.core import io_utils
-from activeit_jax.core.errors import ActiveITError, ConfigError
+from activeit_jax.loop.judge_client import (  # noqa: F401 (re-exported: one import site)
+    MAX_REPLY_BYTES,
+    PROMPT_TEMPLATE_NAMES,
+    ChatClient,
+    ChatCompleter,
+    JudgeConfig,
+    JudgeError,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
+# The paper's template (Kung et al., 2023, appendix A.1, Table 1), verbatim.
+PAPER_SYSTEM_PROMPT = "You're a helpful AI system that is meant to imitate human judgment."
+PAPER_USER_TEMPLATE = (
+    'Given an instruction, input, and two predictions "(1)" and "(2)", please tell me which '
+    'prediction is most satisfying and correct. If (1) is better, output "(1)". If (2) is '
+    'better, output "(2)". If both predictions are equally good or equally bad, you can output '
+    '"Equal".\n'
+    "\n"
+    "Instruction: {instruction}\n"
+    "Input: {input}\n"
+    "Now given two predictions:\n"
+    "(1): {first}\n"
+    "(2): {second}\n"
+    "Output:")
+
+# Ours (the default before the paper's template was transcribed).
 SYSTEM_PROMPT = ("You are a helpful, impartial assistant that compares the quality of two "
                  "responses to the same instruction.")
 
@@ -63,241 +92,45 @@ follows the instruction better: correct, helpful, relevant and complete.
 {input}
 
 # Output (a)
-{output_a}
+{first}
 
 # Output (b)
-{output_b}
+{second}
 
 Which output is better? Reply with exactly one of: "Output (a)", "Output (b)" or "Equal" (if \
 they are equally good or equally bad). Do not explain."""
 
-_REDACTED = "<redacted>"
-MAX_REPLY_BYTES = 1 << 20  # a chat reply of a few tokens is far below this
-
-
-class JudgeError(ActiveITError, RuntimeError):
-    """A judge request failed (the message never contains the API key)."""
-
 
 @dataclasses.dataclass(frozen=True)
-class JudgeConfig:
-    """Where and how to call the judge (bind it with gin at the edge).
+class PromptTemplate:
+    """A judge prompt and how to read its replies.
 
     Attributes:
-      base_url: API root; requests go to `{base_url}/chat/completions`.
-      model: judge model name.
-      api_key_env: name of the environment variable holding the API key.
-      temperature, max_tokens: sampling settings sent with each request.
-      timeout_s: whole-request deadline of one attempt (connect, send, headers and body).
-      max_retries: retries after the first try for 429 / 5xx / deadlines / connection errors.
-      backoff_s: first wait; doubles on each retry, capped at `max_backoff_s`.
-      total_timeout_s: bound on all attempts of one request and the waits between them.
-      name: the judge's label in result file names and the report (letters, digits, ".",
-        "-", "_"); None = `model`.
-
-    Raises:
-      ConfigError: a base_url that is not http(s), or a non-positive time / negative count.
+      system: the system message.
+      user: the user message, with {instruction}, {input}, {first} and {second}.
+      empty_input: what {input} shows for an item without input.
+      verdict_re: finds verdicts in a reply: group 1 the first / second label, group 2 "equal".
+      labels: group 1's text of the first and the second answer (e.g. "1", "2").
     """
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4"
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 16
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    backoff_s: float = 2.0
-    max_backoff_s: float = 60.0
-    name: str | None = None
-    total_timeout_s: float = 600.0
-
-    def __post_init__(self):
-        if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https") or \
-                not urllib.parse.urlsplit(self.base_url).hostname:
-            raise ConfigError(f"JudgeConfig.base_url must be an http(s) URL, got "
-                              f"{self.base_url!r}")
-        for name, low in (("timeout_s", 0), ("total_timeout_s", 0), ("max_tokens", 0),
-                          ("max_retries", -1), ("backoff_s", -1), ("max_backoff_s", -1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= low \
-                    or (low < 0 and value < 0):
-                raise ConfigError(f"JudgeConfig.{name} must be a number "
-                                  f"{'> 0' if low == 0 else '>= 0'}, got {value!r}")
+    system: str
+    user: str
+    empty_input: str
+    verdict_re: re.Pattern[str]
+    labels: tuple[str, str]
 
 
-class ChatCompleter(Protocol):
-    """Anything that turns chat messages into the assistant's reply text."""
-
-    def complete(self, messages: Sequence[Mapping[str, str]]) -> str: ...
-
-
-class _Secret:
-    """Holds a string; its repr and str never show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return _REDACTED
-
-    __str__ = __repr__
-
-
-class ChatClient:
-    """Minimal OpenAI-compatible chat-completions client with bounded retries.
-
-    Args:
-      config: the endpoint, deadline and retry settings.
-      api_key: the key; default `os.environ[config.api_key_env]`.
-      sleep: the wait function between retries (tests pass a no-op).
-      clock: a monotonic clock in seconds (tests pass a fake one with `sleep`).
-    """
-
-    def __init__(self, config: JudgeConfig, api_key: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
-        self.config = config
-        key = os.environ.get(config.api_key_env) if api_key is None else api_key
-        if not key:
-            raise JudgeError(f"no API key: environment variable {config.api_key_env!r} is "
-                             f"unset or empty")
-        self._key = _Secret(key)
-        self._sleep = sleep
-        self._clock = clock
-
-    def __repr__(self) -> str:
-        return (f"ChatClient(base_url={self.config.base_url!r}, model={self.config.model!r}, "
-                f"api_key={_REDACTED})")
-
-    def redact(self, text: str) -> str:
-        """`text` with the API key (and any bearer token) masked."""
-        text = text.replace(self._key.get(), _REDACTED)
-        return re.sub(r"(?i)(bearer\s+)\S+", r"\1" + _REDACTED, text)
-
-    @property
-    def url(self) -> str:
-        return self.config.base_url.rstrip("/") + "/chat/completions"
-
-    def complete(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """Sends one chat request; returns the first choice's message content, with the key
-        masked should the server have echoed it.
-
-        Raises:
-          JudgeError: a non-retryable HTTP error (a redirect among them), a malformed reply,
-            or retries exhausted (`max_retries` or `total_timeout_s`, whichever comes first).
-        """
-        body = json.dumps({"model": self.config.model, "messages": list(messages),
-                           "temperature": self.config.temperature,
-                           "max_tokens": self.config.max_tokens}).encode("utf-8")
-        start = self._clock()
-        end = start + self.config.total_timeout_s
-        attempt = 0
-        while True:
-            attempt += 1
-            budget = min(self.config.timeout_s, end - self._clock())
-            problem = self._try_once(body, budget)
-            if isinstance(problem, str):
-                # Only the exact key: a "bearer ..." pattern could eat words of a verdict.
-                return problem.replace(self._key.get(), _REDACTED)
-            retryable, message = problem
-            if not retryable:
-                raise JudgeError(message)
-            wait = min(self.config.backoff_s * 2 ** (attempt - 1), self.config.max_backoff_s)
-            left = end - self._clock()
-            if attempt > self.config.max_retries or left <= wait:
-                raise JudgeError(f"{message}; gave up after {attempt} attempt(s) in "
-                                 f"{self._clock() - start:.1f} s")
-            log.warning("judge request failed (%s); retry %d/%d in %.1f s", message,
-                        attempt, self.config.max_retries, wait)
-            self._sleep(wait)
-
-    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-        """A connection to the API host (through the environment's proxy, if any) and the
-        request target to send."""
-        parts = urllib.parse.urlsplit(self.url)
-        https = parts.scheme == "https"
-        port = parts.port or (443 if https else 80)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        proxy = urllib.request.getproxies().get(parts.scheme)
-        if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-            via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            if not https:  # a plain-HTTP proxy takes the absolute URL
-                return http.client.HTTPConnection(via.hostname, via.port or 80,
-                                                  timeout=timeout), self.url
-            conn = http.client.HTTPSConnection(via.hostname, via.port or 80, timeout=timeout)
-            conn.set_tunnel(parts.hostname, port)  # TLS end to end through CONNECT
-            return conn, target
-        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
-        return cls(parts.hostname, port, timeout=timeout), target
-
-    def _try_once(self, body: bytes, budget: float) -> str | tuple[bool, str]:
-        """One request within `budget` seconds: the reply text, or (retryable, redacted
-        error message)."""
-        if budget <= 0:
-            return True, f"no time left for a request to {self.url}"
-        conn, target = self._connection(budget)
-        expired = threading.Event()
-        opened: list[socket.socket] = []  # the response keeps reading it after conn drops it
-
-        def abort() -> None:
-            # Per-socket timeouts restart with every byte; this bounds the whole request.
-            expired.set()
-            for sock in opened:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        timer = threading.Timer(budget, abort)
-        timer.daemon = True
-        timer.start()
-        try:
-            conn.connect()
-            opened.append(conn.sock)
-            if expired.is_set():  # the deadline passed while connecting
-                abort()
-            conn.request("POST", target, body=body, headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {self._key.get()}"})
-            response = conn.getresponse()
-            payload = response.read(MAX_REPLY_BYTES + 1)
-            status, location = response.status, response.getheader("Location", "")
-        except (OSError, http.client.HTTPException) as err:
-            if expired.is_set():
-                return True, (f"no complete reply from {self.url} within the {budget:.1f} s "
-                              f"deadline")
-            return True, self.redact(f"{type(err).__name__} talking to {self.url}: {err}")
-        finally:
-            timer.cancel()
-            conn.close()
-        if expired.is_set():
-            return True, f"no complete reply from {self.url} within the {budget:.1f} s deadline"
-        return self._interpret(status, location, payload)
-
-    def _interpret(self, status: int, location: str, payload: bytes
-                   ) -> str | tuple[bool, str]:
-        """The reply text of a finished response, or (retryable, redacted message)."""
-        snippet = payload[:300].decode("utf-8", "replace").strip()
-        if 300 <= status < 400:
-            return False, self.redact(
-                f"HTTP {status} from {self.url}: a redirect to {location or '(no Location)'}; "
-                f"redirects are not followed, so that the API key goes to base_url only "
-                f"(set JudgeConfig.base_url to the final address)")
-        if status == 429 or status >= 500:
-            return True, self.redact(f"HTTP {status} from {self.url}: {snippet}")
-        if not 200 <= status < 300:
-            return False, self.redact(f"HTTP {status} from {self.url}: {snippet}")
-        if len(payload) > MAX_REPLY_BYTES:
-            return False, f"reply from {self.url} is larger than {MAX_REPLY_BYTES} bytes"
-        try:
-            data = json.loads(payload)
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            return False, self.redact(f"malformed reply from {self.url}: {snippet}")
-        return "" if content is None else str(content)
+_EQUAL = r"\b(equal)(?:ly)?\b"
+PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
+    "paper": PromptTemplate(PAPER_SYSTEM_PROMPT, PAPER_USER_TEMPLATE, "",
+                            re.compile(r"\(\s*([12])\s*\)|" + _EQUAL, re.IGNORECASE),
+                            ("1", "2")),
+    "ours": PromptTemplate(SYSTEM_PROMPT, USER_TEMPLATE, "(none)",
+                           re.compile(r"output\s*\(\s*([ab])\s*\)|" + _EQUAL, re.IGNORECASE),
+                           ("a", "b")),
+}
+assert tuple(PROMPT_TEMPLATES) == PROMPT_TEMPLATE_NAMES
+DEFAULT_TEMPLATE = PROMPT_TEMPLATE_NAMES[0]
+LEGACY_TEMPLATE = "ours"  # the template of a results line that does not name one
 
 
 # ----------------------------------------------------------------------------- judging
@@ -315,14 +148,22 @@ class JudgeItem:
 
 @dataclasses.dataclass(frozen=True)
 class JudgeSummary:
-    """Totals from model A's perspective."""
+    """Totals of one comparison from model A's perspective; the four counts are disjoint.
+
+    Attributes:
+      win, lose: items the judge gave to A / to B.
+      tie: items the judge called "Equal".
+      error: items whose reply was unparsed ("unrelated reply = Equal": each is a tie for the
+        winner and `win_rate`, shown apart as the tables' Error column).
+    """
     win: int
     tie: int
     lose: int
+    error: int = 0
 
     @property
     def n(self) -> int:
-        return self.win + self.tie + self.lose
+        return self.win + self.tie + self.lose + self.error
 
     @property
     def win_rate(self) -> float:
@@ -330,21 +171,21 @@ class JudgeSummary:
         return self.win / self.n if self.n else 0.0
 
 
-_VERDICT_RE = re.compile(r"output\s*\(\s*([ab])\s*\)|\b(equal)(?:ly)?\b", re.IGNORECASE)
+def parse_verdict(reply: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """Reads a judge reply to a prompt of `template`.
 
-
-def parse_verdict(reply: str) -> str:
-    """Reads a judge reply.
-
-    A reply that mentions exactly one verdict ("Output (a)", "Output (b)", "Equal"/"equally")
-    gives it; one that mentions several gives the verdict it starts with (after quotes and
-    markup); anything else is "unparsed" (counted as a tie).
+    A reply that mentions exactly one verdict (the paper's "(1)", "(2)", "Equal"; ours'
+    "Output (a)", "Output (b)", "Equal"; "equally" counts as "Equal") gives it; one that
+    mentions several gives the verdict it starts with (after quotes and markup); anything else
+    is "unparsed" (counted as a tie, shown as an error).
 
     Returns:
-      "a", "b", "equal" or "unparsed".
+      "a" (the first answer shown), "b" (the second), "equal" or "unparsed".
     """
-    matches = [(m.start(), (m.group(1) or m.group(2)).lower()) for m in
-               _VERDICT_RE.finditer(reply)]
+    spec = PROMPT_TEMPLATES[template]
+    first, _ = spec.labels
+    matches = [(m.start(), "equal" if m.group(2) else "a" if m.group(1).lower() == first
+                else "b") for m in spec.verdict_re.finditer(reply)]
     found = {verdict for _, verdict in matches}
     if len(found) == 1:
         return found.pop()
@@ -386,21 +227,32 @@ def winner_of(verdict: str, order: str) -> str:
     return first if verdict == "a" else second
 
 
-def build_messages(item: JudgeItem, order: str) -> list[dict[str, str]]:
-    """The chat messages for one item with its answers in `order`."""
+def build_messages(item: JudgeItem, order: str, template: str = DEFAULT_TEMPLATE
+                   ) -> list[dict[str, str]]:
+    """The chat messages for one item with its answers in `order`, in `template`
+    (`PROMPT_TEMPLATES`)."""
+    spec = PROMPT_TEMPLATES[template]
     first, second = ((item.output_a, item.output_b) if order == "ab"
                      else (item.output_b, item.output_a))
-    user = USER_TEMPLATE.format(instruction=item.instruction, input=item.input or "(none)",
-                                output_a=first, output_b=second)
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    user = spec.user.format(instruction=item.instruction, input=item.input or spec.empty_input,
+                            first=first, second=second)
+    return [{"role": "system", "content": spec.system}, {"role": "user", "content": user}]
 
 
 def summarize(records: Sequence[Mapping[str, Any]]) -> JudgeSummary:
-    """Win / tie / lose counts of result records (the last record of a repeated id counts)."""
-    last = {str(r["id"]): r["winner"] for r in records}
-    winners = list(last.values())
-    return JudgeSummary(win=winners.count("A"), tie=winners.count("tie"),
-                        lose=winners.count("B"))
+    """Win / tie / lose / error counts of result records (the last record of a repeated id
+    counts; an "unparsed" verdict is an error, not a tie)."""
+    last = {str(r["id"]): r for r in records}
+    winners = [r["winner"] for r in last.values()]
+    errors = sum(r.get("verdict") == "unparsed" for r in last.values())
+    return JudgeSummary(win=winners.count("A"), tie=winners.count("tie") - errors,
+                        lose=winners.count("B"), error=errors)
+
+
+def unparsed_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The records (last of each id) whose reply was unparsed, with their raw "reply"."""
+    last = {str(r["id"]): r for r in records}
+    return [r for r in last.values() if r.get("verdict") == "unparsed"]
 
 
 def summarize_results(path: str | os.PathLike) -> JudgeSummary:
@@ -408,35 +260,142 @@ def summarize_results(path: str | os.PathLike) -> JudgeSummary:
     return summarize(io_utils.read_jsonl(path))
 
 
+def _judge_one(client: ChatCompleter, item: JudgeItem, seed: int, template: str
+               ) -> dict[str, Any]:
+    """The results record of one item (asks the judge)."""
+    order = presentation_order(seed, item.id)
+    reply = client.complete(build_messages(item, order, template))
+    verdict = parse_verdict(reply, template)
+    return {"id": item.id, "order": order, "verdict": verdict,
+            "winner": winner_of(verdict, order), "reply": reply, "prompt_template": template}
+
+
+def _template_of(client: ChatCompleter, template: str | None) -> str:
+    if template is None:
+        config = getattr(client, "config", None)
+        template = config.prompt_template if isinstance(config, JudgeConfig) \
+            else DEFAULT_TEMPLATE
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; known: "
+                         f"{list(PROMPT_TEMPLATES)}")
+    return template
+
+
+def _concurrency_of(client: ChatCompleter, concurrency: int | None) -> int:
+    if concurrency is None:
+        config = getattr(client, "config", None)
+        concurrency = getattr(config, "concurrency", 1) if isinstance(config, JudgeConfig) \
+            else 1
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    return concurrency
+
+
 def run_pairwise(items: Sequence[JudgeItem], client: ChatCompleter,
-                 results_path: str | os.PathLike, seed: int = 0) -> JudgeSummary:
+                 results_path: str | os.PathLike, seed: int = 0,
+                 concurrency: int | None = None, template: str | None = None
+                 ) -> JudgeSummary:
     """Judges every item not yet in `results_path`, appending one line per item.
+
+    Up to `concurrency` requests are in flight at once (a bounded pool: the next item is
+    submitted only when one finishes); each finished item's line is appended (and fsynced) by
+    the calling thread alone, in the order replies arrive. When a request fails for good, the
+    items not yet started are dropped, those in flight are finished and written, and the first
+    error is raised: a rerun asks only for what is missing.
 
     Args:
       items: the comparisons; ids must be unique.
-      client: e.g. a `ChatClient`.
+      client: e.g. a `ChatClient` (shared by the worker threads, so thread-safe).
       results_path: the resumable JSONL results file.
       seed: seeds the presentation order (`presentation_order`).
+      concurrency: requests in flight; None = the client's `config.concurrency` (a
+        `ChatClient`), else 1.
+      template: the prompt template (`PROMPT_TEMPLATES`); None = the client's
+        `config.prompt_template` (a `ChatClient`), else "paper".
 
     Returns:
       The totals over `items` (from model A's perspective).
+
+    Raises:
+      JudgeError: a request failed for good (after the finished items were written), or the
+        results file holds verdicts judged with another prompt template.
     """
     ids = [item.id for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("item ids must be unique")
+    workers = _concurrency_of(client, concurrency)
+    template = _template_of(client, template)
     os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     io_utils.truncate_partial_tail(results_path)
     done = {str(r["id"]): r for r in io_utils.read_jsonl(results_path)}
+    used = sorted({str(r.get("prompt_template", LEGACY_TEMPLATE)) for r in done.values()})
+    if used and used != [template]:
+        raise JudgeError(f"{os.fspath(results_path)} holds verdicts judged with the {used} "
+                         f"prompt template, not {template!r}: set JudgeConfig.prompt_template "
+                         f"= {used[0]!r} to continue it, or move the file away to judge again")
     todo = [item for item in items if item.id not in done]
     if done:
         log.info("judge: %d item(s) already in %s, %d to go", len(items) - len(todo),
                  os.fspath(results_path), len(todo))
-    for item in todo:
-        order = presentation_order(seed, item.id)
-        reply = client.complete(build_messages(item, order))
-        verdict = parse_verdict(reply)
-        record = {"id": item.id, "order": order, "verdict": verdict,
-                  "winner": winner_of(verdict, order), "reply": reply}
-        io_utils.append_jsonl_line(results_path, record)
-        done[item.id] = record
+    progress = _Progress(len(todo), os.fspath(results_path))
+
+    def record(result: dict[str, Any]) -> None:
+        io_utils.append_jsonl_line(results_path, result)
+        done[result["id"]] = result
+        progress.step()
+
+    if workers == 1 or len(todo) <= 1:
+        for item in todo:
+            record(_judge_one(client, item, seed, template))
+    else:
+        _judge_concurrently(todo, client, seed, template, workers, record)
     return summarize([done[i] for i in ids])
+
+
+class _Progress:
+    """A log line every 10% of the items (and at the end) of a long judging run."""
+
+    def __init__(self, total: int, path: str):
+        self.total, self.path, self.count = total, path, 0
+        self.started = time.monotonic()
+        self.every = max(1, total // 10)
+
+    def step(self) -> None:
+        self.count += 1
+        if self.total >= 20 and (self.count % self.every == 0 or self.count == self.total):
+            rate = self.count / max(time.monotonic() - self.started, 1e-9)
+            log.info("judge: %d/%d item(s) judged into %s (%.1f/s)", self.count, self.total,
+                     self.path, rate)
+
+
+def _judge_concurrently(todo: Sequence[JudgeItem], client: ChatCompleter, seed: int,
+                        template: str, workers: int,
+                        record: Callable[[dict[str, Any]], None]) -> None:
+    """Runs `_judge_one` over `todo` on `workers` threads; `record` is called on this thread
+    for every finished item. The first failure stops new submissions and is raised once the
+    requests in flight have finished (and been recorded)."""
+    pending = iter(todo)
+    failure: BaseException | None = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                               thread_name_prefix="judge") as pool:
+        running = set()
+        for item in pending:
+            running.add(pool.submit(_judge_one, client, item, seed, template))
+            if len(running) >= workers:
+                break
+        while running:
+            finished, running = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                error = future.exception()
+                if error is not None:
+                    failure = failure or error
+                    continue
+                record(future.result())
+            if failure is None:
+                for item in pending:
+                    running.add(pool.submit(_judge_one, client, item, seed, template))
+                    if len(running) >= workers:
+                        break
+    if failure is not None:
+        raise failure

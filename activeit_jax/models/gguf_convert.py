@@ -1,4 +1,4 @@
-"""llama.cpp GGUF files -> our Flax LLaMA (float32 params + the file's tokenizer).
+"""llama.cpp GGUF files -> our Flax LLaMA / Qwen2 (float32 params + the file's tokenizer).
 
 `import_gguf(path)` reads a GGUF with the `gguf` package (`GGUFReader`, memory-mapped),
 dequantizes each tensor to float32 with `gguf.quants.dequantize` when it is needed, and maps
@@ -6,18 +6,20 @@ it onto our parameter tree through the Hugging Face names (`hf_convert.params_fr
 checks every shape). What llama.cpp's converter changed is undone on the way:
 
 - names: `blk.{i}.attn_q.weight` -> `model.layers.{i}.self_attn.q_proj.weight` ...
-- rotary layout: llama.cpp rotates interleaved pairs (x0, x1), (x2, x3) ..., Hugging Face (and
-  our `apply_rotary`) the two halves of each head, so the converter reordered the rows of every
-  query/key head from [first half; second half] to interleaved pairs. `unpermute_rotary_rows`
-  puts them back, so our RoPE gives the same logits;
+- rotary layout ("llama" files only): llama.cpp rotates interleaved pairs (x0, x1), (x2, x3)
+  ... for this architecture, Hugging Face (and our `apply_rotary`) the two halves of each
+  head, so the converter reordered the rows of every query/key head from [first half; second
+  half] to interleaved pairs. `unpermute_rotary_rows` puts them back, so our RoPE gives the
+  same logits. "qwen2" files use llama.cpp's half-split ("NEOX") rotation, stored unpermuted;
 - tied embeddings: a file without `output.weight` reuses `token_embd.weight` as the head.
 
-The architecture comes from the metadata (`llama.block_count`, `llama.embedding_length`,
-`llama.feed_forward_length`, `llama.attention.head_count[_kv]`, `llama.rope.freq_base`,
-`llama.attention.layer_norm_rms_epsilon`, `llama.context_length`), the tokenizer from the
-`tokenizer.*` keys (`data.gguf_tokenizer`). Only the "llama" architecture (LLaMA, SmolLM2,
-Mistral-style files) and the tensor types in `SUPPORTED_TYPES` are read; anything else is
-refused with one line naming the file.
+The architecture comes from the metadata (`{arch}.block_count`, `{arch}.embedding_length`,
+`{arch}.feed_forward_length`, `{arch}.attention.head_count[_kv]`, `{arch}.rope.freq_base`,
+`{arch}.attention.layer_norm_rms_epsilon`, `{arch}.context_length`), the tokenizer from the
+`tokenizer.*` keys (`data.gguf_tokenizer`: byte-level BPE or SentencePiece). The architectures
+read are "llama" (LLaMA 1/2/3, Mistral, TinyLlama, SmolLM2) and "qwen2" (a LLaMA with
+query/key/value biases, `blk.N.attn_{q,k,v}.bias`), with the tensor types in
+`SUPPORTED_TYPES`; anything else is refused with one line naming the file.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from activeit_jax.data.errors import VocabularyError
-from activeit_jax.models import hf_configs, hf_convert
+from activeit_jax.models import config_checks, gguf_header, hf_configs, hf_convert
 from activeit_jax.models.hf_configs import ConversionError
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.wrappers import DecoderOnlyModel
@@ -37,7 +39,9 @@ from activeit_jax.models.wrappers import DecoderOnlyModel
 logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+# Architectures whose query/key rows llama.cpp's converter interleaved (rotary "NORM" type).
+_INTERLEAVED_ROTARY = ("llama",)
 # Tensor types we read: float types and the block quantizations in common use, each checked
 # against transformers' own (torch) dequantization in tests/test_gguf_convert.py.
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q2_K", "Q3_K", "Q4_K",
@@ -50,6 +54,9 @@ _LAYER_NAMES = {"attn_norm.weight": "input_layernorm.weight",
                 "attn_q.weight": "self_attn.q_proj.weight",
                 "attn_k.weight": "self_attn.k_proj.weight",
                 "attn_v.weight": "self_attn.v_proj.weight",
+                "attn_q.bias": "self_attn.q_proj.bias",
+                "attn_k.bias": "self_attn.k_proj.bias",
+                "attn_v.bias": "self_attn.v_proj.bias",
                 "attn_output.weight": "self_attn.o_proj.weight",
                 "ffn_norm.weight": "post_attention_layernorm.weight",
                 "ffn_gate.weight": "mlp.gate_proj.weight",
@@ -82,7 +89,8 @@ def open_gguf(path: str | os.PathLike) -> Any:
     """A `gguf.GGUFReader` over `path`, with one-line errors naming the file.
 
     Raises:
-      ConversionError: missing file, not a GGUF file, or a truncated / corrupt one.
+      ConversionError: missing file, not a GGUF file, or a truncated / corrupt one (its
+        header is checked first, in bounded time: `gguf_header.check_header`).
     """
     import gguf
 
@@ -94,6 +102,10 @@ def open_gguf(path: str | os.PathLike) -> Any:
     if magic != GGUF_MAGIC:
         raise ConversionError(f"{path}: not a GGUF file (it starts with {magic!r}, not "
                               f"{GGUF_MAGIC!r})")
+    try:
+        gguf_header.check_header(path)  # GGUFReader trusts every count and length
+    except gguf_header.GGUFHeaderError as err:
+        raise ConversionError(str(err)) from None
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, OSError, EOFError) as err:
@@ -137,11 +149,13 @@ class GGUFTensors:
     `hf_convert.params_from_hf`; query/key rows come back in Hugging Face order.
     """
 
-    def __init__(self, reader: Any, config: LlamaConfig, source: str) -> None:
+    def __init__(self, reader: Any, config: LlamaConfig, source: str,
+                 interleaved_rotary: bool = True) -> None:
         import gguf
 
         self._source = source
         self._config = config
+        self._interleaved = interleaved_rotary
         self._tensors: dict[str, Any] = {}
         for tensor in reader.tensors:
             type_name = gguf.GGMLQuantizationType(tensor.tensor_type).name
@@ -167,9 +181,11 @@ class GGUFTensors:
         tensor = self._tensors[name]
         array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         array = np.asarray(array, np.float32).reshape(self.shape(name))
-        if name.endswith("self_attn.q_proj.weight"):
+        if self._interleaved and name.endswith(("self_attn.q_proj.weight",
+                                                "self_attn.q_proj.bias")):
             array = unpermute_rotary_rows(array, self._config.num_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
+        elif self._interleaved and name.endswith(("self_attn.k_proj.weight",
+                                                  "self_attn.k_proj.bias")):
             array = unpermute_rotary_rows(array, self._config.num_kv_heads)
         self._done += 1
         if self._done % 50 == 0 or self._done == len(self._tensors):
@@ -185,19 +201,19 @@ def _required(metadata: dict[str, Any], key: str, source: str) -> Any:
 
 
 def llama_config_from_gguf(metadata: dict[str, Any], tensor_shapes: dict[str, tuple[int, ...]],
-                           vocabulary: Any, source: str) -> LlamaConfig:
-    """Our `LlamaConfig` from a GGUF file's "llama.*" metadata.
+                           vocabulary: Any, source: str, arch: str = "llama") -> LlamaConfig:
+    """Our `LlamaConfig` from a GGUF file's "{arch}.*" metadata.
 
     Args:
       metadata: `read_metadata` of the file.
       tensor_shapes: {GGUF tensor name: NumPy-order shape}.
       vocabulary: the file's tokenizer (gives the special ids: `model_ids_from_vocabulary`).
       source: the file, for messages.
+      arch: "llama", or "qwen2" (query/key/value biases).
 
     Raises:
       ConversionError: a missing key, an unsupported RoPE scaling, or inconsistent shapes.
     """
-    arch = "llama"
     embed = "token_embd.weight"
     if embed not in tensor_shapes:
         raise ConversionError(f"{source}: tensor {embed} is missing")
@@ -221,12 +237,13 @@ def llama_config_from_gguf(metadata: dict[str, Any], tensor_shapes: dict[str, tu
             num_kv_heads=int(metadata.get(f"{arch}.attention.head_count_kv", num_heads)),
             head_dim=head_dim if head_dim != hidden // num_heads else None,
             rope_theta=float(metadata.get(f"{arch}.rope.freq_base", 10000.0)),
+            attention_bias=arch == "qwen2",
             rms_norm_eps=float(metadata.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
             tie_word_embeddings="output.weight" not in tensor_shapes,
             max_position_embeddings=int(metadata.get(f"{arch}.context_length", 2048)),
             **hf_configs.model_ids_from_vocabulary(vocabulary))
     except ValueError as err:
-        raise ConversionError(f"{source}: unsupported llama config: {err}") from None
+        raise ConversionError(f"{source}: unsupported {arch} config: {err}") from None
 
 
 def import_gguf(path: str | os.PathLike, logical_axis_rules: Any = None) -> Any:
@@ -254,15 +271,24 @@ def import_gguf(path: str | os.PathLike, logical_axis_rules: Any = None) -> Any:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ConversionError(f"{source}: GGUF architecture {arch!r} is not supported "
                               f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    try:  # types, ranges and the layer count before anything is built from them
+        config_checks.check_gguf_metadata(metadata, source)
+        config_checks.check_gguf_layers(metadata, [t.name for t in reader.tensors], source)
+    except config_checks.ModelConfigError as err:
+        raise ConversionError(str(err)) from None
     try:
         vocabulary = gguf_tokenizer.vocabulary_from_gguf_metadata(metadata, source)
     except VocabularyError as err:
         raise ConversionError(str(err)) from None
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
-    config = llama_config_from_gguf(metadata, shapes, vocabulary, source)
+    config = llama_config_from_gguf(metadata, shapes, vocabulary, source, arch)
+    try:
+        config_checks.check_model_config(config, source, config_checks.gguf_names(arch))
+    except config_checks.ModelConfigError as err:
+        raise ConversionError(str(err)) from None
     model = DecoderOnlyModel(config, logical_axis_rules)
     hf_convert.check_vocabulary_fits(vocabulary, model, source)
-    tensors = GGUFTensors(reader, config, source)
+    tensors = GGUFTensors(reader, config, source, arch in _INTERLEAVED_ROTARY)
     logger.info("%s: %s, %d layers, %d tensors; dequantizing to float32", source,
                 metadata.get("general.name", arch), config.num_layers, len(tensors.keys()))
     params = hf_convert.params_from_hf(model, tensors, source=source)

@@ -3,7 +3,9 @@
 A Hugging Face directory holds `config.json` and either `model.safetensors` or a sharded
 `model.safetensors.index.json` + `model-0000k-of-0000n.safetensors`. Tensors are read with
 safetensors' NumPy API (bfloat16 tensors, which NumPy cannot name, are read from the
-documented file layout via `ml_dtypes`); pickled `pytorch_model.bin` files are never loaded.
+documented file layout via `ml_dtypes`). A directory without safetensors may hold Flax weights
+(`flax_model.msgpack`, read without unpickling: `flax_msgpack`); pickled `pytorch_model.bin`
+files are never loaded. (`hub.resolve_hf_dir` turns a Hub id into such a directory.)
 
 Weight layout: a PyTorch `nn.Linear` stores `[out, in]`; our kernels are `[in, out]`, and the
 attention projections keep heads as a separate axis (`[embed, heads, kv]`, `[heads, kv, embed]`)
@@ -86,8 +88,8 @@ class SafetensorsReader:
                        if os.path.exists(os.path.join(self.hf_dir, name))]
             hint = (f" (found {pickled[0]}: pickled PyTorch weights are not loaded; re-save the "
                     "model with save_pretrained(..., safe_serialization=True))" if pickled else "")
-            raise ConversionError(f"no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} in "
-                                  f"{self.hf_dir}{hint}")
+            raise ConversionError(f"no {SAFE_WEIGHTS_NAME}, {SAFE_INDEX_NAME} or "
+                                  f"flax_model.msgpack in {self.hf_dir}{hint}")
         for name in files:
             path = os.path.join(self.hf_dir, name)
             if not os.path.exists(path):
@@ -132,6 +134,23 @@ class SafetensorsReader:
                 return handle.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as err:
             raise ConversionError(f"{path}: cannot read tensor {key!r} ({err})") from None
+
+
+def open_hf_weights(hf_dir: str | os.PathLike) -> Any:
+    """The weights of a Hugging Face directory: a `SafetensorsReader`, or, when the directory
+    has no safetensors but Flax weights, a `flax_msgpack.FlaxMsgpackReader` (same interface).
+
+    Raises:
+      ConversionError: no weights in a supported format, or unreadable ones.
+    """
+    from activeit_jax.models import flax_msgpack
+
+    hf_dir = os.fspath(hf_dir)
+    has_safetensors = any(os.path.exists(os.path.join(hf_dir, name))
+                          for name in (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME))
+    if not has_safetensors and flax_msgpack.has_flax_weights(hf_dir):
+        return flax_msgpack.FlaxMsgpackReader(hf_dir)
+    return SafetensorsReader(hf_dir)
 
 
 # -- name/layout tables ---------------------------------------------------------------------
@@ -281,13 +300,14 @@ _IGNORED_PATTERNS = (
 
 # -- import / export ------------------------------------------------------------------------
 
-def params_from_hf(model: BaseModel, reader: SafetensorsReader | Mapping[str, np.ndarray],
+def params_from_hf(model: BaseModel, reader: Any,
                    source: str = "checkpoint") -> dict[str, Any]:
     """Builds our float32 params from Hugging Face tensors.
 
     Args:
       model: the wrapper whose params to build (its config fixes every expected shape).
-      reader: a `SafetensorsReader` or a dict name -> array.
+      reader: a `SafetensorsReader` (or the same interface: `FlaxMsgpackReader`,
+        `gguf_convert.GGUFTensors`) or a dict name -> array.
       source: name used in error messages.
 
     Returns:
@@ -394,9 +414,10 @@ def import_hf_model(hf_dir: str | os.PathLike, logical_axis_rules: Any = None) -
     """Reads a Hugging Face T5 / LLaMA / Qwen2 directory, with its tokenizer when it has one.
 
     Args:
-      hf_dir: directory with `config.json` and safetensors weights (single or sharded), and
-        optionally `tokenizer.json` + `tokenizer_config.json` (a decoder's special ids then
-        come from the tokenizer: `hf_configs.model_ids_from_vocabulary`).
+      hf_dir: directory with `config.json` and safetensors weights (single or sharded; else
+        Flax `flax_model.msgpack` weights), and optionally `tokenizer.json` +
+        `tokenizer_config.json` (a decoder's special ids then come from the tokenizer:
+        `hf_configs.model_ids_from_vocabulary`).
       logical_axis_rules: rules for the returned wrapper (default rules when None).
 
     Returns:
@@ -410,9 +431,10 @@ def import_hf_model(hf_dir: str | os.PathLike, logical_axis_rules: Any = None) -
     hf_config = read_hf_config(hf_dir)
     family = model_family(hf_config)  # fail on an unsupported model before touching weights
     vocabulary = load_hf_tokenizer(hf_dir)
-    reader = SafetensorsReader(hf_dir)
+    reader = open_hf_weights(hf_dir)
     model = model_from_hf_config(hf_config, set(reader.keys()), logical_axis_rules,
-                                 vocabulary if family == "llama" else None)
+                                 vocabulary if family == "llama" else None,
+                                 source=os.path.join(source, CONFIG_NAME))
     if vocabulary is not None:
         check_vocabulary_fits(vocabulary, model, os.path.join(source, TOKENIZER_JSON))
     return ImportedModel(model, params_from_hf(model, reader, source=source), vocabulary)
@@ -534,8 +556,34 @@ def export_hf(model: BaseModel, params: Any, out_dir: str | os.PathLike,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
+
+
 def _stale_weight_files(out_dir: str, keep: set[str]) -> Iterator[str]:
-    pattern = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
     for name in os.listdir(out_dir):
-        if pattern.fullmatch(name) and name not in keep:
+        if _WEIGHT_FILE.fullmatch(name) and name not in keep:
             yield name
+
+
+def check_export_target(out_dir: str | os.PathLike, replace: bool = False) -> None:
+    """Raises unless `export_hf` may write into `out_dir` without overwriting a model there.
+
+    Allowed: a path that does not exist, a directory holding no `config.json` and no
+    `model*.safetensors*` (e.g. only a tokenizer), or -- with `replace` (`convert
+    --overwrite`) -- a model directory whose config and weight files are then replaced (its
+    other files are kept). Reads only; call it before loading the checkpoint.
+
+    Raises:
+      ConversionError: one line naming the directory and what is in the way.
+    """
+    out_dir = os.fspath(out_dir)
+    if not os.path.lexists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ConversionError(f"{out_dir} exists and is not a directory: refusing to export "
+                              "there (nothing was changed)")
+    held = sorted(n for n in os.listdir(out_dir) if n == CONFIG_NAME or _WEIGHT_FILE.fullmatch(n))
+    if held and not replace:
+        raise ConversionError(f"{out_dir} already holds a model ({', '.join(held[:4])}): refusing "
+                              "to overwrite it (nothing was changed); pass --overwrite to replace "
+                              "its config.json and weight files (other files are kept)")

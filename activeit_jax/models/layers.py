@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from activeit_jax.core.platform import target_platform
+
 Array = jax.Array
 DType = Any
 Initializer = Callable[..., Array]
@@ -346,8 +348,9 @@ _CPU_CHUNKED_ATTENTION_BYTES = 16 << 20
 def _rows_per_chunk(batch: int, bytes_per_row: int) -> int:
     """Rows of a batch attended together: all of them except on the CPU backend, where the
     smallest divisor of `batch` of at least 2 (2 when `batch` is prime: the last row then
-    forms its own call) for a tensor of `_CPU_CHUNKED_ATTENTION_BYTES` or more."""
-    if (jax.default_backend() != "cpu" or batch < 4
+    forms its own call) for a tensor of `_CPU_CHUNKED_ATTENTION_BYTES` or more. The backend
+    is the one the program is compiled for (`core.platform.target_platform`: the mesh's)."""
+    if (target_platform() != "cpu" or batch < 4
             or batch * bytes_per_row < _CPU_CHUNKED_ATTENTION_BYTES):
         return batch
     return next((rows for rows in range(2, batch // 2 + 1) if batch % rows == 0), 2)

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from activeit_jax.data.vocab import EOS_ID, PAD_ID
 from activeit_jax.models import layers
 
 Array = jax.Array
@@ -67,7 +68,8 @@ class T5Config:
       layer_norm_epsilon: RMS norm epsilon.
       dropout_rate: dropout everywhere (0 for inference; 0.1 was the pre-training value).
       dtype: compute dtype name, "float32" or "bfloat16" (parameters stay float32).
-      pad_id, eos_id, decoder_start_id: special token ids (T5: 0, 1, 0).
+      pad_id, eos_id, decoder_start_id: special token ids (T5: 0, 1, 0; the SentencePiece
+        vocabulary's, `data.vocab.PAD_ID` / `EOS_ID`; decoding starts from padding).
       remat: rematerialise each layer in the backward pass (saves activation memory).
       scan_layers: run each stack as one `nn.scan` over parameters stacked on a leading
         `layers` axis (`encoder/layers/...` instead of `encoder/layers_{i}/...`): one layer
@@ -91,9 +93,9 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     dropout_rate: float = 0.0
     dtype: str = "float32"
-    pad_id: int = 0
-    eos_id: int = 1
-    decoder_start_id: int = 0
+    pad_id: int = PAD_ID
+    eos_id: int = EOS_ID
+    decoder_start_id: int = PAD_ID
     remat: bool = False
     scan_layers: bool | None = dataclasses.field(default=None, repr=False)
 

@@ -9,6 +9,10 @@
   token_log_probs(params, batch) -> float32 [B, T]
   greedy_decode(params, batch, max_decode_length) -> int32 [B, max_decode_length]
 
+Each wrapper declares its kind: `decoder_only` (a class attribute) and `batch_builder(vocab)`,
+the host-side builder of its batches with its special ids (`features.BatchBuilder`,
+`features.SpecialIds`); callers build batches through it and never branch on the kind.
+
 Every method is pure and traceable: callers `jax.jit` them with their own in/out shardings
 (`max_decode_length` must be static, e.g. `functools.partial` or `static_argnums`). The
 wrapper enters flax's logical-axis-rules context while tracing, so the activation constraints
@@ -29,19 +33,21 @@ Decoder-only packed rows add `decoder_segment_ids` and per-segment `decoder_posi
 
 Decoder-only (LLaMA ids: bos 1, eos 2, padding 0; each model's config has its own, and
 `bos_id` None drops the BOS everywhere below):
-  Scoring / training on `bos + prompt + response + eos` (see `make_decoder_only_batch`):
+  Scoring / training on `bos + prompt + response + eos` (`batches.make_decoder_only_batch`):
     decoder_input_tokens  int [B, T]  the sequence without its last token
     decoder_target_tokens int [B, T]  the sequence without its first token (next tokens)
     decoder_loss_weights  [B, T]      1 on response (+ eos) targets, 0 on prompt and padding
   Padding may be on the right (usual) or the left: attention ignores tokens == 0 and
   positions count only real tokens.
   greedy_decode: `decoder_input_tokens` [B, P] holds the prompts (bos + prompt, padded left
-  or right, see `make_prompt_batch`); the result holds only the generated continuation.
+  or right, see `batches.make_prompt_batch`); the result holds only the generated
+  continuation.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+import sys
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import flax.linen as nn
 import gin
@@ -51,7 +57,14 @@ import numpy as np
 from jax import lax
 
 from activeit_jax import partitioning
+from activeit_jax.core.errors import UsageError
 from activeit_jax.models import layer_layout
+from activeit_jax.models.features import (
+    BatchBuilder,
+    DecoderOnlyBatches,
+    EncoderDecoderBatches,
+    SpecialIds,
+)
 from activeit_jax.models.llama import LlamaConfig, LlamaTransformer
 from activeit_jax.models.t5 import T5Config, T5Transformer
 
@@ -61,9 +74,20 @@ Params = Any
 
 
 class BaseModel:
-    """Shared plumbing: init, logical axes, losses and the greedy decoding loop."""
+    """Shared plumbing: init, logical axes, losses and the greedy decoding loop.
+
+    Class attributes of each wrapper:
+      kind: its name in a checkpoint's config.json ("t5" / "llama"; `model_to_dict`), read
+        only inside `models/`: everything else asks `decoder_only` or the batch builder.
+      decoder_only: one sequence `bos + prompt + response` (True) or an encoder source and
+        a decoder target (False).
+      batch_builder_cls: the `features.BatchBuilder` of its batches.
+      config_cls: its config dataclass.
+    """
 
     kind: ClassVar[str]
+    decoder_only: ClassVar[bool]
+    batch_builder_cls: ClassVar[type[BatchBuilder]]
     config_cls: ClassVar[type]
     # Reads packed batches (segment ids and positions, t5x / seqio pack=True features).
     supports_packing: ClassVar[bool] = True
@@ -104,6 +128,21 @@ class BaseModel:
     @property
     def pad_id(self) -> int:
         return self.config.pad_id
+
+    def batch_builder(self, vocab: Any = None) -> BatchBuilder:
+        """The host-side builder of this model's batches, with its special ids.
+
+        Args:
+          vocab: the model's vocabulary (its end-of-turn id joins the ids), or None.
+
+        Returns:
+          A `features.BatchBuilder` of this model's kind with `SpecialIds.of(self, vocab)`.
+        """
+        return self.batch_builder_cls(SpecialIds.of(self, vocab))
+
+    def describe(self) -> str:
+        """One line for logs: its kind and size, e.g. "llama, 134,515,008 parameters"."""
+        return f"{self.kind}, {self.num_params():,} parameters"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -238,6 +277,25 @@ class BaseModel:
         return out, steps
 
 
+class TrainableModel(Protocol):
+    """What the trainer and the evaluator call on a model: a `BaseModel`, or a test fake with
+    these members (tests/trainer_testlib.BagModel). Scoring needs a `BaseModel`."""
+
+    decoder_only: bool
+    supports_packing: bool
+
+    def init_params(self, rng: Array) -> Params: ...
+
+    def params_logical_axes(self) -> Params: ...
+
+    def loss_fn(self, params: Params, batch: Batch,
+                dropout_rng: Array | None = None) -> tuple[Array, dict[str, Array]]: ...
+
+    def greedy_decode(self, params: Params, batch: Batch, max_decode_length: int) -> Array: ...
+
+    def batch_builder(self, vocab: Any = None) -> BatchBuilder: ...
+
+
 def _target_log_probs(logits: Array, targets: Array) -> Array:
     """float32 log_softmax(logits)[target]: `[B, T, V], [B, T] -> [B, T]`."""
     logits = logits.astype(jnp.float32)
@@ -252,6 +310,8 @@ class EncoderDecoderModel(BaseModel):
     """T5 wrapper. See the module docstring for batch features and the method contracts."""
 
     kind = "t5"
+    decoder_only = False
+    batch_builder_cls = EncoderDecoderBatches
     config_cls = T5Config
 
     def _make_module(self) -> T5Transformer:
@@ -328,6 +388,8 @@ class DecoderOnlyModel(BaseModel):
     """LLaMA wrapper. See the module docstring for batch features and the method contracts."""
 
     kind = "llama"
+    decoder_only = True
+    batch_builder_cls = DecoderOnlyBatches
     config_cls = LlamaConfig
 
     def _make_module(self) -> LlamaTransformer:
@@ -431,69 +493,35 @@ def model_from_dict(spec: Mapping[str, Any],
     return cls(cls.config_cls(**config), logical_axis_rules)
 
 
-# -- host-side batch builders for the decoder-only interface --------------------------------
+# `TrainConfig.model_kind`'s names of the two kinds. Deprecated: the model decides its kind.
+KIND_NAMES: dict[bool, str] = {False: "encoder_decoder", True: "decoder_only"}
+_DEPRECATION_SHOWN: set[str] = set()
 
-def make_decoder_only_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                            length: int, bos_id: int | None = 1, eos_id: int = 2,
-                            pad_id: int = 0) -> dict[str, np.ndarray]:
-    """Right-padded scoring/training batch over `bos + prompt + response + eos`.
 
-    The loss (and `token_log_probs`) covers the response tokens and the final EOS. A sequence
-    longer than `length + 1` loses the start of its prompt first (the end of the prompt is
-    what conditions the response), then the end of its response. Without a BOS
-    (`bos_id=None`) the sequence starts with the prompt; if the prompt is then empty, the
-    first response token has nothing to condition on and is not scored.
+def check_declared_kind(model: TrainableModel, declared: str | None, what: str) -> None:
+    """Checks a deprecated declaration of a model's kind (e.g. `TrainConfig.model_kind`).
+
+    Unset (None) passes silently; a name that agrees with the model passes with one
+    deprecation line on stderr (once per setting and process).
 
     Args:
-      prompts: token ids per example (no bos).
-      responses: token ids per example (no eos).
-      length: T, the number of input/target positions.
-      bos_id, eos_id, pad_id: special ids (LLaMA: 1, 2, 0); bos None = no BOS.
-
-    Returns:
-      int32 `decoder_input_tokens`, `decoder_target_tokens` and float32
-      `decoder_loss_weights`, each `[B, T]`.
-    """
-    if len(prompts) != len(responses):
-        raise ValueError("prompts and responses differ in length")
-    batch = len(prompts)
-    inputs = np.full((batch, length), pad_id, np.int32)
-    targets = np.full((batch, length), pad_id, np.int32)
-    weights = np.zeros((batch, length), np.float32)
-    head = [] if bos_id is None else [bos_id]
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        response = list(response) + [eos_id]
-        room_for_prompt = max(length + 1 - len(head) - len(response), 0)  # slots left over
-        prompt = list(prompt)[max(len(prompt) - room_for_prompt, 0):] if room_for_prompt else []
-        sequence = (head + prompt + response)[:length + 1]
-        n = len(sequence) - 1
-        inputs[i, :n] = sequence[:-1]
-        targets[i, :n] = sequence[1:]
-        # Target j is sequence[j + 1]: the first response token is target len(head + prompt) - 1.
-        weights[i, max(len(head) + len(prompt) - 1, 0):n] = 1.0
-    return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
-            "decoder_loss_weights": weights}
-
-
-def make_prompt_batch(prompts: Sequence[Sequence[int]], length: int, bos_id: int | None = 1,
-                      pad_id: int = 0, left_pad: bool = True) -> dict[str, np.ndarray]:
-    """Greedy-decoding batch: `decoder_input_tokens [B, length]` = bos + prompt, padded.
-
-    Prompts longer than `length - 1` (`length` without a BOS) keep their last tokens.
+      model: the model; its `decoder_only` decides.
+      declared: "encoder_decoder", "decoder_only" or None.
+      what: the setting, for the messages.
 
     Raises:
-      ValueError: a model without BOS (`bos_id=None`) gets an empty prompt (nothing to
-        continue).
+      UsageError: an unknown name, or one that contradicts the model.
     """
-    tokens = np.full((len(prompts), length), pad_id, np.int32)
-    head = [] if bos_id is None else [bos_id]
-    for i, prompt in enumerate(prompts):
-        row = head + list(prompt)[max(len(prompt) - (length - len(head)), 0):]
-        if not row:
-            raise ValueError(f"prompt {i} is empty and the model takes no BOS: nothing to "
-                             "continue")
-        if left_pad:
-            tokens[i, length - len(row):] = row
-        else:
-            tokens[i, :len(row)] = row
-    return {"decoder_input_tokens": tokens}
+    if declared is None:
+        return
+    names = sorted(KIND_NAMES.values())
+    if declared not in names:
+        raise UsageError(f"{what} must be one of {names} or unset, got {declared!r}")
+    actual = KIND_NAMES[bool(model.decoder_only)]
+    if declared != actual:
+        raise UsageError(f"{what} = {declared!r} contradicts the model ({type(model).__name__} "
+                         f"is {actual}): remove {what}, the model decides its kind")
+    if what not in _DEPRECATION_SHOWN:
+        _DEPRECATION_SHOWN.add(what)
+        print(f"activeit-jax: deprecated: {what} (the model decides its kind); remove it from "
+              "the config (the setting goes in the next release)", file=sys.stderr)

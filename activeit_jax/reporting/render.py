@@ -1,12 +1,15 @@
 """Learning curves, uncertainty plots and a self-contained HTML report of an active-loop run.
 
-The run directory layout, the per-task metrics contract and the results tables live in
-`activeit_jax.reporting.results` (re-exported here); this module draws and renders them.
-Report outputs (`write_report`): results.md, results.csv, curves.png / curves.svg (ROUGE-L vs
-number of training tasks, mean line and +-std band per strategy; `fully_trained` as a dashed
-horizontal line), selected_uncertainty.png (mean prompt uncertainty of each iteration's
-selected tasks, mean +- std over seeds), report.html (everything with images as base64 data
-URIs). With judge files, results.md and report.html add one Win / Tie / Lose table per judge
+`activeit_jax.reporting.results` reads the run directory back into iterations and results
+tables; this module draws and renders them into the report directory (`write_report`; names in
+`activeit_jax.layout`): the results table as Markdown and as CSV (rows: strategy x iteration /
+number of training tasks, for each split; columns: Overall / Classification / Generative
+ROUGE-L per seed, mean and sample std (ddof=1, empty for one seed)), the learning curves as PNG
+and SVG (ROUGE-L vs number of training tasks, mean line and +-std band per strategy;
+`fully_trained` as a dashed horizontal line), the mean prompt uncertainty of each iteration's
+selected tasks (mean +- std over seeds; the paper's Figure 2) and one self-contained HTML page
+with everything (images as base64 data URIs). With judge files, the Markdown and the HTML add,
+per judge, a Win / Tie / Lose / Error table per seed and their mean ± sd across seeds
 (`activeit_jax.reporting.judge_tables`).
 """
 from __future__ import annotations
@@ -21,21 +24,20 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.data.errors import DataError
 from activeit_jax.loop import selection
 from activeit_jax.reporting import judge_tables
 from activeit_jax.reporting.results import (
     INITIAL,
-    REPORT_DIR,
     SPLITS,
-    TASK_MAP_FILE,
     IterationDir,
     ResultRow,
     categories_of,
     collect_results,
     discover_run,
-    label_sources,
+    label_source_line,
     results_csv,
     results_markdown,
     strategy_order,
@@ -263,13 +265,10 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style></head><body>",
            f"<h1>{html.escape(title)}</h1>",
+           f"<p>{html.escape(label_source_line(run_dir) or 'Task labels: no prepared split.')}"
+           "</p>",
            f"<p>Seeds: {html.escape(', '.join(map(str, seeds)) or '–')}. Strategies: "
            f"{html.escape(', '.join(strategies) or '–')}.</p>"]
-    sources = label_sources(run_dir)
-    if sources:
-        out.append("<p>Task labels (classification / generative) by source: " + html.escape(
-            "; ".join(f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-                      for seed, counts in sources.items())) + ".</p>")
     out.append("<h2>Results (ROUGE-L, mean over tasks)</h2>")
     for split, split_title in SPLITS:
         header, body = table_cells(rows, split)
@@ -282,9 +281,10 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
     out.append(_img(curves_png, "ROUGE-L vs number of training tasks"))
     out.append("<h2>Prompt uncertainty of the selected tasks</h2>")
     out.append(_img(uncertainty_png, "mean prompt uncertainty of selected tasks per iteration"))
-    for label, judge_rows in judge_tables.judge_tables(iterations).items():
-        out.append(f"<h2>Pairwise judge: {html.escape(label)} (strategy vs. reference)</h2>")
-        out.append(_html_table(list(judge_tables.HEADER), judge_rows))
+    for section in judge_tables.judge_sections(iterations):
+        out.append(f"<h2>{html.escape(section.title)}</h2>")
+        out.append(f"<p>{html.escape(section.note)}</p>")
+        out.append(_html_table(section.header, section.rows))
     out.append("<h2>Iterations</h2>")
     cache: dict[str, dict[str, dict[str, Any]]] = {}
     score_keys = (selection.PU_KEY, selection.PROB_KEY, selection.PPL_KEY, "entropy",
@@ -298,7 +298,7 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
             out.append(f"<details><summary>seed {it.seed}, iteration {it.iteration}: "
                        f"{n_sel} task(s) selected, {it.num_train_tasks or '?'} training "
                        f"task(s)</summary>")
-            task_map = os.path.join(it.path, TASK_MAP_FILE)
+            task_map = os.path.join(it.path, layout.TASK_MAP_FILE)
             if os.path.exists(task_map):
                 with open(task_map, "rb") as handle:
                     out.append("<p>Task Map of this model's scores of the remaining pool:</p>")
@@ -324,26 +324,23 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
 # ----------------------------------------------------------------------------- entry
 
 
-REPORT_FILES = ("results.md", "results.csv", "curves.png", "curves.svg",
-                "selected_uncertainty.png", "report.html")
-
-
 def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
                  ) -> dict[str, str]:
     """Writes every report file of a run, each atomically.
 
     Args:
-      run_dir: the run directory (layout in the module docstring).
-      out_dir: where to write; default RUN/report.
+      run_dir: the run directory (`activeit_jax.layout`).
+      out_dir: where to write; default the run's report directory.
 
     Returns:
-      File name (`REPORT_FILES`) -> path written.
+      File name (`layout.REPORT_FILES`) -> path written.
 
     Raises:
       DataError: `run_dir` is missing or holds no iteration of a run.
     """
     run_dir = os.fspath(run_dir)
-    out_dir = os.fspath(out_dir) if out_dir is not None else os.path.join(run_dir, REPORT_DIR)
+    out_dir = (os.fspath(out_dir) if out_dir is not None
+               else os.path.join(run_dir, layout.REPORT_DIR))
     iterations = discover_run(run_dir)
     if not iterations:  # a typo'd path must not get an empty report that looks like a result
         raise DataError("not a run directory: no seed_<s>/iter_<i>/ inside (the layout "
@@ -356,19 +353,22 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
                       if s != INITIAL])  # one color per strategy across figures
     curves_png, curves_svg = plot_learning_curves(rows, colors)
     uncertainty_png = plot_selected_uncertainty(selected_uncertainty(iterations), colors)
-    judge_markdown = judge_tables.tables_markdown(judge_tables.judge_tables(iterations))
+    judge_markdown = judge_tables.tables_markdown(judge_tables.judge_sections(iterations))
+    labels_line = label_source_line(run_dir)
+    labels_line = labels_line + "\n\n" if labels_line else ""
     judge_markdown = "\n" + judge_markdown if judge_markdown else ""
     contents: dict[str, str | bytes] = {
-        "results.md": "# Results\n\n" + results_markdown(rows) + judge_markdown,
-        "results.csv": results_csv(rows),
-        "curves.png": curves_png,
-        "curves.svg": curves_svg,
-        "selected_uncertainty.png": uncertainty_png,
-        "report.html": render_html(run_dir, iterations, rows, curves_png, uncertainty_png,
-                                   warnings),
+        layout.RESULTS_MD: ("# Results\n\n" + labels_line + results_markdown(rows)
+                            + judge_markdown),
+        layout.RESULTS_CSV: results_csv(rows),
+        layout.CURVES_PNG: curves_png,
+        layout.CURVES_SVG: curves_svg,
+        layout.SELECTED_UNCERTAINTY_PNG: uncertainty_png,
+        layout.REPORT_HTML: render_html(run_dir, iterations, rows, curves_png, uncertainty_png,
+                                        warnings),
     }
     paths = {}
-    for name in REPORT_FILES:
+    for name in layout.REPORT_FILES:
         path = os.path.join(out_dir, name)
         data = contents[name]
         if isinstance(data, bytes):

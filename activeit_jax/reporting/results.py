@@ -1,47 +1,17 @@
 """An active-loop run directory read back: per-task metrics, iterations, results tables.
 
-Run directory layout (what the active loop writes and this module reads)::
+The run directory's names and layout are `activeit_jax.layout`'s; the per-task metrics contract
+and the per-split means are `activeit_jax.loop.iteration_metrics`'s. Read back here:
 
-    RUN/
-      seed_{s}/                         one per seed (s = 0, 1, ...)
-        iter_0/                         iteration 0, shared by every strategy of seed s
-          selected_tasks.json           the initial random task set
-          per_task_metrics.jsonl        per-task evaluation of this iteration's model
-          metrics_val.json              derived from per_task_metrics.jsonl (split "val")
-          metrics_test.json             derived from per_task_metrics.jsonl (split "test")
-          scores.jsonl                  this model's scores of the remaining pool (optional)
-          task_map.png                  Task Map of those scores (optional)
-        {strategy}/                     e.g. prompt_uncertainty, random, fully_trained
-          iter_{i}/                     i = 1, 2, ...: same files as iter_0, where
-                                        selected_tasks.json holds the tasks ADDED at iteration
-                                        i, chosen from the previous iteration's scores.jsonl
-                                        (iter_{i-1} of the same strategy, or seed_{s}/iter_0
-                                        for i = 1)
-            judge_vs_{other}[.{judge}].jsonl
-                                        optional pairwise judge results, one file per judge
-                                        (activeit_jax/judge.py, judge_tables.py)
-      report/                           written by `activeit-jax report` (never read back)
+- every iteration directory of every seed and strategy (`discover_run`), with the tasks it
+  selected (`selection.Selection.to_json()`, an object with a "tasks" list; a bare JSON list of
+  names is accepted too). The model of iteration i is trained on the union of the selected
+  tasks of iterations 0..i; its size is the "number of training tasks". Iteration i >= 1 of a
+  strategy selected from the scores of the iteration before it (iteration 0 for i = 1).
+- the results table, computed from the per-task files; a stored per-split means file that
+  disagrees is listed as a warning.
 
-- `selected_tasks.json`: `selection.Selection.to_json()` (an object with a "tasks" list); a
-  bare JSON list of names is accepted too. The model of iteration i is trained on the union of
-  the selected tasks of iterations 0..i; its size is the "number of training tasks".
-- `per_task_metrics.jsonl`: one line per (split, task):
-  `{"split": "val"|"test", "task": str, "label": "cls"|"gen", "rouge_l": float,
-  "exact_match": float (optional), "n_instances": int (optional)}` with metrics in percent
-  (0..100). A repeated (split, task) keeps its last line.
-- `metrics_{split}.json` is *defined* as `derive_split_metrics` of that split's per-task lines:
-  for "overall", "cls" and "gen", the unweighted mean over tasks of the per-task metric, and
-  the number of tasks (`write_derived_metrics` writes it). The report's table is computed from
-  the per-task files; a stored metrics file that disagrees is listed as a warning.
-
-Report outputs (`write_report`): results.md, results.csv (rows: strategy x iteration / number of
-training tasks, for each split; columns: Overall / Classification / Generative ROUGE-L per seed,
-mean and sample std (ddof=1, empty for one seed)), curves.png / curves.svg (ROUGE-L vs number
-of training tasks, mean line and +-std band per strategy; `fully_trained` as a dashed horizontal
-line), selected_uncertainty.png (mean prompt uncertainty of each iteration's selected tasks,
-mean +- std over seeds), report.html (everything above with images as base64 data URIs).
-With judge files, results.md and report.html add one Win / Tie / Lose table per judge
-(`activeit_jax.reporting.judge_tables`).
+The report (`reporting.render`) draws and renders what this module reads.
 """
 from __future__ import annotations
 
@@ -51,88 +21,32 @@ import io
 import logging
 import math
 import os
-import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from activeit_jax.core import io_utils, records
-from activeit_jax.data import prepared
+from activeit_jax import layout
+from activeit_jax.core import records
+from activeit_jax.data import labels, prepared
 from activeit_jax.data.errors import DataError
-from activeit_jax.loop import selection
+from activeit_jax.loop import iteration_metrics, selection
+from activeit_jax.loop.iteration_metrics import derive_split_metrics, read_per_task
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    'INITIAL', 'SPLITS', 'CATEGORIES', 'PER_TASK_FILE', 'SELECTED_FILE', 'SCORES_FILE',
-    'TASK_MAP_FILE', 'REPORT_DIR', 'METRIC_KEYS', 'read_per_task', 'derive_split_metrics',
-    'write_derived_metrics', 'IterationDir', 'label_sources', 'strategy_order',
-    'discover_run', 'ResultRow', 'collect_results', 'results_markdown', 'results_csv',
+    'INITIAL', 'SPLITS', 'CATEGORIES', 'IterationDir', 'label_sources', 'label_source_line',
+    'strategy_order',
+    'discover_run', 'ResultRow', 'collect_results', 'categories_of', 'table_cells',
+    'results_markdown', 'results_csv',
 ]
 INITIAL = "initial"  # the "strategy" name of the shared iteration 0
-SPLITS: tuple[tuple[str, str], ...] = (("val", "Validation"), ("test", "Test"))
-CATEGORIES: tuple[tuple[str, str], ...] = (("overall", "Overall"), ("cls", "Classification"),
-                                           ("gen", "Generative"))
-PER_TASK_FILE = "per_task_metrics.jsonl"
-SELECTED_FILE = "selected_tasks.json"
-SCORES_FILE = "scores.jsonl"
-TASK_MAP_FILE = "task_map.png"
-REPORT_DIR = "report"
-METRIC_KEYS = ("rouge_l", "exact_match")
-_SEED_RE = re.compile(r"^seed_(\d+)$")
-_ITER_RE = re.compile(r"^iter_(\d+)$")
-
-
-# ----------------------------------------------------------------------------- metrics files
-
-
-def read_per_task(iter_dir: str | os.PathLike, split: str) -> list[dict[str, Any]]:
-    """The per-task lines of one split (last line wins for a repeated task), by task name."""
-    by_task: dict[str, dict[str, Any]] = {}
-    for record in io_utils.read_jsonl(os.path.join(iter_dir, PER_TASK_FILE)):
-        if record.get("split") == split:
-            by_task[str(record["task"])] = record
-    return [by_task[name] for name in sorted(by_task)]
-
-
-def derive_split_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The `metrics_{split}.json` content of one split's per-task records.
-
-    Args:
-      records: per-task lines of one split ("task", "label", "rouge_l", optional
-        "exact_match").
-
-    Returns:
-      {"n_tasks": N, "overall"|"cls"|"gen": {"rouge_l": mean or None, "exact_match": mean or
-      None, "n_tasks": n}}: unweighted means over tasks; None where a category has no task
-      (or, for exact_match, where a task lacks it).
-    """
-    out: dict[str, Any] = {"n_tasks": len(records)}
-    for category, _ in CATEGORIES:
-        members = [r for r in records if category == "overall" or r.get("label") == category]
-        entry: dict[str, Any] = {"n_tasks": len(members)}
-        for key in METRIC_KEYS:
-            values = [r.get(key) for r in members]
-            entry[key] = (float(np.mean([float(v) for v in values]))
-                          if members and all(v is not None for v in values) else None)
-        out[category] = entry
-    return out
-
-
-def write_derived_metrics(iter_dir: str | os.PathLike) -> list[str]:
-    """Writes `metrics_{split}.json` for each split found in `per_task_metrics.jsonl`.
-
-    Returns:
-      The paths written.
-    """
-    written = []
-    records = io_utils.read_jsonl(os.path.join(iter_dir, PER_TASK_FILE))
-    for split in sorted({str(r["split"]) for r in records}):
-        metrics = {"split": split, **derive_split_metrics(read_per_task(iter_dir, split))}
-        path = os.path.join(iter_dir, f"metrics_{split}.json")
-        io_utils.atomic_write_json(path, metrics)
-        written.append(path)
-    return written
+_TITLES = {"val": "Validation", "test": "Test", "overall": "Overall", "cls": "Classification",
+           "gen": "Generative"}
+# (name, title) of the loop's evaluation splits and task categories, in table order.
+SPLITS: tuple[tuple[str, str], ...] = tuple((s, _TITLES[s]) for s in iteration_metrics.SPLITS)
+CATEGORIES: tuple[tuple[str, str], ...] = tuple((c, _TITLES[c])
+                                                for c in iteration_metrics.CATEGORIES)
 
 
 # ----------------------------------------------------------------------------- run discovery
@@ -162,25 +76,54 @@ class IterationDir:
     selection_scores: str | None
 
 
-def _numbered(directory: str, pattern: re.Pattern[str]) -> list[tuple[int, str]]:
+def _numbered(directory: str, parse: Callable[[str], int | None]) -> list[tuple[int, str]]:
+    """(number, path) of the subdirectories whose name `parse` reads a number from, sorted."""
     found = []
     for name in os.listdir(directory):
-        match = pattern.match(name)
-        if match and os.path.isdir(os.path.join(directory, name)):
-            found.append((int(match.group(1)), os.path.join(directory, name)))
+        number = parse(name)
+        if number is not None and os.path.isdir(os.path.join(directory, name)):
+            found.append((number, os.path.join(directory, name)))
     return sorted(found)
 
 
 def label_sources(run_dir: str | os.PathLike) -> dict[int, dict[str, int]]:
     """{seed: {"rule": n, "override": m, ...}}: where each seed's task labels came from, read
-    from the prepared split's summary (`RUN/seed_{s}/data/splits.json`)."""
-    return {seed: prepared.stored_label_source_counts(os.path.join(path, "data"))
-            for seed, path in _numbered(os.fspath(run_dir), _SEED_RE)
-            if os.path.exists(os.path.join(path, "data", prepared.SPLITS_FILE))}
+    from the summary of the seed's prepared split."""
+    run_dir = os.fspath(run_dir)
+    return {seed: prepared.stored_label_source_counts(layout.data_dir(run_dir, seed))
+            for seed, _ in _numbered(run_dir, layout.parse_seed_name)
+            if os.path.exists(os.path.join(layout.data_dir(run_dir, seed), layout.SPLITS_FILE))}
+
+
+def label_source_line(run_dir: str | os.PathLike) -> str:
+    """One line, for the top of every report, naming where the task labels came from: per
+    source the number of tasks, and the label file's path and hash (every seed alike, or seed
+    by seed); "" for a run without a prepared split."""
+    run_dir = os.fspath(run_dir)
+    texts: dict[int, str] = {}
+    for seed, counts in label_sources(run_dir).items():
+        file = prepared.stored_label_file(layout.data_dir(run_dir, seed)) or {}
+        parts = [f"{n} from the {labels.LABEL_SOURCE_WORDS.get(k, k)}"
+                 for k, n in counts.items()]
+        where = ""
+        if file.get("path"):
+            where = f"; label file {file['path']} (sha256 {str(file.get('sha256'))[:12]})"
+            if file.get("metric_labels"):
+                where += (f", its CLS_GEN groups the scores of {file['metric_labels']} tasks "
+                          f"({file.get('disagree', '?')} of them against DefHasLabel)")
+        elif "override" not in counts:
+            where = "; label_source: rule (activeit_jax/data/labels.py)"
+        texts[seed] = ", ".join(parts) + where
+    if not texts:
+        return ""
+    if len(set(texts.values())) == 1:
+        return f"Task labels (cls / gen): {next(iter(texts.values()))} (every seed)."
+    return "Task labels (cls / gen): " + "; ".join(f"seed {s}: {t}"
+                                                    for s, t in texts.items()) + "."
 
 
 def _read_selected(path: str) -> tuple[str, ...] | None:
-    file = os.path.join(path, SELECTED_FILE)
+    file = os.path.join(path, layout.SELECTED_FILE)
     return tuple(selection.read_task_list(file)) if os.path.exists(file) else None
 
 
@@ -193,7 +136,7 @@ def strategy_order(strategies: Iterable[str]) -> list[str]:
 
 
 def discover_run(run_dir: str | os.PathLike) -> list[IterationDir]:
-    """Finds every iteration directory of a run (layout in the module docstring).
+    """Finds every iteration directory of a run (`activeit_jax.layout`).
 
     Returns:
       The iterations, ordered by strategy (`strategy_order`), seed, iteration.
@@ -202,20 +145,20 @@ def discover_run(run_dir: str | os.PathLike) -> list[IterationDir]:
     if not os.path.isdir(run_dir):
         raise DataError("run directory not found", run_dir)
     found: list[IterationDir] = []
-    for seed, seed_dir in _numbered(run_dir, _SEED_RE):
-        iter0 = os.path.join(seed_dir, "iter_0")
+    for seed, seed_dir in _numbered(run_dir, layout.parse_seed_name):
+        iter0 = layout.iteration_dir(run_dir, seed, None, 0)
         initial = _read_selected(iter0) if os.path.isdir(iter0) else None
         if os.path.isdir(iter0):
             found.append(IterationDir(seed, INITIAL, 0, iter0, initial,
                                       None if initial is None else len(set(initial)), None))
         for name in sorted(os.listdir(seed_dir)):
             strategy_dir = os.path.join(seed_dir, name)
-            if _ITER_RE.match(name) or not os.path.isdir(strategy_dir):
+            if layout.parse_iteration_name(name) is not None or not os.path.isdir(strategy_dir):
                 continue
             union: set[str] | None = None if initial is None else set(initial)
             previous = iter0
             expected = 1
-            for iteration, path in _numbered(strategy_dir, _ITER_RE):
+            for iteration, path in _numbered(strategy_dir, layout.parse_iteration_name):
                 if iteration == 0:
                     log.warning("ignoring %s: iteration 0 is shared at %s", path, iter0)
                     continue
@@ -226,7 +169,7 @@ def discover_run(run_dir: str | os.PathLike) -> list[IterationDir]:
                     union |= set(selected)
                 found.append(IterationDir(seed, name, iteration, path, selected,
                                           None if union is None else len(union),
-                                          os.path.join(previous, SCORES_FILE)))
+                                          os.path.join(previous, layout.SCORES_FILE)))
                 previous, expected = path, iteration + 1
     order = {name: k for k, name in enumerate(strategy_order(d.strategy for d in found))}
     return sorted(found, key=lambda d: (order[d.strategy], d.seed, d.iteration))
@@ -274,19 +217,19 @@ def collect_results(iterations: Sequence[IterationDir], warnings: list[str] | No
     Args:
       iterations: from `discover_run`.
       warnings: if given, receives a line per missing per-task file and per stored
-        `metrics_{split}.json` that disagrees with the per-task file.
+        per-split means file that disagrees with the per-task file.
 
     Returns:
       Rows for each split, strategy and iteration that has per-task metrics for some seed.
     """
     rows: dict[tuple[str, str, int], ResultRow] = {}
     for it in iterations:
-        if not os.path.exists(os.path.join(it.path, PER_TASK_FILE)):
+        if not os.path.exists(os.path.join(it.path, layout.PER_TASK_FILE)):
             if warnings is not None:
-                warnings.append(f"{it.path}: no {PER_TASK_FILE}")
+                warnings.append(f"{it.path}: no {layout.PER_TASK_FILE}")
             continue
         for split, _ in SPLITS:
-            records = read_per_task(it.path, split)
+            records = read_per_task(it.path, split, warnings)
             if not records:
                 continue
             derived = derive_split_metrics(records)
@@ -303,7 +246,7 @@ def collect_results(iterations: Sequence[IterationDir], warnings: list[str] | No
 
 
 def _check_stored(path: str, split: str, derived: Mapping[str, Any]) -> list[str]:
-    stored_path = os.path.join(path, f"metrics_{split}.json")
+    stored_path = layout.metrics_file(path, split)
     if not os.path.exists(stored_path):
         return []
     stored = records.read_json(stored_path, "metrics file")
@@ -318,29 +261,31 @@ def _check_stored(path: str, split: str, derived: Mapping[str, Any]) -> list[str
     return problems
 
 
-def seeds_of(rows: Sequence[ResultRow]) -> list[int]:
+def _seeds_of(rows: Sequence[ResultRow]) -> list[int]:
     return sorted({s for r in rows for vals in r.values.values() for s in vals})
 
 
 def categories_of(rows: Sequence[ResultRow]) -> list[tuple[str, str]]:
-    """Categories with at least one value (Classification is absent for Self-Instruct)."""
+    """(name, title) of the categories with at least one value (Classification is absent for
+    Self-Instruct), for the tables here and the plots of `render`."""
     return [(c, title) for c, title in CATEGORIES
             if any(v is not None for r in rows for v in r.values.get(c, {}).values())]
 
 
-def fmt_value(value: float | None) -> str:
+def _fmt_value(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def fmt_mean_std(mean: float | None, std: float | None) -> str:
+def _fmt_mean_std(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "–"
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def table_cells(rows: Sequence[ResultRow], split: str) -> tuple[list[str], list[list[str]]]:
-    """Header and text cells of one split's table (shared by Markdown and HTML)."""
-    seeds, categories = seeds_of(rows), categories_of(rows)
+    """Header and text cells of one split's table (shared by the Markdown here and the HTML
+    of `render`)."""
+    seeds, categories = _seeds_of(rows), categories_of(rows)
     header = ["Strategy", "Iteration", "#Tasks"]
     for _, title in categories:
         header += [f"{title} seed {s}" for s in seeds] + [f"{title} mean ± std"]
@@ -350,9 +295,9 @@ def table_cells(rows: Sequence[ResultRow], split: str) -> tuple[list[str], list[
             continue
         cells = [row.strategy, str(row.iteration), row.tasks_label()]
         for category, _ in categories:
-            cells += [fmt_value(row.values.get(category, {}).get(s)) for s in seeds]
+            cells += [_fmt_value(row.values.get(category, {}).get(s)) for s in seeds]
             mean, std, _ = row.stats(category)
-            cells.append(fmt_mean_std(mean, std))
+            cells.append(_fmt_mean_std(mean, std))
         body.append(cells)
     return header, body
 
@@ -378,7 +323,7 @@ def results_csv(rows: Sequence[ResultRow]) -> str:
     Columns: split, strategy, iteration, num_train_tasks, n_seeds, then for each category
     (overall, cls, gen): {category}_seed{s} for each seed, {category}_mean, {category}_std.
     """
-    seeds = seeds_of(rows)
+    seeds = _seeds_of(rows)
     header = ["split", "strategy", "iteration", "num_train_tasks", "n_seeds"]
     for category, _ in CATEGORIES:
         header += [f"{category}_seed{s}" for s in seeds] + [f"{category}_mean", f"{category}_std"]

@@ -21,7 +21,7 @@ length is cut to ``ids[:max_len - 1] + [EOS]`` (EOS kept). The saved prompt text
 (``save_prompts``) is exactly the string that was tokenised.
 
 Prompt formats (``ScoreConfig.prompt_format``, default "auto"; `data.prompts`): T5 uses the
-Tk-Instruct source above. Decoder-only models (`DecoderOnlyModel`, LLaMA; `is_decoder_only`)
+Tk-Instruct source above. Decoder-only models (`DecoderOnlyModel`, LLaMA; `model.decoder_only`)
 use the same definitions and formulas with the model's own special ids and, by default,
 
 - NIV2 tasks: the Tk-Instruct source (definition + positive examples that fit + instance);
@@ -110,7 +110,8 @@ resumed run may use another number of hosts: every journal under ``shards/`` cou
 Only the batch composition differs from a single-host run, which changes float rounding, not
 the numbers (compare with ``rel=1e-4``; predictions and categories are identical in practice).
 
-Output files (in ``out_dir``):
+Output files (in ``out_dir``; their names, and where a run of the loop puts this directory:
+`activeit_jax.layout`):
 
 - ``scores.jsonl``: one line per scored task, pool order: index (position in the pool), task,
   prompt_uncertainty, prediction_probability, perplexity, entropy (null unless computed),
@@ -139,7 +140,7 @@ resume repair, final files), `multihost` (host shards and their merge), `run_sta
 (throughput over sessions and hosts), `pool` (the driver, `score_pool`).
 """
 from activeit_jax.data.buckets import bucket_for, default_buckets
-from activeit_jax.scoring.config import EOS_ID, PAD_ID, ScoreConfig, fingerprint
+from activeit_jax.scoring.config import ScoreConfig, fingerprint
 from activeit_jax.scoring.formulas import (
                                          mean_perplexity,
                                          prediction_probability,
@@ -148,13 +149,6 @@ from activeit_jax.scoring.formulas import (
                                          task_metrics,
 )
 from activeit_jax.scoring.journal import (
-                                         PROMPTS_FILE,
-                                         RUN_ARGS_FILE,
-                                         SCORES_FILE,
-                                         SHARD_DONE_FILE,
-                                         SHARDS_DIR,
-                                         SKIPPED_FILE,
-                                         SUMMARY_FILE,
                                          ResumeMismatchError,
                                          check_run_args,
                                          finalize,
@@ -172,15 +166,13 @@ from activeit_jax.scoring.planning import (
 )
 from activeit_jax.scoring.pool import NonFiniteScoreError, ScoreHooks, score_pool
 from activeit_jax.scoring.row_scorer import PaddingStats, RowScorer
-from activeit_jax.scoring.tokens import cut_generated, is_decoder_only, keep_last_ids, truncate_ids
+from activeit_jax.scoring.tokens import cut_generated, keep_last_ids, truncate_ids
 
 __all__ = [
-    "EOS_ID", "PAD_ID", "PROMPTS_FILE", "RUN_ARGS_FILE", "SCORES_FILE", "SHARDS_DIR",
-    "SHARD_DONE_FILE", "SKIPPED_FILE", "SUMMARY_FILE", "NonFiniteScoreError", "PaddingStats",
-    "PromptBuilder",
+    "NonFiniteScoreError", "PaddingStats", "PromptBuilder",
     "ResumeMismatchError", "RowScorer", "ScoreConfig", "ScoreHooks", "ShardInfo", "SkippedTask",
     "TaskPlan", "TaskStub", "bucket_for", "check_run_args", "choose_instances", "cut_generated",
-    "default_buckets", "finalize", "finished_tasks", "fingerprint", "is_decoder_only",
+    "default_buckets", "finalize", "finished_tasks", "fingerprint",
     "keep_last_ids", "mean_perplexity", "merge_journals", "prediction_probability",
     "prepare_run_dir", "prompt_formats", "prompt_uncertainty", "score_pool",
     "sequence_probability", "shard_dir",

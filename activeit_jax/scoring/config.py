@@ -1,4 +1,4 @@
-"""What the scorer computes (fingerprinted) and how it runs; T5 ids and length buckets."""
+"""What the scorer computes (fingerprinted) and how it runs; length buckets."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,12 +10,6 @@ from activeit_jax.core.errors import UsageError
 from activeit_jax.data import prompts
 from activeit_jax.data.buckets import fine_buckets
 from activeit_jax.scoring import perturbation as perturbation_lib, taskmap
-
-# T5's ids; a decoder-only model's come from its config.
-PAD_ID = 0
-EOS_ID = 1
-
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,24 +1,18 @@
-"""The run directory: fingerprint, per-task journals, resume repair, and the final files."""
+"""The scorer's run directory (names: `activeit_jax.layout`): fingerprint, per-task journals,
+resume repair, and the final files."""
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from typing import Any, Sequence
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.core.errors import ActiveITError
 from activeit_jax.scoring import taskmap
 from activeit_jax.scoring.config import ScoreConfig, fingerprint
-from activeit_jax.scoring.run_stats import SESSIONS_FILE
-
-SCORES_FILE = "scores.jsonl"
-PROMPTS_FILE = "prompts.jsonl"
-RUN_ARGS_FILE = "run_args.json"
-SUMMARY_FILE = "summary.json"
-SKIPPED_FILE = "skipped.jsonl"
-SHARDS_DIR = "shards"
-SHARD_DONE_FILE = "done.json"
 
 
 class ResumeMismatchError(ActiveITError, ValueError):
@@ -35,7 +29,8 @@ def prepare_run_dir(out_dir: str, run_args: dict[str, Any]) -> None:
     os.makedirs(out_dir, exist_ok=True)
     check_run_args(out_dir, run_args)
     io_utils.remove_stale_temp_files(out_dir)  # the caller holds the directory's lock
-    for name in (SCORES_FILE, PROMPTS_FILE, SKIPPED_FILE, SESSIONS_FILE):
+    for name in (layout.SCORES_FILE, layout.PROMPTS_FILE, layout.SKIPPED_FILE,
+                 layout.SESSIONS_FILE):
         io_utils.truncate_partial_tail(os.path.join(out_dir, name))
 
 
@@ -45,7 +40,7 @@ def check_run_args(out_dir: str, run_args: dict[str, Any], write: bool = True) -
     Raises:
       ResumeMismatchError: `out_dir` holds a run with different arguments.
     """
-    path = os.path.join(out_dir, RUN_ARGS_FILE)
+    path = os.path.join(out_dir, layout.RUN_ARGS_FILE)
     fp = fingerprint(run_args)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
@@ -59,10 +54,10 @@ def check_run_args(out_dir: str, run_args: dict[str, Any], write: bool = True) -
                 f"{out_dir} holds a scoring run with different arguments (differing: "
                 f"{', '.join(diff) or 'unknown'}); use another --out or the same arguments")
     else:
-        if os.path.exists(os.path.join(out_dir, SCORES_FILE)):
+        if os.path.exists(os.path.join(out_dir, layout.SCORES_FILE)):
             raise ResumeMismatchError(
-                f"{out_dir} has {SCORES_FILE} but no {RUN_ARGS_FILE}; refusing to resume a run "
-                "whose arguments are unknown")
+                f"{out_dir} has {layout.SCORES_FILE} but no {layout.RUN_ARGS_FILE}; refusing "
+                "to resume a run whose arguments are unknown")
         if write:
             io_utils.atomic_write_json(path, {"fingerprint": fp, "args": run_args})
 
@@ -94,7 +89,7 @@ def drop_orphan_prompts(path: str, done: set[str]) -> None:
 
 
 def shard_dirs(out_dir: str) -> list[str]:
-    root = os.path.join(out_dir, SHARDS_DIR)
+    root = os.path.join(out_dir, layout.SHARDS_DIR)
     if not os.path.isdir(root):
         return []
     return [os.path.join(root, name) for name in sorted(os.listdir(root))
@@ -106,7 +101,7 @@ def finished_tasks(out_dir: str) -> set[str]:
     resumed run may use another number of hosts)."""
     done: set[str] = set()
     for directory in shard_dirs(out_dir) + [out_dir]:
-        for name in (SCORES_FILE, SKIPPED_FILE):
+        for name in (layout.SCORES_FILE, layout.SKIPPED_FILE):
             done |= {r["task"] for r in io_utils.read_jsonl(os.path.join(directory, name))}
     return done
 
@@ -117,15 +112,19 @@ def remove_if_exists(path: str) -> None:
         os.remove(path)
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = None
              ) -> dict[str, Any]:
     """Rewrites scores.jsonl in pool order with categories; writes the Task Map and summary.
 
     Idempotent: the same journal always gives the same files.
     """
-    scores_path = os.path.join(out_dir, SCORES_FILE)
+    scores_path = os.path.join(out_dir, layout.SCORES_FILE)
     records = sorted(io_utils.read_jsonl(scores_path), key=lambda rec: rec["index"])
-    skipped = sorted(io_utils.read_jsonl(os.path.join(out_dir, SKIPPED_FILE)),
+    skipped = sorted(io_utils.read_jsonl(os.path.join(out_dir, layout.SKIPPED_FILE)),
                      key=lambda rec: rec["index"])
     categories, thresholds = taskmap.categorize(
         [r["prompt_uncertainty"] for r in records],
@@ -140,17 +139,18 @@ def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = N
     with io_utils.atomic_open(scores_path) as handle:
         for rec in final:
             handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    taskmap.write_csv(os.path.join(out_dir, "taskmap.csv"), final)
-    taskmap.plot(final, thresholds, os.path.join(out_dir, "taskmap.png"),
-                 os.path.join(out_dir, "taskmap.svg"))
+    taskmap.write_csv(os.path.join(out_dir, layout.TASKMAP_CSV), final)
+    taskmap.plot(final, thresholds, os.path.join(out_dir, layout.TASKMAP_PNG),
+                 os.path.join(out_dir, layout.TASKMAP_SVG))
     summary = {
         "num_tasks": len(final),
         "skipped": [{"task": s["task"], "reason": s["reason"]} for s in skipped],
-        "thresholds": {"prompt_uncertainty": thresholds[0],
-                       "prediction_probability": thresholds[1]},
+        # null, not NaN (which is not JSON), when no task was scored (all skipped)
+        "thresholds": {"prompt_uncertainty": _finite_or_none(thresholds[0]),
+                       "prediction_probability": _finite_or_none(thresholds[1])},
         "categories": {c: categories.count(c) for c in taskmap.CATEGORIES},
         **(extra or {}),
     }
-    io_utils.atomic_write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
+    io_utils.atomic_write_json(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE), summary)
     logging.info("scored %d tasks (%d skipped) -> %s", len(final), len(skipped), out_dir)
     return summary

@@ -9,20 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from activeit_jax import partitioning
+from activeit_jax import layout, partitioning
 from activeit_jax.core import distributed, io_utils
+from activeit_jax.models import BaseModel
 from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
-from activeit_jax.scoring.journal import (
-    PROMPTS_FILE,
-    SCORES_FILE,
-    SHARD_DONE_FILE,
-    SHARDS_DIR,
-    SKIPPED_FILE,
-    SUMMARY_FILE,
-    finalize,
-    shard_dirs,
-)
+from activeit_jax.scoring.journal import finalize, shard_dirs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +48,15 @@ class ShardInfo:
 
     @property
     def name(self) -> str:
-        return f"host{self.index}-of-{self.num_shards}"
+        return layout.shard_name(self.index, self.num_shards)
 
 
 def shard_dir(out_dir: str, shard: ShardInfo) -> str:
     """`out_dir/shards/host{k}-of-{n}`: the journal of one host of a multi-host run."""
-    return os.path.join(out_dir, SHARDS_DIR, shard.name)
+    return os.path.join(out_dir, layout.SHARDS_DIR, shard.name)
 
 
-def localize(model, params, mesh):
+def localize(model: BaseModel, params, mesh):
     """This host's share of a multi-host mesh, and `params` gathered and placed on it."""
     import jax
     from jax.experimental import multihost_utils
@@ -102,29 +94,29 @@ def merge_journals(out_dir: str) -> None:
     scores: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for k, directory in enumerate(sources):
-        for name, bucket in ((SCORES_FILE, scores), (SKIPPED_FILE, skipped)):
+        for name, bucket in ((layout.SCORES_FILE, scores), (layout.SKIPPED_FILE, skipped)):
             for rec in io_utils.read_jsonl(os.path.join(directory, name)):
                 if rec["task"] not in owner:
                     owner[rec["task"]] = k
                     bucket.append(rec)
     scores.sort(key=lambda rec: rec["index"])
     skipped.sort(key=lambda rec: rec["index"])
-    blocks = [_task_blocks(os.path.join(d, PROMPTS_FILE)) for d in sources]
+    blocks = [_task_blocks(os.path.join(d, layout.PROMPTS_FILE)) for d in sources]
     # Read every block before rewriting out_dir/prompts.jsonl (one of the sources).
     prompt_text = []
     for rec in scores:
         k = owner[rec["task"]]
         if rec["task"] in blocks[k]:
             lo, hi = blocks[k][rec["task"]]
-            with open(os.path.join(sources[k], PROMPTS_FILE), "rb") as handle:
+            with open(os.path.join(sources[k], layout.PROMPTS_FILE), "rb") as handle:
                 handle.seek(lo)
                 prompt_text.append(handle.read(hi - lo))
-    for name, records in ((SCORES_FILE, scores), (SKIPPED_FILE, skipped)):
+    for name, records in ((layout.SCORES_FILE, scores), (layout.SKIPPED_FILE, skipped)):
         with io_utils.atomic_open(os.path.join(out_dir, name)) as handle:
             for rec in records:
                 handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    if prompt_text or os.path.exists(os.path.join(out_dir, PROMPTS_FILE)):
-        with io_utils.atomic_open(os.path.join(out_dir, PROMPTS_FILE), "wb") as handle:
+    if prompt_text or os.path.exists(os.path.join(out_dir, layout.PROMPTS_FILE)):
+        with io_utils.atomic_open(os.path.join(out_dir, layout.PROMPTS_FILE), "wb") as handle:
             for text in prompt_text:
                 handle.write(text)
 
@@ -145,8 +137,8 @@ def merge_shards(out_dir: str, config: ScoreConfig, shard: ShardInfo,
     import jax
     distributed.barrier("activeit_score_scored")
     multi_process = jax.process_count() > 1
-    paths = [os.path.join(shard_dir(out_dir, ShardInfo(k, shard.num_shards)), SHARD_DONE_FILE)
-             for k in range(shard.num_shards)]
+    paths = [os.path.join(shard_dir(out_dir, ShardInfo(k, shard.num_shards)),
+                          layout.SHARD_DONE_FILE) for k in range(shard.num_shards)]
     summary, error = None, ""
     if jax.process_index() == 0:
         missing = [p for p in paths if not os.path.exists(p)]
@@ -168,7 +160,7 @@ def merge_shards(out_dir: str, config: ScoreConfig, shard: ShardInfo,
                 error = f"{type(err).__name__}: {err}"
                 logging.exception("merging the shards of %s failed", out_dir)
         elif multi_process:
-            error = (f"after the barrier, {len(missing)} shard(s) have no {SHARD_DONE_FILE} "
+            error = (f"after the barrier, {len(missing)} shard(s) have no {layout.SHARD_DONE_FILE} "
                      f"(e.g. {missing[0]}): out_dir must be on a filesystem that every host "
                      "sees")
         else:
@@ -183,6 +175,6 @@ def merge_shards(out_dir: str, config: ScoreConfig, shard: ShardInfo,
         if error:
             raise RuntimeError(f"multi-host scoring: process 0 could not merge: {error}")
     if summary is None:
-        with open(os.path.join(out_dir, SUMMARY_FILE), encoding="utf-8") as handle:
+        with open(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE), encoding="utf-8") as handle:
             summary = json.load(handle)
     return {**summary, "merged": True}

@@ -7,8 +7,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from activeit_jax.data import chat as chat_lib, prompts
+from activeit_jax.data.vocab import EOS_ID
 from activeit_jax.scoring import perturbation as perturbation_lib
-from activeit_jax.scoring.config import EOS_ID, ScoreConfig
+from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.tokens import keep_last_ids, truncate_ids
 
 
@@ -66,6 +67,18 @@ def prompt_formats(config: ScoreConfig, decoder_only: bool, has_chat: bool) -> d
             for source in POOL_SOURCES}
 
 
+def check_prompts_render(vocab, config: ScoreConfig, decoder_only: bool) -> None:
+    """Renders every prompt format of the run once (`prompts.check_formats_render`), before
+    the run directory is touched: a chat template that fails would otherwise leave a
+    run_args.json (with its hash) that refuses the same command once the template is fixed.
+
+    Raises:
+      UsageError / VocabularyError: as `prompts.check_formats_render`.
+    """
+    prompts.check_formats_render(config.prompt_format, decoder_only,
+                                 chat_lib.from_vocabulary(vocab))
+
+
 class PromptBuilder:
     """Builds and tokenises the (1+K) sources of each chosen instance of a task.
 
@@ -78,8 +91,8 @@ class PromptBuilder:
       render_fn: `(parts, fits) -> str` replacing the format's renderer (tests, experiments).
       decoder_only: build decoder-only prompts (prompt ids without special tokens keeping
         their last `max_source_length - 1`, responses ending with `eos_id`); see the package
-        docstring.
-      eos_id: the EOS appended to targets (T5: 1; decoder-only: the model's).
+        docstring. The model's `decoder_only`.
+      eos_id: the EOS appended to targets: the model's (`RowScorer.eos_id`; T5: 1).
     """
 
     def __init__(self, vocab, config: ScoreConfig,

@@ -13,18 +13,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from activeit_jax import partitioning
+from activeit_jax import layout, partitioning
 from activeit_jax.core import distributed, io_utils, profiling, run_lock
 from activeit_jax.core.errors import ActiveITError
 from activeit_jax.data import chat as chat_lib, prompts
+from activeit_jax.models import BaseModel, SpecialIds, check_vocabulary
 from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.formulas import sequence_probability, task_metrics
 from activeit_jax.scoring.journal import (
-    PROMPTS_FILE,
-    SCORES_FILE,
-    SHARD_DONE_FILE,
-    SKIPPED_FILE,
     append_jsonl_lines,
     check_run_args,
     drop_orphan_prompts,
@@ -41,10 +38,14 @@ from activeit_jax.scoring.multihost import (
     merge_shards,
     shard_dir,
 )
-from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub, prompt_formats
+from activeit_jax.scoring.planning import (
+    PromptBuilder,
+    TaskPlan,
+    TaskStub,
+    check_prompts_render,
+    prompt_formats,
+)
 from activeit_jax.scoring.row_scorer import DEFAULT_POOL_CHUNKS, RowScorer
-from activeit_jax.scoring.tokens import is_decoder_only
-from activeit_jax.training import inputs as train_data
 
 
 class NonFiniteScoreError(ActiveITError):
@@ -80,7 +81,7 @@ class ScoreHooks:
     after_task: Callable[[str, int], None] | None = None
 
 
-def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
+def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: str,
                config: ScoreConfig = ScoreConfig(), *, mesh=None,
                run_args: dict[str, Any] | None = None, total: int | None = None,
                parts_fn: Callable[..., Any] | None = None,
@@ -143,10 +144,11 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
                          f"{out_dir}: give each its ShardInfo (the default)")
     if scorer is None:
         mesh, params = _local_mesh(model, params, mesh)
-    decoder_only = scorer.decoder_only if scorer is not None else is_decoder_only(model)
-    train_data.check_vocabulary(model if scorer is None else scorer.model, vocab)
-    args = _fingerprinted_args(model if scorer is None else scorer.model, vocab, config,
-                               run_args, decoder_only)
+    model = model if scorer is None else scorer.model
+    check_vocabulary(model, vocab)
+    args = _fingerprinted_args(model, vocab, config, run_args)
+    if render_fn is None:  # a broken chat template stops here, before run_args.json
+        check_prompts_render(vocab, config, model.decoder_only)
     with _directory_locks(out_dir, shard):
         journal_dir = _open_journal(out_dir, args, shard)
         # Every journal's torn tail is repaired, and read, before any host appends again.
@@ -154,15 +156,15 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
         done = finished_tasks(out_dir)
         distributed.barrier("activeit_score_started")
         if config.save_prompts:
-            drop_orphan_prompts(os.path.join(journal_dir, PROMPTS_FILE), done)
-        scorer = scorer or _make_scorer(model, params, mesh, config, decoder_only)
+            drop_orphan_prompts(os.path.join(journal_dir, layout.PROMPTS_FILE), done)
+        scorer = scorer or _make_scorer(model, params, mesh, config)
         _check_scorer(scorer, config)
         # This host's chunks (only the plans' shape sharing depends on it), set on every call:
         # a reused scorer must not plan with an earlier pool's count.
         scorer.pool_chunks = (-(-total // (shard.num_shards * config.tasks_per_chunk)) if total
                               else DEFAULT_POOL_CHUNKS)
-        builder = PromptBuilder(vocab, config, parts_fn, render_fn, decoder_only=decoder_only,
-                                eos_id=scorer.eos_id)
+        builder = PromptBuilder(vocab, config, parts_fn, render_fn,
+                                decoder_only=scorer.decoder_only, eos_id=scorer.eos_id)
         run = _PoolRun(scorer, builder, config, journal_dir, done, shard, hooks,
                        _progress_bar(progress, shard, total, len(done)))
         stats = run.score(tasks)
@@ -173,7 +175,7 @@ def score_pool(model, params, vocab, tasks: Iterable[Any], out_dir: str,
             # The whole run's work, every session's; this call's under "last_session".
             totals = run_stats.run_totals(out_dir, shard_dirs(out_dir))
             return finalize(out_dir, config, extra={**totals, "last_session": stats})
-        io_utils.atomic_write_json(os.path.join(journal_dir, SHARD_DONE_FILE), {
+        io_utils.atomic_write_json(os.path.join(journal_dir, layout.SHARD_DONE_FILE), {
             "shard": shard.index, "num_shards": shard.num_shards, **session})
         return merge_shards(out_dir, config, shard, stats)
 
@@ -191,13 +193,14 @@ def _directory_locks(out_dir: str, shard: ShardInfo) -> Iterator[None]:
         yield
 
 
-def _fingerprinted_args(model, vocab, config: ScoreConfig, run_args: dict[str, Any] | None,
-                        decoder_only: bool) -> dict[str, Any]:
+def _fingerprinted_args(model: BaseModel, vocab, config: ScoreConfig,
+                        run_args: dict[str, Any] | None) -> dict[str, Any]:
     """The arguments `run_args.json` fingerprints: the caller's, the config's fingerprinted
     fields, the prompt formats (decoder-only, or a format chosen explicitly: an
     encoder-decoder run with the default format keeps its earlier fingerprint) with the hash
     of the chat template they use, and (decoder-only) the model's special ids."""
     args = {**(run_args or {}), **config.fingerprint_args()}
+    decoder_only = model.decoder_only
     chat = chat_lib.from_vocabulary(vocab)
     formats = prompt_formats(config, decoder_only, chat is not None)
     if decoder_only or config.prompt_format != prompts.AUTO:
@@ -205,10 +208,8 @@ def _fingerprinted_args(model, vocab, config: ScoreConfig, run_args: dict[str, A
         if any(prompts.is_chat_format(f) for f in formats.values()):
             args["chat_template_sha256"] = chat.sha256
     if decoder_only:
-        ids = model.config
-        args["special_ids"] = {"pad": int(ids.pad_id),
-                               "bos": None if ids.bos_id is None else int(ids.bos_id),
-                               "eos": int(ids.eos_id)}
+        ids = SpecialIds.of(model)
+        args["special_ids"] = {"pad": ids.pad, "bos": ids.bos, "eos": ids.eos}
     return args
 
 
@@ -223,7 +224,7 @@ def _open_journal(out_dir: str, args: dict[str, Any], shard: ShardInfo) -> str:
         io_utils.remove_stale_temp_files(out_dir)
     journal_dir = shard_dir(out_dir, shard)
     prepare_run_dir(journal_dir, args)
-    remove_if_exists(os.path.join(journal_dir, SHARD_DONE_FILE))
+    remove_if_exists(os.path.join(journal_dir, layout.SHARD_DONE_FILE))
     return journal_dir
 
 
@@ -237,9 +238,9 @@ def _local_mesh(model, params, mesh):
     return mesh, params
 
 
-def _make_scorer(model, params, mesh, config: ScoreConfig, decoder_only: bool) -> RowScorer:
+def _make_scorer(model: BaseModel, params, mesh, config: ScoreConfig) -> RowScorer:
     """A `RowScorer` with the config's batch sizes, buckets and decoding length."""
-    return RowScorer.from_config(model, params, mesh, config, decoder_only)
+    return RowScorer.from_config(model, params, mesh, config)
 
 
 def _check_scorer(scorer: RowScorer, config: ScoreConfig) -> None:
@@ -271,9 +272,9 @@ class _PoolRun:
         self.done, self.shard, self.hooks, self.bar = done, shard, hooks, bar
         self.journal_dir = journal_dir
         self.session = f"{os.getpid()}-{time.time_ns()}"
-        self.scores_path = os.path.join(journal_dir, SCORES_FILE)
-        self.prompts_path = os.path.join(journal_dir, PROMPTS_FILE)
-        self.skipped_path = os.path.join(journal_dir, SKIPPED_FILE)
+        self.scores_path = os.path.join(journal_dir, layout.SCORES_FILE)
+        self.prompts_path = os.path.join(journal_dir, layout.PROMPTS_FILE)
+        self.skipped_path = os.path.join(journal_dir, layout.SKIPPED_FILE)
         self.counters = {"rows": 0, "unique_rows": 0, "tasks_scored": 0,
                          "chunks_computed": 0, "seconds_wait_decode": 0.0,
                          "seconds_wait_score": 0.0, "seconds_host": 0.0,
@@ -420,9 +421,9 @@ class _PoolRun:
                    else "its instance input (the end of the prompt)")
             logging.warning("task %s: %d of %d instance(s) are longer than max_source_length="
                             "%d, so %s is cut off; its scores describe the truncated prompt "
-                            "(marked truncated_instances in scores.jsonl)", name,
+                            "(marked truncated_instances in %s)", name,
                             plan.truncated, len(plan.instances),
-                            self.config.max_source_length, cut)
+                            self.config.max_source_length, cut, layout.SCORES_FILE)
         record = {"index": plan.index, "task": name, **numbers,
                   "label": getattr(plan.task, "label", "gen"),
                   "n_instances": len(plan.instances),

@@ -1,4 +1,8 @@
-"""The device side: rows through jitted, sharded scoring and greedy decoding, bucketed."""
+"""The device side: rows through jitted, sharded scoring and greedy decoding, bucketed.
+
+Every batch is the model's (`model.batch_builder()`, a `models.features.BatchBuilder`): the
+scorer plans rows over the builder's length dimensions and never branches on the kind.
+"""
 from __future__ import annotations
 
 import collections
@@ -10,10 +14,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from activeit_jax import partitioning
-from activeit_jax.models import make_decoder_only_batch, make_prompt_batch
+from activeit_jax.models import BaseModel
 from activeit_jax.scoring.batching import plan_batches
-from activeit_jax.scoring.config import EOS_ID, PAD_ID
-from activeit_jax.scoring.tokens import cut_generated, is_decoder_only
 
 
 def _data_parallel_size(sharding) -> int:
@@ -142,7 +144,8 @@ class RowScorer:
 
     Args:
       model: an `EncoderDecoderModel` or a `DecoderOnlyModel` (`token_log_probs`,
-        `greedy_decode`; a decoder-only model's config gives its pad / bos / eos ids).
+        `greedy_decode`); its batch builder (`model.batch_builder()`) makes every batch with
+        the model's special ids.
       params: its parameters, already placed on `mesh` (their shardings are reused).
       mesh: a `jax.sharding.Mesh`; the batch axis is sharded over its data axes.
       batch_size / decode_batch_size: the most rows per call, rounded up to the
@@ -157,9 +160,12 @@ class RowScorer:
         `model.logits(params, batch) -> [B, T, V]`).
       sequence_buckets: decoder-only scoring: padded lengths of prompt + response (the input
         positions); required for a decoder-only model.
+
+    The buckets of each dimension the builder plans scoring rows on (`score_dims`: "source"
+    and "target", or "sequence") must be given.
     """
 
-    def __init__(self, model, params, mesh, *, batch_size: int, decode_batch_size: int,
+    def __init__(self, model: BaseModel, params, mesh, *, batch_size: int, decode_batch_size: int,
                  source_buckets: Sequence[int], target_buckets: Sequence[int],
                  max_decode_length: int, compute_entropy: bool = False,
                  sequence_buckets: Sequence[int] | None = None,
@@ -168,17 +174,18 @@ class RowScorer:
         import jax
         import jax.numpy as jnp
 
-        self.decoder_only = is_decoder_only(model)
-        if self.decoder_only:
-            if not sequence_buckets:
-                raise ValueError("a decoder-only model needs sequence_buckets")
-            self.pad_id = int(model.config.pad_id)
-            bos = model.config.bos_id  # None: the model takes no BOS (e.g. SmolLM2)
-            self.bos_id = None if bos is None else int(bos)
-            self.eos_id = int(model.config.eos_id)
-        else:
-            self.pad_id, self.bos_id, self.eos_id = PAD_ID, None, EOS_ID
-        self.sequence_buckets = tuple(sequence_buckets or ())
+        self.builder = model.batch_builder()
+        self.decoder_only = self.builder.decoder_only
+        buckets = {"source": tuple(source_buckets), "target": tuple(target_buckets),
+                   "sequence": tuple(sequence_buckets or ())}
+        for dim in self.builder.score_dims:
+            if not buckets[dim]:
+                raise ValueError(f"{type(model).__name__} scores rows by {dim} length: it "
+                                 f"needs {dim}_buckets")
+        # The buckets of each of the builder's `score_dims`, the first being the one the
+        # planner's token budget is measured on.
+        self.score_buckets = tuple(buckets[dim] for dim in self.builder.score_dims)
+        self.sequence_buckets = buckets["sequence"]
         self.model, self.params, self.mesh = model, params, mesh
         self.rules = getattr(model, "logical_axis_rules", None)
         self._matrix_sharding = partitioning.data_sharding(mesh, 2, self.rules)
@@ -195,14 +202,7 @@ class RowScorer:
         self.max_decode_length = int(max_decode_length)
         self.compute_entropy = compute_entropy
         param_shardings = jax.tree.map(lambda x: x.sharding, params)
-        features = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                    "decoder_loss_weights")
-        # What the decoding batch holds: the encoder input, or bos + prompt.
-        self._decode_feature = "encoder_input_tokens"
-        if self.decoder_only:
-            features = features[1:]
-            self._decode_feature = "decoder_input_tokens"
-        batch_shardings = {k: self._matrix_sharding for k in features}
+        batch_shardings = {k: self._matrix_sharding for k in self.builder.score_features}
 
         def score_fn(params, batch):
             weights = batch["decoder_loss_weights"].astype(jnp.float32)
@@ -225,13 +225,33 @@ class RowScorer:
             score_fn, in_shardings=(param_shardings, batch_shardings),
             out_shardings=(self._row_sharding,) * n_out), mesh, self.rules)
         self._decode = _Executables(jax.jit(decode_fn, in_shardings=(
-            param_shardings, {self._decode_feature: self._matrix_sharding}),
+            param_shardings, {self.builder.decode_feature: self._matrix_sharding}),
             out_shardings=self._matrix_sharding), mesh, self.rules)
         self.score_padding = PaddingStats()
         self.decode_padding = PaddingStats()
         # Calls per padded shape: (batch, source, target) / (batch, source).
         self.score_shapes: collections.Counter = collections.Counter()
         self.decode_shapes: collections.Counter = collections.Counter()
+
+    def jitted(self, kind: str):
+        """The jitted scoring (`kind` "score") or decoding ("decode") function
+        `(params, batch)`, for ahead-of-time compilation (`activeit_jax.aot`)."""
+        return (self._score if kind == "score" else self._decode)._jitted
+
+    # ------------------------------------------------------------------ the model's ids
+
+    @property
+    def pad_id(self) -> int:
+        return self.builder.ids.pad
+
+    @property
+    def bos_id(self) -> int | None:
+        """None: the model takes no BOS (e.g. SmolLM2; T5 has none)."""
+        return self.builder.ids.bos
+
+    @property
+    def eos_id(self) -> int:
+        return self.builder.ids.eos
 
     # ------------------------------------------------------------------ counters
 
@@ -243,19 +263,16 @@ class RowScorer:
     # ------------------------------------------------------------------ batching
 
     @classmethod
-    def from_config(cls, model, params, mesh, config, decoder_only: bool | None = None
-                    ) -> "RowScorer":
+    def from_config(cls, model: BaseModel, params, mesh, config) -> RowScorer:
         """A scorer with a `ScoreConfig`'s batch sizes, token budget, buckets and decoding
         length."""
-        if decoder_only is None:
-            decoder_only = is_decoder_only(model)
         return cls(model, params, mesh, batch_size=config.batch_size,
                    decode_batch_size=config.decode_batch_size or config.batch_size,
                    source_buckets=config.src_buckets, target_buckets=config.tgt_buckets,
                    decode_source_buckets=config.decode_src_buckets,
                    max_decode_length=config.max_decode_length,
                    compute_entropy=config.compute_entropy,
-                   sequence_buckets=config.seq_buckets if decoder_only else None,
+                   sequence_buckets=config.seq_buckets,
                    token_budget=config.batch_tokens)
 
     def _plan(self, lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]],
@@ -286,37 +303,28 @@ class RowScorer:
         """Dispatches scoring of (source ids, target ids) rows; ids already end with EOS.
 
         Decoder-only: (prompt ids without bos, response ids ending with the model's EOS);
-        each row is scored as `bos + prompt + response`, on the response positions.
+        each row is scored as `bos + prompt + response`, on the response positions. Rows are
+        planned on `builder.score_lengths` (T5: source and target; decoder-only: prompt +
+        response) over the matching buckets.
 
         Returns:
           A pending result; `.result()` -> (log_prob_sum [N], num_tokens [N],
           entropy_sum [N] or None), float64 numpy.
         """
         import jax
-        if self.decoder_only:
-            return self._score_decoder_only_async(rows)
-        plan = self._plan([(len(s), len(t)) for s, t in rows],
-                          (self.source_buckets, self.target_buckets), self.batch_size)
+        lengths = [self.builder.score_lengths(row) for row in rows]
+        plan = self._plan(lengths, self.score_buckets, self.batch_size)
         batches = []
-        for (b, s_len, t_len), idx in plan:
-            enc = np.zeros((b, s_len), np.int32)
-            tgt = np.zeros((b, t_len), np.int32)
-            for j, i in enumerate(idx):
-                src, target = rows[i]
-                enc[j, :len(src)] = src
-                tgt[j, :len(target)] = target
-            if len(idx) < b:  # filler rows: copies of the first row, ignored
-                enc[len(idx):] = enc[0]
-                tgt[len(idx):] = tgt[0]
-            dec_in = np.zeros_like(tgt)
-            dec_in[:, 1:] = tgt[:, :-1]
-            weights = (tgt != PAD_ID).astype(np.int32)
-            batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
-                     "decoder_target_tokens": tgt, "decoder_loss_weights": weights}
-            batch = jax.device_put(batch, self._matrix_sharding)
-            self.score_shapes[(b, s_len, t_len)] += 1
-            self.score_padding.add([len(rows[i][0]) for i in idx],
-                                   [len(rows[i][1]) for i in idx], b, s_len, t_len)
+        for (b, *shape), idx in plan:
+            chosen = [rows[i] for i in idx]
+            chosen += [chosen[0]] * (b - len(idx))  # filler rows: copies of the first, ignored
+            batch = jax.device_put(self.builder.score_batch(chosen, shape),
+                                   self._matrix_sharding)
+            self.score_shapes[(b, *shape)] += 1
+            # "source" counts the first dimension's tokens (decoder-only: the whole sequence),
+            # "target" the scored tokens, over the last dimension's slots.
+            self.score_padding.add([lengths[i][0] for i in idx], [len(rows[i][1]) for i in idx],
+                                   b, shape[0], shape[-1])
             batches.append((idx, batch))
         parts = self._dispatch(self._score, batches)
         return _Pending(len(rows), parts, self._combine_scores)
@@ -329,53 +337,25 @@ class RowScorer:
                 o[idx] = np.asarray(arr, np.float64)[:len(idx)]
         return out[0], out[1], (out[2] if self.compute_entropy else None)
 
-    def _score_decoder_only_async(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]
-                                  ) -> _Pending:
-        """`score_async` for a decoder-only model: one bucket per prompt + response length."""
-        import jax
-        for prompt, response in rows:
-            if not response or response[-1] != self.eos_id:
-                raise ValueError("a decoder-only response must end with the model's EOS")
-        plan = self._plan([(len(p) + len(r),) for p, r in rows], (self.sequence_buckets,),
-                          self.batch_size)
-        batches = []
-        for (b, length), idx in plan:
-            chosen = [rows[i] for i in idx]
-            chosen += [chosen[0]] * (b - len(idx))  # filler rows: copies of the first, ignored
-            # The response's EOS is added back by the builder (after the response ids).
-            batch = make_decoder_only_batch([p for p, _ in chosen], [r[:-1] for _, r in chosen],
-                                            length, bos_id=self.bos_id, eos_id=self.eos_id,
-                                            pad_id=self.pad_id)
-            batch = jax.device_put(batch, self._matrix_sharding)
-            self.score_shapes[(b, length)] += 1
-            self.score_padding.add([len(rows[i][0]) + len(rows[i][1]) for i in idx],
-                                   [len(rows[i][1]) for i in idx], b, length, length)
-            batches.append((idx, batch))
-        parts = self._dispatch(self._score, batches)
-        return _Pending(len(rows), parts, self._combine_scores)
-
     def decode_async(self, sources: Sequence[Sequence[int]]) -> _Pending:
-        """Dispatches greedy decoding of source id lists.
+        """Dispatches greedy decoding of source id lists (decoder-only: prompts without bos).
 
         Returns:
           A pending result; `.result()` -> list of generated id lists, cut after the first
-          EOS (EOS included when generated).
+          EOS (EOS included when generated; `builder.generated_ids`).
         """
         import jax
-        if self.decoder_only:
-            return self._decode_decoder_only_async(sources)
-        plan = self._plan([(len(s),) for s in sources], (self.decode_source_buckets,),
-                          self.decode_batch_size, decoding=True)
+        plan = self._plan([(self.builder.decode_length(s),) for s in sources],
+                          (self.decode_source_buckets,), self.decode_batch_size, decoding=True)
         batches = []
         for (b, s_len), idx in plan:
-            enc = np.zeros((b, s_len), np.int32)
-            for j, i in enumerate(idx):
-                enc[j, :len(sources[i])] = sources[i]
-            if len(idx) < b:
-                enc[len(idx):] = enc[0]
-            batch = jax.device_put({"encoder_input_tokens": enc}, self._matrix_sharding)
+            chosen = [sources[i] for i in idx]
+            chosen += [chosen[0]] * (b - len(idx))
+            batch = jax.device_put(self.builder.decode_batch(chosen, s_len),
+                                   self._matrix_sharding)
             self.decode_shapes[(b, s_len)] += 1
-            self.decode_padding.add([len(sources[i]) for i in idx], [], b, s_len, 0)
+            self.decode_padding.add([self.builder.decode_length(sources[i]) for i in idx], [],
+                                    b, s_len, 0)
             batches.append((idx, batch))
         parts = self._dispatch(self._decode, batches)
 
@@ -384,37 +364,6 @@ class RowScorer:
             for idx, arr in parts:
                 arr = np.asarray(arr)
                 for j, i in enumerate(idx):
-                    ids = arr[j].tolist()
-                    if EOS_ID in ids:
-                        ids = ids[:ids.index(EOS_ID) + 1]
-                    else:
-                        ids = [t for t in ids if t != PAD_ID]
-                    out[i] = ids
+                    out[i] = self.builder.generated_ids(arr[j].tolist())
             return out
         return _Pending(len(sources), parts, combine)
-
-    def _decode_decoder_only_async(self, prompts: Sequence[Sequence[int]]) -> _Pending:
-        """`decode_async` for a decoder-only model: prompts (no bos) -> the continuation, cut
-        by `cut_generated` (EOS included when generated)."""
-        import jax
-        plan = self._plan([(len(p) + 1,) for p in prompts], (self.decode_source_buckets,),
-                          self.decode_batch_size, decoding=True)
-        batches = []
-        for (b, s_len), idx in plan:
-            chosen = [prompts[i] for i in idx]
-            chosen += [chosen[0]] * (b - len(idx))
-            batch = make_prompt_batch(chosen, s_len, bos_id=self.bos_id, pad_id=self.pad_id)
-            batch = jax.device_put(batch, self._matrix_sharding)
-            self.decode_shapes[(b, s_len)] += 1
-            self.decode_padding.add([len(prompts[i]) + 1 for i in idx], [], b, s_len, 0)
-            batches.append((idx, batch))
-        parts = self._dispatch(self._decode, batches)
-
-        def combine(num_rows, parts):
-            out: list[list[int]] = [[] for _ in range(num_rows)]
-            for idx, arr in parts:
-                arr = np.asarray(arr)
-                for j, i in enumerate(idx):
-                    out[i] = cut_generated(arr[j].tolist(), self.eos_id, self.pad_id)
-            return out
-        return _Pending(len(prompts), parts, combine)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.scoring.row_scorer import PaddingStats
 
-SESSIONS_FILE = "sessions.jsonl"
 SUMMED = ("rows", "unique_rows", "tasks_scored", "chunks_computed", "seconds_wait_decode",
           "seconds_wait_score", "seconds_host", "seconds_write", "seconds_compile")
 
@@ -22,7 +22,7 @@ SUMMED = ("rows", "unique_rows", "tasks_scored", "chunks_computed", "seconds_wai
 def record_session(journal_dir: str, entry: Mapping[str, Any]) -> None:
     """Appends a session's `{"session", "stats", "score_padding_raw",
     "decode_padding_raw"}` so far (a later line of the same session replaces it)."""
-    io_utils.append_jsonl_line(os.path.join(journal_dir, SESSIONS_FILE), dict(entry))
+    io_utils.append_jsonl_line(os.path.join(journal_dir, layout.SESSIONS_FILE), dict(entry))
 
 
 def combine(entries: Sequence[Mapping[str, Any]], parallel: bool) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def run_totals(out_dir: str, shard_dirs: Sequence[str]) -> dict[str, Any]:
     journals, added up (`num_sessions` says how many)."""
     latest: dict[str, Mapping[str, Any]] = {}
     for directory in [out_dir, *shard_dirs]:
-        for entry in io_utils.read_jsonl(os.path.join(directory, SESSIONS_FILE)):
+        for entry in io_utils.read_jsonl(os.path.join(directory, layout.SESSIONS_FILE)):
             latest[f"{directory}:{entry.get('session')}"] = entry
     entries = list(latest.values())
     return {**combine(entries, parallel=False), "num_sessions": len(entries)}

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from activeit_jax.scoring.config import EOS_ID, PAD_ID
+from activeit_jax.data.vocab import EOS_ID
+from activeit_jax.models.batches import cut_generated
+
+__all__ = ["cut_generated", "keep_last_ids", "truncate_ids"]
 
 
 def truncate_ids(ids: Sequence[int], max_length: int, eos_id: int = EOS_ID) -> list[int]:
@@ -20,22 +23,3 @@ def keep_last_ids(ids: Sequence[int], max_length: int) -> list[int]:
         raise ValueError(f"max_length must be >= 0, got {max_length}")
     ids = list(ids)
     return ids[max(len(ids) - max_length, 0):]
-
-
-def is_decoder_only(model) -> bool:
-    """True for decoder-only wrappers (`DecoderOnlyModel`, kind "llama")."""
-    return getattr(model, "kind", None) == "llama"
-
-
-def cut_generated(ids: Sequence[int], eos_id: int, pad_id: int = PAD_ID) -> list[int]:
-    """Decoder-only generated ids up to and including the first EOS; a padding id ends the
-    row too (excluded), as `trainer.decode_tokens` reads predictions."""
-    out = []
-    for token in ids:
-        token = int(token)
-        if token == pad_id:
-            break
-        out.append(token)
-        if token == eos_id:
-            break
-    return out

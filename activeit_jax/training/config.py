@@ -64,9 +64,12 @@ class TrainConfig:
         longest row (that many buckets per power of two; each bucket compiles the step once)
         instead of the maximum lengths: the same loss, far fewer padded positions when
         examples are shorter than the maximum. 0 = fixed maximum lengths.
-      model_kind: "encoder_decoder" or "decoder_only" (loss on the response tokens only;
-        sequences of max_source_length + max_target_length tokens); None = from the model
-        (`model.kind == "llama"` is decoder-only).
+      model_kind: deprecated, leave unset: the model decides its kind (`model.decoder_only`;
+        decoder-only: loss on the response tokens only, sequences of max_source_length +
+        max_target_length tokens). Still accepted for one release: "encoder_decoder" or
+        "decoder_only" that agrees with the model prints a deprecation line, one that
+        contradicts it is refused (`models.check_declared_kind`). Fingerprinted as unset
+        (`run_dir.run_args`), so runs started with or without it resume alike.
       prompt_format: "auto" (`prompts.default_prompt_format` per task: Tk-Instruct for T5;
         decoder-only: Tk-Instruct for NIV2 and Alpaca for Self-Instruct, inside the model's
         chat template when its vocabulary has one) or one of `prompts.PROMPT_FORMATS`; used
@@ -106,7 +109,7 @@ class TrainConfig:
     log_every_steps: int = 10
     pack: bool = False
     length_buckets_per_octave: int = 0
-    model_kind: str | None = None
+    model_kind: str | None = None  # deprecated: the model decides
     prompt_format: str = "auto"
     tensorboard: bool = True
     progress_bar: bool = True
@@ -114,6 +117,20 @@ class TrainConfig:
     def __post_init__(self):
         # Checked when the config is built (gin included), before a run directory is touched.
         check_settings(self)
+
+    def with_partitioning(self, partitioning: Any) -> "TrainConfig":
+        """This config on the mesh and rules of a `partitioning.PartitioningConfig`.
+
+        The one place where a `PartitioningConfig` (`train_job.partitioning`,
+        `experiment.partitioning`) overrides `mesh_shape` and `logical_axis_rules`.
+
+        Args:
+          partitioning: a `PartitioningConfig`, or None (this config unchanged).
+        """
+        if partitioning is None:
+            return self
+        return dataclasses.replace(self, mesh_shape=dict(partitioning.axis_sizes),
+                                   logical_axis_rules=tuple(partitioning.logical_axis_rules))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,12 +157,7 @@ class TrainJob:
 
     def resolved_config(self) -> TrainConfig:
         """`config` with the mesh sizes and rules of `partitioning` when given."""
-        if self.partitioning is None:
-            return self.config
-        return dataclasses.replace(self.config,
-                                   mesh_shape=dict(self.partitioning.axis_sizes),
-                                   logical_axis_rules=tuple(
-                                       self.partitioning.logical_axis_rules))
+        return self.config.with_partitioning(self.partitioning)
 
 
 @gin.configurable(module="activeit_jax.training")

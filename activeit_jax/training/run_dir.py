@@ -1,5 +1,5 @@
-"""A training run directory: its fingerprint (run_args.json), metrics.jsonl + TensorBoard,
-orbax checkpoints, best/, eval/."""
+"""A training run directory (names and layout: `activeit_jax.layout`): its fingerprint,
+metrics + TensorBoard, orbax checkpoints, the best epoch, the validation predictions."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,21 +13,14 @@ import jax
 import numpy as np
 from absl import logging
 
+from activeit_jax import layout
 from activeit_jax.core import distributed, io_utils, records
 from activeit_jax.core.errors import ActiveITError
-from activeit_jax.models import checkpoints, layer_layout
+from activeit_jax.models import KIND_NAMES, BaseModel, TrainableModel, checkpoints, layer_layout
 from activeit_jax.training import state as ts
+from activeit_jax.training.position import TrainPosition
 
 PyTree = Any
-
-CHECKPOINT_SUBDIR = "checkpoints"
-BEST_SUBDIR = "best"
-BEST_INFO_FILE = "best.json"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "train_summary.json"
-RUN_ARGS_FILE = "run_args.json"
-DAMAGED_SUBDIR = "checkpoints_damaged"
-EVAL_SUBDIR = "eval"
 
 # TrainConfig fields that change how fast a run goes or what it shows, not its result.
 NOT_FINGERPRINTED = ("mesh_shape", "logical_axis_rules", "eval_batch_size", "save_every_steps",
@@ -39,17 +32,25 @@ class TrainRunMismatchError(ActiveITError):
     """The run directory holds another training run (or one of unknown arguments)."""
 
 
-def run_args(model: Any, config: Any, init: Any, data_fingerprint: str,
-             val_fingerprint: str) -> dict[str, Any]:
+def run_args(model: TrainableModel, config: Any, init_checkpoint: str | None,
+             has_init_params: bool, data_fingerprint: str, val_fingerprint: str
+             ) -> dict[str, Any]:
     """What identifies a training run: the model, the result-changing settings, the initial
-    weights and the tokenised training / validation data."""
+    weights (under the key "init", as run_args.json always had it: the checkpoint's absolute
+    path, "given parameters" or "random") and the tokenised training / validation data.
+
+    The deprecated `config.model_kind` is recorded as unset: the model (its repr, in "model")
+    decides its kind, so the setting changes nothing and a run started with it resumes
+    without it (`check_run_args` also accepts the fingerprints that recorded it).
+    """
     settings = {k: v for k, v in config_dict(config).items() if k not in NOT_FINGERPRINTED}
-    if init is None:
-        start = "random"
-    elif isinstance(init, (str, os.PathLike)):
-        start = os.path.abspath(os.fspath(init))
-    else:
+    settings["model_kind"] = None
+    if init_checkpoint is not None:
+        start = os.path.abspath(os.fspath(init_checkpoint))
+    elif has_init_params:
         start = "given parameters"
+    else:
+        start = "random"
     args = {"model": repr(model), "config": settings, "init": start,
             "train_data": data_fingerprint, "val_data": val_fingerprint}
     if layer_layout.scans_layers(getattr(model, "config", None)):
@@ -64,6 +65,17 @@ def _fingerprint(args: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _accepted_fingerprints(args: Mapping[str, Any]) -> set[str]:
+    """The fingerprint of `args`, and those an older version wrote for the same run with the
+    (now deprecated) `TrainConfig.model_kind` set: it recorded the name as given."""
+    accepted = {_fingerprint(args)}
+    config = args.get("config")
+    if isinstance(config, Mapping) and config.get("model_kind") is None:
+        for name in KIND_NAMES.values():
+            accepted.add(_fingerprint({**args, "config": {**config, "model_kind": name}}))
+    return accepted
+
+
 def check_run_args(out_dir: str, args: Mapping[str, Any], has_checkpoint: bool) -> None:
     """Checks `out_dir/run_args.json` against `args`, writing it for a new run.
 
@@ -73,23 +85,28 @@ def check_run_args(out_dir: str, args: Mapping[str, Any], has_checkpoint: bool) 
     Raises:
       TrainRunMismatchError: another run's directory (the differing arguments named).
     """
-    path = os.path.join(out_dir, RUN_ARGS_FILE)
+    path = os.path.join(out_dir, layout.RUN_ARGS_FILE)
     if os.path.exists(path):
         previous = records.read_json(path, "run fingerprint")
-        if not isinstance(previous, dict) or previous.get("fingerprint") != _fingerprint(args):
+        if (not isinstance(previous, dict)
+                or previous.get("fingerprint") not in _accepted_fingerprints(args)):
             old = previous.get("args", {}) if isinstance(previous, dict) else {}
             diff = sorted(_differing(old, dict(args)))
             raise TrainRunMismatchError(
                 f"{out_dir} holds another training run (differing: {', '.join(diff) or '?'}); "
-                "its best/, metrics.jsonl and eval/ are kept: use another --out, or the "
-                "same arguments to resume it")
+                f"its {layout.BEST_DIR}/, {layout.TRAIN_METRICS_FILE} and "
+                f"{layout.TRAIN_EVAL_DIR}/ are kept: use another --out, or the same arguments "
+                "to resume it")
         return
-    outputs = [name for name in (METRICS_FILE, BEST_SUBDIR, BEST_INFO_FILE, SUMMARY_FILE,
-                                 EVAL_SUBDIR) if os.path.exists(os.path.join(out_dir, name))]
+    outputs = [name for name in (layout.TRAIN_METRICS_FILE, layout.BEST_DIR,
+                                 layout.BEST_INFO_FILE, layout.TRAIN_SUMMARY_FILE,
+                                 layout.TRAIN_EVAL_DIR)
+               if os.path.exists(os.path.join(out_dir, name))]
     if outputs and not has_checkpoint:
         raise TrainRunMismatchError(
-            f"{out_dir} holds training outputs ({', '.join(outputs)}) but no {RUN_ARGS_FILE}: "
-            "refusing to write a run of unknown arguments over them; use another --out")
+            f"{out_dir} holds training outputs ({', '.join(outputs)}) but no "
+            f"{layout.RUN_ARGS_FILE}: refusing to write a run of unknown arguments over them; "
+            "use another --out")
     if jax.process_index() == 0:
         io_utils.atomic_write_json(path, {"fingerprint": _fingerprint(args), "args": args})
 
@@ -113,7 +130,7 @@ class MetricsWriter:
     def __init__(self, out_dir: str, *, tensorboard: bool = True,
                  keep_until_step: int | None = None):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(out_dir, METRICS_FILE)
+        self.path = os.path.join(out_dir, layout.TRAIN_METRICS_FILE)
         self._tb = None
         if not self.enabled:
             return
@@ -129,7 +146,8 @@ class MetricsWriter:
                     self.path, "".join(json_line(r) for r in kept))
         if tensorboard:
             import tensorflow as tf  # only the summary writer is used.
-            self._tb = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
+            self._tb = tf.summary.create_file_writer(
+                os.path.join(out_dir, layout.TENSORBOARD_DIR))
 
     def write(self, step: int, kind: str, scalars: Mapping[str, Any]) -> None:
         """Appends `{"step", "kind", **scalars}`; numbers also go to TensorBoard `kind/name`."""
@@ -183,22 +201,25 @@ def checkpoint_manager(directory: str, config: Any):
                                  item_names=("state", "data"))
 
 
-def save_checkpoint(manager: Any, state: ts.TrainState, position: Mapping[str, Any]) -> None:
+def save_checkpoint(manager: Any, state: ts.TrainState, position: TrainPosition) -> None:
+    """Saves checkpoint `position.global_step`: the train state and the position (JSON)."""
     import orbax.checkpoint as ocp
-    manager.save(int(position["global_step"]), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(position))), force=True)
+    manager.save(position.global_step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(position.to_json())),
+        force=True)
 
 
 def restore_checkpoint(manager: Any, step: int, abstract_state: ts.TrainState
-                        ) -> tuple[ts.TrainState, dict[str, Any]]:
+                        ) -> tuple[ts.TrainState, TrainPosition]:
+    """The train state and position of checkpoint `step` (ValueError: a damaged position)."""
     import orbax.checkpoint as ocp
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["data"])
+    return restored["state"], TrainPosition.from_json(restored["data"])
 
 
 def restore_newest_intact(manager: Any, abstract_state: ts.TrainState, out_dir: str
-                          ) -> tuple[ts.TrainState, dict[str, Any]] | None:
+                          ) -> tuple[ts.TrainState, TrainPosition] | None:
     """Restores the newest checkpoint that reads back whole; None when there is none.
 
     A checkpoint that fails to restore (a truncated or missing file, torn metadata: a disk
@@ -215,7 +236,7 @@ def restore_newest_intact(manager: Any, abstract_state: ts.TrainState, out_dir: 
             state, position = restore_checkpoint(manager, step, abstract_state)
         except Exception as err:  # noqa: BLE001 - orbax / tensorstore / JSON errors alike
             checkpoints.quiet_abandoned_reads()
-            where = os.path.join(out_dir, CHECKPOINT_SUBDIR, str(step))
+            where = os.path.join(out_dir, layout.CHECKPOINTS_DIR, str(step))
             logging.warning("checkpoint %s is damaged (%s); falling back to an older one",
                             where, str(err).splitlines()[0][:200] if str(err) else
                             type(err).__name__)
@@ -234,8 +255,8 @@ def restore_newest_intact(manager: Any, abstract_state: ts.TrainState, out_dir: 
 
 def _move_aside(manager: Any, out_dir: str, step: int) -> str:
     """Moves checkpoint `step` out of the manager's directory; returns its new path."""
-    source = os.path.join(out_dir, CHECKPOINT_SUBDIR, str(step))
-    target = os.path.join(out_dir, DAMAGED_SUBDIR, str(step))
+    source = os.path.join(out_dir, layout.CHECKPOINTS_DIR, str(step))
+    target = os.path.join(out_dir, layout.DAMAGED_CHECKPOINTS_DIR, str(step))
     if jax.process_index() == 0 and os.path.exists(source):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.rmtree(target, ignore_errors=True)
@@ -245,24 +266,25 @@ def _move_aside(manager: Any, out_dir: str, step: int) -> str:
     return target
 
 
-def save_best(out_dir: str, model: Any, params: PyTree, info: Mapping[str, Any],
+def save_best(out_dir: str, model: BaseModel, params: PyTree, info: Mapping[str, Any],
               vocab: Any = None) -> str:
     """Writes `out_dir/best` with `checkpoints.save_model` (itself atomic: temp dir + rename;
     the vocabulary stored with it, so later commands need no --vocab) and `out_dir/best.json`
     (epoch, step, scores)."""
-    best = os.path.join(out_dir, BEST_SUBDIR)
-    checkpoints.save_model(best, model, params, vocab)
+    best = os.path.join(out_dir, layout.BEST_DIR)
+    # The trainer replaces the best/ it wrote itself (run_args.json ties the directory to this
+    # run); a best/ holding anything else is refused by save_model.
+    checkpoints.save_model(best, model, params, vocab, replace=True)
     if jax.process_index() == 0:
-        io_utils.atomic_write_json(os.path.join(out_dir, BEST_INFO_FILE), dict(info))
+        io_utils.atomic_write_json(os.path.join(out_dir, layout.BEST_INFO_FILE), dict(info))
     return best
 
 
 def recover_best_dir(out_dir: str) -> None:
-    """A kill between the two renames of `save_model` leaves only `best.old`: put it back."""
-    best = os.path.join(out_dir, BEST_SUBDIR)
-    if (jax.process_index() == 0 and not os.path.exists(best)
-            and os.path.exists(best + ".old")):
-        os.replace(best + ".old", best)
+    """A kill between the two renames of `save_model` leaves the previous best only in
+    `best.activeit-old` (`best.old` before 0.2): put it back."""
+    if jax.process_index() == 0:
+        checkpoints.recover_interrupted_save(os.path.join(out_dir, layout.BEST_DIR))
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -275,8 +297,7 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 def write_predictions(out_dir: str, epoch: int, predictions: Sequence[Mapping[str, Any]],
                        summary: Mapping[str, Any]) -> None:
-    eval_dir = os.path.join(out_dir, "eval")
-    io_utils.atomic_write_text(os.path.join(eval_dir, f"epoch_{epoch}_predictions.jsonl"),
+    eval_dir = os.path.join(out_dir, layout.TRAIN_EVAL_DIR)
+    io_utils.atomic_write_text(layout.epoch_predictions_file(eval_dir, epoch),
                                "".join(json_line(r) for r in predictions))
-    io_utils.atomic_write_json(os.path.join(eval_dir, f"epoch_{epoch}_metrics.json"),
-                               dict(summary))
+    io_utils.atomic_write_json(layout.epoch_metrics_file(eval_dir, epoch), dict(summary))

@@ -150,16 +150,8 @@ def per_layer_slices(inner: optax.GradientTransformation) -> optax.GradientTrans
 
 
 # ----------------------------------------------------------------------------------------------
-# Shardings (the mesh and the logical-axis rules live in `activeit_jax.partitioning`).
-
-# Mesh axes that split the batch dimension of inputs.
-BATCH_MESH_AXES = ("data", "fsdp")
-
-
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Shards dimension 0 (the batch) over the data and fsdp axes; the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES, *([None] * (ndim - 1))))
-
+# Shardings of the state (the mesh, the logical-axis rules and every batch sharding live in
+# `activeit_jax.partitioning`).
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())

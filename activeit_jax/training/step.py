@@ -7,27 +7,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from activeit_jax import partitioning
 from activeit_jax.core.errors import ActiveITError, UsageError
 from activeit_jax.data import prompts
-from activeit_jax.training import inputs as train_data, state as ts
+from activeit_jax.models import TrainableModel
+from activeit_jax.training import state as ts
 
 PyTree = Any
 
 
-def resolve_rules(model: Any, rules: Sequence[tuple[str, Any]] | None
+def resolve_rules(model: TrainableModel, rules: Sequence[tuple[str, Any]] | None
                   ) -> tuple[tuple[str, Any], ...]:
     """`rules`, else the model's own `logical_axis_rules`, else the default table."""
     if rules is None:
         rules = getattr(model, "logical_axis_rules", None)
     return partitioning.normalize_rules(rules)
-
-
-def batch_shardings(mesh: Mesh, batch: Mapping[str, Any]) -> dict[str, NamedSharding]:
-    """Batch dimension over ("data", "fsdp"), other dimensions replicated, per feature."""
-    return {k: ts.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
 
 
 def put_batch(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]
@@ -41,26 +37,30 @@ def put_batch(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedShar
 # Train step.
 
 def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int,
-                       mesh: Mesh | None = None) -> dict[str, jax.Array]:
+                       mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] | None = None
+                       ) -> dict[str, jax.Array]:
     """[B, ...] -> [M, B/M, ...] with microbatch m = rows m, m + M, m + 2M, ...
 
     The strided split keeps every microbatch spread over all batch shards (no data moves
     between devices); the loss is a sum over rows, so which rows go together does not matter.
+    With `mesh`, each microbatch is constrained to the batch sharding of `rules`
+    (`partitioning.microbatch_sharding`).
     """
     out = {}
     for key, x in batch.items():
         per = x.shape[0] // num_microbatches
         x = jnp.swapaxes(x.reshape((per, num_microbatches) + x.shape[1:]), 0, 1)
         if mesh is not None:
-            spec = PartitionSpec(None, ts.BATCH_MESH_AXES, *([None] * (x.ndim - 2)))
-            x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+            x = jax.lax.with_sharding_constraint(
+                x, partitioning.microbatch_sharding(mesh, x.ndim, rules))
         out[key] = x
     return out
 
 
-def loss_and_grads(model: Any, params: PyTree, batch: Mapping[str, jax.Array],
+def loss_and_grads(model: TrainableModel, params: PyTree, batch: Mapping[str, jax.Array],
                    dropout_rng: jax.Array | None, num_microbatches: int = 1,
-                   mesh: Mesh | None = None, grad_shardings: PyTree | None = None
+                   mesh: Mesh | None = None, grad_shardings: PyTree | None = None,
+                   rules: Sequence[tuple[str, Any]] | None = None
                    ) -> tuple[jax.Array, jax.Array, PyTree]:
     """Summed token loss, token count and the gradient of the summed loss over a batch.
 
@@ -73,6 +73,7 @@ def loss_and_grads(model: Any, params: PyTree, batch: Mapping[str, jax.Array],
       num_microbatches: M; gradients are accumulated over M microbatches with `lax.scan`.
       mesh: places the microbatches (optional).
       grad_shardings: shardings of the accumulator (the parameters'), optional.
+      rules: the logical-axis rules whose `batch` rule places the microbatches.
 
     Returns:
       (loss_sum, num_tokens, grads of loss_sum); divide both by num_tokens for the
@@ -88,7 +89,7 @@ def loss_and_grads(model: Any, params: PyTree, batch: Mapping[str, jax.Array],
 
     if num_microbatches <= 1:
         return one(batch, dropout_rng)
-    micro = split_microbatches(batch, num_microbatches, mesh)
+    micro = split_microbatches(batch, num_microbatches, mesh, rules)
 
     def body(carry, xs):
         index, mb = xs
@@ -109,23 +110,26 @@ def loss_and_grads(model: Any, params: PyTree, batch: Mapping[str, jax.Array],
     return loss_sum, num_tokens, grads
 
 
-def make_train_step(model: Any, optimizer: optax.GradientTransformation,
+def make_train_step(model: TrainableModel, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, mesh: Mesh,
                     state_shardings: ts.TrainState, batch_sharding: Mapping[str, NamedSharding],
                     num_microbatches: int = 1, use_dropout: bool = True,
-                    donate: bool = True) -> Callable:
+                    donate: bool = True,
+                    rules: Sequence[tuple[str, Any]] | None = None) -> Callable:
     """The jitted `train_step(state, batch, rng) -> (state, metrics)` with explicit shardings.
 
     The update uses the token-weighted mean gradient (grads of summed losses / total target
     tokens over all microbatches). Metrics (replicated scalars): loss, num_tokens, grad_norm,
-    learning_rate (the rate this update used).
+    learning_rate (the rate this update used). `batch_sharding` comes from
+    `partitioning.batch_shardings` with the same `rules` (they place the microbatches).
     """
     grad_shardings = state_shardings.params
 
     def step_fn(state: ts.TrainState, batch, rng):
         dropout_rng = jax.random.fold_in(rng, state.step) if use_dropout else None
         loss_sum, num_tokens, grads = loss_and_grads(
-            model, state.params, batch, dropout_rng, num_microbatches, mesh, grad_shardings)
+            model, state.params, batch, dropout_rng, num_microbatches, mesh, grad_shardings,
+            rules)
         denom = jnp.maximum(num_tokens, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
@@ -217,17 +221,19 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise UsageError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
 
 
-def validate_config(config: Any, mesh: Mesh) -> None:
-    """Checks a `TrainConfig` against the mesh: batch sizes divide by the data-parallel size
-    (and microbatches), and the model kind is known."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+def validate_config(config: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None
+                    ) -> None:
+    """Checks a `TrainConfig` against the mesh: batch sizes divide by the number of batch
+    shards (`partitioning.batch_shard_count` under `rules`: data x fsdp by default) and
+    microbatches. (The deprecated `model_kind` is checked against the model:
+    `models.check_declared_kind`.)"""
+    shards = partitioning.batch_shard_count(mesh, rules)
     per = config.num_microbatches * shards
     if config.num_microbatches < 1 or config.batch_size % per:
         raise UsageError(
             f"batch_size {config.batch_size} must be divisible by num_microbatches "
-            f"({config.num_microbatches}) x data*fsdp mesh size ({shards}) = {per}")
+            f"({config.num_microbatches}) x the batch's mesh shards ({shards}: data*fsdp "
+            f"under the default rules) = {per}")
     if config.eval_batch_size % shards:
         raise UsageError(f"eval_batch_size {config.eval_batch_size} must be divisible by the "
-                         f"data*fsdp mesh size ({shards})")
-    if config.model_kind not in (None, train_data.ENCODER_DECODER, train_data.DECODER_ONLY):
-        raise UsageError(f"unknown model_kind {config.model_kind!r}")
+                         f"batch's mesh shards ({shards}: data*fsdp under the default rules)")

@@ -52,3 +52,28 @@ def test_xla_accepts_the_flags_and_long_row_reductions_stay_accurate():
     shifted = x - x.max(-1, keepdims=True)
     reference = (shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))).sum(-1)
     np.testing.assert_allclose(ours, reference, rtol=2e-6)
+
+
+def test_a_cross_compiling_command_gets_only_the_cpu_backend_flags():
+    env = {"JAX_PLATFORMS": "cpu"}
+    xla_defaults.apply(env, compiles_for_this_machine=False)
+    assert env["XLA_FLAGS"].split() == list(xla_defaults.CPU_FLAGS)
+
+
+def test_libtpu_probe_is_quieted_only_without_a_tpu_chip(tmp_path, monkeypatch):
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "libtpu" else None)
+    env = {"TPU_WORKER_HOSTNAMES": "host-a"}
+    xla_defaults.quiet_tpu_probe(env, attached=False)
+    assert env["TPU_WORKER_HOSTNAMES"] == "host-a"  # what the user set is kept
+    assert env["TPU_HOST_BOUNDS"] == xla_defaults.QUIET_TPU_PROBE["TPU_HOST_BOUNDS"]
+    on_tpu_vm = {}
+    xla_defaults.quiet_tpu_probe(on_tpu_vm, attached=True)
+    assert on_tpu_vm == {}
+    device = tmp_path / "0000:00:05.0"
+    device.mkdir()
+    (device / "vendor").write_text("0x1ae0\n")
+    assert xla_defaults.tpu_chips_attached(str(tmp_path))
+    (device / "vendor").write_text("0x8086\n")
+    assert not xla_defaults.tpu_chips_attached(str(tmp_path))

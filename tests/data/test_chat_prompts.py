@@ -24,11 +24,12 @@ import pytest
 from activeit_jax import scoring
 from activeit_jax.data import chat as chat_lib, niv2, prompts, self_instruct
 from activeit_jax.data.niv2 import Instance
+from activeit_jax.models import DecoderOnlyBatches, SpecialIds
 from activeit_jax.training import inputs as train_data
 
 pytest.importorskip("transformers")
 
-SMOLLM2_IDS = train_data.SpecialIds(pad=0, eos=2, bos=None, end_of_turn=2)
+SMOLLM2_IDS = SpecialIds(pad=0, eos=2, bos=None, end_of_turn=2)
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +146,8 @@ def test_training_example_weights_cover_answer_and_end_of_turn(
     examples = train_data.encode_tasks(
         tasks, smollm2_vocab, max_instances_per_task=2, num_pos_examples=2,
         max_source_length=1024, max_target_length=64, seed=0,
-        model_kind=train_data.DECODER_ONLY, special_ids=SMOLLM2_IDS)
+        builder=DecoderOnlyBatches(SMOLLM2_IDS))
     by_id = {i.id: (t, i) for t in tasks for i in t.instances}
-    length = 1024 + 64
     for ex in examples:
         task, instance = by_id[ex.instance_id]
         answer = ex.references[0]
@@ -162,8 +162,8 @@ def test_training_example_weights_cover_answer_and_end_of_turn(
             {"role": "user", "content": inner}, {"role": "assistant", "content": answer}])
         expected = _hf_ids(smollm2_hf_tokenizer, conversation)
         assert conversation.endswith(answer + "<|im_end|>\n")
-        feats = train_data.decoder_only_features([ex.inputs], [ex.targets[0]], length,
-                                                 SMOLLM2_IDS)
+        feats = DecoderOnlyBatches(SMOLLM2_IDS).train_batch([ex.inputs], [ex.targets[0]], 1024,
+                                                            64)
         weights = feats["decoder_loss_weights"][0]
         n = int((feats["decoder_target_tokens"][0] != 0).sum())
         sequence = [int(feats["decoder_input_tokens"][0, 0])] + \

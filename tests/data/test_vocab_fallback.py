@@ -41,6 +41,15 @@ def test_checkpoint_stores_and_returns_its_vocabulary(tiny_checkpoint, vocab):
     assert model.config == TINY
 
 
+def test_a_path_for_a_decoder_only_model_gets_no_t5_sentinels(tiny_checkpoint, sample_data):
+    # The commands ask the model layer (`checkpoints.is_decoder_only_checkpoint`); the data
+    # layer reads no model config.
+    path = str(sample_data / "vocab" / "sample_spm.model")
+    assert not checkpoints.is_decoder_only_checkpoint(tiny_checkpoint)
+    assert vocab_lib.resolve_vocabulary(path, tiny_checkpoint).vocab_size == 1100
+    assert vocab_lib.resolve_vocabulary(path, None, decoder_only=True).vocab_size == 1000
+
+
 def test_run_experiment_takes_the_checkpoint_tokenizer(parse_experiment, tiny_checkpoint,
                                                        tmp_path, sample_data):
     import gin
@@ -99,5 +108,5 @@ def test_train_and_evaluate_without_vocab(tiny_checkpoint, tmp_path):
                                "--verbosity=-1"),
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode != 0
-    assert (f"no vocabulary: give --vocab or a gin binding of train_job.vocabulary, or start "
-            f"from a checkpoint that stores its tokenizer") in done.stderr
+    assert ("no vocabulary: give --vocab or a gin binding of train_job.vocabulary, or start "
+            "from a checkpoint that stores its tokenizer") in done.stderr

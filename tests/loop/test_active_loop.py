@@ -15,12 +15,12 @@ import os
 import numpy as np
 import pytest
 
+from activeit_jax import layout
 from activeit_jax.core import io_utils
 from activeit_jax.data import prepared as prepared_lib, splits
 from activeit_jax.loop import active_loop
 from activeit_jax.reporting import render as reports, results as run_results
-
-import loop_testlib
+from tests import loop_testlib
 
 
 class FakeStages(loop_testlib.FakeStagesBase):
@@ -67,8 +67,8 @@ def full_run(tmp_path_factory, sample_data):
 
 
 def _selected(run_dir, seed, strategy, iteration):
-    path = os.path.join(active_loop.iteration_dir(run_dir, seed, strategy, iteration),
-                        run_results.SELECTED_FILE)
+    path = os.path.join(layout.iteration_dir(run_dir, seed, strategy, iteration),
+                        layout.SELECTED_FILE)
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -101,8 +101,8 @@ def test_prompt_uncertainty_picks_the_highest_scores_of_the_previous_model(full_
     run_dir, _ = full_run
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     for iteration in (1, 2):
-        prev = active_loop.iteration_dir(run_dir, 0, "prompt_uncertainty", iteration - 1)
-        scores = io_utils.read_jsonl(os.path.join(prev, run_results.SCORES_FILE))
+        prev = layout.iteration_dir(run_dir, 0, "prompt_uncertainty", iteration - 1)
+        scores = io_utils.read_jsonl(os.path.join(prev, layout.SCORES_FILE))
         chosen = _selected(run_dir, 0, "prompt_uncertainty", iteration)["tasks"]
         expected = []
         for label, count in (("cls", 2), ("gen", 4)):
@@ -130,7 +130,7 @@ def test_kill_at_any_stage_then_resume_gives_the_same_run_directory(full_run, tm
     niv2 = str(sample_data / "niv2")
     with pytest.raises(KeyboardInterrupt):
         active_loop.run_loop(resumed, CONFIG, FakeStages(niv2, kill_at=kill_at).stages())
-    finished_before = sum(1 for name in _tree(resumed) if name.endswith(active_loop.DONE_FILE))
+    finished_before = sum(1 for name in _tree(resumed) if name.endswith(layout.DONE_FILE))
     second = FakeStages(niv2)
     active_loop.run_loop(resumed, CONFIG, second.stages())
     assert _tree(resumed) == _tree(run_dir)
@@ -159,8 +159,8 @@ def test_results_table_equals_the_per_task_metric_files(full_run, tmp_path):
         strategy, iteration = row["strategy"], int(row["iteration"])
         values = []
         for seed in (0, 1):
-            it_dir = active_loop.iteration_dir(run_dir, seed, strategy, iteration) \
-                if strategy != run_results.INITIAL else active_loop.iteration_dir(
+            it_dir = layout.iteration_dir(run_dir, seed, strategy, iteration) \
+                if strategy != run_results.INITIAL else layout.iteration_dir(
                     run_dir, seed, None, 0)
             records = [r for r in io_utils.read_jsonl(os.path.join(it_dir, "per_task_metrics"
                                                                    ".jsonl"))
@@ -183,13 +183,13 @@ def test_fully_trained_reference_trains_on_the_whole_pool_once(tmp_path, sample_
     prepared = prepared_lib.load_prepared(os.path.join(run_dir, "seed_0", "data"))
     chosen = _selected(run_dir, 0, "fully_trained", 1)["tasks"]
     assert sorted(chosen) == sorted(prepared.split.pool)
-    assert not os.path.exists(active_loop.iteration_dir(run_dir, 0, "fully_trained", 2))
+    assert not os.path.exists(layout.iteration_dir(run_dir, 0, "fully_trained", 2))
 
 
 def test_paper_experiment_config_is_the_paper_setting(parse_experiment, sample_data):
     exp = parse_experiment("experiments/niv2_t5_large.gin", [
         'NIV2_DIR = "/niv2"', f'get_vocabulary.path = "{sample_data}/vocab/sample_spm.model"',
-        'experiment.init_checkpoint = "/ckpt"'])
+        'experiment.init_checkpoint = "/ckpt"', 'experiment.label_source = "rule"'])
     assert exp.model.config.d_model == 1024 and exp.model.config.num_encoder_layers == 24
     assert exp.model.config.dtype == "bfloat16"
     assert (exp.quotas.num_initial, exp.quotas.num_val_cls, exp.quotas.num_val_gen) == (

@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from conftest import REPO_ROOT
+
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from activeit_jax.commands import run
-from activeit_jax.loop import schedule
+from activeit_jax.loop import schedule, stages as loop_stages
 
 
 def _bindings(checkpoint) -> list[str]:
@@ -16,13 +15,13 @@ def _bindings(checkpoint) -> list[str]:
 def test_demo_takes_model_and_tokenizer_from_the_checkpoint(parse_experiment,
                                                             smollm2_checkpoint, tmp_path):
     exp = parse_experiment("demo.gin", _bindings(smollm2_checkpoint))
-    assert exp.model.kind == "llama" and exp.model.config.num_layers == 30
+    assert exp.model.decoder_only and exp.model.config.num_layers == 30
     assert exp.model.config.bos_id is None  # SmolLM2's tokenizer adds no BOS
     assert exp.vocabulary.chat_template and exp.vocabulary.end_of_turn_id == 2
     assert exp.quotas.num_initial == 0 and exp.loop.tasks_per_iteration == 6
     assert exp.init_checkpoint == str(smollm2_checkpoint)
     assert exp.train_config.prompt_format == exp.score_config.prompt_format == "auto"
-    stages = run.build_stages(exp)
+    stages = loop_stages.build_stages(exp)
     # Zero-shot iteration 0: nothing to train, the model is the base checkpoint as installed.
     assert stages.train([], [], str(tmp_path / "train")) == str(smollm2_checkpoint)
     assert not (tmp_path / "train").exists()

@@ -5,7 +5,8 @@ import importlib.util
 import shlex
 
 import pytest
-from conftest import REPO_ROOT
+
+from tests.conftest import REPO_ROOT
 
 
 def _load(name: str):

@@ -20,8 +20,7 @@ from activeit_jax.models import (  # noqa: E402
     gguf_convert,
     hf_convert,
 )
-
-import gguf_testlib as lib  # noqa: E402
+from tests import gguf_testlib as lib  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -118,12 +117,12 @@ def _refused(path, tmp_path, match: str) -> None:
         checkpoints.import_gguf_to_checkpoint(path, ckpt)
     message = str(info.value)
     assert "\n" not in message and str(path) in message
-    assert not os.path.exists(ckpt) and not os.path.exists(f"{ckpt}.tmp")
+    assert not os.path.exists(ckpt) and not os.path.exists(f"{ckpt}{checkpoints.TMP_SUFFIX}")
 
 
 def test_bad_inputs_are_refused_with_one_line(tmp_path, tiny_gguf, bpe):
-    other = lib.write_tiny_llama_gguf(tmp_path / "qwen.gguf", bpe, arch="qwen2")
-    _refused(other, tmp_path, "GGUF architecture 'qwen2' is not supported")
+    other = lib.write_tiny_llama_gguf(tmp_path / "gemma.gguf", bpe, arch="gemma")
+    _refused(other, tmp_path, "GGUF architecture 'gemma' is not supported")
     iq = lib.write_tiny_llama_gguf(tmp_path / "iq.gguf", bpe, layer_types=(
         {**lib.LAYER_TYPES[0], "attn_v": "IQ2_XXS"}, lib.LAYER_TYPES[1]))
     _refused(iq, tmp_path, "blk.0.attn_v.weight has type IQ2_XXS, which is not supported")

@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from activeit_jax import partitioning
 from activeit_jax.core import gin_utils
+from activeit_jax.core.errors import UsageError
 from activeit_jax.models import (
     DecoderOnlyModel,
     EncoderDecoderModel,
@@ -139,3 +140,44 @@ def test_sharded_greedy_decode_equals_single_device():
         sharded = partitioning.shard_params(params, partitioning.params_shardings(model, mesh))
         tokens = decode(sharded, partitioning.shard_batch(batch, mesh), 6)
     np.testing.assert_array_equal(np.asarray(tokens), reference)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_default_batch_spec_is_the_data_parallel_split(ndim):
+    """The default rules split the batch over data x fsdp and replicate the rest (the spec the
+    trainer hard-coded before partitioning owned every batch sharding)."""
+    assert partitioning.batch_spec(ndim) == P(("data", "fsdp"), *([None] * (ndim - 1)))
+    mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "model": 2}, devices=jax.devices()[:8])
+    assert partitioning.batch_shard_count(mesh) == 4
+    assert partitioning.microbatch_sharding(mesh, ndim + 1).spec == P(
+        None, ("data", "fsdp"), *([None] * (ndim - 1)))
+
+
+@needs_8_devices
+def test_a_custom_batch_rule_moves_training_and_scoring_batches():
+    """Changing the `batch` rule moves the trainer's, the evaluator's and the scorer's batches
+    alike: each takes its sharding from `partitioning`."""
+    from activeit_jax.scoring.row_scorer import RowScorer
+    from activeit_jax.training import config as train_config, step as train_step, trainer
+    rules = (("batch", "data"),) + tuple(r for r in partitioning.DEFAULT_LOGICAL_AXIS_RULES
+                                         if r[0] != "batch")
+    mesh = partitioning.make_mesh({"data": 4, "fsdp": 2, "model": 1}, devices=jax.devices()[:8])
+    model = EncoderDecoderModel(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32,
+                                         num_heads=2, num_encoder_layers=1,
+                                         num_decoder_layers=1), rules)
+    config = train_config.TrainConfig(batch_size=8, num_epochs=1, logical_axis_rules=rules)
+    shapes = (("decoder_target_tokens", (8, 4)), ("encoder_input_tokens", (8, 6)))
+    programs = trainer._train_programs(model, config, mesh, rules, 1, shapes)
+    assert {k: s.spec for k, s in programs.batch_sh.items()} == {
+        "decoder_target_tokens": P("data", None), "encoder_input_tokens": P("data", None)}
+    assert partitioning.microbatch_sharding(mesh, 3, rules).spec == P(None, "data", None)
+    twelve = train_config.TrainConfig(batch_size=12)
+    train_step.validate_config(twelve, mesh, rules)  # 4 batch shards divide 12 ...
+    with pytest.raises(UsageError, match=r"mesh shards \(8:"):  # ... the default 8 do not
+        train_step.validate_config(twelve, mesh)
+    params = jax.jit(model.init_params, out_shardings=partitioning.params_shardings(
+        model, mesh))(jax.random.key(0))
+    scorer = RowScorer(model, params, mesh, batch_size=8, decode_batch_size=8,
+                       source_buckets=(8,), target_buckets=(4,), max_decode_length=4)
+    assert scorer._matrix_sharding.spec == P("data", None)
+    assert scorer.batch_size == 8 and scorer._dp == 4

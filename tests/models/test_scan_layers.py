@@ -284,7 +284,7 @@ def test_default_scans_stacks_of_twelve_layers_or_more():
     settings = train_config.TrainConfig()
 
     def args(config):
-        return run_dir.run_args(DecoderOnlyModel(config), settings, None, "data", "val")
+        return run_dir.run_args(DecoderOnlyModel(config), settings, None, False, "data", "val")
     assert "layers" not in args(llama_config())
     assert args(layer_layout.with_scan_layers(llama_config(), True))["layers"] == "stacked"
 

@@ -107,6 +107,9 @@ def test_train_errors_are_one_line(bad, tmp_path):
         ([*base, f"--tasks={bad}/ok.txt", "--gin.TrainConfig.num_epochs='x'"],
          ["TrainConfig.num_epochs", "'x'"]),
         ([*base, f"--tasks={bad}/ok.txt", "--gin.TrainConfig.schedule='wavy'"], ["wavy"]),
+        ([*base, f"--tasks={bad}/ok.txt", f"--init_checkpoint={bad}/ckpt",
+          f"--gin.train_job.init_checkpoint='{bad}/ckpt'"],
+         ["--init_checkpoint and --gin.train_job.init_checkpoint both set"]),
     ], tmp_path)
     assert not (tmp_path / "out").exists()  # nothing written by a refused command
 
@@ -176,6 +179,8 @@ def test_score_errors_are_one_line_and_a_rejected_argument_leaves_no_trace(
         ([*base, ok, "--num_perturbations=-1"], ["num_perturbations"]),
         ([*base, ok, "--batch_size=0"], ["batch_size"]),
         ([*base, ok, "--source_buckets=a,b"], ["--source_buckets"]),
+        ([*base, ok, "--num_perturbations=3", "--gin.ScoreConfig.num_perturbations=5"],
+         ["--num_perturbations and --gin.ScoreConfig.num_perturbations both set"]),
         ([*usable, "--drop_rate=1.5"], ["rate must be in [0, 1]"]),
         (usable, None),
     ], tmp_path)

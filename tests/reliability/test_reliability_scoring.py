@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax import partitioning, scoring
+from activeit_jax import layout, partitioning, scoring
 from activeit_jax.core import io_utils, run_lock
 from activeit_jax.core.errors import UsageError
 from activeit_jax.data.niv2 import Example, Instance, Task
@@ -100,7 +100,7 @@ def test_second_scorer_on_one_directory_is_refused(model, params, vocab, mesh, s
         with pytest.raises(run_lock.RunLockedError) as info:
             _score(model, params, vocab, mesh, out, scorer)
         assert str(out) in str(info.value) and f"pid {child.pid}" in str(info.value)
-        assert not (out / scoring.RUN_ARGS_FILE).exists()  # refused before writing anything
+        assert not (out / layout.RUN_ARGS_FILE).exists()  # refused before writing anything
     finally:
         child.send_signal(signal.SIGKILL)  # a killed holder must not leave the lock stuck
         child.wait()

@@ -103,6 +103,35 @@ def test_outputs_of_unknown_arguments_are_refused(finished, tasks, vocab, tmp_pa
     assert _snapshot(out) == before
 
 
+def test_model_kind_is_deprecated_and_old_run_directories_still_resume(finished, tasks, vocab,
+                                                                        tmp_path):
+    import json
+    source, result = finished
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    shutil.rmtree(out / "checkpoints")
+    # An older version recorded the TrainConfig.model_kind it was given in the fingerprint.
+    path = out / "run_args.json"
+    args = json.loads(path.read_text())["args"]
+    assert args["config"]["model_kind"] is None
+    args["config"]["model_kind"] = "encoder_decoder"
+    path.write_text(json.dumps({"fingerprint": run_dir._fingerprint(args), "args": args}))
+    before = _snapshot(out)
+    again = _train(tasks, vocab, out)  # no model_kind now: the model decides
+    assert again.completed and again.final_step == result.final_step
+    # Set and agreeing with the model: accepted (one deprecation line), the same run.
+    agreeing = dataclasses.replace(CONFIG, model_kind="encoder_decoder")
+    assert _train(tasks, vocab, out, config=agreeing).final_step == result.final_step
+    assert run_dir.run_args(_model(), agreeing, None, False, "d", "v") == \
+        run_dir.run_args(_model(), CONFIG, None, False, "d", "v")
+    # Contradicting the model: one line, before anything is written.
+    with pytest.raises(UsageError, match="contradicts the model"):
+        _train(tasks, vocab, tmp_path / "new", config=dataclasses.replace(
+            CONFIG, model_kind="decoder_only"))
+    assert not (tmp_path / "new").exists()
+    assert _snapshot(out) == before
+
+
 def test_second_trainer_on_one_directory_is_refused(tasks, vocab, tmp_path):
     out = tmp_path / "run"
     with run_lock.hold(out, "train"):  # another open file description: as another process
@@ -117,11 +146,19 @@ def test_vocabulary_larger_than_the_embedding_is_refused(tasks, vocab, tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_init_checkpoint_and_init_params_together_are_refused(finished, tasks, vocab, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match="init_checkpoint or init_params, not both"):
+        _train(tasks, vocab, out, init_checkpoint=str(finished[0] / "best"),
+               init_params=finished[1].params)
+    assert not out.exists()
+
+
 def test_non_finite_loss_stops_at_its_step(finished, tasks, vocab, tmp_path):
     nan_params = jax.tree.map(lambda a: a * np.nan, jax.device_get(finished[1].params))
     out = tmp_path / "run"
     with pytest.raises(train_step.TrainingDivergedError, match="diverged at step 1: loss nan"):
-        _train(tasks, vocab, out, init=nan_params)
+        _train(tasks, vocab, out, init_params=nan_params)
     assert not (out / "best").exists()  # the NaN model is never "best"
     assert not [n for n in os.listdir(out / "checkpoints") if n.isdigit()]
 

@@ -13,6 +13,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from activeit_jax import layout
+from activeit_jax.loop import iteration_metrics
 from activeit_jax.reporting import render as reports, results as run_results
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,7 +57,7 @@ def _build_run(root):
         per_task.insert(0, {"split": "val", "task": EVAL_TASKS[0], "label": "cls",
                             "rouge_l": -1000.0})
         _write_jsonl(os.path.join(path, "per_task_metrics.jsonl"), per_task)
-        run_results.write_derived_metrics(path)
+        iteration_metrics.write_derived_metrics(path)
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "selected_tasks.json"), "w") as handle:
             json.dump({"tasks": list(selected)}, handle)
@@ -128,7 +130,7 @@ def _expected(truth, strategy, iteration, split, category):
 def test_report_files_written(run):
     root, _ = run
     out = os.path.join(root, "report")
-    assert sorted(os.listdir(out)) == sorted(reports.REPORT_FILES)
+    assert sorted(os.listdir(out)) == sorted(layout.REPORT_FILES)
     for name in ("curves.png", "selected_uncertainty.png"):
         with open(os.path.join(out, name), "rb") as handle:
             assert handle.read(8) == PNG_MAGIC
@@ -227,8 +229,9 @@ def test_html_is_self_contained(run):
               open(os.path.join(root, "seed_0", "iter_0", "scores.jsonl"))}
     assert f"<td>{task}</td><td>{scores[task]['prompt_uncertainty']:.4g}</td>" in page
     # Judge totals and the metrics warning appear.
-    assert "<td>prompt_uncertainty</td><td>0</td><td>1</td><td>random</td><td>2</td><td>1</td>" \
-           "<td>1</td>" in page
+    assert "Pairwise judge: judge, seed 0 (strategy vs. reference)" in page
+    assert "<td>prompt_uncertainty</td><td>1</td><td>random</td><td>4</td><td>2</td><td>1</td>" \
+           "<td>1</td><td>0</td>" in page
     assert "metrics_test.json" in page
 
 
@@ -236,11 +239,11 @@ def test_derive_split_metrics_by_hand():
     records = [{"task": "a", "label": "cls", "rouge_l": 10.0, "exact_match": 0.0},
                {"task": "b", "label": "cls", "rouge_l": 30.0, "exact_match": 100.0},
                {"task": "c", "label": "gen", "rouge_l": 50.0}]
-    metrics = run_results.derive_split_metrics(records)
+    metrics = iteration_metrics.derive_split_metrics(records)
     assert metrics["overall"] == {"n_tasks": 3, "rouge_l": 30.0, "exact_match": None}
     assert metrics["cls"] == {"n_tasks": 2, "rouge_l": 20.0, "exact_match": 50.0}
     assert metrics["gen"]["rouge_l"] == 50.0
-    empty = run_results.derive_split_metrics(records[2:])
+    empty = iteration_metrics.derive_split_metrics(records[2:])
     assert empty["cls"] == {"n_tasks": 0, "rouge_l": None, "exact_match": None}
 
 

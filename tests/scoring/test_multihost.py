@@ -6,7 +6,7 @@ What "equal" means here:
   prompts and greedy predictions; the float scores within rel=1e-4 / abs=1e-7 (a host
   scores its tasks in other batches than the single process -- 4 rows per device instead of 2,
   other chunk neighbours -- and XLA's CPU kernels round differently for other shapes; the
-  same tolerance as the 1-vs-8-device test of tests/test_scoring_pipeline.py);
+  same tolerance as the 1-vs-8-device test of tests/scoring/test_scoring_pipeline.py);
 - training: the best parameters allclose (rtol=1e-4, atol=1e-6: the gradient all-reduce
   crosses processes through gloo, summing in another order), the same losses per step and the
   same validation predictions.
@@ -351,7 +351,8 @@ def test_multihost_training_equals_single_process(setup):
         niv2.task_file_path(str(setup.niv2_dir), n)) for n in names]
     result = trainer.train_and_evaluate(setup.model, load(train["tasks"]),
                                         load(train["val_tasks"]), setup.vocab,
-                                        setup.train_config, str(single), init=str(setup.ckpt))
+                                        setup.train_config, str(single),
+                                        init_checkpoint=str(setup.ckpt))
     assert result.final_step == 4
 
     _, got = checkpoints.load_model(multi / "best")

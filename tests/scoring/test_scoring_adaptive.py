@@ -69,9 +69,8 @@ def test_read_prompt_probabilities(tmp_path):
 
 def test_live_k0_equal_k_equals_score_pool(tmp_path, vocab):
     """The live driver with K0 = K gives score_pool's numbers (same rows, other batches)."""
-    from tests.test_scoring_pipeline import POOL, TINY, _config
-
     from activeit_jax.models import EncoderDecoderModel
+    from tests.scoring.test_scoring_pipeline import POOL, TINY, _config
     model = EncoderDecoderModel(TINY)
     mesh = partitioning.make_mesh({"data": -1})
     params = jax.jit(model.init_params, out_shardings=partitioning.params_shardings(
@@ -94,9 +93,8 @@ def test_live_k0_equal_k_equals_score_pool(tmp_path, vocab):
 def test_score_pool_adaptive_files(tmp_path, vocab):
     """The file-writing driver: K0 = K gives every task K perturbations and score_pool's
     numbers; K0 < K gives each task between K0 and K."""
-    from tests.test_scoring_pipeline import POOL, TINY, _config
-
     from activeit_jax.models import EncoderDecoderModel
+    from tests.scoring.test_scoring_pipeline import POOL, TINY, _config
     model = EncoderDecoderModel(TINY)
     mesh = partitioning.make_mesh({"data": -1})
     params = jax.jit(model.init_params, out_shardings=partitioning.params_shardings(

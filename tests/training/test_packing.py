@@ -5,7 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from activeit_jax.models import DecoderOnlyModel, EncoderDecoderModel, LlamaConfig, T5Config
+from activeit_jax.models import (
+    DecoderOnlyModel,
+    EncoderDecoderModel,
+    LlamaConfig,
+    SpecialIds,
+    T5Config,
+    batches,
+)
 from activeit_jax.training import inputs as train_data
 
 
@@ -19,7 +26,7 @@ def _examples(n, seed, vocab=60, max_src=24, max_tgt=10):
 def test_best_fit_decreasing_bins_hold_every_item_within_capacity():
     rng = np.random.default_rng(0)
     sizes = [(int(a), int(b)) for a, b in zip(rng.integers(1, 40, 300), rng.integers(1, 9, 300))]
-    bins = train_data.best_fit_decreasing_bins(sizes, (64, 16))
+    bins = batches.best_fit_decreasing_bins(sizes, (64, 16))
     assert sorted(i for b in bins for i in b) == list(range(300))
     for b in bins:
         assert sum(sizes[i][0] for i in b) <= 64 and sum(sizes[i][1] for i in b) <= 16
@@ -34,12 +41,12 @@ def test_best_fit_decreasing_is_tight_where_first_fit_is_not():
     # The short items first: in order, first fit pairs them with each other and leaves each
     # long one alone (30 bins); longest first, every long item gets a short partner.
     sizes = [(45,)] * 20 + [(55,)] * 20
-    bins = train_data.best_fit_decreasing_bins(sizes, (100,))
+    bins = batches.best_fit_decreasing_bins(sizes, (100,))
     assert len(bins) == 20 and all(sum(sizes[i][0] for i in b) == 100 for b in bins)
 
 
 def test_pack_encdec_features():
-    packed = train_data.pack_encdec([[5, 6, 1], [7, 1]], [[8, 1], [9, 10, 1]], 8, 6)
+    packed = batches.pack_encdec([[5, 6, 1], [7, 1]], [[8, 1], [9, 10, 1]], 8, 6)
     np.testing.assert_array_equal(packed["encoder_input_tokens"][0], [5, 6, 1, 7, 1, 0, 0, 0])
     np.testing.assert_array_equal(packed["encoder_segment_ids"][0], [1, 1, 1, 2, 2, 0, 0, 0])
     np.testing.assert_array_equal(packed["encoder_positions"][0], [0, 1, 2, 0, 1, 0, 0, 0])
@@ -69,8 +76,8 @@ def _assert_same(model, unpacked, packed):
 
 def test_t5_packed_loss_equals_unpacked():
     srcs, tgts = _examples(12, seed=1)
-    unpacked = train_data.encdec_features(srcs, tgts, 24, 10)
-    packed = train_data.pack_encdec(srcs, tgts, 48, 20)
+    unpacked = batches.encdec_features(srcs, tgts, 24, 10)
+    packed = batches.pack_encdec(srcs, tgts, 48, 20)
     assert len(packed["encoder_input_tokens"]) < len(srcs)
     model = EncoderDecoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64,
                                          num_heads=4, num_encoder_layers=2,
@@ -80,9 +87,9 @@ def test_t5_packed_loss_equals_unpacked():
 
 def test_llama_packed_loss_equals_unpacked():
     prompts, responses = _examples(10, seed=2)
-    ids = train_data.SpecialIds(pad=0, eos=2, bos=1)
-    unpacked = train_data.decoder_only_features(prompts, responses, 36, ids)
-    packed = train_data.pack_decoder_only(prompts, responses, 72, ids)
+    ids = SpecialIds(pad=0, eos=2, bos=1)
+    unpacked = batches.decoder_only_features(prompts, responses, 36, ids)
+    packed = batches.pack_decoder_only(prompts, responses, 72, ids)
     assert len(packed["decoder_input_tokens"]) < len(prompts)
     np.testing.assert_allclose(packed["decoder_loss_weights"].sum(),
                                unpacked["decoder_loss_weights"].sum())

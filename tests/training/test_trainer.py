@@ -20,8 +20,8 @@ from activeit_jax.training import (
     run_dir,
     trainer,
 )
-
-from trainer_testlib import BagModel
+from activeit_jax.training.position import TrainPosition
+from tests.trainer_testlib import BagModel
 
 TRAIN = ("task063_first_i_elements", "task092_check_prime_classification")
 VAL = ("task1332_check_leap_year", "task376_reverse_order_of_words")
@@ -85,6 +85,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, vocab, tasks, scan_l
     step_b, state_b, data_b = _last_state(tmp_path / "part")
     assert step_a == step_b == 6
     assert data_a == data_b  # data position, best epoch, history
+    assert TrainPosition.from_json(data_a).to_json() == data_a  # the stored layout
     jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # bitwise
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(full.params),
                  jax.device_get(resumed.params))
@@ -151,7 +152,7 @@ def test_validation_takes_its_own_instance_count(vocab, tasks):
 
 
 def test_evaluate_decodes_and_scores_every_example_once(vocab, tasks):
-    from trainer_testlib import TEST_RULES, mesh
+    from tests.trainer_testlib import TEST_RULES, mesh
     _, val = tasks
     config = tiny_config(max_eval_instances_per_task=3, max_target_length=24)
     examples = evaluation.encode_eval_tasks(val, vocab, config, EchoModel())
@@ -163,8 +164,7 @@ def test_evaluate_decodes_and_scores_every_example_once(vocab, tasks):
     params = jax.device_put(model.init_params(jax.random.PRNGKey(0)), params_sh)
     summary, records = evaluation.evaluate(
         model, params, examples, vocab, mesh=m, rules=TEST_RULES, params_shardings=params_sh,
-        batch_size=4, source_length=config.max_source_length, target_length=24,
-        max_decode_length=24)
+        batch_size=4, source_length=config.max_source_length, max_decode_length=24)
     expected = [vocab.decode([t for t in ex.inputs[:24] if t != 1]) for ex in examples]
     assert [r["prediction"] for r in records] == expected
     assert summary == metrics.summarize(expected, [ex.references for ex in examples],
@@ -249,7 +249,7 @@ def test_read_tasks_formats(tmp_path, sample_data, tasks):
 
 def test_decoder_only_self_instruct_trains_and_validates(tmp_path, sample_data):
     from activeit_jax.data import self_instruct
-    from activeit_jax.models import DecoderOnlyModel, LlamaConfig
+    from activeit_jax.models import DecoderOnlyModel, LlamaConfig, SpecialIds
     vocab = vocab_lib.get_vocabulary(sample_data / "vocab" / "sample_spm.model", extra_ids=0)
     items = self_instruct.load_self_instruct(
         sample_data / "self_instruct" / "alpaca_sample.json", max_items=20)
@@ -259,18 +259,17 @@ def test_decoder_only_self_instruct_trains_and_validates(tmp_path, sample_data):
                          max_target_length=16, max_instances_per_task=None)
     result = trainer.train_and_evaluate(model, items[:16], items[16:], vocab, config,
                                         str(tmp_path))
-    assert evaluation.model_kind_of(model, config) == train_data.DECODER_ONLY
     assert result.completed and result.final_step == 2 and result.best_epoch == 0
     assert result.best_metrics["overall"]["num_examples"] == 4
     # Only response tokens (and eos) carry loss: fewer loss tokens than sequence tokens.
     record = io_utils.read_jsonl(tmp_path / "metrics.jsonl")[0]
+    builder = model.batch_builder(vocab)
+    assert builder.decoder_only and builder.ids == SpecialIds(pad=0, eos=2, bos=1)
     batch = train_data.EpochBatcher(
         train_data.encode_tasks(items[:16], vocab, max_instances_per_task=None,
                                 num_pos_examples=0, max_source_length=48,
-                                max_target_length=16, seed=0,
-                                model_kind=train_data.DECODER_ONLY),
-        8, config.seed, source_length=48, target_length=16,
-        model_kind=train_data.DECODER_ONLY, special_ids=train_data.SpecialIds.of(model))
+                                max_target_length=16, seed=0, builder=builder),
+        8, config.seed, source_length=48, target_length=16, builder=builder)
     first = batch.batch(0, 0)
     assert record["num_tokens"] == first["decoder_loss_weights"].sum()
     assert first["decoder_loss_weights"].sum() < (first["decoder_input_tokens"] > 0).sum()

@@ -9,9 +9,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from activeit_jax import partitioning
+from activeit_jax.models import SpecialIds, batches
 from activeit_jax.training import inputs as train_data, state as ts, step as train_step
-
-from trainer_testlib import TEST_RULES, BagModel, mesh, random_batch
+from tests.trainer_testlib import TEST_RULES, BagModel, mesh, random_batch
 
 
 def _setup(mesh_shape, model, batch, *, optimizer="adamw", lr=1e-2, microbatches=1,
@@ -23,10 +23,10 @@ def _setup(mesh_shape, model, batch, *, optimizer="adamw", lr=1e-2, microbatches
     specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), TEST_RULES)
     state_sh = ts.train_state_shardings(m, opt, params, specs)
     state = jax.jit(lambda p: ts.create_train_state(p, opt), out_shardings=state_sh)(params)
-    batch_sh = train_step.batch_shardings(m, batch)
+    batch_sh = partitioning.batch_shardings(m, batch, TEST_RULES)
     step = train_step.make_train_step(model, opt, schedule, mesh=m, state_shardings=state_sh,
                                    batch_sharding=batch_sh, num_microbatches=microbatches,
-                                   use_dropout=False, donate=False)
+                                   use_dropout=False, donate=False, rules=TEST_RULES)
     return m, state, state_sh, batch_sh, step
 
 
@@ -173,7 +173,7 @@ def test_encdec_features_match_seqio_converter():
     import tensorflow as tf
     inputs = [[5, 6, 7, 1], [8, 1]]
     targets = [[9, 10, 1], [11, 12, 13, 14, 1]]
-    ours = train_data.encdec_features(inputs, targets, 6, 5)
+    ours = batches.encdec_features(inputs, targets, 6, 5)
     ds = tf.data.Dataset.from_generator(
         lambda: ({"inputs": np.int32(i), "targets": np.int32(t)} for i, t in zip(inputs, targets)),
         output_signature={"inputs": tf.TensorSpec([None], tf.int32),
@@ -185,8 +185,8 @@ def test_encdec_features_match_seqio_converter():
 
 
 def test_decoder_only_features_weight_response_only():
-    ids = train_data.SpecialIds(pad=0, eos=2, bos=1)
-    feats = train_data.decoder_only_features([[5, 6], []], [[7, 8], []], 6, ids)
+    ids = SpecialIds(pad=0, eos=2, bos=1)
+    feats = batches.decoder_only_features([[5, 6], []], [[7, 8], []], 6, ids)
     np.testing.assert_array_equal(feats["decoder_input_tokens"][0], [1, 5, 6, 7, 8, 0])
     np.testing.assert_array_equal(feats["decoder_target_tokens"][0], [5, 6, 7, 8, 2, 0])
     np.testing.assert_array_equal(feats["decoder_loss_weights"][0], [0, 0, 1, 1, 1, 0])
@@ -221,8 +221,25 @@ def test_epoch_batcher_is_deterministic_and_pads_last_batch():
         a.batch(0, 3)
 
 
+def _pack_with_seqio(inputs, targets, source_length, target_length):
+    """The reference: examples packed (in order) by `seqio.EncDecFeatureConverter(pack=True)`."""
+    import seqio
+    import tensorflow as tf
+
+    def gen():
+        for src, tgt in zip(inputs, targets):
+            yield {"inputs": np.asarray(src, np.int32), "targets": np.asarray(tgt, np.int32)}
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature={
+        "inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+    ds = seqio.EncDecFeatureConverter(pack=True)(
+        ds, {"inputs": source_length, "targets": target_length})
+    rows = list(ds.as_numpy_iterator())
+    return {k: np.stack([np.asarray(r[k], np.int32) for r in rows]) for k in rows[0]}
+
+
 def test_seqio_packing_adds_segments_and_restarts_decoder_inputs():
-    packed = train_data.pack_encdec_with_seqio([[5, 6, 1], [7, 1]], [[8, 1], [9, 10, 1]], 8, 6)
+    packed = _pack_with_seqio([[5, 6, 1], [7, 1]], [[8, 1], [9, 10, 1]], 8, 6)
     assert packed["encoder_input_tokens"].shape == (1, 8)  # both examples in one row
     np.testing.assert_array_equal(packed["encoder_input_tokens"][0], [5, 6, 1, 7, 1, 0, 0, 0])
     np.testing.assert_array_equal(packed["encoder_segment_ids"][0], [1, 1, 1, 2, 2, 0, 0, 0])
@@ -230,6 +247,10 @@ def test_seqio_packing_adds_segments_and_restarts_decoder_inputs():
     # Each segment's decoder input starts from 0 (BOS), not from the previous segment's EOS.
     np.testing.assert_array_equal(packed["decoder_input_tokens"][0], [0, 8, 0, 9, 10, 0])
     np.testing.assert_array_equal(packed["decoder_positions"][0], [0, 1, 0, 1, 2, 0])
+    # The models layer's packing (the builders') writes the same rows.
+    ours = batches.pack_encdec([[5, 6, 1], [7, 1]], [[8, 1], [9, 10, 1]], 8, 6)
+    for key, value in packed.items():
+        np.testing.assert_array_equal(ours[key], value, err_msg=key)
 
 
 def test_tiny_t5_overfits_small_batch():
