@@ -64,10 +64,11 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     return table[name]
 
 
-# `scan_layers=None` (the default) scans stacks of at least this many layers. Measured on
-# SmolLM2-135M (30 layers, CPU, docs/speed.md): scanning compiles its scoring call, decoding
-# loop and train step 2-3x faster and runs them as fast; a stack of a few layers compiles
-# quickly either way, and the small test and benchmark models keep their unrolled numbers.
+# `scan_layers=None` scans stacks of at least this many layers. Measured on SmolLM2-135M (30
+# layers, CPU, docs/speed.md "Scanning layers"): scanning compiles its scoring call, decoding
+# loop and train step 2x faster at the same step time; a stack of a few layers compiles quickly
+# either way. (The configs' default is False, so existing checkpoints keep their exact numbers;
+# the model gin files of 12 layers or more set True.)
 AUTO_SCAN_MIN_LAYERS = 12
 
 # Name of the stacked layer module of a scanned stack (`layer_stack`); per-layer stacks name

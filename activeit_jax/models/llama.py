@@ -71,8 +71,9 @@ class LlamaConfig:
       remat: rematerialise each layer in the backward pass.
       scan_layers: run the layers as one `nn.scan` over parameters stacked on a leading
         `layers` axis (`layers/...` instead of `layers_{i}/...`): one layer is compiled
-        instead of `num_layers`. None (default): scan from `layers.AUTO_SCAN_MIN_LAYERS`
-        layers on (`scans_layers`). Checkpoints of either layout load into both
+        instead of `num_layers`. None: scan from `layers.AUTO_SCAN_MIN_LAYERS` layers on
+        (`scans_layers`). Default False (configs/models/llama_7b.gin sets True; docs/speed.md,
+        "Scanning layers", says why). Checkpoints of either layout load into both
         (`layer_layout.convert_layout`). Not in the repr (a training run's fingerprint
         names the layout itself, `run_dir.run_args`).
     """
@@ -99,7 +100,7 @@ class LlamaConfig:
     bos_id: int | None = 1
     eos_id: int = 2
     remat: bool = False
-    scan_layers: bool | None = dataclasses.field(default=None, repr=False)
+    scan_layers: bool | None = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

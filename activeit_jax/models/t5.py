@@ -73,9 +73,10 @@ class T5Config:
       remat: rematerialise each layer in the backward pass (saves activation memory).
       scan_layers: run each stack as one `nn.scan` over parameters stacked on a leading
         `layers` axis (`encoder/layers/...` instead of `encoder/layers_{i}/...`): one layer
-        per stack is compiled instead of all of them. None (default): scan when a stack has
-        `layers.AUTO_SCAN_MIN_LAYERS` layers or more (`scans_layers`). Checkpoints of either
-        layout load into both (`layer_layout.convert_layout`). Not in the repr (a training
+        per stack is compiled instead of all of them. None: scan when a stack has
+        `layers.AUTO_SCAN_MIN_LAYERS` layers or more (`scans_layers`). Default False (the
+        model gin files of T5-base and larger set True; docs/speed.md, "Scanning layers").
+        Checkpoints of either layout load into both (`layer_layout.convert_layout`). Not in the repr (a training
         run's fingerprint names the layout itself, `run_dir.run_args`).
     """
     vocab_size: int = 32128
@@ -97,7 +98,7 @@ class T5Config:
     eos_id: int = EOS_ID
     decoder_start_id: int = PAD_ID
     remat: bool = False
-    scan_layers: bool | None = dataclasses.field(default=None, repr=False)
+    scan_layers: bool | None = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.feed_forward_proj not in _FEED_FORWARD_PROJS:

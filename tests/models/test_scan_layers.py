@@ -268,19 +268,23 @@ def test_hf_tensors_are_the_same_from_either_layout(model_cls, config):
     jax.tree.map(np.testing.assert_array_equal, imported, jax.device_get(stacked))
 
 
-def test_default_scans_stacks_of_twelve_layers_or_more():
+def test_default_is_unrolled_and_none_scans_stacks_of_twelve_layers_or_more():
     from activeit_jax.models.layers import AUTO_SCAN_MIN_LAYERS
     from activeit_jax.training import config as train_config, run_dir
     assert AUTO_SCAN_MIN_LAYERS == 12
-    assert not llama_config().scans_layers  # 3 layers: unrolled by default
-    assert dataclasses.replace(llama_config(), num_layers=12).scans_layers
-    assert not LlamaConfig(num_layers=30, scan_layers=False).scans_layers
+    # Default False: models built in code and checkpoints without the field stay unrolled.
+    assert not LlamaConfig(num_layers=30).scans_layers
+    assert not T5Config(num_encoder_layers=24, num_decoder_layers=24).scans_layers
     assert LlamaConfig(num_layers=2, scan_layers=True).scans_layers
-    assert T5Config(num_encoder_layers=12, num_decoder_layers=2).scans_layers
-    assert not T5Config(num_encoder_layers=8, num_decoder_layers=8).scans_layers
+    # None: by the layer count.
+    assert not llama_config(scan_layers=None).scans_layers  # 3 layers
+    assert LlamaConfig(num_layers=12, scan_layers=None).scans_layers
+    assert T5Config(num_encoder_layers=12, num_decoder_layers=2, scan_layers=None).scans_layers
+    assert not T5Config(num_encoder_layers=8, num_decoder_layers=8,
+                        scan_layers=None).scans_layers
     # The repr (a training run's fingerprint) is the one per-layer models always had; a run
     # of stacked layers names its layout, so it never resumes from per-layer train state.
-    assert "scan_layers" not in repr(LlamaConfig())
+    assert "scan_layers" not in repr(LlamaConfig(scan_layers=True))
     settings = train_config.TrainConfig()
 
     def args(config):
@@ -288,3 +292,25 @@ def test_default_scans_stacks_of_twelve_layers_or_more():
     assert "layers" not in args(llama_config())
     assert args(layer_layout.with_scan_layers(llama_config(), True))["layers"] == "stacked"
 
+
+def test_model_gin_files_of_twelve_layers_or_more_scan():
+    import os
+
+    import gin
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for name, scans in [("t5_small", False), ("t5_base", True), ("t5_large", True),
+                        ("t5_xl", True), ("llama_7b", True), ("llama_tiny", False)]:
+        with gin.unlock_config():
+            gin.clear_config()
+            gin.parse_config_file(os.path.join(root, "configs", "models", f"{name}.gin"))
+            model = gin.query_parameter("MODEL/macro.value").scoped_configurable_fn()
+            gin.clear_config()
+        assert model.config.scans_layers == scans, name
+
+
+def test_config_checks_take_scan_layers_as_bool_or_null():
+    from activeit_jax.models import config_checks
+    for value in (True, False, None):
+        config_checks.check_config_values(LlamaConfig, {"scan_layers": value}, "config.json")
+    with pytest.raises(config_checks.ModelConfigError, match="scan_layers"):
+        config_checks.check_config_values(T5Config, {"scan_layers": "yes"}, "config.json")
