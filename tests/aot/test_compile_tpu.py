@@ -184,3 +184,4 @@ def test_the_command_prints_a_table_writes_json_and_no_libtpu_noise(tmp_path):
     result = json.loads(out.read_text())
     assert result["target"]["topology"] == "v5e:2x2" and result["programs"][0]["fits"]
     assert np.isclose(result["target"]["peak_flops"], 197e12)
+    assert result["scan_layers"] is False  # demo_tiny.gin: the default, per-layer
