@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from activeit_jax import partitioning
+from activeit_jax.models import layer_layout
 from activeit_jax.scoring import batching
 from activeit_jax.training import inputs as train_data, state as ts, step as train_step
 
@@ -108,7 +109,8 @@ def train_program(model: Any, config: Any, mesh: Mesh, rows: int | None = None) 
                                 _SCHEDULE_STEPS)
     optimizer = ts.make_optimizer(
         config.optimizer, schedule, weight_decay=config.weight_decay, b1=config.adam_b1,
-        b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm)
+        b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm,
+        stacked_layers=layer_layout.scans_layers(getattr(model, "config", None)))
     params_shapes = model.abstract_params()
     param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
     state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes, param_specs)

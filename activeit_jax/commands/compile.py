@@ -103,6 +103,10 @@ def main(argv: list[str]) -> None:
                              search_compiles=FLAGS.search_compiles,
                              progress=lambda line: print(line, file=sys.stderr, flush=True))
     result["model"] = repr(model)
+    # The repr leaves `scan_layers` out (run fingerprints); the layout changes compile time
+    # and temporaries (docs/speed.md, "Scanning layers"), so the report names it.
+    from activeit_jax.models import layer_layout
+    result["scan_layers"] = layer_layout.scans_layers(getattr(model, "config", None))
     print(report_lib.table(result))
     if FLAGS.out:
         report_lib.write_json(FLAGS.out, result)

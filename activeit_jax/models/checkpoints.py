@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 
 from activeit_jax.core import distributed, io_utils
 from activeit_jax.core.errors import ActiveITError, one_line
-from activeit_jax.models import gguf_convert, hf_convert
+from activeit_jax.models import gguf_convert, hf_convert, layer_layout
 from activeit_jax.models.wrappers import MODEL_CLASSES, BaseModel, model_from_dict, model_to_dict
 
 CONFIG_NAME = "config.json"
@@ -338,6 +338,9 @@ def restore_params(directory: str | os.PathLike, model: BaseModel,
     Returns:
       The params pytree of jax arrays.
 
+    A checkpoint saved in the other layer layout (per layer vs stacked, the config's
+    `scan_layers`) is converted while loading, exactly.
+
     Raises:
       CheckpointError: no params, params of other shapes, or a torn / truncated / missing
         file (the directory named; never a raw tensorstore error).
@@ -349,29 +352,54 @@ def restore_params(directory: str | os.PathLike, model: BaseModel,
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: device, abstract)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
     with ocp.StandardCheckpointer() as checkpointer:
-        _check_stored_shapes(checkpointer, params_dir, abstract)
+        have = _stored_shapes(checkpointer, params_dir)
+        # A checkpoint of the other layer layout (stacked vs per layer, `scan_layers`) is
+        # restored in its own layout, each leaf placed like the leaf it becomes, and
+        # converted on the devices: exact, and no host copy of the whole model.
+        other = _other_layout(model, abstract, have)
+        if other is None:
+            _check_stored_shapes(have, params_dir, abstract)
+            stored, stored_shardings = abstract, shardings
+        else:
+            stored = other
+            stored_shardings = layer_layout.other_layout_shardings(shardings, model.config)
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              stored, stored_shardings)
         try:
-            return checkpointer.restore(params_dir, target)
+            params = checkpointer.restore(params_dir, target)
         except Exception as err:  # noqa: BLE001 - tensorstore raises bare Exceptions
             quiet_abandoned_reads()
             detail = one_line(err).split(" See full TensorStore details")[0]
             raise CheckpointError(f"cannot read the params in {params_dir}: a file is "
                                   f"truncated, missing or damaged ({detail[:200]})") from None
+    if other is None:
+        return params
+    return jax.jit(lambda p: layer_layout.convert_layout(p, model.config),
+                   out_shardings=shardings)(params)
+
+
+def _other_layout(model: BaseModel, abstract: Any, have: dict[str, tuple[int, ...]]
+                  ) -> Any:
+    """The abstract params of the layer layout `model` does not use when the stored names and
+    shapes `have` are exactly those, else None."""
+    config = model.config
+    if not hasattr(config, "scan_layers"):
+        return None
+    other = layer_layout.other_layout_abstract(abstract, config)
+    want = {_dotted(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(other)}
+    return other if want == have else None
 
 
 def _dotted(path: Any) -> str:
     return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def _check_stored_shapes(checkpointer: Any, params_dir: str, abstract: Any) -> None:
-    """Compares the stored parameter names and shapes with the model's before any array is
-    read, so that a checkpoint of another model gets one precise line.
+def _stored_shapes(checkpointer: Any, params_dir: str) -> dict[str, tuple[int, ...]]:
+    """Dotted parameter name -> stored shape, from the checkpoint's metadata (no array read).
 
     Raises:
-      CheckpointError: unreadable metadata, or a parameter missing, extra or of another shape.
+      CheckpointError: unreadable, missing or empty metadata.
     """
     try:
         stored = checkpointer.metadata(params_dir)
@@ -384,6 +412,17 @@ def _check_stored_shapes(checkpointer: Any, params_dir: str, abstract: Any) -> N
     if not have:  # orbax only warns when _METADATA is torn and returns nothing
         raise CheckpointError(f"cannot read the params in {params_dir}: its metadata is "
                               "missing or damaged")
+    return have
+
+
+def _check_stored_shapes(have: dict[str, tuple[int, ...]], params_dir: str,
+                         abstract: Any) -> None:
+    """Compares the stored parameter names and shapes with the model's before any array is
+    read, so that a checkpoint of another model gets one precise line.
+
+    Raises:
+      CheckpointError: a parameter missing, extra or of another shape.
+    """
     want = {_dotted(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
     where = f"params in {params_dir} do not match the model config in {CONFIG_NAME}"
     for name in sorted(want):

@@ -114,6 +114,7 @@ FIELD_RULES: dict[str, Rule] = {
     "pad_id": _ID, "eos_id": _ID, "decoder_start_id": _ID,
     "bos_id": Rule("int", 0, MAX_VOCAB - 1, optional=True),
     "tie_word_embeddings": Rule("bool"), "attention_bias": Rule("bool"), "remat": Rule("bool"),
+    "scan_layers": Rule("bool", optional=True),  # None: by the layer count (`scans_layers`)
     "scale_decoder_outputs": Rule("bool", optional=True),
     "rope_type": Rule("str"), "feed_forward_proj": Rule("str"), "dtype": Rule("str"),
 }

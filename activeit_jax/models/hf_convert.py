@@ -26,6 +26,7 @@ import flax.traverse_util
 import numpy as np
 
 from activeit_jax.data.errors import VocabularyError
+from activeit_jax.models import layer_layout
 from activeit_jax.models.hf_configs import (  # noqa: F401 (re-exported: one import site)
     CONFIG_NAME,
     ConversionError,
@@ -321,7 +322,11 @@ def params_from_hf(model: BaseModel, reader: Any,
         shape_of: Callable[[str], tuple[int, ...]] = lambda name: tuple(np.shape(reader[name]))
     else:
         get, names, shape_of = reader.get, set(reader.keys()), reader.shape
-    expected = flax.traverse_util.flatten_dict(model.abstract_params())
+    abstract = model.abstract_params()
+    stacked = layer_layout.scans_layers(model.config)
+    if stacked:  # the tables name per-layer paths; each tensor is written into its stack
+        abstract = layer_layout.other_layout_abstract(abstract, model.config)
+    expected = flax.traverse_util.flatten_dict(abstract)
     entries = _entries(model)
     flat: dict[tuple[str, ...], np.ndarray] = {}
     for entry in entries:
@@ -336,6 +341,8 @@ def params_from_hf(model: BaseModel, reader: Any,
         flat[entry.path] = _to_ours(get(entry.hf_name).astype(np.float32), entry.kind,
                                     our_shape)
     assert set(flat) == set(expected), "mapping table does not cover every parameter"
+    if stacked:
+        flat = _stacked(flat, model.config)
 
     used = {entry.hf_name for entry in entries}
     shared_name = entries[0].hf_name
@@ -355,6 +362,26 @@ def params_from_hf(model: BaseModel, reader: Any,
         raise ConversionError(f"unexpected tensors in {source} (unsupported architecture "
                               f"variant?): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
     return flax.traverse_util.unflatten_dict(flat)
+
+
+def _stacked(flat: dict[tuple[str, ...], np.ndarray], config: Any
+             ) -> dict[tuple[str, ...], np.ndarray]:
+    """Flat per-layer params -> flat stacked params, filling each stack in place (one copy
+    of the weights at a time, not two)."""
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    for path in list(flat):
+        location = layer_layout.stacked_location(path, config)
+        if location is None:
+            out[path] = flat.pop(path)
+            continue
+        stacked_path, index = location
+        array = flat.pop(path)
+        if stacked_path not in out:
+            prefix = stacked_path[:stacked_path.index(layer_layout.STACKED_LAYERS)]
+            num_layers = dict(layer_layout.layer_stacks(config))[prefix]
+            out[stacked_path] = np.empty((num_layers, *array.shape), array.dtype)
+        out[stacked_path][index] = array
+    return out
 
 
 def load_hf_tokenizer(hf_dir: str | os.PathLike) -> Any:
@@ -431,12 +458,20 @@ def params_to_hf(model: BaseModel, params: Any) -> dict[str, np.ndarray]:
       Ordered dict name -> contiguous float32 array, as `save_pretrained` would write.
     """
     flat = flax.traverse_util.flatten_dict(params)
+    stacked = layer_layout.scans_layers(model.config)
+    host: dict[tuple[str, ...], np.ndarray] = {}  # each stacked leaf gathered once
     out: dict[str, np.ndarray] = {}
     for entry in _entries(model):
-        if entry.path not in flat:
-            raise ConversionError(f"parameter {'/'.join(entry.path)} missing from params")
-        array = np.asarray(flat[entry.path]).astype(np.float32)
-        out[entry.hf_name] = _to_hf(array, entry.kind)
+        path, index = entry.path, None
+        location = layer_layout.stacked_location(path, model.config) if stacked else None
+        if location is not None:  # one layer's slice of a stacked leaf
+            path, index = location
+        if path not in flat:
+            raise ConversionError(f"parameter {'/'.join(path)} missing from params")
+        if path not in host:
+            host[path] = np.asarray(flat[path])
+        array = host[path] if index is None else host[path][index]
+        out[entry.hf_name] = _to_hf(array.astype(np.float32), entry.kind)
     return out
 
 

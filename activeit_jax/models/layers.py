@@ -64,6 +64,71 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     return table[name]
 
 
+# `scan_layers=None` scans stacks of at least this many layers. Measured on SmolLM2-135M (30
+# layers, CPU, docs/speed.md "Scanning layers"): scanning compiles its scoring call, decoding
+# loop and train step 2x faster at the same step time; a stack of a few layers compiles quickly
+# either way. (The configs' default is False, so existing checkpoints keep their exact numbers;
+# the model gin files of 12 layers or more set True.)
+AUTO_SCAN_MIN_LAYERS = 12
+
+# Name of the stacked layer module of a scanned stack (`layer_stack`); per-layer stacks name
+# their layers `layers_0`, `layers_1`, ... (see `models.layer_layout`).
+STACKED_LAYERS = "layers"
+
+
+def layer_stack(make_layer: Callable[[str], nn.Module], call: Callable[..., Array],
+                num_layers: int, scan: bool, x: Array, *shared: Any,
+                carry_cache: bool = False) -> Array:
+    """Runs `num_layers` layers of the same shape over `x`: unrolled, or as one `nn.scan`.
+
+    Unrolled, layer i is the submodule `layers_{i}` (its own parameters). Scanned (as t5x's
+    and MaxText's `scan_layers`), one submodule `layers` holds every parameter stacked on a
+    leading axis of logical name `layers` and XLA compiles the layer body once instead of
+    `num_layers` times; dropout draws a separate rng per layer.
+
+    The "cache" collection (the KV cache while decoding) of a scanned stack is stacked the
+    same way, `[layers, ...]`, so a decoding loop carries it like any other pytree. The call
+    that creates it scans it as per-layer slices; later calls (`carry_cache`) carry the whole
+    stacked cache through the loop instead and each layer updates its slot in place
+    (`MultiHeadAttention`'s `cache_layer`): scanned in and out, every decoding step would copy
+    the whole cache two or three times over.
+
+    Args:
+      make_layer: name -> the layer module (possibly `nn.remat`-wrapped; created in the
+        caller's compact scope).
+      call: `(layer, x, *shared, cache_layer) -> x`, how to apply one layer (binds static
+        arguments); `cache_layer` is this layer's int32 index in a carried stacked cache, or
+        None.
+      num_layers: stack depth.
+      scan: scan (stacked parameters) rather than unroll.
+      x: `[B, T, embed]`, the residual stream (the scan carry).
+      shared: arrays (or None) every layer reads unchanged: masks, biases, rotary tables.
+      carry_cache: the stacked "cache" collection exists already (a decoding step after the
+        first call): carry it through the scan (scanned stacks only).
+
+    Returns:
+      `x` after the last layer.
+    """
+    if not scan:
+        for i in range(num_layers):
+            x = call(make_layer(f"layers_{i}"), x, *shared, None)
+        return x
+
+    def body(layer: nn.Module, carry: Array, *args: Any) -> tuple[Array, None]:
+        *args, index = args
+        return call(layer, carry, *args, index if carry_cache else None), None
+
+    scanned = nn.scan(body, variable_axes={"params": 0} if carry_cache else
+                      {"params": 0, "cache": 0},
+                      variable_carry="cache" if carry_cache else False,
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(*(nn.broadcast,) * len(shared), 0), length=num_layers,
+                      metadata_params={nn.PARTITION_NAME: STACKED_LAYERS})
+    x, _ = scanned(make_layer(STACKED_LAYERS), x, *shared,
+                   jnp.arange(num_layers, dtype=jnp.int32))
+    return x
+
+
 class DenseGeneral(nn.Module):
     """A bias-free linear map contracting the last `num_in_axes` input axes.
 
@@ -448,7 +513,7 @@ class MultiHeadAttention(nn.Module):
                  bias: Array | None = None, *, deterministic: bool = True,
                  rotary: tuple[Array, Array] | None = None, decode: bool = False,
                  cache_index: Array | None = None, max_length: int | None = None,
-                 cache_cross_kv: bool = False) -> Array:
+                 cache_cross_kv: bool = False, cache_layer: Array | None = None) -> Array:
         """Attends from `inputs_q` to `inputs_kv`.
 
         Args:
@@ -463,6 +528,10 @@ class MultiHeadAttention(nn.Module):
           cache_index: int32 scalar, cache slot of the first of the T new tokens.
           max_length: cache length (first decode call only; shapes the cache).
           cache_cross_kv: this is cross-attention; cache the projected `inputs_kv` once.
+          cache_layer: int32 scalar: the cache variables hold a whole scanned stack's cache
+            `[layers, B, kv_heads, L, kv]` (`layer_stack`'s `carry_cache`) and this layer is
+            slot `cache_layer`; it writes its new keys/values there in place and reads its
+            slice. None: the variables are this layer's own.
 
         Returns:
           `[B, T, embed]` in `dtype`.
@@ -489,6 +558,9 @@ class MultiHeadAttention(nn.Module):
             cross_value = self.variable("cache", "cached_value",
                                         lambda: _heads_major(value_proj(inputs_kv)))
             key, value, heads_major = cross_key.value, cross_value.value, True
+            if cache_layer is not None:
+                key, value = (lax.dynamic_index_in_dim(kv, cache_layer, keepdims=False)
+                              for kv in (key, value))
         else:
             key = constrain(key_proj(inputs_kv), qkv_axes)
             value = constrain(value_proj(inputs_kv), qkv_axes)
@@ -502,10 +574,21 @@ class MultiHeadAttention(nn.Module):
                                            key.dtype)
                 cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape,
                                              value.dtype)
-                start = (0, 0, cache_index, 0)
-                key = lax.dynamic_update_slice(cached_key.value, _heads_major(key), start)
-                value = lax.dynamic_update_slice(cached_value.value, _heads_major(value), start)
-                cached_key.value, cached_value.value = key, value
+                key, value = _heads_major(key), _heads_major(value)
+                if cache_layer is None:
+                    start = (0, 0, cache_index, 0)
+                    key = lax.dynamic_update_slice(cached_key.value, key, start)
+                    value = lax.dynamic_update_slice(cached_value.value, value, start)
+                    cached_key.value, cached_value.value = key, value
+                else:  # this layer's slot of the stacked cache, updated in place
+                    start = (cache_layer, 0, 0, cache_index, 0)
+                    cached_key.value = lax.dynamic_update_slice(cached_key.value, key[None],
+                                                                start)
+                    cached_value.value = lax.dynamic_update_slice(cached_value.value,
+                                                                  value[None], start)
+                    key, value = (lax.dynamic_index_in_dim(kv.value, cache_layer,
+                                                           keepdims=False)
+                                  for kv in (cached_key, cached_value))
                 heads_major = True
 
         dropout_rng = None

@@ -16,6 +16,9 @@ Parameter tree (logical axes in brackets):
   layers_{i}/mlp/{wi_0 (gate), wi_1 (up)}/kernel [embed, mlp]; mlp/wo (down) [mlp, embed]
   final_norm/scale                               [embed]
   logits_dense/kernel                            [embed, vocab]  (untied head only)
+
+With `scan_layers`, the `layers_{i}` subtrees become one `layers` subtree whose parameters
+carry a leading `[layers]` axis (`layers/mlp/wo/kernel [layers, mlp, embed]`).
 """
 from __future__ import annotations
 
@@ -66,6 +69,13 @@ class LlamaConfig:
         with `hf_tokenizer.choose_pad_id`). `bos_id` None: the model takes no BOS (its
         tokenizer's add_bos is off, e.g. SmolLM2) and the batch builders prepend nothing.
       remat: rematerialise each layer in the backward pass.
+      scan_layers: run the layers as one `nn.scan` over parameters stacked on a leading
+        `layers` axis (`layers/...` instead of `layers_{i}/...`): one layer is compiled
+        instead of `num_layers`. None: scan from `layers.AUTO_SCAN_MIN_LAYERS` layers on
+        (`scans_layers`). Default False (configs/models/llama_7b.gin sets True; docs/speed.md,
+        "Scanning layers", says why). Checkpoints of either layout load into both
+        (`layer_layout.convert_layout`). Not in the repr (a training run's fingerprint
+        names the layout itself, `run_dir.run_args`).
     """
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -90,6 +100,7 @@ class LlamaConfig:
     bos_id: int | None = 1
     eos_id: int = 2
     remat: bool = False
+    scan_layers: bool | None = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -107,6 +118,13 @@ class LlamaConfig:
             raise ValueError(f"pad_id {self.pad_id} doubles as BOS/EOS: every padding id is "
                              "masked out, so it must be an id text never produces")
         jnp.dtype(self.dtype)
+
+    @property
+    def scans_layers(self) -> bool:
+        """Whether the layers run as one scan over stacked parameters (`scan_layers`)."""
+        if self.scan_layers is None:
+            return self.num_layers >= layers.AUTO_SCAN_MIN_LAYERS
+        return bool(self.scan_layers)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -175,13 +193,14 @@ class LlamaLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, deterministic: bool,
                  decode: bool = False, cache_index: Array | None = None,
-                 max_length: int | None = None) -> Array:
+                 max_length: int | None = None, cache_layer: Array | None = None) -> Array:
         """Args:
           x: `[B, T, embed]`.
           mask: bool `[B, 1, T, K]` (K = T, or the cache length when decoding).
           cos, sin: rotary tables `[B, T, head_dim]`.
           deterministic: disables dropout.
-          decode, cache_index, max_length: KV-cache decoding (see `MultiHeadAttention`).
+          decode, cache_index, max_length, cache_layer: KV-cache decoding (see
+            `MultiHeadAttention`).
         """
         cfg = self.config
         norm = functools.partial(layers.RMSNorm, cfg.rms_norm_eps, cfg.compute_dtype)
@@ -193,7 +212,7 @@ class LlamaLayer(nn.Module):
             scale=head_dim ** -0.5, dropout_rate=cfg.dropout_rate, dtype=cfg.compute_dtype,
             qkv_bias=cfg.attention_bias, name="attention")(
                 y, y, mask, None, deterministic=deterministic, rotary=(cos, sin), decode=decode,
-                cache_index=cache_index, max_length=max_length)
+                cache_index=cache_index, max_length=max_length, cache_layer=cache_layer)
         x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
         y = norm(name="post_attention_norm")(x)
         y = layers.MlpBlock(intermediate_dim=cfg.intermediate_size, activation="silu",
@@ -229,6 +248,7 @@ class LlamaTransformer(nn.Module):
         """
         cfg = self.config
         q_len = tokens.shape[1]
+        cache_exists = self.has_variable("cache", "index")
         if decode:
             if max_length is None:
                 raise ValueError("decode=True needs max_length (the cache length)")
@@ -252,12 +272,20 @@ class LlamaTransformer(nn.Module):
                                 name="token_embedder")
         x = layers.constrain(embedder(tokens), _HIDDEN)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        use_remat = cfg.remat and not decode
-        layer_cls = nn.remat(LlamaLayer, static_argnums=(5, 6, 8)) if use_remat else LlamaLayer
-        for i in range(cfg.num_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(
-                x, mask, cos, sin, deterministic, decode, start if decode else None,
-                key_len if decode else None)
+        layer_cls = LlamaLayer
+        if cfg.remat and not decode:
+            # Inside a scan the loop already keeps XLA from merging the recomputation into
+            # the forward pass, so remat's own CSE barrier is not needed there.
+            layer_cls = nn.remat(LlamaLayer, static_argnums=(5, 6, 8),
+                                 prevent_cse=not cfg.scans_layers)
+
+        def call(layer, x, mask, cos, sin, cache_index, cache_layer):
+            return layer(x, mask, cos, sin, deterministic, decode, cache_index,
+                         key_len if decode else None, cache_layer)
+
+        x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call, cfg.num_layers,
+                               cfg.scans_layers, x, mask, cos, sin, start if decode else None,
+                               carry_cache=decode and cache_exists)
         x = layers.RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = embedder.attend(x)

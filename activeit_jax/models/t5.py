@@ -20,6 +20,9 @@ Parameter tree (t5x names; logical axes in brackets):
     pre_cross_attention_layer_norm, encoder_decoder_attention, pre_mlp_layer_norm, mlp}
   decoder/decoder_norm/scale
   decoder/logits_dense/kernel [embed, vocab]        (untied head only)
+
+With `scan_layers`, each stack's `layers_{i}` subtrees become one `layers` subtree whose
+parameters carry a leading `[layers]` axis (`encoder/layers/mlp/wo/kernel [layers, mlp, embed]`).
 """
 from __future__ import annotations
 
@@ -68,6 +71,13 @@ class T5Config:
       pad_id, eos_id, decoder_start_id: special token ids (T5: 0, 1, 0; the SentencePiece
         vocabulary's, `data.vocab.PAD_ID` / `EOS_ID`; decoding starts from padding).
       remat: rematerialise each layer in the backward pass (saves activation memory).
+      scan_layers: run each stack as one `nn.scan` over parameters stacked on a leading
+        `layers` axis (`encoder/layers/...` instead of `encoder/layers_{i}/...`): one layer
+        per stack is compiled instead of all of them. None: scan when a stack has
+        `layers.AUTO_SCAN_MIN_LAYERS` layers or more (`scans_layers`). Default False (the
+        model gin files of T5-base and larger set True; docs/speed.md, "Scanning layers").
+        Checkpoints of either layout load into both (`layer_layout.convert_layout`). Not in the repr (a training
+        run's fingerprint names the layout itself, `run_dir.run_args`).
     """
     vocab_size: int = 32128
     d_model: int = 512
@@ -88,6 +98,7 @@ class T5Config:
     eos_id: int = EOS_ID
     decoder_start_id: int = PAD_ID
     remat: bool = False
+    scan_layers: bool | None = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.feed_forward_proj not in _FEED_FORWARD_PROJS:
@@ -105,6 +116,14 @@ class T5Config:
         if self.feed_forward_proj == "gated-gelu":
             return "gelu_new"
         return self.feed_forward_proj.split("-")[-1]
+
+    @property
+    def scans_layers(self) -> bool:
+        """Whether both stacks run as scans over stacked parameters (`scan_layers`)."""
+        if self.scan_layers is None:
+            return (max(self.num_encoder_layers, self.num_decoder_layers)
+                    >= layers.AUTO_SCAN_MIN_LAYERS)
+        return bool(self.scan_layers)
 
     @property
     def scales_decoder_outputs(self) -> bool:
@@ -284,7 +303,8 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_mask: Array, bias: Array,
                  cross_mask: Array, deterministic: bool, decode: bool = False,
-                 cache_index: Array | None = None, max_length: int | None = None) -> Array:
+                 cache_index: Array | None = None, max_length: int | None = None,
+                 cache_layer: Array | None = None) -> Array:
         """Args:
           x: `[B, T, embed]` decoder stream.
           encoded: `[B, S, embed]` encoder output.
@@ -292,7 +312,8 @@ class DecoderLayer(nn.Module):
           bias: `[1, H, T, K]` relative position bias.
           cross_mask: bool `[B, 1, 1, S]` encoder padding mask.
           deterministic: disables dropout.
-          decode, cache_index, max_length: KV-cache decoding (see `MultiHeadAttention`).
+          decode, cache_index, max_length, cache_layer: KV-cache decoding (see
+            `MultiHeadAttention`).
         """
         cfg = self.config
         norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, cfg.compute_dtype)
@@ -300,12 +321,12 @@ class DecoderLayer(nn.Module):
         y = norm(name="pre_self_attention_layer_norm")(x)
         y = _attention(cfg, "self_attention")(
             y, y, self_mask, bias, deterministic=deterministic, decode=decode,
-            cache_index=cache_index, max_length=max_length)
+            cache_index=cache_index, max_length=max_length, cache_layer=cache_layer)
         x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
         y = norm(name="pre_cross_attention_layer_norm")(x)
         y = _attention(cfg, "encoder_decoder_attention")(
             y, encoded, cross_mask, None, deterministic=deterministic, decode=decode,
-            cache_cross_kv=True)
+            cache_cross_kv=True, cache_layer=cache_layer)
         x = layers.constrain(x + dropout(y, deterministic=deterministic), _HIDDEN)
         y = norm(name="pre_mlp_layer_norm")(x)
         y = _mlp(cfg)(y, deterministic=deterministic)
@@ -337,9 +358,12 @@ class Encoder(nn.Module):
             tokens.shape[1], tokens.shape[1])
         x = layers.constrain(self.shared_embedding(tokens), _HIDDEN)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        layer_cls = nn.remat(EncoderLayer, static_argnums=(4,)) if cfg.remat else EncoderLayer
-        for i in range(cfg.num_encoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
+        layer_cls = (nn.remat(EncoderLayer, static_argnums=(4,), prevent_cse=not cfg.scans_layers)
+                     if cfg.remat else EncoderLayer)
+        x = layers.layer_stack(
+            lambda name: layer_cls(cfg, name=name),
+            lambda layer, x, mask, bias, _: layer(x, mask, bias, deterministic),
+            cfg.num_encoder_layers, cfg.scans_layers, x, mask, bias)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -373,6 +397,7 @@ class Decoder(nn.Module):
         """
         cfg = self.config
         q_len = tokens.shape[1]
+        cache_exists = self.has_variable("cache", "index")
         if decode:
             index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
             start = index.value
@@ -396,13 +421,19 @@ class Decoder(nn.Module):
 
         x = layers.constrain(self.shared_embedding(tokens), _HIDDEN)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        use_remat = cfg.remat and not decode
-        layer_cls = (nn.remat(DecoderLayer, static_argnums=(6, 7, 9)) if use_remat
-                     else DecoderLayer)
-        for i in range(cfg.num_decoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(
-                x, encoded, self_mask, bias, cross_mask, deterministic, decode,
-                start if decode else None, key_len if decode else None)
+        layer_cls = DecoderLayer
+        if cfg.remat and not decode:
+            layer_cls = nn.remat(DecoderLayer, static_argnums=(6, 7, 9),
+                                 prevent_cse=not cfg.scans_layers)
+
+        def call(layer, x, encoded, self_mask, bias, cross_mask, cache_index, cache_layer):
+            return layer(x, encoded, self_mask, bias, cross_mask, deterministic, decode,
+                         cache_index, key_len if decode else None, cache_layer)
+
+        x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call,
+                               cfg.num_decoder_layers, cfg.scans_layers, x, encoded, self_mask,
+                               bias, cross_mask, start if decode else None,
+                               carry_cache=decode and cache_exists)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.scales_decoder_outputs:

@@ -58,6 +58,7 @@ from jax import lax
 
 from activeit_jax import partitioning
 from activeit_jax.core.errors import UsageError
+from activeit_jax.models import layer_layout
 from activeit_jax.models.features import (
     BatchBuilder,
     DecoderOnlyBatches,
@@ -172,6 +173,12 @@ class BaseModel:
           The params pytree. Jit with `out_shardings=partitioning.params_shardings(...)` to
           create them directly sharded.
         """
+        if layer_layout.scans_layers(self.config):
+            # The per-layer layout's values for the same rng, stacked: a seed gives the same
+            # model whichever layout runs it (a scanned init would draw other numbers).
+            per_layer = type(self)(layer_layout.with_scan_layers(self.config, False),
+                                   self.logical_axis_rules)
+            return layer_layout.to_stacked(per_layer.init_params(rng), self.config)
         with nn.logical_axis_rules(self.logical_axis_rules):
             return nn.meta.unbox(self._boxed_init(rng))
 

@@ -16,7 +16,7 @@ import numpy as np
 from activeit_jax import layout
 from activeit_jax.core import distributed, io_utils, records
 from activeit_jax.core.errors import ActiveITError
-from activeit_jax.models import KIND_NAMES, BaseModel, TrainableModel, checkpoints
+from activeit_jax.models import KIND_NAMES, BaseModel, TrainableModel, checkpoints, layer_layout
 from activeit_jax.training import state as ts
 from activeit_jax.training.position import TrainPosition
 
@@ -53,8 +53,13 @@ def run_args(model: TrainableModel, config: Any, init_checkpoint: str | None,
         start = "given parameters"
     else:
         start = "random"
-    return {"model": repr(model), "config": settings, "init": start,
+    args = {"model": repr(model), "config": settings, "init": start,
             "train_data": data_fingerprint, "val_data": val_fingerprint}
+    if layer_layout.scans_layers(getattr(model, "config", None)):
+        # Stacked parameters and optimizer state: a run resumes in the layout it started in.
+        # (Named only when stacked, so per-layer runs keep their earlier fingerprints.)
+        args["layers"] = "stacked"
+    return args
 
 
 def _fingerprint(args: Mapping[str, Any]) -> str:

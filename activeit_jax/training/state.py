@@ -17,6 +17,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from activeit_jax.models import layer_layout
+
 PyTree = Any
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -85,8 +87,8 @@ def decay_mask(params: PyTree) -> PyTree:
 def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float = 0.0,
                    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                    max_grad_norm: float | None = 1.0,
-                   adafactor_kwargs: Mapping[str, Any] | None = None
-                   ) -> optax.GradientTransformation:
+                   adafactor_kwargs: Mapping[str, Any] | None = None,
+                   stacked_layers: bool = False) -> optax.GradientTransformation:
     """AdamW or Adafactor with an optional global-norm gradient clip before it.
 
     Args:
@@ -96,6 +98,9 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float =
       b1, b2, eps: AdamW moments and epsilon.
       max_grad_norm: clip gradients to this global norm first; None or <= 0 disables.
       adafactor_kwargs: extra keyword arguments of `optax.adafactor`.
+      stacked_layers: the params hold stacked layers (a scanned model, `scan_layers`):
+        the optimizer then treats each layer's slice as its own parameter
+        (`per_layer_slices`), as it does for the per-layer layout.
 
     Returns:
       The gradient transformation.
@@ -111,9 +116,37 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float =
         opt = optax.adafactor(learning_rate=schedule, **kwargs)
     else:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+    if stacked_layers:
+        opt = per_layer_slices(opt)
     if max_grad_norm is not None and max_grad_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
     return opt
+
+
+def per_layer_slices(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner` applied to every layer's slice of the stacked parameters (leaves with a leading
+    `layers` axis, `models.layer_layout`) and to the other parameters whole.
+
+    Adafactor's clipping and parameter scale are block RMSs over a whole leaf, and its
+    factoring and the weight-decay mask look at a leaf's rank: over a stacked leaf they would
+    mix the layers. Mapped over the layers axis (`jax.vmap`), the update of each layer is the
+    one the per-layer layout computes.
+    """
+    def init(params: PyTree) -> PyTree:
+        if not any(hasattr(x, "shape") for x in jax.tree.leaves(params)):
+            # Placeholders, not arrays: `optax.tree_utils.tree_map_params` locating the
+            # parameter-shaped parts of the state (whose structure vmap does not change).
+            return inner.init(params)
+        return jax.vmap(inner.init)(params)
+
+    vmapped = optax.GradientTransformation(init, jax.vmap(inner.update))
+
+    def labels(params: PyTree) -> PyTree:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "stacked" if layer_layout.is_stacked_path(path) else "whole",
+            params)
+
+    return optax.multi_transform({"stacked": vmapped, "whole": inner}, labels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +177,8 @@ def opt_state_specs(optimizer: optax.GradientTransformation, params_shapes: PyTr
     state_shapes = jax.eval_shape(optimizer.init, params_shapes)
 
     def follow(leaf, param, spec):
+        if isinstance(leaf, optax.MaskedNode):  # a leaf another part of the state holds
+            return leaf
         spec = tuple(spec) + (None,) * (len(param.shape) - len(tuple(spec)))
         if tuple(leaf.shape) == tuple(param.shape):
             return PartitionSpec(*spec)
@@ -156,7 +191,8 @@ def opt_state_specs(optimizer: optax.GradientTransformation, params_shapes: PyTr
     return optax.tree_utils.tree_map_params(
         optimizer, follow, state_shapes, params_shapes, param_specs,
         transform_non_params=lambda _: PartitionSpec(),
-        is_leaf=lambda x: _is_spec(x) or isinstance(x, jax.ShapeDtypeStruct))
+        is_leaf=lambda x: (_is_spec(x) or isinstance(x, (jax.ShapeDtypeStruct,
+                                                          optax.MaskedNode))))
 
 
 def train_state_shardings(mesh: Mesh, optimizer: optax.GradientTransformation,

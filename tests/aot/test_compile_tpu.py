@@ -79,12 +79,12 @@ def test_tiny_run_compiles_fits_and_scores_at_the_planners_shapes(topology, monk
                                               "target": train_config.max_target_length}
 
 
-def _train_report(axes, topology="v5e:2x2"):
+def _train_report(axes, topology="v5e:2x2", model=TILE_T5):
     target = targets.parse_target(topology)
     config = TrainConfig(batch_size=8, max_source_length=128, max_target_length=32,
                          mesh_shape=axes, use_dropout=False)
     mesh = aot.make_target_mesh(target, axes)
-    program = programs.train_program(TILE_T5, config, mesh)
+    program = programs.train_program(model, config, mesh)
     batch_bytes = sum(x.size * x.dtype.itemsize for x in program.args[1].values())
     return analysis.compile_and_analyse(program, mesh, target.chip), batch_bytes
 
@@ -107,6 +107,22 @@ def test_fsdp_divides_the_state_and_gathers_weights_and_scatters_gradients():
     assert fsdp.collectives["all-gather"]["bytes"] >= 2 * params * 0.95
     assert fsdp.collectives["reduce-scatter"]["bytes"] >= 2 * params / 4 * 0.95
     assert fsdp.collectives.get("all-reduce", {"bytes": 0})["bytes"] < 0.1 * 2 * params
+
+
+def test_scanned_layers_compile_to_a_loop_with_the_same_state_and_work():
+    """`scan_layers` reaches the compiled train step: one loop over stacked layers (the
+    layers' trip count weights its body), the same train state per device and the same
+    FLOPs as the unrolled layers."""
+    import dataclasses
+    deep = dataclasses.replace(TILE_T5.config, num_encoder_layers=3, num_decoder_layers=3)
+    unrolled, _ = _train_report({"fsdp": -1}, model=EncoderDecoderModel(deep))
+    scanned, _ = _train_report({"fsdp": -1}, model=EncoderDecoderModel(
+        dataclasses.replace(deep, scan_layers=True)))
+    assert unrolled.fits and scanned.fits
+    assert 3 in {loop["trips"] for loop in scanned.loops}
+    assert 3 not in {loop["trips"] for loop in unrolled.loops}
+    assert scanned.argument_bytes == pytest.approx(unrolled.argument_bytes, rel=0.02)
+    assert scanned.flops == pytest.approx(unrolled.flops, rel=0.05)
 
 
 def test_a_model_too_big_for_the_slice_is_reported_as_not_fitting():
@@ -168,3 +184,4 @@ def test_the_command_prints_a_table_writes_json_and_no_libtpu_noise(tmp_path):
     result = json.loads(out.read_text())
     assert result["target"]["topology"] == "v5e:2x2" and result["programs"][0]["fits"]
     assert np.isclose(result["target"]["peak_flops"], 197e12)
+    assert result["scan_layers"] is False  # demo_tiny.gin: the default, per-layer

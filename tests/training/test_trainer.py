@@ -34,10 +34,11 @@ def tasks(sample_data):
     return load(TRAIN), load(VAL)
 
 
-def tiny_t5():
+def tiny_t5(scan_layers: bool = False):
+    layers = 2 if scan_layers else 1  # a scan over one layer would hardly be a scan
     return EncoderDecoderModel(T5Config(
-        vocab_size=1152, d_model=16, d_kv=8, d_ff=32, num_heads=2, num_encoder_layers=1,
-        num_decoder_layers=1, dropout_rate=0.1))
+        vocab_size=1152, d_model=16, d_kv=8, d_ff=32, num_heads=2, num_encoder_layers=layers,
+        num_decoder_layers=layers, dropout_rate=0.1, scan_layers=scan_layers))
 
 
 def tiny_config(**changes):
@@ -60,9 +61,12 @@ def _last_state(out_dir):
     return step, jax.device_get(restored["state"]), dict(restored["data"])
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tmp_path, vocab, tasks):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, vocab, tasks, scan_layers):
     train, val = tasks
-    model, config = tiny_t5(), tiny_config()
+    model, config = tiny_t5(scan_layers), tiny_config()
+    if scan_layers:  # stacked params, and Adafactor's per-layer state (per_layer_slices)
+        config = dataclasses.replace(config, optimizer="adafactor", weight_decay=0.01)
     # 20 examples / batch 8 = 3 steps per epoch (the last one padded), 6 steps in all.
     full = trainer.train_and_evaluate(model, train, val, vocab, config, str(tmp_path / "full"))
     assert full.completed and full.final_step == 6
