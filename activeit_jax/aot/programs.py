@@ -187,7 +187,8 @@ def scorer_programs(model: Any, score_config: Any, mesh: Mesh, rules: tuple
     scorer = RowScorer.from_config(model, params, mesh, score_config)
     dp = partitioning.batch_shard_count(mesh, rules)
     programs = []
-    for rows, length in planner_shapes(scorer.score_buckets[0], scorer.token_budget, scorer.batch_size, dp):
+    for rows, length in planner_shapes(scorer.score_buckets[0], scorer.token_budget,
+                                       scorer.batch_size, dp):
         programs.append(_score_program(scorer, params, mesh, rules, rows, length))
     for rows, length in planner_shapes(scorer.decode_source_buckets, scorer.token_budget,
                                        scorer.decode_batch_size, dp):

@@ -76,8 +76,8 @@ class T5Config:
         per stack is compiled instead of all of them. None: scan when a stack has
         `layers.AUTO_SCAN_MIN_LAYERS` layers or more (`scans_layers`). Default False (the
         model gin files of T5-base and larger set True; docs/speed.md, "Scanning layers").
-        Checkpoints of either layout load into both (`layer_layout.convert_layout`). Not in the repr (a training
-        run's fingerprint names the layout itself, `run_dir.run_args`).
+        Checkpoints of either layout load into both (`layer_layout.convert_layout`). Not in
+        the repr (a training run's fingerprint names the layout itself, `run_dir.run_args`).
     """
     vocab_size: int = 32128
     d_model: int = 512
