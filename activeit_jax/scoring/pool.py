@@ -439,6 +439,7 @@ class _PoolRun:
                 "seconds_compile": profiling.compile_seconds() - self.compile_start,
                 "rows_per_s": self.counters["rows"] / elapsed if elapsed > 0 else 0.0,
                 "num_compilations": scorer.num_compilations,
+                "compilations": scorer.compile_log(),
                 "score_shapes": sorted(scorer.score_shapes),
                 "decode_shapes": sorted(scorer.decode_shapes),
                 "score_padding": scorer.score_padding.as_dict(),
