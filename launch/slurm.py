@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """SLURM launcher: writes an sbatch script (one task per node, all GPUs of a node per task) and
-submits it. `activeit_jax.core.distributed` reads SLURM_NTASKS / SLURM_PROCID / SLURM_JOB_NODELIST,
-so the job command needs no coordinator flags.
+submits it. Inside the `srun` step, `jax.distributed.initialize()` reads the SLURM variables
+itself (`activeit_jax.core.distributed`: rank, task count, the first node as coordinator, a port
+derived from the job id or `JAX_COORDINATOR_PORT`), so the job command needs no coordinator
+flags.
 
 Example (4 nodes x 8 GPUs):
   python launch/slurm.py --nodes=4 --gpus_per_node=8 --partition=gpu \
@@ -44,7 +46,6 @@ def sbatch_script(args) -> str:
         lines.append(f"#SBATCH --partition={args.partition}")
     lines += ["set -euo pipefail",
               f"cd {args.repo_dir}",
-              "export ACTIVEIT_COORDINATOR_PORT=${ACTIVEIT_COORDINATOR_PORT:-12355}",
               f"srun .venv/bin/activeit-jax {args.job}", ""]
     return "\n".join(lines)
 

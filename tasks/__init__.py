@@ -1,4 +1,6 @@
-"""SeqIO task registrations of activeit-jax (t5x style: import `tasks` to register them).
+"""SeqIO task registrations of activeit-jax (t5x style: `import activeit_jax.tasks` registers
+them; in a t5x gin file, `MIXTURE_OR_TASK_MODULE = "activeit_jax.tasks"`). This folder sits at
+the top of the repository and installs as `activeit_jax.tasks` (setup.py's `package_dir`).
 
 At import, the bundled sample (data/sample) is registered with the sample vocabulary:
   activeit_sample_niv2_train        all 28 NIV2 train tasks of the sample (Tk-Instruct prompts)
@@ -13,15 +15,15 @@ role ("<prefix>initial", "<prefix>validation", "<prefix>pool", "<prefix>test").
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
-import seqio
-
+from activeit_jax.core import resources
 from activeit_jax.data import niv2, prepared, self_instruct, seqio_tasks, vocab as vocab_lib
 from activeit_jax.data.errors import DataError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE_DIR = os.path.join(REPO_ROOT, "data", "sample")
+# The checkout, or the installed package: both hold data/sample/ (`core.resources`).
+REPO_ROOT = resources.RESOURCE_ROOT
+SAMPLE_DIR = resources.SAMPLE_DIR
 SAMPLE_NIV2_DIR = os.path.join(SAMPLE_DIR, "niv2")
 SAMPLE_ALPACA_FILE = os.path.join(SAMPLE_DIR, "self_instruct", "alpaca_sample.json")
 SAMPLE_VOCAB_PATH = os.path.join(REPO_ROOT, vocab_lib.SAMPLE_VOCAB_RELPATH)
@@ -30,11 +32,11 @@ SAMPLE_TASK_NAMES = ("activeit_sample_niv2_train", "activeit_sample_niv2_test",
                      "activeit_sample_self_instruct")
 
 
-def register_sample_tasks(vocabulary: seqio.Vocabulary | None = None) -> tuple[str, ...]:
+def register_sample_tasks(vocabulary: Any = None) -> tuple[str, ...]:
     """Registers (or re-registers) the three sample seqio tasks listed in the module docstring.
 
     Args:
-      vocabulary: defaults to the bundled sample vocabulary (100 extra ids).
+      vocabulary: defaults to the bundled sample vocabulary (100 extra ids); ours or seqio's.
 
     Returns:
       The seqio task names.
@@ -51,7 +53,7 @@ def register_sample_tasks(vocabulary: seqio.Vocabulary | None = None) -> tuple[s
     return SAMPLE_TASK_NAMES
 
 
-def register_prepared(prepared_dir: str, vocabulary: seqio.Vocabulary,
+def register_prepared(prepared_dir: str, vocabulary: Any,
                       prefix: str = "activeit_", per_task: bool = True,
                       roles: Sequence[str] = ("initial", "validation", "pool", "test"),
                       prompt_format: str | None = None) -> dict[str, dict[str, str]]:
@@ -91,6 +93,6 @@ def register_prepared(prepared_dir: str, vocabulary: seqio.Vocabulary,
 if os.path.exists(SAMPLE_VOCAB_PATH):
     try:
         register_sample_tasks()
-    except DataError as _err:  # a broken sample must not break `import tasks`
+    except DataError as _err:  # a broken sample must not break the import
         import logging
-        logging.warning("sample seqio tasks not registered: %s", _err)
+        logging.getLogger(__name__).warning("sample seqio tasks not registered: %s", _err)

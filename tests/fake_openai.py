@@ -2,9 +2,33 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_SHOWN = {  # the two answers as a judge prompt shows them, per template
+    "paper": re.compile(r"\n\(1\): (.*)\n\(2\): (.*)\nOutput:$", re.S),
+    "ours": re.compile(r"# Output \(a\)\n(.*)\n\n# Output \(b\)\n(.*)\n\nWhich", re.S),
+}
+_REPLIES = {"paper": ("(1)", "(2)"), "ours": ("Output (a)", "Output (b)")}
+
+
+def template_of(prompt: str) -> str:
+    """The judge template ("paper" or "ours") a user prompt was written in."""
+    return "paper" if _SHOWN["paper"].search(prompt) else "ours"
+
+
+def shown_answers(prompt: str) -> tuple[str, str]:
+    """(first, second) answer of a judge prompt of either template."""
+    return _SHOWN[template_of(prompt)].search(prompt).groups()
+
+
+def reply_for(prompt: str, pick: str) -> str:
+    """The reply naming `pick` ("first", "second" or "equal") in the prompt's template."""
+    if pick == "equal":
+        return "Equal"
+    return _REPLIES[template_of(prompt)][0 if pick == "first" else 1]
 
 
 class FakeServer:

@@ -1,4 +1,4 @@
-"""One process of the two-process CPU test in `tests/test_multihost.py` (not a test itself).
+"""One process of the two-process CPU test in `tests/scoring/test_multihost.py` (not a test itself).
 
     python tests/multihost_worker.py SPEC.json PROCESS_ID
 

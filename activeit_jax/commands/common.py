@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import re
 import typing
 from typing import Any, Callable, Mapping, Sequence
@@ -15,18 +16,23 @@ from absl import flags
 
 from activeit_jax.core import gin_utils
 from activeit_jax.core.errors import ActiveITError, UsageError
+from activeit_jax.core.paths import same_path
 
 
 def define_gin_flags() -> None:
-    """Defines `--gin_file` (repeatable) and `--gin_search_path` for a subcommand."""
+    """Defines `--gin_file` (repeatable), `--gin_search_path` (repeatable) and t5x's
+    `--gin_search_paths` (comma-separated) for a subcommand."""
     flags.DEFINE_multi_string("gin_file", [], "gin config file(s), parsed in order.")
-    flags.DEFINE_multi_string("gin_search_path", [], "extra directories to look up gin files.")
+    flags.DEFINE_multi_string("gin_search_path", [], "extra directory to look up gin files "
+                              "(repeatable); the bundled configs/ is always searched last.")
+    flags.DEFINE_list("gin_search_paths", [], "t5x's form of --gin_search_path: "
+                      "comma-separated directories, searched in order.")
 
 
 def parse_gin_from_flags() -> None:
     """Parses `--gin_file` files and the `--gin.X=V` bindings captured from the command line."""
     gin_utils.parse_gin(flags.FLAGS.gin_file, gin_utils.COMMAND_LINE_BINDINGS,
-                        flags.FLAGS.gin_search_path)
+                        [*flags.FLAGS.gin_search_path, *flags.FLAGS.gin_search_paths])
 
 
 def check_args(argv: list[str], required: tuple[str, ...] = ()) -> None:
@@ -46,6 +52,42 @@ def check_args(argv: list[str], required: tuple[str, ...] = ()) -> None:
             raise UsageError(f"--{name} is required")
 
 
+def refuse_outputs_among_inputs(inputs: Mapping[str, str | Sequence[str] | None],
+                                outputs: Mapping[str, str | None],
+                                writes: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Refuses an output that is one of the command's inputs, before anything is read.
+
+    `select --scores=S --out=S` used to overwrite the scores file (and the score directory
+    could no longer resume). An output is refused when it is the same file or directory as
+    an input (`os.path.samefile` when both exist, so a symbolic or hard link to the input is
+    caught; otherwise the resolved paths), and an output directory when one of the files the
+    command writes inside it (`writes`) is an input.
+
+    Args:
+      inputs: flag name -> the path it gives (a list for a repeatable flag; None = not given).
+      outputs: flag name -> the output path (None = not given).
+      writes: output flag -> names the command writes inside that output directory.
+
+    Raises:
+      UsageError: "--OUT=PATH is --IN=PATH ...", naming both flags.
+    """
+    given = [(flag, path) for flag, value in inputs.items()
+             for path in ([value] if isinstance(value, (str, os.PathLike)) else value or ())
+             if path]
+    for out_flag, out in outputs.items():
+        if not out:
+            continue
+        for in_flag, path in given:
+            if same_path(out, path):
+                raise UsageError(f"--{out_flag}={out} is the input --{in_flag}={path}: writing "
+                                 f"it would destroy that input; choose another --{out_flag}")
+            for name in (writes or {}).get(out_flag, ()):
+                if same_path(os.path.join(out, name), path):
+                    raise UsageError(
+                        f"--{out_flag}={out} would overwrite the input --{in_flag}={path} (it "
+                        f"writes {name} there); choose another --{out_flag}")
+
+
 def parse_mesh(text: str) -> dict[str, int]:
     """Parses a `--mesh` flag: "data=4,model=2" -> {"data": 4, "model": 2}."""
     out = {}
@@ -61,14 +103,20 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def define_distributed_flags() -> None:
-    """Flags of a multi-host run (see `activeit_jax.core.distributed`; environment and SLURM
-    variables fill whatever is not given)."""
+    """Flags of a multi-host run (see `activeit_jax.core.distributed`: ACTIVEIT_* variables
+    fill what is not given; without either, JAX detects a SLURM / Open MPI / TPU cluster)."""
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
     flags.DEFINE_integer("num_processes", None, "Number of JAX processes (hosts).")
     flags.DEFINE_integer("process_id", None, "This process's rank.")
     flags.DEFINE_integer("cpu_devices", None, "CPU only: virtual devices of this process.")
     flags.DEFINE_string("cpu_collectives", None, "CPU only: cross-process collectives "
                         "implementation (gloo) for multi-process CPU runs.")
+    flags.DEFINE_float("peer_timeout", None, "Multi-host: seconds without a heartbeat of "
+                       "another process before this one gives up with one line (default "
+                       "60; env ACTIVEIT_PEER_TIMEOUT).")
+    flags.DEFINE_float("barrier_timeout", None, "Multi-host: seconds a barrier waits while "
+                       "process 0 writes a shared file (default 1800; env "
+                       "ACTIVEIT_BARRIER_TIMEOUT).")
 
 
 def initialize_distributed_from_flags() -> None:
@@ -79,16 +127,17 @@ def initialize_distributed_from_flags() -> None:
         coordinator_address=flags.FLAGS.coordinator_address,
         num_processes=flags.FLAGS.num_processes, process_id=flags.FLAGS.process_id,
         local_device_count=flags.FLAGS.cpu_devices,
-        cpu_collectives=flags.FLAGS.cpu_collectives)
+        cpu_collectives=flags.FLAGS.cpu_collectives,
+        peer_timeout_s=flags.FLAGS.peer_timeout, barrier_timeout_s=flags.FLAGS.barrier_timeout)
     distributed.initialize(config)
 
 
 def quiet_library_logs() -> None:
-    """Shows our INFO progress lines but only warnings from libraries (orbax logs every
-    checkpoint read and write at INFO through absl)."""
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("activeit_jax").setLevel(logging.INFO)
+    """Shows our INFO lines but only warnings from libraries (orbax logs every checkpoint read
+    and write at INFO through absl), or everything with `--verbose` (`core.logs`; the entry
+    point already does this for every command)."""
+    from activeit_jax.core import logs
+    logs.configure(verbose="verbose" in flags.FLAGS and flags.FLAGS["verbose"].value)
 
 
 # ----------------------------------------------------------------------------------------------

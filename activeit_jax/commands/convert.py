@@ -17,8 +17,12 @@
       Writes config.json + float32 safetensors, sharded with an index when large.
 
 CKPT_DIR appears only when complete (written to a temporary directory, then renamed); a
-refused input writes nothing. Exit status 0 on success, 1 on a conversion error (one line on
-stderr naming the file), 2 on bad flags.
+refused input writes nothing. CKPT_DIR must be new or an empty directory; an existing
+activeit-jax checkpoint there is replaced only with --overwrite (and only its own files are
+removed); anything else there (a file, a Hugging Face directory, `.`) is refused before any
+input is read. HF_DIR may hold other files (a tokenizer); a model already there (config.json,
+model*.safetensors) is replaced only with --overwrite. Exit status 0 on success, 1 on a
+conversion error (one line on stderr naming the file), 2 on bad flags.
 """
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ flags.DEFINE_string("from_gguf", None, "llama.cpp GGUF file, or org/name[@revisi
                     "on the Hugging Face Hub, to import.")
 flags.DEFINE_string("to", None, "activeit-jax checkpoint directory to write (with --from_hf or "
                     "--from_gguf).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing activeit-jax checkpoint at --to "
+                  "(anything else there is always refused), or the config.json and weight "
+                  "files of a model at --to_hf.")
 flags.DEFINE_string("from", None, "activeit-jax checkpoint directory to export.")
 flags.DEFINE_string("to_hf", None, "Hugging Face directory to write (with --from).")
 flags.DEFINE_string("max_shard_size", "5GB",
@@ -66,13 +73,16 @@ def main(argv: list[str]) -> None:
         if importing:
             source = from_hf or from_gguf
             started = time.monotonic()
-            model = (checkpoints.import_hf_to_checkpoint(hub.resolve_hf_dir(from_hf), to)
+            model = (checkpoints.import_hf_to_checkpoint(hub.resolve_hf_dir(from_hf), to,
+                                                         FLAGS.overwrite)
                      if from_hf else
-                     checkpoints.import_gguf_to_checkpoint(hub.resolve_gguf_file(from_gguf), to))
+                     checkpoints.import_gguf_to_checkpoint(hub.resolve_gguf_file(from_gguf), to,
+                                                           FLAGS.overwrite))
             print(f"converted {source} ({model.describe()}) "
                   f"-> {to} in {time.monotonic() - started:.1f} s")
         else:
-            files = checkpoints.export_checkpoint_to_hf(from_ckpt, to_hf, FLAGS.max_shard_size)
+            files = checkpoints.export_checkpoint_to_hf(from_ckpt, to_hf, FLAGS.max_shard_size,
+                                                        FLAGS.overwrite)
             print(f"exported {from_ckpt} -> {to_hf}: {', '.join(files)}")
     except (hf_convert.ConversionError, checkpoints.CheckpointError, ValueError) as err:
         print(f"activeit-jax convert: error: {err}", file=sys.stderr)

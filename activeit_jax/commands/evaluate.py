@@ -26,6 +26,7 @@ import json
 
 from absl import flags
 
+from activeit_jax import layout
 from activeit_jax.commands import common
 from activeit_jax.training import config as train_config
 
@@ -54,6 +55,10 @@ common.define_distributed_flags()
 
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("checkpoint", "tasks", "out"))
+    common.refuse_outputs_among_inputs(
+        {name: FLAGS[name].value for name in ("checkpoint", "tasks", "vocab", "niv2_dir")},
+        {"out": FLAGS.out},
+        {"out": (layout.EVAL_METRICS_FILE, layout.PER_TASK_FILE, layout.PREDICTIONS_FILE)})
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 

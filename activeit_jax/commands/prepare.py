@@ -1,7 +1,7 @@
 """`activeit-jax prepare`: read NIV2 or Self-Instruct data, split it, summarise, write the pool.
 
     activeit-jax prepare --niv2_dir=DIR --out=OUT [--seed=42] [--on_bad_task=error|skip]
-                         [--label_overrides=FILE] [--tasks=a,b,...]
+                         [--label_source=rule|FILE] [--tasks=a,b,...]
                          [--num_initial=N --num_val_cls=N --num_val_gen=N]
                          [--max_instances_per_task=100]
     activeit-jax prepare --self_instruct=FILE [--self_instruct_test=FILE] --out=OUT
@@ -29,9 +29,13 @@ flags.DEFINE_string("self_instruct_test", None, "optional Self-Instruct evaluati
 flags.DEFINE_string("out", None, "output directory for tasks.jsonl and splits.json.")
 flags.DEFINE_integer("seed", 42, "seed of the split and of train-task instance sampling.")
 flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"],
-                  "malformed task file: stop with an error, or skip it and report it.")
-flags.DEFINE_string("label_overrides", None, "JSON or CSV task -> cls|gen file overriding "
-                    "the classification rule (Active-IT task_metadata.json works too).")
+                  "malformed task file (NIV2) or item (Self-Instruct): stop with an error, or "
+                  "skip it and report it.")
+flags.DEFINE_string("label_source", None, "where task labels (cls / gen) come from: 'rule' "
+                    "(ours, the default) or a label file (Active-IT's task_metadata.json, or "
+                    "a JSON / CSV task -> cls|gen file) labelling the tasks it names.")
+flags.DEFINE_string("label_overrides", None, "deprecated: the old name of --label_source "
+                    "(a label file).")
 flags.DEFINE_list("tasks", None, "NIV2: use only these train-split tasks (comma-separated); "
                   "each must be in the train split and have a file.")
 flags.DEFINE_integer("num_initial", None, "initial training tasks (paper: 68 NIV2, 500 "
@@ -62,14 +66,24 @@ def main(argv: list[str]) -> None:
         _fail("give exactly one of --niv2_dir or --self_instruct", 2)
     if not FLAGS.out:
         _fail("--out is required", 2)
+    from activeit_jax import layout
+    from activeit_jax.commands import common
+    common.refuse_outputs_among_inputs(
+        {name: FLAGS[name].value for name in ("niv2_dir", "self_instruct", "self_instruct_test",
+                                              "label_source", "label_overrides", "vocab")},
+        {"out": FLAGS.out}, {"out": (layout.TASKS_FILE, layout.SPLITS_FILE)})
 
     # Imported after flag checks: `--help` and usage errors stay fast.
     from activeit_jax.data import labels, prepared, self_instruct, splits
     from activeit_jax.data.errors import DataError
 
+    if FLAGS.label_source and FLAGS.label_overrides:
+        _fail("--label_overrides is the old name of --label_source: give only --label_source",
+              2)
+    source = FLAGS.label_source or FLAGS.label_overrides
     try:
-        overrides = (labels.load_label_overrides(FLAGS.label_overrides)
-                     if FLAGS.label_overrides else None)
+        overrides = (labels.load_label_source(source) if source and source != "rule"
+                     else None)
         if FLAGS.niv2_dir is not None:
             given = {"num_initial": FLAGS.num_initial, "num_val_cls": FLAGS.num_val_cls,
                      "num_val_gen": FLAGS.num_val_gen}
@@ -97,7 +111,7 @@ def main(argv: list[str]) -> None:
             data = prepared.prepare_self_instruct(
                 FLAGS.self_instruct, FLAGS.self_instruct_test, seed=FLAGS.seed,
                 label_overrides=overrides, quotas=quotas, max_items=FLAGS.max_items,
-                length_fn=length_fn, num_chunks=FLAGS.num_chunks)
+                length_fn=length_fn, num_chunks=FLAGS.num_chunks, on_bad_task=FLAGS.on_bad_task)
             header = f"Self-Instruct {FLAGS.self_instruct}"
         paths = prepared.write_prepared(data, FLAGS.out)
     except DataError as err:

@@ -42,19 +42,22 @@ Self-Instruct pool (`experiment.pool = "self_instruct"`, a decoder-only model):
   for several judges (`[@gpt4/JudgeConfig(), @chatgpt/JudgeConfig()]`, as the paper's GPT-4
   and ChatGPT; base_url, model, name, api_key_env naming the environment variable that holds
   the key) compares, after the loop, every strategy's model with `judge_reference`'s (default
-  "random") at the same iteration on the test predictions (`active_loop.run_judge`), one
-  results file per judge in each compared iteration; the report has one Win / Tie / Lose
-  table per judge.
+  "random") at the same iteration on the test predictions (`active_loop.run_judge`; the fully
+  trained model against every iteration), in the paper's prompt (`JudgeConfig.prompt_template`,
+  "paper" or "ours"), one results file per judge in each compared iteration; the report has,
+  per judge, a Win / Tie / Lose / Error table per seed and their mean ± sd across seeds.
 
 Every field of `experiment` is one of `activeit_jax.loop.experiment.Experiment`'s; the library
 resolves and checks them (`experiment.resolve`) and runs the loop (`stages.run_experiment`).
 
 Both pools:
 
-- labels: a task is classification or generative by the rule of `activeit_jax/data/labels.py`;
-  `experiment.label_overrides` names a file (Active-IT `task_metadata.json` format, JSON or
-  CSV task -> cls|gen, as `prepare --label_overrides`) whose labels win. Each seed prints how
-  many labels came from the rule and from the file, and the report repeats it.
+- labels: `experiment.label_source` (`activeit_jax/data/labels.py`): "rule" (ours, the
+  default) or a label file (Active-IT's `task_metadata.json`: DefHasLabel for the selection,
+  CLS_GEN for the scores; or JSON / CSV task -> cls|gen, as `prepare --label_source`) that
+  labels the tasks it names. The paper's NIV2 configs refuse to start until the user sets
+  `TASK_METADATA_FILE` or chooses `"rule"`. Each seed prints how many labels came from the rule
+  and from the file, and the top of the report repeats it (`label_overrides` is the old name).
 - scoring: strategies that read the scorer's optional entropy (the "uncertainty" baseline)
   turn `ScoreConfig.compute_entropy` on.
 """
@@ -116,8 +119,9 @@ def main(argv: list[str]) -> None:
     common.parse_gin_from_flags()
     exp = configured_experiment()
     from activeit_jax import layout
-    from activeit_jax.loop import stages
+    from activeit_jax.loop import preflight, stages
     from activeit_jax.reporting import render
+    preflight.check_experiment(exp, FLAGS.out)  # what would fail later, before any write
 
     def report() -> None:
         print(f"report: {render.write_report(FLAGS.out)[layout.REPORT_HTML]}")

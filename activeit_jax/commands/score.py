@@ -23,16 +23,16 @@ or is a `.jsonl` of prepared tasks (`Task.to_dict()` lines, as `activeit-jax pre
 them; lines carrying a "role" are kept only for `--role`, default "pool"); or
 `--self_instruct=FILE` (JSON/JSONL, one task per item). NIV2 and prepared tasks are loaded one
 at a time as the scorer reaches them (the Self-Instruct reader loads its file at once). A task
-file without instances is skipped and listed in summary.json; other malformed files stop the
-run unless --on_bad_task=skip.
+file without instances is skipped and listed in summary.json; other malformed tasks (a file,
+an item, a line; a string with a lone surrogate too) stop the run unless --on_bad_task=skip.
 
 Writes OUT/scores.jsonl (one line per task), OUT/taskmap.csv, OUT/taskmap.png / .svg,
 OUT/summary.json (thresholds, skipped tasks, throughput, padding waste, compilations) and,
 with --save_prompts, OUT/prompts.jsonl. Rerunning with the same arguments resumes; different
 arguments are refused. See `activeit_jax.scoring` for the definitions.
 
-Multi-host (the flags of `activeit_jax.core.distributed`, ACTIVEIT_* or SLURM variables, or a Cloud
-TPU VM): every host runs the same command; host k loads and scores the pool tasks i with
+Multi-host (the flags of `activeit_jax.core.distributed`, ACTIVEIT_* variables, or a cluster
+that JAX detects: SLURM, Open MPI, a Cloud TPU VM): every host runs the same command; host k loads and scores the pool tasks i with
 i % num_hosts == k on its own devices (`--mesh` describes this per-host mesh) and journals them
 in OUT/shards/host{k}-of-{n}/; process 0 then merges everything into the files above. OUT must
 be on a filesystem that every host sees.
@@ -77,9 +77,10 @@ flags.DEFINE_string("self_instruct", None, "Pool: Self-Instruct / Alpaca JSON or
 flags.DEFINE_string("out", None, "Output directory (resumed when it holds the same run).")
 flags.DEFINE_string("mesh", "data=-1,fsdp=1,model=1", "Mesh axis sizes of each host's "
                     "devices, e.g. data=4,model=2 (-1 = the remaining devices).")
-flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 task file: "
-                  "stop, or skip it and list it in summary.json (a file without instances "
-                  "is always skipped and listed).")
+flags.DEFINE_enum("on_bad_task", "error", ["error", "skip"], "A malformed NIV2 task file, "
+                  "Self-Instruct item or prepared line (a lone surrogate in a string "
+                  "included): stop, or skip it and list it in summary.json (a file without "
+                  "instances is always skipped and listed).")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 # ScoreConfig.perturbation_options, as KEY=VALUE flags and the word-level rate.
 flags.DEFINE_multi_string("perturbation_option", [], "KEY=VALUE options of the "
@@ -141,8 +142,10 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         raise UsageError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
     if self_instruct:
         from activeit_jax.data import self_instruct as si
-        tasks = si.load_self_instruct(self_instruct)
-        return iter(tasks), len(tasks), {"self_instruct": os.path.abspath(self_instruct)}
+        entries = [entry if isinstance(entry, niv2.Task) else
+                   scoring.SkippedTask(entry.name, entry.reason)
+                   for entry in si.scan_self_instruct(self_instruct, on_bad_task=on_bad_task)]
+        return iter(entries), len(entries), {"self_instruct": os.path.abspath(self_instruct)}
     if tasks_file.endswith(".jsonl"):
         def keep(record):
             return "role" not in record or not role or record["role"] == role
@@ -154,20 +157,26 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
                 raise RecordError("expected a prepared task object with a 'name'", tasks_file,
                                   f"line {number}")
             total += keep(record)
+        if not total:
+            raise RecordError(f"no task to score (no line{f' with role {role!r}' if role else ''}"
+                              f"): an empty pool would write an empty Task Map", tasks_file)
 
         def prepared():
             index = 0
             for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
                 if keep(record):
                     record.pop("role", None)
-                    yield (_prepared_task(record, tasks_file, number) if mine(index)
-                           else scoring.TaskStub(record["name"]))
+                    yield (_prepared_task(record, tasks_file, number, on_bad_task)
+                           if mine(index) else scoring.TaskStub(record["name"]))
                     index += 1
         return prepared(), total, {"tasks": os.path.abspath(tasks_file), "role": role}
     if not niv2_dir:
         raise UsageError("--tasks with task names needs --niv2_dir")
     names = [niv2.check_task_name(name, tasks_file, where)
              for where, name in records.read_records(tasks_file, "task list")]
+    if not names:
+        raise RecordError("no task to score (the list is empty): an empty pool would write an "
+                          "empty Task Map", tasks_file)
     missing = [n for n in names if not os.path.exists(niv2.task_file_path(niv2_dir, n))]
     if missing:
         raise MissingTaskError(f"{len(missing)} task(s) of {tasks_file} have no file in "
@@ -176,13 +185,38 @@ def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str |
         "tasks": os.path.abspath(tasks_file), "niv2_dir": os.path.abspath(niv2_dir)}
 
 
-def _prepared_task(record: dict[str, Any], path: str, number: int) -> Any:
-    """A `Task` from a prepared tasks.jsonl line; a malformed one names its line."""
+def _prepared_task(record: dict[str, Any], path: str, number: int,
+                   on_bad_task: str = "error") -> Any:
+    """A `Task` from a prepared tasks.jsonl line; a malformed one (a lone surrogate in a
+    string too) names its line, or becomes a `SkippedTask` with on_bad_task="skip"."""
     from activeit_jax.data import niv2
     try:
-        return niv2.Task.from_dict(record)
-    except (KeyError, TypeError, ValueError) as err:
-        raise TaskFormatError(f"not a prepared task ({err!r})", path, f"line {number}") from None
+        _check_strings(record, path, f"line {number}")
+        try:
+            return niv2.Task.from_dict(record)
+        except (KeyError, TypeError, ValueError) as err:
+            raise TaskFormatError(f"not a prepared task ({err!r})", path,
+                                  f"line {number}") from None
+    except TaskFormatError as err:
+        if on_bad_task == "skip":
+            name = record.get("name")
+            usable = isinstance(name, str) and name.encode("utf-8", "replace").decode() == name
+            return scoring.SkippedTask(name if usable else f"line {number}", str(err))
+        raise
+
+
+def _check_strings(value: Any, path: str, where: str) -> None:
+    """Every string in a decoded JSON value is valid Unicode (`errors.check_unicode`)."""
+    from activeit_jax.data.errors import check_unicode
+    if isinstance(value, str):
+        check_unicode(value, path, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_unicode(str(key), path, f"{where}: a key")
+            _check_strings(item, path, f"{where}: {key}")
+    elif isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            _check_strings(item, path, f"{where}[{k}]")
 
 
 def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
@@ -235,6 +269,28 @@ def build_config() -> scoring.ScoreConfig:
         explicit, max_decode_length=SCORE_FLAGS.value("max_target_length"))
 
 
+def build_policy(config: scoring.ScoreConfig) -> adaptive.AdaptiveConfig | None:
+    """The adaptive budget of the command line (`--adaptive_k0` > 0), or None.
+
+    Raises:
+      UsageError: a value `AdaptiveConfig` refuses (--adaptive_k0=-1, --adaptive_select=0),
+        an --adaptive_* flag without --adaptive_k0 (it would do nothing), or a ScoreConfig
+        setting the adaptive budget does not support (--save_prompts, --entropy).
+    """
+    if not FLAGS["adaptive_k0"].present:
+        given = [f"--{flag}" for flag in ADAPTIVE_FLAGS.flag_names.values()
+                 if FLAGS[flag].present]
+        if given:
+            raise UsageError(f"{given[0]} sets the adaptive budget, which is off without "
+                             f"--adaptive_k0")
+        return None
+    if FLAGS.adaptive_k0 == 0:  # documented: 0 = off
+        return None
+    policy = ADAPTIVE_FLAGS.build()
+    adaptive.check_supported(config)
+    return policy
+
+
 def _perturbation_options() -> tuple[tuple[str, Any], ...]:
     """`--perturbation_option`s, with `--drop_rate` as the rate of a word-level perturbation
     (`ScoreConfig.perturbation_options`)."""
@@ -248,18 +304,33 @@ def _perturbation_options() -> tuple[tuple[str, Any], ...]:
 
 
 def _check_prompt_format(config: Any, model: Any, vocab: Any) -> None:
-    """A chat format needs a chat template: say so in one line before loading weights."""
+    """Every prompt format of the run renders (a chat format needs a chat template, and the
+    template must render): said in one line before loading weights, with nothing written."""
     from activeit_jax.data import chat as chat_lib
     try:
-        scoring.prompt_formats(config, model.decoder_only,
-                               chat_lib.from_vocabulary(vocab) is not None)
-    except ValueError as err:
-        raise UsageError(f"--prompt_format: {err}") from None
+        prompts.check_formats_render(config.prompt_format, model.decoder_only,
+                                     chat_lib.from_vocabulary(vocab))
+    except UsageError as err:
+        raise UsageError(f"--{err}") from None
+
+
+def check_paths() -> None:
+    """Refuses an --out that is (or would overwrite) one of the inputs."""
+    from activeit_jax import layout
+    common.refuse_outputs_among_inputs(
+        {name: FLAGS[name].value for name in ("tasks", "self_instruct", "checkpoint", "vocab",
+                                              "niv2_dir")},
+        {"out": FLAGS.out},
+        {"out": (layout.SCORES_FILE, layout.PROMPTS_FILE, layout.SKIPPED_FILE,
+                 layout.SCORE_SUMMARY_FILE, layout.RUN_ARGS_FILE, layout.SESSIONS_FILE,
+                 layout.SHARDS_DIR, layout.TASKMAP_CSV, layout.TASKMAP_PNG,
+                 layout.TASKMAP_SVG)})
 
 
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
     common.check_args(argv, ("checkpoint", "out"))
+    check_paths()
     common.initialize_distributed_from_flags()  # before anything touches a device
     common.parse_gin_from_flags()
 
@@ -271,7 +342,7 @@ def main(argv: list[str]) -> None:
     shard = scoring.ShardInfo.of_process()
     # Every argument is checked (and the pool listed) before the run directory is touched.
     config = build_config()
-    policy = ADAPTIVE_FLAGS.build() if FLAGS.adaptive_k0 else None
+    policy = build_policy(config)
     tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
                                         FLAGS.on_bad_task, FLAGS.role, shard)
     model = checkpoints.read_model(FLAGS.checkpoint)

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Mapping
 
 import gin
-from absl import flags, logging
+from absl import flags
 
 from activeit_jax.commands import common
 from activeit_jax.core import io_utils, records
 from activeit_jax.core.errors import UsageError
 from activeit_jax.data.errors import RecordError
 from activeit_jax.loop import selection
+
+logger = logging.getLogger(__name__)
 
 _SCORES = flags.DEFINE_string("scores", None, "scores.jsonl of the pool (from `score`).")
 _POOL = flags.DEFINE_string(
@@ -52,6 +55,10 @@ class SelectConfig:
       label_ratio: label -> weight of the niv2 quota (None = {"cls": 24, "gen": 44}).
       on_missing_score: a pool task without a score record: "error" stops, "drop" leaves it
         out of the candidates.
+      perplexity_variant: high / low perplexity: "reference" (perplexity for every task) or
+        "paper_text" (entropy for classification tasks; the scores need the entropy).
+      category_selection: inside a Task Map category: "rank" (the reference code's ranking)
+        or "random" (a seeded draw).
     """
     strategy: str = "prompt_uncertainty"
     num_tasks: int = 68
@@ -60,6 +67,8 @@ class SelectConfig:
     iteration: int = 0
     label_ratio: Mapping[str, int] | None = None
     on_missing_score: str = "error"
+    perplexity_variant: str = selection.VARIANTS["perplexity"][1]
+    category_selection: str = selection.VARIANTS["category"][1]
 
     def __post_init__(self):
         check_settings(self)
@@ -95,11 +104,17 @@ def check_settings(config: SelectConfig) -> None:
     if config.on_missing_score not in ("error", "drop"):
         raise UsageError("SelectConfig.on_missing_score must be 'error' or 'drop', got "
                          f"{config.on_missing_score!r}")
+    try:
+        selection.check_variants(config.perplexity_variant, config.category_selection)
+    except ValueError as err:
+        raise UsageError(f"SelectConfig.{err}") from None
 
 
 SELECT_FLAGS = common.define_config_flags(
     SelectConfig, gin_module="activeit_jax.commands.select", skip=("label_ratio",),
-    choices={"quota": selection.QUOTAS, "on_missing_score": ("error", "drop")},
+    choices={"quota": selection.QUOTAS, "on_missing_score": ("error", "drop"),
+             "perplexity_variant": selection.VARIANTS["perplexity"][0],
+             "category_selection": selection.VARIANTS["category"][0]},
     help_texts={"strategy": "selection strategy; one of "
                 + ", ".join(selection.list_strategies()) + "."},
     deprecated_selectors=("activeit_jax.commands.select.selection_settings",))
@@ -110,6 +125,9 @@ def main(argv: list[str]) -> None:
     common.check_args(argv, ("out",))
     if not _SCORES.value and not _POOL.value:
         raise UsageError("give --scores and/or --pool")
+    common.refuse_outputs_among_inputs(
+        {"scores": _SCORES.value, "pool": _POOL.value, "exclude": _EXCLUDE.value},
+        {"out": _OUT.value})
     common.parse_gin_from_flags()
     config = SELECT_FLAGS.build()
     scores = records.read_score_records(_SCORES.value) if _SCORES.value else None
@@ -123,17 +141,17 @@ def main(argv: list[str]) -> None:
     if excluded:
         before = len(pool)
         pool = [task for task in pool if task.name not in excluded]
-        logging.info("excluded %d already-trained task(s) from the pool", before - len(pool))
+        logger.info("excluded %d already-trained task(s) from the pool", before - len(pool))
 
     try:
         result = selection.select(scores=scores, pool=pool, **dataclasses.asdict(config))
     except ValueError as err:  # select documents its ValueErrors as problems of the input
         raise UsageError(f"cannot select from {_SCORES.value or _POOL.value}: {err}") from None
     for note in result.notes:
-        logging.warning("%s", note)
+        logger.warning("%s", note)
     for group in result.groups:
-        logging.info("group %s: %d/%d taken from %d available (shortfall %d)", group.group,
-                     group.taken, group.target, group.available, group.shortfall)
+        logger.info("group %s: %d/%d taken from %d available (shortfall %d)", group.group,
+                    group.taken, group.target, group.available, group.shortfall)
     if _OUT.value.endswith(".txt"):
         io_utils.atomic_write_text(_OUT.value, "".join(f"{t}\n" for t in result.tasks))
     else:

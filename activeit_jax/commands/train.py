@@ -28,16 +28,19 @@ Rerunning the same command after a kill resumes from the last checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 import gin
-from absl import flags, logging
+from absl import flags
 
 from activeit_jax import layout
 from activeit_jax.commands import common
 from activeit_jax.core import io_utils
 from activeit_jax.core.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 FLAGS = flags.FLAGS
 
@@ -78,6 +81,19 @@ def resolve_model(model: Any, init_checkpoint: str | None, rules: Any) -> Any:
     return model
 
 
+def check_paths(niv2_dir: str | None, init_checkpoint: str | None) -> None:
+    """Refuses an --out that is (or would overwrite) one of the inputs."""
+    from activeit_jax import layout
+    common.refuse_outputs_among_inputs(
+        {"tasks": FLAGS.tasks, "val_tasks": FLAGS.val_tasks, "self_instruct": FLAGS.self_instruct,
+         "niv2_dir": niv2_dir, "init_checkpoint": init_checkpoint},
+        {"out": FLAGS.out},
+        {"out": (layout.CHECKPOINTS_DIR, layout.BEST_DIR, layout.BEST_INFO_FILE,
+                 layout.TRAIN_METRICS_FILE, layout.TRAIN_SUMMARY_FILE, layout.RUN_ARGS_FILE,
+                 layout.DAMAGED_CHECKPOINTS_DIR, layout.TRAIN_EVAL_DIR, layout.TENSORBOARD_DIR,
+                 layout.GIN_CONFIG_FILE)})
+
+
 def main(argv: list[str]) -> None:
     common.check_args(argv, ("out",))
     if bool(FLAGS.tasks) == bool(FLAGS.self_instruct):
@@ -98,6 +114,7 @@ def main(argv: list[str]) -> None:
         from activeit_jax.data.configurables import resolve_repo_path
         niv2_dir = resolve_repo_path(niv2_dir)  # gin's "data/sample/niv2" from anywhere
     init_checkpoint = FLAGS.init_checkpoint or job.init_checkpoint
+    check_paths(niv2_dir, init_checkpoint)
     if init_checkpoint is None and not job.allow_random_init:
         raise UsageError("no --init_checkpoint: convert a pretrained model first "
                          "(activeit-jax convert), or set train_job.allow_random_init = True")
@@ -117,8 +134,8 @@ def main(argv: list[str]) -> None:
     else:
         train_tasks = train_data.read_tasks(FLAGS.tasks, niv2_dir)
     val_tasks = train_data.read_tasks(FLAGS.val_tasks, niv2_dir) if FLAGS.val_tasks else []
-    logging.info("model %r; %d training tasks, %d validation tasks", model, len(train_tasks),
-                 len(val_tasks))
+    logger.info("model %r; %d training tasks, %d validation tasks", model, len(train_tasks),
+                len(val_tasks))
     result = trainer.train_and_evaluate(
         model, train_tasks, val_tasks, vocabulary, config, FLAGS.out,
         init_checkpoint=init_checkpoint, stop_after_steps=FLAGS.stop_after_steps)

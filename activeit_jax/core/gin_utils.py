@@ -12,10 +12,11 @@ from typing import Sequence
 
 import gin
 
+from activeit_jax.core import resources
 from activeit_jax.core.errors import ConfigError, one_line
 
-# The checkout (or installed tree) that holds `configs/`: activeit_jax/core/ -> two up.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The directory that holds `configs/` (a checkout, or the installed package: `resources`).
+REPO_ROOT = resources.RESOURCE_ROOT
 
 _GIN_PREFIX = "--gin."
 
@@ -59,7 +60,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
     Raises:
       ConfigError: a file is missing, or a file or binding does not parse (gin's message).
     """
-    repo_configs = os.path.join(REPO_ROOT, "configs")
+    repo_configs = resources.CONFIGS_DIR
     roots = [*search_paths, repo_configs]
     for path in roots:
         gin.add_config_file_search_path(path)

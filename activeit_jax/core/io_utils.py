@@ -8,7 +8,8 @@ import re
 import tempfile
 from typing import Any, Iterator, TextIO
 
-from activeit_jax.data.errors import RecordError, read_text
+from activeit_jax.core import json_text
+from activeit_jax.core.errors import RecordError, read_text
 
 
 @contextlib.contextmanager
@@ -111,7 +112,7 @@ def read_json_object(path: str | os.PathLike, error: type[Exception], what: str
     """
     try:
         with open(path, encoding="utf-8") as handle:
-            obj = json.load(handle)
+            obj = json_text.loads(handle.read())
     except json.JSONDecodeError as err:
         raise error(f"{path}: line {err.lineno} column {err.colno}: {what} is not valid JSON "
                     f"({err.msg})") from None
@@ -146,7 +147,7 @@ def read_jsonl(path: str | os.PathLike, drop_partial_tail: bool = True) -> list[
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(json_text.loads(line))
         except ValueError as err:
             # Only the last line can be torn by a kill; one in the middle is damage.
             raise RecordError(f"invalid JSON ({getattr(err, 'msg', err)})", os.fspath(path),

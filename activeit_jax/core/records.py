@@ -12,10 +12,21 @@ import math
 import os
 from typing import Any, Iterator
 
-from activeit_jax.data.errors import RecordError, read_text
+from activeit_jax.core import json_text
+from activeit_jax.core.errors import RecordError, read_text
 
-# Numeric fields of a `scores.jsonl` record (`activeit-jax score`): a number or null.
+# Numeric fields of a `scores.jsonl` record (`activeit-jax score`): a number or null, in the
+# range its definition allows (`scoring.formulas`): PU is a mean of |p_k - p_0| and the
+# prediction probability a mean of probabilities, both in [0, 1]; perplexity (exp of a mean
+# negative log-probability) and entropy are >= 0. The bounds allow float rounding.
 SCORE_NUMBER_FIELDS = ("prompt_uncertainty", "prediction_probability", "perplexity", "entropy")
+SCORE_RANGES = {"prompt_uncertainty": (0.0, 1.0), "prediction_probability": (0.0, 1.0),
+                "perplexity": (0.0, math.inf), "entropy": (0.0, math.inf)}
+_ROUNDING = 1e-6
+# The labels of the data layer (`data.labels`) and the Task Map categories
+# (`scoring.taskmap.CATEGORIES`) a record may carry.
+LABELS = ("cls", "gen")
+CATEGORIES = ("ambiguous", "easy", "difficult")
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file"
@@ -30,7 +41,7 @@ def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file"
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            yield number, json_text.loads(line)
         except ValueError as err:
             raise RecordError(f"invalid JSON ({getattr(err, 'msg', err)}); a torn or "
                               f"hand-edited line?", path, f"line {number}") from None
@@ -45,7 +56,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = os.fspath(path)
     text = read_text(path, what)
     try:
-        return json.loads(text)
+        return json_text.loads(text)
     except json.JSONDecodeError as err:
         raise RecordError(f"invalid JSON at column {err.colno}: {err.msg}", path,
                           f"line {err.lineno}") from None
@@ -86,7 +97,9 @@ def read_score_records(path: str | os.PathLike, allow_nonfinite: bool = False
     """The records of a `scores.jsonl`, each checked.
 
     Every line must be a JSON object with a non-empty string "task" seen on no other line;
-    the score fields (`SCORE_NUMBER_FIELDS`), when present, must be finite numbers or null.
+    the score fields (`SCORE_NUMBER_FIELDS`), when present, must be finite numbers in their
+    range (`SCORE_RANGES`) or null; "label", when present, one of `LABELS`; "category" one
+    of `CATEGORIES`. (A PU below 0 or a probability above 1 would be ranked like any other.)
 
     Args:
       path: the file.
@@ -118,5 +131,14 @@ def read_score_records(path: str | os.PathLike, allow_nonfinite: bool = False
                     not (allow_nonfinite or math.isfinite(value)):
                 raise RecordError(f"expected a finite number or null, got {value!r}", path,
                                   f"{where}: {field}")
+            low, high = SCORE_RANGES[field]
+            if math.isfinite(value) and not low - _ROUNDING <= value <= high + _ROUNDING:
+                raise RecordError(f"{value!r} is outside [{low:g}, {high:g}], the range of a "
+                                  f"{field.replace('_', ' ')}", path, f"{where}: {field}")
+        for field, allowed in (("label", LABELS), ("category", CATEGORIES)):
+            value = record.get(field)
+            if value is not None and value not in allowed:
+                raise RecordError(f"expected one of {list(allowed)} or null, got {value!r}",
+                                  path, f"{where}: {field}")
         records.append(record)
     return records

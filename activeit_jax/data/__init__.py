@@ -1,7 +1,8 @@
 """Data layer: NIV2 / Self-Instruct readers, labels, prompts, splits, vocabularies, SeqIO.
 
-Only the light modules are imported here. `vocab` and `seqio_tasks` pull in TensorFlow, so
-import them explicitly: `from activeit_jax.data import seqio_tasks, vocab`.
+Only the light modules are imported here; import the others explicitly
+(`from activeit_jax.data import vocab`). `seqio_tasks` and `seqio_vocabulary` import seqio and
+TensorFlow (the `[seqio]` extra): only the seqio tasks (`activeit_jax.tasks`) use them.
 """
 from __future__ import annotations
 

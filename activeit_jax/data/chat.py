@@ -13,7 +13,11 @@ add_generation_prompt=True, tokenize=False)` does, so the text is identical for 
 messages (tests check it against transformers on the real SmolLM2 tokenizer):
 
 - a sandboxed, immutable jinja2 environment (templates ship with downloaded models and are
-  untrusted code) with `trim_blocks` and `lstrip_blocks`, and the `loopcontrols` extension;
+  untrusted code) with `trim_blocks` and `lstrip_blocks`, and the `loopcontrols` extension,
+  whose renders do bounded work and allocate bounded memory (`bounded_jinja`: operations,
+  CPU time, value and output sizes); any failure to compile or render -- a sandbox refusal,
+  a budget exceeded, `raise_exception`, a non-string template -- is a `VocabularyError`
+  naming the file the template came from;
 - `tojson` that keeps non-ASCII characters and accepts indent / separators / sort_keys,
   `raise_exception(message)` and `strftime_now(format)`, which templates call;
 - `{% generation %}...{% endgeneration %}` (assistant-mask markers) render their body;
@@ -31,6 +35,7 @@ import hashlib
 import json
 from typing import Any, Mapping, Sequence
 
+from activeit_jax.data import bounded_jinja
 from activeit_jax.data.errors import VocabularyError
 
 USER, ASSISTANT = "user", "assistant"
@@ -39,6 +44,7 @@ USER, ASSISTANT = "user", "assistant"
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
             separators: Any = None, sort_keys: bool = False) -> str:
     # jinja's own tojson escapes HTML characters, which would change the rendered prompt.
+    bounded_jinja.check_json_layout(indent, separators)
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
 
@@ -53,11 +59,10 @@ def _strftime_now(fmt: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _compile(template: str) -> Any:
-    """The compiled template (cached: one per distinct template text)."""
+def _compile(template: str) -> tuple[Any, Any]:
+    """(its bounded environment, the compiled template), cached: one per distinct text."""
     import jinja2
     import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationBlock(jinja2.ext.Extension):
         """`{% generation %}body{% endgeneration %}` renders `body` (assistant-mask markers
@@ -73,11 +78,13 @@ def _compile(template: str) -> Any:
         def _body(self, caller: Any) -> str:
             return caller()
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols, GenerationBlock])
+    env = bounded_jinja.BoundedEnvironment(
+        trim_blocks=True, lstrip_blocks=True,
+        extensions=[jinja2.ext.loopcontrols, GenerationBlock])
     env.filters["tojson"] = _tojson
+    env.bound_filters()
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
-    return env.from_string(template)
+    return env, env.compile_template(template)
 
 
 class ChatTemplate:
@@ -87,19 +94,29 @@ class ChatTemplate:
       template: the jinja source (e.g. `HFTokenizerVocabulary.chat_template`).
       special_tokens: {"bos_token": text, "eos_token": text, ...}; absent names render as
         undefined (empty), as in transformers when the tokenizer lacks that token.
+      source: the file the template came from, named in every error.
+      limits: the budget of each render (`bounded_jinja.Limits`).
 
     Raises:
-      VocabularyError: the template does not compile (the jinja message is kept).
+      VocabularyError: the template is not a string or does not compile (the jinja message
+        is kept), naming `source`.
     """
 
-    def __init__(self, template: str, special_tokens: Mapping[str, str] | None = None):
-        import jinja2
+    def __init__(self, template: str, special_tokens: Mapping[str, str] | None = None,
+                 source: str | None = None,
+                 limits: bounded_jinja.Limits = bounded_jinja.LIMITS):
+        self.source = source
+        self.limits = limits
+        if not isinstance(template, str):
+            raise VocabularyError(f"the chat template must be a string, got "
+                                  f"{type(template).__name__}", source)
         self.template = template
         self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
         try:
-            self._compiled = _compile(template)
-        except jinja2.exceptions.TemplateError as err:
-            raise VocabularyError(f"the chat template does not compile ({err})") from None
+            self._env, self._compiled = _compile(template)
+        except Exception as err:  # noqa: BLE001 - a template is data: any failure is its own
+            raise VocabularyError(f"the chat template does not compile "
+                                  f"({_describe(err)})", source) from None
 
     @property
     def sha256(self) -> str:
@@ -116,16 +133,34 @@ class ChatTemplate:
 
         Returns:
           The rendered text (special-token markup included, e.g. `<|im_start|>`).
+
+        Raises:
+          VocabularyError: the template fails or goes past its budget (the reason and the
+            file named); nothing else escapes, whatever the template does.
         """
-        return self._compiled.render(messages=[dict(m) for m in messages], tools=None,
-                                     documents=None,
-                                     add_generation_prompt=add_generation_prompt,
-                                     **self.special_tokens)
+        try:
+            return self._env.render(self._compiled, self.limits,
+                                    messages=[dict(m) for m in messages], tools=None,
+                                    documents=None, add_generation_prompt=add_generation_prompt,
+                                    **self.special_tokens)
+        except Exception as err:  # noqa: BLE001 - a template is data: any failure is its own
+            raise VocabularyError(f"the chat template cannot be rendered ({_describe(err)})",
+                                  self.source) from None
 
     def user_prompt(self, text: str) -> str:
         """`text` as the only user turn, followed by the opening of the assistant's turn: the
         prompt a chat model continues with its answer."""
         return self.render([{"role": USER, "content": text}], add_generation_prompt=True)
+
+
+def _describe(err: BaseException) -> str:
+    """An exception raised by a template, in a few words (type and message, one line)."""
+    text = " ".join(str(err).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    if isinstance(err, bounded_jinja.TemplateBudgetError):
+        return f"stopped: {text}"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def special_token_strings(vocabulary: Any) -> dict[str, str]:
@@ -147,6 +182,7 @@ def from_vocabulary(vocabulary: Any) -> ChatTemplate | None:
     """The chat template a vocabulary carries (`HFTokenizerVocabulary.chat_template`), or
     None (SentencePiece vocabularies and tokenizers without a template)."""
     template = getattr(vocabulary, "chat_template", None)
-    if not template:
+    if template is None or template == "":
         return None
-    return ChatTemplate(template, special_token_strings(vocabulary))
+    return ChatTemplate(template, special_token_strings(vocabulary),
+                        source=getattr(vocabulary, "source", None))

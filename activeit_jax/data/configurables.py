@@ -19,18 +19,15 @@ import os
 
 import gin
 
+from activeit_jax.core import resources
 from activeit_jax.data import vocab as vocab_lib
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The directory that holds `data/sample/` (a checkout, or the installed package).
+REPO_ROOT = resources.RESOURCE_ROOT
 
-
-def resolve_repo_path(path: str) -> str:
-    """A relative path that does not exist from the working directory is tried from the
-    repository root, so configs can name bundled files ("data/sample/...") from anywhere."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = os.path.join(REPO_ROOT, path)
-    return candidate if os.path.exists(candidate) else path
+# A relative path that does not exist from the working directory is tried from REPO_ROOT, so
+# configs can name bundled files ("data/sample/...") from anywhere.
+resolve_repo_path = resources.resolve_path
 
 
 @gin.configurable("get_vocabulary", module="activeit_jax.data")

@@ -9,37 +9,9 @@ from __future__ import annotations
 
 import os
 
-from activeit_jax.core.errors import ActiveITError
-
-
-class DataError(ActiveITError):
-    """Bad input data: a malformed file, a missing task, an impossible split.
-
-    Attributes:
-      message: what is wrong, in words.
-      path: the file (or directory) at fault, when there is one.
-      field: the field inside that file (e.g. "Instances[3].output", or "line 3: task" in a
-        JSONL file), when there is one.
-    """
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None,
-                 field: str | None = None):
-        self.message = message
-        self.path = os.fspath(path) if path is not None else None
-        self.field = field
-        super().__init__(self._format())
-
-    def _format(self) -> str:
-        parts = []
-        if self.path is not None:
-            parts.append(self.path)
-        if self.field is not None:
-            parts.append(f"field '{self.field}'")
-        parts.append(self.message)
-        return ": ".join(parts)
-
-    def __reduce__(self):  # keeps the keyword arguments through pickling (multiprocessing)
-        return (type(self), (self.message, self.path, self.field))
+# DataError and RecordError live in core (core's record readers raise them); named here too,
+# with the data layer's own errors.
+from activeit_jax.core.errors import DataError, RecordError  # noqa: F401
 
 
 class TaskFormatError(DataError):
@@ -66,12 +38,29 @@ class VocabularyError(DataError):
     """A SentencePiece model file is missing or cannot be loaded."""
 
 
-class RecordError(DataError):
-    """A record file (scores.jsonl, a pool, a task list) has a malformed or repeated record."""
-
-
 class LabelOverrideError(DataError):
-    """A classification/generation override file is malformed."""
+    """A classification/generation label file (`labels.load_label_source`) is malformed."""
+
+
+def check_unicode(value: str, path: str | os.PathLike | None, field: str | None) -> str:
+    """Returns `value` when it is valid Unicode text (it can be written as UTF-8).
+
+    JSON allows escapes of lone surrogates (`"\\ud800"`), which Python decodes into a string
+    that no UTF-8 file, tokenizer or terminal accepts: the first write of such a text used to
+    abort a whole pool with a UnicodeEncodeError. Readers check every string they keep.
+
+    Raises:
+      TaskFormatError: naming the file, the field and the position of the lone surrogate.
+    """
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise TaskFormatError(f"not valid Unicode text: a lone surrogate "
+                              f"U+{ord(value[err.start]):04X} at character {err.start} (an "
+                              f"unpaired \\u escape in the JSON)", path, field) from None
+    return value
 
 
 def read_text(path: str, what: str) -> str:

@@ -50,7 +50,9 @@ from activeit_jax.data.errors import VocabularyError
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
 SPM_SPACE = "\u2581"  # SentencePiece's visible space, "▁"
-SUPPORTED_MODELS = ("gpt2", "llama")
+# tokenizer.ggml.model values: byte-level BPE and SentencePiece (a tokenizer type, not a model).
+BPE_TYPE, SENTENCEPIECE_TYPE = "gpt2", "llama"
+SUPPORTED_MODELS = (BPE_TYPE, SENTENCEPIECE_TYPE)
 
 # Split regexes of the pre-tokenizer families whose merges were learned on other splits than
 # GPT-2's (as published with those models).
@@ -216,7 +218,7 @@ def build_spm_tokenizer(tokens: Sequence[str], scores: Sequence[float],
 def _tokenizer_from_metadata(metadata: Mapping[str, Any], model: str, tokens: Sequence[str],
                              types: Sequence[int] | None, source: str | None) -> Any:
     """The `tokenizers.Tokenizer` of a "gpt2" or "llama" vocabulary."""
-    if model == "gpt2":
+    if model == BPE_TYPE:
         merges = metadata.get("tokenizer.ggml.merges")
         if merges is None:
             raise VocabularyError("metadata tokenizer.ggml.merges is missing", source)
@@ -252,9 +254,10 @@ def vocabulary_from_gguf_metadata(metadata: Mapping[str, Any], source: str | Non
     """
     from activeit_jax.data import hf_tokenizer
 
-    model = metadata.get("tokenizer.ggml.model")
-    if model not in SUPPORTED_MODELS:
-        raise VocabularyError(f"tokenizer.ggml.model {model!r} is not supported (only 'gpt2', "
+    tokenizer_type = metadata.get("tokenizer.ggml.model")
+    if tokenizer_type not in SUPPORTED_MODELS:
+        raise VocabularyError(f"tokenizer.ggml.model {tokenizer_type!r} is not supported "
+                              "(only 'gpt2', "
                               "byte-level BPE, and 'llama', SentencePiece)", source)
     tokens = metadata.get("tokenizer.ggml.tokens")
     if not tokens:
@@ -264,17 +267,18 @@ def vocabulary_from_gguf_metadata(metadata: Mapping[str, Any], source: str | Non
         raise VocabularyError(f"tokenizer.ggml.token_type has {len(types)} entries for "
                               f"{len(tokens)} tokens", source)
     try:
-        tokenizer = _tokenizer_from_metadata(metadata, model, tokens, types, source)
+        tokenizer = _tokenizer_from_metadata(metadata, tokenizer_type, tokens, types, source)
     except VocabularyError:
         raise
     except Exception as err:  # tokenizers raises plain Exceptions on bad merges
-        raise VocabularyError(f"cannot build the {model} tokenizer ({err})", source) from None
+        raise VocabularyError(f"cannot build the {tokenizer_type} tokenizer ({err})",
+                              source) from None
     eos = metadata.get("tokenizer.ggml.eos_token_id")
     if eos is None:
         raise VocabularyError("metadata tokenizer.ggml.eos_token_id is missing", source)
     bos = metadata.get("tokenizer.ggml.bos_token_id")
     # llama.cpp adds BOS to a SentencePiece vocabulary unless the file says otherwise.
-    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", model == "llama")) \
+    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", tokenizer_type == SENTENCEPIECE_TYPE)) \
         and bos is not None
     return hf_tokenizer.HFTokenizerVocabulary(
         tokenizer, eos_id=eos, bos_id=bos, unk_id=metadata.get("tokenizer.ggml.unknown_token_id"),

@@ -1,4 +1,6 @@
-"""Hugging Face `tokenizers` vocabularies (tokenizer.json), behind seqio's Vocabulary interface.
+"""Hugging Face `tokenizers` vocabularies (tokenizer.json), behind the `vocab.Vocabulary`
+interface (seqio's, in plain Python: no seqio or TensorFlow import; a seqio task wraps it with
+`seqio_vocabulary.adapt`).
 
 `HFTokenizerVocabulary` is the second implementation of the one vocabulary interface that the
 prompts, the scorer, the trainer and the evaluator use (the first is SentencePiece,
@@ -28,12 +30,9 @@ import json
 import os
 from typing import Any, Iterable, Mapping
 
-import numpy as np
-import seqio
-import tensorflow as tf
-
-from activeit_jax.core import io_utils
+from activeit_jax.core import io_utils, json_text
 from activeit_jax.data.errors import VocabularyError
+from activeit_jax.data.vocab import Vocabulary
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
@@ -98,8 +97,8 @@ def _find_end_of_turn(special_tokens: Mapping[str, int]) -> int | None:
     return None
 
 
-class HFTokenizerVocabulary(seqio.Vocabulary):
-    """A `tokenizers.Tokenizer` with the model's special ids, as a seqio Vocabulary.
+class HFTokenizerVocabulary(Vocabulary):
+    """A `tokenizers.Tokenizer` with the model's special ids, as a `vocab.Vocabulary`.
 
     Args:
       tokenizer: a `tokenizers.Tokenizer`, or its JSON text.
@@ -141,10 +140,13 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         self._declared_pad_id = None if pad_id is None else int(pad_id)
         self._end_of_turn_id = (int(end_of_turn_id) if end_of_turn_id is not None
                                 else _find_end_of_turn(self._special))
-        self._pad_id = choose_pad_id(self._declared_pad_id, bos_id=self._bos_id,
-                                     eos_id=self._eos_id, unk_id=self._unk_id,
-                                     end_of_turn_id=self._end_of_turn_id,
-                                     special_tokens=self._special)
+        try:
+            self._pad_id = choose_pad_id(self._declared_pad_id, bos_id=self._bos_id,
+                                         eos_id=self._eos_id, unk_id=self._unk_id,
+                                         end_of_turn_id=self._end_of_turn_id,
+                                         special_tokens=self._special)
+        except VocabularyError as err:  # name the tokenizer's file
+            raise VocabularyError(err.message, source) from None
         self._add_bos = bool(add_bos)
         self._chat_template = chat_template
         for name in ("eos_id", "bos_id", "unk_id", "pad_id", "end_of_turn_id"):
@@ -186,6 +188,11 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         return self._chat_template
 
     @property
+    def source(self) -> str | None:
+        """Where the tokenizer came from (the file named in its errors), or None."""
+        return self._source
+
+    @property
     def end_of_turn_id(self) -> int | None:
         return self._end_of_turn_id
 
@@ -205,44 +212,11 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         return list(self._tokenizer.encode(s, add_special_tokens=False).ids)
 
     def _decode(self, ids: Iterable[int]) -> str:
-        # seqio's `decode` has already cut after the first EOS and mapped ids beyond the
+        # `Vocabulary.decode` has already cut after the first EOS and mapped ids beyond the
         # vocabulary to unk; what is left to drop are the ids that carry no text.
         drop = {self._pad_id, self._eos_id, self._bos_id}
         kept = [int(i) for i in ids if int(i) not in drop and 0 <= int(i) < self._size]
         return self._tokenizer.decode(kept, skip_special_tokens=False)
-
-    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
-        """TensorFlow face of `encode` (seqio's tokenize preprocessor): a scalar string gives
-        int32 `[T]`; a string tensor of any shape gives a ragged int32 tensor with one more
-        (ragged) dimension."""
-        def encode_flat(strings: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
-            flat = np.asarray(strings.numpy(), dtype=object).reshape(-1)  # a scalar reads as bytes
-            rows = [self._encode(x.decode("utf-8")) for x in flat]
-            values = np.asarray([i for row in rows for i in row], np.int32)
-            return values, np.asarray([len(row) for row in rows], np.int64)
-
-        s = tf.convert_to_tensor(s, tf.string)
-        values, lengths = tf.py_function(encode_flat, [s], Tout=(tf.int32, tf.int64))
-        values.set_shape([None])
-        if s.shape.rank == 0:
-            return values
-        lengths.set_shape([None])
-        ragged = tf.RaggedTensor.from_row_lengths(values, lengths)
-        if s.shape.rank > 1:
-            ragged = tf.RaggedTensor.from_uniform_row_length(ragged, tf.shape(s)[-1])
-        return ragged
-
-    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        """TensorFlow face of `_decode`: int `[..., T]` -> strings `[...]`."""
-        def decode_flat(batch: tf.Tensor) -> np.ndarray:
-            array = batch.numpy()
-            flat = array.reshape(-1, array.shape[-1]) if array.ndim else array.reshape(1, 0)
-            return np.asarray([self._decode(row.tolist()).encode("utf-8") for row in flat],
-                              dtype=object)
-
-        ids = tf.convert_to_tensor(ids)
-        out = tf.py_function(decode_flat, [ids], Tout=tf.string)
-        return tf.reshape(out, tf.shape(ids)[:-1])
 
     # -- persistence -----------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -266,12 +240,18 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     def load(cls, directory: str | os.PathLike) -> "HFTokenizerVocabulary":
         """Reads a directory written by `save`.
 
+        Errors name the files read (`tokenizer.json` here, not the file the tokenizer was
+        first converted from), and the vocabulary's `source` is this `tokenizer.json`.
+
         Raises:
-          VocabularyError: a file is missing or malformed (named in the message).
+          VocabularyError: a file is missing or malformed, or a field of `tokenizer_meta.json`
+            has the wrong type (`data.tokenizer_meta`; named in the message).
         """
+        from activeit_jax.data import tokenizer_meta
+
         directory = os.fspath(directory)
         meta_path = os.path.join(directory, META_FILE)
-        meta = _read_json(meta_path, "tokenizer metadata")
+        meta = tokenizer_meta.read_tokenizer_meta(meta_path)
         if meta.get("format") != META_FORMAT or meta.get("kind", KIND) != KIND:
             raise VocabularyError(f"not an activeit-jax {KIND} tokenizer metadata file",
                                   meta_path)
@@ -282,19 +262,30 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         text = _read_text(tokenizer_path)
         if "eos_id" not in meta or meta["eos_id"] is None:
             raise VocabularyError("field 'eos_id' is missing", meta_path)
-        vocabulary = cls(text, eos_id=meta["eos_id"], bos_id=meta.get("bos_id"),
-                   unk_id=meta.get("unk_id"),
-                   pad_id=meta.get("declared_pad_id", meta.get("pad_id")),
-                   add_bos=bool(meta.get("add_bos", False)),
-                   chat_template=meta.get("chat_template"),
-                   end_of_turn_id=meta.get("end_of_turn_id"),
-                   source=meta.get("source") or tokenizer_path)
+        import tokenizers
+        try:
+            tokenizer = tokenizers.Tokenizer.from_str(text)
+        except Exception as err:  # tokenizers raises its own Exception type
+            raise VocabularyError(f"not a valid tokenizer.json ({err})", tokenizer_path) from None
+        try:
+            vocabulary = cls(tokenizer, eos_id=meta["eos_id"], bos_id=meta.get("bos_id"),
+                             unk_id=meta.get("unk_id"),
+                             pad_id=meta.get("declared_pad_id", meta.get("pad_id")),
+                             add_bos=bool(meta.get("add_bos", False)),
+                             chat_template=meta.get("chat_template"),
+                             end_of_turn_id=meta.get("end_of_turn_id"),
+                             source=tokenizer_path)
+        except VocabularyError as err:  # the ids of the metadata do not fit this tokenizer
+            if err.path not in (None, tokenizer_path):
+                raise
+            raise VocabularyError(f"{err.message} (the ids come from {meta_path}: do the two "
+                                  "files belong together?)", tokenizer_path) from None
         if meta.get("pad_id") is not None and vocabulary.pad_id != meta["pad_id"]:
             raise VocabularyError(f"field 'pad_id' is {meta['pad_id']}, but the tokenizer's "
                                   f"padding id is {vocabulary.pad_id}", meta_path)
         return vocabulary
 
-    # -- seqio plumbing ----------------------------------------------------------------------
+    # -- identity ----------------------------------------------------------------------------
     def _fingerprint(self) -> str:
         # Computed once: serialising a 150k-token tokenizer on every hash would be slow, and
         # the wrapped tokenizer is never changed after construction.
@@ -333,7 +324,7 @@ def _read_text(path: str) -> str:
 def _read_json(path: str, what: str) -> dict[str, Any]:
     text = _read_text(path)
     try:
-        value = json.loads(text)
+        value = json_text.loads(text)
     except json.JSONDecodeError as err:
         raise VocabularyError(f"{what} is not valid JSON ({err})", path) from None
     if not isinstance(value, dict):
@@ -348,12 +339,18 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _chat_template_of(config: Mapping[str, Any], directory: str) -> str | None:
-    """The default chat template: tokenizer_config.json's, or `chat_template.jinja`."""
+def _chat_template_of(config: Mapping[str, Any], directory: str, config_path: str
+                      ) -> str | None:
+    """The default chat template: tokenizer_config.json's, or `chat_template.jinja`; a
+    template that is not a string is refused (naming `config_path`)."""
     template = config.get("chat_template")
+    field = "chat_template"
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
+        template, field = named.get("default"), "chat_template[default].template"
+    if template is not None and not isinstance(template, str):
+        raise VocabularyError(f"expected a string (a jinja template), got "
+                              f"{type(template).__name__}", config_path, field)
     if isinstance(template, str):
         return template
     path = os.path.join(directory, HF_CHAT_TEMPLATE_FILE)
@@ -420,7 +417,7 @@ def from_hf_tokenizer_files(tokenizer_json: str | os.PathLike,
     return HFTokenizerVocabulary(
         tokenizer, eos_id=eos_id, bos_id=bos_id, unk_id=token_id("unk_token"),
         pad_id=token_id("pad_token"), add_bos=bool(add_bos) and bos_id is not None,
-        chat_template=_chat_template_of(config, directory), source=tokenizer_json)
+        chat_template=_chat_template_of(config, directory, config_path), source=tokenizer_json)
 
 
 def check_fits_embedding(vocabulary: Any, num_embeddings: int, source: str | None = None
@@ -428,7 +425,7 @@ def check_fits_embedding(vocabulary: Any, num_embeddings: int, source: str | Non
     """Raises when the vocabulary has more ids than the model has embedding rows.
 
     Args:
-      vocabulary: any seqio vocabulary (`vocab_size`).
+      vocabulary: any vocabulary (`vocab_size`).
       num_embeddings: the model's embedding rows (`vocab_size` of its config).
       source: the tokenizer file, for the message.
 

@@ -25,15 +25,19 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from activeit_jax.core import json_text
 from activeit_jax.data import labels as labels_lib
 from activeit_jax.data.errors import (
     DataError,
     MissingTaskError,
     TaskFormatError,
     TaskNameError,
+    check_unicode,
     read_text,
 )
 from activeit_jax.data.hashing import stable_shuffle
+
+logger = logging.getLogger(__name__)
 
 OnBadTask = str  # "error" | "skip"
 ON_BAD_TASK_CHOICES = ("error", "skip")
@@ -73,7 +77,10 @@ class Task:
       categories: NIV2 `Categories` (e.g. "Sentiment Analysis").
       label: "cls" or "gen" (see `activeit_jax.data.labels`).
       source: "niv2" or "self_instruct" (where the task came from).
-      label_source: how `label` was decided: "rule", "override" or "metadata".
+      label_source: how `label` was decided: "rule", "override" (a label file) or "metadata".
+      metric_label: "cls" / "gen" by which the task's scores are grouped when a label file
+        gives it apart from `label` (Active-IT's `CLS_GEN`); None = `label`
+        (`labels.metric_label_of`).
       reasoning, domains: NIV2 `Reasoning`, `Domains`.
       source_datasets: NIV2 `Source` (the underlying datasets).
       input_language, output_language, instruction_language: NIV2 language fields.
@@ -97,6 +104,7 @@ class Task:
     instruction_language: tuple[str, ...] = ()
     instance_license: tuple[str, ...] = ()
     path: str = ""
+    metric_label: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists); `Task.from_dict` inverts it."""
@@ -129,7 +137,7 @@ class Task:
 def _expect_str(value: Any, path: str, field: str) -> str:
     if not isinstance(value, str):
         raise TaskFormatError(f"expected a string, got {_type_name(value)}", path, field)
-    return value
+    return check_unicode(value, path, field)
 
 
 def _expect_list(value: Any, path: str, field: str) -> list:
@@ -269,7 +277,7 @@ def load_niv2_task(path: str | os.PathLike,
     name = name[:-len(".json")] if name.endswith(".json") else name
     text = read_text(path, "task file")
     try:
-        raw = json.loads(text)  # accepts the bare NaN of real files
+        raw = json_text.loads(text)  # accepts the bare NaN of real files
     except json.JSONDecodeError as err:
         raise TaskFormatError(f"invalid JSON at line {err.lineno} column {err.colno}: "
                               f"{err.msg}", path) from None
@@ -384,7 +392,7 @@ def _load_many(niv2_dir: str, names: Sequence[str], on_bad_task: str, required: 
         except DataError as err:
             if on_bad_task == "error":
                 raise
-            logging.warning("skipping bad task %s: %s", name, err)
+            logger.warning("skipping bad task %s: %s", name, err)
             skipped.append((name, str(err)))
     return tasks, missing, skipped
 
@@ -428,8 +436,8 @@ def scan_niv2_split(niv2_dir: str | os.PathLike, split: str, on_bad_task: OnBadT
                                f"a file in this folder", tasks_dir)
     tasks = labels_lib.apply_label_overrides(tasks, label_overrides)
     if missing:
-        logging.debug("%s split: %d of %d named tasks have no file (partial checkout)", split,
-                     len(missing), len(names))
+        logger.debug("%s split: %d of %d named tasks have no file (partial checkout)", split,
+                 len(missing), len(names))
     return SplitRead(split=split, split_file=split_file_path(niv2_dir, split, split_dir),
                      names=tuple(names), tasks=tuple(tasks), missing=tuple(missing),
                      skipped=tuple(skipped))

@@ -10,6 +10,7 @@ The splits file is written last and removed first, so its presence means the pai
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,7 +19,7 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 from activeit_jax import layout
-from activeit_jax.core import io_utils
+from activeit_jax.core import io_utils, records
 from activeit_jax.data import (
     labels as labels_lib,
     niv2 as niv2_lib,
@@ -51,8 +52,11 @@ class PreparedData:
       train_label_ratio: classification ratio over all tasks read from the train split
         (NIV2) or the Self-Instruct file, before splitting.
       train_label_counts: {"cls": n, "gen": n} over the same tasks.
-      label_sources: {"rule"|"override"|"metadata": n} over the same tasks.
+      label_sources: {"rule"|"override"|"metadata": n} over the same tasks ("override": from
+        the label file).
       max_instances_per_task: the cap applied (None: none).
+      label_file: `labels.LabelSource.describe()` of the label file the labels came from
+        (path, SHA-256, counts), or None (the rule labels every task).
     """
     split: splits_lib.ExperimentSplit
     tasks: dict[str, Task]
@@ -61,6 +65,7 @@ class PreparedData:
     train_label_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     label_sources: dict[str, int] = dataclasses.field(default_factory=dict)
     max_instances_per_task: int | None = None
+    label_file: dict[str, Any] | None = None
 
     def role_tasks(self, role: str) -> list[Task]:
         """The tasks of one role ("initial", "validation", "pool", "test"), in split order."""
@@ -91,6 +96,7 @@ class PreparedData:
             "train_classification_ratio": round(self.train_label_ratio, 4),
             "train_label_counts": self.train_label_counts,
             "label_sources": self.label_sources,
+            "label_file": self.label_file,
             "roles": self.role_stats(),
             "num_chunks": len(self.split.chunks),
         }
@@ -115,8 +121,22 @@ def label_source_counts(summary: Mapping[str, Any]) -> dict[str, int]:
 
 def stored_label_source_counts(out_dir: str | os.PathLike) -> dict[str, int]:
     """`label_source_counts` of a prepared directory's splits.json (tasks.jsonl is not read)."""
+    meta = records.read_json(os.path.join(out_dir, layout.SPLITS_FILE), "prepared split")
+    summary = meta.get("summary") if isinstance(meta, dict) else None
+    return label_source_counts(summary if isinstance(summary, dict) else {})
+
+
+def stored_label_file(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The label file a prepared directory's labels came from (`PreparedData.label_file`), or
+    None (the rule labelled every task, or a directory prepared before it was recorded)."""
     with open(os.path.join(out_dir, layout.SPLITS_FILE), encoding="utf-8") as handle:
-        return label_source_counts(json.load(handle).get("summary", {}))
+        return json.load(handle).get("summary", {}).get("label_file")
+
+
+def _label_file(label_overrides: Mapping[str, str] | None) -> dict[str, Any] | None:
+    if isinstance(label_overrides, labels_lib.LabelSource):
+        return label_overrides.describe()
+    return {"path": None, "tasks": len(label_overrides)} if label_overrides else None
 
 
 def _count_by(values: Sequence[str]) -> dict[str, int]:
@@ -151,7 +171,8 @@ def prepare_niv2(niv2_dir: str | os.PathLike, seed: int = 42, on_bad_task: str =
       niv2_dir: the NIV2 root (tasks/ + splits/).
       seed: seed of the split and of the train-task instance sampling.
       on_bad_task: "error" or "skip" malformed task files.
-      label_overrides: {task: "cls"|"gen"} (see labels.load_label_overrides).
+      label_overrides: {task: "cls"|"gen"}, or a `labels.LabelSource` (a label file: its
+        CLS_GEN metric labels apply too, and its path and hash are recorded).
       tasks: optional explicit train task names: only these are used, and each must be named
         in the train split and have a file.
       quotas: explicit counts, or None for the paper's (scaled down on partial data).
@@ -209,7 +230,7 @@ def prepare_niv2(niv2_dir: str | os.PathLike, seed: int = 42, on_bad_task: str =
         train_label_ratio=labels_lib.classification_ratio(train_tasks),
         train_label_counts=_count_by([t.label for t in train_tasks]),
         label_sources=_count_by([t.label_source for t in train_tasks]),
-        max_instances_per_task=max_instances_per_task)
+        max_instances_per_task=max_instances_per_task, label_file=_label_file(label_overrides))
 
 
 def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike | None = None,
@@ -218,7 +239,8 @@ def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike 
                           quotas: splits_lib.SelfInstructQuotas | None = None,
                           max_items: int | None = None,
                           length_fn: Callable[[str], int] = si_lib.whitespace_length,
-                          num_chunks: int = si_lib.NUM_LENGTH_CHUNKS) -> PreparedData:
+                          num_chunks: int = si_lib.NUM_LENGTH_CHUNKS,
+                          on_bad_task: str = "error") -> PreparedData:
     """Reads a Self-Instruct / Alpaca file, draws initial/pool and the output-length chunks.
 
     Args:
@@ -230,16 +252,19 @@ def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike 
       max_items: read only the first N items of `path`.
       length_fn: output length measure for the chunks (whitespace words by default).
       num_chunks: number of output-length chunks of the pool.
+      on_bad_task: "error" stops at a malformed item; "skip" leaves it out and lists it in
+        the summary (`SourceReport.skipped`), as a malformed NIV2 task file.
 
     Returns:
       PreparedData (no validation role; `split.chunks` holds the pool chunks).
     """
-    tasks = labels_lib.apply_label_overrides(
-        si_lib.load_self_instruct(path, max_items=max_items), label_overrides)
-    test_tasks = []
+    tasks, skipped = _self_instruct_tasks(path, max_items, on_bad_task)
+    tasks = labels_lib.apply_label_overrides(tasks, label_overrides)
+    test_tasks: list[Task] = []
+    test_skipped: tuple[tuple[str, str], ...] = ()
     if test_path is not None:
-        test_tasks = labels_lib.apply_label_overrides(si_lib.load_self_instruct(test_path),
-                                                      label_overrides)
+        test_tasks, test_skipped = _self_instruct_tasks(test_path, None, on_bad_task)
+        test_tasks = labels_lib.apply_label_overrides(test_tasks, label_overrides)
         clash = {t.name for t in tasks} & {t.name for t in test_tasks}
         if clash:
             raise SplitError(f"task names in both the training and the test file: "
@@ -247,16 +272,29 @@ def prepare_self_instruct(path: str | os.PathLike, test_path: str | os.PathLike 
     chunks = si_lib.output_length_chunks(tasks, num_chunks, length_fn)
     split = splits_lib.split_self_instruct(tasks, test_tasks, seed, quotas, chunks)
     resolved = {t.name: t for t in [*tasks, *test_tasks]}
-    sources = [SourceReport("self-instruct file", os.fspath(path), len(tasks), len(tasks), 0)]
+    sources = [SourceReport("self-instruct file", os.fspath(path), len(tasks) + len(skipped),
+                            len(tasks), 0, skipped)]
     if test_path is not None:
-        sources.append(SourceReport("test file", os.fspath(test_path), len(test_tasks),
-                                    len(test_tasks), 0))
+        sources.append(SourceReport("test file", os.fspath(test_path),
+                                    len(test_tasks) + len(test_skipped), len(test_tasks), 0,
+                                    test_skipped))
     return PreparedData(
         split=split, tasks=resolved, sources=tuple(sources),
         train_label_ratio=labels_lib.classification_ratio(tasks),
         train_label_counts=_count_by([t.label for t in tasks]),
         label_sources=_count_by([t.label_source for t in tasks]),
-        max_instances_per_task=None)
+        max_instances_per_task=None, label_file=_label_file(label_overrides))
+
+
+def _self_instruct_tasks(path: str | os.PathLike, max_items: int | None, on_bad_task: str
+                         ) -> tuple[list[Task], tuple[tuple[str, str], ...]]:
+    """The tasks of a Self-Instruct file and the (name, reason) of its skipped items."""
+    entries = si_lib.scan_self_instruct(path, max_items=max_items, on_bad_task=on_bad_task)
+    tasks = [e for e in entries if isinstance(e, Task)]
+    skipped = tuple((e.name, e.reason) for e in entries if not isinstance(e, Task))
+    if not tasks:
+        raise EmptyPoolError("no usable item (all skipped)", path)
+    return tasks, skipped
 
 
 def format_summary(prepared: PreparedData) -> str:
@@ -321,7 +359,21 @@ def write_prepared(prepared: PreparedData, out_dir: str | os.PathLike) -> dict[s
       {"tasks": path, "splits": path}.
     """
     out_dir = os.fspath(out_dir)
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        return _write_prepared_files(prepared, out_dir)
+    except BaseException:
+        if created:  # a failed write leaves no directory behind, only if it made it
+            for name in (layout.SPLITS_FILE, layout.TASKS_FILE):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(out_dir, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only when empty: nothing else is removed
+        raise
+
+
+def _write_prepared_files(prepared: PreparedData, out_dir: str) -> dict[str, str]:
     tasks_path = os.path.join(out_dir, layout.TASKS_FILE)
     splits_path = os.path.join(out_dir, layout.SPLITS_FILE)
     role_of = {name: role for role, names in prepared.split.roles().items() for name in names}
@@ -360,8 +412,9 @@ def load_prepared(out_dir: str | os.PathLike) -> PreparedData:
     if not os.path.exists(splits_path):
         raise DataError(f"not a prepared directory (no {layout.SPLITS_FILE}; run `activeit-jax "
                         "prepare`)", out_dir)
-    with open(splits_path, encoding="utf-8") as handle:
-        meta = json.load(handle)
+    meta = records.read_json(splits_path, "prepared split")
+    if not isinstance(meta, dict):
+        raise DataError("expected a JSON object", splits_path)
     tasks_path = os.path.join(out_dir, meta.get("tasks_file", layout.TASKS_FILE))
     if not os.path.exists(tasks_path) or _sha256(tasks_path) != meta.get("tasks_sha256"):
         raise DataError(f"tasks file missing or changed since {layout.SPLITS_FILE} was "
@@ -381,4 +434,5 @@ def load_prepared(out_dir: str | os.PathLike) -> PreparedData:
                         train_label_ratio=summary.get("train_classification_ratio", math.nan),
                         train_label_counts=summary.get("train_label_counts", {}),
                         label_sources=summary.get("label_sources", {}),
-                        max_instances_per_task=summary.get("max_instances_per_task"))
+                        max_instances_per_task=summary.get("max_instances_per_task"),
+                        label_file=summary.get("label_file"))

@@ -320,3 +320,42 @@ def make_fits(vocabulary: "seqio.Vocabulary", max_length: int = MAX_SOURCE_LENGT
         return len(vocabulary.encode(text)) <= budget
 
     return fits
+
+
+# Rendered once in every format a run uses before it writes anything (`check_formats_render`).
+_PROBE = PromptParts(definition="Repeat the input", example_inputs=("a",),
+                     example_outputs=("a",), instance_input="b")
+TASK_SOURCES = ("niv2", "self_instruct")
+
+
+def check_formats_render(prompt_format: str, decoder_only: bool, chat: "ChatTemplate | None",
+                         sources: tuple[str, ...] = TASK_SOURCES) -> dict[str, str]:
+    """Resolves the prompt format of each task source and renders a probe prompt in each.
+
+    Every command that renders prompts (score, train, evaluate, run) calls this before it
+    touches its output directory: a chat template that fails, or goes past its budget
+    (`data.bounded_jinja`), then stops the command with nothing on disk, so the same command
+    runs once the template is fixed.
+
+    Args:
+      prompt_format: `AUTO` or one of `PROMPT_FORMATS` (a run's setting).
+      decoder_only: the model is decoder-only.
+      chat: the vocabulary's chat template (`chat.from_vocabulary`), or None.
+      sources: the task sources whose formats are checked.
+
+    Returns:
+      {task source: prompt format}.
+
+    Raises:
+      UsageError: an unknown format, or a chat format without a chat template.
+      VocabularyError: the chat template fails to render (the file and the reason named).
+    """
+    from activeit_jax.core.errors import UsageError
+    try:
+        formats = {source: resolve_prompt_format(prompt_format, source, decoder_only,
+                                                 chat is not None) for source in sources}
+    except ValueError as err:
+        raise UsageError(f"prompt_format: {err}") from None
+    for used in sorted(set(formats.values())):
+        render(_PROBE, used, None, chat)
+    return formats

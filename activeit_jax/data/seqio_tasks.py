@@ -31,11 +31,12 @@ import re
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
-import seqio
-import tensorflow as tf
-
-from activeit_jax.data import chat as chat_lib, prompts as prompts_lib
+from activeit_jax.data import chat as chat_lib, examples as examples_lib, prompts as prompts_lib
 from activeit_jax.data.niv2 import Task
+from activeit_jax.data.seqio_vocabulary import adapt, seqio, tf
+
+# The renderer moved to the TensorFlow-free `examples` module; this name stays for callers.
+build_examples = examples_lib.build_examples
 
 DEFAULT_SPLITS = ("train", "validation", "test")
 DEFAULT_SEQUENCE_LENGTH = {"inputs": prompts_lib.MAX_SOURCE_LENGTH,
@@ -57,56 +58,21 @@ PASSTHROUGH_FEATURES = ("task_name", "instance_id", "references")
 _NUM_EXAMPLES: dict[str, int] = {}
 
 
-def output_features(vocabulary: seqio.Vocabulary,
+def output_features(vocabulary: Any,
                     add_eos_to_inputs: bool = True) -> dict[str, seqio.Feature]:
     """The `inputs` / `targets` output features.
 
     Args:
-      vocabulary: the vocabulary of both features.
+      vocabulary: the vocabulary of both features (ours or seqio's: `seqio_vocabulary.adapt`).
       add_eos_to_inputs: True for encoder-decoder inputs (T5 appends EOS to the source);
         False for decoder-only prompts, where inputs and targets are concatenated.
 
     Returns:
       {"inputs": Feature, "targets": Feature}; targets always end in EOS.
     """
+    vocabulary = adapt(vocabulary)
     return {"inputs": seqio.Feature(vocabulary, add_eos=add_eos_to_inputs, required=True),
             "targets": seqio.Feature(vocabulary, add_eos=True, required=True)}
-
-
-def build_examples(tasks: Sequence[Task], prompt_format: str = prompts_lib.TK_INSTRUCT,
-                   fits: prompts_lib.Fits | None = None,
-                   max_instances_per_task: int | None = None,
-                   num_pos_examples: int = prompts_lib.NUM_POS_EXAMPLES,
-                   chat: Any = None) -> list[dict[str, Any]]:
-    """Renders every instance of every task into a raw example dict (plain Python).
-
-    Args:
-      tasks: the tasks, in order.
-      prompt_format: one of `prompts.PROMPT_FORMATS`.
-      fits: the max_source_length test for Tk-Instruct examples (None: no limit).
-      max_instances_per_task: the first N instances of each task (None: all). Sampling
-        happens earlier, in `niv2.select_instances` / `activeit-jax prepare`.
-      num_pos_examples: positive examples per Tk-Instruct prompt.
-      chat: the model's `chat.ChatTemplate` (needed by the chat formats).
-
-    Returns:
-      Dicts with inputs, targets, task_name, instance_id, references (list of str).
-    """
-    examples = []
-    for task in tasks:
-        instances = task.instances
-        if max_instances_per_task is not None and max_instances_per_task >= 0:
-            instances = instances[:max_instances_per_task]
-        for instance in instances:
-            parts = prompts_lib.tk_instruct_parts(task, instance, num_pos_examples)
-            examples.append({
-                "inputs": prompts_lib.render(parts, prompt_format, fits, chat),
-                "targets": instance.outputs[0],
-                "task_name": task.name,
-                "instance_id": instance.id,
-                "references": list(instance.outputs),
-            })
-    return examples
 
 
 def _count_examples(tasks: Sequence[Task], max_instances_per_task: int | None) -> int:
@@ -140,7 +106,7 @@ class _InMemorySource:
                                               output_signature=_OUTPUT_SIGNATURE)
 
 
-def register_prompt_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Vocabulary, *,
+def register_prompt_task(name: str, tasks: Sequence[Task], vocabulary: Any, *,
                          prompt_format: str = prompts_lib.TK_INSTRUCT,
                          max_instances_per_task: int | None = None,
                          max_source_length: int = prompts_lib.MAX_SOURCE_LENGTH,
@@ -152,7 +118,7 @@ def register_prompt_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Voc
     Args:
       name: the seqio task name.
       tasks: tasks whose instances become examples.
-      vocabulary: vocabulary of inputs and targets.
+      vocabulary: vocabulary of inputs and targets (a `vocab.Vocabulary`, or seqio's).
       prompt_format: one of `prompts.PROMPT_FORMATS` (a chat format uses the vocabulary's
         chat template).
       max_instances_per_task: first N instances per task (None: all).
@@ -174,8 +140,9 @@ def register_prompt_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Voc
         fits = (prompts_lib.make_fits(vocabulary, max_source_length, add_eos=add_eos_to_inputs)
                 if prompt_format in (prompts_lib.TK_INSTRUCT, prompts_lib.TK_INSTRUCT_CHAT)
                 else None)
-        return build_examples(tasks, prompt_format, fits, max_instances_per_task,
-                              num_pos_examples, chat_lib.from_vocabulary(vocabulary))
+        return examples_lib.build_examples(
+            tasks, prompt_format, fits, max_instances_per_task, num_pos_examples,
+            chat_lib.from_vocabulary(vocabulary))
 
     source = _InMemorySource(render)
     seqio.TaskRegistry.remove(name)
@@ -195,14 +162,14 @@ def register_prompt_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Voc
     return task
 
 
-def register_niv2_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Vocabulary,
+def register_niv2_task(name: str, tasks: Sequence[Task], vocabulary: Any,
                        max_instances_per_task: int | None = None, **kwargs) -> seqio.Task:
     """`register_prompt_task` with the Tk-Instruct format (see there for the arguments)."""
     return register_prompt_task(name, tasks, vocabulary, prompt_format=prompts_lib.TK_INSTRUCT,
                                 max_instances_per_task=max_instances_per_task, **kwargs)
 
 
-def register_self_instruct_task(name: str, tasks: Sequence[Task], vocabulary: seqio.Vocabulary,
+def register_self_instruct_task(name: str, tasks: Sequence[Task], vocabulary: Any,
                                 max_instances_per_task: int | None = None,
                                 prompt_format: str = prompts_lib.ALPACA,
                                 **kwargs) -> seqio.Task:
@@ -216,7 +183,7 @@ def seqio_task_name(prefix: str, task_name: str) -> str:
     return prefix + re.sub(r"[^0-9A-Za-z_]+", "_", task_name)
 
 
-def register_per_task(tasks: Sequence[Task], vocabulary: seqio.Vocabulary,
+def register_per_task(tasks: Sequence[Task], vocabulary: Any,
                       prefix: str = "activeit_", **kwargs) -> dict[str, str]:
     """Registers one seqio task per task (Tk-Instruct for NIV2, Alpaca for Self-Instruct).
 

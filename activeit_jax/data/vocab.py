@@ -1,16 +1,21 @@
-"""Vocabularies: one interface (seqio's `Vocabulary`), two implementations.
+"""Vocabularies: one interface (`Vocabulary`, seqio's Python face), two implementations.
 
-- SentencePiece (`get_vocabulary`): a `seqio.SentencePieceVocabulary` (T5 ids: pad 0, eos 1,
-  unk 2, no bos; or a LLaMA `.model` with `require_t5_ids=False`).
+- SentencePiece (`get_vocabulary`): `SentencePieceVocabulary` (T5 ids: pad 0, eos 1, unk 2, no
+  bos; or a LLaMA `.model` with `require_t5_ids=False`), with seqio's sentinel ids.
 - Hugging Face `tokenizers` (`hf_tokenizer.HFTokenizerVocabulary`): a `tokenizer.json` with
   the model's own BOS/EOS/PAD, add-BOS convention and chat template.
+
+Neither imports seqio or TensorFlow: the commands encode and decode text in Python only. Where
+a vocabulary meets seqio (a seqio task of `activeit_jax.tasks`), `seqio_vocabulary.adapt`
+turns it into a `seqio.Vocabulary` with the same ids (`light=False` loads seqio's own
+SentencePiece class directly).
 
 `load_vocabulary(path)` picks the implementation from what the path is; `save_vocabulary`
 stores a vocabulary beside a checkpoint's weights and `vocabulary_from_checkpoint` reads it
 back, so a checkpoint that carries its tokenizer needs no `--vocab`.
 
-`get_vocabulary` loads a model as a `seqio.SentencePieceVocabulary` with sentinel ids
-(`<extra_id_N>`) appended, and fails early with the path in the message.
+`get_vocabulary` loads a SentencePiece model with sentinel ids (`<extra_id_N>`) appended, and
+fails early with the path in the message.
 `train_sentencepiece` trains a small deterministic model, e.g. the bundled
 `data/sample/vocab/sample_spm.model` (1000 pieces + 100 sentinels = 1100 ids; the tiny T5
 config rounds its embedding up to 1152).
@@ -22,10 +27,11 @@ newlines to spaces.
 """
 from __future__ import annotations
 
+import abc
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from activeit_jax.core import io_utils
 from activeit_jax.data.errors import VocabularyError
@@ -44,9 +50,80 @@ SPM_FILE = "spiece.model"
 SPM_KIND = "sentencepiece"
 
 
+class Vocabulary(abc.ABC):
+    """The vocabulary interface of the project: seqio's `Vocabulary` in plain Python.
+
+    Same ids and text as seqio's: `encode` adds no special token; `decode` maps ids past the
+    base vocabulary to `unk_id` (when there is one), stops after the first EOS and decodes;
+    `vocab_size` counts the extra ids. Subclasses implement `_encode`, `_decode`,
+    `_base_vocab_size`, `eos_id` and `unk_id`.
+
+    Args:
+      extra_ids: ids reserved after the base vocabulary (seqio's sentinels).
+    """
+
+    def __init__(self, extra_ids: int = 0) -> None:
+        self._extra_ids = extra_ids or 0
+
+    @property
+    def bos_id(self) -> int | None:
+        return None
+
+    @property
+    @abc.abstractmethod
+    def eos_id(self) -> int | None:
+        """The end-of-sequence id."""
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    @abc.abstractmethod
+    def unk_id(self) -> int | None:
+        """The unknown-token id, or None."""
+
+    @property
+    def extra_ids(self) -> int:
+        return self._extra_ids
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids in the vocabulary, extra ids included."""
+        return self._base_vocab_size + self.extra_ids
+
+    @property
+    @abc.abstractmethod
+    def _base_vocab_size(self) -> int:
+        """Ids without the extra ids."""
+
+    @abc.abstractmethod
+    def _encode(self, s: str) -> Sequence[int]:
+        """Token ids of `s`."""
+
+    @abc.abstractmethod
+    def _decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids` (already cut after the first EOS)."""
+
+    def encode(self, s: str) -> Sequence[int]:
+        """Token ids of `s`, without EOS."""
+        return self._encode(s)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids` up to and including the first EOS (ids past the base vocabulary read
+        as unk)."""
+        clean = [int(i) for i in ids]
+        if self.unk_id is not None:
+            size = self._base_vocab_size
+            clean = [self.unk_id if i >= size else i for i in clean]
+        if self.eos_id is not None and self.eos_id in clean:
+            clean = clean[:clean.index(self.eos_id) + 1]
+        return self._decode(clean)
+
+
 def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
-                   require_t5_ids: bool = True, light: bool = False
-                   ) -> "seqio.SentencePieceVocabulary | SentencePieceVocabulary":
+                   require_t5_ids: bool = True, light: bool = True
+                   ) -> "SentencePieceVocabulary | seqio.SentencePieceVocabulary":
     """Loads a SentencePiece model as a seqio vocabulary, checking it now rather than later.
 
     seqio loads the model lazily (at the first encode), which would turn a wrong path into an
@@ -57,8 +134,9 @@ def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
       extra_ids: sentinel ids appended after the pieces (T5: 100).
       require_t5_ids: check pad/eos/unk = 0/1/2 (T5 models). False admits e.g. a LLaMA
         tokenizer model (unk 0, bos 1, eos 2) for decoder-only use.
-      light: return the TensorFlow-free `SentencePieceVocabulary` (encode / decode only, for
-        the scorer), not seqio's.
+      light: True (default): the TensorFlow-free `SentencePieceVocabulary`; False: seqio's
+        `SentencePieceVocabulary` (imports seqio and TensorFlow), for code that hands it to
+        seqio itself.
 
     Returns:
       The vocabulary; `vocab_size` = pieces + extra_ids.
@@ -88,7 +166,9 @@ def get_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
         raise ValueError(f"extra_ids must be >= 0, got {extra_ids}")
     if light:
         return SentencePieceVocabulary(path, extra_ids)
-    import seqio  # imported late: TensorFlow is slow to import; errors above need none of it.
+    # Imported late (TensorFlow is slow to import; errors above need none of it), with the
+    # GPUs hidden from TensorFlow.
+    from activeit_jax.data.seqio_vocabulary import seqio
 
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     vocabulary.vocab_size  # noqa: B018 (forces seqio's own load, so it fails here if at all)
@@ -216,7 +296,7 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike,
 
 
 def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
-                    require_t5_ids: bool = True, light: bool = False) -> Any:
+                    require_t5_ids: bool = True, light: bool = True) -> Any:
     """Loads a vocabulary, choosing the implementation from what `path` is.
 
     Args:
@@ -227,7 +307,7 @@ def load_vocabulary(path: str | os.PathLike, extra_ids: int = DEFAULT_EXTRA_IDS,
       extra_ids, require_t5_ids, light: for a SentencePiece model (see `get_vocabulary`).
 
     Returns:
-      A seqio vocabulary (`SentencePieceVocabulary` or `HFTokenizerVocabulary`).
+      A `SentencePieceVocabulary` (seqio's with `light=False`) or an `HFTokenizerVocabulary`.
 
     Raises:
       VocabularyError: nothing loadable at `path` (the message names it).
@@ -255,7 +335,7 @@ def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
     means a complete vocabulary.
 
     Args:
-      vocabulary: an `HFTokenizerVocabulary` or a `seqio.SentencePieceVocabulary`.
+      vocabulary: an `HFTokenizerVocabulary`, a `SentencePieceVocabulary` or seqio's.
       directory: an existing directory.
 
     Returns:
@@ -281,7 +361,7 @@ def save_vocabulary(vocabulary: Any, directory: str | os.PathLike) -> bool:
     return True
 
 
-def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike, light: bool = False
+def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike, light: bool = True
                                ) -> Any | None:
     """The vocabulary stored beside a checkpoint's weights, or None when it has none.
 
@@ -295,7 +375,7 @@ def vocabulary_from_checkpoint(checkpoint_dir: str | os.PathLike, light: bool = 
 
 
 def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
-                       what: str = "--vocab", light: bool = False, *,
+                       what: str = "--vocab", light: bool = True, *,
                        decoder_only: bool = False) -> Any:
     """The vocabulary to use: `explicit` (a vocabulary or a path for `load_vocabulary`) when
     given, else the one stored with `checkpoint_dir`.
@@ -304,8 +384,7 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
       explicit: a vocabulary object, a path, or None.
       checkpoint_dir: the checkpoint whose stored tokenizer is the fallback (None = none).
       what: how the user gives a vocabulary (e.g. "--vocab"), for the error message.
-      light: a SentencePiece model loads as the TensorFlow-free `SentencePieceVocabulary`
-        (encode / decode only; the scorer's needs).
+      light: False loads a SentencePiece model as seqio's class (see `get_vocabulary`).
       decoder_only: the model is decoder-only (the caller asks the model layer, e.g.
         `models.checkpoints.is_decoder_only_checkpoint(checkpoint_dir)`; the data layer
         does not read model configs): a SentencePiece path then gets no T5 sentinels and
@@ -329,11 +408,13 @@ def resolve_vocabulary(explicit: Any, checkpoint_dir: str | os.PathLike | None,
     return stored
 
 
-def _load_saved(directory: str, light: bool = False) -> Any:
+def _load_saved(directory: str, light: bool = True) -> Any:
     """Reads a `save_vocabulary` directory, dispatching on its metadata's kind."""
+    from activeit_jax.data import tokenizer_meta
+
     hf = _hf_tokenizer()
     meta_path = os.path.join(directory, META_FILE)
-    meta = hf._read_json(meta_path, "tokenizer metadata")
+    meta = tokenizer_meta.read_tokenizer_meta(meta_path)
     kind = meta.get("kind", hf.KIND)
     if kind == hf.KIND:
         return hf.HFTokenizerVocabulary.load(directory)
@@ -345,6 +426,6 @@ def _load_saved(directory: str, light: bool = False) -> Any:
 
 
 def _hf_tokenizer():
-    """The Hugging Face implementation, imported on first use (it imports TensorFlow)."""
+    """The Hugging Face implementation, imported on first use (it imports `tokenizers`)."""
     from activeit_jax.data import hf_tokenizer
     return hf_tokenizer

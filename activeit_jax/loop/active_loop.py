@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -45,6 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from activeit_jax import layout
 from activeit_jax.core import io_utils
+from activeit_jax.core.errors import UsageError
 from activeit_jax.loop import hosts, iteration_metrics, judge as judge_lib, schedule, selection
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,11 @@ class LoopConfig:
       evaluate_test: evaluate each iteration's model on the test split too.
       keep_train_checkpoints: keep the trainer's intermediate checkpoints once an iteration is
         complete (its best/ checkpoint is always kept).
+      perplexity_variant: how high / low perplexity rank (`selection.VARIANTS`): "reference"
+        (the reference code: perplexity for every task) or "paper_text" (the paper's text:
+        entropy for classification, perplexity for generative tasks).
+      category_selection: the order inside a Task Map category (ambiguous / easy / difficult):
+        "rank" (the reference code's rankings) or "random" (our seeded draw).
     """
     strategies: Sequence[str] = ("prompt_uncertainty", "random")
     seeds: Sequence[int] = (0,)
@@ -82,24 +89,92 @@ class LoopConfig:
     score_all_strategies: bool = True
     evaluate_test: bool = True
     keep_train_checkpoints: bool = False
+    perplexity_variant: str = selection.VARIANTS["perplexity"][1]
+    category_selection: str = selection.VARIANTS["category"][1]
 
     def __post_init__(self):
-        unknown = [s for s in self.strategies if s not in selection.list_strategies()]
-        if unknown:
-            raise ValueError(f"unknown strategies {unknown}; known: "
-                             f"{selection.list_strategies()}")
-        if self.num_iterations < 1:
-            raise ValueError("num_iterations must be >= 1")
-        if not self.seeds:
-            raise ValueError("at least one seed is needed")
-        # The initial-set size is known only once the split is drawn; check the rest now.
-        schedule.check_schedule(self.num_iterations, self.tasks_per_iteration,
-                                self.train_set_sizes, self.growth_factor)
+        # Checked when the config is built (gin included), before anything is written.
+        validate_loop_config(self)
 
     def scores_needed(self) -> set[str]:
         """The score fields the configured strategies read (`selection.required_score_keys`);
         the entry point turns on the scorer's optional entropy when "entropy" is among them."""
-        return selection.required_score_keys(self.strategies)
+        return selection.required_score_keys(self.strategies, self.perplexity_variant,
+                                             self.category_selection)
+
+    def strategy(self, name: str) -> selection.Strategy:
+        """`selection.get_strategy` of `name` in this config's variants."""
+        return selection.get_strategy(name, self.perplexity_variant, self.category_selection)
+
+
+def validate_loop_config(config: LoopConfig) -> None:
+    """Refuses a `LoopConfig` the loop cannot run, in one line naming the setting.
+
+    Everything that does not depend on the pool is checked here: types (a string where a
+    list is expected, 1e999 -- infinity -- where an integer is), ranges, known strategies and
+    quota, and the schedule (`schedule.check_schedule`). What depends on the pool's size (at
+    most one iteration per pool task; a growth that overflows) is checked once the split is
+    drawn, before iteration 0 (`schedule.train_set_sizes(pool_size=...)`).
+
+    Raises:
+      UsageError: "LoopConfig.<field> ...".
+    """
+    def names(field: str, value: Any, kind: type) -> list[Any]:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+            raise UsageError(f"LoopConfig.{field} must be a non-empty list, got {value!r}")
+        bad = [v for v in value if not isinstance(v, kind) or isinstance(v, bool)
+               or (kind is int and v < 0)]
+        if bad:
+            raise UsageError(f"LoopConfig.{field}: {bad[0]!r} is not a "
+                             f"{'name' if kind is str else 'non-negative integer'}")
+        if len(set(value)) != len(value):
+            raise UsageError(f"LoopConfig.{field} repeats an entry: {list(value)}")
+        return list(value)
+
+    unknown = [s for s in names("strategies", config.strategies, str)
+               if s not in selection.list_strategies()]
+    if unknown:
+        raise UsageError(f"LoopConfig.strategies: unknown strategy {unknown[0]!r}; known: "
+                         f"{', '.join(selection.list_strategies())}")
+    names("seeds", config.seeds, int)
+    _check_integer("num_iterations", config.num_iterations, 1)
+    if config.tasks_per_iteration is not None:
+        _check_integer("tasks_per_iteration", config.tasks_per_iteration, 1)
+    if config.train_set_sizes is not None:
+        sizes = config.train_set_sizes
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (list, tuple)):
+            raise UsageError(f"LoopConfig.train_set_sizes must be a list of sizes, got "
+                             f"{sizes!r}")
+        for size in sizes:
+            _check_integer("train_set_sizes", size, 1)
+    growth = config.growth_factor
+    if growth is not None and (isinstance(growth, bool) or not isinstance(growth, (int, float))
+                               or not math.isfinite(growth) or growth <= 1):
+        raise UsageError(f"LoopConfig.growth_factor must be > 1 and finite, got {growth!r}")
+    if config.quota not in selection.QUOTAS:
+        raise UsageError(f"LoopConfig.quota must be one of {list(selection.QUOTAS)}, got "
+                         f"{config.quota!r}")
+    ratio = config.label_ratio
+    if ratio is not None and (not isinstance(ratio, Mapping) or not ratio or any(
+            not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) or v < 0
+            for k, v in ratio.items()) or not sum(ratio.values())):
+        raise UsageError(f"LoopConfig.label_ratio must map labels to integers >= 0, not all "
+                         f"0 (e.g. {{'cls': 24, 'gen': 44}}), got {ratio!r}")
+    for field in ("score_all_strategies", "evaluate_test", "keep_train_checkpoints"):
+        if not isinstance(getattr(config, field), bool):
+            raise UsageError(f"LoopConfig.{field} must be True or False, got "
+                             f"{getattr(config, field)!r}")
+    try:
+        schedule.check_schedule(config.num_iterations, config.tasks_per_iteration,
+                                config.train_set_sizes, config.growth_factor)
+        selection.check_variants(config.perplexity_variant, config.category_selection)
+    except ValueError as err:
+        raise UsageError(f"LoopConfig: {err}") from None
+
+
+def _check_integer(field: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"LoopConfig.{field} must be an integer >= {low}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -138,11 +213,41 @@ def check_run_config(run_dir: str, config: LoopConfig) -> None:
             stored = json.load(handle)
         fixed = ("num_iterations", "tasks_per_iteration", "train_set_sizes", "growth_factor",
                  "quota", "label_ratio")
-        changed = [k for k in fixed if stored.get(k) != current.get(k)]
-        if changed:
-            raise ValueError(f"{run_dir} was started with different settings {changed}: "
-                             f"{ {k: stored.get(k) for k in changed} }; use a new --out")
+        changed = {k: stored.get(k) for k in fixed if stored.get(k) != current.get(k)}
+        changed.update(_changed_variants(stored, config))
+        if changed and not iterations_started(run_dir):
+            # A start refused before iteration 0 (e.g. more iterations than pool tasks): no
+            # result depends on its settings, so they must not block the corrected command.
+            log.warning("%s: replacing the loop settings %s of a start that reached no "
+                        "iteration", run_dir, list(changed))
+        elif changed:
+            raise UsageError(f"{run_dir} was started with different settings {list(changed)}: "
+                             f"{changed}; bind those values to resume, or use a new --out")
     hosts.write_once("activeit_loop_config", lambda: io_utils.atomic_write_json(path, current))
+
+
+def iterations_started(run_dir: str) -> bool:
+    """Whether any seed of the run reached iteration 0 (its directory exists)."""
+    if not os.path.isdir(run_dir):
+        return False
+    seeds = [layout.parse_seed_name(name) for name in os.listdir(run_dir)]
+    return any(os.path.isdir(layout.iteration_dir(run_dir, seed, None, 0))
+               for seed in seeds if seed is not None)
+
+
+# A variant setting, the strategies it changes, and its value in runs started before it existed.
+_VARIANT_SETTINGS = (("perplexity_variant", "perplexity", "reference"),
+                     ("category_selection", "category", "random"))
+
+
+def _changed_variants(stored: Mapping[str, Any], config: LoopConfig) -> dict[str, str]:
+    """{setting: the stored run's value} of the variant settings that differ from the stored
+    run's, where a strategy of either run has variants of that kind (a setting no strategy
+    reads may change)."""
+    strategies = set(stored.get("strategies") or ()) | set(config.strategies)
+    return {setting: stored.get(setting, legacy) for setting, kind, legacy in _VARIANT_SETTINGS
+            if any(selection.has_variants(name, kind) for name in strategies)
+            and stored.get(setting, legacy) != getattr(config, setting)}
 
 
 def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
@@ -181,7 +286,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
         test = prepared.role_tasks("test") if config.evaluate_test else []
         budgets = schedule.tasks_to_add(len(initial), config.num_iterations,
                                         config.tasks_per_iteration, config.train_set_sizes,
-                                        config.growth_factor)
+                                        config.growth_factor, pool_size=len(pool_names))
         # Iteration 0 is shared: the union is just the initial set.
         iter0 = layout.iteration_dir(run_dir, seed, None, 0)
         _run_iteration(iter0, selected_now={"tasks": initial, "strategy": "initial"},
@@ -190,7 +295,7 @@ def run_loop(run_dir: str, config: LoopConfig, stages: Stages,
                        score_needed=True, config=config, on_stage=on_stage)
         progress(f"seed {seed} iteration 0")
         for strategy_name in config.strategies:
-            strategy = selection.get_strategy(strategy_name)
+            strategy = config.strategy(strategy_name)
             union, remaining, prev_dir = list(initial), list(pool_names), iter0
             iterations = 2 if strategy.selects_all else config.num_iterations
             for iteration in range(1, iterations):
@@ -215,7 +320,7 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
             num_tasks: int, config: LoopConfig, seed: int, iteration: int) -> dict[str, Any]:
     """Selects (or re-reads) the tasks added at `iteration`, from the previous scores."""
     path = os.path.join(it_dir, layout.SELECTED_FILE)
-    if os.path.exists(path):
+    if hosts.exists(path):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     # Self-Instruct: the output-length chunk of each pool task (split.chunks lists the pool's
@@ -225,7 +330,7 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
                                chunk=chunk_of.get(name))
             for name in remaining]
     scores = None
-    spec = selection.get_strategy(strategy)
+    spec = config.strategy(strategy)
     if spec.needs_scores:
         remaining_set = set(remaining)
         scores_path = os.path.join(prev_dir, layout.SCORES_FILE)
@@ -237,7 +342,9 @@ def _select(it_dir: str, prev_dir: str, strategy: str, remaining: Sequence[str],
                              f"{os.path.join(prev_dir, layout.SCORING_DIR)} and its "
                              f"{layout.SCORES_FILE} to rescore, or use a new --out")
     chosen = selection.select(strategy, scores, pool, num_tasks=num_tasks, quota=config.quota,
-                              seed=seed, iteration=iteration, label_ratio=config.label_ratio)
+                              seed=seed, iteration=iteration, label_ratio=config.label_ratio,
+                              perplexity_variant=config.perplexity_variant,
+                              category_selection=config.category_selection)
     record = chosen.to_json()
     hosts.write_once("activeit_loop_select", lambda: io_utils.atomic_write_json(path, record))
     return record
@@ -248,7 +355,7 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
                    test: Sequence[Any], stages: Stages, score_needed: bool, config: LoopConfig,
                    on_stage: Callable[[str, str], None] | None) -> None:
     """Train, evaluate and score one iteration, skipping the stages already done."""
-    if os.path.exists(os.path.join(it_dir, layout.DONE_FILE)):
+    if hosts.exists(os.path.join(it_dir, layout.DONE_FILE)):
         return
     os.makedirs(it_dir, exist_ok=True)
     selected_path = os.path.join(it_dir, layout.SELECTED_FILE)
@@ -262,7 +369,7 @@ def _run_iteration(it_dir: str, selected_now: Mapping[str, Any], union: Sequence
     best = stages.train([prepared.tasks[n] for n in union], validation, train_dir)
     notify("train", it_dir)
 
-    if not os.path.exists(os.path.join(it_dir, layout.PER_TASK_FILE)):
+    if not hosts.exists(os.path.join(it_dir, layout.PER_TASK_FILE)):
         records = []
         for split, tasks in (("val", validation), ("test", test)):
             if tasks:
@@ -301,14 +408,31 @@ def _copy_for_report(scoring_dir: str, it_dir: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Pairwise judge (after the loop).
 
-def judge_path(it_dir: str, reference: str, judge_name: str | None = None) -> str:
-    """`layout.judge_file` of a checked judge name (None: an unnamed judge)."""
+def judge_path(it_dir: str, reference: str, judge_name: str | None = None,
+               reference_iteration: int | None = None) -> str:
+    """`layout.judge_file` of a checked judge name (None: an unnamed judge); the reference's
+    iteration is named only where it differs from `it_dir`'s."""
+    own = layout.parse_iteration_name(os.path.basename(os.path.normpath(it_dir)))
     return layout.judge_file(it_dir, reference, None if judge_name is None
-                             else judge_lib.check_judge_name(judge_name))
+                             else judge_lib.check_judge_name(judge_name),
+                             None if reference_iteration in (None, own) else reference_iteration)
 
 
 def _num_iterations(strategy: str, config: LoopConfig) -> int:
     return 2 if selection.get_strategy(strategy).selects_all else config.num_iterations
+
+
+def judge_pairs(strategy: str, reference: str, config: LoopConfig) -> list[tuple[int, int]]:
+    """(strategy's iteration, reference's iteration) of every comparison of `strategy` with
+    `reference`: the same iteration for two strategies that select, and a strategy that takes
+    the whole pool (fully trained: a single model, iteration 1) against every iteration of the
+    other, as the paper compares the fully trained model with random at every size."""
+    own, ref = _num_iterations(strategy, config), _num_iterations(reference, config)
+    if selection.get_strategy(strategy).selects_all:
+        return [(1, j) for j in range(1, ref)]
+    if selection.get_strategy(reference).selects_all:
+        return [(i, 1) for i in range(1, own)]
+    return [(i, i) for i in range(1, min(own, ref))]
 
 
 def _test_predictions(it_dir: str, test: Sequence[Any], stages: Stages,
@@ -319,7 +443,7 @@ def _test_predictions(it_dir: str, test: Sequence[Any], stages: Stages,
     they are)."""
     test_dir = layout.eval_dir(it_dir, "test")
     path = os.path.join(test_dir, layout.PREDICTIONS_FILE)
-    if not os.path.exists(path):
+    if not hosts.exists(path, bounded=False):  # the others wait while process 0 judges
         stages.evaluate(os.path.join(it_dir, layout.TRAIN_DIR, layout.BEST_DIR), test, test_dir)
     if not os.path.exists(path):
         if must_exist:
@@ -350,12 +474,13 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
               on_stage: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
     """Compares each strategy's models with the reference strategy's, iteration by iteration.
 
-    For every seed, strategy s != `reference` and iteration i >= 1 that both s and the
-    reference finished (`DONE`; iteration 0 is shared, so never compared): the two models'
-    test predictions are paired by instance id (`judge_items`) and judged with
-    `judge.run_pairwise` by every judge into s's iteration directory (`layout.judge_file`),
-    model A being s. Rerunning
-    skips the items already judged, so a killed judge stage resumes.
+    For every seed, strategy s != `reference` and pair of iterations (`judge_pairs`: the same
+    iteration i >= 1; the fully trained model against every iteration of the other) that both
+    finished (`DONE`; iteration 0 is shared, so never compared): the two models' test
+    predictions are paired by instance id (`judge_items`) and judged with
+    `judge.run_pairwise` by every judge into s's iteration directory (`judge_path`: the
+    reference's iteration is named in the file when it is not s's), model A being s.
+    Rerunning skips the items already judged, so a killed judge stage resumes.
 
     Args:
       run_dir: the run directory of a finished (or partly finished) `run_loop`.
@@ -372,9 +497,10 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
       on_stage: optional callback("judge", iteration dir) after each comparison.
 
     Returns:
-      One record per comparison and judge: {"seed", "strategy", "iteration", "reference",
-      "judge" (None for an unnamed one), "path", "n_items", "win", "tie", "lose", "win_rate"}
-      (without a client: one record per comparison, the counts None).
+      One record per comparison and judge: {"seed", "strategy", "iteration",
+      "reference_iteration", "reference", "judge" (None for an unnamed one), "path",
+      "n_items", "win", "tie", "lose", "error", "win_rate"} (without a client: one record per
+      comparison, the counts None).
 
     Raises:
       ValueError: `reference` is not a strategy of the run, or a seed has no test tasks.
@@ -400,11 +526,10 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
         for strategy in config.strategies:
             if strategy == reference:
                 continue
-            last = min(_num_iterations(strategy, config), _num_iterations(reference, config))
-            for iteration in range(1, last):
+            for iteration, ref_iteration in judge_pairs(strategy, reference, config):
                 it_dir = layout.iteration_dir(run_dir, run_seed, strategy, iteration)
-                ref_dir = layout.iteration_dir(run_dir, run_seed, reference, iteration)
-                if not all(os.path.exists(os.path.join(d, layout.DONE_FILE))
+                ref_dir = layout.iteration_dir(run_dir, run_seed, reference, ref_iteration)
+                if not all(hosts.exists(os.path.join(d, layout.DONE_FILE), bounded=False)
                            for d in (it_dir, ref_dir)):
                     log.warning("judge: %s or %s is not finished; skipped", it_dir, ref_dir)
                     continue
@@ -415,19 +540,21 @@ def run_judge(run_dir: str, config: LoopConfig, stages: Stages,
                     raise ValueError(f"no test instance answered by both {it_dir} and "
                                      f"{ref_dir}")
                 for name, judge_client in judges.items():
-                    path = judge_path(it_dir, reference, name)
+                    path = judge_path(it_dir, reference, name, ref_iteration)
                     record: dict[str, Any] = {
                         "seed": run_seed, "strategy": strategy, "iteration": iteration,
-                        "reference": reference, "judge": name, "path": path,
-                        "n_items": None, "win": None, "tie": None, "lose": None,
-                        "win_rate": None}
+                        "reference_iteration": ref_iteration, "reference": reference,
+                        "judge": name, "path": path, "n_items": None, "win": None,
+                        "tie": None, "lose": None, "error": None, "win_rate": None}
                     if judge_client is not None:
                         summary = judge_lib.run_pairwise(items, judge_client, path, seed=seed)
                         record.update(n_items=len(items), win=summary.win, tie=summary.tie,
-                                      lose=summary.lose, win_rate=summary.win_rate)
-                        log.info("judge %s seed %d %s vs %s iteration %d: %d win / %d tie / "
-                                 "%d lose", name or "", run_seed, strategy, reference,
-                                 iteration, summary.win, summary.tie, summary.lose)
+                                      lose=summary.lose, error=summary.error,
+                                      win_rate=summary.win_rate)
+                        log.info("judge %s seed %d %s iteration %d vs %s iteration %d: %d win "
+                                 "/ %d tie / %d lose / %d error", name or "", run_seed,
+                                 strategy, iteration, reference, ref_iteration, summary.win,
+                                 summary.tie, summary.lose, summary.error)
                         notify("judge", it_dir)
                     results.append(record)
     return results

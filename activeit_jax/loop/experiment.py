@@ -5,12 +5,18 @@ The command line reads an `Experiment` from gin under the name `experiment`
 (`experiment.pool = "niv2"`, `experiment.loop = @LoopConfig()`, ...): each field below is one
 gin parameter, so the gin face cannot drift from the dataclass. `resolve` turns what the user
 wrote into what the loop runs: defaults filled in, the model and vocabulary read from the base
-checkpoint when not bound, the label-override file loaded, every contradiction refused before
-anything is written.
+checkpoint when not bound, the label file loaded, every contradiction refused before anything
+is written.
+
+Task labels (`label_source`): the paper's NIV2 configs name Active-IT's `task_metadata.json`
+(`%TASK_METADATA_FILE`, a path the user sets); a run refuses to start without it unless the
+user chooses our rule explicitly (`--gin.experiment.label_source='"rule"'`). `label_overrides`
+is the old name of the same setting (a path); giving both is refused.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,6 +27,8 @@ from activeit_jax.loop import active_loop, judge as judge_lib
 from activeit_jax.models import checkpoints
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 POOLS = ("niv2", "self_instruct")
 
@@ -59,8 +67,12 @@ class Experiment:
         Resolved: None or a tuple of `JudgeConfig`s with distinct names.
       judge_reference: the strategy every other one is compared with.
       judge_seed: seeds the judge's presentation order.
-      label_overrides: path of a task -> cls|gen file whose labels win over the rule.
-        Resolved: the loaded {task: "cls" | "gen"}, or None.
+      label_source: where each task's cls / gen label comes from (`data.labels`): "rule"
+        (ours, `data/labels.py`), or the path of a label file (Active-IT's
+        `task_metadata.json`: `DefHasLabel == "ExactMentioned"` for the selection, `CLS_GEN`
+        for the scores; or JSON / CSV task -> cls|gen) labelling the tasks it names, the rule
+        the others; None = the rule. Resolved: `RULE` or a `labels.LabelSource`.
+      label_overrides: the old name of `label_source` (a path; None = unset). Resolved: None.
     """
     model: Any = None
     vocabulary: Any = None
@@ -83,6 +95,55 @@ class Experiment:
     judge_reference: str = "random"
     judge_seed: int = 0
     label_overrides: str | Mapping[str, str] | None = None
+    label_source: str | labels.LabelSource | None = None
+
+
+RULE = "rule"  # `Experiment.label_source`: our rule labels every task
+
+_LABEL_SOURCE_MISSING = (
+    "experiment.label_source: the paper's task labels come from Active-IT's task_metadata.json "
+    "(DefHasLabel == \"ExactMentioned\" decides the 24 / 44 pools, CLS_GEN the cls / gen "
+    "scores); set its path with --gin.TASK_METADATA_FILE='\"/path/to/task_metadata.json\"', "
+    "or choose our rule (activeit_jax/data/labels.py) with "
+    "--gin.experiment.label_source='\"rule\"'")
+
+
+def resolve_label_source(label_source: Any, label_overrides: Any,
+                         is_required: Callable[[Any], bool] = lambda value: False
+                         ) -> str | labels.LabelSource:
+    """`Experiment.label_source` resolved: `RULE`, or the label file loaded.
+
+    Args:
+      label_source: as bound: None, "rule", a path, or a loaded `labels.LabelSource`.
+      label_overrides: its old name as bound: None, a path, or a {task: label} mapping.
+      is_required: tells gin's "must be bound" marker from a value.
+
+    Raises:
+      UsageError: the label source must be bound (a paper config) and is not, both names are
+        given, or the file cannot be read (one line, naming the way out).
+    """
+    if is_required(label_source):
+        raise UsageError(_LABEL_SOURCE_MISSING)
+    if isinstance(label_overrides, (str, os.PathLike)):
+        label_overrides = os.fspath(label_overrides) or None  # "" = none, as before
+    if label_overrides:
+        if label_source is not None:
+            raise UsageError("experiment.label_overrides is the old name of "
+                             "experiment.label_source: set only experiment.label_source")
+        log.warning("experiment.label_overrides is deprecated: use experiment.label_source")
+        label_source = label_overrides
+    if isinstance(label_source, labels.LabelSource):
+        return label_source
+    if label_source is None or label_source == RULE:
+        return RULE
+    if isinstance(label_source, Mapping):  # an in-memory {task: label} (library callers)
+        return labels.LabelSource("(in memory)", dict(label_source))
+    path = resolve_repo_path(os.fspath(label_source))
+    if not os.path.isfile(path):
+        raise UsageError(f"experiment.label_source: no label file at {path}; set the path of "
+                         f"Active-IT's task_metadata.json (--gin.TASK_METADATA_FILE), or "
+                         f"--gin.experiment.label_source='\"rule\"' for our rule")
+    return labels.load_label_source(path)
 
 
 def resolve(spec: Experiment, is_required: Callable[[Any], bool] = lambda value: False
@@ -104,6 +165,7 @@ def resolve(spec: Experiment, is_required: Callable[[Any], bool] = lambda value:
       VocabularyError: no vocabulary bound and none stored with the base checkpoint.
     """
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(Experiment)}
+    label_source = resolve_label_source(spec.label_source, spec.label_overrides, is_required)
     missing = [name for name, value in fields.items() if is_required(value)]
     if missing:
         raise ValueError(f"experiment.{missing[0]} is required: bind it (e.g. "
@@ -124,16 +186,12 @@ def resolve(spec: Experiment, is_required: Callable[[Any], bool] = lambda value:
     if "entropy" in loop.scores_needed() and not score_config.compute_entropy:
         # Entropy is an optional extra of the scorer; a strategy that ranks by it needs it on.
         score_config = dataclasses.replace(score_config, compute_entropy=True)
-    overrides = spec.label_overrides
-    if isinstance(overrides, (str, os.PathLike)):  # a path, as written; "" = none
-        overrides = (labels.load_label_overrides(resolve_repo_path(os.fspath(overrides)))
-                     if os.fspath(overrides) else None)
     return Experiment(**{
         **fields, "model": model, "vocabulary": vocabulary, "loop": loop,
         "train_config": spec.train_config or TrainConfig(), "score_config": score_config,
         "select_epoch_on_validation": (spec.pool == "niv2" if select_epoch is None
                                        else select_epoch),
-        "judge": judges, "label_overrides": overrides})
+        "judge": judges, "label_overrides": None, "label_source": label_source})
 
 
 def _check_pool(spec: Experiment, loop: active_loop.LoopConfig) -> None:

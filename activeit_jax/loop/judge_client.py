@@ -35,11 +35,14 @@ import urllib.parse
 import urllib.request
 from typing import Callable, Mapping, Protocol, Sequence
 
+from activeit_jax.core import redaction
 from activeit_jax.core.errors import ActiveITError, ConfigError
 
 log = logging.getLogger(__name__)
 
 _REDACTED = "<redacted>"
+# The judge's prompt templates (their text: `judge.PROMPT_TEMPLATES`); the first is the default.
+PROMPT_TEMPLATE_NAMES = ("paper", "ours")
 MAX_REPLY_BYTES = 1 << 20  # a chat reply of a few tokens is far below this
 
 
@@ -66,10 +69,12 @@ class JudgeConfig:
       concurrency: requests in flight at once in `run_pairwise` (1 = one at a time).
       jitter: fraction in [0, 1] by which a backoff wait is shortened at random (0.5: waits
         uniform in [base / 2, base]); 0 gives the plain doubling.
+      prompt_template: the judge's prompt (`judge.PROMPT_TEMPLATES`): "paper" (the paper's
+        template, appendix A.1 Table 1, verbatim; the default) or "ours" (our wording).
 
     Raises:
       ConfigError: a base_url that is not http(s), a non-positive time / negative count,
-        a concurrency below 1 or a jitter outside [0, 1].
+        a concurrency below 1, a jitter outside [0, 1] or an unknown prompt template.
     """
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4"
@@ -84,6 +89,7 @@ class JudgeConfig:
     total_timeout_s: float = 600.0
     concurrency: int = 1
     jitter: float = 0.5
+    prompt_template: str = "paper"
 
     def __post_init__(self):
         if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https") or \
@@ -105,6 +111,36 @@ class JudgeConfig:
                 not 0 <= self.jitter <= 1:
             raise ConfigError(f"JudgeConfig.jitter must be a number in [0, 1], got "
                               f"{self.jitter!r}")
+        if self.prompt_template not in PROMPT_TEMPLATE_NAMES:
+            raise ConfigError(f"JudgeConfig.prompt_template must be one of "
+                              f"{list(PROMPT_TEMPLATE_NAMES)}, got {self.prompt_template!r}")
+
+
+# What an HTTP header value (the key goes in `Authorization: Bearer <key>`) may hold: API keys
+# are printable ASCII tokens, so anything else is a copy-and-paste accident.
+_KEY_CHARACTER = re.compile(r"[!-~]")
+_CHARACTER_NAMES = {"\r": "a carriage return (\\r)", "\n": "a line feed (\\n)",
+                    "\t": "a tab", " ": "a space", "\ufeff": "a byte-order mark"}
+
+
+def check_api_key(key: str, where: str) -> None:
+    """Refuses an API key that cannot go into an HTTP header, before any request.
+
+    A key copied with a Windows line ending (`sk-...\\r`) used to fail at the first judge
+    request, after the whole loop, as a traceback quoting the header. The message names
+    where the key came from (`where`, e.g. "environment variable 'OPENAI_API_KEY'"), the
+    position and the kind of character, never the key.
+
+    Raises:
+      JudgeError: a character outside printable ASCII (control characters, whitespace,
+        non-ASCII).
+    """
+    for position, char in enumerate(key, 1):
+        if not _KEY_CHARACTER.fullmatch(char):
+            what = _CHARACTER_NAMES.get(char, f"the character U+{ord(char):04X}")
+            raise JudgeError(f"the API key in {where} holds {what} at position {position} of "
+                             f"{len(key)}: an HTTP header cannot carry it (a line ending or "
+                             f"space copied with the key?); set it to the key alone")
 
 
 class ChatCompleter(Protocol):
@@ -193,6 +229,9 @@ class ChatClient:
         if not key:
             raise JudgeError(f"no API key: environment variable {config.api_key_env!r} is "
                              f"unset or empty")
+        redaction.register_secret(key)  # kept off the terminal even if a library quotes it
+        check_api_key(key, f"environment variable {config.api_key_env!r}"
+                      if api_key is None else "api_key")
         self._key = _Secret(key)
         self._sleep = sleep
         self._clock = clock

@@ -21,7 +21,13 @@ runs out first, the selection takes what is left and says so (`selection.select`
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
+
+from activeit_jax.core.errors import UsageError
+
+# Beyond this a float no longer holds every integer: no training set is that large.
+_MAX_SIZE = 2 ** 53
 
 
 def check_schedule(num_iterations: int, tasks_per_iteration: int | None = None,
@@ -33,29 +39,32 @@ def check_schedule(num_iterations: int, tasks_per_iteration: int | None = None,
       num_iterations, tasks_per_iteration, sizes, growth_factor: as `train_set_sizes`.
 
     Raises:
-      ValueError: contradictory or impossible settings (the message names them).
+      UsageError (a ValueError): contradictory or impossible settings (the message names
+        them).
     """
     if num_iterations < 1:
-        raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        raise UsageError(f"num_iterations must be >= 1, got {num_iterations}")
     if sizes is not None and growth_factor is not None:
-        raise ValueError("give train_set_sizes or growth_factor, not both")
+        raise UsageError("give train_set_sizes or growth_factor, not both")
     if tasks_per_iteration is not None and tasks_per_iteration < 1:
-        raise ValueError(f"tasks_per_iteration must be >= 1, got {tasks_per_iteration}")
-    if growth_factor is not None and growth_factor <= 1:
-        raise ValueError(f"growth_factor must be > 1, got {growth_factor}")
+        raise UsageError(f"tasks_per_iteration must be >= 1, got {tasks_per_iteration}")
+    if growth_factor is not None and not (growth_factor > 1 and math.isfinite(growth_factor)):
+        raise UsageError(f"growth_factor must be > 1 (and finite), got {growth_factor}")
     if sizes is not None:
         sizes = [int(s) for s in sizes]
         if len(sizes) != num_iterations - 1:
-            raise ValueError(f"train_set_sizes has {len(sizes)} entries; num_iterations "
+            raise UsageError(f"train_set_sizes has {len(sizes)} entries; num_iterations "
                              f"{num_iterations} needs {num_iterations - 1} (one per iteration "
                              f"after iteration 0)")
+        if any(s < 1 for s in sizes):
+            raise UsageError(f"train_set_sizes must be >= 1, got {sizes}")
         if any(b <= a for a, b in zip(sizes, sizes[1:])):
-            raise ValueError(f"train_set_sizes must increase, got {sizes}")
+            raise UsageError(f"train_set_sizes must increase, got {sizes}")
 
 
 def train_set_sizes(initial: int, num_iterations: int, tasks_per_iteration: int | None = None,
-                    sizes: Sequence[int] | None = None, growth_factor: float | None = None
-                    ) -> list[int]:
+                    sizes: Sequence[int] | None = None, growth_factor: float | None = None,
+                    pool_size: int | None = None) -> list[int]:
     """The training-set size after every iteration.
 
     Args:
@@ -65,38 +74,60 @@ def train_set_sizes(initial: int, num_iterations: int, tasks_per_iteration: int 
       tasks_per_iteration: fixed increment; None = `initial`.
       sizes: explicit sizes after iterations 1 .. num_iterations - 1.
       growth_factor: multiply the size by this (> 1) every iteration.
+      pool_size: the tasks the iterations after 0 can select from (None = not checked):
+        every iteration adds at least one, so at most `pool_size + 1` iterations. Checked
+        before the schedule is built (num_iterations=10**9 builds no list of 10^9 sizes).
 
     Returns:
       [num_iterations] sizes; element 0 is `initial`.
 
     Raises:
-      ValueError: contradictory or impossible settings (the message names them).
+      UsageError (a ValueError): contradictory or impossible settings (the message names
+        them).
     """
     check_schedule(num_iterations, tasks_per_iteration, sizes, growth_factor)
+    if pool_size is not None and num_iterations - 1 > pool_size:
+        raise UsageError(f"num_iterations={num_iterations}: every iteration after iteration 0 "
+                         f"adds at least one task and the pool holds {pool_size}, so at most "
+                         f"{pool_size + 1} iterations")
     zero_shot_ok = tasks_per_iteration is not None or sizes is not None
     if initial < 0 or (initial == 0 and not zero_shot_ok):
-        raise ValueError(f"the initial training set must hold >= 1 task, got {initial} (a "
+        raise UsageError(f"the initial training set must hold >= 1 task, got {initial} (a "
                          "zero-shot iteration 0 needs tasks_per_iteration or train_set_sizes)")
     if sizes is not None:
         out = [initial, *(int(s) for s in sizes)]
     elif growth_factor is not None:
-        out = [int(round(initial * growth_factor ** i)) for i in range(num_iterations)]
+        out = [_grown(initial, growth_factor, i) for i in range(num_iterations)]
     else:
         step = initial if tasks_per_iteration is None else int(tasks_per_iteration)
         out = [initial + i * step for i in range(num_iterations)]
     for i in range(1, len(out)):
         if out[i] <= out[i - 1]:
-            raise ValueError(f"training-set sizes must grow: iteration {i} has {out[i]} after "
+            raise UsageError(f"training-set sizes must grow: iteration {i} has {out[i]} after "
                              f"{out[i - 1]} (sizes {out})")
     return out
 
 
+def _grown(initial: int, growth_factor: float, iteration: int) -> int:
+    """round(initial * growth_factor ** iteration), refused past `_MAX_SIZE` (a float
+    overflow otherwise)."""
+    try:
+        size = initial * growth_factor ** iteration
+    except OverflowError:
+        size = math.inf
+    if not size <= _MAX_SIZE:
+        raise UsageError(f"growth_factor={growth_factor}: the training set after iteration "
+                         f"{iteration} would hold more than 2^53 tasks")
+    return int(round(size))
+
+
 def tasks_to_add(initial: int, num_iterations: int, tasks_per_iteration: int | None = None,
-                 sizes: Sequence[int] | None = None, growth_factor: float | None = None
-                 ) -> list[int]:
+                 sizes: Sequence[int] | None = None, growth_factor: float | None = None,
+                 pool_size: int | None = None) -> list[int]:
     """Tasks selected at each iteration: [num_iterations] counts, element 0 = `initial`.
 
     Same arguments as `train_set_sizes`, whose consecutive differences these are.
     """
-    totals = train_set_sizes(initial, num_iterations, tasks_per_iteration, sizes, growth_factor)
+    totals = train_set_sizes(initial, num_iterations, tasks_per_iteration, sizes, growth_factor,
+                             pool_size)
     return [totals[0]] + [b - a for a, b in zip(totals, totals[1:])]

@@ -4,23 +4,7 @@ A *strategy* ranks a set of candidate tasks (most wanted first); `select_tasks` 
 budget `num_tasks` into quota groups, takes the top of each group's own ranking, and fills a
 group that runs short from the rest of the pool (recording that it did).
 
-Strategies (`get_strategy(name)`; all break ties by task name, ascending):
-
-| name                 | ranking                                                          |
-|----------------------|------------------------------------------------------------------|
-| `random`             | a seeded permutation (no scores needed)                          |
-| `prompt_uncertainty` | prompt_uncertainty, highest first                                |
-| `high_perplexity`    | perplexity, highest first                                        |
-| `low_perplexity`     | perplexity, lowest first                                         |
-| `uncertainty`        | the paper's "Uncertainty" baseline: classification tasks by mean |
-|                      | token entropy, generative tasks by perplexity, highest first     |
-|                      | (needs the scorer's optional entropy; see below)                 |
-| `ambiguous`          | Task Map category training (paper, Figure 3): a seeded random    |
-| `easy`               | draw among the tasks of that category, then the nearest          |
-| `difficult`          | categories as a fill (see "Task Map categories" below)           |
-| `fully_trained`      | every pool task (ignores `num_tasks` and quotas)                 |
-
-A score that is NaN ranks after every finite score, whatever the direction.
+Strategies and their registry: `activeit_jax.loop.strategies` (re-exported here).
 
 Quotas (`quota=`):
 - `"none"`: the strategy ranks the whole pool; the top `num_tasks` are taken.
@@ -34,30 +18,6 @@ Quotas (`quota=`):
   the chunks present in the pool in proportion to their sizes (largest-remainder rounding, so
   the total is exact), and the strategy chooses inside each chunk.
 
-Uncertainty baseline: with the "niv2" quota each label group holds one kind of task, so each
-is ranked on its own score. Where a candidate set mixes both labels (quota "none", or the fill
-step), each label is ranked on its own and the two rankings are merged by rank fraction
-((rank + 1/2) / size of that label's list, classification first on a tie), because entropy and
-perplexity are not on one scale.
-
-Task Map categories (`ambiguous`, `easy`, `difficult`): the category of a task is the one the
-scorer stored with the previous iteration's scores (`scores.jsonl` "category", computed by
-`activeit_jax.scoring.taskmap.categorize` over the remaining pool, i.e. that iteration's Task Map).
-Inside each quota group the tasks of the category are drawn uniformly at random (seeded); the
-other tasks follow in the order of the nearest categories:
-
-| category    | fill order when the category runs short                                 |
-|-------------|-------------------------------------------------------------------------|
-| `ambiguous` | easy and difficult tasks by prompt uncertainty, highest first (closest  |
-|             | to the Ambiguous threshold)                                             |
-| `easy`      | difficult tasks by prediction probability, highest first; then          |
-|             | ambiguous tasks by prompt uncertainty, lowest first                     |
-| `difficult` | easy tasks by prediction probability, lowest first; then ambiguous      |
-|             | tasks by prompt uncertainty, lowest first                               |
-
-Every task taken from outside the category is logged, listed in `Selection.category_fill` and
-counted in a note, so `selected_tasks.json` says how pure each draw was.
-
 Randomness is stable across machines and runs: group number `k` (0-based, in the group order
 above; the fill step uses `k = number of groups`) draws from
 `np.random.default_rng([seed, iteration, k])`, always over candidates sorted by name, so the pool
@@ -69,226 +29,41 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-from fractions import Fraction
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from activeit_jax.core import records
 from activeit_jax.data.errors import RecordError
+from activeit_jax.loop.strategies import (  # noqa: F401 (re-exported: one import site)
+    CATEGORY_FILL,
+    CATEGORY_KEY,
+    ENTROPY_KEY,
+    PPL_KEY,
+    PROB_KEY,
+    PU_KEY,
+    TASK_KEY,
+    TASK_MAP_CATEGORIES,
+    VARIANTS,
+    RankFn,
+    Strategy,
+    TaskInfo,
+    category_ranking,
+    check_variants,
+    get_strategy,
+    has_variants,
+    list_strategies,
+    register_strategy,
+    required_score_keys,
+)
 
 log = logging.getLogger(__name__)
-
-# Keys of a `scores.jsonl` record (one line per task, written by the scorer).
-TASK_KEY = "task"
-PU_KEY = "prompt_uncertainty"
-PROB_KEY = "prediction_probability"
-PPL_KEY = "perplexity"
-ENTROPY_KEY = "entropy"
-CATEGORY_KEY = "category"
-TASK_MAP_CATEGORIES = ("ambiguous", "easy", "difficult")  # activeit_jax.scoring.taskmap.CATEGORIES
 
 QUOTAS = ("none", "niv2", "self_instruct")
 # 24 of 68: int(68 * 0.356) classification tasks, Active-IT's reproduce.sh --fix_cls_gen_ratio.
 DEFAULT_LABEL_RATIO: dict[str, int] = {"cls": 24, "gen": 44}
 NUM_CHUNKS = 13
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskInfo:
-    """One task of the selectable pool.
-
-    Attributes:
-      name: unique task name (as in `scores.jsonl` "task").
-      label: "cls" or "gen" (needed by the "niv2" quota).
-      chunk: output-length chunk id 0..12 (needed by the "self_instruct" quota).
-    """
-    name: str
-    label: str | None = None
-    chunk: int | None = None
-
-
-# rank(candidates, scores, rng) -> every candidate name, most wanted first.
-RankFn = Callable[[Sequence[TaskInfo], Mapping[str, Mapping[str, Any]], np.random.Generator],
-                  list[str]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Strategy:
-    """A registered selection strategy.
-
-    Attributes:
-      name: registry name.
-      rank: the ranking function (see `RankFn`).
-      needs_scores: whether `rank` reads `scores.jsonl` records.
-      selects_all: whether the strategy takes the whole pool (fully trained baseline).
-      score_keys: the score fields `rank` reads (the loop turns on the scorer's optional
-        ones, e.g. entropy, when a configured strategy reads them).
-      category: the Task Map category the strategy draws from (None: not a category one).
-    """
-    name: str
-    rank: RankFn
-    needs_scores: bool = True
-    selects_all: bool = False
-    score_keys: tuple[str, ...] = ()
-    category: str | None = None
-
-
-_REGISTRY: dict[str, Strategy] = {}
-
-
-def register_strategy(name: str, *, needs_scores: bool = True, selects_all: bool = False,
-                      score_keys: Sequence[str] = (), category: str | None = None
-                      ) -> Callable[[RankFn], RankFn]:
-    """Decorator that registers a ranking function under `name`.
-
-    Args:
-      name: registry name; registering a name twice is an error.
-      needs_scores: whether the function reads scores (then `select_tasks` requires them).
-      selects_all: the strategy takes every pool task regardless of `num_tasks` and quotas.
-      score_keys: the score fields the function reads.
-      category: the Task Map category a category strategy draws from.
-
-    Returns:
-      The decorator; it returns the function unchanged.
-    """
-    def decorator(fn: RankFn) -> RankFn:
-        if name in _REGISTRY:
-            raise ValueError(f"selection strategy {name!r} is already registered")
-        _REGISTRY[name] = Strategy(name, fn, needs_scores, selects_all, tuple(score_keys),
-                                   category)
-        return fn
-    return decorator
-
-
-def get_strategy(name: str) -> Strategy:
-    """Returns the registered strategy `name` (KeyError listing the known names otherwise)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown selection strategy {name!r}; known: "
-                       f"{', '.join(sorted(_REGISTRY))}") from None
-
-
-def list_strategies() -> list[str]:
-    """Names of all registered strategies, sorted."""
-    return sorted(_REGISTRY)
-
-
-def required_score_keys(strategies: Iterable[str]) -> set[str]:
-    """The score fields any of `strategies` reads (e.g. {"prompt_uncertainty", "entropy"})."""
-    return {key for name in strategies for key in get_strategy(name).score_keys}
-
-
-# ----------------------------------------------------------------------------- strategies
-
-
-def _score(scores: Mapping[str, Mapping[str, Any]], task: str, key: str) -> float:
-    record = scores.get(task)
-    if record is None or key not in record or record[key] is None:
-        raise KeyError(f"task {task!r} has no {key!r} score")
-    return float(record[key])
-
-
-def _ranked_by(names: Iterable[str], scores: Mapping[str, Mapping[str, Any]], key: str,
-               descending: bool) -> list[str]:
-    """Sorts names by a score (NaN last), ties by name."""
-    def sort_key(name: str) -> tuple[bool, float, str]:
-        value = _score(scores, name, key)
-        if math.isnan(value):
-            return (True, 0.0, name)
-        return (False, -value if descending else value, name)
-    return sorted(names, key=sort_key)
-
-
-@register_strategy("random", needs_scores=False)
-def rank_random(candidates, scores, rng):
-    """A seeded permutation of the candidates (sorted by name first)."""
-    del scores
-    names = sorted(task.name for task in candidates)
-    return [names[i] for i in rng.permutation(len(names))]
-
-
-@register_strategy("prompt_uncertainty", score_keys=(PU_KEY,))
-def rank_prompt_uncertainty(candidates, scores, rng):
-    """Highest prompt uncertainty first."""
-    del rng
-    return _ranked_by((t.name for t in candidates), scores, PU_KEY, descending=True)
-
-
-@register_strategy("high_perplexity", score_keys=(PPL_KEY,))
-def rank_high_perplexity(candidates, scores, rng):
-    """Highest perplexity first."""
-    del rng
-    return _ranked_by((t.name for t in candidates), scores, PPL_KEY, descending=True)
-
-
-@register_strategy("low_perplexity", score_keys=(PPL_KEY,))
-def rank_low_perplexity(candidates, scores, rng):
-    """Lowest perplexity first."""
-    del rng
-    return _ranked_by((t.name for t in candidates), scores, PPL_KEY, descending=False)
-
-
-@register_strategy("uncertainty", score_keys=(PPL_KEY, ENTROPY_KEY))
-def rank_uncertainty(candidates, scores, rng):
-    """Classification tasks by entropy, generative ones by perplexity, highest first; a mixed
-    set is merged by rank fraction (module docstring)."""
-    del rng
-    unlabeled = [t for t in candidates if t.label not in ("cls", "gen")]
-    if unlabeled:
-        raise ValueError(f"strategy 'uncertainty' needs each task's label (cls/gen); "
-                         f"{unlabeled[0].name!r} has {unlabeled[0].label!r}")
-    rankings = [_ranked_by([t.name for t in candidates if t.label == label], scores, key, True)
-                for label, key in (("cls", ENTROPY_KEY), ("gen", PPL_KEY))]
-    keyed = [(Fraction(2 * rank + 1, 2 * len(ranking)), order, name)
-             for order, ranking in enumerate(rankings) for rank, name in enumerate(ranking)]
-    return [name for _, _, name in sorted(keyed)]
-
-
-# category -> [(categories filled from, score key, descending)], nearest first.
-CATEGORY_FILL: dict[str, tuple[tuple[tuple[str, ...], str, bool], ...]] = {
-    "ambiguous": ((("easy", "difficult"), PU_KEY, True),),
-    "easy": ((("difficult",), PROB_KEY, True), (("ambiguous",), PU_KEY, False)),
-    "difficult": ((("easy",), PROB_KEY, False), (("ambiguous",), PU_KEY, False)),
-}
-
-
-def _category_of(scores: Mapping[str, Mapping[str, Any]], task: str) -> str:
-    value = scores.get(task, {}).get(CATEGORY_KEY)
-    if value not in TASK_MAP_CATEGORIES:
-        raise ValueError(f"task {task!r} has Task Map category {value!r}; expected one of "
-                         f"{TASK_MAP_CATEGORIES} (scores written by the scorer carry it)")
-    return value
-
-
-def _category_sampler(category: str) -> RankFn:
-    def rank(candidates, scores, rng):
-        names = sorted(t.name for t in candidates)
-        of = {name: _category_of(scores, name) for name in names}
-        inside = [name for name in names if of[name] == category]
-        order = [inside[i] for i in rng.permutation(len(inside))]
-        for fill_from, key, descending in CATEGORY_FILL[category]:
-            order += _ranked_by([n for n in names if of[n] in fill_from], scores, key,
-                                descending)
-        return order
-    rank.__doc__ = (f"A seeded random draw among the {category!r} tasks, then the nearest "
-                    f"categories ({CATEGORY_FILL[category]}).")
-    return rank
-
-
-for _category in TASK_MAP_CATEGORIES:
-    register_strategy(_category, score_keys=(CATEGORY_KEY, PU_KEY, PROB_KEY),
-                      category=_category)(_category_sampler(_category))
-
-
-@register_strategy("fully_trained", needs_scores=False, selects_all=True)
-def rank_fully_trained(candidates, scores, rng):
-    """Every candidate, by name (the strategy takes the whole pool)."""
-    del scores, rng
-    return sorted(task.name for task in candidates)
 
 
 # ----------------------------------------------------------------------------- quotas
@@ -351,6 +126,7 @@ class Selection:
       notes: human-readable remarks (shortfalls, pool smaller than `num_tasks`, ...).
       category_fill: category strategies only: chosen tasks outside the strategy's Task Map
         category (taken from the nearest categories because the category ran short).
+      variant: the variant of a strategy with variants (`VARIANTS`), else None.
     """
     tasks: tuple[str, ...]
     strategy: str
@@ -362,6 +138,7 @@ class Selection:
     filled: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     category_fill: tuple[str, ...] = ()
+    variant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The selected-tasks file's object (`layout.SELECTED_FILE`, read back by
@@ -372,7 +149,7 @@ class Selection:
             "tasks": list(self.tasks),
             "groups": [dataclasses.asdict(g) for g in self.groups],
             "filled": list(self.filled), "notes": list(self.notes),
-            "category_fill": list(self.category_fill),
+            "category_fill": list(self.category_fill), "variant": self.variant,
         }
 
 
@@ -410,7 +187,9 @@ def _groups(pool: Sequence[TaskInfo], num_tasks: int, quota: str,
 def select(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
            pool: Sequence[TaskInfo], num_tasks: int, quota: str = "none", seed: int = 0,
            iteration: int = 0, label_ratio: Mapping[str, int] | None = None,
-           on_missing_score: str = "error") -> Selection:
+           on_missing_score: str = "error",
+           perplexity_variant: str = VARIANTS["perplexity"][1],
+           category_selection: str = VARIANTS["category"][1]) -> Selection:
     """Chooses the next tasks from `pool`; the full record (see `select_tasks` for the names).
 
     Args:
@@ -426,11 +205,13 @@ def select(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
       label_ratio: label -> weight for the "niv2" quota (default {"cls": 24, "gen": 44}).
       on_missing_score: for strategies that need scores, "error" raises when a pool task has
         no score record; "drop" leaves such tasks out of the candidates (noted).
+      perplexity_variant: "reference" or "paper_text" (high / low perplexity; `VARIANTS`).
+      category_selection: "rank" or "random" (the Task Map category strategies).
 
     Returns:
       The `Selection`. If the pool has fewer tasks than `num_tasks`, all are chosen (noted).
     """
-    spec = get_strategy(strategy)
+    spec = get_strategy(strategy, perplexity_variant, category_selection)
     if num_tasks < 0:
         raise ValueError(f"num_tasks must be >= 0, got {num_tasks}")
     if seed < 0 or iteration < 0:
@@ -451,10 +232,15 @@ def select(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
     if spec.needs_scores:
         if scores is None:
             raise ValueError(f"strategy {strategy!r} needs scores")
-        missing = [t.name for t in candidates if t.name not in by_task]
+        # A record whose score the strategy reads is null (an adaptive run's entropy, a
+        # hand-edited file) counts as no score, not as a ranking error.
+        # (The Task Map category has its own check, `_category_of`.)
+        numbers = [k for k in spec.score_keys if k != CATEGORY_KEY]
+        missing = [t.name for t in candidates if t.name not in by_task
+                   or any(by_task[t.name].get(k) is None for k in numbers)]
         if missing and on_missing_score == "error":
             raise ValueError(f"strategy {strategy!r}: {len(missing)} pool task(s) have no "
-                             f"score, e.g. {missing[:3]}")
+                             f"score or a null {'/'.join(numbers)}, e.g. {missing[:3]}")
         if missing:
             notes.append(f"dropped {len(missing)} pool task(s) without a score")
             missing_set = set(missing)
@@ -465,7 +251,7 @@ def select(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
         notes.append(f"{strategy}: took all {len(chosen)} pool tasks")
         return Selection(tuple(chosen), strategy, quota, seed, iteration, num_tasks,
                          (GroupRecord("all", len(candidates), len(chosen), len(chosen), 0),),
-                         (), tuple(notes))
+                         (), tuple(notes), variant=spec.variant)
 
     budget = num_tasks
     if num_tasks > len(candidates):
@@ -496,7 +282,7 @@ def select(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
     outside = (tuple(n for n in chosen if by_task[n].get(CATEGORY_KEY) != spec.category)
                if spec.category else ())
     return Selection(tuple(chosen), strategy, quota, seed, iteration, num_tasks,
-                     tuple(records), tuple(filled), tuple(notes), outside)
+                     tuple(records), tuple(filled), tuple(notes), outside, spec.variant)
 
 
 def _category_notes(spec: Strategy, group: str, taken: Sequence[str],
@@ -518,14 +304,16 @@ def _category_notes(spec: Strategy, group: str, taken: Sequence[str],
 def select_tasks(strategy: str, scores: Sequence[Mapping[str, Any]] | None,
                  pool: Sequence[TaskInfo], num_tasks: int, quota: str = "none", seed: int = 0,
                  iteration: int = 0, label_ratio: Mapping[str, int] | None = None,
-                 on_missing_score: str = "error") -> list[str]:
+                 on_missing_score: str = "error",
+                 perplexity_variant: str = VARIANTS["perplexity"][1],
+                 category_selection: str = VARIANTS["category"][1]) -> list[str]:
     """Chooses the next tasks from `pool`; same arguments as `select`.
 
     Returns:
       The chosen task names.
     """
     return list(select(strategy, scores, pool, num_tasks, quota, seed, iteration, label_ratio,
-                       on_missing_score).tasks)
+                       on_missing_score, perplexity_variant, category_selection).tasks)
 
 
 # ----------------------------------------------------------------------------- file helpers
@@ -545,7 +333,11 @@ def _task_info(record: Any, path: str | os.PathLike | None = None, where: str = 
     except (TypeError, ValueError):
         raise RecordError(f"expected an integer chunk id, got {chunk!r}", path,
                           f"{where}: chunk" if where else "chunk") from None
-    return TaskInfo(name, record.get("label"), chunk)
+    label = record.get("label")
+    if label is not None and label not in records.LABELS:
+        raise RecordError(f"expected a label in {list(records.LABELS)} or null, got "
+                          f"{label!r:.40}", path, f"{where}: label" if where else "label")
+    return TaskInfo(name, label, chunk)
 
 
 def _read_records(path: str | os.PathLike) -> list[tuple[str, Any]]:

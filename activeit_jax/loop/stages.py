@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 from activeit_jax import layout, partitioning, scoring
-from activeit_jax.data import hashing, prepared as prepared_lib
+from activeit_jax.data import hashing, labels as labels_lib, prepared as prepared_lib
 from activeit_jax.data.configurables import resolve_repo_path
 from activeit_jax.data.errors import SplitError
 from activeit_jax.loop import active_loop, hosts, judge as judge_lib
@@ -23,8 +23,7 @@ from activeit_jax.training import evaluation, trainer
 
 log = logging.getLogger(__name__)
 
-LABEL_SOURCE_WORDS = {"rule": "rule", "override": "override file",
-                      "metadata": "Self-Instruct metadata"}
+LABEL_SOURCE_WORDS = labels_lib.LABEL_SOURCE_WORDS
 
 
 def hold_out_validation(data: prepared_lib.PreparedData, num_validation: int, seed: int
@@ -50,44 +49,56 @@ def hold_out_validation(data: prepared_lib.PreparedData, num_validation: int, se
     return dataclasses.replace(data, split=new_split)
 
 
-def check_label_overrides(data: prepared_lib.PreparedData,
-                          overrides: Mapping[str, str] | None, out_dir: str) -> None:
-    """Refuses a prepared split whose labels disagree with the override file.
+def label_file_of(exp: Experiment) -> labels_lib.LabelSource | None:
+    """The label file of a resolved experiment, or None when the rule labels every task."""
+    return exp.label_source if isinstance(exp.label_source, labels_lib.LabelSource) else None
 
-    A run resumed with another (or no longer any) override file would otherwise keep the
-    labels it was prepared with, silently.
+
+def check_label_source(data: prepared_lib.PreparedData,
+                       label_file: labels_lib.LabelSource | None, out_dir: str) -> None:
+    """Refuses a prepared split whose labels disagree with the label source.
+
+    A run resumed with another (or no longer any) label file would otherwise keep the labels
+    it was prepared with, silently.
 
     Raises:
-      ValueError: a task named in `overrides` has another label (or source) in `data`.
+      ValueError: a task named in `label_file` has another label, metric label (CLS_GEN) or
+        source in `data`, or a task labelled by a file is not named in `label_file`.
     """
+    metric = label_file.metric_labels if label_file is not None else {}
     for name, task in data.tasks.items():
-        wanted = overrides.get(name) if overrides else None
-        if (wanted is not None and (task.label, task.label_source) != (wanted, "override")) or (
-                wanted is None and task.label_source == "override"):
-            raise ValueError(f"{out_dir} was prepared with other label overrides (task {name!r} "
+        wanted = label_file.get(name) if label_file is not None else None
+        if wanted is not None:
+            agrees = (task.label, task.label_source, task.metric_label) == (
+                wanted, "override", metric.get(name))
+        else:
+            agrees = task.label_source != "override"
+        if not agrees:
+            raise ValueError(f"{out_dir} was prepared with another label source (task {name!r} "
                              f"is {task.label!r} from the {task.label_source}); use the same "
-                             f"experiment.label_overrides or a new --out")
+                             f"experiment.label_source or a new --out")
 
 
 def _draw_split(exp: Experiment, seed: int) -> prepared_lib.PreparedData:
-    """The seed's experiment split of the configured pool (every host draws the same)."""
+    """The seed's experiment split of the configured pool (process 0 draws and writes it,
+    the others read it)."""
     if exp.pool == "self_instruct":
         test_file = exp.self_instruct_test_file
         data = prepared_lib.prepare_self_instruct(
             resolve_repo_path(exp.self_instruct_file),
             test_path=resolve_repo_path(test_file) if test_file else None, seed=seed,
-            label_overrides=exp.label_overrides, quotas=exp.quotas,
+            label_overrides=label_file_of(exp), quotas=exp.quotas,
             max_items=exp.self_instruct_max_items)
         return hold_out_validation(data, exp.self_instruct_num_validation, seed)
     return prepared_lib.prepare_niv2(exp.niv2_dir, seed=seed, on_bad_task=exp.on_bad_task,
-                                     label_overrides=exp.label_overrides, quotas=exp.quotas,
+                                     label_overrides=label_file_of(exp), quotas=exp.quotas,
                                      max_instances_per_task=exp.max_instances_per_task)
 
 
 def _evaluation_records(tasks: Sequence[Any], summary: Mapping[str, Any], max_instances: int | None
                         ) -> list[dict[str, Any]]:
     """The loop's per-task records of an evaluator summary (`loop.iteration_metrics`)."""
-    labels = {task.name: task.label for task in tasks}
+    labels = {task.name: labels_lib.metric_label_of(task) for task in tasks}
     counts = {task.name: min(len(task.instances), max_instances or len(task.instances))
               for task in tasks}
     return [{"task": name, "label": labels[name], "rouge_l": scores["rougeL"],
@@ -111,22 +122,23 @@ def build_stages(exp: Experiment) -> active_loop.Stages:
 
     def prepared_with_labels(seed: int, out_dir: str) -> prepared_lib.PreparedData:
         data = prepared_lib.load_prepared(out_dir)
-        check_label_overrides(data, exp.label_overrides, out_dir)
+        check_label_source(data, label_file_of(exp), out_dir)
         if seed not in reported and hosts.is_writer():
             reported.add(seed)
             counts = prepared_lib.label_source_counts(data.summary())
+            where = label_file_of(exp)
             print(f"seed {seed}: task labels (cls/gen) of {sum(counts.values())} tasks: "
                   + ", ".join(f"{n} from the {LABEL_SOURCE_WORDS.get(k, k)}"
-                              for k, n in counts.items()))
+                              for k, n in counts.items())
+                  + (f" ({where.path})" if where is not None else
+                     " (label_source: rule)"))
         return data
 
     def prepare(seed: int, out_dir: str) -> prepared_lib.PreparedData:
-        hosts.barrier("activeit_run_prepare")  # all hosts look at out_dir together
-        if os.path.exists(os.path.join(out_dir, layout.SPLITS_FILE)):
-            return prepared_with_labels(seed, out_dir)
-        data = _draw_split(exp, seed)
-        hosts.write_once("activeit_run_prepared",
-                         lambda: prepared_lib.write_prepared(data, out_dir))
+        # Not bounded: `run_judge` prepares each seed again while process 0 judges.
+        if not hosts.exists(os.path.join(out_dir, layout.SPLITS_FILE), bounded=False):
+            hosts.write_once("activeit_run_prepared", lambda: prepared_lib.write_prepared(
+                _draw_split(exp, seed), out_dir))
         return prepared_with_labels(seed, out_dir)
 
     def train(train_tasks: Sequence[Any], val_tasks: Sequence[Any], out_dir: str) -> str:
@@ -136,7 +148,7 @@ def build_stages(exp: Experiment) -> active_loop.Stages:
                                  "iteration 0 has no model to evaluate")
             return init_checkpoint
         best = os.path.join(out_dir, layout.BEST_DIR)
-        if os.path.exists(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE)):
+        if hosts.exists(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE)):
             return best  # finished before (its intermediate checkpoints may be gone)
         if not exp.select_epoch_on_validation:
             val_tasks = []  # fixed epochs, the last one is kept (the evaluate stage validates)
@@ -152,7 +164,7 @@ def build_stages(exp: Experiment) -> active_loop.Stages:
         return _evaluation_records(tasks, summary, train_config.max_eval_instances_per_task)
 
     def score(checkpoint_dir: str, tasks: Sequence[Any], out_dir: str) -> None:
-        if os.path.exists(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE)):
+        if hosts.exists(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE)):
             return
         mesh = partitioning.make_mesh(train_config.mesh_shape)
         shardings = partitioning.params_shardings(exp.model, mesh,
@@ -195,9 +207,13 @@ def run_experiment(run_dir: str, exp: Experiment,
                                                 seed=exp.judge_seed)
             for c in comparisons:
                 if c["win"] is not None:
-                    print(f"judge {c['judge']} seed {c['seed']} {c['strategy']} vs "
-                          f"{c['reference']} iteration {c['iteration']}: {c['win']} win / "
-                          f"{c['tie']} tie / {c['lose']} lose")
+                    print(f"judge {c['judge']} seed {c['seed']} {c['strategy']} iteration "
+                          f"{c['iteration']} vs {c['reference']} iteration "
+                          f"{c['reference_iteration']}: {c['win']} win / {c['tie']} tie / "
+                          f"{c['lose']} lose / {c['error']} error")
         if after_loop is not None and hosts.is_writer():
             after_loop()
+        # Nobody leaves before process 0 is done: a process that exits early would fail
+        # JAX's shutdown barrier (and the others' watchdog) while process 0 still works.
+        hosts.wait_for_writer("activeit_run_done")
     return result

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from activeit_jax.data.errors import VocabularyError
-from activeit_jax.models import hf_configs, hf_convert
+from activeit_jax.models import config_checks, gguf_header, hf_configs, hf_convert
 from activeit_jax.models.hf_configs import ConversionError
 from activeit_jax.models.llama import LlamaConfig
 from activeit_jax.models.wrappers import DecoderOnlyModel
@@ -89,7 +89,8 @@ def open_gguf(path: str | os.PathLike) -> Any:
     """A `gguf.GGUFReader` over `path`, with one-line errors naming the file.
 
     Raises:
-      ConversionError: missing file, not a GGUF file, or a truncated / corrupt one.
+      ConversionError: missing file, not a GGUF file, or a truncated / corrupt one (its
+        header is checked first, in bounded time: `gguf_header.check_header`).
     """
     import gguf
 
@@ -101,6 +102,10 @@ def open_gguf(path: str | os.PathLike) -> Any:
     if magic != GGUF_MAGIC:
         raise ConversionError(f"{path}: not a GGUF file (it starts with {magic!r}, not "
                               f"{GGUF_MAGIC!r})")
+    try:
+        gguf_header.check_header(path)  # GGUFReader trusts every count and length
+    except gguf_header.GGUFHeaderError as err:
+        raise ConversionError(str(err)) from None
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, OSError, EOFError) as err:
@@ -266,12 +271,21 @@ def import_gguf(path: str | os.PathLike, logical_axis_rules: Any = None) -> Any:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ConversionError(f"{source}: GGUF architecture {arch!r} is not supported "
                               f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    try:  # types, ranges and the layer count before anything is built from them
+        config_checks.check_gguf_metadata(metadata, source)
+        config_checks.check_gguf_layers(metadata, [t.name for t in reader.tensors], source)
+    except config_checks.ModelConfigError as err:
+        raise ConversionError(str(err)) from None
     try:
         vocabulary = gguf_tokenizer.vocabulary_from_gguf_metadata(metadata, source)
     except VocabularyError as err:
         raise ConversionError(str(err)) from None
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
     config = llama_config_from_gguf(metadata, shapes, vocabulary, source, arch)
+    try:
+        config_checks.check_model_config(config, source, config_checks.gguf_names(arch))
+    except config_checks.ModelConfigError as err:
+        raise ConversionError(str(err)) from None
     model = DecoderOnlyModel(config, logical_axis_rules)
     hf_convert.check_vocabulary_fits(vocabulary, model, source)
     tensors = GGUFTensors(reader, config, source, arch in _INTERLEAVED_ROTARY)

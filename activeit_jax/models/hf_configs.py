@@ -280,12 +280,31 @@ def hf_config_from_model(model: BaseModel) -> dict[str, Any]:
 
 
 def model_from_hf_config(hf_config: Mapping[str, Any], tensor_names: set[str],
-                         logical_axis_rules: Any = None, vocabulary: Any = None) -> BaseModel:
+                         logical_axis_rules: Any = None, vocabulary: Any = None,
+                         source: str = CONFIG_NAME) -> BaseModel:
     """The model wrapper described by a Hugging Face config and its tensor names (and, for a
-    decoder, the tokenizer that gives its special ids)."""
+    decoder, the tokenizer that gives its special ids).
+
+    Every value the converter reads is checked first (`config_checks`: types, ranges, heads,
+    ids), and the layer counts must equal the layers the tensors hold.
+
+    Raises:
+      ConversionError: an unsupported or invalid config (one line naming `source` and the key).
+    """
+    from activeit_jax.models import config_checks
+
     family = model_family(hf_config)
     has_lm_head = "lm_head.weight" in tensor_names
+    try:
+        config_checks.check_hf_config(hf_config, family, source)
+        config = (t5_config_from_hf(hf_config, has_lm_head) if family == "t5"
+                  else llama_config_from_hf(hf_config, has_lm_head, vocabulary))
+        config_checks.check_model_config(config, source, config_checks.hf_names(family))
+        config_checks.check_layer_counts(config, tensor_names, family, source)
+    except config_checks.ModelConfigError as err:
+        raise ConversionError(str(err)) from None
+    except ConversionError as err:
+        raise ConversionError(f"{source}: {err}") from None
     if family == "t5":
-        return EncoderDecoderModel(t5_config_from_hf(hf_config, has_lm_head), logical_axis_rules)
-    return DecoderOnlyModel(llama_config_from_hf(hf_config, has_lm_head, vocabulary),
-                            logical_axis_rules)
+        return EncoderDecoderModel(config, logical_axis_rules)
+    return DecoderOnlyModel(config, logical_axis_rules)

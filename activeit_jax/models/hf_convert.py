@@ -406,7 +406,8 @@ def import_hf_model(hf_dir: str | os.PathLike, logical_axis_rules: Any = None) -
     vocabulary = load_hf_tokenizer(hf_dir)
     reader = open_hf_weights(hf_dir)
     model = model_from_hf_config(hf_config, set(reader.keys()), logical_axis_rules,
-                                 vocabulary if family == "llama" else None)
+                                 vocabulary if family == "llama" else None,
+                                 source=os.path.join(source, CONFIG_NAME))
     if vocabulary is not None:
         check_vocabulary_fits(vocabulary, model, os.path.join(source, TOKENIZER_JSON))
     return ImportedModel(model, params_from_hf(model, reader, source=source), vocabulary)
@@ -520,8 +521,34 @@ def export_hf(model: BaseModel, params: Any, out_dir: str | os.PathLike,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
+
+
 def _stale_weight_files(out_dir: str, keep: set[str]) -> Iterator[str]:
-    pattern = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
     for name in os.listdir(out_dir):
-        if pattern.fullmatch(name) and name not in keep:
+        if _WEIGHT_FILE.fullmatch(name) and name not in keep:
             yield name
+
+
+def check_export_target(out_dir: str | os.PathLike, replace: bool = False) -> None:
+    """Raises unless `export_hf` may write into `out_dir` without overwriting a model there.
+
+    Allowed: a path that does not exist, a directory holding no `config.json` and no
+    `model*.safetensors*` (e.g. only a tokenizer), or -- with `replace` (`convert
+    --overwrite`) -- a model directory whose config and weight files are then replaced (its
+    other files are kept). Reads only; call it before loading the checkpoint.
+
+    Raises:
+      ConversionError: one line naming the directory and what is in the way.
+    """
+    out_dir = os.fspath(out_dir)
+    if not os.path.lexists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ConversionError(f"{out_dir} exists and is not a directory: refusing to export "
+                              "there (nothing was changed)")
+    held = sorted(n for n in os.listdir(out_dir) if n == CONFIG_NAME or _WEIGHT_FILE.fullmatch(n))
+    if held and not replace:
+        raise ConversionError(f"{out_dir} already holds a model ({', '.join(held[:4])}): refusing "
+                              "to overwrite it (nothing was changed); pass --overwrite to replace "
+                              "its config.json and weight files (other files are kept)")

@@ -9,6 +9,7 @@ import os
 import struct
 from typing import Any
 
+from activeit_jax.core import json_text
 from activeit_jax.models.hf_configs import ConversionError
 
 # The safetensors library refuses headers above 100 MB; a real header is kilobytes.
@@ -36,7 +37,7 @@ def read_safetensors_header(path: str) -> tuple[dict[str, Any], int]:
                                   f" ({size} bytes): a truncated or foreign file")
         raw = handle.read(header_len)
     try:
-        header = json.loads(raw)
+        header = json_text.loads(raw)
     except ValueError as err:
         raise ConversionError(f"{path}: safetensors header is not valid JSON ({err})") from None
     if not isinstance(header, dict):
@@ -62,7 +63,7 @@ def read_json(path: str, what: str) -> Any:
     """A JSON file of a Hugging Face directory; a garbled one names the file and line."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            return json_text.loads(handle.read())
     except json.JSONDecodeError as err:
         raise ConversionError(f"{path}: line {err.lineno} column {err.colno}: {what} is not "
                               f"valid JSON ({err.msg})") from None

@@ -8,8 +8,9 @@ ROUGE-L per seed, mean and sample std (ddof=1, empty for one seed)), the learnin
 and SVG (ROUGE-L vs number of training tasks, mean line and +-std band per strategy;
 `fully_trained` as a dashed horizontal line), the mean prompt uncertainty of each iteration's
 selected tasks (mean +- std over seeds; the paper's Figure 2) and one self-contained HTML page
-with everything (images as base64 data URIs). With judge files, the Markdown and the HTML add
-one Win / Tie / Lose table per judge (`activeit_jax.reporting.judge_tables`).
+with everything (images as base64 data URIs). With judge files, the Markdown and the HTML add,
+per judge, a Win / Tie / Lose / Error table per seed and their mean ± sd across seeds
+(`activeit_jax.reporting.judge_tables`).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from activeit_jax.reporting.results import (
     categories_of,
     collect_results,
     discover_run,
-    label_sources,
+    label_source_line,
     results_csv,
     results_markdown,
     strategy_order,
@@ -264,13 +265,10 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style></head><body>",
            f"<h1>{html.escape(title)}</h1>",
+           f"<p>{html.escape(label_source_line(run_dir) or 'Task labels: no prepared split.')}"
+           "</p>",
            f"<p>Seeds: {html.escape(', '.join(map(str, seeds)) or '–')}. Strategies: "
            f"{html.escape(', '.join(strategies) or '–')}.</p>"]
-    sources = label_sources(run_dir)
-    if sources:
-        out.append("<p>Task labels (classification / generative) by source: " + html.escape(
-            "; ".join(f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-                      for seed, counts in sources.items())) + ".</p>")
     out.append("<h2>Results (ROUGE-L, mean over tasks)</h2>")
     for split, split_title in SPLITS:
         header, body = table_cells(rows, split)
@@ -283,9 +281,10 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
     out.append(_img(curves_png, "ROUGE-L vs number of training tasks"))
     out.append("<h2>Prompt uncertainty of the selected tasks</h2>")
     out.append(_img(uncertainty_png, "mean prompt uncertainty of selected tasks per iteration"))
-    for label, judge_rows in judge_tables.judge_tables(iterations).items():
-        out.append(f"<h2>Pairwise judge: {html.escape(label)} (strategy vs. reference)</h2>")
-        out.append(_html_table(list(judge_tables.HEADER), judge_rows))
+    for section in judge_tables.judge_sections(iterations):
+        out.append(f"<h2>{html.escape(section.title)}</h2>")
+        out.append(f"<p>{html.escape(section.note)}</p>")
+        out.append(_html_table(section.header, section.rows))
     out.append("<h2>Iterations</h2>")
     cache: dict[str, dict[str, dict[str, Any]]] = {}
     score_keys = (selection.PU_KEY, selection.PROB_KEY, selection.PPL_KEY, "entropy",
@@ -354,10 +353,13 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
                       if s != INITIAL])  # one color per strategy across figures
     curves_png, curves_svg = plot_learning_curves(rows, colors)
     uncertainty_png = plot_selected_uncertainty(selected_uncertainty(iterations), colors)
-    judge_markdown = judge_tables.tables_markdown(judge_tables.judge_tables(iterations))
+    judge_markdown = judge_tables.tables_markdown(judge_tables.judge_sections(iterations))
+    labels_line = label_source_line(run_dir)
+    labels_line = labels_line + "\n\n" if labels_line else ""
     judge_markdown = "\n" + judge_markdown if judge_markdown else ""
     contents: dict[str, str | bytes] = {
-        layout.RESULTS_MD: "# Results\n\n" + results_markdown(rows) + judge_markdown,
+        layout.RESULTS_MD: ("# Results\n\n" + labels_line + results_markdown(rows)
+                            + judge_markdown),
         layout.RESULTS_CSV: results_csv(rows),
         layout.CURVES_PNG: curves_png,
         layout.CURVES_SVG: curves_svg,

@@ -27,7 +27,7 @@ import numpy as np
 
 from activeit_jax import layout
 from activeit_jax.core import records
-from activeit_jax.data import prepared
+from activeit_jax.data import labels, prepared
 from activeit_jax.data.errors import DataError
 from activeit_jax.loop import iteration_metrics, selection
 from activeit_jax.loop.iteration_metrics import derive_split_metrics, read_per_task
@@ -35,7 +35,8 @@ from activeit_jax.loop.iteration_metrics import derive_split_metrics, read_per_t
 log = logging.getLogger(__name__)
 
 __all__ = [
-    'INITIAL', 'SPLITS', 'CATEGORIES', 'IterationDir', 'label_sources', 'strategy_order',
+    'INITIAL', 'SPLITS', 'CATEGORIES', 'IterationDir', 'label_sources', 'label_source_line',
+    'strategy_order',
     'discover_run', 'ResultRow', 'collect_results', 'categories_of', 'table_cells',
     'results_markdown', 'results_csv',
 ]
@@ -92,6 +93,33 @@ def label_sources(run_dir: str | os.PathLike) -> dict[int, dict[str, int]]:
     return {seed: prepared.stored_label_source_counts(layout.data_dir(run_dir, seed))
             for seed, _ in _numbered(run_dir, layout.parse_seed_name)
             if os.path.exists(os.path.join(layout.data_dir(run_dir, seed), layout.SPLITS_FILE))}
+
+
+def label_source_line(run_dir: str | os.PathLike) -> str:
+    """One line, for the top of every report, naming where the task labels came from: per
+    source the number of tasks, and the label file's path and hash (every seed alike, or seed
+    by seed); "" for a run without a prepared split."""
+    run_dir = os.fspath(run_dir)
+    texts: dict[int, str] = {}
+    for seed, counts in label_sources(run_dir).items():
+        file = prepared.stored_label_file(layout.data_dir(run_dir, seed)) or {}
+        parts = [f"{n} from the {labels.LABEL_SOURCE_WORDS.get(k, k)}"
+                 for k, n in counts.items()]
+        where = ""
+        if file.get("path"):
+            where = f"; label file {file['path']} (sha256 {str(file.get('sha256'))[:12]})"
+            if file.get("metric_labels"):
+                where += (f", its CLS_GEN groups the scores of {file['metric_labels']} tasks "
+                          f"({file.get('disagree', '?')} of them against DefHasLabel)")
+        elif "override" not in counts:
+            where = "; label_source: rule (activeit_jax/data/labels.py)"
+        texts[seed] = ", ".join(parts) + where
+    if not texts:
+        return ""
+    if len(set(texts.values())) == 1:
+        return f"Task labels (cls / gen): {next(iter(texts.values()))} (every seed)."
+    return "Task labels (cls / gen): " + "; ".join(f"seed {s}: {t}"
+                                                    for s, t in texts.items()) + "."
 
 
 def _read_selected(path: str) -> tuple[str, ...] | None:
@@ -201,7 +229,7 @@ def collect_results(iterations: Sequence[IterationDir], warnings: list[str] | No
                 warnings.append(f"{it.path}: no {layout.PER_TASK_FILE}")
             continue
         for split, _ in SPLITS:
-            records = read_per_task(it.path, split)
+            records = read_per_task(it.path, split, warnings)
             if not records:
                 continue
             derived = derive_split_metrics(records)

@@ -34,11 +34,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from activeit_jax import layout, partitioning
-from activeit_jax.core import io_utils
+from activeit_jax.core import io_utils, run_lock
+from activeit_jax.core.errors import UsageError
 from activeit_jax.models import BaseModel
 from activeit_jax.scoring import journal
 from activeit_jax.scoring.formulas import prompt_uncertainty, sequence_probability
-from activeit_jax.scoring.planning import PromptBuilder, SkippedTask
+from activeit_jax.scoring.planning import PromptBuilder, SkippedTask, check_prompts_render
 from activeit_jax.scoring.row_scorer import RowScorer
 
 # fetch(requests) -> p: requests maps a task to its perturbation range [lo, hi) (1-based, 0
@@ -63,8 +64,39 @@ class AdaptiveConfig:
     quota: Mapping[str, int] | None = None
 
     def __post_init__(self):
-        if self.initial_perturbations < 1 or self.num_select < 1 or self.growth <= 1.0:
-            raise ValueError("initial_perturbations and num_select must be >= 1, growth > 1")
+        # The flags' names (`activeit-jax score --adaptive_*`) are in the messages.
+        for name, flag in (("initial_perturbations", "adaptive_k0"),
+                           ("num_select", "adaptive_select")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"AdaptiveConfig.{name} (--{flag}) must be an integer >= 1, "
+                                 f"got {value!r}")
+        for name, low in (("z", 0.0), ("growth", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or value <= low:
+                raise UsageError(f"AdaptiveConfig.{name} must be a finite number > {low:g}, "
+                                 f"got {value!r}")
+        if self.quota is not None and (not isinstance(self.quota, Mapping) or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 0
+                for v in self.quota.values())):
+            raise UsageError(f"AdaptiveConfig.quota must map labels to integers >= 0, got "
+                             f"{self.quota!r}")
+
+
+def check_supported(config: Any) -> None:
+    """Refuses the `ScoreConfig` settings the adaptive budget does not support, before any
+    file is written.
+
+    Raises:
+      UsageError: save_prompts or compute_entropy is on (each task gets a different number
+        of perturbations, so prompts.jsonl and the entropy baseline would not be those of
+        full scoring).
+    """
+    for field, flag in (("save_prompts", "save_prompts"), ("compute_entropy", "entropy")):
+        if getattr(config, field):
+            raise UsageError(f"the adaptive budget (--adaptive_k0) does not support "
+                             f"ScoreConfig.{field} (--{flag}); score without one of them")
 
 
 @dataclasses.dataclass
@@ -291,13 +323,24 @@ def score_pool_adaptive(model: BaseModel, params, vocab, tasks, out_dir: str, co
 
     Returns:
       The summary dict (also written to summary.json).
+
+    Raises:
+      UsageError: save_prompts or compute_entropy is set (`check_supported`).
+      RunLockedError: another process is scoring into `out_dir`.
     """
-    if config.save_prompts or config.compute_entropy:
-        raise ValueError("the adaptive budget supports neither save_prompts nor entropy")
+    check_supported(config)
     mesh = mesh or partitioning.local_mesh({"data": -1, "fsdp": 1, "model": 1})
     args = {**(run_args or {}), **config.fingerprint_args(),
             "adaptive": dataclasses.asdict(policy)}
-    journal.prepare_run_dir(out_dir, args)
+    check_prompts_render(vocab, config, model.decoder_only)
+    with run_lock.hold(out_dir, "score"):  # one process per directory, as `score_pool`
+        journal.prepare_run_dir(out_dir, args)
+        return _score_and_write(model, params, vocab, tasks, out_dir, config, policy, mesh)
+
+
+def _score_and_write(model, params, vocab, tasks, out_dir: str, config: Any,
+                     policy: AdaptiveConfig, mesh) -> dict[str, Any]:
+    """The body of `score_pool_adaptive`, holding the directory's lock."""
     scorer = RowScorer.from_config(model, params, mesh, config)
     builder = PromptBuilder(vocab, config, eos_id=scorer.eos_id)
     pool = list(enumerate(tasks))

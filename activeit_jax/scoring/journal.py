@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from typing import Any, Sequence
 
@@ -12,6 +13,8 @@ from activeit_jax.core import io_utils
 from activeit_jax.core.errors import ActiveITError
 from activeit_jax.scoring import taskmap
 from activeit_jax.scoring.config import ScoreConfig, fingerprint
+
+logger = logging.getLogger(__name__)
 
 
 class ResumeMismatchError(ActiveITError, ValueError):
@@ -111,6 +114,10 @@ def remove_if_exists(path: str) -> None:
         os.remove(path)
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = None
              ) -> dict[str, Any]:
     """Rewrites scores.jsonl in pool order with categories; writes the Task Map and summary.
@@ -140,11 +147,12 @@ def finalize(out_dir: str, config: ScoreConfig, extra: dict[str, Any] | None = N
     summary = {
         "num_tasks": len(final),
         "skipped": [{"task": s["task"], "reason": s["reason"]} for s in skipped],
-        "thresholds": {"prompt_uncertainty": thresholds[0],
-                       "prediction_probability": thresholds[1]},
+        # null, not NaN (which is not JSON), when no task was scored (all skipped)
+        "thresholds": {"prompt_uncertainty": _finite_or_none(thresholds[0]),
+                       "prediction_probability": _finite_or_none(thresholds[1])},
         "categories": {c: categories.count(c) for c in taskmap.CATEGORIES},
         **(extra or {}),
     }
     io_utils.atomic_write_json(os.path.join(out_dir, layout.SCORE_SUMMARY_FILE), summary)
-    logging.info("scored %d tasks (%d skipped) -> %s", len(final), len(skipped), out_dir)
+    logger.info("scored %d tasks (%d skipped) -> %s", len(final), len(skipped), out_dir)
     return summary

@@ -16,6 +16,8 @@ from activeit_jax.scoring import run_stats
 from activeit_jax.scoring.config import ScoreConfig
 from activeit_jax.scoring.journal import finalize, shard_dirs
 
+logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class ShardInfo:
@@ -158,14 +160,14 @@ def merge_shards(out_dir: str, config: ScoreConfig, shard: ShardInfo,
                 if not multi_process:
                     raise
                 error = f"{type(err).__name__}: {err}"
-                logging.exception("merging the shards of %s failed", out_dir)
+                logger.exception("merging the shards of %s failed", out_dir)
         elif multi_process:
             error = (f"after the barrier, {len(missing)} shard(s) have no {layout.SHARD_DONE_FILE} "
                      f"(e.g. {missing[0]}): out_dir must be on a filesystem that every host "
                      "sees")
         else:
-            logging.info("shard %s done; %d shard(s) still to run before the merge",
-                         shard.name, len(missing))
+            logger.info("shard %s done; %d shard(s) still to run before the merge",
+                        shard.name, len(missing))
             return {**stats, "merged": False}
     if multi_process:
         from jax.experimental import multihost_utils

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
+
+from activeit_jax.core import json_text
 
 _WORD_RE = re.compile(r"\S+")
 
@@ -292,15 +293,15 @@ def read_paraphrases(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     stripped = text.strip()
     records: Iterable[Any]
     if stripped.startswith("{") and "\n{" not in stripped:
-        obj = json.loads(stripped)
+        obj = json_text.loads(stripped)
         if "task" in obj:
             records = [obj]
         else:
             return {str(k): tuple(v) for k, v in obj.items()}
     elif stripped.startswith("["):
-        records = json.loads(stripped)
+        records = json_text.loads(stripped)
     else:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = [json_text.loads(line) for line in text.splitlines() if line.strip()]
     out: dict[str, tuple[str, ...]] = {}
     for rec in records:
         if "task" not in rec or "paraphrases" not in rec:

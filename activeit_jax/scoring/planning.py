@@ -67,6 +67,18 @@ def prompt_formats(config: ScoreConfig, decoder_only: bool, has_chat: bool) -> d
             for source in POOL_SOURCES}
 
 
+def check_prompts_render(vocab, config: ScoreConfig, decoder_only: bool) -> None:
+    """Renders every prompt format of the run once (`prompts.check_formats_render`), before
+    the run directory is touched: a chat template that fails would otherwise leave a
+    run_args.json (with its hash) that refuses the same command once the template is fixed.
+
+    Raises:
+      UsageError / VocabularyError: as `prompts.check_formats_render`.
+    """
+    prompts.check_formats_render(config.prompt_format, decoder_only,
+                                 chat_lib.from_vocabulary(vocab))
+
+
 class PromptBuilder:
     """Builds and tokenises the (1+K) sources of each chosen instance of a task.
 

@@ -38,8 +38,16 @@ from activeit_jax.scoring.multihost import (
     merge_shards,
     shard_dir,
 )
-from activeit_jax.scoring.planning import PromptBuilder, TaskPlan, TaskStub, prompt_formats
+from activeit_jax.scoring.planning import (
+    PromptBuilder,
+    TaskPlan,
+    TaskStub,
+    check_prompts_render,
+    prompt_formats,
+)
 from activeit_jax.scoring.row_scorer import DEFAULT_POOL_CHUNKS, RowScorer
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteScoreError(ActiveITError):
@@ -141,6 +149,8 @@ def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: s
     model = model if scorer is None else scorer.model
     check_vocabulary(model, vocab)
     args = _fingerprinted_args(model, vocab, config, run_args)
+    if render_fn is None:  # a broken chat template stops here, before run_args.json
+        check_prompts_render(vocab, config, model.decoder_only)
     with _directory_locks(out_dir, shard):
         journal_dir = _open_journal(out_dir, args, shard)
         # Every journal's torn tail is repaired, and read, before any host appends again.
@@ -411,11 +421,11 @@ class _PoolRun:
         if plan.truncated:
             cut = ("the start of its instruction" if self.builder.decoder_only
                    else "its instance input (the end of the prompt)")
-            logging.warning("task %s: %d of %d instance(s) are longer than max_source_length="
-                            "%d, so %s is cut off; its scores describe the truncated prompt "
-                            "(marked truncated_instances in %s)", name,
-                            plan.truncated, len(plan.instances),
-                            self.config.max_source_length, cut, layout.SCORES_FILE)
+            logger.warning("task %s: %d of %d instance(s) are longer than max_source_length="
+                           "%d, so %s is cut off; its scores describe the truncated prompt "
+                           "(marked truncated_instances in %s)", name,
+                           plan.truncated, len(plan.instances),
+                           self.config.max_source_length, cut, layout.SCORES_FILE)
         record = {"index": plan.index, "task": name, **numbers,
                   "label": getattr(plan.task, "label", "gen"),
                   "n_instances": len(plan.instances),

@@ -54,11 +54,13 @@ def evaluate(model: TrainableModel, params: PyTree,
              examples: Sequence[train_data.EncodedExample], vocab: Any, *, mesh: Mesh,
              rules: Sequence[tuple[str, Any]], params_shardings: PyTree, batch_size: int,
              source_length: int, max_decode_length: int,
-             decode_fn: Callable | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             decode_fn: Callable | None = None, progress: bool = False
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy-decodes `examples` and scores them (Tk-Instruct ROUGE-L / exact match).
 
     The decoding batches are the model's (`model.batch_builder(vocab)`), `batch_size` rows
-    of sources of at most `source_length` positions.
+    of sources of at most `source_length` positions. With `progress`, process 0 shows a
+    tqdm bar over the examples (as training and scoring do).
 
     Returns:
       (summary from `metrics.summarize`, one prediction record per example:
@@ -74,10 +76,15 @@ def evaluate(model: TrainableModel, params: PyTree,
                                    batch_sharding=shardings,
                                    max_decode_length=max_decode_length)
     predictions: list[str] = []
+    bar = _progress_bar(len(examples)) if progress else None
     with partitioning.mesh_context(mesh, rules):
         for feats, real in batches:
             out = np.asarray(jax.device_get(decode_fn(params, put_batch(feats, shardings))))
             predictions += [decode_tokens(vocab, row, builder.ids) for row in out[:real]]
+            if bar is not None:
+                bar.update(real)
+    if bar is not None:
+        bar.close()
     summary = metrics_lib.summarize(
         predictions, [ex.references for ex in examples], [ex.task_name for ex in examples],
         [ex.label for ex in examples])
@@ -85,6 +92,15 @@ def evaluate(model: TrainableModel, params: PyTree,
                 "references": list(ex.references)}
                for ex, pred in zip(examples, predictions)]
     return summary, records
+
+
+def _progress_bar(total: int):
+    """A tqdm bar over the decoded examples (process 0 only; None elsewhere). It disappears
+    when done (`leave=False`), so inside training it does not pile up under the train bar."""
+    if jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="decode", unit="ex", leave=False, dynamic_ncols=True)
 
 
 def encode_eval_tasks(tasks: Sequence[Any], vocab: Any, config: Any, model: TrainableModel
@@ -126,6 +142,7 @@ def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
         model = checkpoints.read_model(checkpoint_dir, config.logical_axis_rules)
     check_declared_kind(model, config.model_kind, "TrainConfig.model_kind")
     check_vocabulary(model, vocab, checkpoint_dir)
+    train_data.check_prompts_render(model.decoder_only, vocab, config.prompt_format)
     rules = resolve_rules(model, config.logical_axis_rules)
     params_sh = partitioning.params_shardings(model, mesh, rules)
     params = checkpoints.restore_params(checkpoint_dir, model, params_sh)
@@ -133,7 +150,8 @@ def evaluate_checkpoint(checkpoint_dir: str, tasks: Sequence[Any], vocab: Any,
     summary, records = evaluate(
         model, params, examples, vocab, mesh=mesh, rules=rules, params_shardings=params_sh,
         batch_size=config.eval_batch_size, source_length=config.max_source_length,
-        max_decode_length=config.max_decode_length or config.max_target_length)
+        max_decode_length=config.max_decode_length or config.max_target_length,
+        progress=getattr(config, "progress_bar", False))
     if out_dir is not None and jax.process_index() == 0:
         labels = {ex.task_name: ex.label for ex in examples}
         io_utils.atomic_write_json(os.path.join(out_dir, layout.EVAL_METRICS_FILE), dict(summary))

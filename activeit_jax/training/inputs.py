@@ -5,7 +5,7 @@ memory and each epoch is a seeded permutation of it: batch `(epoch, step)` is a 
 the examples, the seed, `epoch` and `step`. A checkpoint that records the data position
 `(epoch, step_in_epoch)` therefore resumes on exactly the batch an uninterrupted run would see.
 
-Prompts are rendered by the data layer (`seqio_tasks.build_examples`) in the prompt format of
+Prompts are rendered by the data layer (`examples.build_examples`) in the prompt format of
 each task (`prompts.resolve_prompt_format`; "auto" = Tk-Instruct for encoder-decoder models;
 decoder-only models: Tk-Instruct for NIV2 tasks and Alpaca for Self-Instruct items, as the user
 turn of the model's chat template when the vocabulary has one). Positive examples are added
@@ -88,7 +88,7 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
                  num_pos_examples: int, max_source_length: int, max_target_length: int,
                  seed: int | None, builder: BatchBuilder | None = None,
                  prompt_format: str = "auto") -> list[EncodedExample]:
-    """Renders (data layer: `seqio_tasks.build_examples`) and tokenises the instances of `tasks`.
+    """Renders (data layer: `examples.build_examples`) and tokenises the instances of `tasks`.
 
     Args:
       tasks: `data.niv2.Task`s.
@@ -112,7 +112,7 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
     Raises:
       ValueError: an unknown prompt format, or a chat format without a chat template.
     """
-    from activeit_jax.data import prompts, seqio_tasks
+    from activeit_jax.data import examples as examples_lib, prompts
     builder = builder or EncoderDecoderBatches()
     decoder_only, ids = builder.decoder_only, builder.ids
     chat = chat_lib.from_vocabulary(vocab)
@@ -128,17 +128,31 @@ def encode_tasks(tasks: Sequence[Any], vocab: Any, *, max_instances_per_task: in
         closing = (ids.end_of_turn,) if (decoder_only and prompts.is_chat_format(task_format)
                                          and ids.end_of_turn not in (None, ids.eos)) else ()
         shots = prompts.examples_shown(task_format, num_pos_examples)
-        for raw in seqio_tasks.build_examples([task], task_format, fits,
-                                              num_pos_examples=shots, chat=chat):
+        for raw in examples_lib.build_examples([task], task_format, fits,
+                                               num_pos_examples=shots, chat=chat):
             references = tuple(raw["references"]) or ("",)
             examples.append(EncodedExample(
-                task_name=task.name, label=getattr(task, "label", "gen"),
+                # The label the metrics group by (a label file's CLS_GEN where it has one).
+                task_name=task.name, label=getattr(task, "metric_label", None)
+                or getattr(task, "label", "gen"),
                 instance_id=str(raw["instance_id"]),
                 inputs=_encode(vocab, raw["inputs"], max_source_length, eos, keep_end=True),
                 targets=tuple(_encode(vocab, ref, max_target_length - len(closing), eos)
                               + closing for ref in references),
                 references=references))
     return examples
+
+
+def check_prompts_render(decoder_only: bool, vocab: Any, prompt_format: str = "auto") -> None:
+    """Renders every prompt format of a run once (`prompts.check_formats_render`), before
+    anything is encoded or written: a broken chat template is one line naming its file.
+
+    Raises:
+      UsageError: an unknown prompt format, or a chat format without a chat template.
+      VocabularyError: the chat template fails to render.
+    """
+    from activeit_jax.data import prompts
+    prompts.check_formats_render(prompt_format, decoder_only, chat_lib.from_vocabulary(vocab))
 
 
 def fingerprint(examples: Sequence[EncodedExample]) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from absl import logging
 
 from activeit_jax import layout
 from activeit_jax.core import distributed, io_utils, records
@@ -19,6 +19,8 @@ from activeit_jax.core.errors import ActiveITError
 from activeit_jax.models import KIND_NAMES, BaseModel, TrainableModel, checkpoints
 from activeit_jax.training import state as ts
 from activeit_jax.training.position import TrainPosition
+
+logger = logging.getLogger(__name__)
 
 PyTree = Any
 
@@ -120,7 +122,8 @@ def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "")
 
 
 class MetricsWriter:
-    """metrics.jsonl (one record per write, fsynced) + TensorBoard scalars; process 0 only."""
+    """metrics.jsonl (one record per write, fsynced) + TensorBoard scalars (our own event
+    writer, `training.tensorboard`: no TensorFlow); process 0 only."""
 
     def __init__(self, out_dir: str, *, tensorboard: bool = True,
                  keep_until_step: int | None = None):
@@ -140,9 +143,8 @@ class MetricsWriter:
                 io_utils.atomic_write_text(
                     self.path, "".join(json_line(r) for r in kept))
         if tensorboard:
-            import tensorflow as tf  # only the summary writer is used.
-            self._tb = tf.summary.create_file_writer(
-                os.path.join(out_dir, layout.TENSORBOARD_DIR))
+            from activeit_jax.training.tensorboard import EventFileWriter
+            self._tb = EventFileWriter(os.path.join(out_dir, layout.TENSORBOARD_DIR))
 
     def write(self, step: int, kind: str, scalars: Mapping[str, Any]) -> None:
         """Appends `{"step", "kind", **scalars}`; numbers also go to TensorBoard `kind/name`."""
@@ -152,18 +154,10 @@ class MetricsWriter:
         record.update({k: to_python(v) for k, v in scalars.items()})
         io_utils.append_jsonl_line(self.path, record)
         if self._tb is not None:
-            import tensorflow as tf
-            from tensorflow.core.framework import summary_pb2
-            # `tf.summary.scalar` needs the tensorboard package; the scalar summary it would
-            # write is a float32 tensor tagged for the "scalars" plugin, written directly here.
-            metadata = summary_pb2.SummaryMetadata(
-                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-            with self._tb.as_default(step=int(step)):
-                for key, value in record.items():
-                    if key not in ("step", "kind") and isinstance(value, (int, float)) \
-                            and not isinstance(value, bool):
-                        tf.summary.write(f"{kind}/{key}", tf.constant(float(value), tf.float32),
-                                         metadata=metadata)
+            self._tb.scalars(step, {f"{kind}/{key}": value for key, value in record.items()
+                                    if key not in ("step", "kind")
+                                    and isinstance(value, (int, float))
+                                    and not isinstance(value, bool)})
             self._tb.flush()
 
     def close(self) -> None:
@@ -232,14 +226,14 @@ def restore_newest_intact(manager: Any, abstract_state: ts.TrainState, out_dir: 
         except Exception as err:  # noqa: BLE001 - orbax / tensorstore / JSON errors alike
             checkpoints.quiet_abandoned_reads()
             where = os.path.join(out_dir, layout.CHECKPOINTS_DIR, str(step))
-            logging.warning("checkpoint %s is damaged (%s); falling back to an older one",
-                            where, str(err).splitlines()[0][:200] if str(err) else
-                            type(err).__name__)
+            logger.warning("checkpoint %s is damaged (%s); falling back to an older one",
+                           where, str(err).splitlines()[0][:200] if str(err) else
+                           type(err).__name__)
             damaged.append(_move_aside(manager, out_dir, step))
             continue
         if damaged:
-            logging.warning("resuming from step %d; damaged checkpoint(s) moved to %s", step,
-                            ", ".join(damaged))
+            logger.warning("resuming from step %d; damaged checkpoint(s) moved to %s", step,
+                           ", ".join(damaged))
         return state, position
     if damaged:
         raise checkpoints.CheckpointError(
@@ -267,18 +261,19 @@ def save_best(out_dir: str, model: BaseModel, params: PyTree, info: Mapping[str,
     the vocabulary stored with it, so later commands need no --vocab) and `out_dir/best.json`
     (epoch, step, scores)."""
     best = os.path.join(out_dir, layout.BEST_DIR)
-    checkpoints.save_model(best, model, params, vocab)
+    # The trainer replaces the best/ it wrote itself (run_args.json ties the directory to this
+    # run); a best/ holding anything else is refused by save_model.
+    checkpoints.save_model(best, model, params, vocab, replace=True)
     if jax.process_index() == 0:
         io_utils.atomic_write_json(os.path.join(out_dir, layout.BEST_INFO_FILE), dict(info))
     return best
 
 
 def recover_best_dir(out_dir: str) -> None:
-    """A kill between the two renames of `save_model` leaves only `best.old`: put it back."""
-    best = os.path.join(out_dir, layout.BEST_DIR)
-    if (jax.process_index() == 0 and not os.path.exists(best)
-            and os.path.exists(best + ".old")):
-        os.replace(best + ".old", best)
+    """A kill between the two renames of `save_model` leaves the previous best only in
+    `best.activeit-old` (`best.old` before 0.2): put it back."""
+    if jax.process_index() == 0:
+        checkpoints.recover_interrupted_save(os.path.join(out_dir, layout.BEST_DIR))
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ train_summary.json are written by process 0 only. `out_dir` must be shared by th
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -44,7 +45,6 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 import optax
-from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
 from activeit_jax import layout, partitioning
@@ -83,6 +83,7 @@ from activeit_jax.training.step import (
 )
 
 PyTree = Any
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ def train_and_evaluate(model: TrainableModel, train_tasks: Sequence[Any], val_ta
     except ValueError as err:
         raise UsageError(f"TrainConfig.mesh_shape: {err}") from None
     validate_config(config, mesh, rules)
+    train_data.check_prompts_render(model.decoder_only, vocab, config.prompt_format)
     data = _encode_run_data(model, train_tasks, val_tasks, vocab, config)
     args = run_args(model, config, init_checkpoint, init_params is not None, data.fingerprint,
                     train_data.fingerprint(data.val_examples))
@@ -269,7 +271,7 @@ def _finished_result(model: TrainableModel, out_dir: str, mesh: Mesh, rules: tup
     summary = records.read_json(os.path.join(out_dir, layout.TRAIN_SUMMARY_FILE),
                                 "training summary")
     best_dir = os.path.join(out_dir, layout.BEST_DIR)
-    logging.info("%s holds this finished run; reloading %s", out_dir, best_dir)
+    logger.info("%s holds this finished run; reloading %s", out_dir, best_dir)
     return TrainResult(
         best_checkpoint_dir=best_dir, best_epoch=summary.get("best_epoch"),
         best_metrics=dict(summary.get("best_metrics") or {}),
@@ -310,9 +312,9 @@ def _encode_run_data(model: TrainableModel, train_tasks: Sequence[Any], val_task
                                                 model), batcher,
                     [batcher.steps_per_epoch(e) for e in range(config.num_epochs)],
                     train_data.fingerprint(examples), builder)
-    logging.info("training on %d examples from %d tasks: %d epochs x %s steps, batch %d",
-                 len(examples), len(train_tasks), config.num_epochs, data.steps_per_epoch[0],
-                 config.batch_size)
+    logger.info("training on %d examples from %d tasks: %d epochs x %s steps, batch %d",
+                len(examples), len(train_tasks), config.num_epochs, data.steps_per_epoch[0],
+                config.batch_size)
     return data
 
 
@@ -365,8 +367,8 @@ class _TrainRun:
                     f"{self.out_dir} holds a checkpoint of a different run (training data or "
                     f"batch size differ); use a new output directory or delete "
                     f"{layout.CHECKPOINTS_DIR}/")
-            logging.info("resuming from step %d (epoch %d, step %d in epoch)", latest,
-                         self.position.epoch, self.position.step_in_epoch)
+            logger.info("resuming from step %d (epoch %d, step %d in epoch)", latest,
+                        self.position.epoch, self.position.step_in_epoch)
             return state, True
         params = _initial_params(self.model, init_checkpoint, init_params,
                                  jax.random.fold_in(self.base_rng, 1), self.mesh,
@@ -456,7 +458,8 @@ class _TrainRun:
             self.model, state.params, data.val_examples, self.vocab, mesh=self.mesh,
             rules=self.rules, params_shardings=self.programs.state_sh.params,
             batch_size=config.eval_batch_size, source_length=config.max_source_length,
-            max_decode_length=max_decode, decode_fn=self.decode_fn)
+            max_decode_length=max_decode, decode_fn=self.decode_fn,
+            progress=self.progress is not None)
         flat = metrics_lib.flat_scores(summary)
         self.writer.write(gstep, "eval", {**flat, "epoch": epoch,
                                           "eval_seconds": time.perf_counter() - start})

@@ -172,10 +172,14 @@ def test_select_config_from_flags_gin_and_the_deprecated_name(tmp_path):
         ["--quota=niv2", "--gin.selection_settings.quota='none'"],
         ["--strategy=nonsense"],
         ["--num_tasks=-1"],
+        ["--strategy=high_perplexity", "--perplexity_variant=paper_text",
+         "--category_selection=random"],
     ], tmp_path)
     assert _config(results[0]) == {"strategy": "prompt_uncertainty", "num_tasks": 68,
                                    "quota": "none", "seed": 0, "iteration": 0,
-                                   "label_ratio": None, "on_missing_score": "error"}
+                                   "label_ratio": None, "on_missing_score": "error",
+                                   "perplexity_variant": "reference",
+                                   "category_selection": "rank"}
     got = _config(results[1])
     assert (got["strategy"], got["num_tasks"], got["quota"], got["seed"], got["iteration"]) \
         == ("random", 5, "niv2", 1, 2)
@@ -187,6 +191,8 @@ def test_select_config_from_flags_gin_and_the_deprecated_name(tmp_path):
     assert "--quota and --gin.selection_settings.quota both set" in results[5]["error"]
     assert "nonsense" in results[6]["error"] and "--strategy" in results[6]["error"]
     assert "--num_tasks" in results[7]["error"]
+    got = _config(results[8])
+    assert (got["perplexity_variant"], got["category_selection"]) == ("paper_text", "random")
 
 
 def test_evaluate_shortcuts_of_train_config(tmp_path):

@@ -160,11 +160,12 @@ def test_cli_wrong_vocabulary_and_usage_errors(sample_data, tmp_path):
 def test_bad_label_override_file_via_cli(sample_data, tmp_path):
     overrides = tmp_path / "labels.json"
     overrides.write_text('{"task092_check_prime_classification": "both"}', "utf-8")
-    result = _cli(f"--niv2_dir={sample_data / 'niv2'}", f"--out={tmp_path / 'out'}",
-                  f"--label_overrides={overrides}")
-    assert result.returncode == 1
-    assert f"{overrides}: field 'task092_check_prime_classification': label must be" in \
-        result.stderr
+    for flag in ("label_source", "label_overrides"):  # the name and its old name
+        result = _cli(f"--niv2_dir={sample_data / 'niv2'}", f"--out={tmp_path / 'out'}",
+                      f"--{flag}={overrides}")
+        assert result.returncode == 1
+        assert f"{overrides}: field 'task092_check_prime_classification': label must be" in \
+            result.stderr
 
 
 def test_interrupted_write_leaves_no_usable_partial_output(sample_data, tmp_path, monkeypatch):

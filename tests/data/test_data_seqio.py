@@ -122,7 +122,7 @@ def test_self_instruct_task_and_mixture(sample_data, sample_vocab):
 
 
 def test_gin_data_config_and_sample_registration(sample_data):
-    import tasks as tasks_module
+    from activeit_jax import tasks as tasks_module
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings(

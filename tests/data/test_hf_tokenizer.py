@@ -90,6 +90,12 @@ def test_decode_stops_at_eos_and_skips_padding(hf_vocab):
 
 def test_tf_encode_decode_match_python(hf_vocab):
     import tensorflow as tf
+
+    from activeit_jax.data import seqio_vocabulary
+    python_vocab = hf_vocab
+    hf_vocab = seqio_vocabulary.adapt(python_vocab)  # seqio's face: TensorFlow ops
+    assert seqio_vocabulary.adapt(python_vocab) is hf_vocab and hf_vocab == python_vocab
+    assert hf_vocab.chat_template == python_vocab.chat_template  # the rest: the vocabulary's
     texts = ["héllo <|im_start|> wörld", "", "plain text"]
     for text in texts:
         np.testing.assert_array_equal(hf_vocab.encode_tf(tf.constant(text)).numpy(),

@@ -5,7 +5,10 @@ from activeit_jax.data import vocab as vocab_lib
 
 
 def test_light_vocabulary_matches_seqio(sample_data, vocab):
-    light = vocab_lib.get_vocabulary(vocab.sentencepiece_model_file, light=True)
+    light = vocab_lib.get_vocabulary(vocab.sentencepiece_model_file)  # light: the default
+    vocab = vocab_lib.get_vocabulary(vocab.sentencepiece_model_file, light=False)  # seqio's
+    assert type(light) is vocab_lib.SentencePieceVocabulary
+    assert type(vocab).__module__.startswith("seqio")
     assert light.vocab_size == vocab.vocab_size
     texts = ["Definition: Answer the question.\n\n Positive Example 1 -\nInput: 2 + 2?",
              "  leading spaces, émoji 🙂 and numbers 12345", "a <extra_id_5> b", ""]

@@ -189,7 +189,7 @@ def test_fully_trained_reference_trains_on_the_whole_pool_once(tmp_path, sample_
 def test_paper_experiment_config_is_the_paper_setting(parse_experiment, sample_data):
     exp = parse_experiment("experiments/niv2_t5_large.gin", [
         'NIV2_DIR = "/niv2"', f'get_vocabulary.path = "{sample_data}/vocab/sample_spm.model"',
-        'experiment.init_checkpoint = "/ckpt"'])
+        'experiment.init_checkpoint = "/ckpt"', 'experiment.label_source = "rule"'])
     assert exp.model.config.d_model == 1024 and exp.model.config.num_encoder_layers == 24
     assert exp.model.config.dtype == "bfloat16"
     assert (exp.quotas.num_initial, exp.quotas.num_val_cls, exp.quotas.num_val_gen) == (

@@ -50,6 +50,7 @@ def test_resolving_a_resolved_experiment_changes_nothing(parse_experiment):
     assert experiment_lib.resolve(exp) == exp
     assert exp.select_epoch_on_validation is True  # NIV2: Tk-Instruct's best epoch
     assert exp.judge is None and exp.label_overrides is None
+    assert exp.label_source == experiment_lib.RULE  # unset: our rule
 
 
 def test_an_unfilled_required_binding_is_named(parse_experiment):

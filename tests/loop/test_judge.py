@@ -7,9 +7,10 @@ import re
 
 import pytest
 
+from activeit_jax.core.errors import ConfigError
 from activeit_jax.loop import judge
 from activeit_jax.loop.judge import ChatClient, JudgeConfig, JudgeError, JudgeItem
-from tests.fake_openai import FakeServer
+from tests.fake_openai import FakeServer, reply_for, shown_answers
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 
@@ -42,8 +43,7 @@ def _items(n, good_is_a):
 
 def _pick_good(prompt):
     """A judge that always prefers the output containing GOOD."""
-    shown_a = prompt.split("# Output (a)")[1].split("# Output (b)")[0]
-    return "Output (a)" if "GOOD" in shown_a else "Output (b)"
+    return reply_for(prompt, "first" if "GOOD" in shown_answers(prompt)[0] else "second")
 
 
 def _assert_no_key(*texts):
@@ -61,7 +61,43 @@ def _assert_no_key(*texts):
     ("Either Output (a) or Output (b)", "unparsed"), ("(a)", "unparsed"),
 ])
 def test_parse_verdict(reply, verdict):
-    assert judge.parse_verdict(reply) == verdict
+    assert judge.parse_verdict(reply, "ours") == verdict
+
+
+@pytest.mark.parametrize("reply,verdict", [
+    ("(1)", "a"), ("(2)", "b"), ('"(2)"', "b"), ("Equal", "equal"), ("Output: (1)", "a"),
+    ("( 2 ).", "b"), ("(1) is better than (2).", "a"), ("Both are equally bad.", "equal"),
+    ("Output (a)", "unparsed"), ("1", "unparsed"), ("Either (1) or (2)", "unparsed"),
+    ("The capital of France is Paris.", "unparsed"),
+])
+def test_parse_verdict_of_the_paper_template(reply, verdict):
+    assert judge.parse_verdict(reply) == verdict == judge.parse_verdict(reply, "paper")
+
+
+def test_default_prompt_is_the_papers_template_verbatim():
+    # Kung et al. (2023), appendix A.1, Table 1, filled in for one fixed item shown in the
+    # order "ba" (model B's answer first).
+    item = JudgeItem("x", "Translate the sentence to English.", "hola mundo", "hello world",
+                     "hi world")
+    expected_system = "You're a helpful AI system that is meant to imitate human judgment."
+    expected_user = (
+        'Given an instruction, input, and two predictions "(1)" and "(2)", please tell me '
+        'which prediction is most satisfying and correct. If (1) is better, output "(1)". '
+        'If (2) is better, output "(2)". If both predictions are equally good or equally '
+        'bad, you can output "Equal".\n\n'
+        "Instruction: Translate the sentence to English.\n"
+        "Input: hola mundo\n"
+        "Now given two predictions:\n"
+        "(1): hi world\n"
+        "(2): hello world\n"
+        "Output:")
+    messages = judge.build_messages(item, "ba")
+    assert messages == [{"role": "system", "content": expected_system},
+                        {"role": "user", "content": expected_user}]
+    assert JudgeConfig().prompt_template == "paper"
+    assert judge.build_messages(item, "ba", "ours")[0]["content"] == judge.SYSTEM_PROMPT
+    with pytest.raises(ConfigError, match="prompt_template must be one of"):
+        JudgeConfig(prompt_template="mine")
 
 
 def test_winner_mapping_undoes_the_order():
@@ -83,7 +119,7 @@ def test_order_is_seeded_random_and_undone(server, sleeps, tmp_path, caplog):
     assert orders == [judge.presentation_order(3, it.id) for it in items]
     for request, record, item in zip(server.requests, records, items):
         prompt = request["body"]["messages"][-1]["content"]
-        shown_first = prompt.split("# Output (a)")[1].split("# Output (b)")[0]
+        shown_first = shown_answers(prompt)[0]
         expected_first = item.output_a if record["order"] == "ab" else item.output_b
         assert expected_first in shown_first
         assert request["body"]["model"] == "judge-model"
@@ -91,16 +127,38 @@ def test_order_is_seeded_random_and_undone(server, sleeps, tmp_path, caplog):
     _assert_no_key(caplog.text, (tmp_path / "res.jsonl").read_text(), repr(client))
 
 
-def test_unrelated_replies_count_as_ties(server, sleeps, tmp_path):
-    server.script = [("reply", "Output (a)"), ("reply", "lorem ipsum"), ("reply", "Equal")]
+def test_unrelated_replies_count_as_ties_and_errors(server, sleeps, tmp_path):
+    server.script = [("reply", "(1)"), ("reply", "lorem ipsum"), ("reply", "Equal")]
     items = _items(3, good_is_a=lambda i: True)
     summary = judge.run_pairwise(items, _client(server, sleeps), tmp_path / "r.jsonl", seed=0)
     orders = [judge.presentation_order(0, it.id) for it in items]
     first = judge.winner_of("a", orders[0])
-    assert summary.n == 3 and summary.tie == 2
+    # the unrelated reply: a tie for the winner, counted in the Error column, not as a Tie
+    assert summary.n == 3 and (summary.tie, summary.error) == (1, 1)
     assert (summary.win, summary.lose) == ((1, 0) if first == "A" else (0, 1))
-    verdicts = [json.loads(line)["verdict"] for line in open(tmp_path / "r.jsonl")]
-    assert verdicts == ["a", "unparsed", "equal"]
+    records = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    assert [r["verdict"] for r in records] == ["a", "unparsed", "equal"]
+    assert [r["winner"] for r in records][1:] == ["tie", "tie"]
+    assert {r["prompt_template"] for r in records} == {"paper"}
+    assert [(r["id"], r["reply"]) for r in judge.unparsed_records(records)] == [
+        ("item1", "lorem ipsum")]
+
+
+def test_a_results_file_is_never_continued_with_another_template(server, sleeps, tmp_path):
+    server.default = _pick_good
+    items = _items(4, good_is_a=lambda i: True)
+    path = tmp_path / "r.jsonl"
+    judge.run_pairwise(items[:2], _client(server, sleeps, prompt_template="ours"), path)
+    with pytest.raises(JudgeError, match="'ours'.* prompt template, not 'paper'"):
+        judge.run_pairwise(items, _client(server, sleeps), path)
+    summary = judge.run_pairwise(items, _client(server, sleeps, prompt_template="ours"), path)
+    assert (summary.win, summary.n) == (4, 4)
+    # a file written before the template was recorded was judged with ours
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text(json.dumps({"id": "item0", "order": "ab", "verdict": "a", "winner": "A",
+                                  "reply": "Output (a)"}) + "\n")
+    with pytest.raises(JudgeError, match="'ours'"):
+        judge.run_pairwise(items, _client(server, sleeps), legacy)
 
 
 def test_retries_with_backoff_on_5xx(server, sleeps, caplog):
@@ -154,7 +212,7 @@ def test_key_never_leaks(server, sleeps, tmp_path, caplog, capsys, monkeypatch):
     monkeypatch.setenv("MY_JUDGE_KEY", KEY)
     env_client = ChatClient(JudgeConfig(base_url=server.base_url, api_key_env="MY_JUDGE_KEY",
                                         max_retries=0), sleep=sleeps.append)
-    server.default = lambda prompt: "Output (a)"
+    server.default = lambda prompt: "(1)"
     judge.run_pairwise(_items(2, lambda i: True), env_client, tmp_path / "ok.jsonl")
     assert server.requests[-1]["auth"] == f"Bearer {KEY}"
     # Connection refused (server gone): retried, then an error without the key.
@@ -175,7 +233,7 @@ def test_missing_key_names_the_variable(monkeypatch):
 
 
 class _FlakyClient:
-    """Answers 'Output (a)' and raises after `fail_after` calls."""
+    """Answers '(1)' (the first answer shown) and raises after `fail_after` calls."""
 
     def __init__(self, fail_after=None):
         self.calls = 0
@@ -185,7 +243,7 @@ class _FlakyClient:
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise JudgeError("boom")
         self.calls += 1
-        return "Output (a)"
+        return "(1)"
 
 
 def test_results_file_resumes(tmp_path):
@@ -218,23 +276,25 @@ def test_duplicate_ids_rejected(tmp_path):
 
 def test_messages_show_both_answers_in_order():
     item = JudgeItem("x", "Translate.", "hola", "hello", "hi")
-    ab = judge.build_messages(item, "ab")[-1]["content"]
-    ba = judge.build_messages(item, "ba")[-1]["content"]
+    ab = judge.build_messages(item, "ab", "ours")[-1]["content"]
+    ba = judge.build_messages(item, "ba", "ours")[-1]["content"]
     assert re.search(r"# Output \(a\)\nhello\n\n# Output \(b\)\nhi", ab)
     assert re.search(r"# Output \(a\)\nhi\n\n# Output \(b\)\nhello", ba)
     assert "hola" in ab and "Translate." in ab
+    paper = judge.build_messages(item, "ab")[-1]["content"]
+    assert paper.endswith("(1): hello\n(2): hi\nOutput:") and shown_answers(paper) == (
+        "hello", "hi")
 
 
 def _content_judge(prompt):
     """Prefers the answer that says GOOD, wherever it is shown; "Equal" when neither or both
     do; an off-protocol reply when an answer says WEIRD."""
-    shown_a = prompt.split("# Output (a)")[1].split("# Output (b)")[0]
-    shown_b = prompt.split("# Output (b)")[1]
+    shown_a, shown_b = shown_answers(prompt)
     if "WEIRD" in shown_a + shown_b:
         return "Hard to say, they differ in style."
     if ("GOOD" in shown_a) == ("GOOD" in shown_b):
         return "Equal"
-    return "Output (a)" if "GOOD" in shown_a else "Output (b)"
+    return reply_for(prompt, "first" if "GOOD" in shown_a else "second")
 
 
 def test_verdicts_follow_content_not_position(server, sleeps, tmp_path):

@@ -21,7 +21,7 @@ import pytest
 from activeit_jax.core.errors import ConfigError
 from activeit_jax.loop import judge
 from activeit_jax.loop.judge import ChatClient, JudgeConfig, JudgeError, JudgeItem
-from tests.fake_openai import FakeServer
+from tests.fake_openai import FakeServer, reply_for, shown_answers
 
 KEY = "sk-test-CONCURRENT-0123456789abcdef"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -47,8 +47,7 @@ def _item_of(prompt: str) -> int:
 
 
 def _pick_good(prompt: str) -> str:
-    shown_a = prompt.split("# Output (a)")[1].split("# Output (b)")[0]
-    return "Output (a)" if "GOOD" in shown_a else "Output (b)"
+    return reply_for(prompt, "first" if "GOOD" in shown_answers(prompt)[0] else "second")
 
 
 def _journal_ids(path) -> list[str]:

@@ -36,7 +36,7 @@ def test_tpu_vm_create_copy_run_delete(capsys):
     assert ssh_and_scp and all("--worker=all" in c for c in ssh_and_scp)
     job = commands[-2]
     assert job[-1] == ("--command=cd activeit-jax && make venv && "
-                       ".venv/bin/pip install --quiet -e '.[tpu]' && "
+                       ".venv/bin/pip install --quiet -c requirements.lock -e '.[tpu]' && "
                        ".venv/bin/activeit-jax score --gin_file=a.gin")
     assert commands[-1] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "ait",
                             "--zone=us-central2-b", "--project=p1", "--quiet"]

@@ -122,9 +122,13 @@ def test_composed_paths():
     assert layout.eval_dir(it, "test") == os.path.join(it, "eval_test")
     assert layout.metrics_file(it, "val") == os.path.join(it, "metrics_val.json")
     for judge in (None, "gpt-4", "gpt-3.5-turbo"):
-        path = layout.judge_file(it, "random", judge)
-        assert os.path.dirname(path) == it
-        assert layout.parse_judge_file(os.path.basename(path)) == ("random", judge)
+        for at in (None, 3):
+            path = layout.judge_file(it, "random", judge, at)
+            assert os.path.dirname(path) == it
+            assert layout.parse_judge_file(os.path.basename(path)) == ("random", judge)
+            assert layout.judge_reference_iteration(os.path.basename(path)) == at
     assert os.path.basename(layout.judge_file(it, "random")) == "judge_vs_random.jsonl"
+    assert os.path.basename(layout.judge_file(it, "random", "gpt-4.1", 12)) == \
+        "judge_vs_random@iter_12.gpt-4.1.jsonl"
     assert layout.parse_judge_file("per_task_metrics.jsonl") is None
     assert layout.shard_name(1, 4) == "host1-of-4"

@@ -55,14 +55,17 @@ def test_strategy_orders_on_hand_made_scores(strategy, expected):
     ("difficult", {"t3", "t5"}, ["t4", "t0", "t6", "t1", "t2"]),
 ])
 def test_category_draws_inside_then_fills_from_the_nearest(strategy, inside, fill):
-    result = selection.select(strategy, HAND, HAND_POOL, num_tasks=7, seed=4, iteration=1)
+    result = selection.select(strategy, HAND, HAND_POOL, num_tasks=7, seed=4, iteration=1,
+                              category_selection="random")
+    assert result.variant == "random" and result.to_json()["variant"] == "random"
     assert set(result.tasks[:len(inside)]) == inside
     assert list(result.tasks[len(inside):]) == fill
     assert result.category_fill == tuple(fill)
     assert result.to_json()["category_fill"] == fill
     assert any(f"category {strategy!r} had {len(inside)} task(s)" in n for n in result.notes)
     # a draw that fits the category records no fill
-    short = selection.select(strategy, HAND, HAND_POOL, num_tasks=2, seed=4, iteration=1)
+    short = selection.select(strategy, HAND, HAND_POOL, num_tasks=2, seed=4, iteration=1,
+                             category_selection="random")
     assert set(short.tasks) <= inside and short.category_fill == () and not short.notes
 
 
@@ -88,7 +91,7 @@ def test_ambiguous_draws_within_its_category_unlike_the_pu_ranking():
     draws = []
     for seed in range(8):
         result = selection.select("ambiguous", scores, pool, 4, quota="niv2", seed=seed,
-                                  iteration=1, label_ratio=ratio)
+                                  iteration=1, label_ratio=ratio, category_selection="random")
         assert all(category[n] == "ambiguous" for n in result.tasks)
         assert sorted(labels[n] for n in result.tasks) == ["cls", "cls", "gen", "gen"]
         assert result.category_fill == ()
@@ -97,9 +100,51 @@ def test_ambiguous_draws_within_its_category_unlike_the_pu_ranking():
     assert sum(category[n] == "ambiguous" and labels[n] == "cls" for n in category) > 2
     assert len(set(draws)) > 1 and any(d != frozenset(pu_top) for d in draws)
     for name in ("easy", "difficult"):
-        chosen = selection.select_tasks(name, scores, pool, 4, quota="niv2", seed=0,
-                                        iteration=1, label_ratio=ratio)
-        assert all(category[n] == name for n in chosen)
+        for rule in ("random", "rank"):
+            chosen = selection.select_tasks(name, scores, pool, 4, quota="niv2", seed=0,
+                                            iteration=1, label_ratio=ratio,
+                                            category_selection=rule)
+            assert all(category[n] == name for n in chosen)
+
+
+# Hand-made Task Map scores for the rank-based category selection (the reference's rankings).
+RANKED = [
+    _score("a0", 0.90, 0.50, 1.0, "ambiguous"), _score("a1", 0.80, 0.50, 1.0, "ambiguous"),
+    _score("e0", 0.05, 0.60, 1.0, "easy"), _score("e1", 0.10, 0.95, 1.0, "easy"),
+    _score("e2", 0.20, 0.90, 1.0, "easy"), _score("e3", 0.30, 0.99, 1.0, "easy"),
+    _score("d0", 0.05, 0.30, 1.0, "difficult"), _score("d1", 0.10, 0.05, 1.0, "difficult"),
+    _score("d2", 0.20, 0.01, 1.0, "difficult"), _score("d3", 0.30, 0.20, 1.0, "difficult"),
+]
+RANKED_POOL = [TaskInfo(r["task"], "gen") for r in RANKED]
+
+
+def test_rank_based_category_selection_equals_the_hand_computed_ranking():
+    # easy, SumRank with the probability descending ("ReverseSTD"), smallest sum first:
+    #   position by PU ascending:           e0 0, e1 1, e2 2, e3 3
+    #   position by probability descending: e3 0, e1 1, e2 2, e0 3
+    #   sums: e0 3, e1 2, e2 4, e3 3 -> e1, e0, e3 (tie with e0, by name), e2
+    # difficult, SumRank with the probability ascending:
+    #   position by PU ascending:           d0 0, d1 1, d2 2, d3 3
+    #   position by probability ascending:  d2 0, d1 1, d3 2, d0 3
+    #   sums: d0 3, d1 2, d2 2, d3 5 -> d1, d2 (tie, by name), d0, d3
+    # ambiguous: PU descending -> a0, a1 (the top-PU selection).
+    expected = {"easy": ["e1", "e0", "e3", "e2"], "difficult": ["d1", "d2", "d0", "d3"],
+                "ambiguous": ["a0", "a1"]}
+    by_task = {r["task"]: r for r in RANKED}
+    for category, order in expected.items():
+        assert selection.category_ranking(category, sorted(order), by_task) == order
+        for seed in (0, 1, 7):  # deterministic: no seed enters
+            result = selection.select(category, RANKED, RANKED_POOL, len(order), seed=seed,
+                                      iteration=2)
+            assert list(result.tasks) == order and result.variant == "rank"
+            assert result.category_fill == ()
+    assert selection.select_tasks("ambiguous", RANKED, RANKED_POOL, 2) == \
+        selection.select_tasks("prompt_uncertainty", RANKED, RANKED_POOL, 2)
+    # a short category is filled from the nearest one as before (difficult by probability
+    # descending for easy: d0 0.30, d3 0.20).
+    result = selection.select("easy", RANKED, RANKED_POOL, 6)
+    assert list(result.tasks) == ["e1", "e0", "e3", "e2", "d0", "d3"]
+    assert result.category_fill == ("d0", "d3")
 
 
 def test_category_needs_a_task_map_category():
@@ -125,6 +170,25 @@ def test_uncertainty_ranks_cls_by_entropy_and_gen_by_perplexity():
         "c1", "g2", "c0", "g1", "c2", "g0"]
     assert selection.required_score_keys(["uncertainty", "random"]) == {"entropy",
                                                                        "perplexity"}
+    # uncertainty is ours: high_perplexity under the paper's text (entropy for classification)
+    for quota, ratio in (("niv2", {"cls": 1, "gen": 2}), ("none", None)):
+        for n in (3, 6):
+            assert selection.select_tasks(
+                "high_perplexity", scores, pool, n, quota=quota, label_ratio=ratio,
+                perplexity_variant="paper_text") == selection.select_tasks(
+                "uncertainty", scores, pool, n, quota=quota, label_ratio=ratio)
+    low = selection.select("low_perplexity", scores, pool, 3, quota="niv2",
+                           label_ratio={"cls": 1, "gen": 2}, perplexity_variant="paper_text")
+    assert list(low.tasks) == ["c2", "g0", "g1"] and low.variant == "paper_text"
+    # the reference variant (default) ranks every task by perplexity, entropy unread
+    assert selection.select_tasks("high_perplexity", scores, pool, 6) == [
+        "c0", "c2", "g2", "g1", "g0", "c1"]
+    assert selection.select("low_perplexity", scores, pool, 1).variant == "reference"
+    assert selection.required_score_keys(["high_perplexity"]) == {"perplexity"}
+    assert selection.required_score_keys(["low_perplexity"], "paper_text") == {
+        "entropy", "perplexity"}
+    with pytest.raises(ValueError, match="perplexity_variant must be one of"):
+        selection.select_tasks("high_perplexity", scores, pool, 1, perplexity_variant="x")
     assert "entropy" not in selection.required_score_keys(["prompt_uncertainty", "ambiguous"])
     with pytest.raises(ValueError, match="needs each task's label"):
         selection.select_tasks("uncertainty", scores, [TaskInfo("c0")], 1)
@@ -303,7 +367,8 @@ def test_bad_inputs_are_rejected():
 
 
 def test_registry(monkeypatch):
-    monkeypatch.setattr(selection, "_REGISTRY", dict(selection._REGISTRY))
+    from activeit_jax.loop import strategies
+    monkeypatch.setattr(strategies, "_REGISTRY", dict(strategies._REGISTRY))
     assert {"random", "prompt_uncertainty", "high_perplexity", "low_perplexity", "ambiguous",
             "easy", "difficult", "fully_trained", "uncertainty"} <= set(selection.list_strategies())
     with pytest.raises(KeyError, match="unknown selection strategy 'nope'"):

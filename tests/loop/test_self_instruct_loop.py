@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -23,7 +22,7 @@ from activeit_jax.loop import active_loop, judge as judge_lib, selection
 from activeit_jax.reporting import render as reports
 from tests import loop_testlib
 from tests.conftest import REPO_ROOT
-from tests.fake_openai import FakeServer
+from tests.fake_openai import FakeServer, reply_for, shown_answers
 
 KEY = "sk-test-judge-key-0123456789"
 NUM_TEST = 10
@@ -65,13 +64,10 @@ CONFIG = active_loop.LoopConfig(
     num_iterations=3, tasks_per_iteration=PER_ITERATION, quota="self_instruct")
 
 
-_ANSWERS = re.compile(r"# Output \(a\)\n(.*)\n\n# Output \(b\)\n(.*)\n\nWhich", re.S)
-
-
 def _prefer_longer_string(prompt: str) -> str:
     """The fake judge's rule: the larger answer string wins (deterministic, order-aware)."""
-    a, b = _ANSWERS.search(prompt).groups()
-    return "Output (a)" if a > b else "Output (b)" if b > a else "Equal"
+    a, b = shown_answers(prompt)
+    return reply_for(prompt, "first" if a > b else "second" if b > a else "equal")
 
 
 @pytest.fixture
@@ -207,8 +203,8 @@ def test_judge_compares_each_strategy_with_random_and_resumes(full_run, fake_jud
 
 def _prefer_shorter_string(prompt: str) -> str:
     """A second judge with the opposite taste."""
-    a, b = _ANSWERS.search(prompt).groups()
-    return "Output (a)" if a < b else "Output (b)" if b < a else "Equal"
+    a, b = shown_answers(prompt)
+    return reply_for(prompt, "first" if a < b else "second" if b < a else "equal")
 
 
 def test_several_judges_each_get_their_own_files_and_table(full_run, tmp_path):
@@ -239,12 +235,72 @@ def test_several_judges_each_get_their_own_files_and_table(full_run, tmp_path):
     with open(report["results.md"], encoding="utf-8") as handle:
         markdown = handle.read()
     for name in servers:
-        assert f"Pairwise judge: {name} (strategy vs. reference)" in html
-        assert f"## Pairwise judge: {name} (strategy vs. reference)" in markdown
+        assert f"Pairwise judge: {name}, seed 0 (strategy vs. reference)" in html
+        assert f"## Pairwise judge: {name}, seed 0 (strategy vs. reference)" in markdown
     first = results[0]
-    row = (f"| prompt_uncertainty | 0 | 1 | random | {first['win']} | {first['tie']} | "
-           f"{first['lose']} |")
+    row = (f"| prompt_uncertainty | 1 | random | {NUM_TEST} | {first['win']} | {first['tie']} "
+           f"| {first['lose']} | 0 |")
     assert row in markdown.split("## Pairwise judge: gpt-4")[1]
+
+
+def test_fully_trained_is_judged_against_random_at_every_iteration_per_seed(
+        tmp_path, sample_data, test_file, fake_judge):
+    """The paper compares the Fully Trained model with Random at every training-set size, and
+    its tables are one run each: two seeds give two tables and their mean, never a sum."""
+    config = active_loop.LoopConfig(
+        strategies=("random", "fully_trained", "prompt_uncertainty"), seeds=(0, 1),
+        num_iterations=3, tasks_per_iteration=PER_ITERATION, quota="self_instruct")
+    fake = FakeStages(str(sample_data / "self_instruct" / "alpaca_sample.json"), test_file)
+    run_dir = str(tmp_path / "run")
+    active_loop.run_loop(run_dir, config, fake.stages())
+    fake_judge.script = [("reply", "I cannot decide.")]  # one unparsed reply, seed 0
+    client = judge_lib.ChatClient(judge_lib.JudgeConfig(base_url=fake_judge.base_url,
+                                                        max_retries=0), api_key=KEY)
+    results = active_loop.run_judge(run_dir, config, fake.stages(), client)
+    assert [(r["seed"], r["strategy"], r["iteration"], r["reference_iteration"])
+            for r in results] == [
+        (seed, strategy, i, j) for seed in (0, 1)
+        for strategy, i, j in (("fully_trained", 1, 1), ("fully_trained", 1, 2),
+                               ("prompt_uncertainty", 1, 1), ("prompt_uncertainty", 2, 2))]
+    for seed in (0, 1):
+        full = layout.iteration_dir(run_dir, seed, "fully_trained", 1)
+        theirs_by_iteration = {}
+        for j, name in ((1, "judge_vs_random.jsonl"), (2, "judge_vs_random@iter_2.jsonl")):
+            ref_dir = layout.iteration_dir(run_dir, seed, "random", j)
+            theirs = {p["id"]: p["prediction"] for p in io_utils.read_jsonl(
+                os.path.join(ref_dir, "eval_test", "predictions.jsonl"))}
+            theirs_by_iteration[j] = theirs
+            ours = {p["id"]: p["prediction"] for p in io_utils.read_jsonl(
+                os.path.join(full, "eval_test", "predictions.jsonl"))}
+            lines = io_utils.read_jsonl(os.path.join(full, name))
+            assert len(lines) == NUM_TEST  # B is random's model at iteration j
+            for line in lines:
+                if line["verdict"] == "unparsed":
+                    continue
+                i = line["id"]
+                assert line["winner"] == ("A" if ours[i] > theirs[i] else
+                                          "B" if ours[i] < theirs[i] else "tie")
+        assert theirs_by_iteration[1] != theirs_by_iteration[2]  # two different models
+    # The report: a table per seed, the mean over the two seeds, no summed row, and the
+    # unparsed reply in the Error column and listed with its raw text.
+    markdown = open(reports.write_report(run_dir)["results.md"], encoding="utf-8").read()
+    seed0 = markdown.split("## Pairwise judge: judge, seed 0")[1].split("## ")[0]
+    seed1 = markdown.split("## Pairwise judge: judge, seed 1")[1].split("## ")[0]
+    mean = markdown.split("## Pairwise judge: judge, mean over 2 seeds")[1].split("## ")[0]
+    for table in (seed0, seed1):
+        assert "| fully_trained | 1 | random | " in table
+        assert "| fully_trained | 1 | random @ iter 2 | " in table
+        assert table.count(f"| {NUM_TEST} | ") == 4  # each row: one run of the test items
+    errors = [r for r in results if r["error"]]
+    assert [(r["seed"], r["error"]) for r in errors] == [(0, 1)]
+    assert errors[0]["win"] + errors[0]["tie"] + errors[0]["lose"] == NUM_TEST - 1
+    first = results[0]
+    assert (f"| fully_trained | 1 | random | {NUM_TEST} | {first['win']} | {first['tie']} | "
+            f"{first['lose']} | 1 |") in seed0
+    assert "| fully_trained | 1 | random @ iter 2 | 2 | 10.0 ± 0.0 |" in mean
+    assert f"| {2 * NUM_TEST} |" not in markdown and "| all |" not in markdown
+    unparsed = markdown.split("unparsed replies (the Error column)")[1]
+    assert "| 0 | fully_trained | 1 | random | " in unparsed and "I cannot decide." in unparsed
 
 
 def test_experiment_takes_a_list_of_judges(parse_experiment):
@@ -409,7 +465,9 @@ def test_demo_self_instruct_runs_end_to_end_with_the_judge(tmp_path, test_file, 
     judged = io_utils.read_jsonl(os.path.join(out, "seed_0", "prompt_uncertainty", "iter_1",
                                               "judge_vs_random.fake-judge.jsonl"))
     assert len(judged) == NUM_TEST and len(fake_judge.requests) == NUM_TEST
-    assert "judge fake-judge seed 0 prompt_uncertainty vs random iteration 1" in proc.stdout
+    assert ("judge fake-judge seed 0 prompt_uncertainty iteration 1 vs random iteration 1: "
+            in proc.stdout)
+    assert {line["prompt_template"] for line in judged} == {"paper"}  # the default
     assert "seed 0: task labels (cls/gen) of" in proc.stdout
     with open(os.path.join(out, "report", "report.html"), encoding="utf-8") as handle:
         assert "Pairwise judge" in handle.read()

@@ -165,7 +165,7 @@ def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
                        match=f"tokenizer.json: the tokenizer has {VOCAB + 20} ids but the "
                              f"model's embedding has only {VOCAB} rows"):
         checkpoints.import_hf_to_checkpoint(hf_dir, ckpt)
-    assert not os.path.exists(ckpt) and not os.path.exists(f"{ckpt}.tmp")
+    assert not os.path.exists(ckpt) and not os.path.exists(f"{ckpt}{checkpoints.TMP_SUFFIX}")
 
 
 def test_unsupported_variants_are_named(tmp_path):

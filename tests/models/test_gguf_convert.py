@@ -117,7 +117,7 @@ def _refused(path, tmp_path, match: str) -> None:
         checkpoints.import_gguf_to_checkpoint(path, ckpt)
     message = str(info.value)
     assert "\n" not in message and str(path) in message
-    assert not os.path.exists(ckpt) and not os.path.exists(f"{ckpt}.tmp")
+    assert not os.path.exists(ckpt) and not os.path.exists(f"{ckpt}{checkpoints.TMP_SUFFIX}")
 
 
 def test_bad_inputs_are_refused_with_one_line(tmp_path, tiny_gguf, bpe):

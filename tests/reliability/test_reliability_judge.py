@@ -114,7 +114,7 @@ def hostile():
 
 def _client(server, **overrides):
     settings = dict(base_url=server.base_url, model="m", max_retries=2, backoff_s=0.01,
-                    timeout_s=5.0)
+                    timeout_s=5.0, prompt_template="ours")  # the server replies "Output (a)"
     return ChatClient(JudgeConfig(**{**settings, **overrides}), api_key=KEY,
                       sleep=lambda s: None)
 
@@ -211,7 +211,7 @@ def test_500s_and_garbage_end_in_one_line_and_the_judge_resumes(hostile, tmp_pat
     code = ("import sys; from activeit_jax import main; from activeit_jax.loop import judge\n"
             "items = [judge.JudgeItem(f'x{i}', 'Do.', '', 'a', 'b') for i in range(4)]\n"
             "client = judge.ChatClient(judge.JudgeConfig(base_url=sys.argv[1], max_retries=1,"
-            " backoff_s=0.01), api_key=sys.argv[3])\n"
+            " backoff_s=0.01, prompt_template='ours'), api_key=sys.argv[3])\n"
             "main._guarded('run', lambda argv: judge.run_pairwise(items, client, sys.argv[2]))"
             "([])\n")
     done = subprocess.run([sys.executable, "-c", code, server.base_url, str(path), KEY],

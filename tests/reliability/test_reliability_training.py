@@ -122,8 +122,8 @@ def test_model_kind_is_deprecated_and_old_run_directories_still_resume(finished,
     # Set and agreeing with the model: accepted (one deprecation line), the same run.
     agreeing = dataclasses.replace(CONFIG, model_kind="encoder_decoder")
     assert _train(tasks, vocab, out, config=agreeing).final_step == result.final_step
-    assert run_dir.run_args(_model(), agreeing, None, "d", "v") == \
-        run_dir.run_args(_model(), CONFIG, None, "d", "v")
+    assert run_dir.run_args(_model(), agreeing, None, False, "d", "v") == \
+        run_dir.run_args(_model(), CONFIG, None, False, "d", "v")
     # Contradicting the model: one line, before anything is written.
     with pytest.raises(UsageError, match="contradicts the model"):
         _train(tasks, vocab, tmp_path / "new", config=dataclasses.replace(

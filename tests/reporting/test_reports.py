@@ -229,8 +229,9 @@ def test_html_is_self_contained(run):
               open(os.path.join(root, "seed_0", "iter_0", "scores.jsonl"))}
     assert f"<td>{task}</td><td>{scores[task]['prompt_uncertainty']:.4g}</td>" in page
     # Judge totals and the metrics warning appear.
-    assert "<td>prompt_uncertainty</td><td>0</td><td>1</td><td>random</td><td>2</td><td>1</td>" \
-           "<td>1</td>" in page
+    assert "Pairwise judge: judge, seed 0 (strategy vs. reference)" in page
+    assert "<td>prompt_uncertainty</td><td>1</td><td>random</td><td>4</td><td>2</td><td>1</td>" \
+           "<td>1</td><td>0</td>" in page
     assert "metrics_test.json" in page
 
 

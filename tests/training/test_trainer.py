@@ -221,6 +221,17 @@ def test_metrics_writer_tensorboard_and_resume_truncation(tmp_path):
             tags.setdefault(value.tag, []).append(
                 (event.step, float(tf.make_ndarray(value.tensor))))
     assert tags["train/loss"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert tags["train/learning_rate"] == [(s, pytest.approx(0.1)) for s in (1, 2, 3)]
+    # Our writer (no TensorFlow): CRC-32C's check value; TensorFlow's reader verifies the
+    # records' checksums, so one flipped byte is caught.
+    from activeit_jax.training import tensorboard
+    assert tensorboard.crc32c(b"123456789") == 0xE3069283
+    path = tmp_path / "tensorboard" / events[0]
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(tf.errors.DataLossError):
+        list(tf.compat.v1.train.summary_iterator(str(path)))
     # A run resumed from step 2 drops the records written after it.
     run_dir.MetricsWriter(str(tmp_path), tensorboard=False, keep_until_step=2).close()
     assert [r["step"] for r in io_utils.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
