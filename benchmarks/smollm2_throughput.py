@@ -160,7 +160,7 @@ def torch_end_to_end(hf_model, builder, plans, args, scorer) -> tuple[list[str],
     (1 + K) prompt teacher forced on that answer; (predictions, seconds)."""
     t0 = time.perf_counter()
     sources = [ids for plan in plans for ids in plan.source_ids]
-    generated = torch_generate(hf_model, [ids[0] for ids in sources], args.batch_size,
+    generated = torch_generate(hf_model, [ids[0] for ids in sources], args.torch_batch_size,
                                scorer.bos_id, scorer.pad_id, scorer.eos_id,
                                args.max_target_length)
     predictions = [builder.prediction_text(g) for g in generated]

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sized
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -119,8 +120,8 @@ def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: s
         `partitioning.local_mesh(...)` directly to skip that.
       run_args: extra arguments to fingerprint (checkpoint, pool files...); merged with the
         config's fingerprinted fields.
-      total: number of tasks in the pool (optional): the progress bar's ETA, and how many
-        chunks share each compiled shape (`row_scorer.plan_costs`; pass the same value when
+      total: number of tasks in the pool (default: `len(tasks)` when it has one): the
+        progress bar's ETA, and how many chunks share each compiled shape (`row_scorer.plan_costs`; pass the same value when
         resuming for batches composed exactly as before).
       parts_fn / render_fn: prompt construction overrides (default: the data layer's parts
         rendered in `config.prompt_format`, see `PromptBuilder`).
@@ -141,6 +142,8 @@ def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: s
     """
     import jax
     shard = ShardInfo.of_process() if shard is None else shard
+    if total is None and isinstance(tasks, Sized):
+        total = len(tasks)  # a list of tasks: its chunks are known (the plans' shape sharing)
     if jax.process_count() > 1 and shard.num_shards == 1:
         raise ValueError(f"{jax.process_count()} processes would all score the whole pool into "
                          f"{out_dir}: give each its ShardInfo (the default)")
