@@ -121,8 +121,9 @@ def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: s
       run_args: extra arguments to fingerprint (checkpoint, pool files...); merged with the
         config's fingerprinted fields.
       total: number of tasks in the pool (default: `len(tasks)` when it has one): the
-        progress bar's ETA, and how many chunks share each compiled shape (`row_scorer.plan_costs`; pass the same value when
-        resuming for batches composed exactly as before).
+        progress bar's ETA, and how many chunks share each compiled shape (the planner's
+        costs, `scoring.costs`); pass the same value when resuming for batches composed
+        exactly as before.
       parts_fn / render_fn: prompt construction overrides (default: the data layer's parts
         rendered in `config.prompt_format`, see `PromptBuilder`).
       hooks: callbacks (tests simulate a kill with `after_task`).
