@@ -282,6 +282,7 @@ def main(argv=None) -> None:
     parser.add_argument("--source_length", type=int, default=512)
     parser.add_argument("--target_length", type=int, default=64)
     args = parser.parse_args(argv)
+    print(f"load average {os.getloadavg()} ({os.cpu_count()} cores)", flush=True)
     if args.dry_run:
         args.score_rows, args.score_batch, args.train_batch = 8, 4, 4
         args.train_steps, args.source_length, args.target_length = 1, 16, 8

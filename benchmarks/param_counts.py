@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["t5_large", "llama_7b"])
     args = parser.parse_args()
+    print(f"load average {os.getloadavg()} ({os.cpu_count()} cores)", flush=True)
     print(f"{'config':<10} {'ours':>15} {'published':>15} {'diff':>8}  reference")
     for name in args.configs:
         count = model_from_gin(name).num_params()  # jax.eval_shape inside: no allocation

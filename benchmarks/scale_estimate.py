@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure_host", action="store_true",
                         help="also time host-side prompt building on this CPU")
     args = parser.parse_args(argv)
+    print(f"load average {os.getloadavg()} ({os.cpu_count()} cores)", flush=True)
 
     print("Model parameters (from the configs' shapes; published in brackets):")
     for name, shape in (("T5-large", T5Shape()), ("LLaMA-7B", LlamaShape())):

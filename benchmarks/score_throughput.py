@@ -230,7 +230,7 @@ def main(argv=None):
     smollm2_throughput.add_arguments(parser)
     args = parser.parse_args(argv)
 
-    print(f"devices: {jax.devices()}")
+    print(f"devices: {jax.devices()}; load average {os.getloadavg()}")
     peak = profiling.matmul_peak(args.matmul_size, reps=10)
     print(f"measured f32 matmul peak (n <= {args.matmul_size}): {peak / 1e9:.1f} GFLOP/s "
           f"({os.cpu_count()} CPU cores visible)")

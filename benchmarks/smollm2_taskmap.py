@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs_png", default=None, help="copy the Task Map PNG here")
     parser.add_argument("--skip_zero_shot", action="store_true")
     args = parser.parse_args(argv)
+    print(f"load average {os.getloadavg()} ({os.cpu_count()} cores)", flush=True)
     os.makedirs(args.out, exist_ok=True)
     checkpoint = ensure_checkpoint(args.out, args.checkpoint)
     summary = score(args, checkpoint)

@@ -1,9 +1,14 @@
-"""The PyTorch side of `score_vs_torch.py`: prompt uncertainty in the reference's style.
+"""The PyTorch side of `score_vs_torch.py`: prompt uncertainty as a careful user writes it.
 
-Per task: HF `generate` (greedy, one call for the task's originals), then teacher-forced
-batches of 16 rows padded to their longest row, summed target log-probabilities per row.
-Prompts come from our data layer (`scoring.PromptBuilder`) with SentencePiece called
-directly, so both sides score the same rows; the numbers go to `--worker_out` as JSON.
+Per task: HF `generate` (greedy, KV cache on) for the task's originals in length-sorted
+batches of 16, then the task's rows sorted by length in teacher-forced batches of 16, each
+padded to its longest row, under `torch.inference_mode`; the decoder inputs are the labels
+shifted right by the model (`prepare_decoder_input_ids_from_labels`, what `labels=` does)
+and per-row sums come from the fused `cross_entropy` (`reduction='none'`: the mean loss that
+`labels=` returns cannot give a row's sum). The thread count is `--torch_threads` (the
+driver runs 1 and every core and keeps the faster). Prompts come from our data layer
+(`scoring.PromptBuilder`) with SentencePiece called directly, so both sides score the same
+rows; the numbers go to `--worker_out` as JSON.
 """
 from __future__ import annotations
 
@@ -26,33 +31,40 @@ def _pad(rows, pad_id: int = 0):
 def _generate(model, sources, max_new_tokens: int) -> list[list[int]]:
     """Greedy continuations, cut after the first EOS (kept), as our decoder returns them."""
     import torch
-    enc = _pad(sources)
-    with torch.no_grad():
-        out = model.generate(input_ids=enc, attention_mask=(enc != 0).long(),
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             eos_token_id=1, pad_token_id=0)
-    generated = []
-    for row in out[:, 1:].tolist():
-        generated.append(row[:row.index(1) + 1] if 1 in row else [t for t in row if t != 0])
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    generated: list[list[int]] = [[] for _ in sources]
+    with torch.inference_mode():
+        for lo in range(0, len(order), ROWS_PER_BATCH):
+            idx = order[lo:lo + ROWS_PER_BATCH]
+            enc = _pad([sources[i] for i in idx])
+            out = model.generate(input_ids=enc, attention_mask=(enc != 0).long(),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 eos_token_id=1, pad_token_id=0, use_cache=True)
+            for i, row in zip(idx, out[:, 1:].tolist()):
+                generated[i] = (row[:row.index(1) + 1] if 1 in row
+                                else [t for t in row if t != 0])
     return generated
 
 
 def _score(model, rows) -> tuple[list[float], list[int]]:
     """Summed target log-probabilities and token counts of (source, target) rows."""
     import torch
-    sums, counts = [], []
-    for lo in range(0, len(rows), ROWS_PER_BATCH):
-        chunk = rows[lo:lo + ROWS_PER_BATCH]
-        enc, tgt = _pad([s for s, _ in chunk]), _pad([t for _, t in chunk])
-        dec_in = torch.zeros_like(tgt)
-        dec_in[:, 1:] = tgt[:, :-1]
-        with torch.no_grad():
+    import torch.nn.functional as F
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i][0]), len(rows[i][1])))
+    sums, counts = [0.0] * len(rows), [0] * len(rows)
+    with torch.inference_mode():
+        for lo in range(0, len(order), ROWS_PER_BATCH):
+            idx = order[lo:lo + ROWS_PER_BATCH]
+            enc = _pad([rows[i][0] for i in idx])
+            labels = _pad([rows[i][1] for i in idx], pad_id=-100)
             logits = model(input_ids=enc, attention_mask=(enc != 0).long(),
-                           decoder_input_ids=dec_in).logits.float()
-        logp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None])[..., 0]
-        weights = (tgt != 0).float()
-        sums += (logp * weights).sum(-1).tolist()
-        counts += weights.sum(-1).long().tolist()
+                           decoder_input_ids=model.prepare_decoder_input_ids_from_labels(
+                               labels=labels)).logits
+            nll = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none",
+                                  ignore_index=-100)
+            for i, total, count in zip(idx, (-nll.sum(-1)).tolist(),
+                                       (labels != -100).sum(-1).tolist()):
+                sums[i], counts[i] = total, count
     return sums, counts
 
 
@@ -68,6 +80,7 @@ def run_worker(args) -> None:
     from activeit_jax.data import niv2
     from activeit_jax.data.vocab import SentencePieceVocabulary
     torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+    threads = torch.get_num_threads()
     imported = time.perf_counter()
     model = transformers.T5ForConditionalGeneration.from_pretrained(args.hf_dir).eval()
     vocab = SentencePieceVocabulary(SAMPLE_VOCAB)
@@ -108,7 +121,7 @@ def run_worker(args) -> None:
         json.dump({"main_seconds": end - start, "startup_seconds": imported - start,
                    "load_seconds": loaded - imported, "plan_seconds": times["plan"],
                    "decode_seconds": times["decode"], "score_seconds": times["score"],
-                   "flops": flops, "pu": pu}, handle)
+                   "flops": flops, "pu": pu, "threads": threads}, handle)
 
 
 def model_cfg(model):

@@ -20,12 +20,22 @@ default), on the same tokenised NIV2 training examples (the first `--num_tasks` 
     useful tokens/s;
   - the first-step losses of ours unpacked and PyTorch (same weights, same batch: equal).
 
-Both sides use every CPU core by default (`--torch_threads`). On a shared machine PyTorch's
-OpenMP threads suffer badly from contention; compare with `--torch_threads=1` there.
+PyTorch runs the epoch with 1 thread and with every core and keeps the faster (what a careful
+user would do: on a shared machine its OpenMP threads suffer from contention), unless
+`--torch_threads` names one count. The load average is printed.
 
     python benchmarks/train_throughput.py                     # a few minutes on a laptop CPU
     python benchmarks/train_throughput.py --configs=tiny --num_examples=32
     python benchmarks/train_throughput.py --configs=small --num_examples=32 --variants=packed
+
+`--smollm2`: SmolLM2-135M-Instruct (a converted checkpoint, `--smollm2_checkpoint`) on NIV2
+chat examples, ours (the trainer's step; decoder-only batches run the output head on the loss
+positions only) vs transformers' `LlamaForCausalLM` + AdamW on the same examples in the same
+batches (dynamic padding), the same loss masking (the response and its end of turn), loss
+through `labels=`; useful tokens/s both sides and the ratio:
+
+    python benchmarks/train_throughput.py --smollm2 --num_examples=16 --batch_size=4 \
+        --max_source_length=256 --max_target_length=64 --variants=unpacked,packed
 """
 from __future__ import annotations
 
@@ -86,28 +96,33 @@ def load_examples(args) -> list:
     return examples[:args.num_examples]
 
 
-def make_batcher(examples, args, pack: bool, buckets: int = 0):
+def make_batcher(examples, args, pack: bool, buckets: int = 0, builder=None):
     return train_data.EpochBatcher(examples, args.batch_size, seed=0,
                                    source_length=args.max_source_length,
                                    target_length=args.max_target_length, pack=pack,
-                                   length_buckets_per_octave=buckets)
+                                   length_buckets_per_octave=buckets, builder=builder)
 
 
-def epoch_batches(examples, args, pack: bool, buckets: int = 0) -> list[dict]:
-    batcher = make_batcher(examples, args, pack, buckets)
+def epoch_batches(examples, args, pack: bool, buckets: int = 0, builder=None) -> list[dict]:
+    batcher = make_batcher(examples, args, pack, buckets, builder)
     return [batcher.batch(0, s) for s in range(batcher.steps_per_epoch(0))]
 
 
-def padding_waste(batches) -> tuple[float, float]:
-    """(source, target) padded-slot fractions of numpy batches."""
-    src = sum(int((b["encoder_input_tokens"] != 0).sum()) for b in batches)
+def padding_waste(batches, pad_id: int = 0) -> tuple[float, float]:
+    """(source, target) padded-slot fractions of numpy batches (decoder-only: the whole
+    sequence, then the slots of the loss positions, where the output head runs)."""
+    key = "encoder_input_tokens" if "encoder_input_tokens" in batches[0] else \
+        "decoder_input_tokens"
+    src = sum(int((b[key] != pad_id).sum()) for b in batches)
     tgt = sum(int(b["decoder_loss_weights"].sum()) for b in batches)
-    src_slots = sum(b["encoder_input_tokens"].size for b in batches)
-    tgt_slots = sum(b["decoder_target_tokens"].size for b in batches)
+    src_slots = sum(b[key].size for b in batches)
+    tgt_slots = sum(b.get("decoder_loss_positions", b["decoder_target_tokens"]).size
+                    for b in batches)
     return 1 - src / src_slots, 1 - tgt / tgt_slots
 
 
-def bench_ours(model, examples, args, pack: bool, buckets: int = 0):
+def bench_ours(model, examples, args, pack: bool, buckets: int = 0, params=None,
+               builder=None):
     """One epoch in the trainer's loop; returns (seconds, XLA FLOPs of the epoch, first
     loss, host params, steps). The epoch's batches are built inside the timed loop, as the
     trainer builds them; every batch shape is compiled before (the trainer compiles each
@@ -116,12 +131,12 @@ def bench_ours(model, examples, args, pack: bool, buckets: int = 0):
     rules = partitioning.normalize_rules(None)
     schedule = ts.make_schedule("constant", LEARNING_RATE, 0)
     optimizer = ts.make_optimizer("adamw", schedule, b1=B1, b2=B2, eps=EPS, max_grad_norm=None)
-    params = model.init_params(jax.random.key(0))
+    params = model.init_params(jax.random.key(0)) if params is None else params
     param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
     state_sh = ts.train_state_shardings(mesh, optimizer, params, param_specs)
     state = jax.jit(lambda p: ts.create_train_state(p, optimizer),
                     out_shardings=state_sh)(params)
-    batcher = make_batcher(examples, args, pack, buckets)
+    batcher = make_batcher(examples, args, pack, buckets, builder)
     first = batcher.batch(0, 0)
     batch_sh = partitioning.batch_shardings(mesh, first, rules)
     rng = jax.random.key(0)
@@ -170,7 +185,6 @@ def bench_torch(model, params, examples, args):
     our unpacked batches, each padded to its longest row; returns (seconds, first loss,
     padding waste (source, target))."""
     import torch
-    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     torch_model = torch_model_from(model, params, torch)
     torch_model.train()
     optimizer = torch.optim.AdamW(torch_model.parameters(), lr=LEARNING_RATE, betas=(B1, B2),
@@ -199,6 +213,24 @@ def bench_torch(model, params, examples, args):
     return time.perf_counter() - start, first_loss, waste
 
 
+def _timed_first(result):
+    """(seconds, *rest) -> ((*rest), seconds), for `faster_of_threads`."""
+    return tuple(result[1:]), result[0]
+
+
+def faster_of_threads(fn, threads: int = 0):
+    """`fn()` -> (result, seconds) with `torch.set_num_threads(threads)`, or, with `threads`
+    0, with 1 thread and with every core (a careful user keeps the faster); (result,
+    seconds, threads, {threads: seconds}) of the faster run."""
+    import torch
+    runs = {}
+    for count in ([threads] if threads else sorted({1, os.cpu_count() or 1})):
+        torch.set_num_threads(count)
+        runs[count] = fn()
+    best = min(runs, key=lambda t: runs[t][1])
+    return runs[best][0], runs[best][1], best, {t: round(r[1], 1) for t, r in runs.items()}
+
+
 def bench_config(name: str, args, peak: float, examples) -> None:
     model = EncoderDecoderModel(model_config(name, args.dtype))
     useful = sum(len(e.inputs) + len(e.targets[0]) for e in examples)
@@ -221,12 +253,115 @@ def bench_config(name: str, args, peak: float, examples) -> None:
               f"peak; first loss {loss:.5f}", flush=True)
     if args.no_torch:
         return
-    seconds, loss, waste = bench_torch(model, params, examples, args)
+    (loss, waste), seconds, threads, runs = faster_of_threads(
+        lambda: _timed_first(bench_torch(model, params, examples, args)), args.torch_threads)
     print(f"  pytorch      : padding waste source {waste[0]:5.1%} target {waste[1]:5.1%} "
-          f"(dynamic padding); {seconds:6.1f}s = {useful / seconds:8.0f} useful tok/s; first "
-          f"loss {loss:.5f}")
+          f"(dynamic padding); {seconds:6.1f}s = {useful / seconds:8.0f} useful tok/s with "
+          f"{threads} thread(s) (by thread count: {runs}); first loss {loss:.5f}")
     ratios = ", ".join(f"{label} {seconds / value:.2f}x" for label, value in results.items())
     print(f"  ratio useful tok/s ours / pytorch: {ratios}  (load {os.getloadavg()[0]:.2f})")
+
+
+def smollm2_torch_batches(batches, pad_id: int) -> list[dict]:
+    """Our unpacked decoder-only batches as a transformers user feeds `LlamaForCausalLM`:
+    all-padding rows dropped, each batch cut to its longest row; `input_ids` is the whole
+    text (the first input token, then every target: bos + prompt + response + eos),
+    `labels` the same ids with -100 where our loss weight is 0 (the model shifts them), so
+    the loss is ours (the same tokens, the same mean)."""
+    out = []
+    for b in batches:
+        real = b["decoder_loss_weights"].sum(1) > 0
+        inputs, targets = b["decoder_input_tokens"][real], b["decoder_target_tokens"][real]
+        weights = b["decoder_loss_weights"][real]
+        lengths = (inputs != pad_id).sum(1)
+        width = int(lengths.max()) + 1
+        ids = np.concatenate([inputs[:, :1], targets], 1)[:, :width]
+        labels = np.concatenate([np.full((len(ids), 1), -100), np.where(
+            weights > 0, targets, -100)], 1)[:, :width]
+        mask = (np.arange(width)[None] <= lengths[:, None]).astype(np.int64)
+        out.append({"input_ids": ids, "labels": labels, "attention_mask": mask,
+                    "tokens": int(mask.sum()), "slots": int(mask.size)})
+    return out
+
+
+def bench_torch_smollm2(model, params, batches, pad_id: int):
+    """One epoch of transformers' `LlamaForCausalLM` (our weights) + AdamW, loss through
+    `labels=`; (seconds, first loss)."""
+    import tempfile
+
+    import torch
+    import transformers
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_convert.export_hf(model, params, tmp)
+        torch_model = transformers.LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    torch_model.train()
+    optimizer = torch.optim.AdamW(torch_model.parameters(), lr=LEARNING_RATE, betas=(B1, B2),
+                                  eps=EPS, weight_decay=0.0)
+    first_loss, start = None, time.perf_counter()
+    for i, batch in enumerate(batches):
+        optimizer.zero_grad(set_to_none=True)
+        out = torch_model(input_ids=torch.from_numpy(batch["input_ids"]).long(),
+                          attention_mask=torch.from_numpy(batch["attention_mask"]),
+                          labels=torch.from_numpy(batch["labels"]).long())
+        out.loss.backward()
+        optimizer.step()
+        if i == 0:
+            first_loss = float(out.loss.detach())
+    return time.perf_counter() - start, first_loss
+
+
+def bench_smollm2(args, peak: float) -> None:
+    """SmolLM2-135M-Instruct (a converted checkpoint) on NIV2 chat examples: ours (the
+    trainer's step, unpacked and packed) vs transformers + AdamW on the same examples in the
+    same batches, the same loss masking."""
+    from activeit_jax.data import niv2, vocab as vocab_lib
+    from activeit_jax.models import checkpoints
+    model, params = checkpoints.load_model(args.smollm2_checkpoint)
+    params = jax.device_get(params)
+    vocab = vocab_lib.resolve_vocabulary(None, args.smollm2_checkpoint, decoder_only=True)
+    builder = model.batch_builder(vocab)
+    has_split = os.path.exists(niv2.split_file_path(args.niv2_dir, "train"))
+    names = niv2.read_split_names(args.niv2_dir, "train") if has_split else []
+    paths = [p for p in (niv2.task_file_path(args.niv2_dir, n) for n in names)
+             if os.path.exists(p)][:args.num_tasks]
+    examples = train_data.encode_tasks(
+        [niv2.load_niv2_task(p) for p in paths], vocab,
+        max_instances_per_task=args.num_examples // max(len(paths), 1) + 1, num_pos_examples=2,
+        max_source_length=args.max_source_length, max_target_length=args.max_target_length,
+        seed=0, builder=builder)[:args.num_examples]
+    useful = sum(len(e.inputs) + len(e.targets[0]) for e in examples)
+    print(f"[smollm2] {model.num_params() / 1e6:.1f}M params, {len(examples)} NIV2 chat "
+          f"examples ({useful} real tokens), batch {args.batch_size}, lengths "
+          f"{args.max_source_length} + {args.max_target_length}; load {os.getloadavg()}",
+          flush=True)
+    results = {}
+    for label, pack, buckets in (("unpacked", False, 0), ("packed", True, 0),
+                                 ("bucketed", False, 2), ("packed+bucketed", True, 2)):
+        if label not in args.variants.split(","):
+            continue
+        waste = padding_waste(epoch_batches(examples, args, pack, buckets, builder),
+                              builder.ids.pad)
+        seconds, flops, loss, _, steps = bench_ours(model, examples, args, pack, buckets,
+                                                    params=params, builder=builder)
+        results[label] = seconds
+        print(f"  ours {label:<15}: padding waste sequence {waste[0]:5.1%} loss positions "
+              f"{waste[1]:5.1%}; {steps} steps in {seconds:6.1f}s = {useful / seconds:7.0f} "
+              f"useful tok/s; {flops / seconds / 1e9:6.2f} GFLOP/s = {flops / seconds / peak:5.1%}"
+              f" of matmul peak; first loss {loss:.5f} (load {os.getloadavg()[0]:.2f})",
+              flush=True)
+    if args.no_torch:
+        return
+    batches = smollm2_torch_batches(epoch_batches(examples, args, False, 0, builder),
+                                    builder.ids.pad)
+    loss, seconds, threads, runs = faster_of_threads(
+        lambda: bench_torch_smollm2(model, params, batches, builder.ids.pad)[::-1],
+        args.torch_threads)
+    waste = 1 - sum(b["tokens"] for b in batches) / sum(b["slots"] for b in batches)
+    print(f"  transformers : padding waste {waste:5.1%} (dynamic padding); {seconds:6.1f}s = "
+          f"{useful / seconds:8.0f} useful tok/s with {threads} thread(s) (by thread count: "
+          f"{runs}); first loss {loss:.5f}")
+    ratios = ", ".join(f"{label} {seconds / value:.2f}x" for label, value in results.items())
+    print(f"  ratio useful tok/s ours / transformers: {ratios}  (load {os.getloadavg()})")
 
 
 def main(argv=None) -> None:
@@ -243,13 +378,21 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", default="unpacked,packed,bucketed,packed+bucketed",
                         help="our batch layouts to time")
     parser.add_argument("--torch_threads", type=int, default=0,
-                        help="torch.set_num_threads (0 = all cores)")
+                        help="torch.set_num_threads (0 = 1 and every core, the faster)")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="SmolLM2-135M-Instruct on NIV2 chat examples vs transformers' "
+                             "LlamaForCausalLM (set --num_examples, lengths, batch size)")
+    parser.add_argument("--smollm2_checkpoint",
+                        default=os.path.join(REPO, "demo_models", "smollm2-135m-instruct"),
+                        help="a converted SmolLM2 checkpoint directory")
     args = parser.parse_args(argv)
 
     from activeit_jax.core import profiling
     print(f"devices: {jax.devices()}  (cpu cores: {os.cpu_count()}, load {os.getloadavg()})")
     peak = profiling.matmul_peak()
     print(f"measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s; niv2 {args.niv2_dir}")
+    if args.smollm2:
+        return bench_smollm2(args, peak)
     examples = load_examples(args)
     for name in args.configs.split(","):
         bench_config(name.strip(), args, peak, examples)

@@ -96,7 +96,8 @@ flags.DEFINE_float("drop_rate", 0.2, "Rate of the word-level perturbations (drop
 SCORE_FLAGS = common.define_config_flags(
     scoring.ScoreConfig, gin_module="activeit_jax.scoring",
     renamed=SCORE_FLAG_NAMES, skip=("perturbation_options", "thresholds"),
-    choices={"prompt_format": [prompts.AUTO, *prompts.PROMPT_FORMATS]},
+    choices={"prompt_format": [prompts.AUTO, *prompts.PROMPT_FORMATS],
+             "plan_costs": ["model", "slots"]},
     parsers={"batch_tokens": lambda value: value or None},
     help_texts={
         "max_decode_length": "Greedy decoding length of the originals (default: "

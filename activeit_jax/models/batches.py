@@ -7,7 +7,8 @@ Encoder-decoder (seqio `EncDecFeatureConverter`): `encdec_features` (unpacked ro
 `pack_encdec` (pack=True: several examples per row, segment ids and per-segment positions).
 Decoder-only: `make_decoder_only_batch` (scoring / training on `bos + prompt + response +
 eos`, loss on the response and eos), `decoder_only_features` (the same with all-padding
-rows for empty examples), `pack_decoder_only`, `make_prompt_batch` (greedy decoding).
+rows for empty examples), `pack_decoder_only`, `make_prompt_batch` (greedy decoding),
+`loss_positions` (where the output head runs).
 Packing: `best_fit_decreasing_bins` chooses the rows.
 """
 from __future__ import annotations
@@ -98,6 +99,29 @@ def make_decoder_only_batch(prompts: Sequence[Sequence[int]], responses: Sequenc
         weights[i, max(len(head) + len(prompt) - 1, 0):n] = 1.0
     return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
             "decoder_loss_weights": weights}
+
+
+def loss_positions(weights: np.ndarray, width: int) -> np.ndarray:
+    """The positions of each row's non-zero loss weights, in order, padded with -1.
+
+    Args:
+      weights: `[B, T]` loss weights.
+      width: K, the positions kept per row (at least the most non-zero weights of a row).
+
+    Returns:
+      int32 `[B, K]` (`decoder_loss_positions`: the decoder-only output head runs only there).
+
+    Raises:
+      ValueError: a row has more than `width` weighted positions.
+    """
+    weights = np.asarray(weights)
+    out = np.full((weights.shape[0], width), -1, np.int32)
+    for row, where in enumerate(weights != 0):
+        index = np.flatnonzero(where)
+        if len(index) > width:
+            raise ValueError(f"row {row} has {len(index)} scored positions, more than {width}")
+        out[row, :len(index)] = index
+    return out
 
 
 def make_prompt_batch(prompts: Sequence[Sequence[int]], length: int, bos_id: int | None = 1,

@@ -10,6 +10,7 @@ every host-side batch through it, so none of them branches on the kind:
   builder.packed_train_batch(sources, targets, S, T)   training rows, several examples each
   builder.decode_batch(sources, length)                greedy decoding (`model.greedy_decode`)
   builder.score_batch(rows, shape)                     teacher-forced scoring rows
+  builder.add_loss_positions(batch, widths)            where the output head must run
   builder.generated_ids(row)                           a decoded row cut after its EOS
 
 Encoder-decoder (T5): sources and targets are separate sequences (`EncDecFeatureConverter`
@@ -97,7 +98,7 @@ class BatchBuilder:
       ids: the model's `SpecialIds`.
       decoder_only: the kind (class attribute).
       score_dims: the length dimensions a scoring row is planned over, each with its own
-        buckets: ("source", "target") or ("sequence",) (class attribute).
+        buckets: ("source", "target") or ("sequence", "target") (class attribute).
       score_features / decode_feature: the features of a scoring / decoding batch.
     """
     ids: SpecialIds = SpecialIds()
@@ -143,6 +144,14 @@ class BatchBuilder:
     def decode_length(self, source: Sequence[int]) -> int:
         """Positions a source takes in a decoding batch (what decoding is planned on)."""
         raise NotImplementedError
+
+    def add_loss_positions(self, batch: Batch, widths: Sequence[int]) -> Batch:
+        """A training batch with the positions where its loss is taken, when the model can
+        run its output head on those alone (decoder-only: `decoder_loss_positions`, the
+        width the smallest of `widths` that holds every row's weighted positions, at most
+        the row length); otherwise the batch itself (T5's decoder positions are its
+        targets already)."""
+        return batch
 
     def generated_ids(self, row: Sequence[int]) -> list[int]:
         """A `greedy_decode` output row cut after its first EOS (EOS kept when generated)."""
@@ -194,11 +203,16 @@ class EncoderDecoderBatches(BatchBuilder):
 @dataclasses.dataclass(frozen=True)
 class DecoderOnlyBatches(BatchBuilder):
     """LLaMA / SmolLM2: one sequence `bos + prompt + response + eos`, the loss on the
-    response and its EOS; decoding continues `bos + prompt`, padded on the left."""
+    response and its EOS; decoding continues `bos + prompt`, padded on the left.
+
+    Scoring rows are planned on the sequence and on the response: a batch's
+    `decoder_loss_positions` has one slot per response token of its longest response (its
+    "target" bucket), so the vocabulary-wide output head runs there only."""
     decoder_only: ClassVar[bool] = True
-    score_dims: ClassVar[tuple[str, ...]] = ("sequence",)
+    score_dims: ClassVar[tuple[str, ...]] = ("sequence", "target")
     score_features: ClassVar[tuple[str, ...]] = (
-        "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+        "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+        "decoder_loss_positions")
     decode_feature: ClassVar[str] = "decoder_input_tokens"
 
     def train_batch(self, sources, targets, source_length, target_length):
@@ -214,7 +228,8 @@ class DecoderOnlyBatches(BatchBuilder):
                                          pad_id=self.ids.pad)
 
     def score_lengths(self, row):
-        """`len(prompt) + len(response)`, the input positions of the row.
+        """(`len(prompt) + len(response)`, the input positions of the row; `len(response)`,
+        its scored positions).
 
         Raises:
           ValueError: the response does not end with the model's EOS.
@@ -222,14 +237,25 @@ class DecoderOnlyBatches(BatchBuilder):
         prompt, response = row
         if not response or response[-1] != self.ids.eos:
             raise ValueError("a decoder-only response must end with the model's EOS")
-        return (len(prompt) + len(response),)
+        return len(prompt) + len(response), len(response)
 
     def score_batch(self, rows, shape):
         # The response's EOS is added back by the builder (after the response ids).
-        (length,) = shape
-        return batches.make_decoder_only_batch(
+        length, scored = shape
+        batch = batches.make_decoder_only_batch(
             [p for p, _ in rows], [list(r)[:-1] for _, r in rows], length,
             bos_id=self.ids.bos, eos_id=self.ids.eos, pad_id=self.ids.pad)
+        batch["decoder_loss_positions"] = batches.loss_positions(
+            batch["decoder_loss_weights"], scored)
+        return batch
+
+    def add_loss_positions(self, batch, widths):
+        weights = batch["decoder_loss_weights"]
+        most = int((np.asarray(weights) != 0).sum(1).max(initial=0))
+        width = min(next((w for w in sorted(widths) if w >= most), most),
+                    weights.shape[1])
+        return {**batch, "decoder_loss_positions": batches.loss_positions(weights,
+                                                                          max(width, 1))}
 
     def decode_length(self, source):
         return len(source) + 1  # bos + prompt (counted without a BOS too: the same plans)

@@ -228,7 +228,8 @@ class LlamaTransformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: Array, positions: Array, key_mask: Array,
                  deterministic: bool = True, decode: bool = False,
-                 max_length: int | None = None, segment_ids: Array | None = None) -> Array:
+                 max_length: int | None = None, segment_ids: Array | None = None,
+                 logit_positions: Array | None = None) -> Array:
         """Runs the decoder.
 
         Args:
@@ -242,9 +243,12 @@ class LlamaTransformer(nn.Module):
           max_length: cache length (static), needed on every decode call.
           segment_ids: int `[B, T]` of a packed row (not with `decode`): a token attends only
             to earlier tokens of its own segment.
+          logit_positions: int `[B, K]` in `[0, T)`: the output head runs only at these
+            positions of each row (where a loss or a score is taken), so a response of K
+            tokens after a long prompt pays K positions of the `vocab`-wide head, not T.
 
         Returns:
-          float32 logits `[B, T, vocab]`.
+          float32 logits `[B, T, vocab]` (`[B, K, vocab]` with `logit_positions`).
         """
         cfg = self.config
         q_len = tokens.shape[1]
@@ -286,6 +290,8 @@ class LlamaTransformer(nn.Module):
         x = layers.layer_stack(lambda name: layer_cls(cfg, name=name), call, cfg.num_layers,
                                cfg.scans_layers, x, mask, cos, sin, start if decode else None,
                                carry_cache=decode and cache_exists)
+        if logit_positions is not None:
+            x = jnp.take_along_axis(x, logit_positions[..., None].astype(jnp.int32), axis=1)
         x = layers.RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = embedder.attend(x)

@@ -6,8 +6,9 @@
   params_logical_axes() -> pytree of PartitionSpec (logical names), same structure
   logits(params, batch, dropout_rng=None) -> float32 [B, T, vocab]
   loss_fn(params, batch, dropout_rng=None) -> (loss, aux)
-  token_log_probs(params, batch) -> float32 [B, T]
+  token_log_probs(params, batch) -> float32 [B, T] (or [B, K], see below)
   greedy_decode(params, batch, max_decode_length) -> int32 [B, max_decode_length]
+  flops() -> models.flops.RowFlops                 matmul FLOPs per padded position
 
 Each wrapper declares its kind: `decoder_only` (a class attribute) and `batch_builder(vocab)`,
 the host-side builder of its batches with its special ids (`features.BatchBuilder`,
@@ -30,6 +31,9 @@ Encoder-decoder (seqio `EncDecFeatureConverter` names):
   (1, 2, ... per example, 0 = padding; positions are read from slots, see `t5.Encoder`).
 
 Decoder-only packed rows add `decoder_segment_ids` and per-segment `decoder_positions`.
+Decoder-only batches may add `decoder_loss_positions` int [B, K]: the positions whose targets
+are scored (-1 = none), so the vocabulary-wide output head runs on K positions per row, not T
+(`loss_targets`); logits and `token_log_probs` are then `[B, K, ...]`.
 
 Decoder-only (LLaMA ids: bos 1, eos 2, padding 0; each model's config has its own, and
 `bos_id` None drops the BOS everywhere below):
@@ -65,6 +69,7 @@ from activeit_jax.models.features import (
     EncoderDecoderBatches,
     SpecialIds,
 )
+from activeit_jax.models.flops import RowFlops, llama_flops, t5_flops
 from activeit_jax.models.llama import LlamaConfig, LlamaTransformer
 from activeit_jax.models.t5 import T5Config, T5Transformer
 
@@ -118,6 +123,10 @@ class BaseModel:
         raise NotImplementedError
 
     def greedy_decode(self, params: Params, batch: Batch, max_decode_length: int) -> Array:
+        raise NotImplementedError
+
+    def flops(self) -> RowFlops:
+        """Matmul FLOPs of its calls per padded position (`models.flops`), from its config."""
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------
@@ -201,18 +210,21 @@ class BaseModel:
         return {"dropout": dropout_rng}, False
 
     def token_log_probs(self, params: Params, batch: Batch) -> Array:
-        """Teacher-forced log p(target token) at every position.
+        """Teacher-forced log p(target token) at every scored position.
 
         Args:
           params: model params.
-          batch: needs `decoder_target_tokens`, `decoder_loss_weights` and the model's inputs.
+          batch: needs `decoder_target_tokens`, `decoder_loss_weights` and the model's inputs;
+            optionally `decoder_loss_positions` (decoder-only, see `loss_targets`).
 
         Returns:
-          float32 `[B, T]`, 0 where `decoder_loss_weights == 0`.
+          float32 `[B, T]` (`[B, K]` at `decoder_loss_positions`, in the order of
+          `loss_targets`), 0 where the loss weight is 0.
         """
         logits = self.logits(params, batch)
-        log_probs = _target_log_probs(logits, batch["decoder_target_tokens"])
-        return jnp.where(batch["decoder_loss_weights"] > 0, log_probs, 0.0)
+        targets, weights = loss_targets(batch)
+        log_probs = _target_log_probs(logits, targets)
+        return jnp.where(weights > 0, log_probs, 0.0)
 
     def loss_fn(self, params: Params, batch: Batch,
                 dropout_rng: Array | None = None) -> tuple[Array, dict[str, Array]]:
@@ -220,7 +232,9 @@ class BaseModel:
 
         Args:
           params: model params.
-          batch: model inputs + `decoder_target_tokens`, `decoder_loss_weights`.
+          batch: model inputs + `decoder_target_tokens`, `decoder_loss_weights` (and
+            optionally `decoder_loss_positions`: the logits are computed only there, see
+            `loss_targets`; the loss is the same).
           dropout_rng: PRNG key enabling dropout (training); None = deterministic.
 
         Returns:
@@ -229,8 +243,8 @@ class BaseModel:
           weights) and `num_correct` (weighted count of argmax == target).
         """
         logits = self.logits(params, batch, dropout_rng)
-        targets = batch["decoder_target_tokens"]
-        weights = batch["decoder_loss_weights"].astype(jnp.float32)
+        targets, weights = loss_targets(batch)
+        weights = weights.astype(jnp.float32)
         nll = -_target_log_probs(logits, targets)
         loss_sum = jnp.sum(nll * weights)
         num_tokens = jnp.sum(weights)
@@ -296,6 +310,22 @@ class TrainableModel(Protocol):
     def batch_builder(self, vocab: Any = None) -> BatchBuilder: ...
 
 
+def loss_targets(batch: Batch) -> tuple[Array, Array]:
+    """(targets, loss weights) where the logits are taken: `decoder_target_tokens` and
+    `decoder_loss_weights` `[B, T]`, or, when the batch has `decoder_loss_positions` int
+    `[B, K]` (decoder-only; -1 = no position), their values at those positions `[B, K]`
+    (weight 0 at -1). The batch builders list every position of non-zero weight there, so the
+    weighted sums equal the full batch's."""
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    positions = batch.get("decoder_loss_positions")
+    if positions is None:
+        return targets, weights
+    index = jnp.maximum(positions, 0).astype(jnp.int32)
+    weights = jnp.take_along_axis(weights, index, axis=1)
+    return (jnp.take_along_axis(targets, index, axis=1),
+            jnp.where(positions >= 0, weights, jnp.zeros_like(weights)))
+
+
 def _target_log_probs(logits: Array, targets: Array) -> Array:
     """float32 log_softmax(logits)[target]: `[B, T, V], [B, T] -> [B, T]`."""
     logits = logits.astype(jnp.float32)
@@ -316,6 +346,9 @@ class EncoderDecoderModel(BaseModel):
 
     def _make_module(self) -> T5Transformer:
         return T5Transformer(self.config)
+
+    def flops(self) -> RowFlops:
+        return t5_flops(self.config)
 
     def _init_args(self) -> tuple[Any, ...]:
         return (jnp.ones((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32))
@@ -395,21 +428,30 @@ class DecoderOnlyModel(BaseModel):
     def _make_module(self) -> LlamaTransformer:
         return LlamaTransformer(self.config)
 
+    def flops(self) -> RowFlops:
+        return llama_flops(self.config)
+
     def _init_args(self) -> tuple[Any, ...]:
         return (jnp.ones((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32),
                 jnp.ones((1, 1), bool))
 
     def logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None) -> Array:
         """Teacher-forced float32 logits `[B, T, vocab]` for `decoder_input_tokens`; a packed
-        batch brings `decoder_segment_ids` and per-segment `decoder_positions`."""
+        batch brings `decoder_segment_ids` and per-segment `decoder_positions`. With
+        `decoder_loss_positions` `[B, K]` the output head runs only there: `[B, K, vocab]`
+        (a -1 position gives position 0's logits, weighted 0 by `loss_targets`)."""
         tokens = batch["decoder_input_tokens"]
         positions, valid = _decoder_only_positions(tokens, self.pad_id)
         segment_ids = batch.get("decoder_segment_ids")
         if segment_ids is not None:
             positions = batch["decoder_positions"].astype(jnp.int32)
+        logit_positions = batch.get("decoder_loss_positions")
+        if logit_positions is not None:
+            logit_positions = jnp.maximum(logit_positions, 0)
         rngs, deterministic = self._rngs(dropout_rng)
         return self._apply({"params": params}, tokens, positions, valid,
-                           deterministic=deterministic, segment_ids=segment_ids, rngs=rngs)
+                           deterministic=deterministic, segment_ids=segment_ids,
+                           logit_positions=logit_positions, rngs=rngs)
 
     def greedy_decode(self, params: Params, batch: Batch, max_decode_length: int) -> Array:
         """Greedy continuation of prompts with a KV cache.

@@ -54,6 +54,10 @@ class ScoreConfig:
         explicit source buckets serve decoding too.
       sequence_buckets: decoder-only scoring: padded lengths of prompt + response (default:
         the same spacing up to max_source_length + max_target_length).
+      plan_costs: how the scorer weighs padding against calls and compilations
+        (`RowScorer`): "model" (the model's FLOPs per position and estimated compile time,
+        `scoring.costs`; any row count that is a multiple of the data-parallel size) or
+        "slots" (model-free: padded slots and power-of-two row counts).
       thresholds: Task Map thresholds.
     """
     num_instances: int = 10
@@ -79,6 +83,7 @@ class ScoreConfig:
     source_buckets: tuple[int, ...] | None = None
     target_buckets: tuple[int, ...] | None = None
     sequence_buckets: tuple[int, ...] | None = None
+    plan_costs: str = "model"
     thresholds: taskmap.TaskMapThresholds = taskmap.TaskMapThresholds()
 
     # Fields that change the results; the rest only change speed / float rounding.
@@ -114,6 +119,9 @@ class ScoreConfig:
         for name in ("buckets_per_octave", "target_buckets_per_octave",
                      "decode_buckets_per_octave"):
             _check_int(name, getattr(self, name), 1)
+        if self.plan_costs not in ("model", "slots"):
+            raise UsageError(f"ScoreConfig.plan_costs (--plan_costs) must be 'model' or "
+                             f"'slots', got {self.plan_costs!r}")
 
     def _buckets(self, explicit, top: int, smallest: int, per_octave: int) -> tuple[int, ...]:
         buckets = explicit or fine_buckets(top, smallest, per_octave)

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sized
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -119,9 +120,10 @@ def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: s
         `partitioning.local_mesh(...)` directly to skip that.
       run_args: extra arguments to fingerprint (checkpoint, pool files...); merged with the
         config's fingerprinted fields.
-      total: number of tasks in the pool (optional): the progress bar's ETA, and how many
-        chunks share each compiled shape (`row_scorer.plan_costs`; pass the same value when
-        resuming for batches composed exactly as before).
+      total: number of tasks in the pool (default: `len(tasks)` when it has one): the
+        progress bar's ETA, and how many chunks share each compiled shape (the planner's
+        costs, `scoring.costs`); pass the same value when resuming for batches composed
+        exactly as before.
       parts_fn / render_fn: prompt construction overrides (default: the data layer's parts
         rendered in `config.prompt_format`, see `PromptBuilder`).
       hooks: callbacks (tests simulate a kill with `after_task`).
@@ -141,6 +143,8 @@ def score_pool(model: BaseModel, params, vocab, tasks: Iterable[Any], out_dir: s
     """
     import jax
     shard = ShardInfo.of_process() if shard is None else shard
+    if total is None and isinstance(tasks, Sized):
+        total = len(tasks)  # a list of tasks: its chunks are known (the plans' shape sharing)
     if jax.process_count() > 1 and shard.num_shards == 1:
         raise ValueError(f"{jax.process_count()} processes would all score the whole pool into "
                          f"{out_dir}: give each its ShardInfo (the default)")
@@ -449,6 +453,7 @@ class _PoolRun:
                 "seconds_compile": profiling.compile_seconds() - self.compile_start,
                 "rows_per_s": self.counters["rows"] / elapsed if elapsed > 0 else 0.0,
                 "num_compilations": scorer.num_compilations,
+                "compilations": scorer.compile_log(),
                 "score_shapes": sorted(scorer.score_shapes),
                 "decode_shapes": sorted(scorer.decode_shapes),
                 "score_padding": scorer.score_padding.as_dict(),

@@ -9,12 +9,15 @@ import collections
 import concurrent.futures
 import dataclasses
 import math
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from activeit_jax import partitioning
 from activeit_jax.models import BaseModel
+from activeit_jax.models.wrappers import loss_targets
+from activeit_jax.scoring import batching, costs as costs_lib
 from activeit_jax.scoring.batching import plan_batches
 
 
@@ -29,10 +32,14 @@ def _data_parallel_size(sharding) -> int:
 
 # When the pool's size is unknown, plans assume a shape compiled for one chunk serves this many.
 DEFAULT_POOL_CHUNKS = 10
+# How plans are costed (`RowScorer(plan_costs=...)`, `ScoreConfig.plan_costs`).
+PLAN_COSTS = ("model", "slots")
 
 
 def plan_costs(decoding: bool, pool_chunks: int = DEFAULT_POOL_CHUNKS) -> dict[str, float]:
-    """`batching.plan_batches` costs (in full batches) of a chunk's scoring or decoding plan.
+    """The model-free `batching.plan_batches` costs (in full batches) of a chunk's scoring or
+    decoding plan (`RowScorer(plan_costs="slots")`; the default plans with the model's own
+    costs, `scoring.costs`).
 
     A compilation is paid once per run and its shape serves every chunk that meets it, so a
     chunk counts 1 / `pool_chunks` of it when deciding to share shapes: a one-chunk job pads
@@ -111,6 +118,8 @@ class _Executables:
     def __init__(self, jitted, mesh, rules, workers: int = 2):
         self._jitted, self._mesh, self._rules = jitted, mesh, rules
         self._ready: dict[tuple, concurrent.futures.Future] = {}
+        # Seconds each shape took to lower and compile (on its compile thread), in order.
+        self.compile_seconds: dict[tuple, float] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             workers, thread_name_prefix="activeit-compile")
 
@@ -123,8 +132,11 @@ class _Executables:
 
     def _compile(self, params, batch):
         # The mesh and logical-axis rules are thread-local contexts: entered on this thread.
+        start = time.perf_counter()
         with partitioning.mesh_context(self._mesh, self._rules):
-            return self._jitted.lower(params, batch).compile()
+            compiled = self._jitted.lower(params, batch).compile()
+        self.compile_seconds[self._key(batch)] = time.perf_counter() - start
+        return compiled
 
     def prepare(self, params, batches: Sequence[dict]) -> None:
         """Starts compiling the shapes of `batches` not seen before."""
@@ -151,7 +163,7 @@ class RowScorer:
       batch_size / decode_batch_size: the most rows per call, rounded up to the
         data-parallel size.
       source_buckets / target_buckets: padded lengths (decoder-only: source buckets pad
-        `bos + prompt` for decoding; target buckets are unused).
+        `bos + prompt` for decoding; target buckets pad the scored response positions).
       token_budget: rows x padded source (decoder-only: sequence) length per call, see
         `scoring.batching`; None = always `batch_size` / `decode_batch_size` rows.
       decode_source_buckets: padded source lengths of decoding (default `source_buckets`).
@@ -159,7 +171,12 @@ class RowScorer:
       compute_entropy: also return per-row summed next-token entropies (from
         `model.logits(params, batch) -> [B, T, V]`).
       sequence_buckets: decoder-only scoring: padded lengths of prompt + response (the input
-        positions); required for a decoder-only model.
+        positions); required for a decoder-only model. Its `target_buckets` pad the scored
+        response positions (where the output head runs).
+      plan_costs: "model" (default): batches are planned with the model's own costs
+        (`scoring.costs`: its FLOPs per position, its estimated compile time, any row count
+        that is a multiple of the data-parallel size); "slots": the model-free costs
+        (`plan_costs`, padded slots and power-of-two row counts).
 
     The buckets of each dimension the builder plans scoring rows on (`score_dims`: "source"
     and "target", or "sequence") must be given.
@@ -170,9 +187,14 @@ class RowScorer:
                  max_decode_length: int, compute_entropy: bool = False,
                  sequence_buckets: Sequence[int] | None = None,
                  token_budget: int | None = None,
-                 decode_source_buckets: Sequence[int] | None = None):
+                 decode_source_buckets: Sequence[int] | None = None,
+                 plan_costs: str = "model"):
         import jax
         import jax.numpy as jnp
+
+        if plan_costs not in PLAN_COSTS:
+            raise ValueError(f"plan_costs must be one of {PLAN_COSTS}, got {plan_costs!r}")
+        self.plan_costs = plan_costs
 
         self.builder = model.batch_builder()
         self.decoder_only = self.builder.decoder_only
@@ -201,17 +223,21 @@ class RowScorer:
         self.decode_source_buckets = tuple(decode_source_buckets or source_buckets)
         self.max_decode_length = int(max_decode_length)
         self.compute_entropy = compute_entropy
+        self._platform = mesh.devices.flat[0].platform
         param_shardings = jax.tree.map(lambda x: x.sharding, params)
         batch_shardings = {k: self._matrix_sharding for k in self.builder.score_features}
 
         def score_fn(params, batch):
-            weights = batch["decoder_loss_weights"].astype(jnp.float32)
+            # The scored positions' targets and weights (decoder-only: gathered at
+            # `decoder_loss_positions`, where the model's output head runs).
+            targets, weights = loss_targets(batch)
+            weights = weights.astype(jnp.float32)
             if not compute_entropy:
                 log_probs = model.token_log_probs(params, batch)
                 return (log_probs * weights).sum(-1), weights.sum(-1)
             # One logits computation serves both the target log-probs and the entropies.
             log_z = jax.nn.log_softmax(model.logits(params, batch).astype(jnp.float32), -1)
-            targets = batch["decoder_target_tokens"].astype(jnp.int32)
+            targets = targets.astype(jnp.int32)
             log_probs = jnp.take_along_axis(log_z, targets[..., None], axis=-1)[..., 0]
             entropy = -(jnp.exp(log_z) * log_z).sum(-1)
             return ((log_probs * weights).sum(-1), weights.sum(-1),
@@ -273,7 +299,7 @@ class RowScorer:
                    max_decode_length=config.max_decode_length,
                    compute_entropy=config.compute_entropy,
                    sequence_buckets=config.seq_buckets,
-                   token_budget=config.batch_tokens)
+                   token_budget=config.batch_tokens, plan_costs=config.plan_costs)
 
     def _plan(self, lengths: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]],
               max_rows: int, decoding: bool = False
@@ -283,12 +309,36 @@ class RowScorer:
 
         The plan is a function of the rows alone (not of the shapes compiled by earlier
         calls), so a resumed run composes a chunk's batches exactly as an uninterrupted one.
-        Costs: `plan_costs` for this scorer's `pool_chunks` (set by the pool driver).
+        Costs: the model's (`plan_cost_model`) or the model-free `plan_costs`, for this
+        scorer's `pool_chunks` (set by the pool driver).
         """
         budget = self.token_budget or max_rows * buckets[0][-1]
-        costs = plan_costs(decoding, self.pool_chunks)
+        if self.plan_costs == "slots":
+            return plan_batches(lengths, buckets, token_budget=budget, max_rows=max_rows,
+                                multiple=self._dp, **plan_costs(decoding, self.pool_chunks))
         return plan_batches(lengths, buckets, token_budget=budget, max_rows=max_rows,
-                            multiple=self._dp, **costs)
+                            multiple=self._dp, costs=self.plan_cost_model(decoding))
+
+    def plan_cost_model(self, decoding: bool) -> batching.PlanCosts:
+        """The model's planner costs (`scoring.costs.model_plan_costs`) of a scoring or
+        decoding plan on this scorer's mesh, for its `pool_chunks`."""
+        return costs_lib.model_plan_costs(
+            self.model.flops(), decoding=decoding, pool_chunks=self.pool_chunks,
+            data_parallel=self._dp, platform=self._platform,
+            max_decode_length=self.max_decode_length)
+
+    def compile_log(self) -> list[dict[str, Any]]:
+        """Every shape compiled so far: `{"kind", "shape" (feature: shape), "seconds" (lower
+        and compile, measured), "estimate" (the planner's, `costs.compile_seconds`)}`, for
+        summary.json: a check of the planner's compile-time estimate on this machine."""
+        flops = self.model.flops()
+        out = []
+        for kind, executables in (("score", self._score), ("decode", self._decode)):
+            estimate = costs_lib.compile_seconds(flops, kind == "decode")
+            for key, seconds in list(executables.compile_seconds.items()):
+                out.append({"kind": kind, "shape": {name: list(shape) for name, shape, _ in key},
+                            "seconds": round(seconds, 3), "estimate": round(estimate, 3)})
+        return out
 
     def _dispatch(self, executables: _Executables, batches: list[tuple[list[int], dict]]
                   ) -> list[tuple[list[int], Any]]:

@@ -267,11 +267,29 @@ class EpochBatcher:
     def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
         """The features of batch `step` of `epoch` (numpy, leading dim `batch_size`); with
         `length_buckets_per_octave`, cut to the bucket of its longest row
-        (`trim_to_buckets`)."""
+        (`trim_to_buckets`). A decoder-only batch also lists where its loss is taken
+        (`decoder_loss_positions`, `builder.add_loss_positions`), so the output head runs
+        there only: see `loss_position_widths`."""
         features = self._batch(epoch, step)
         if self.length_buckets_per_octave:
-            return trim_to_buckets(features, self.length_buckets_per_octave)
-        return features
+            features = trim_to_buckets(features, self.length_buckets_per_octave)
+        return self.builder.add_loss_positions(features, self.loss_position_widths(epoch))
+
+    def loss_position_widths(self, epoch: int) -> tuple[int, ...]:
+        """The widths a batch's loss positions may be padded to (decoder-only models; each
+        is a shape of the train step). Unpacked, a row's loss is on its response and EOS,
+        at most `target_length + 1` positions: that one width. Packed rows hold several
+        responses: with `length_buckets_per_octave`, the widths are bucketed like the
+        lengths (that many steps per power of two from 8); without, one width per epoch, the
+        power of two that holds the epoch's fullest row (at most the row length)."""
+        row = self.source_length + self.target_length
+        if not self.pack:
+            return (min(self.target_length + 1, row),)
+        if self.length_buckets_per_octave:
+            return fine_buckets(row, min(8, row), self.length_buckets_per_octave)
+        weights = self._packed(epoch)["decoder_loss_weights"]
+        most = int((weights != 0).sum(1).max(initial=1))
+        return (min(1 << max(most - 1, 0).bit_length(), row),)
 
     def _batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
         if not 0 <= step < self.steps_per_epoch(epoch):

@@ -105,9 +105,12 @@ def test_encoder_decoder_score_and_decode_batches():
 def test_decoder_only_score_and_decode_batches():
     builder = LLAMA.batch_builder()  # bos 1, eos 2, pad 0
     rows = [([5, 6], [7, 2]), ([8], [9, 10, 2])]
-    assert [builder.score_lengths(r) for r in rows] == [(4,), (4,)]
-    batch = builder.score_batch(rows, (5,))
+    # (input positions, scored positions): the output head runs on the second only.
+    assert [builder.score_lengths(r) for r in rows] == [(4, 2), (4, 3)]
+    batch = builder.score_batch(rows, (5, 4))
     assert list(batch) == list(builder.score_features)
+    np.testing.assert_array_equal(batch["decoder_loss_positions"], [[2, 3, -1, -1],
+                                                                    [1, 2, 3, -1]])
     np.testing.assert_array_equal(batch["decoder_input_tokens"], [[1, 5, 6, 7, 0],
                                                                   [1, 8, 9, 10, 0]])
     np.testing.assert_array_equal(batch["decoder_target_tokens"], [[5, 6, 7, 2, 0],
