@@ -4,8 +4,8 @@ A jitted call costs about rows x padded length, whatever the rows hold, so every
 is wasted work. `plan_batches` keeps that waste small with few distinct shapes:
 
 - Lengths are rounded up to *buckets* (`data.buckets.fine_buckets`: `per_octave` steps between
-  two powers of two, e.g. 256, 288, 320, ..., 512 with 8 per octave), so a row wastes at most one step
-  (< 12.5 %, about 5 % on average) and the number of shapes stays a small constant,
+  two powers of two, e.g. 256, 288, 320, ..., 512 with 8 per octave), so a row wastes at most
+  one step (< 12.5 %, about 5 % on average) and the number of shapes stays a small constant,
   independent of the pool size: (buckets of the first dimension) x (buckets of the second) x
   (at most `TAIL_SPLITS + 1` row counts).
 - All rows of a call (a chunk of tasks) are sorted by (first-dimension bucket, second
