@@ -32,6 +32,7 @@ INSTALL_REQUIRES = [
     "huggingface_hub",  # convert --from_hf=org/name (Hub ids)
     "gguf",  # llama.cpp GGUF import (activeit-jax convert --from_gguf)
     "matplotlib",
+    "scipy",  # t quantiles of the reports' confidence intervals (jax requires it too)
     "tqdm",
 ]
 

@@ -72,9 +72,9 @@ def score(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     import jax
 
     from activeit_jax import partitioning, scoring
-    from activeit_jax.commands.score import _load_lazily
     from activeit_jax.data import vocab as vocab_lib
     from activeit_jax.models import checkpoints
+    from activeit_jax.scoring.pool_source import load_lazily
     names = task_names(args.niv2_dir, "train", args.limit)
     model = checkpoints.read_model(checkpoint)
     vocab = vocab_lib.resolve_vocabulary(None, checkpoint)
@@ -91,7 +91,7 @@ def score(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
                              if b < args.max_source_length),
         sequence_buckets=tuple(b for b in (160, 224, 288, 416, 544, 800) if b < top))
     return scoring.score_pool(
-        model, params, vocab, _load_lazily(args.niv2_dir, names, "skip"),
+        model, params, vocab, load_lazily(args.niv2_dir, names, "skip"),
         os.path.join(args.out, "scores"), config, mesh=mesh, total=len(names),
         run_args={"checkpoint": os.path.abspath(checkpoint), "niv2_dir":
                   os.path.abspath(args.niv2_dir), "tasks": names})

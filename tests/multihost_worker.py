@@ -49,6 +49,7 @@ def main(spec_path: str, process_id: int) -> None:
     assert jax.process_count() == spec["num_processes"] and len(jax.devices()) == 8
 
     from activeit_jax import partitioning, scoring
+    from activeit_jax.scoring import pool_source
     # The library call with a mesh over both processes (as the active loop passes it): the
     # scorer localises it (each host: its 4 devices, parameters gathered) -> the same files.
     model = checkpoints.read_model(spec["checkpoint"])
@@ -56,7 +57,7 @@ def main(spec_path: str, process_id: int) -> None:
     params = checkpoints.restore_params(spec["checkpoint"], model,
                                         partitioning.params_shardings(model, mesh))
     shard = scoring.ShardInfo.of_process()
-    pool, total, _ = score.iter_pool(flags.FLAGS.niv2_dir, flags.FLAGS.tasks, None,
+    pool, total, _ = pool_source.iter_pool(flags.FLAGS.niv2_dir, flags.FLAGS.tasks, None,
                                      shard=shard)
     scoring.score_pool(model, params, vocab_lib.get_vocabulary(spec["vocab"]), pool,
                        spec["score_global_mesh_out"], score.build_config(), mesh=mesh,

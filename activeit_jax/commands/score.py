@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from absl import flags
 
@@ -50,8 +50,7 @@ from activeit_jax import scoring
 from activeit_jax.commands import common
 from activeit_jax.core.errors import UsageError
 from activeit_jax.data import prompts
-from activeit_jax.data.errors import TaskFormatError
-from activeit_jax.scoring import adaptive, perturbation as perturbation_lib, taskmap
+from activeit_jax.scoring import adaptive, perturbation as perturbation_lib, pool_source, taskmap
 
 FLAGS = flags.FLAGS
 
@@ -121,125 +120,6 @@ ADAPTIVE_FLAGS = common.define_config_flags(
                 "z": "Confidence bound width, in standard errors."})
 common.define_gin_flags()
 common.define_distributed_flags()
-
-
-def iter_pool(niv2_dir: str | None, tasks_file: str | None, self_instruct: str | None,
-              on_bad_task: str = "error", role: str = "pool", shard: Any = None
-              ) -> tuple[Iterator[Any], int, dict[str, Any]]:
-    """The pool as a lazy iterator, its size, and what identifies it (for the fingerprint).
-
-    With `shard` (a `scoring.ShardInfo`), NIV2 and prepared entries of other shards are not
-    loaded: a `scoring.TaskStub` (the name only) stands in their place.
-    """
-    from activeit_jax.core import records
-    from activeit_jax.data import niv2
-    from activeit_jax.data.errors import MissingTaskError, RecordError
-
-    def mine(index: int) -> bool:
-        return shard is None or shard.owns(index)
-
-    if bool(tasks_file) == bool(self_instruct):
-        raise UsageError("give exactly one pool: --tasks (with --niv2_dir) or --self_instruct")
-    if self_instruct:
-        from activeit_jax.data import self_instruct as si
-        entries = [entry if isinstance(entry, niv2.Task) else
-                   scoring.SkippedTask(entry.name, entry.reason)
-                   for entry in si.scan_self_instruct(self_instruct, on_bad_task=on_bad_task)]
-        return iter(entries), len(entries), {"self_instruct": os.path.abspath(self_instruct)}
-    if tasks_file.endswith(".jsonl"):
-        def keep(record):
-            return "role" not in record or not role or record["role"] == role
-
-        # A first pass checks every line (and counts the pool) before anything is scored.
-        total = 0
-        for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
-            if not isinstance(record, dict) or not isinstance(record.get("name"), str):
-                raise RecordError("expected a prepared task object with a 'name'", tasks_file,
-                                  f"line {number}")
-            total += keep(record)
-        if not total:
-            raise RecordError(f"no task to score (no line{f' with role {role!r}' if role else ''}"
-                              f"): an empty pool would write an empty Task Map", tasks_file)
-
-        def prepared():
-            index = 0
-            for number, record in records.iter_jsonl(tasks_file, "prepared tasks file"):
-                if keep(record):
-                    record.pop("role", None)
-                    yield (_prepared_task(record, tasks_file, number, on_bad_task)
-                           if mine(index) else scoring.TaskStub(record["name"]))
-                    index += 1
-        return prepared(), total, {"tasks": os.path.abspath(tasks_file), "role": role}
-    if not niv2_dir:
-        raise UsageError("--tasks with task names needs --niv2_dir")
-    names = [niv2.check_task_name(name, tasks_file, where)
-             for where, name in records.read_records(tasks_file, "task list")]
-    if not names:
-        raise RecordError("no task to score (the list is empty): an empty pool would write an "
-                          "empty Task Map", tasks_file)
-    missing = [n for n in names if not os.path.exists(niv2.task_file_path(niv2_dir, n))]
-    if missing:
-        raise MissingTaskError(f"{len(missing)} task(s) of {tasks_file} have no file in "
-                               f"{niv2_dir}/tasks: {missing[:5]}", tasks_file)
-    return _load_lazily(niv2_dir, names, on_bad_task, mine), len(names), {
-        "tasks": os.path.abspath(tasks_file), "niv2_dir": os.path.abspath(niv2_dir)}
-
-
-def _prepared_task(record: dict[str, Any], path: str, number: int,
-                   on_bad_task: str = "error") -> Any:
-    """A `Task` from a prepared tasks.jsonl line; a malformed one (a lone surrogate in a
-    string too) names its line, or becomes a `SkippedTask` with on_bad_task="skip"."""
-    from activeit_jax.data import niv2
-    try:
-        _check_strings(record, path, f"line {number}")
-        try:
-            return niv2.Task.from_dict(record)
-        except (KeyError, TypeError, ValueError) as err:
-            raise TaskFormatError(f"not a prepared task ({err!r})", path,
-                                  f"line {number}") from None
-    except TaskFormatError as err:
-        if on_bad_task == "skip":
-            name = record.get("name")
-            usable = isinstance(name, str) and name.encode("utf-8", "replace").decode() == name
-            return scoring.SkippedTask(name if usable else f"line {number}", str(err))
-        raise
-
-
-def _check_strings(value: Any, path: str, where: str) -> None:
-    """Every string in a decoded JSON value is valid Unicode (`errors.check_unicode`)."""
-    from activeit_jax.data.errors import check_unicode
-    if isinstance(value, str):
-        check_unicode(value, path, where)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_unicode(str(key), path, f"{where}: a key")
-            _check_strings(item, path, f"{where}: {key}")
-    elif isinstance(value, (list, tuple)):
-        for k, item in enumerate(value):
-            _check_strings(item, path, f"{where}[{k}]")
-
-
-def _load_lazily(niv2_dir: str, names: list[str], on_bad_task: str,
-                 mine: Any = None) -> Iterator[Any]:
-    """Loads each task when the scorer reaches it; a file without instances (or, with
-    on_bad_task="skip", any malformed file) becomes a `SkippedTask` with the reason; a task
-    for which `mine(index)` is False (another host's) a `TaskStub`."""
-    from activeit_jax.data import errors, niv2
-
-    for index, name in enumerate(names):
-        if mine is not None and not mine(index):
-            yield scoring.TaskStub(name)
-            continue
-        path = niv2.task_file_path(niv2_dir, name)
-        try:
-            yield niv2.load_niv2_task(path)
-        except errors.TaskFormatError as err:
-            if err.field == "Instances" and "empty" in err.message:
-                yield scoring.SkippedTask(name, "no instances")
-            elif on_bad_task == "skip":
-                yield scoring.SkippedTask(name, str(err))
-            else:
-                raise
 
 
 def build_config() -> scoring.ScoreConfig:
@@ -343,8 +223,9 @@ def main(argv: list[str]) -> None:
     # Every argument is checked (and the pool listed) before the run directory is touched.
     config = build_config()
     policy = build_policy(config)
-    tasks, total, pool_args = iter_pool(FLAGS.niv2_dir, FLAGS.tasks, FLAGS.self_instruct,
-                                        FLAGS.on_bad_task, FLAGS.role, shard)
+    tasks, total, pool_args = pool_source.iter_pool(FLAGS.niv2_dir, FLAGS.tasks,
+                                                    FLAGS.self_instruct, FLAGS.on_bad_task,
+                                                    FLAGS.role, shard)
     model = checkpoints.read_model(FLAGS.checkpoint)
     # --vocab, else the tokenizer stored with the checkpoint (a LLaMA .model gets no T5
     # sentinels and keeps its own special ids). The scorer only encodes and decodes: a

@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from activeit_jax import layout
+
 PROMPT_FORMAT_WORDS = {
     "tk_instruct": "Tk-Instruct (definition + up to {k} positive examples + the instance)",
     "tk_instruct_chat": "Tk-Instruct (definition + up to {k} positive examples + the instance) "
@@ -45,12 +47,14 @@ def _run_files(iterations: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any
     """(train run_args, scoring run_args, scoring summary) of the first iterations that have
     them (iteration 0 first)."""
     ordered = sorted(iterations, key=lambda it: (it.iteration, it.seed))
-    train = next((a for a in (_args(os.path.join(it.path, "train", "run_args.json"))
+    train = next((a for a in (_args(os.path.join(it.path, layout.TRAIN_DIR,
+                                                 layout.RUN_ARGS_FILE))
                               for it in ordered) if a), {})
-    score_dir = _first_existing([os.path.join(it.path, "scoring", "run_args.json")
+    score_dir = _first_existing([os.path.join(it.path, layout.SCORING_DIR, layout.RUN_ARGS_FILE)
                                  for it in ordered])
     score = _args(score_dir) if score_dir else {}
-    summary = (_read_json(os.path.join(os.path.dirname(score_dir), "summary.json"))
+    summary = (_read_json(os.path.join(os.path.dirname(score_dir),
+                                       layout.SCORE_SUMMARY_FILE))
                if score_dir else None) or {}
     return train, score, summary
 
@@ -89,11 +93,14 @@ def model_description(checkpoint: str | None, train_args: Mapping[str, Any]) -> 
 def pool_description(run_dir: str) -> list[tuple[str, str]]:
     """Pool rows from the first seed's splits.json: the NIV2 / Self-Instruct source, the number
     of tasks per role (cls / gen) and the instance cap."""
-    seeds = sorted(d for d in os.listdir(run_dir) if d.startswith("seed_")
-                   and os.path.exists(os.path.join(run_dir, d, "data", "splits.json")))
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    seeds = sorted(seed for seed in map(layout.parse_seed_name, names) if seed is not None
+                   if os.path.exists(os.path.join(layout.data_dir(run_dir, seed),
+                                                  layout.SPLITS_FILE)))
     if not seeds:
         return []
-    data = _read_json(os.path.join(run_dir, seeds[0], "data", "splits.json")) or {}
+    data = _read_json(os.path.join(layout.data_dir(run_dir, seeds[0]),
+                                   layout.SPLITS_FILE)) or {}
     summary = data.get("summary", {})
     out = []
     sources = summary.get("sources", [])
@@ -148,7 +155,7 @@ def describe_run(run_dir: str, iterations: Sequence[Any]) -> list[tuple[str, str
         words = PROMPT_FORMAT_WORDS.get(fmt, fmt).format(k=k)
         fit = " (examples added while they fit)" if score.get("fit_examples") else ""
         rows.append(("Prompt format", f"{fmt}: {words}{fit}"))
-    loop = _read_json(os.path.join(run_dir, "loop_config.json")) or {}
+    loop = _read_json(os.path.join(run_dir, layout.LOOP_CONFIG_FILE)) or {}
     if loop:
         size = (f"{loop.get('tasks_per_iteration')} tasks added per iteration"
                 if loop.get("tasks_per_iteration") else

@@ -294,7 +294,7 @@ def render_html(run_dir: str, iterations: Sequence[IterationDir], rows: Sequence
                    "move)</h2>")
         out.append("<p>ROUGE-L per test task, mean over seeds, sorted by the first "
                    "difference (largest gain first); every seed and iteration in "
-                   "per_task_scores.csv.</p>")
+                   f"{layout.PER_TASK_SCORES_CSV}.</p>")
         out.append(_html_table(task_table.header, task_table.rows))
     out.append("<h2>Prompt uncertainty of the selected tasks</h2>")
     out.append(_img(uncertainty_png, "mean prompt uncertainty of selected tasks per iteration"))

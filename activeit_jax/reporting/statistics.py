@@ -44,6 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from activeit_jax import layout
 from activeit_jax.loop import iteration_metrics
 from activeit_jax.reporting import results
 
@@ -527,7 +528,7 @@ def task_table_markdown(table: TaskTable | None) -> str:
         return ""
     n_seeds_note = "mean over seeds"
     parts = [f"## Per test task at iteration {table.iteration} (ROUGE-L, {n_seeds_note}; "
-             f"sorted by the first difference; every seed in per_task_scores.csv)\n",
+             f"sorted by the first difference; every seed in {layout.PER_TASK_SCORES_CSV})\n",
              "| " + " | ".join(table.header) + " |",
              "|" + "|".join(["---", "---"] + ["---:"] * (len(table.header) - 2)) + "|"]
     parts += ["| " + " | ".join(cells) + " |" for cells in table.rows]

@@ -105,8 +105,10 @@ def test_the_tpu_extra_pins_the_locked_jax_and_the_lock_its_libtpu():
     import pathlib
     import re
     root = pathlib.Path(__file__).resolve().parents[2]
-    lock = dict(line.split("==") for line in (root / "requirements.lock").read_text()
-                .splitlines() if "==" in line and not line.startswith("#"))
+    # The runtime lock pins jax; the test lock (which `make test` installs) pins libtpu.
+    lock = dict(line.split("==") for name in ("requirements.lock", "requirements-test.lock")
+                for line in (root / name).read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
     extra = re.search(r'"tpu": \["jax\[tpu\]==([^"]+)"\]', (root / "setup.py").read_text())
     assert extra and extra.group(1) == lock["jax"]  # what the TPU VM launchers install
     # jax's own metadata names the libtpu of its `tpu` extra: the lock pins that one.

@@ -11,7 +11,9 @@ from activeit_jax import layout
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "activeit_jax")
 # The owner itself, and the old module names' aliases (no names of the run directory there).
-EXEMPT = {os.path.join(PACKAGE, "layout.py"), os.path.join(PACKAGE, "core", "moved_modules.py")}
+# resources.py names the repository's own folders (`data/sample`), not a run directory's.
+EXEMPT = {os.path.join(PACKAGE, "layout.py"), os.path.join(PACKAGE, "core", "moved_modules.py"),
+          os.path.join(PACKAGE, "core", "resources.py")}
 # The command line's flag help may name the files a command reads or writes, for its users; its
 # code may not.
 HELP_TEXT_ALLOWED = os.path.join(PACKAGE, "commands")

@@ -363,14 +363,13 @@ def test_report_says_which_per_task_line_is_torn(tmp_path):
 
 
 def test_a_lone_surrogate_in_a_prepared_line_is_a_malformed_task(sample_data):
-    from activeit_jax.commands import score
     from activeit_jax.data import niv2
     from activeit_jax.data.errors import TaskFormatError
-    from activeit_jax.scoring import SkippedTask
+    from activeit_jax.scoring import SkippedTask, pool_source
     task = niv2.load_niv2_task(sample_data / "niv2" / "tasks" / f"{TASK}.json").to_dict()
     task["instances"][1]["input"] = "x\ud800"
     with pytest.raises(TaskFormatError, match=r"line 3: instances\[1\]: input.*lone surrogate"):
-        score._prepared_task(task, "tasks.jsonl", 3)
-    skipped = score._prepared_task(dict(task, name="bad\udc80name"), "tasks.jsonl", 3, "skip")
+        pool_source.prepared_task(task, "tasks.jsonl", 3)
+    skipped = pool_source.prepared_task(dict(task, name="bad\udc80name"), "tasks.jsonl", 3, "skip")
     assert isinstance(skipped, SkippedTask) and skipped.name == "line 3"
     json.dumps(skipped.reason).encode("utf-8")  # writable to skipped.jsonl
