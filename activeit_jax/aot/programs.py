@@ -29,7 +29,6 @@ import numpy as np
 from jax.sharding import Mesh
 
 from activeit_jax import partitioning
-from activeit_jax.models import layer_layout
 from activeit_jax.scoring import batching
 from activeit_jax.training import inputs as train_data, state as ts, step as train_step
 
@@ -105,12 +104,7 @@ def train_program(model: Any, config: Any, mesh: Mesh, rows: int | None = None) 
     `config.batch_size`) rows per step."""
     rows = int(rows or config.batch_size)
     rules = train_step.resolve_rules(model, config.logical_axis_rules)
-    schedule = ts.make_schedule(config.schedule, config.learning_rate, config.warmup_steps,
-                                _SCHEDULE_STEPS)
-    optimizer = ts.make_optimizer(
-        config.optimizer, schedule, weight_decay=config.weight_decay, b1=config.adam_b1,
-        b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm,
-        stacked_layers=layer_layout.scans_layers(getattr(model, "config", None)))
+    optimizer, schedule = ts.optimizer_from_config(config, model, _SCHEDULE_STEPS)
     params_shapes = model.abstract_params()
     param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
     state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes, param_specs)

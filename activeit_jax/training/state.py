@@ -123,6 +123,27 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float =
     return opt
 
 
+def optimizer_from_config(config: Any, model: Any, total_steps: int
+                          ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer a `TrainConfig` describes, for `model` (stacked-layer state when its
+    layers are scanned), and its learning-rate schedule over `total_steps`.
+
+    Args:
+      config: a `training.config.TrainConfig`.
+      model: the model wrapper (its `config.scan_layers` decides the layer layout).
+      total_steps: optimizer steps of the run (the schedule's horizon).
+
+    Returns:
+      (optimizer, schedule): what the trainer and `activeit-jax compile` both build.
+    """
+    schedule = make_schedule(config.schedule, config.learning_rate, config.warmup_steps,
+                             total_steps)
+    return make_optimizer(
+        config.optimizer, schedule, weight_decay=config.weight_decay, b1=config.adam_b1,
+        b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm,
+        stacked_layers=layer_layout.scans_layers(getattr(model, "config", None))), schedule
+
+
 def per_layer_slices(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     """`inner` applied to every layer's slice of the stacked parameters (leaves with a leading
     `layers` axis, `models.layer_layout`) and to the other parameters whole.

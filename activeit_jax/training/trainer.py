@@ -56,7 +56,6 @@ from activeit_jax.models import (
     check_declared_kind,
     check_vocabulary,
     checkpoints,
-    layer_layout,
 )
 from activeit_jax.training import inputs as train_data, metrics as metrics_lib, state as ts
 from activeit_jax.training.config import TrainConfig, TrainResult, validation_config
@@ -146,12 +145,7 @@ def _train_programs(model: TrainableModel, config: TrainConfig, mesh: Mesh, rule
            config.num_microbatches, config.use_dropout, config.seed)
 
     def build() -> _TrainPrograms:
-        schedule = ts.make_schedule(config.schedule, config.learning_rate, config.warmup_steps,
-                                    total_steps)
-        optimizer = ts.make_optimizer(
-            config.optimizer, schedule, weight_decay=config.weight_decay, b1=config.adam_b1,
-            b2=config.adam_b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm,
-            stacked_layers=layer_layout.scans_layers(getattr(model, "config", None)))
+        optimizer, schedule = ts.optimizer_from_config(config, model, total_steps)
         params_shapes = jax.eval_shape(model.init_params, jax.random.PRNGKey(config.seed))
         param_specs = partitioning.logical_to_mesh_specs(model.params_logical_axes(), rules)
         state_sh = ts.train_state_shardings(mesh, optimizer, params_shapes, param_specs)
