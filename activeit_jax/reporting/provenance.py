@@ -114,7 +114,7 @@ def pool_description(run_dir: str) -> list[tuple[str, str]]:
         out.append(("Task source", ", ".join(str(s.get("path", "")) for s in sources)))
     roles = summary.get("roles", {})
     if roles:
-        out.append(("Roles (" + seeds[0].replace("_", " ") + ")", "; ".join(
+        out.append((f"Roles (seed {seeds[0]})", "; ".join(
             f"{role} {r.get('tasks', 0)} ({r.get('cls', 0)} cls / {r.get('gen', 0)} gen)"
             for role, r in roles.items())))
     if summary.get("quota_note"):

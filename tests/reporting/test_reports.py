@@ -260,3 +260,17 @@ def test_single_seed_generative_only_run(tmp_path):
     assert "Classification" not in text and "| initial | 0 | 2 | 1 | 30.00 | 30.00 |" in text
     line = run_results.results_csv(rows).splitlines()[1].split(",")
     assert line[:5] == ["test", "initial", "0", "2", "1"]
+
+
+def test_provenance_names_the_pool_roles_of_the_first_seed(tmp_path):
+    """The pool rows come from the first seed's splits.json (seed numbers, not names)."""
+    from activeit_jax.reporting import provenance
+    for seed in (3, 1):
+        data_dir = tmp_path / f"seed_{seed}" / "data"
+        data_dir.mkdir(parents=True)
+        (data_dir / "splits.json").write_text(json.dumps({"kind": "niv2", "summary": {
+            "roles": {"pool": {"tasks": 5 + seed, "cls": 2, "gen": 3 + seed}},
+            "max_instances_per_task": 20}}), encoding="utf-8")
+    rows = dict(provenance.pool_description(str(tmp_path)))
+    assert rows["Roles (seed 1)"] == "pool 6 (2 cls / 4 gen)"
+    assert rows["Instances kept per task"] == "20"
