@@ -234,12 +234,8 @@ def adaptive_policy(k0: int, z: float, loop: active_loop.LoopConfig, score_confi
     if score_config.compute_entropy or score_config.save_prompts:
         raise ValueError("experiment.adaptive_perturbations computes neither entropy (the "
                          "'uncertainty' strategy) nor saved prompts: turn one of them off")
-    quota = None
-    if loop.quota == "niv2":
-        ratio = dict(selection.DEFAULT_LABEL_RATIO if loop.label_ratio is None
-                     else loop.label_ratio)
-        parts = selection.largest_remainder(loop.tasks_per_iteration, list(ratio.values()))
-        quota = dict(zip(ratio, parts))
+    quota = (selection.label_quota(loop.tasks_per_iteration, loop.label_ratio)
+             if loop.quota == "niv2" else None)
     return adaptive_lib.AdaptiveConfig(initial_perturbations=k0,
                                        num_select=loop.tasks_per_iteration, z=z, quota=quota)
 

@@ -157,6 +157,14 @@ def _rng(seed: int, iteration: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(iteration), int(stream)])
 
 
+def label_quota(num_tasks: int, label_ratio: Mapping[str, int] | None = None
+                ) -> dict[str, int]:
+    """How the "niv2" quota splits `num_tasks` over the labels: {label: tasks}, in
+    proportion to `label_ratio` (None = the paper's 24 : 44) by largest remainder."""
+    ratio = dict(DEFAULT_LABEL_RATIO if label_ratio is None else label_ratio)
+    return dict(zip(ratio, largest_remainder(num_tasks, list(ratio.values()))))
+
+
 def _groups(pool: Sequence[TaskInfo], num_tasks: int, quota: str,
             label_ratio: Mapping[str, int]) -> list[tuple[str, list[TaskInfo], int]]:
     """Returns [(group name, sub-pool, target)] for a quota."""
@@ -168,9 +176,8 @@ def _groups(pool: Sequence[TaskInfo], num_tasks: int, quota: str,
         if unknown:
             raise ValueError(f"quota 'niv2' needs every task's label in {labels}; "
                              f"found {unknown}")
-        targets = largest_remainder(num_tasks, [label_ratio[k] for k in labels])
         return [(label, [t for t in pool if t.label == label], target)
-                for label, target in zip(labels, targets)]
+                for label, target in label_quota(num_tasks, label_ratio).items()]
     if quota == "self_instruct":
         missing = [t.name for t in pool if t.chunk is None]
         if missing:
